@@ -1,0 +1,39 @@
+# Two entry points for a new user: `make demo` (the main job on this machine,
+# no cluster) and `make test` (every test). Everything else is plumbing.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint venv system-deps
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# Debian packages the tests drive for real (Prometheus for the dashboards test,
+# hwloc for the discovery benchmark, systemd-analyze for the units).
+system-deps:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	  command -v lstopo >/dev/null || missing="$$missing hwloc"; \
+	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	  if [ -n "$$missing" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m protos.generate --check
+
+test: venv system-deps lint
+	$(BIN)/pytest -q -rs
+
+demo: venv
+	$(BIN)/gedge-extender demo

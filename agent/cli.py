@@ -1,0 +1,36 @@
+"""`gedge-agent`: one subcommand per module in agent/commands."""
+
+from __future__ import annotations
+
+import sys
+
+from gedge_model.cli_support import run_lazy_cli
+
+COMMANDS: dict[str, str] = {
+    "topology": "print this node's topology and resource distance matrix (nvidia-smi topo -m layout)",
+    "serve": "run the node agent: gRPC service, metrics, device plugins and appliers",
+    "bench": "measure the acceleration on this node (data path, CPU pinning)",
+}
+
+EPILOG = """examples:
+  gedge-agent topology                      # this machine, nvidia-smi layout with a legend
+  gedge-agent topology --json               # the full model as JSON
+  gedge-agent topology --root /tmp/snapshot # an unpacked sysfs snapshot instead of /
+  gedge-agent serve --root / --node-name edge-1 --listen 0.0.0.0:50051 --metrics-listen 0.0.0.0:9400
+  gedge-agent bench datapath --short
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_lazy_cli(
+        prog="gedge-agent",
+        description="gedge-accel node agent: discovers the node's topology and applies placements.",
+        epilog=EPILOG,
+        package="agent.commands",
+        commands=COMMANDS,
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

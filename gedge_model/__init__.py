@@ -1,0 +1,66 @@
+"""The shared topology model of gedge-accel: imported by the agent and the scheduler extender alike."""
+
+from gedge_model.allocation import ANNOTATION, Allocation, DeviceGrant, NetworkGrant
+from gedge_model.codec import ModelDecodeError, from_dict, from_json, to_dict, to_json
+from gedge_model.distance import (
+    DEFAULT_WEIGHTS,
+    Distance,
+    Endpoint,
+    Level,
+    distance_matrix,
+    endpoint_distance,
+    endpoints,
+    pci_distance,
+)
+from gedge_model.state import NodeState
+from gedge_model.topology import (
+    Accelerator,
+    Cpu,
+    DeviceKind,
+    Gpu,
+    MigInstance,
+    MigProfile,
+    NetInterface,
+    NodeTopology,
+    NumaNode,
+    NvLink,
+    NvmeDevice,
+    PciDevice,
+    RdmaDevice,
+    VirtualFunction,
+)
+
+__all__ = [
+    "ANNOTATION",
+    "DEFAULT_WEIGHTS",
+    "Accelerator",
+    "Allocation",
+    "Cpu",
+    "DeviceGrant",
+    "DeviceKind",
+    "Distance",
+    "Endpoint",
+    "Gpu",
+    "Level",
+    "MigInstance",
+    "MigProfile",
+    "ModelDecodeError",
+    "NetInterface",
+    "NetworkGrant",
+    "NodeState",
+    "NodeTopology",
+    "NumaNode",
+    "NvLink",
+    "NvmeDevice",
+    "PciDevice",
+    "RdmaDevice",
+    "VirtualFunction",
+    "distance_matrix",
+    "endpoint_distance",
+    "endpoints",
+    "from_dict",
+    "from_json",
+    "pci_distance",
+    "to_dict",
+    "to_json",
+]

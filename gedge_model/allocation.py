@@ -1,0 +1,141 @@
+"""What the extender chose for one pod: the `gedge.io/allocation` annotation contract.
+
+The extender writes it at bind; the agent's device plugins and appliers read it.
+Decoding validates every field before anyone acts on it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from gedge_model.codec import ModelDecodeError, from_json, to_json
+
+ANNOTATION = "gedge.io/allocation"
+
+RESOURCE_GPU = "gedge.io/gpu"
+RESOURCE_GPU_SHARED = "gedge.io/gpu-shared"
+RESOURCE_MIG_PREFIX = "gedge.io/mig-"
+RESOURCE_SRIOV_VF = "gedge.io/sriov-vf"
+RESOURCE_RDMA = "gedge.io/rdma"
+
+_PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_MIG_PROFILE = re.compile(r"^[0-9]+g\.[0-9]+gb(\+me)?$")
+
+
+def is_known_resource(name: str) -> bool:
+    if name in (RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_SRIOV_VF, RESOURCE_RDMA):
+        return True
+    return name.startswith(RESOURCE_MIG_PREFIX) and bool(_MIG_PROFILE.match(name[len(RESOURCE_MIG_PREFIX) :]))
+
+
+def valid_pci_address(text: str) -> bool:
+    return bool(_PCI_ADDRESS.match(text))
+
+
+def valid_mac(text: str) -> bool:
+    return bool(_MAC.match(text))
+
+
+def valid_ifname(text: str) -> bool:
+    return bool(_IFNAME.match(text)) and text not in (".", "..")
+
+
+@dataclass(frozen=True)
+class DeviceGrant:
+    """One device-plugin device given to the pod.
+
+    `id` is what the device plugin advertises to kubelet: a GPU UUID, a MIG UUID,
+    `<gpu uuid>::<replica>` for a time-slice, a VF's PCI address, an RDMA device name.
+    """
+
+    resource: str
+    id: str
+    pci_address: str | None = None
+    numa_node: int | None = None
+    container: str | None = None
+
+    def __post_init__(self) -> None:
+        if not is_known_resource(self.resource):
+            raise ValueError(f"unknown resource {self.resource!r}")
+        if not self.id or len(self.id) > 256:
+            raise ValueError(f"device id for {self.resource} is empty or too long")
+        if self.pci_address is not None and not valid_pci_address(self.pci_address):
+            raise ValueError(f"bad PCI address {self.pci_address!r} for {self.id}")
+
+
+@dataclass(frozen=True)
+class NetworkGrant:
+    """The pod's data-path interface: a VF, or a macvlan on `master` when no VF was needed."""
+
+    mode: str
+    master: str
+    ifname: str = "net1"
+    vf_pci_address: str | None = None
+    mac: str | None = None
+    vlan: int | None = None
+    mtu: int | None = None
+    address: str | None = None
+    rate_mbps: int | None = None
+    trust: bool = False
+    spoofchk: bool = True
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("sriov", "macvlan"):
+            raise ValueError(f"network mode must be sriov or macvlan, not {self.mode!r}")
+        for label, name in (("master", self.master), ("ifname", self.ifname)):
+            if not valid_ifname(name):
+                raise ValueError(f"bad interface name {name!r} for {label}")
+        if self.mode == "sriov" and (
+            self.vf_pci_address is None or not valid_pci_address(self.vf_pci_address)
+        ):
+            raise ValueError(f"sriov network needs a VF PCI address, got {self.vf_pci_address!r}")
+        if self.mac is not None and not valid_mac(self.mac):
+            raise ValueError(f"bad MAC {self.mac!r}")
+        if self.vlan is not None and not 0 <= self.vlan <= 4094:
+            raise ValueError(f"VLAN id {self.vlan} out of 0..4094")
+        if self.mtu is not None and not 68 <= self.mtu <= 65535:
+            raise ValueError(f"MTU {self.mtu} out of 68..65535")
+        if self.rate_mbps is not None and self.rate_mbps < 0:
+            raise ValueError(f"rate {self.rate_mbps} is negative")
+
+
+@dataclass(frozen=True)
+class Allocation:
+    pod_uid: str
+    namespace: str
+    name: str
+    node: str
+    devices: tuple[DeviceGrant, ...] = ()
+    cpus: tuple[int, ...] = ()
+    """Exclusive CPUs (pinned pods only); empty means the shared pool."""
+    numa_nodes: tuple[int, ...] = ()
+    cost: float = 0.0
+    worst_level: str = "X"
+    network: NetworkGrant | None = None
+
+    def __post_init__(self) -> None:
+        if not self.pod_uid or not self.node:
+            raise ValueError("allocation needs pod_uid and node")
+        if len(set(self.cpus)) != len(self.cpus) or any(c < 0 for c in self.cpus):
+            raise ValueError(f"cpus must be distinct non-negative ids, got {list(self.cpus)}")
+        ids = [(d.resource, d.id) for d in self.devices]
+        if len(set(ids)) != len(ids):
+            raise ValueError("a device appears twice in the allocation")
+
+    def device_ids(self, resource: str) -> tuple[str, ...]:
+        return tuple(d.id for d in self.devices if d.resource == resource)
+
+    def to_annotation(self) -> str:
+        return to_json(self)
+
+    @classmethod
+    def from_annotation(cls, text: str) -> Allocation:
+        if len(text) > 64 * 1024:
+            raise ModelDecodeError(f"{ANNOTATION}: annotation is larger than 64 KiB")
+        try:
+            return from_json(cls, text)
+        except ModelDecodeError as exc:
+            raise ModelDecodeError(f"{ANNOTATION}: {exc}") from None

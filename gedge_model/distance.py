@@ -1,0 +1,215 @@
+"""Resource distance between two endpoints of a node, as `nvidia-smi topo -m` names it.
+
+Pure functions over `NodeTopology`: the agent prints the matrix with them and the
+extender's placement engine prices allocations with them, so both always agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from gedge_model.topology import DeviceKind, NodeTopology, PciDevice
+
+
+class Level(StrEnum):
+    X = "X"
+    NV = "NV"
+    PIX = "PIX"
+    PXB = "PXB"
+    PHB = "PHB"
+    NODE = "NODE"
+    SYS = "SYS"
+
+
+LEGEND: dict[Level, str] = {
+    Level.X: "Self",
+    Level.NV: "Connection traversing a bonded set of # NVLinks",
+    Level.PIX: "Connection traversing at most a single PCIe bridge",
+    Level.PXB: "Connection traversing multiple PCIe bridges (without traversing the PCIe Host Bridge)",
+    Level.PHB: "Connection traversing PCIe as well as a PCIe Host Bridge (typically the CPU)",
+    Level.NODE: "Connection traversing PCIe as well as the interconnect between PCIe Host Bridges "
+    "within a NUMA node",
+    Level.SYS: "Connection traversing PCIe as well as the SMP interconnect between NUMA nodes "
+    "(e.g., QPI/UPI)",
+}
+
+DEFAULT_WEIGHTS: Mapping[Level, float] = {
+    Level.X: 0.0,
+    Level.NV: 1.0,
+    Level.PIX: 2.0,
+    Level.PXB: 3.0,
+    Level.PHB: 3.5,
+    Level.NODE: 4.0,
+    Level.SYS: 5.0,
+}
+
+
+@dataclass(frozen=True)
+class Distance:
+    level: Level
+    nvlinks: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"NV{self.nvlinks}" if self.level is Level.NV else self.level.value
+
+    def weight(self, weights: Mapping[Level, float] = DEFAULT_WEIGHTS) -> float:
+        return weights[self.level]
+
+    @classmethod
+    def parse(cls, label: str) -> Distance:
+        """Inverse of `label`; raises ValueError naming the bad label."""
+        text = label.strip().upper()
+        if text.startswith("NV") and text[2:].isdigit():
+            return cls(Level.NV, int(text[2:]))
+        try:
+            return cls(Level(text))
+        except ValueError:
+            raise ValueError(f"unknown distance level {label!r}") from None
+
+
+def parse_weights(raw: Mapping[str, float]) -> dict[Level, float]:
+    """Weights from configuration (keys X, NV, PIX, ...); unknown keys are an error."""
+    weights = dict(DEFAULT_WEIGHTS)
+    for key, value in raw.items():
+        try:
+            level = Level(str(key).upper())
+        except ValueError:
+            raise ValueError(f"distance weight for unknown level {key!r}") from None
+        weights[level] = float(value)
+    return weights
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One row/column of the distance matrix: a device with a PCI address, or a NUMA node's CPUs."""
+
+    label: str
+    kind: DeviceKind
+    name: str
+    pci_address: str | None
+    numa_node: int | None
+
+
+def cpu_endpoint_label(numa_node: int) -> str:
+    return f"CPU{numa_node}"
+
+
+def endpoints(topology: NodeTopology) -> tuple[Endpoint, ...]:
+    """Every endpoint the matrix and the placement engine consider, in a stable order."""
+    result: list[Endpoint] = []
+
+    def numa_of(address: str) -> int | None:
+        dev = topology.pci(address)
+        return dev.numa_node if dev else None
+
+    gpu_addresses = {g.pci_address for g in topology.gpus}
+    for gpu in sorted(topology.gpus, key=lambda g: g.index):
+        result.append(
+            Endpoint(f"GPU{gpu.index}", DeviceKind.GPU, gpu.uuid, gpu.pci_address, numa_of(gpu.pci_address))
+        )
+    counters: dict[DeviceKind, int] = {DeviceKind.GPU: len(result)}
+
+    def add(kind: DeviceKind, name: str, address: str) -> None:
+        n = counters.get(kind, 0)
+        counters[kind] = n + 1
+        result.append(Endpoint(f"{kind.value}{n}", kind, name, address, numa_of(address)))
+
+    for acc in sorted(topology.accelerators, key=lambda a: a.pci_address):
+        if acc.pci_address not in gpu_addresses:
+            add(acc.kind, acc.pci_address, acc.pci_address)
+    for nic in sorted(topology.interfaces, key=lambda i: i.pci_address):
+        if nic.physfn is None:
+            add(DeviceKind.NIC, nic.name, nic.pci_address)
+    for nic in sorted(topology.interfaces, key=lambda i: i.pci_address):
+        for vf in nic.vfs:
+            add(DeviceKind.VF, vf.netdev or vf.pci_address, vf.pci_address)
+    for rdma in sorted(topology.rdma_devices, key=lambda r: r.pci_address):
+        add(DeviceKind.RDMA, rdma.name, rdma.pci_address)
+    for nvme in sorted(topology.nvme_devices, key=lambda n: n.pci_address):
+        add(DeviceKind.NVME, nvme.name, nvme.pci_address)
+    for node in sorted(topology.numa_nodes, key=lambda n: n.id):
+        result.append(Endpoint(cpu_endpoint_label(node.id), DeviceKind.CPU, f"node{node.id}", None, node.id))
+    return tuple(result)
+
+
+def pci_distance(topology: NodeTopology, a: str, b: str) -> Distance:
+    """Distance between two PCI functions of the node."""
+    if a == b:
+        return Distance(Level.X)
+    links = nvlink_count(topology, a, b)
+    if links:
+        return Distance(Level.NV, links)
+    dev_a, dev_b = topology.pci(a), topology.pci(b)
+    if dev_a is None or dev_b is None:
+        return Distance(Level.SYS)
+    if _same_function_group(dev_a, dev_b):
+        return Distance(Level.PIX)
+    if not _same_numa(dev_a.numa_node, dev_b.numa_node):
+        return Distance(Level.SYS)
+    if dev_a.host_bridge != dev_b.host_bridge:
+        return Distance(Level.NODE)
+    return Distance(_bridge_level(dev_a.bridges, dev_b.bridges))
+
+
+def _same_function_group(a: PciDevice, b: PciDevice) -> bool:
+    """Functions of one physical device (or a VF and its PF) sit behind the same port."""
+    return (
+        a.bridges == b.bridges
+        and a.host_bridge == b.host_bridge
+        and (
+            a.address.rsplit(".", 1)[0] == b.address.rsplit(".", 1)[0]
+            or a.physfn == b.address
+            or b.physfn == a.address
+            or (a.physfn is not None and a.physfn == b.physfn)
+        )
+    )
+
+
+def _same_numa(a: int | None, b: int | None) -> bool:
+    return a is None or b is None or a == b
+
+
+def _bridge_level(a: tuple[str, ...], b: tuple[str, ...]) -> Level:
+    """PIX when both hang off one switch (at most one bridge below the common one), else PXB.
+
+    With no common bridge the path goes up to the host bridge: PHB.
+    """
+    common = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        common += 1
+    if common == 0:
+        return Level.PHB
+    if max(len(a) - common, len(b) - common) <= 1:
+        return Level.PIX
+    return Level.PXB
+
+
+def nvlink_count(topology: NodeTopology, a: str, b: str) -> int:
+    gpu = topology.gpu_by_pci(a)
+    if gpu is None:
+        return 0
+    return sum(link.links for link in gpu.nvlinks if link.peer_pci_address == b)
+
+
+def endpoint_distance(topology: NodeTopology, a: Endpoint, b: Endpoint) -> Distance:
+    if a == b:
+        return Distance(Level.X)
+    if a.pci_address and b.pci_address:
+        return pci_distance(topology, a.pci_address, b.pci_address)
+    if a.pci_address is None and b.pci_address is None:
+        return Distance(Level.NODE if a.numa_node == b.numa_node else Level.SYS)
+    # A device against a NUMA node's CPUs: through its host bridge when local, across sockets if not.
+    return Distance(Level.PHB if _same_numa(a.numa_node, b.numa_node) else Level.SYS)
+
+
+def distance_matrix(
+    topology: NodeTopology, among: Iterable[Endpoint] | None = None
+) -> tuple[tuple[Endpoint, ...], tuple[tuple[Distance, ...], ...]]:
+    points = tuple(among) if among is not None else endpoints(topology)
+    rows = tuple(tuple(endpoint_distance(topology, a, b) for b in points) for a in points)
+    return points, rows

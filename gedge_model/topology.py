@@ -1,0 +1,216 @@
+"""The one model of a node's topology, shared by agent and extender.
+
+Everything is a frozen dataclass of plain values (str, int, float, bool, tuples
+of those or of other model classes) so it can travel as JSON, be hashed and be
+compared in tests. Discovery builds it; placement only reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from functools import cached_property
+
+
+class DeviceKind(StrEnum):
+    """What a schedulable endpoint is; the value is the label prefix in matrices."""
+
+    GPU = "GPU"
+    NIC = "NIC"
+    VF = "VF"
+    RDMA = "RDMA"
+    NVME = "NVME"
+    FPGA = "FPGA"
+    ASIC = "ASIC"
+    DISPLAY = "DISPLAY"
+    CPU = "CPU"
+
+
+@dataclass(frozen=True)
+class Cpu:
+    id: int
+    online: bool
+    core_id: int | None = None
+    package_id: int | None = None
+    numa_node: int | None = None
+    thread_siblings: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class NumaNode:
+    id: int
+    cpus: tuple[int, ...] = ()
+    memory_bytes: int | None = None
+    # (other node id, ACPI SLIT distance) pairs, including self (usually 10).
+    distances: tuple[tuple[int, int], ...] = ()
+
+    def distance_to(self, other: int) -> int | None:
+        return dict(self.distances).get(other)
+
+
+@dataclass(frozen=True)
+class PciDevice:
+    address: str
+    class_id: int
+    vendor_id: int
+    device_id: int
+    host_bridge: str
+    bridges: tuple[str, ...] = ()
+    """PCI bridges from the host bridge down to this device's parent, outermost first."""
+    driver: str | None = None
+    numa_node: int | None = None
+    numa_source: str = "sysfs"
+    """Where numa_node came from: sysfs, local_cpulist, ancestor or none."""
+    local_cpus: tuple[int, ...] = ()
+    link_speed: str | None = None
+    link_width: int | None = None
+    physfn: str | None = None
+
+    @property
+    def base_class(self) -> int:
+        return self.class_id >> 16
+
+    @property
+    def subclass(self) -> int:
+        return (self.class_id >> 8) & 0xFF
+
+    @property
+    def is_bridge(self) -> bool:
+        return self.base_class == 0x06
+
+
+@dataclass(frozen=True)
+class VirtualFunction:
+    index: int
+    pci_address: str
+    netdev: str | None = None
+
+
+@dataclass(frozen=True)
+class NetInterface:
+    name: str
+    pci_address: str
+    mac: str | None = None
+    speed_mbps: int | None = None
+    operstate: str | None = None
+    sriov_totalvfs: int = 0
+    sriov_numvfs: int = 0
+    vfs: tuple[VirtualFunction, ...] = ()
+    physfn: str | None = None
+    """PCI address of the physical function when this interface is itself a VF."""
+
+
+@dataclass(frozen=True)
+class RdmaDevice:
+    name: str
+    pci_address: str
+    netdevs: tuple[str, ...] = ()
+    node_guid: str | None = None
+
+
+@dataclass(frozen=True)
+class NvmeDevice:
+    name: str
+    pci_address: str
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    """A PCI function that computes: GPU/display controller, processing accelerator, FPGA."""
+
+    pci_address: str
+    kind: DeviceKind
+    vendor_id: int
+    device_id: int
+
+
+@dataclass(frozen=True)
+class MigProfile:
+    name: str
+    profile_id: int
+    slices: int
+    memory_mib: int
+    total: int
+    available: int
+
+
+@dataclass(frozen=True)
+class MigInstance:
+    uuid: str
+    profile: str
+    gpu_instance_id: int
+    compute_instance_id: int
+    placement_start: int = 0
+    placement_size: int = 0
+
+
+@dataclass(frozen=True)
+class NvLink:
+    peer_pci_address: str
+    links: int
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    uuid: str
+    name: str
+    pci_address: str
+    memory_bytes: int
+    driver_version: str | None = None
+    cuda_driver_version: str | None = None
+    compute_capability: str | None = None
+    mig_current: bool = False
+    mig_pending: bool = False
+    mig_profiles: tuple[MigProfile, ...] = ()
+    mig_instances: tuple[MigInstance, ...] = ()
+    nvlinks: tuple[NvLink, ...] = ()
+    timeslice_replicas: int = 1
+
+
+@dataclass(frozen=True)
+class NodeTopology:
+    node_name: str
+    cpus: tuple[Cpu, ...] = ()
+    numa_nodes: tuple[NumaNode, ...] = ()
+    pci_devices: tuple[PciDevice, ...] = ()
+    interfaces: tuple[NetInterface, ...] = ()
+    rdma_devices: tuple[RdmaDevice, ...] = ()
+    nvme_devices: tuple[NvmeDevice, ...] = ()
+    accelerators: tuple[Accelerator, ...] = ()
+    gpus: tuple[Gpu, ...] = ()
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def pci(self, address: str) -> PciDevice | None:
+        return self._pci_by_address.get(address)
+
+    def numa(self, node_id: int) -> NumaNode | None:
+        return self._numa_by_id.get(node_id)
+
+    def gpu_by_pci(self, address: str) -> Gpu | None:
+        return self._gpu_by_pci.get(address)
+
+    @cached_property
+    def _pci_by_address(self) -> dict[str, PciDevice]:
+        return {d.address: d for d in self.pci_devices}
+
+    @cached_property
+    def _numa_by_id(self) -> dict[int, NumaNode]:
+        return {n.id: n for n in self.numa_nodes}
+
+    @cached_property
+    def _gpu_by_pci(self) -> dict[str, Gpu]:
+        return {g.pci_address: g for g in self.gpus}
+
+    @property
+    def online_cpus(self) -> tuple[int, ...]:
+        return tuple(c.id for c in self.cpus if c.online)
+
+    @property
+    def driver_version(self) -> str | None:
+        return next((g.driver_version for g in self.gpus if g.driver_version), None)
+
+    @property
+    def cuda_driver_version(self) -> str | None:
+        return next((g.cuda_driver_version for g in self.gpus if g.cuda_driver_version), None)

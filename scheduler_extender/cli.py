@@ -1,0 +1,35 @@
+"""`gedge-extender`: one subcommand per module in scheduler_extender/commands."""
+
+from __future__ import annotations
+
+import sys
+
+from gedge_model.cli_support import run_lazy_cli
+
+COMMANDS: dict[str, str] = {
+    "serve": "run the kube-scheduler extender (filter, prioritize, bind) over the live cluster cache",
+    "place": "one-shot: place a pod manifest on the nodes of an agents file and print the allocation",
+    "demo": "the main job here, no cluster: an agent discovers this machine, the extender places a sample pod",
+}
+
+EPILOG = """examples:
+  gedge-extender serve --agents agents.yaml --listen 127.0.0.1:8888
+  gedge-extender serve --kubeconfig ~/.kube/config --listen 0.0.0.0:8888
+  gedge-extender place --agents agents.yaml --pod pod.yaml
+  gedge-extender demo
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_lazy_cli(
+        prog="gedge-extender",
+        description="gedge-accel scheduler extender: topology-aware filter, prioritize and bind.",
+        epilog=EPILOG,
+        package="scheduler_extender.commands",
+        commands=COMMANDS,
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
