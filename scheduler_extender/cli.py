@@ -9,7 +9,7 @@ from gedge_model.cli_support import run_lazy_cli
 COMMANDS: dict[str, str] = {
     "serve": "run the kube-scheduler extender (filter, prioritize, bind) over the live cluster cache",
     "place": "one-shot: place a pod manifest on the nodes of an agents file and print the allocation",
-    "demo": "the main job here, no cluster: an agent discovers this machine, the extender places a sample pod",
+    "demo": "the main job here, no cluster: an agent discovers this machine, the extender places a pod",
 }
 
 EPILOG = """examples:
