@@ -1,0 +1,54 @@
+"""What the extender's HTTP verbs read and call: nodes as the cache holds them, and the agents' apply.
+
+The live gRPC cache and the agents' gRPC clients implement these; tests of the
+verbs may pass a `StaticNodeSource` built from real discovered topologies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from gedge_model import Allocation, NodeState
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """One node in the cache: its last reported state, and whether that report is still live."""
+
+    state: NodeState
+    fresh: bool = True
+    reason: str | None = None
+    """Why the node is not fresh (stream gone since ..., never connected, wrong identity)."""
+    address: str | None = None
+
+
+class NodeSource(Protocol):
+    def node(self, name: str) -> NodeView | None: ...
+
+    def nodes(self) -> Mapping[str, NodeView]: ...
+
+
+class AgentApplier(Protocol):
+    """Makes a bind real on a node run without Kubernetes (the agent's gRPC Apply/Release)."""
+
+    def apply(self, node: str, allocation: Allocation) -> None: ...
+
+    def release(self, node: str, pod_uid: str) -> None: ...
+
+
+class StaticNodeSource:
+    """A fixed set of node states, for the one-shot `place` command and for tests."""
+
+    def __init__(self, states: Mapping[str, NodeState] | None = None) -> None:
+        self._views = {name: NodeView(state) for name, state in (states or {}).items()}
+
+    def put(self, view: NodeView) -> None:
+        self._views[view.state.node_name] = view
+
+    def node(self, name: str) -> NodeView | None:
+        return self._views.get(name)
+
+    def nodes(self) -> Mapping[str, NodeView]:
+        return dict(self._views)
