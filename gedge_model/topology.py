@@ -40,6 +40,7 @@ class Cpu:
 class NumaNode:
     id: int
     cpus: tuple[int, ...] = ()
+    """The node's online CPUs; an offline CPU still names its node in `Cpu.numa_node`."""
     memory_bytes: int | None = None
     # (other node id, ACPI SLIT distance) pairs, including self (usually 10).
     distances: tuple[tuple[int, int], ...] = ()
@@ -60,7 +61,7 @@ class PciDevice:
     driver: str | None = None
     numa_node: int | None = None
     numa_source: str = "sysfs"
-    """Where numa_node came from: sysfs, local_cpulist, ancestor or none."""
+    """Where numa_node came from: sysfs, local_cpulist, ancestor, only-node (a one-node machine) or none."""
     local_cpus: tuple[int, ...] = ()
     link_speed: str | None = None
     link_width: int | None = None

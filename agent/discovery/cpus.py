@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agent.discovery.sysfs import SysfsTree
 from gedge_model import Cpu, NumaNode
@@ -24,6 +24,9 @@ class CpuInventory:
 def read_cpus(fs: SysfsTree) -> CpuInventory:
     """CPUs and NUMA nodes under `fs.root`.
 
+    A NUMA node's `cpus` are its online CPUs (what can be pinned); an offline
+    CPU still names its node in `Cpu.numa_node`.
+
     A kernel without NUMA (no node directories) is one node 0 holding every CPU.
     NUMA nodes whose CPU lists overlap contradict each other; like hwloc, the
     description is then dropped for one node holding every CPU, with a warning.
@@ -38,7 +41,8 @@ def read_cpus(fs: SysfsTree) -> CpuInventory:
     cpus = tuple(
         _read_cpu(fs, cpu_id, cpu_id in online_ids, node_of.get(cpu_id)) for cpu_id in sorted(cpu_ids)
     )
-    return CpuInventory(cpus, nodes)
+    online_nodes = tuple(replace(node, cpus=tuple(c for c in node.cpus if c in online_ids)) for node in nodes)
+    return CpuInventory(cpus, online_nodes)
 
 
 def _cpu_ids(fs: SysfsTree) -> set[int]:

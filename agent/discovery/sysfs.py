@@ -51,7 +51,7 @@ class SysfsTree:
             else:
                 self.warn(f"{self.shown(rel)}: unreadable ({exc.strerror or exc})")
             return None
-        return data.decode("utf-8", errors="replace").strip()
+        return data.decode("utf-8", errors="replace").strip(" \t\r\n\x00")
 
     def read_int(self, rel: str, *, base: int = 10, required: bool = False) -> int | None:
         text = self.read(rel, required=required)
