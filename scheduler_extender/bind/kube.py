@@ -1,0 +1,275 @@
+"""Bind under Kubernetes: annotate the pod with its allocation, then create the Binding.
+
+Also the two other places the extender talks to the API server: reading a pod
+that bind was not told about, and rebuilding held allocations after a restart
+from the pods that carry the annotation (list, then watch).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from kubernetes.client import (
+    CoreV1Api,
+    CoreV1Event,
+    V1Binding,
+    V1EventSource,
+    V1ObjectMeta,
+    V1ObjectReference,
+)
+from kubernetes.client.exceptions import ApiException
+
+from gedge_model import ANNOTATION, Allocation, ModelDecodeError
+from scheduler_extender.bind.assume import AssumeCache
+from scheduler_extender.bind.binder import BindError
+
+log = structlog.get_logger("gedge.extender.kube")
+
+COMPONENT = "gedge-extender"
+API_TIMEOUT = (2.0, 4.0)
+"""Connect and read timeouts; kube-scheduler gives a bind 5 s in all."""
+
+_MERGE_PATCH = "application/merge-patch+json"
+
+
+def _api_error(exc: ApiException) -> str:
+    try:
+        message = json.loads(exc.body or "{}").get("message")
+    except (ValueError, AttributeError):
+        message = None
+    return f"{exc.status} {message or exc.reason}"
+
+
+class KubeBinder:
+    """Annotation first, Binding second: a bound pod always carries its allocation.
+
+    The Binding names the pod UID, so a pod deleted and re-created under the same
+    name is never bound with the old pod's devices. A failed Binding removes the
+    annotation again.
+    """
+
+    def __init__(self, api: CoreV1Api) -> None:
+        self._api = api
+
+    def bind(self, allocation: Allocation) -> None:
+        pod = f"{allocation.namespace}/{allocation.name}"
+        try:
+            self._patch_annotation(allocation, allocation.to_annotation())
+        except ApiException as exc:
+            raise BindError(f"pod {pod}: writing annotation {ANNOTATION} failed: {_api_error(exc)}") from None
+        binding = V1Binding(
+            metadata=V1ObjectMeta(
+                name=allocation.name, namespace=allocation.namespace, uid=allocation.pod_uid
+            ),
+            target=V1ObjectReference(api_version="v1", kind="Node", name=allocation.node),
+        )
+        try:
+            # The client cannot deserialize the Binding the server returns; read it raw.
+            response = self._api.create_namespaced_binding(
+                allocation.namespace, binding, _preload_content=False, _request_timeout=API_TIMEOUT
+            )
+            response.release_conn()
+        except ApiException as exc:
+            self._clear_annotation(allocation)
+            raise BindError(
+                f"pod {pod}: binding to node {allocation.node} failed: {_api_error(exc)}"
+            ) from None
+
+    def _patch_annotation(self, allocation: Allocation, value: str | None) -> None:
+        body = {"metadata": {"uid": allocation.pod_uid, "annotations": {ANNOTATION: value}}}
+        response = self._api.patch_namespaced_pod(
+            allocation.name,
+            allocation.namespace,
+            body,
+            _content_type=_MERGE_PATCH,
+            _preload_content=False,
+            _request_timeout=API_TIMEOUT,
+        )
+        response.release_conn()
+
+    def _clear_annotation(self, allocation: Allocation) -> None:
+        try:
+            self._patch_annotation(allocation, None)
+        except ApiException as exc:
+            log.warning(
+                "annotation_not_cleared",
+                pod=f"{allocation.namespace}/{allocation.name}",
+                error=_api_error(exc),
+            )
+
+
+def read_pod(api: CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
+    """The pod as the API server serializes it (raw JSON, as kube-scheduler would send it)."""
+    response = api.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=API_TIMEOUT)
+    try:
+        return json.loads(response.data)
+    finally:
+        response.release_conn()
+
+
+class KubeEvents:
+    """Warning Events on pods, so `kubectl describe pod` shows why the extender refused it."""
+
+    def __init__(self, api: CoreV1Api, instance: str) -> None:
+        self._api = api
+        self._instance = instance
+        self._sent: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def warn(self, pod: dict[str, Any], reason: str, message: str) -> None:
+        meta = pod.get("metadata") or {}
+        name, namespace, uid = meta.get("name"), meta.get("namespace") or "default", meta.get("uid")
+        if not name:
+            return
+        with self._lock:
+            key = (str(uid or name), message)
+            if key in self._sent:
+                return
+            if len(self._sent) > 10_000:
+                self._sent.clear()
+            self._sent.add(key)
+        now = datetime.datetime.now(datetime.UTC)
+        event = CoreV1Event(
+            metadata=V1ObjectMeta(generate_name=f"{name}.", namespace=namespace),
+            involved_object=V1ObjectReference(
+                api_version="v1", kind="Pod", name=name, namespace=namespace, uid=uid
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning",
+            source=V1EventSource(component=COMPONENT),
+            reporting_component=COMPONENT,
+            reporting_instance=self._instance,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            response = self._api.create_namespaced_event(
+                namespace, event, _preload_content=False, _request_timeout=API_TIMEOUT
+            )
+            response.release_conn()
+        except ApiException as exc:
+            log.warning("event_not_created", pod=f"{namespace}/{name}", error=_api_error(exc))
+
+
+def allocation_of(pod: dict[str, Any]) -> Allocation | None:
+    """The allocation a live, bound pod holds; None when it holds none (or no longer)."""
+    meta = pod.get("metadata") or {}
+    text = (meta.get("annotations") or {}).get(ANNOTATION)
+    node = (pod.get("spec") or {}).get("nodeName")
+    phase = (pod.get("status") or {}).get("phase")
+    if not text or not node or phase in ("Succeeded", "Failed"):
+        return None
+    allocation = Allocation.from_annotation(text)
+    if allocation.pod_uid != meta.get("uid") or allocation.node != node:
+        raise ModelDecodeError(
+            f"{ANNOTATION}: names pod {allocation.pod_uid} on {allocation.node}, "
+            f"but the pod is {meta.get('uid')} on {node}"
+        )
+    return allocation
+
+
+class PodAllocationWatch:
+    """Keeps the assume cache holding every allocation recorded on a bound pod (list + watch)."""
+
+    def __init__(
+        self,
+        api: CoreV1Api,
+        cache: AssumeCache,
+        *,
+        watch_timeout_s: int = 300,
+        on_bad_annotation: Callable[[dict[str, Any], str], None] | None = None,
+    ) -> None:
+        self._api = api
+        self._cache = cache
+        self._watch_timeout_s = watch_timeout_s
+        self._on_bad = on_bad_annotation
+        self._stop = threading.Event()
+        self._synced = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._watch: Any = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="pod-allocation-watch", daemon=True)
+        self._thread.start()
+
+    def wait_synced(self, timeout: float) -> bool:
+        return self._synced.wait(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def relist(self) -> str:
+        """Hold what every bound pod records and drop what no pod records any more; returns the RV."""
+        response = self._api.list_pod_for_all_namespaces(
+            field_selector="spec.nodeName!=", _preload_content=False, _request_timeout=(2.0, 30.0)
+        )
+        try:
+            body = json.loads(response.data)
+        finally:
+            response.release_conn()
+        seen = []
+        for pod in body.get("items") or []:
+            allocation = self._apply(pod)
+            if allocation is not None:
+                seen.append(allocation.pod_uid)
+        self._cache.retain(seen)
+        self._synced.set()
+        return str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _apply(self, pod: dict[str, Any], deleted: bool = False) -> Allocation | None:
+        uid = (pod.get("metadata") or {}).get("uid")
+        try:
+            allocation = None if deleted else allocation_of(pod)
+        except ModelDecodeError as exc:
+            log.warning("bad_allocation_annotation", pod=uid, error=str(exc))
+            if self._on_bad is not None:
+                self._on_bad(pod, str(exc))
+            allocation = None
+        if allocation is not None:
+            self._cache.observe(allocation)
+        elif uid and self._cache.held_by(uid) is not None and (pod.get("spec") or {}).get("nodeName"):
+            self._cache.release(uid)
+        return allocation
+
+    def _run(self) -> None:
+        from kubernetes import watch
+
+        backoff = 1.0
+        while not self._stop.is_set():
+            try:
+                version = self.relist()
+                backoff = 1.0
+                while not self._stop.is_set():
+                    self._watch = watch.Watch()
+                    for event in self._watch.stream(
+                        self._api.list_pod_for_all_namespaces,
+                        field_selector="spec.nodeName!=",
+                        resource_version=version,
+                        allow_watch_bookmarks=True,
+                        timeout_seconds=self._watch_timeout_s,
+                        deserialize=False,
+                    ):
+                        obj = event.get("object") or {}
+                        version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
+                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                            self._apply(obj, deleted=event["type"] == "DELETED")
+            except ApiException as exc:
+                if exc.status != 410:
+                    log.warning("pod_watch_failed", error=_api_error(exc))
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, 30.0)
+            except Exception as exc:  # a dropped connection must not end the watch for good
+                log.warning("pod_watch_failed", error=str(exc))
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 30.0)

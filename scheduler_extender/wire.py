@@ -1,0 +1,250 @@
+"""The kube-scheduler extender v1 wire types (k8s.io/kube-scheduler/extender/v1), decoded and encoded.
+
+The Go types carry no JSON tags, so kube-scheduler sends and reads Go field names
+(`Pod`, `Nodes`, `NodeNames`, ...). Its decoder matches names ignoring case, so
+this decoder does too (an exact match wins). Of `Nodes` and `NodeNames` exactly
+the one for the configured nodeCacheCapable mode is set; the other is `null`, and
+a reply mirrors the mode of the request it answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+MAX_EXTENDER_PRIORITY = 10
+MIN_EXTENDER_PRIORITY = 0
+
+
+class WireError(ValueError):
+    """The request body does not match the extender v1 types; the message names the field."""
+
+
+def field(obj: Mapping[str, Any], name: str) -> Any:
+    """A Go-style lookup: the exact key first, else any key equal ignoring case, else None."""
+    if name in obj:
+        return obj[name]
+    folded = name.casefold()
+    for key, value in obj.items():
+        if isinstance(key, str) and key.casefold() == folded:
+            return value
+    return None
+
+
+def _object(raw: Any, path: str, *, required: bool = True) -> dict[str, Any] | None:
+    if raw is None:
+        if required:
+            raise WireError(f"{path}: missing")
+        return None
+    if not isinstance(raw, dict):
+        raise WireError(f"{path}: expected an object, got {type(raw).__name__}")
+    return raw
+
+
+def _string(raw: Any, path: str) -> str:
+    if not isinstance(raw, str):
+        raise WireError(f"{path}: expected a string, got {'null' if raw is None else type(raw).__name__}")
+    return raw
+
+
+def object_name(obj: Mapping[str, Any], path: str) -> str:
+    meta = _object(field(obj, "metadata"), f"{path}.metadata")
+    assert meta is not None
+    name = _string(field(meta, "name"), f"{path}.metadata.name")
+    if not name:
+        raise WireError(f"{path}.metadata.name: empty")
+    return name
+
+
+def object_uid(obj: Mapping[str, Any], path: str) -> str:
+    meta = _object(field(obj, "metadata"), f"{path}.metadata")
+    assert meta is not None
+    return _string(field(meta, "uid"), f"{path}.metadata.uid")
+
+
+@dataclass(frozen=True)
+class ExtenderArgs:
+    """Filter and prioritize input: the pod and its candidate nodes."""
+
+    pod: dict[str, Any]
+    node_names: tuple[str, ...] | None
+    """Set when kube-scheduler runs the extender nodeCacheCapable."""
+    nodes: tuple[dict[str, Any], ...] | None
+    """Full v1.Node objects, set when not nodeCacheCapable."""
+
+    @property
+    def candidates(self) -> tuple[str, ...]:
+        if self.node_names is not None:
+            return self.node_names
+        return tuple(object_name(n, f"ExtenderArgs.Nodes.items[{i}]") for i, n in enumerate(self.nodes or ()))
+
+    @property
+    def pod_label(self) -> str:
+        """namespace/name of the pod, for messages; never raises."""
+        meta = self.pod.get("metadata") if isinstance(self.pod.get("metadata"), dict) else {}
+        return f"{meta.get('namespace') or 'default'}/{meta.get('name') or '<unnamed>'}"
+
+
+def decode_extender_args(raw: Any) -> ExtenderArgs:
+    body = _object(raw, "ExtenderArgs")
+    assert body is not None
+    pod = _object(field(body, "Pod"), "ExtenderArgs.Pod")
+    assert pod is not None
+    names_raw = field(body, "NodeNames")
+    nodes_raw = field(body, "Nodes")
+    node_names: tuple[str, ...] | None = None
+    nodes: tuple[dict[str, Any], ...] | None = None
+    if names_raw is not None:
+        if not isinstance(names_raw, list):
+            raise WireError(f"ExtenderArgs.NodeNames: expected a list, got {type(names_raw).__name__}")
+        node_names = tuple(_string(n, f"ExtenderArgs.NodeNames[{i}]") for i, n in enumerate(names_raw))
+    if nodes_raw is not None:
+        node_list = _object(nodes_raw, "ExtenderArgs.Nodes")
+        assert node_list is not None
+        items = field(node_list, "items")
+        if items is not None and not isinstance(items, list):
+            raise WireError(f"ExtenderArgs.Nodes.items: expected a list, got {type(items).__name__}")
+        nodes = tuple(
+            _object(item, f"ExtenderArgs.Nodes.items[{i}]")  # type: ignore[misc]
+            for i, item in enumerate(items or ())
+        )
+        for i, node in enumerate(nodes):
+            object_name(node, f"ExtenderArgs.Nodes.items[{i}]")
+    if node_names is None and nodes is None:
+        raise WireError("ExtenderArgs: neither NodeNames nor Nodes is set")
+    return ExtenderArgs(pod=pod, node_names=node_names, nodes=nodes)
+
+
+def encode_filter_result(
+    args: ExtenderArgs | None,
+    passed: Sequence[str] = (),
+    failed: Mapping[str, str] | None = None,
+    unresolvable: Mapping[str, str] | None = None,
+    error: str = "",
+) -> dict[str, Any]:
+    """ExtenderFilterResult in the nodeCacheCapable mode of `args` (NodeNames when unknown)."""
+    result: dict[str, Any] = {
+        "Nodes": None,
+        "NodeNames": None,
+        "FailedNodes": dict(failed or {}),
+        "FailedAndUnresolvableNodes": dict(unresolvable or {}),
+        "Error": error,
+    }
+    if error:
+        return result
+    if args is not None and args.nodes is not None:
+        keep = set(passed)
+        by_name = {object_name(n, "node"): n for n in args.nodes}
+        result["Nodes"] = {"metadata": {}, "items": [by_name[name] for name in by_name if name in keep]}
+    else:
+        result["NodeNames"] = list(passed)
+    return result
+
+
+def encode_host_priorities(scores: Mapping[str, int]) -> list[dict[str, Any]]:
+    """HostPriorityList: a bare JSON list of {Host, Score}, scores clamped to 0..10."""
+    return [
+        {"Host": host, "Score": max(MIN_EXTENDER_PRIORITY, min(MAX_EXTENDER_PRIORITY, int(score)))}
+        for host, score in scores.items()
+    ]
+
+
+@dataclass(frozen=True)
+class BindingArgs:
+    pod_name: str
+    pod_namespace: str
+    pod_uid: str
+    node: str
+
+    @property
+    def pod_label(self) -> str:
+        return f"{self.pod_namespace}/{self.pod_name}"
+
+
+def decode_binding_args(raw: Any) -> BindingArgs:
+    body = _object(raw, "ExtenderBindingArgs")
+    assert body is not None
+    values = {}
+    for name in ("PodName", "PodNamespace", "PodUID", "Node"):
+        value = _string(field(body, name), f"ExtenderBindingArgs.{name}")
+        if not value:
+            raise WireError(f"ExtenderBindingArgs.{name}: empty")
+        values[name] = value
+    return BindingArgs(values["PodName"], values["PodNamespace"], values["PodUID"], values["Node"])
+
+
+def encode_binding_result(error: str = "") -> dict[str, Any]:
+    return {"Error": error}
+
+
+@dataclass(frozen=True)
+class NodeVictims:
+    pod_uids: tuple[str, ...]
+    num_pdb_violations: int = 0
+
+
+@dataclass(frozen=True)
+class PreemptionArgs:
+    """ExtenderPreemptionArgs: the pod, and per node the pods kube-scheduler would evict for it.
+
+    nodeCacheCapable sends `NodeNameToMetaVictims` (pod UIDs); otherwise
+    `NodeNameToVictims` (full pods), reduced here to UIDs alike.
+    """
+
+    pod: dict[str, Any]
+    victims: dict[str, NodeVictims]
+
+
+def _pdb(raw: Any, path: str) -> int:
+    if raw is None:
+        return 0
+    if not isinstance(raw, int) or isinstance(raw, bool):
+        raise WireError(f"{path}: expected an integer, got {raw!r}")
+    return raw
+
+
+def decode_preemption_args(raw: Any) -> PreemptionArgs:
+    body = _object(raw, "ExtenderPreemptionArgs")
+    assert body is not None
+    pod = _object(field(body, "Pod"), "ExtenderPreemptionArgs.Pod")
+    assert pod is not None
+    victims: dict[str, NodeVictims] = {}
+    meta = _object(field(body, "NodeNameToMetaVictims"), "NodeNameToMetaVictims", required=False)
+    full = _object(field(body, "NodeNameToVictims"), "NodeNameToVictims", required=False)
+    for node, entry in (meta or {}).items():
+        path = f"ExtenderPreemptionArgs.NodeNameToMetaVictims.{node}"
+        item = _object(entry, path)
+        assert item is not None
+        pods = field(item, "Pods") or []
+        if not isinstance(pods, list):
+            raise WireError(f"{path}.Pods: expected a list")
+        uids = tuple(
+            _string(field(_object(p, f"{path}.Pods[{i}]") or {}, "UID"), f"{path}.Pods[{i}].UID")
+            for i, p in enumerate(pods)
+        )
+        victims[node] = NodeVictims(uids, _pdb(field(item, "NumPDBViolations"), f"{path}.NumPDBViolations"))
+    for node, entry in (full or {}).items():
+        if node in victims:
+            continue
+        path = f"ExtenderPreemptionArgs.NodeNameToVictims.{node}"
+        item = _object(entry, path)
+        assert item is not None
+        pods = field(item, "Pods") or []
+        if not isinstance(pods, list):
+            raise WireError(f"{path}.Pods: expected a list")
+        uids = tuple(
+            object_uid(_object(p, f"{path}.Pods[{i}]") or {}, f"{path}.Pods[{i}]") for i, p in enumerate(pods)
+        )
+        victims[node] = NodeVictims(uids, _pdb(field(item, "NumPDBViolations"), f"{path}.NumPDBViolations"))
+    return PreemptionArgs(pod=pod, victims=victims)
+
+
+def encode_preemption_result(victims: Mapping[str, NodeVictims]) -> dict[str, Any]:
+    """ExtenderPreemptionResult: always NodeNameToMetaVictims, as kube-scheduler expects."""
+    return {
+        "NodeNameToMetaVictims": {
+            node: {"Pods": [{"UID": uid} for uid in v.pod_uids], "NumPDBViolations": v.num_pdb_violations}
+            for node, v in victims.items()
+        }
+    }
