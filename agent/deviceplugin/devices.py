@@ -1,0 +1,154 @@
+"""Which devices each gedge.io resource advertises, derived from the one NodeTopology.
+
+Pure: the model in, per-resource device lists out. IDs are exactly what the
+extender writes into `gedge.io/allocation` (DeviceGrant.id), so Allocate can
+compare kubelet's request with the annotation without translation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from gedge_model import Gpu, NodeTopology
+from gedge_model.allocation import (
+    RESOURCE_GPU,
+    RESOURCE_GPU_SHARED,
+    RESOURCE_MIG_PREFIX,
+    RESOURCE_RDMA,
+    RESOURCE_SRIOV_VF,
+    is_known_resource,
+)
+
+log = logging.getLogger(__name__)
+
+HEALTHY = "Healthy"
+UNHEALTHY = "Unhealthy"
+TIMESLICE_SEPARATOR = "::"
+MAX_DEVICE_ID = 63
+"""kubelet's limit on Device.ID."""
+
+
+@dataclass(frozen=True)
+class GpuRef:
+    """The physical GPU behind a whole-GPU, time-slice or MIG device."""
+
+    uuid: str
+    pci_address: str
+
+
+@dataclass(frozen=True)
+class MigRef:
+    gpu_instance_id: int
+    compute_instance_id: int
+
+
+@dataclass(frozen=True)
+class PluginDevice:
+    """One device as a plugin advertises it, with what Allocate needs to expose it."""
+
+    resource: str
+    id: str
+    health: str = HEALTHY
+    numa_node: int | None = None
+    gpu: GpuRef | None = None
+    mig: MigRef | None = None
+    pci_address: str | None = None
+    """The VF's or RDMA device's PCI function."""
+    rdma_name: str | None = None
+
+
+def timeslice_id(gpu_uuid: str, replica: int) -> str:
+    return f"{gpu_uuid}{TIMESLICE_SEPARATOR}{replica}"
+
+
+def mig_resource(profile: str) -> str:
+    return f"{RESOURCE_MIG_PREFIX}{profile}"
+
+
+def _numa(topology: NodeTopology, pci_address: str | None) -> int | None:
+    if pci_address is None:
+        return None
+    device = topology.pci(pci_address)
+    if device is None or device.numa_node is None or device.numa_node < 0:
+        return None
+    return device.numa_node
+
+
+def _gpu_devices(topology: NodeTopology, gpu: Gpu) -> list[PluginDevice]:
+    ref = GpuRef(uuid=gpu.uuid, pci_address=gpu.pci_address)
+    numa = _numa(topology, gpu.pci_address)
+    if gpu.mig_current:
+        out = []
+        for instance in gpu.mig_instances:
+            resource = mig_resource(instance.profile)
+            if not is_known_resource(resource):
+                log.warning("MIG instance %s has profile %r, not advertised", instance.uuid, instance.profile)
+                continue
+            mig = MigRef(instance.gpu_instance_id, instance.compute_instance_id)
+            out.append(PluginDevice(resource, instance.uuid, numa_node=numa, gpu=ref, mig=mig))
+        return out
+    out = [PluginDevice(RESOURCE_GPU, gpu.uuid, numa_node=numa, gpu=ref)]
+    if gpu.timeslice_replicas > 1:
+        out += [
+            PluginDevice(RESOURCE_GPU_SHARED, timeslice_id(gpu.uuid, r), numa_node=numa, gpu=ref)
+            for r in range(gpu.timeslice_replicas)
+        ]
+    return out
+
+
+def plugin_devices(
+    topology: NodeTopology, unhealthy: Collection[str] = ()
+) -> dict[str, tuple[PluginDevice, ...]]:
+    """resource name -> its devices, sorted by id; resources without devices are absent.
+
+    A GPU in MIG mode is advertised only through its MIG instances; a GPU with
+    time-slice replicas is advertised whole and as replicas (the extender keeps
+    the two from overlapping). An id in `unhealthy` (or its parent GPU's UUID)
+    is reported Unhealthy so kubelet stops handing it out.
+    """
+    found: list[PluginDevice] = []
+    for gpu in topology.gpus:
+        found += _gpu_devices(topology, gpu)
+    for interface in topology.interfaces:
+        for vf in interface.vfs:
+            numa = _numa(topology, vf.pci_address)
+            if numa is None:
+                numa = _numa(topology, interface.pci_address)
+            found.append(
+                PluginDevice(RESOURCE_SRIOV_VF, vf.pci_address, numa_node=numa, pci_address=vf.pci_address)
+            )
+    for rdma in topology.rdma_devices:
+        found.append(
+            PluginDevice(
+                RESOURCE_RDMA,
+                rdma.name,
+                numa_node=_numa(topology, rdma.pci_address),
+                pci_address=rdma.pci_address,
+                rdma_name=rdma.name,
+            )
+        )
+    bad = frozenset(unhealthy)
+    by_resource: dict[str, dict[str, PluginDevice]] = {}
+    for device in found:
+        if len(device.id) > MAX_DEVICE_ID:
+            log.warning(
+                "device id %r of %s is longer than %d, not advertised",
+                device.id,
+                device.resource,
+                MAX_DEVICE_ID,
+            )
+            continue
+        if device.id in bad or (device.gpu is not None and device.gpu.uuid in bad):
+            device = dataclasses.replace(device, health=UNHEALTHY)
+        seen = by_resource.setdefault(device.resource, {})
+        if device.id in seen:
+            log.warning("device id %r appears twice for %s; keeping the first", device.id, device.resource)
+            continue
+        seen[device.id] = device
+    return {
+        resource: tuple(devices[k] for k in sorted(devices))
+        for resource, devices in sorted(by_resource.items())
+    }
