@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint venv system-deps
+.PHONY: demo test lint venv system-deps e2e-binaries
 
 venv: $(VENV)/.installed
 
@@ -32,7 +32,13 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m protos.generate --check
 
-test: venv system-deps lint
+# etcd, kube-apiserver and kube-scheduler for the e2e tests, built from their Go
+# modules at the versions pinned in tests/e2e/controlplane and cached under
+# ~/.cache/gedge-accel/controlplane (rebuilt only when the pins change).
+e2e-binaries:
+	tests/e2e/controlplane/build.sh >/dev/null
+
+test: venv system-deps lint e2e-binaries
 	$(BIN)/pytest -q -rs
 
 demo: venv

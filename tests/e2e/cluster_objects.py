@@ -1,0 +1,103 @@
+"""Kubernetes objects the e2e tests make (nodes as an agent's kubelet would register them, pods) and waits."""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+from kubernetes import client as k8s
+
+AGENT_PORT_ANNOTATION = "gedge.io/agent-port"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10"
+
+T = TypeVar("T")
+
+
+def node_object(
+    name: str,
+    *,
+    cpu: str = "8",
+    memory: str = "32Gi",
+    pods: str = "110",
+    extended: Mapping[str, int] | None = None,
+    agent_port: int | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> k8s.V1Node:
+    """A Ready node at 127.0.0.1 with `extended` resources as the agent's device plugins advertise them."""
+    resources = {"cpu": cpu, "memory": memory, "pods": pods}
+    resources.update({resource: str(count) for resource, count in (extended or {}).items()})
+    now = datetime.datetime.now(datetime.UTC)
+    annotations = {AGENT_PORT_ANNOTATION: str(agent_port)} if agent_port is not None else None
+    return k8s.V1Node(
+        metadata=k8s.V1ObjectMeta(
+            name=name,
+            annotations=annotations,
+            labels={"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **(labels or {})},
+        ),
+        status=k8s.V1NodeStatus(
+            capacity=resources,
+            allocatable=resources,
+            addresses=[
+                k8s.V1NodeAddress(type="InternalIP", address="127.0.0.1"),
+                k8s.V1NodeAddress(type="Hostname", address=name),
+            ],
+            conditions=[
+                k8s.V1NodeCondition(
+                    type="Ready",
+                    status="True",
+                    reason="KubeletReady",
+                    message="gedge e2e node",
+                    last_heartbeat_time=now,
+                    last_transition_time=now,
+                )
+            ],
+        ),
+    )
+
+
+def register_node(core: k8s.CoreV1Api, node: k8s.V1Node) -> k8s.V1Node:
+    """Create the Node, then write its status through the status subresource as kubelet does."""
+    created = core.create_node(node)
+    created.status = node.status
+    return core.replace_node_status(node.metadata.name, created)
+
+
+def pause_pod(
+    name: str,
+    *,
+    scheduler: str = "default-scheduler",
+    requests: Mapping[str, str] | None = None,
+    annotations: Mapping[str, str] | None = None,
+) -> k8s.V1Pod:
+    """A one-container pod; extended resources go to limits as well, as Kubernetes requires."""
+    requests = dict(requests or {})
+    limits = {k: v for k, v in requests.items() if "/" in k}
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name=name, annotations=dict(annotations or {}) or None),
+        spec=k8s.V1PodSpec(
+            scheduler_name=scheduler,
+            containers=[
+                k8s.V1Container(
+                    name="main",
+                    image=PAUSE_IMAGE,
+                    resources=k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None),
+                )
+            ],
+        ),
+    )
+
+
+def wait_for(
+    read: Callable[[], T], done: Callable[[T], object], timeout: float = 60.0, interval: float = 0.25
+) -> T:
+    """Call `read` until `done(value)` is truthy; on timeout fail with the last value seen."""
+    deadline = time.monotonic() + timeout
+    value = read()
+    while not done(value):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout:.0f}s; last value:\n{value}")
+        time.sleep(interval)
+        value = read()
+    return value

@@ -1,0 +1,101 @@
+"""End-to-end fixtures: a real Kubernetes control plane on loopback, built from pinned Go modules.
+
+Fixtures (all session-scoped unless noted; every test using them is marked `e2e`):
+
+- `control_plane` -> tests.e2e.control_plane.ControlPlane: etcd + kube-apiserver
+  started fresh with their own CA, client certificates and service-account key.
+  `.kubeconfig` (admin, system:masters), `.server`, `.log_dir`, `.api_client()`.
+- `kubeconfig` -> Path of the admin kubeconfig (give it to `--kubeconfig` of any command).
+- `kube_api` -> a `kubernetes.client.ApiClient` for that kubeconfig.
+- `namespace` (per test) -> a fresh namespace name; its pods are force-deleted afterwards.
+
+Binaries come from `make e2e-binaries` (tests/e2e/controlplane/build.sh, cached
+under ~/.cache/gedge-accel/controlplane/<pin hash>/, or $GEDGE_E2E_BIN_DIR).
+When they are missing the e2e tests fail under CI=true and are skipped otherwise.
+Logs of every process are under `control_plane.log_dir`; a failing readiness
+wait puts the log tail in the error.
+
+No kubelet, controller-manager or kube-proxy runs: pods are bound but not run
+(use tests.e2e.kubelet.KubeletStandIn to move their phases), namespaces are
+never finalized, and no service account token controller exists (the
+ServiceAccount admission plugin is off, so pods need no token).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from tests.e2e.control_plane import ControlPlane, binary_dir, missing_binaries
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def e2e_bin_dir() -> Path:
+    """The pinned control-plane binaries; missing ones fail the run in CI and skip it elsewhere."""
+    directory = binary_dir()
+    missing = missing_binaries(directory)
+    if missing:
+        message = (
+            f"control-plane binaries {missing} not found in {directory}: "
+            "run `make e2e-binaries` (tests/e2e/controlplane/build.sh)"
+        )
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def control_plane(e2e_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    plane = ControlPlane(e2e_bin_dir, tmp_path_factory.mktemp("control-plane")).start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(control_plane: ControlPlane) -> Path:
+    return control_plane.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kube_api(control_plane: ControlPlane) -> Iterator[k8s.ApiClient]:
+    api = control_plane.api_client()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture
+def namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
+    """A namespace of its own for one test; its pods are force-deleted when the test ends."""
+    core = k8s.CoreV1Api(kube_api)
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=name)))
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(name)

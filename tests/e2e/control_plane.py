@@ -1,0 +1,288 @@
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-scheduler.
+
+The binaries come from controlplane/build.sh (pinned, cached outside the
+repository). Everything a run needs is made fresh under one work directory:
+a CA, server and client certificates, the service-account signing key, etcd's
+data directory, kubeconfigs and logs. Nothing listens beyond 127.0.0.1.
+
+Run it by hand to poke at a cluster:
+
+    .venv/bin/python -m tests.e2e.control_plane   # prints a kubeconfig path, Ctrl-C stops it
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+
+from tests.e2e.pki import CertificateAuthority, KeyPair, service_account_key
+from tests.e2e.processes import HarnessError, ManagedProcess, free_port
+
+HERE = Path(__file__).resolve().parent
+BUILD_SCRIPT = HERE / "controlplane" / "build.sh"
+BINARIES = ("etcd", "kube-apiserver", "kube-scheduler")
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"
+READY_TIMEOUT = 120.0
+
+
+def binary_dir() -> Path:
+    """Where the pinned binaries are: $GEDGE_E2E_BIN_DIR, else build.sh's cache directory for the pins."""
+    override = os.environ.get("GEDGE_E2E_BIN_DIR")
+    if override:
+        return Path(override)
+    result = subprocess.run(
+        [str(BUILD_SCRIPT), "--print-dir"], check=True, capture_output=True, text=True, timeout=60
+    )
+    return Path(result.stdout.strip())
+
+
+def missing_binaries(directory: Path) -> list[str]:
+    return [name for name in BINARIES if not os.access(directory / name, os.X_OK)]
+
+
+def kubeconfig_text(server: str, ca: Path, user: KeyPair, name: str) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": "gedge-e2e", "cluster": {"server": server, "certificate-authority": str(ca)}}
+            ],
+            "users": [
+                {"name": name, "user": {"client-certificate": str(user.cert), "client-key": str(user.key)}}
+            ],
+            "contexts": [{"name": name, "context": {"cluster": "gedge-e2e", "user": name}}],
+            "current-context": name,
+        },
+        sort_keys=False,
+    )
+
+
+class ControlPlane:
+    """etcd + kube-apiserver (+ kube-scheduler once `start_scheduler` is called) under `workdir`."""
+
+    def __init__(self, bin_dir: Path, workdir: Path) -> None:
+        missing = missing_binaries(bin_dir)
+        if missing:
+            raise HarnessError(
+                f"control-plane binaries {missing} not in {bin_dir}: run `make e2e-binaries` "
+                f"(tests/e2e/controlplane/build.sh)"
+            )
+        self.bin_dir = bin_dir
+        self.workdir = workdir
+        self.pki_dir = workdir / "pki"
+        self.log_dir = workdir / "logs"
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.etcd: ManagedProcess | None = None
+        self.apiserver: ManagedProcess | None = None
+        self.scheduler: ManagedProcess | None = None
+        self.apiserver_port = 0
+        self.scheduler_port = 0
+        self.ca: CertificateAuthority | None = None
+        self.admin: KeyPair | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def start(self) -> ControlPlane:
+        """Make the PKI, start etcd then kube-apiserver, wait for /readyz."""
+        try:
+            self._make_pki()
+            self._start_etcd()
+            self._start_apiserver()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for process in (self.scheduler, self.apiserver, self.etcd):
+            if process is not None:
+                process.stop()
+
+    def _make_pki(self) -> None:
+        ca = CertificateAuthority(self.pki_dir)
+        self.ca = ca
+        self.etcd_server = ca.issue("etcd", ips=("127.0.0.1",), dns=("localhost",), server=True)
+        self.etcd_client = ca.issue("kube-apiserver-etcd-client", client=True)
+        self.apiserver_serving = ca.issue(
+            "kube-apiserver",
+            ips=("127.0.0.1", SERVICE_IP),
+            dns=(
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+            server=True,
+        )
+        self.admin = ca.issue("gedge-e2e-admin", organizations=("system:masters",), client=True)
+        self.scheduler_client = ca.issue("system:kube-scheduler", client=True)
+        self.scheduler_serving = ca.issue("kube-scheduler", ips=("127.0.0.1",), server=True)
+        self.service_account = service_account_key(self.pki_dir)
+
+    def _start_etcd(self) -> None:
+        client_port, peer_port = free_port(), free_port()
+        self.etcd_url = f"https://127.0.0.1:{client_port}"
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        assert self.ca is not None
+        self.etcd = ManagedProcess(
+            "etcd",
+            [
+                str(self.bin_dir / "etcd"),
+                "--name=e2e",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=e2e={peer_url}",
+                "--listen-metrics-urls=",
+                f"--cert-file={self.etcd_server.cert}",
+                f"--key-file={self.etcd_server.key}",
+                f"--trusted-ca-file={self.ca.cert}",
+                "--client-cert-auth",
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+                "--logger=zap",
+            ],
+            self.log_dir / "etcd.log",
+        ).start()
+
+    def _start_apiserver(self) -> None:
+        assert self.ca is not None and self.admin is not None
+        self.apiserver_port = free_port()
+        self.apiserver = ManagedProcess(
+            "kube-apiserver",
+            [
+                str(self.bin_dir / "kube-apiserver"),
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.apiserver_port}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={self.apiserver_serving.cert}",
+                f"--tls-private-key-file={self.apiserver_serving.key}",
+                f"--client-ca-file={self.ca.cert}",
+                f"--etcd-servers={self.etcd_url}",
+                f"--etcd-cafile={self.ca.cert}",
+                f"--etcd-certfile={self.etcd_client.cert}",
+                f"--etcd-keyfile={self.etcd_client.key}",
+                f"--service-account-key-file={self.service_account.cert}",
+                f"--service-account-signing-key-file={self.service_account.key}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--authorization-mode=Node,RBAC",
+                # No controller-manager runs: no token controller makes default service accounts,
+                # and no node lifecycle controller would lift the not-ready taint from new nodes.
+                "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+            self.log_dir / "kube-apiserver.log",
+        ).start()
+        self.apiserver.wait_until(self._apiserver_ready, READY_TIMEOUT, "answered /readyz")
+        self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.kubeconfig.write_text(kubeconfig_text(self.server, self.ca.cert, self.admin, "gedge-e2e-admin"))
+        self.scheduler_kubeconfig = self.workdir / "scheduler.kubeconfig"
+        self.scheduler_kubeconfig.write_text(
+            kubeconfig_text(self.server, self.ca.cert, self.scheduler_client, "system:kube-scheduler")
+        )
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    def _admin_tls(self) -> ssl.SSLContext:
+        assert self.ca is not None and self.admin is not None
+        context = ssl.create_default_context(cafile=str(self.ca.cert))
+        context.load_cert_chain(str(self.admin.cert), str(self.admin.key))
+        return context
+
+    def _apiserver_ready(self) -> bool:
+        with urllib.request.urlopen(f"{self.server}/readyz", context=self._admin_tls(), timeout=5) as reply:
+            return reply.status == 200 and reply.read().strip() == b"ok"
+
+    # -- scheduler -------------------------------------------------------------------------------
+
+    def start_scheduler(self, configuration: Mapping[str, Any]) -> None:
+        """Run kube-scheduler with `configuration` (a KubeSchedulerConfiguration) and our kubeconfig."""
+        if self.scheduler is not None and self.scheduler.running:
+            raise HarnessError("kube-scheduler is already running")
+        config = dict(configuration)
+        config["clientConnection"] = {
+            **dict(config.get("clientConnection") or {}),
+            "kubeconfig": str(self.scheduler_kubeconfig),
+        }
+        path = self.workdir / "kube-scheduler.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.scheduler_port = free_port()
+        self.scheduler = ManagedProcess(
+            "kube-scheduler",
+            [
+                str(self.bin_dir / "kube-scheduler"),
+                f"--config={path}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.scheduler_port}",
+                f"--tls-cert-file={self.scheduler_serving.cert}",
+                f"--tls-private-key-file={self.scheduler_serving.key}",
+                f"--authentication-kubeconfig={self.scheduler_kubeconfig}",
+                f"--authorization-kubeconfig={self.scheduler_kubeconfig}",
+                "--v=2",
+            ],
+            self.log_dir / "kube-scheduler.log",
+        ).start()
+        self.scheduler.wait_until(self._scheduler_healthy, READY_TIMEOUT, "answered /healthz")
+
+    def _scheduler_healthy(self) -> bool:
+        assert self.ca is not None
+        context = ssl.create_default_context(cafile=str(self.ca.cert))
+        url = f"https://127.0.0.1:{self.scheduler_port}/healthz"
+        with urllib.request.urlopen(url, context=context, timeout=5) as reply:
+            return reply.status == 200
+
+    def stop_scheduler(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.stop()
+
+    # -- clients ---------------------------------------------------------------------------------
+
+    def api_client(self) -> k8s.ApiClient:
+        """A fresh `kubernetes` ApiClient as the cluster admin (system:masters)."""
+        return k8s_config.new_client_from_config(config_file=str(self.kubeconfig))
+
+
+@contextlib.contextmanager
+def running_control_plane(workdir: Path | None = None) -> Iterator[ControlPlane]:
+    """Start etcd and kube-apiserver under `workdir` (a temp dir if None) and stop them on exit."""
+    with contextlib.ExitStack() as stack:
+        if workdir is None:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gedge-e2e-")))
+        plane = ControlPlane(binary_dir(), workdir).start()
+        stack.callback(plane.stop)
+        yield plane
+
+
+def main() -> None:
+    with running_control_plane() as plane:
+        print(f"kubeconfig: {plane.kubeconfig}\nlogs: {plane.log_dir}\nCtrl-C stops it.", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while plane.apiserver is not None and plane.apiserver.running:
+                time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()
