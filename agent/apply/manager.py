@@ -1,0 +1,334 @@
+"""ApplyManager: makes an allocation real on the node (cpusets, data-path NIC) and survives kill -9.
+
+Cpusets are converged, not patched: from the checkpointed allocations the
+manager derives every container's cpuset (pinned pods get their exclusive CPUs,
+every other container the shared pool, as kubelet's static CPU manager does)
+and writes the difference. The NIC part is undone from a record written before
+it starts. So whatever point a crash hits, `reconcile` can finish the work for
+a live pod or undo it for a gone one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import structlog
+
+from agent.apply.cgroups import (
+    CgroupDriver,
+    CgroupError,
+    CgroupVersion,
+    CpusetTree,
+    QosClass,
+    container_cgroup,
+    container_cgroups_by_pod,
+    kubepods_dir,
+    normalize_container_id,
+    validate_pod_uid,
+)
+from agent.apply.checkpoint import CheckpointData, CheckpointError, CheckpointStore, Intent, PodRecord
+from agent.apply.contract import ApplyError
+from agent.apply.cpuset import Cpuset, format_cpu_list
+from agent.apply.nic.applier import NicApplier, NicError
+from gedge_model import Allocation
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PodRuntime:
+    """What the node runtime knows of a pod: its QoS tier, running containers and network namespace."""
+
+    qos: QosClass
+    container_ids: tuple[str, ...] = ()
+    netns: str | None = None
+
+
+class PodResolver(Protocol):
+    """Pod UID -> runtime facts (under Kubernetes: pod status and CRI); None when the pod is not here."""
+
+    def resolve(self, pod_uid: str) -> PodRuntime | None: ...
+
+
+@dataclass
+class StaticPodResolver:
+    """A resolver over a fixed table (nodes without Kubernetes, where the caller knows the pods)."""
+
+    pods: dict[str, PodRuntime] = field(default_factory=dict)
+
+    def resolve(self, pod_uid: str) -> PodRuntime | None:
+        return self.pods.get(pod_uid)
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    finished: tuple[str, ...] = ()
+    undone: tuple[str, ...] = ()
+    released: tuple[str, ...] = ()
+    repaired: tuple[str, ...] = ()
+
+
+def _noop(_: str) -> None:
+    return None
+
+
+class ApplyManager:
+    """`contract.AllocationApplier` over real cgroups and netlink, with a write-ahead checkpoint."""
+
+    def __init__(
+        self,
+        *,
+        cgroup_root: Path,
+        cgroup_driver: CgroupDriver,
+        cgroup_version: CgroupVersion,
+        checkpoint_path: Path,
+        resolver: PodResolver,
+        nic: NicApplier | None = None,
+        reserved_cpus: Iterable[int] = (),
+        on_step: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cgroup_root = cgroup_root
+        self.driver = cgroup_driver
+        self.tree = CpusetTree(cgroup_root, cgroup_version)
+        self.store = CheckpointStore(checkpoint_path)
+        self.resolver = resolver
+        self.nic = nic
+        self.reserved_cpus = frozenset(reserved_cpus)
+        self.on_step = on_step or _noop
+        self._lock = threading.RLock()
+
+    # -- contract ---------------------------------------------------------------------------------
+
+    def apply(self, allocation: Allocation) -> None:
+        uid = allocation.pod_uid
+        with self._lock:
+            data = self._settle(self._load())
+            existing = data.pod(uid)
+            if existing is not None and existing.allocation != allocation:
+                raise ApplyError(
+                    f"pod {uid}: already applied with a different allocation; release it before applying anew"
+                )
+            runtime = self.resolver.resolve(uid)
+            if runtime is None:
+                raise ApplyError(f"pod {uid}: not running on this node")
+            self._validate(allocation, runtime, data)
+            nic_record = existing.nic if existing is not None else None
+            if allocation.network is not None:
+                assert self.nic is not None and runtime.netns is not None
+                if nic_record is None or nic_record.pod_netns != runtime.netns:
+                    if nic_record is not None:
+                        self._nic_release(uid, nic_record)
+                    try:
+                        nic_record = self.nic.plan(uid, allocation.network, runtime.netns)
+                    except NicError as exc:
+                        raise ApplyError(str(exc)) from None
+            record = PodRecord(allocation=allocation, nic=nic_record)
+            self._save(CheckpointData(pods=data.pods, intent=Intent(op="apply", record=record)))
+            self.on_step("intent")
+            try:
+                self._do_apply(record, data.with_pod(record))
+            except (CgroupError, NicError) as exc:
+                self._undo_failed(record, data, existing)
+                raise ApplyError(f"pod {uid}: {exc}") from None
+            log.info("applied", pod=uid, cpus=format_cpu_list(allocation.cpus), nic=nic_record is not None)
+
+    def release(self, pod_uid: str) -> None:
+        with self._lock:
+            data = self._settle(self._load())
+            record = data.pod(pod_uid)
+            if record is None:
+                return
+            self._save(CheckpointData(pods=data.pods, intent=Intent(op="release", record=record)))
+            self.on_step("intent")
+            try:
+                self._do_release(record, data.without_pod(pod_uid))
+            except (CgroupError, NicError) as exc:
+                raise ApplyError(f"pod {pod_uid}: release: {exc}") from None
+            log.info("released", pod=pod_uid)
+
+    def applied(self) -> tuple[Allocation, ...]:
+        with self._lock:
+            return tuple(p.allocation for p in self._load().pods)
+
+    # -- restart ----------------------------------------------------------------------------------
+
+    def reconcile(self, live_pod_uids: Iterable[str]) -> ReconcileReport:
+        """Finish or undo a half-done operation, free what gone pods held, repair what drifted."""
+        live = set(live_pod_uids)
+        finished: list[str] = []
+        undone: list[str] = []
+        released: list[str] = []
+        repaired: list[str] = []
+        with self._lock:
+            data = self._load()
+            if data.intent is not None:
+                intent = data.intent
+                uid = intent.record.allocation.pod_uid
+                if intent.op == "apply" and uid in live:
+                    try:
+                        self._do_apply(intent.record, data.with_pod(intent.record))
+                        finished.append(uid)
+                    except (CgroupError, NicError) as exc:
+                        log.warning("unfinishable apply undone", pod=uid, error=str(exc))
+                        self._undo_failed(intent.record, data, data.pod(uid))
+                        undone.append(uid)
+                else:
+                    self._do_release(intent.record, data.without_pod(uid))
+                    (undone if intent.op == "apply" else finished).append(uid)
+                data = self._load()
+            for record in data.pods:
+                uid = record.allocation.pod_uid
+                if uid not in live:
+                    self.release(uid)
+                    released.append(uid)
+            data = self._load()
+            self._converge_cpusets(data)
+            for record in data.pods:
+                if record.nic is not None and self.nic is not None and not self.nic.is_applied(record.nic):
+                    assert record.allocation.network is not None
+                    try:
+                        self.nic.apply(record.nic, record.allocation.network, _noop)
+                        repaired.append(record.allocation.pod_uid)
+                    except NicError as exc:
+                        log.warning("NIC repair failed", pod=record.allocation.pod_uid, error=str(exc))
+        report = ReconcileReport(tuple(finished), tuple(undone), tuple(released), tuple(repaired))
+        log.info("reconciled", **{k: list(v) for k, v in report.__dict__.items()})
+        return report
+
+    def refresh_shared_pool(self) -> None:
+        """Re-derive every container's cpuset (new containers start on all CPUs); run it periodically."""
+        with self._lock:
+            self._converge_cpusets(self._load())
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _load(self) -> CheckpointData:
+        try:
+            return self.store.load()
+        except CheckpointError as exc:
+            raise ApplyError(str(exc)) from None
+
+    def _save(self, data: CheckpointData) -> None:
+        self.store.save(data)
+
+    def _settle(self, data: CheckpointData) -> CheckpointData:
+        """A pending intent (an operation cut short) is undone or finished before anything new starts."""
+        if data.intent is None:
+            return data
+        uid = data.intent.record.allocation.pod_uid
+        if data.intent.op == "apply":
+            self._undo_failed(data.intent.record, data, data.pod(uid))
+        else:
+            self._do_release(data.intent.record, data.without_pod(uid))
+        return self._load()
+
+    def _allowed(self) -> Cpuset:
+        base = kubepods_dir(self.cgroup_root, self.driver)
+        if not base.is_dir():
+            raise CgroupError(f"no kubepods cgroup at {base} (wrong cgroup root or driver?)")
+        return self.tree.effective(base)
+
+    def _validate(self, allocation: Allocation, runtime: PodRuntime, data: CheckpointData) -> None:
+        uid = allocation.pod_uid
+        try:
+            validate_pod_uid(uid)
+            for cid in runtime.container_ids:
+                normalize_container_id(cid)
+            allowed = self._allowed()
+        except (ValueError, CgroupError) as exc:
+            raise ApplyError(f"pod {uid}: {exc}") from None
+        cpus = frozenset(allocation.cpus)
+        if cpus:
+            outside = cpus - allowed.cpus
+            if outside:
+                raise ApplyError(
+                    f"pod {uid}: cpus {format_cpu_list(outside)} are not in the node's pod CPUs "
+                    f"{format_cpu_list(allowed.cpus)}"
+                )
+            reserved = cpus & self.reserved_cpus
+            if reserved:
+                raise ApplyError(f"pod {uid}: cpus {format_cpu_list(reserved)} are reserved for the system")
+            others = {c for p in data.pods if p.allocation.pod_uid != uid for c in p.allocation.cpus}
+            taken = cpus & others
+            if taken:
+                raise ApplyError(f"pod {uid}: cpus {format_cpu_list(taken)} are exclusive to another pod")
+            if not allowed.cpus - others - cpus:
+                raise ApplyError(f"pod {uid}: pinning cpus {format_cpu_list(cpus)} empties the shared pool")
+        bad_numa = set(allocation.numa_nodes) - allowed.mems
+        if bad_numa:
+            mems = format_cpu_list(allowed.mems)
+            raise ApplyError(f"pod {uid}: NUMA nodes {sorted(bad_numa)} not in the node's {mems}")
+        if allocation.network is not None:
+            if self.nic is None:
+                raise ApplyError(f"pod {uid}: a data-path NIC was granted but this agent has no NIC applier")
+            if runtime.netns is None:
+                raise ApplyError(f"pod {uid}: a data-path NIC was granted but the pod's netns is unknown")
+        if cpus:
+            for cid in runtime.container_ids:
+                try:
+                    container_cgroup(self.cgroup_root, self.driver, runtime.qos, uid, cid)
+                except CgroupError as exc:
+                    raise ApplyError(str(exc)) from None
+
+    def _targets(self, data: CheckpointData) -> dict[Path, Cpuset]:
+        allowed = self._allowed()
+        pinned = {
+            p.allocation.pod_uid: Cpuset(
+                frozenset(p.allocation.cpus), frozenset(p.allocation.numa_nodes) or allowed.mems
+            )
+            for p in data.pods
+            if p.allocation.cpus
+        }
+        exclusive = frozenset(c for s in pinned.values() for c in s.cpus)
+        shared = Cpuset(allowed.cpus - exclusive, allowed.mems)
+        return {
+            path: pinned.get(uid, shared)
+            for uid, paths in container_cgroups_by_pod(self.cgroup_root, self.driver).items()
+            for path in paths
+        }
+
+    def _converge_cpusets(self, data: CheckpointData) -> None:
+        counter = iter(range(1 << 30))
+        self.tree.apply(self._targets(data), on_write=lambda path, _: self.on_step(f"cpuset:{next(counter)}"))
+
+    def _do_apply(self, record: PodRecord, after: CheckpointData) -> None:
+        self._converge_cpusets(after)
+        if record.nic is not None:
+            assert self.nic is not None and record.allocation.network is not None
+            self.nic.apply(record.nic, record.allocation.network, self.on_step)
+        self._save(CheckpointData(pods=after.pods))
+        self.on_step("commit")
+
+    def _do_release(self, record: PodRecord, after: CheckpointData) -> None:
+        if record.nic is not None:
+            self._nic_release(record.allocation.pod_uid, record.nic)
+            self.on_step("nic:released")
+        self._converge_cpusets(after)
+        self._save(CheckpointData(pods=after.pods))
+        self.on_step("commit")
+
+    def _nic_release(self, uid: str, nic_record) -> None:
+        if self.nic is None:
+            raise NicError(f"pod {uid}: checkpoint holds a data-path NIC but this agent has no NIC applier")
+        self.nic.release(nic_record)
+
+    def _undo_failed(self, record: PodRecord, before: CheckpointData, existing: PodRecord | None) -> None:
+        """Back to `before`: the NIC part goes unless it was already there, cpusets follow `before`."""
+        uid = record.allocation.pod_uid
+        restored = before.without_pod(uid)
+        if existing is not None:
+            restored = restored.with_pod(existing)
+        if record.nic is not None and (existing is None or existing.nic != record.nic):
+            try:
+                self._nic_release(uid, record.nic)
+            except NicError as exc:
+                log.error("undo of data-path NIC failed", pod=uid, error=str(exc))
+        try:
+            self._converge_cpusets(restored)
+        except CgroupError as exc:
+            log.error("undo of cpusets failed", pod=uid, error=str(exc))
+        self._save(CheckpointData(pods=restored.pods))

@@ -1,0 +1,60 @@
+"""Netlink sockets bound to a network namespace (None: the agent's own)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+NETNS_RUN_DIR = "/var/run/netns"
+
+
+class NetnsError(RuntimeError):
+    """A network namespace is missing or unusable; the message names it."""
+
+
+def netns_path(netns: str) -> str:
+    """A bare name lives under /var/run/netns; a path (/proc/<pid>/ns/net, CRI's) is taken as is."""
+    path = netns if "/" in netns else os.path.join(NETNS_RUN_DIR, netns)
+    if not os.path.isabs(path) or ".." in path.split("/"):
+        raise NetnsError(f"netns {netns!r} must be a name or an absolute path")
+    return path
+
+
+@contextmanager
+def netlink(netns: str | None) -> Iterator[IPRoute]:
+    """IPRoute in `netns`; it never creates a namespace that is not there."""
+    if netns is None:
+        with IPRoute() as ipr:
+            yield ipr
+        return
+    path = netns_path(netns)
+    if not os.path.exists(path):
+        raise NetnsError(f"network namespace {path} does not exist")
+    try:
+        ipr = IPRoute(netns=path, flags=0)
+    except (OSError, NetlinkError) as exc:
+        raise NetnsError(f"cannot enter network namespace {path}: {exc}") from None
+    with ipr:
+        yield ipr
+
+
+@contextmanager
+def netns_fd(netns: str) -> Iterator[int]:
+    """An open fd of the namespace, as IFLA_NET_NS_FD wants it."""
+    path = netns_path(netns)
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise NetnsError(f"cannot open network namespace {path}: {exc.strerror}") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def netns_exists(netns: str) -> bool:
+    return os.path.exists(netns_path(netns))
