@@ -1,0 +1,155 @@
+"""`gedge-agent serve`: the node daemon (gRPC NodeAgent + health, /metrics, re-discovery on change)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+import structlog
+
+from agent.apply.contract import AllocationApplier
+from agent.config import AgentConfig, ConfigError, load_config, parse_listen
+from agent.metrics import AgentMetrics
+from agent.service.server import AgentRuntime, default_discover
+from gedge_model.tls import TlsConfigError
+
+log = structlog.get_logger("gedge.agent.serve")
+
+_FLAG_KEYS = (
+    "root",
+    "node_name",
+    "listen",
+    "metrics_listen",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_allowed_clients",
+    "poll_interval_s",
+    "full_rediscovery_interval_s",
+    "netlink",
+    "netns",
+    "max_receive_message_bytes",
+    "max_send_message_bytes",
+    "shutdown_grace_s",
+    "log_level",
+    "checkpoint",
+    "cgroup_root",
+    "timeslice_replicas",
+)
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "Settings come from defaults < --config YAML < GEDGE_AGENT_<KEY> environment < flags.\n"
+        "Every flag --some-key is the YAML key some_key and the variable GEDGE_AGENT_SOME_KEY."
+    )
+    parser.add_argument("--config", metavar="FILE", help="YAML file with any of the settings below")
+    parser.add_argument("--root", metavar="PATH", help="sysfs/procfs root to discover (default /)")
+    parser.add_argument("--node-name", metavar="NAME", help="node name to report (default: the hostname)")
+    parser.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 0.0.0.0:50051)")
+    parser.add_argument(
+        "--metrics-listen", metavar="HOST:PORT", help="Prometheus /metrics address (default 0.0.0.0:9400)"
+    )
+    parser.add_argument("--tls-cert", metavar="FILE", help="this node's certificate (PEM); enables mTLS")
+    parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    parser.add_argument("--tls-ca", metavar="FILE", help="CA that signs client certificates (PEM)")
+    parser.add_argument(
+        "--tls-allowed-clients",
+        metavar="NAMES",
+        help="comma-separated client certificate names allowed to call",
+    )
+    parser.add_argument("--poll-interval-s", type=float, metavar="S", help="fingerprint check period (0.5)")
+    parser.add_argument(
+        "--full-rediscovery-interval-s", type=float, metavar="S", help="full re-discovery period (60)"
+    )
+    parser.add_argument(
+        "--netlink",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-discover on netlink link events (default: when --root is /)",
+    )
+    parser.add_argument("--netns", metavar="NAME", help="listen for link events in this network namespace")
+    parser.add_argument("--max-receive-message-bytes", type=int, metavar="N")
+    parser.add_argument("--max-send-message-bytes", type=int, metavar="N")
+    parser.add_argument("--shutdown-grace-s", type=float, metavar="S")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--checkpoint", metavar="FILE", help="where the applier records what it applied")
+    parser.add_argument("--cgroup-root", metavar="PATH")
+    parser.add_argument("--timeslice-replicas", type=int, metavar="N")
+    parser.set_defaults(run=run)
+
+
+def configure_logging(level: str) -> None:
+    """structlog JSON lines on stderr, one object per event."""
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def make_applier(config: AgentConfig) -> AllocationApplier | None:
+    """The node's allocation applier; None runs the agent report-only (Apply/Release refused)."""
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    flags = {key: getattr(args, key, None) for key in _FLAG_KEYS}
+    try:
+        config = load_config(config_file=args.config, flags=flags)
+    except ConfigError as exc:
+        print(f"gedge-agent serve: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(config.log_level)
+    try:
+        return asyncio.run(serve(config))
+    except (TlsConfigError, ConfigError) as exc:
+        log.error("cannot start", error=str(exc))
+        return 2
+    except OSError as exc:
+        log.error("cannot start", error=str(exc))
+        return 1
+
+
+async def serve(config: AgentConfig) -> int:
+    metrics = AgentMetrics()
+    runtime = AgentRuntime(
+        config=config, applier=make_applier(config), discover=default_discover(config), metrics=metrics
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runtime.start()
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {config.listen}: {exc}") from None
+    metrics_server = None
+    if config.metrics_listen:
+        from prometheus_client import start_http_server
+
+        host, port = parse_listen(config.metrics_listen, "metrics_listen")
+        try:
+            metrics_server, _ = start_http_server(port, addr=host, registry=metrics.registry)
+        except OSError:
+            await runtime.stop(0)
+            raise
+        log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
+    await stop.wait()
+    log.info("shutting down", signal="SIGTERM/SIGINT")
+    await runtime.stop()
+    if metrics_server is not None:
+        metrics_server.shutdown()
+        metrics_server.server_close()
+    return 0

@@ -1,0 +1,186 @@
+"""The agent's configuration: defaults < YAML file < GEDGE_AGENT_* environment < command-line flags.
+
+Every key has the same name in all three places (`metrics_listen` in YAML,
+GEDGE_AGENT_METRICS_LISTEN, --metrics-listen). An unknown key or a bad value is
+an error naming the key and where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ENV_PREFIX = "GEDGE_AGENT_"
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or malformed; the message names the key and its source."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    root: str = "/"
+    node_name: str | None = None
+    listen: str = "0.0.0.0:50051"
+    metrics_listen: str = "0.0.0.0:9400"
+    """Empty string: no metrics endpoint."""
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    tls_allowed_clients: tuple[str, ...] = ()
+    """Certificate names allowed to call; empty: any client with a certificate from the CA."""
+    poll_interval_s: float = 0.5
+    full_rediscovery_interval_s: float = 60.0
+    netlink: bool | None = None
+    """Listen for link events; unset: only when root is the live `/`."""
+    netns: str | None = None
+    max_receive_message_bytes: int = 1024 * 1024
+    max_send_message_bytes: int = 16 * 1024 * 1024
+    shutdown_grace_s: float = 5.0
+    log_level: str = "info"
+    device_plugin_dir: str = "/var/lib/kubelet/device-plugins"
+    checkpoint: str = "/var/lib/gedge-agent/checkpoint.json"
+    cgroup_root: str = "/sys/fs/cgroup"
+    timeslice_replicas: int = 1
+
+    @property
+    def tls_enabled(self) -> bool:
+        return any((self.tls_cert, self.tls_key, self.tls_ca))
+
+    @property
+    def netlink_enabled(self) -> bool:
+        if self.netlink is not None:
+            return self.netlink
+        return os.path.realpath(self.root) == "/" or self.netns is not None
+
+    def validate(self) -> AgentConfig:
+        if self.tls_enabled and not all((self.tls_cert, self.tls_key, self.tls_ca)):
+            raise ConfigError("tls_cert, tls_key and tls_ca must be given together")
+        if self.tls_allowed_clients and not self.tls_enabled:
+            raise ConfigError("tls_allowed_clients needs TLS (tls_cert, tls_key, tls_ca)")
+        parse_listen(self.listen, "listen")
+        if self.metrics_listen:
+            parse_listen(self.metrics_listen, "metrics_listen")
+        for name in ("poll_interval_s", "full_rediscovery_interval_s", "shutdown_grace_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_receive_message_bytes", "max_send_message_bytes"):
+            if not 1024 <= getattr(self, name) <= 256 * 1024 * 1024:
+                raise ConfigError(f"{name} must be within 1 KiB..256 MiB, got {getattr(self, name)}")
+        if self.timeslice_replicas < 1:
+            raise ConfigError(f"timeslice_replicas must be at least 1, got {self.timeslice_replicas}")
+        if not Path(self.root).is_dir():
+            raise ConfigError(f"root {self.root!r} is not a directory")
+        return self
+
+
+def parse_listen(text: str, key: str = "listen") -> tuple[str, int]:
+    """HOST:PORT, [V6]:PORT or :PORT (all interfaces) -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"{key}: {text!r} is not HOST:PORT")
+    host = host.strip("[]") or "0.0.0.0"
+    return host, int(port_text)
+
+
+def grpc_address(text: str) -> str:
+    host, port = parse_listen(text)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    target = _FIELDS[name].type
+    try:
+        if target in ("str", "str | None"):
+            if value is None and target == "str | None":
+                return None
+            if not isinstance(value, str | int):
+                raise TypeError
+            return str(value)
+        if target == "int":
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if target == "float":
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if target == "bool | None":
+            if value is None or isinstance(value, bool):
+                return value
+            lowered = str(value).strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            if lowered in ("", "auto"):
+                return None
+            raise TypeError
+        if target == "tuple[str, ...]":
+            if isinstance(value, str):
+                return tuple(part.strip() for part in value.split(",") if part.strip())
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: {name} has a bad value {value!r} (expected {target})") from None
+    raise ConfigError(f"{source}: {name} has an unsupported type {target}")
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        if file.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {file}: larger than {MAX_CONFIG_BYTES} bytes")
+        raw = yaml.safe_load(file.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"config {file}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config {file}: not YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {file}: expected a mapping of keys, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"config {file}: unknown key(s) {unknown}")
+    return {k: _coerce(k, v, f"config {file}") for k, v in raw.items()}
+
+
+def from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, text in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in _FIELDS:
+            raise ConfigError(f"environment {key}: unknown setting")
+        values[name] = _coerce(name, text, f"environment {key}")
+    return values
+
+
+def load_config(
+    *,
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """Merge the sources; `flags` holds only the flags given on the command line (None = not given)."""
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        merged.update(load_file(config_file))
+    merged.update(from_env(os.environ if environ is None else environ))
+    for name, value in (flags or {}).items():
+        if value is not None:
+            if name not in _FIELDS:
+                raise ConfigError(f"flag --{name.replace('_', '-')}: unknown setting")
+            merged[name] = _coerce(name, value, f"flag --{name.replace('_', '-')}")
+    return AgentConfig(**merged).validate()

@@ -1,0 +1,47 @@
+"""Prometheus metrics of one agent, in a registry of its own (several agents may share a process in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class AgentMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.generation = Gauge(
+            "gedge_agent_state_generation", "Generation of the node state the agent reports", registry=r
+        )
+        self.discoveries = Counter(
+            "gedge_agent_discoveries_total",
+            "Topology discoveries run, by what triggered them",
+            ["trigger"],
+            registry=r,
+        )
+        self.discovery_errors = Counter(
+            "gedge_agent_discovery_errors_total",
+            "Discoveries that raised; the last good topology stays",
+            registry=r,
+        )
+        self.discovery_seconds = Histogram(
+            "gedge_agent_discovery_duration_seconds",
+            "Time one topology discovery takes",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=r,
+        )
+        self.topology_changes = Counter(
+            "gedge_agent_topology_changes_total", "Discoveries that found a different topology", registry=r
+        )
+        self.watch_streams = Gauge("gedge_agent_watch_streams", "Open WatchNodeState streams", registry=r)
+        self.allocations = Gauge("gedge_agent_allocations", "Allocations applied on this node", registry=r)
+        self.rpcs = Counter(
+            "gedge_agent_grpc_requests_total",
+            "gRPC calls served, by method and status code",
+            ["method", "code"],
+            registry=r,
+        )
+        self.rejected_peers = Counter(
+            "gedge_agent_rejected_peers_total",
+            "Calls refused because the client certificate names no allowed client",
+            registry=r,
+        )

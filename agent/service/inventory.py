@@ -1,0 +1,98 @@
+"""The devices this node can hand out, under the ids its device plugins advertise, and who holds each.
+
+The ids follow `gedge_model.allocation.DeviceGrant`: a GPU UUID, `<uuid>::<replica>`
+for a time-slice, a MIG instance UUID, a VF's PCI address, an RDMA device name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gedge_model import Allocation, NodeState, NodeTopology
+from gedge_model.allocation import (
+    RESOURCE_GPU,
+    RESOURCE_GPU_SHARED,
+    RESOURCE_MIG_PREFIX,
+    RESOURCE_RDMA,
+    RESOURCE_SRIOV_VF,
+)
+
+
+@dataclass(frozen=True)
+class InventoryDevice:
+    resource: str
+    id: str
+    pci_address: str | None
+    numa_node: int | None
+    pod_uid: str | None = None
+
+
+def advertised_devices(topology: NodeTopology) -> tuple[InventoryDevice, ...]:
+    def numa(address: str) -> int | None:
+        dev = topology.pci(address)
+        return dev.numa_node if dev else None
+
+    devices: list[InventoryDevice] = []
+    for gpu in sorted(topology.gpus, key=lambda g: g.index):
+        node = numa(gpu.pci_address)
+        if gpu.mig_current:
+            devices += [
+                InventoryDevice(f"{RESOURCE_MIG_PREFIX}{mig.profile}", mig.uuid, gpu.pci_address, node)
+                for mig in gpu.mig_instances
+            ]
+        elif gpu.timeslice_replicas > 1:
+            devices += [
+                InventoryDevice(RESOURCE_GPU_SHARED, f"{gpu.uuid}::{replica}", gpu.pci_address, node)
+                for replica in range(gpu.timeslice_replicas)
+            ]
+        else:
+            devices.append(InventoryDevice(RESOURCE_GPU, gpu.uuid, gpu.pci_address, node))
+    for nic in sorted(topology.interfaces, key=lambda i: i.pci_address):
+        devices += [
+            InventoryDevice(RESOURCE_SRIOV_VF, vf.pci_address, vf.pci_address, numa(vf.pci_address))
+            for vf in nic.vfs
+        ]
+    devices += [
+        InventoryDevice(RESOURCE_RDMA, rdma.name, rdma.pci_address, numa(rdma.pci_address))
+        for rdma in sorted(topology.rdma_devices, key=lambda r: r.name)
+    ]
+    return tuple(devices)
+
+
+def device_inventory(state: NodeState) -> tuple[InventoryDevice, ...]:
+    """Every advertised device with the pod holding it, if any."""
+    holder = {(d.resource, d.id): a.pod_uid for a in state.allocations for d in a.devices}
+    return tuple(
+        InventoryDevice(d.resource, d.id, d.pci_address, d.numa_node, holder.get((d.resource, d.id)))
+        for d in advertised_devices(state.topology)
+    )
+
+
+def allocation_conflicts(state: NodeState, allocation: Allocation) -> list[str]:
+    """Why the allocation cannot be applied on this node as it stands; empty when it can.
+
+    A re-apply of the same pod is checked against the other pods only, so it stays idempotent.
+    """
+    problems: list[str] = []
+    if allocation.node != state.node_name:
+        problems.append(f"allocation is for node {allocation.node!r}, this is {state.node_name!r}")
+    advertised = {(d.resource, d.id) for d in advertised_devices(state.topology)}
+    others = [a for a in state.allocations if a.pod_uid != allocation.pod_uid]
+    held = {(d.resource, d.id): a for a in others for d in a.devices}
+    for grant in allocation.devices:
+        key = (grant.resource, grant.id)
+        if key not in advertised:
+            problems.append(f"device {grant.resource}={grant.id} does not exist on this node")
+        elif key in held:
+            owner = held[key]
+            problems.append(
+                f"device {grant.resource}={grant.id} is held by pod {owner.namespace}/{owner.name}"
+            )
+    online = set(state.topology.online_cpus)
+    taken = {c: a for a in others for c in a.cpus}
+    for cpu in allocation.cpus:
+        if cpu not in online:
+            problems.append(f"CPU {cpu} is not an online CPU of this node")
+        elif cpu in taken:
+            problems.append(f"CPU {cpu} is held by pod {taken[cpu].namespace}/{taken[cpu].name}")
+    return problems

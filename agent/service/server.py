@@ -1,0 +1,141 @@
+"""One running agent on a loop: first discovery, the gRPC server (NodeAgent + health), change detection.
+
+Several agents may share one loop and one process (tests, the cache benchmark):
+each has its own store, metrics registry and server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from agent.apply.contract import AllocationApplier
+from agent.config import AgentConfig, grpc_address
+from agent.metrics import AgentMetrics
+from agent.service.changes import ChangeDetector, ChangePolicy
+from agent.service.servicer import NodeAgentService
+from agent.service.store import NodeStateStore, Snapshot
+from gedge_model import NodeTopology
+from gedge_model.tls import TlsMaterial, load_tls, server_credentials
+from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
+
+log = structlog.get_logger("gedge.agent.server")
+
+SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name
+
+
+def server_options(config: AgentConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_receive_message_bytes),
+        ("grpc.max_send_message_length", config.max_send_message_bytes),
+        # Two agents must never share a port silently.
+        ("grpc.so_reuseport", 0),
+        # Let the extender's keepalive pings through, and find dead watchers ourselves.
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+    ]
+
+
+def default_discover(config: AgentConfig) -> Callable[[], NodeTopology]:
+    from agent.discovery import discover
+
+    def run() -> NodeTopology:
+        return discover(config.root, node_name=config.node_name, timeslice_replicas=config.timeslice_replicas)
+
+    return run
+
+
+@dataclass
+class AgentRuntime:
+    config: AgentConfig
+    applier: AllocationApplier | None
+    discover: Callable[[], NodeTopology]
+    metrics: AgentMetrics = field(default_factory=AgentMetrics)
+    tls: TlsMaterial | None = None
+    store: NodeStateStore | None = None
+    port: int = 0
+    _server: grpc.aio.Server | None = None
+    _health: health.aio.HealthServicer | None = None
+    _changes: ChangeDetector | None = None
+
+    async def start(self) -> int:
+        """Discover, bind and serve; returns the bound gRPC port (useful with port 0)."""
+        config = self.config
+        if self.tls is None and config.tls_enabled:
+            self.tls = load_tls(config.tls_cert, config.tls_key, config.tls_ca)
+        topology = await asyncio.to_thread(self.discover)
+        applied = tuple(await asyncio.to_thread(self.applier.applied)) if self.applier else ()
+        self.store = NodeStateStore(topology, applied)
+        self.store.add_listener(self._observe)
+        self._observe(self.store.current())
+        self.metrics.allocations.set(len(applied))
+
+        server = grpc.aio.server(options=server_options(config))
+        service = NodeAgentService(
+            self.store, self.applier, self.metrics, frozenset(config.tls_allowed_clients)
+        )
+        agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        address = grpc_address(config.listen)
+        if self.tls is not None:
+            self.port = server.add_secure_port(address, server_credentials(self.tls))
+        else:
+            self.port = server.add_insecure_port(address)
+        await server.start()
+        self._server = server
+        for name in ("", SERVICE_NAME):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        self._changes = ChangeDetector(
+            config.root,
+            self.discover,
+            self.store,
+            self.metrics,
+            ChangePolicy(
+                poll_interval_s=config.poll_interval_s,
+                full_interval_s=config.full_rediscovery_interval_s,
+                netlink=config.netlink_enabled,
+                netns=config.netns,
+            ),
+        )
+        self._changes.start()
+        log.info(
+            "agent serving",
+            node=self.store.node_name,
+            listen=config.listen,
+            port=self.port,
+            tls=self.tls is not None,
+            root=config.root,
+            generation=self.store.current().state.generation,
+        )
+        return self.port
+
+    def _observe(self, snap: Snapshot) -> None:
+        self.metrics.generation.set(snap.state.generation)
+
+    async def rediscover(self, trigger: str = "request") -> bool:
+        if self._changes is None:
+            raise RuntimeError("agent is not started")
+        return await self._changes.rediscover(trigger)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving: health says NOT_SERVING, open streams get `grace` seconds, then close."""
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self.store is not None:
+            self.store.close()
+        if self._changes is not None:
+            await self._changes.stop()
+        if self._server is not None:
+            await self._server.stop(self.config.shutdown_grace_s if grace is None else grace)
+            self._server = None
+        log.info("agent stopped", node=self.store.node_name if self.store else self.config.node_name)

@@ -1,0 +1,193 @@
+"""The NodeAgent gRPC service over the node state store and the node's allocation applier."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+
+from agent.apply.contract import AllocationApplier, ApplyError
+from agent.metrics import AgentMetrics
+from agent.service.inventory import allocation_conflicts, device_inventory
+from agent.service.store import NodeStateStore, Snapshot
+from gedge_model import Allocation, ModelDecodeError, to_dict, to_json
+from gedge_model.tls import peer_identities
+from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
+
+MAX_ALLOCATION_JSON = 64 * 1024
+
+log = structlog.get_logger("gedge.agent.service")
+
+
+def allocations_json(allocations: tuple[Allocation, ...]) -> str:
+    return json.dumps([to_dict(a) for a in allocations])
+
+
+class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
+    """Serves one node; with `allowed_clients`, only TLS peers whose certificate names one may call."""
+
+    def __init__(
+        self,
+        store: NodeStateStore,
+        applier: AllocationApplier | None,
+        metrics: AgentMetrics,
+        allowed_clients: frozenset[str] = frozenset(),
+    ) -> None:
+        self.store = store
+        self.applier = applier
+        self.metrics = metrics
+        self.allowed_clients = allowed_clients
+        self._apply_lock = asyncio.Lock()
+        self._topology_json: tuple[int, str] = (0, "")
+
+    def _event(self, snap: Snapshot, *, with_topology: bool = True) -> agent_pb2.NodeStateEvent:
+        return agent_pb2.NodeStateEvent(
+            node_name=snap.state.node_name,
+            generation=snap.state.generation,
+            agent_instance=self.store.instance,
+            topology_json=self._topology_text(snap) if with_topology else "",
+            allocations_json=allocations_json(snap.state.allocations),
+        )
+
+    def _topology_text(self, snap: Snapshot) -> str:
+        generation, text = self._topology_json
+        if generation != snap.topology_generation:
+            text = to_json(snap.state.topology)
+            self._topology_json = (snap.topology_generation, text)
+        return text
+
+    async def _authorize(self, context: grpc.aio.ServicerContext, method: str) -> None:
+        if not self.allowed_clients:
+            return
+        names = peer_identities(context.auth_context())
+        if names & self.allowed_clients:
+            return
+        self.metrics.rejected_peers.inc()
+        log.warning("peer refused", method=method, peer=context.peer(), peer_names=sorted(names))
+        await self._abort(
+            context,
+            method,
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"client certificate names {sorted(names)} are not among the allowed clients",
+        )
+
+    async def _abort(
+        self, context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode, details: str
+    ) -> None:
+        self.metrics.rpcs.labels(method, code.name).inc()
+        await context.abort(code, details)
+
+    def _ok(self, method: str) -> None:
+        self.metrics.rpcs.labels(method, "OK").inc()
+
+    async def GetNodeState(self, request, context):
+        await self._authorize(context, "GetNodeState")
+        snap = self.store.current()
+        devices = [
+            agent_pb2.Device(
+                resource=d.resource,
+                id=d.id,
+                pci_address=d.pci_address or "",
+                numa_node=-1 if d.numa_node is None else d.numa_node,
+                pod_uid=d.pod_uid or "",
+            )
+            for d in device_inventory(snap.state)
+        ]
+        self._ok("GetNodeState")
+        return agent_pb2.GetNodeStateResponse(state=self._event(snap), devices=devices)
+
+    async def WatchNodeState(self, request, context) -> AsyncIterator[agent_pb2.NodeStateEvent]:
+        await self._authorize(context, "WatchNodeState")
+        sub = self.store.subscribe(asyncio.get_running_loop())
+        self.metrics.watch_streams.inc()
+        log.info("watch opened", peer=context.peer())
+        sent_generation = 0
+        sent_topology = 0
+        try:
+            while not self.store.closed:
+                sub.wake.clear()
+                snap = self.store.current()
+                if snap.state.generation != sent_generation:
+                    yield self._event(snap, with_topology=snap.topology_generation != sent_topology)
+                    sent_generation, sent_topology = snap.state.generation, snap.topology_generation
+                await sub.wake.wait()
+        finally:
+            self.store.unsubscribe(sub)
+            self.metrics.watch_streams.dec()
+            log.info("watch closed", peer=context.peer())
+
+    async def ListAllocations(self, request, context):
+        await self._authorize(context, "ListAllocations")
+        state = self.store.current().state
+        self._ok("ListAllocations")
+        return agent_pb2.ListAllocationsResponse(
+            generation=state.generation, allocations_json=allocations_json(state.allocations)
+        )
+
+    async def Apply(self, request, context):
+        await self._authorize(context, "Apply")
+        applier = await self._require_applier(context, "Apply")
+        if len(request.allocation_json) > MAX_ALLOCATION_JSON:
+            await self._abort(
+                context,
+                "Apply",
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"allocation is larger than {MAX_ALLOCATION_JSON} bytes",
+            )
+        try:
+            allocation = Allocation.from_annotation(request.allocation_json)
+        except ModelDecodeError as exc:
+            await self._abort(context, "Apply", grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        async with self._apply_lock:
+            problems = allocation_conflicts(self.store.current().state, allocation)
+            if problems:
+                await self._abort(
+                    context,
+                    "Apply",
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"pod {allocation.namespace}/{allocation.name}: " + "; ".join(problems),
+                )
+            try:
+                await asyncio.to_thread(applier.apply, allocation)
+            except ApplyError as exc:
+                log.warning("apply failed", pod_uid=allocation.pod_uid, error=str(exc))
+                await self._abort(context, "Apply", grpc.StatusCode.ABORTED, str(exc))
+            finally:
+                await self._sync_allocations()
+        log.info("applied", pod_uid=allocation.pod_uid, pod=f"{allocation.namespace}/{allocation.name}")
+        self._ok("Apply")
+        return agent_pb2.ApplyResponse(generation=self.store.current().state.generation)
+
+    async def Release(self, request, context):
+        await self._authorize(context, "Release")
+        applier = await self._require_applier(context, "Release")
+        if not request.pod_uid or len(request.pod_uid) > 256:
+            await self._abort(
+                context, "Release", grpc.StatusCode.INVALID_ARGUMENT, "pod_uid is empty or longer than 256"
+            )
+        async with self._apply_lock:
+            try:
+                await asyncio.to_thread(applier.release, request.pod_uid)
+            except ApplyError as exc:
+                log.warning("release failed", pod_uid=request.pod_uid, error=str(exc))
+                await self._abort(context, "Release", grpc.StatusCode.ABORTED, str(exc))
+            finally:
+                await self._sync_allocations()
+        log.info("released", pod_uid=request.pod_uid)
+        self._ok("Release")
+        return agent_pb2.ReleaseResponse(generation=self.store.current().state.generation)
+
+    async def _require_applier(self, context: grpc.aio.ServicerContext, method: str) -> AllocationApplier:
+        if self.applier is None:
+            await self._abort(
+                context, method, grpc.StatusCode.FAILED_PRECONDITION, "this agent runs without an applier"
+            )
+        return self.applier
+
+    async def _sync_allocations(self) -> None:
+        applied = await asyncio.to_thread(self.applier.applied) if self.applier else ()
+        self.store.set_allocations(tuple(applied))
+        self.metrics.allocations.set(len(applied))

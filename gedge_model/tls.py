@@ -1,0 +1,155 @@
+"""mTLS for every gRPC link between agents and the extender: credentials and peer identity.
+
+A node's identity is the name in its certificate (common name or DNS subject
+alternative name); both sides load PEM files and check them before serving, so
+a wrong path or a key that does not belong to the certificate fails at start
+with the file named, not at the first handshake.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+MAX_PEM_BYTES = 1024 * 1024
+
+
+class TlsConfigError(ValueError):
+    """TLS files are missing, unreadable, not PEM, or do not belong together; the message names the file."""
+
+
+@dataclass(frozen=True)
+class TlsMaterial:
+    """PEM bytes of one side's certificate chain, its private key, and the CA that signs peers."""
+
+    cert_pem: bytes
+    key_pem: bytes
+    ca_pem: bytes
+
+    @property
+    def names(self) -> frozenset[str]:
+        return certificate_names(self.cert_pem)
+
+
+def load_tls(cert: str | Path, key: str | Path, ca: str | Path) -> TlsMaterial:
+    """Read and cross-check cert, key and CA; raises TlsConfigError naming the file at fault."""
+    cert_pem, key_pem, ca_pem = (
+        _read_pem(Path(p), label) for p, label in ((cert, "certificate"), (key, "key"), (ca, "CA"))
+    )
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise TlsConfigError(f"TLS certificate {cert}: not a PEM certificate ({exc})") from None
+    try:
+        private_key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise TlsConfigError(f"TLS key {key}: not an unencrypted PEM private key ({exc})") from None
+    try:
+        x509.load_pem_x509_certificates(ca_pem)
+    except ValueError as exc:
+        raise TlsConfigError(f"TLS CA {ca}: not PEM certificates ({exc})") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if certificate.public_key().public_bytes(
+        serialization.Encoding.DER, public
+    ) != private_key.public_key().public_bytes(serialization.Encoding.DER, public):
+        raise TlsConfigError(f"TLS key {key} does not belong to certificate {cert}")
+    return TlsMaterial(cert_pem, key_pem, ca_pem)
+
+
+def _read_pem(path: Path, label: str) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_PEM_BYTES:
+            raise TlsConfigError(f"TLS {label} {path}: larger than {MAX_PEM_BYTES} bytes")
+        return path.read_bytes()
+    except OSError as exc:
+        raise TlsConfigError(f"TLS {label} {path}: {exc.strerror or exc}") from None
+
+
+def server_credentials(material: TlsMaterial, *, require_client_cert: bool = True) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(material.key_pem, material.cert_pem)],
+        root_certificates=material.ca_pem,
+        require_client_auth=require_client_cert,
+    )
+
+
+def channel_credentials(material: TlsMaterial) -> grpc.ChannelCredentials:
+    return grpc.ssl_channel_credentials(
+        root_certificates=material.ca_pem,
+        private_key=material.key_pem,
+        certificate_chain=material.cert_pem,
+    )
+
+
+def expect_peer_name_options(name: str) -> list[tuple[str, str]]:
+    """Channel options that make the TLS handshake accept only a server certificate issued for `name`."""
+    return [("grpc.ssl_target_name_override", name), ("grpc.default_authority", name)]
+
+
+def certificate_names(pem_or_der: bytes) -> frozenset[str]:
+    """The certificate's common name(s) and DNS subject alternative names."""
+    cert = (
+        x509.load_pem_x509_certificate(pem_or_der)
+        if pem_or_der.lstrip().startswith(b"-----")
+        else x509.load_der_x509_certificate(pem_or_der)
+    )
+    names = {str(attr.value) for attr in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        names.update(san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        pass
+    return frozenset(names)
+
+
+def peer_identities(auth_context: Mapping[str, Iterable[bytes]]) -> frozenset[str]:
+    """Names a gRPC server sees for its TLS peer (`context.auth_context()`); empty without TLS."""
+    names: set[str] = set()
+    for key in ("x509_common_name", "x509_subject_alternative_name"):
+        for value in auth_context.get(key, ()):
+            names.add(value.decode() if isinstance(value, bytes) else str(value))
+    return frozenset(names)
+
+
+def fetch_peer_names(host: str, port: int, material: TlsMaterial, timeout: float = 2.0) -> frozenset[str]:
+    """Handshake with a TLS server as a client of `material` and return the names of its certificate.
+
+    Used to say why a gRPC handshake failed (an agent presenting another node's
+    certificate); raises ssl.SSLError when the certificate does not verify against the CA.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(cadata=material.ca_pem.decode())
+    context.set_alpn_protocols(["h2"])
+    _load_client_chain(context, material)
+    with (
+        socket.create_connection((host, port), timeout=timeout) as raw,
+        context.wrap_socket(raw, server_hostname=None) as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    if der is None:
+        return frozenset()
+    return certificate_names(der)
+
+
+def _load_client_chain(context: ssl.SSLContext, material: TlsMaterial) -> None:
+    """ssl loads a chain only from files: write the PEMs to a private folder for the duration of the call."""
+    with tempfile.TemporaryDirectory(prefix="gedge-tls-") as scratch:
+        cert_path, key_path = Path(scratch) / "cert.pem", Path(scratch) / "key.pem"
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(material.key_pem)
+        cert_path.write_bytes(material.cert_pem)
+        context.load_cert_chain(cert_path, key_path)
