@@ -14,6 +14,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from scheduler_extender.placement.request import (
+    ANNOTATION_COMMUNICATION,
+    ANNOTATION_COMPUTE,
+    ANNOTATION_RUNTIME,
+    ANNOTATION_TOPOLOGY_AWARE,
+    ANNOTATION_TOPOLOGY_POLICY,
+    RequestError,
+    parse_pod_request,
+)
 from scheduler_extender.workflow import expr
 
 API_GROUP = "gedge.io"
@@ -27,14 +36,6 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
 MAX_TASKS = 500
 
-ANNOTATION_TOPOLOGY_AWARE = "gedge.io/topology-aware"
-ANNOTATION_TOPOLOGY_POLICY = "gedge.io/topology-policy"
-ANNOTATION_COMMUNICATION = "gedge.io/communication"
-ANNOTATION_COMPUTE = "gedge.io/compute"
-ANNOTATION_RUNTIME = "gedge.io/runtime"
-TOPOLOGY_POLICIES = ("best-effort", "restricted", "single-numa", "same-switch")
-COMMUNICATION = ("SRIOV", "RDMA")
-COMPUTE = ("GPU", "FPGA", "ASIC")
 RETRY_POLICIES = ("Always", "OnFailure", "OnError")
 
 _TASK_FIELDS = {
@@ -226,34 +227,16 @@ def _string_list(raw: Any, where: str) -> tuple[str, ...]:
     return tuple(raw)
 
 
-def _json_list(text: str, allowed: tuple[str, ...], where: str) -> list[str]:
+def validate_pod_request(task: str, container: Mapping[str, Any], annotations: Mapping[str, str]) -> None:
+    """The task's pod as the extender will read it: the same parser, so the two never disagree."""
+    pod = {
+        "metadata": {"name": task, "annotations": dict(annotations)},
+        "spec": {"containers": [{"name": "main", **container}]},
+    }
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        value = None
-    if not isinstance(value, list) or not all(isinstance(v, str) and v in allowed for v in value):
-        raise WorkflowSpecError(f"{where}: {text!r} must be a JSON list drawn from {list(allowed)}")
-    return value
-
-
-def validate_acceleration_annotations(annotations: Mapping[str, str], where: str) -> None:
-    """The DESIGN.md pod request annotations: a malformed value is an error, never ignored."""
-    if ANNOTATION_TOPOLOGY_AWARE in annotations and annotations[ANNOTATION_TOPOLOGY_AWARE] not in (
-        "true",
-        "false",
-    ):
-        raise WorkflowSpecError(f'{where}.{ANNOTATION_TOPOLOGY_AWARE}: must be "true" or "false"')
-    policy = annotations.get(ANNOTATION_TOPOLOGY_POLICY)
-    if policy is not None and policy not in TOPOLOGY_POLICIES:
-        raise WorkflowSpecError(
-            f"{where}.{ANNOTATION_TOPOLOGY_POLICY}: {policy!r} not one of {TOPOLOGY_POLICIES}"
-        )
-    if ANNOTATION_COMMUNICATION in annotations:
-        _json_list(
-            annotations[ANNOTATION_COMMUNICATION], COMMUNICATION, f"{where}.{ANNOTATION_COMMUNICATION}"
-        )
-    if ANNOTATION_COMPUTE in annotations:
-        _json_list(annotations[ANNOTATION_COMPUTE], COMPUTE, f"{where}.{ANNOTATION_COMPUTE}")
+        parse_pod_request(pod)
+    except RequestError as exc:
+        raise WorkflowSpecError(f"task {task!r}: {exc.field}: {str(exc).split(': ', 2)[-1]}") from None
 
 
 def _acceleration(raw: Any, where: str) -> dict[str, str]:
@@ -332,13 +315,16 @@ def _task(raw: Any, where: str, *, exit_handler: bool = False) -> tuple[TaskSpec
         if key in annotations and annotations[key] != value:
             raise WorkflowSpecError(f"{where}: {key} given both as acceleration and annotation, differently")
         annotations[key] = value
-    validate_acceleration_annotations(annotations, f"{where}.annotations")
     runtime = _string_list(block.get("runtime"), f"{where}.runtime")
     if ANNOTATION_RUNTIME in annotations:
-        from_annotation = _string_list(annotations.pop(ANNOTATION_RUNTIME), f"{where}.annotations")
+        from_annotation = _string_list(annotations[ANNOTATION_RUNTIME], f"{where}.annotations")
         if runtime and runtime != from_annotation:
             raise WorkflowSpecError(f"{where}: runtime and the {ANNOTATION_RUNTIME} annotation disagree")
         runtime = from_annotation
+    if runtime:
+        annotations[ANNOTATION_RUNTIME] = ",".join(runtime)
+    validate_pod_request(name, container, annotations)
+    annotations.pop(ANNOTATION_RUNTIME, None)
     dependencies = _string_list(block.get("dependencies"), f"{where}.dependencies")
     depends_text = block.get("depends")
     if exit_handler and (dependencies or depends_text):

@@ -68,7 +68,7 @@ def _wf(tasks: str, extra: str = "") -> dict:
         ("  - {name: a, container: {image: x}, image: y}\n", "task 'a': unknown field(s) ['image']"),
         (
             "  - {name: a, container: {image: x}, acceleration: {topologyPolicy: tight}}\n",
-            "gedge.io/topology-policy: 'tight'",
+            "task 'a': gedge.io/topology-policy: 'tight' is not one of",
         ),
         (
             "  - {name: a, container: {image: x}, acceleration: {communication: [SRIOV, IB]}}\n",
@@ -76,8 +76,17 @@ def _wf(tasks: str, extra: str = "") -> dict:
         ),
         (
             "  - {name: a, container: {image: x}, annotations: {gedge.io/compute: GPU}}\n",
-            "must be a JSON list",
+            "task 'a': gedge.io/compute: not a JSON list",
         ),
+        (
+            "  - {name: a, container: {image: x}, acceleration: {compute: [GPU]}}\n",
+            "lists GPU but the pod requests none",
+        ),
+        (
+            "  - {name: a, container: {image: x}, resources: {limits: {gedge.io/tpu: 1}}}\n",
+            "gedge.io/tpu: unknown gedge.io resource",
+        ),
+        ("  - {name: a, container: {image: x}, runtime: 'cuda 11'}\n", "bad component name"),
         (
             "  - {name: a, container: {image: x}, annotations: {gedge.io/topology-aware: 'yes'}}\n",
             "topology-aware",
