@@ -1,0 +1,18 @@
+"""The Kubernetes trigger of the apply path: a watch on the pods bound to this node."""
+
+from agent.podwatch.decide import Applied, Apply, Reject, Release, decide, reconcile
+from agent.podwatch.pods import PodView, pod_view
+from agent.podwatch.watch import PodWatcher, kubernetes_event_reporter
+
+__all__ = [
+    "Applied",
+    "Apply",
+    "PodView",
+    "PodWatcher",
+    "Reject",
+    "Release",
+    "decide",
+    "kubernetes_event_reporter",
+    "pod_view",
+    "reconcile",
+]

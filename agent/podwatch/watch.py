@@ -1,0 +1,201 @@
+"""The agent's pod watch under Kubernetes: pods with spec.nodeName == this node, applied and released.
+
+Each round lists the node's pods, reconciles, then watches from the list's
+resourceVersion until the server ends the watch (or it expires, 410) and the
+next round lists again; a round every `resync_s` at the latest retries what
+failed. Every event goes through `handle_event`, the one code path tests feed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
+from kubernetes.client.exceptions import ApiException
+
+from agent.apply.contract import AllocationApplier, ApplyError
+from agent.podwatch.decide import Action, Applied, Apply, Reject, Release, decide, reconcile
+from agent.podwatch.pods import PodView, pod_view
+
+log = logging.getLogger(__name__)
+
+EventReporter = Callable[[PodView, str, str], None]
+"""(pod, reason, message): how a refusal reaches the pod's owner."""
+
+
+class PodWatcher:
+    """Applies and releases allocations of this node's pods through an AllocationApplier."""
+
+    def __init__(
+        self,
+        core_api: Any,
+        node_name: str,
+        applier: AllocationApplier,
+        *,
+        report: EventReporter | None = None,
+        resync_s: int = 300,
+        retry_s: float = 5.0,
+    ) -> None:
+        self._core = core_api
+        self.node_name = node_name
+        self._applier = applier
+        self._report = report or (lambda pod, reason, message: None)
+        self._resync_s = resync_s
+        self._retry_s = retry_s
+        self._applied: dict[str, Applied] = {}
+        self._rejected: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watch: k8s_watch.Watch | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def field_selector(self) -> str:
+        return f"spec.nodeName={self.node_name}"
+
+    @property
+    def applied(self) -> dict[str, Applied]:
+        with self._lock:
+            return dict(self._applied)
+
+    # -- the one path every event takes -----------------------------------------------------------
+
+    def start_from(self, pods: Iterable[Any]) -> None:
+        """Reconcile with a full pod list: what the applier holds for pods that are gone is released."""
+        views = [pod_view(p) for p in pods]
+        with self._lock:
+            known = {a.pod_uid: self._applied.get(a.pod_uid, Applied(a)) for a in self._applier.applied()}
+            self._applied = known
+            actions = reconcile(views, self.node_name, known)
+        self._run(actions)
+
+    def handle_event(self, event: dict[str, Any]) -> None:
+        """One event as kubernetes.watch.Watch.stream yields it: {"type": ..., "object": V1Pod}."""
+        kind = event.get("type")
+        if kind not in ("ADDED", "MODIFIED", "DELETED"):
+            return
+        pod = pod_view(event["object"])
+        with self._lock:
+            actions = decide(kind, pod, self.node_name, self._applied)
+        self._run(actions)
+
+    def _run(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Apply):
+                self._apply(action)
+            elif isinstance(action, Release):
+                self._release(action)
+            elif isinstance(action, Reject):
+                self._reject(action)
+
+    def _apply(self, action: Apply) -> None:
+        uid = action.allocation.pod_uid
+        try:
+            self._applier.apply(action.allocation)
+        except ApplyError as exc:
+            log.error("apply for %s failed: %s", action.pod, exc)
+            pod = _view_of(action)
+            self._report(pod, "ApplyFailed", str(exc))
+            return
+        with self._lock:
+            self._applied[uid] = Applied(action.allocation, action.container_ids)
+            self._rejected.pop(uid, None)
+        log.info("applied allocation of %s", action.pod)
+
+    def _release(self, action: Release) -> None:
+        self._applier.release(action.pod_uid)
+        with self._lock:
+            self._applied.pop(action.pod_uid, None)
+            self._rejected.pop(action.pod_uid, None)
+        log.info("released %s (%s)", action.pod, action.reason)
+
+    def _reject(self, action: Reject) -> None:
+        with self._lock:
+            if self._rejected.get(action.pod.uid) == action.pod.annotation:
+                return
+            self._rejected[action.pod.uid] = action.pod.annotation or ""
+        log.error("%s", action.message)
+        self._report(action.pod, "InvalidAllocation", action.message)
+
+    # -- the Kubernetes loop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.run, name="pod-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._watch is not None:
+            self._watch.stop()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._round()
+            except ApiException as exc:
+                if exc.status != 410:
+                    log.warning(
+                        "pod watch on %s: %s; listing again in %.0fs", self.node_name, exc, self._retry_s
+                    )
+                    self._stop.wait(self._retry_s)
+            except Exception:
+                log.exception("pod watch on %s failed; listing again in %.0fs", self.node_name, self._retry_s)
+                self._stop.wait(self._retry_s)
+
+    def _round(self) -> None:
+        listed = self._core.list_pod_for_all_namespaces(field_selector=self.field_selector)
+        self.start_from(listed.items)
+        self._watch = k8s_watch.Watch()
+        for event in self._watch.stream(
+            self._core.list_pod_for_all_namespaces,
+            field_selector=self.field_selector,
+            resource_version=listed.metadata.resource_version,
+            timeout_seconds=self._resync_s,
+        ):
+            if self._stop.is_set():
+                break
+            if event.get("type") == "ERROR":
+                raise ApiException(
+                    status=(event.get("raw_object") or {}).get("code", 500), reason="watch error"
+                )
+            self.handle_event(event)
+
+
+def _view_of(action: Apply) -> PodView:
+    a = action.allocation
+    return PodView(a.pod_uid, a.namespace, a.name, a.node, None, False, None, 0, action.container_ids)
+
+
+def kubernetes_event_reporter(core_api: Any, node_name: str) -> EventReporter:
+    """Post a Warning Event on the pod, as kubectl describe shows it."""
+
+    def report(pod: PodView, reason: str, message: str) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        event = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{pod.name}.", namespace=pod.namespace),
+            involved_object=k8s.V1ObjectReference(
+                kind="Pod", api_version="v1", name=pod.name, namespace=pod.namespace, uid=pod.uid
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning",
+            source=k8s.V1EventSource(component="gedge-agent", host=node_name),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            core_api.create_namespaced_event(pod.namespace, event)
+        except ApiException as exc:
+            log.warning("could not record event %s on %s: %s", reason, pod.ref, exc)
+
+    return report

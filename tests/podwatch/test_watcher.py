@@ -1,0 +1,100 @@
+"""Watch events, as kubernetes.watch.Watch.stream yields them, through the watcher into an applier."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.podwatch import PodWatcher
+from tests.podwatch.conftest import NODE, allocation, pod
+
+
+def event(kind: str, obj) -> dict:
+    return {"type": kind, "object": obj, "raw_object": {}}
+
+
+@pytest.fixture
+def reports() -> list[tuple[str, str, str]]:
+    return []
+
+
+@pytest.fixture
+def watcher(applier, reports) -> PodWatcher:
+    return PodWatcher(
+        core_api=None,
+        node_name=NODE,
+        applier=applier,
+        report=lambda pod, reason, message: reports.append((pod.ref, reason, message)),
+    )
+
+
+def test_pod_lifecycle_applies_once_and_releases_on_completion(watcher, applier):
+    watcher.start_from([])
+    watcher.handle_event(event("ADDED", pod("u1")))
+    watcher.handle_event(event("MODIFIED", pod("u1", started=1)))
+    watcher.handle_event(event("MODIFIED", pod("u1", started=1, phase="Running")))
+    watcher.handle_event(event("MODIFIED", pod("u1", started=1, phase="Succeeded")))
+    watcher.handle_event(event("DELETED", pod("u1", started=1, phase="Succeeded")))
+
+    assert applier.calls == [("apply", "u1"), ("release", "u1")]
+    assert applier.held == {}
+
+
+def test_deleted_running_pod_is_released(watcher, applier):
+    watcher.handle_event(event("MODIFIED", pod("u1", started=1, phase="Running")))
+    watcher.handle_event(event("MODIFIED", pod("u1", started=1, phase="Running", deleting=True)))
+    assert applier.held.keys() == {"u1"}
+
+    watcher.handle_event(event("DELETED", pod("u1", started=1, phase="Running", deleting=True)))
+
+    assert applier.held == {}
+
+
+def test_restart_reconciles_with_the_pod_list(applier, reports):
+    applier.held = {
+        "u1": allocation("u1"),
+        "gone": allocation("gone", "gone"),
+    }
+    restarted = PodWatcher(None, NODE, applier, report=lambda *a: reports.append(a))
+
+    restarted.start_from([pod("u1", started=1, phase="Running"), pod("u2", "new", started=1)])
+
+    assert sorted(applier.calls) == [("apply", "u1"), ("apply", "u2"), ("release", "gone")]
+    assert applier.held.keys() == {"u1", "u2"}
+    # The same list again changes nothing: the watch is idempotent.
+    applier.calls.clear()
+    restarted.start_from([pod("u1", started=1, phase="Running"), pod("u2", "new", started=1)])
+    assert applier.calls == []
+
+
+def test_failed_apply_is_reported_and_retried_on_the_next_event(watcher, applier, reports):
+    applier.failing = {"u1"}
+    watcher.handle_event(event("MODIFIED", pod("u1", started=1)))
+    assert reports == [("ml/trainer", "ApplyFailed", "pod ml/trainer: cpuset.cpus refused")]
+    assert "u1" not in watcher.applied
+
+    applier.failing = set()
+    watcher.handle_event(event("MODIFIED", pod("u1", started=1, phase="Running")))
+
+    assert applier.calls == [("apply", "u1"), ("apply", "u1")]
+    assert applier.held.keys() == {"u1"}
+
+
+def test_invalid_annotation_is_reported_once_and_nothing_is_applied(watcher, applier, reports):
+    for _ in range(3):
+        watcher.handle_event(event("MODIFIED", pod("u1", annotation='{"pod_uid": "u1"}', started=1)))
+
+    assert applier.calls == []
+    assert len(reports) == 1
+    ref, reason, message = reports[0]
+    assert (ref, reason) == ("ml/trainer", "InvalidAllocation")
+    assert "gedge.io/allocation" in message and "missing field" in message
+
+
+def test_bookmarks_and_errors_do_not_reach_the_applier(watcher, applier):
+    watcher.handle_event({"type": "BOOKMARK", "object": pod("u1", started=1)})
+
+    assert applier.calls == []
+
+
+def test_field_selector_names_this_node(watcher):
+    assert watcher.field_selector == "spec.nodeName=edge-1"
