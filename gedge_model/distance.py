@@ -147,11 +147,12 @@ def pci_distance(topology: NodeTopology, a: str, b: str) -> Distance:
         return Distance(Level.SYS)
     if _same_function_group(dev_a, dev_b):
         return Distance(Level.PIX)
-    if not _same_numa(dev_a.numa_node, dev_b.numa_node):
-        return Distance(Level.SYS)
-    if dev_a.host_bridge != dev_b.host_bridge:
+    if dev_a.host_bridge == dev_b.host_bridge:
+        # One root complex never spans sockets, whatever numa_node says.
+        return Distance(_bridge_level(dev_a.bridges, dev_b.bridges))
+    if _same_numa(topology, dev_a.numa_node, dev_b.numa_node):
         return Distance(Level.NODE)
-    return Distance(_bridge_level(dev_a.bridges, dev_b.bridges))
+    return Distance(Level.SYS)
 
 
 def _same_function_group(a: PciDevice, b: PciDevice) -> bool:
@@ -168,8 +169,12 @@ def _same_function_group(a: PciDevice, b: PciDevice) -> bool:
     )
 
 
-def _same_numa(a: int | None, b: int | None) -> bool:
-    return a is None or b is None or a == b
+def _same_numa(topology: NodeTopology, a: int | None, b: int | None) -> bool:
+    """Known to share a NUMA node. Unknown locality (numa_node -1 with nothing to derive it from)
+    counts as remote on a multi-node machine: placement must not bet on a locality nobody reported."""
+    if a is not None and b is not None:
+        return a == b
+    return len(topology.numa_nodes) <= 1
 
 
 def _bridge_level(a: tuple[str, ...], b: tuple[str, ...]) -> Level:
@@ -202,9 +207,9 @@ def endpoint_distance(topology: NodeTopology, a: Endpoint, b: Endpoint) -> Dista
     if a.pci_address and b.pci_address:
         return pci_distance(topology, a.pci_address, b.pci_address)
     if a.pci_address is None and b.pci_address is None:
-        return Distance(Level.NODE if a.numa_node == b.numa_node else Level.SYS)
+        return Distance(Level.NODE if _same_numa(topology, a.numa_node, b.numa_node) else Level.SYS)
     # A device against a NUMA node's CPUs: through its host bridge when local, across sockets if not.
-    return Distance(Level.PHB if _same_numa(a.numa_node, b.numa_node) else Level.SYS)
+    return Distance(Level.PHB if _same_numa(topology, a.numa_node, b.numa_node) else Level.SYS)
 
 
 def distance_matrix(

@@ -117,9 +117,11 @@ class NvmlGpuSource:
             warn(f"GPU {index}: NVML bus id {pci.busId!r} is not a PCI address; skipped")
             return None
         memory = int(nvml.nvmlDeviceGetMemoryInfo(handle).total)
-        capability = _call(nvml, warn, None, nvml.nvmlDeviceGetCudaComputeCapability, handle)
+        capability = _call(
+            nvml, warn, f"GPU {index} compute capability", nvml.nvmlDeviceGetCudaComputeCapability, handle
+        )
         mig_current, mig_pending = False, False
-        mode = _call(nvml, warn, None, nvml.nvmlDeviceGetMigMode, handle)
+        mode = _call(nvml, warn, f"GPU {index} MIG mode", nvml.nvmlDeviceGetMigMode, handle)
         if mode is not None:
             enabled = nvml.NVML_DEVICE_MIG_ENABLE
             mig_current, mig_pending = mode[0] == enabled, mode[1] == enabled
@@ -171,10 +173,19 @@ def _mig_profiles(nvml: Any, warn: Warn, index: int, handle: Any, memory: int) -
             continue
         if info.id in profiles:
             continue
-        remaining = _call(nvml, warn, None, nvml.nvmlDeviceGetGpuInstanceRemainingCapacity, handle, info.id)
+        remaining = _call(
+            nvml,
+            warn,
+            f"GPU {index} MIG profile {info.id} capacity",
+            nvml.nvmlDeviceGetGpuInstanceRemainingCapacity,
+            handle,
+            info.id,
+        )
         name = _text(getattr(info, "name", None) or "").removeprefix("MIG ").strip()
         if not name:
-            name = mig_profile_name(info.sliceCount, info.memorySizeMB, memory)
+            name = mig_profile_name(info.sliceCount, info.memorySizeMB, memory) + _profile_suffix(
+                nvml, profile
+            )
         profiles[info.id] = MigProfile(
             name=name,
             profile_id=int(info.id),
@@ -186,12 +197,36 @@ def _mig_profiles(nvml: Any, warn: Warn, index: int, handle: Any, memory: int) -
     return tuple(sorted(profiles.values(), key=lambda p: (p.slices, p.memory_mib, p.profile_id)))
 
 
+_PROFILE_SUFFIXES = {
+    "NVML_GPU_INSTANCE_PROFILE_1_SLICE_REV1": "+me",
+    "NVML_GPU_INSTANCE_PROFILE_2_SLICE_REV1": "+me",
+    "NVML_GPU_INSTANCE_PROFILE_1_SLICE_ALL_ME": "+me.all",
+    "NVML_GPU_INSTANCE_PROFILE_2_SLICE_ALL_ME": "+me.all",
+    "NVML_GPU_INSTANCE_PROFILE_1_SLICE_NO_ME": "-me",
+    "NVML_GPU_INSTANCE_PROFILE_2_SLICE_NO_ME": "-me",
+    "NVML_GPU_INSTANCE_PROFILE_1_SLICE_GFX": "+gfx",
+    "NVML_GPU_INSTANCE_PROFILE_2_SLICE_GFX": "+gfx",
+    "NVML_GPU_INSTANCE_PROFILE_3_SLICE_GFX": "+gfx",
+    "NVML_GPU_INSTANCE_PROFILE_4_SLICE_GFX": "+gfx",
+}
+
+
+def _profile_suffix(nvml: Any, profile: int) -> str:
+    """Media-engine and graphics variants of a profile carry a suffix in their name (`1g.10gb+me`)."""
+    for constant, suffix in _PROFILE_SUFFIXES.items():
+        if getattr(nvml, constant, None) == profile:
+            return suffix
+    return ""
+
+
 def _mig_instances(
     nvml: Any, warn: Warn, index: int, handle: Any, profiles: tuple[MigProfile, ...]
 ) -> tuple[MigInstance, ...]:
     """Every MIG device (a compute instance inside a GPU instance) with its UUID and placement."""
     by_id = {p.profile_id: p.name for p in profiles}
-    count = _call(nvml, warn, None, nvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
+    count = (
+        _call(nvml, warn, f"GPU {index} MIG device count", nvml.nvmlDeviceGetMaxMigDeviceCount, handle) or 0
+    )
     found: list[MigInstance] = []
     for slot in range(count):
         try:
@@ -269,15 +304,14 @@ def _nvlinks(address: str, ends: dict[str, _LinkEnds]) -> tuple[NvLink, ...]:
     return tuple(NvLink(peer, n) for peer, n in sorted(counts.items()))
 
 
-def _call(nvml: Any, warn: Warn, what: str | None, fn: Callable[..., Any], *args: Any) -> Any:
-    """An optional NVML query: None when unsupported; other errors are warned about when `what` is set."""
+def _call(nvml: Any, warn: Warn, what: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """An optional NVML query: None when unsupported, None and a warning naming `what` on other errors."""
     try:
         return fn(*args)
     except nvml.NVMLError_NotSupported:
         return None
     except nvml.NVMLError as exc:
-        if what:
-            warn(f"NVML {what}: {_error_text(exc)}")
+        warn(f"NVML {what}: {_error_text(exc)}")
         return None
 
 

@@ -1,0 +1,158 @@
+"""`gedge-agent topology`: the node's topology and distance matrix in the `nvidia-smi topo -m` layout."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import yaml
+
+from agent.discovery import discover
+from agent.discovery.sysfs import format_cpulist
+from gedge_model import DEFAULT_WEIGHTS, DeviceKind, Endpoint, Level, NodeTopology, distance_matrix, to_json
+from gedge_model.distance import LEGEND, parse_weights
+
+_LEGEND_ORDER = (Level.X, Level.SYS, Level.NODE, Level.PHB, Level.PXB, Level.PIX, Level.NV)
+
+
+class UsageError(Exception):
+    """Bad command-line input; the message names the option at fault."""
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--root", default="/", help="sysfs root to read: / or an unpacked snapshot (default /)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the full model as JSON instead")
+    parser.add_argument("--node-name", help="node name (default: the hostname under the root)")
+    parser.add_argument(
+        "--timeslice-replicas", type=int, metavar="N", help="time-slice replicas for every GPU (default 1)"
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        metavar="FILE",
+        help="YAML/JSON mapping of level to weight, e.g. {PIX: 2, SYS: 6}",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        weights = _load_weights(args.weights) if args.weights else dict(DEFAULT_WEIGHTS)
+        root = Path(args.root)
+        if not root.is_dir():
+            raise UsageError(f"--root {args.root}: not a directory")
+        if args.timeslice_replicas is not None and args.timeslice_replicas < 1:
+            raise UsageError(f"--timeslice-replicas {args.timeslice_replicas}: must be 1 or more")
+    except UsageError as exc:
+        print(f"gedge-agent topology: {exc}", file=sys.stderr)
+        return 2
+    topology = discover(root, node_name=args.node_name, timeslice_replicas=args.timeslice_replicas)
+    if args.json:
+        print(to_json(topology, indent=2))
+    else:
+        print(render(topology, weights))
+    return 0
+
+
+def _load_weights(path: Path) -> dict[Level, float]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UsageError(f"--weights {path}: {exc}") from None
+    if not isinstance(raw, Mapping):
+        raise UsageError(f"--weights {path}: expected a mapping of level to weight")
+    try:
+        return parse_weights(raw)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--weights {path}: {exc}") from None
+
+
+def render(topology: NodeTopology, weights: Mapping[Level, float] = DEFAULT_WEIGHTS) -> str:
+    """Matrix, legend, the devices behind each label, and a short summary."""
+    return "\n".join(
+        [
+            *render_matrix(topology),
+            "",
+            *_legend(weights),
+            "",
+            *_device_legend(topology),
+            *_summary(topology),
+        ]
+    )
+
+
+def render_matrix(topology: NodeTopology) -> list[str]:
+    """Rows and columns GPU0.., NIC0.., then CPU and NUMA affinity, like `nvidia-smi topo -m`."""
+    points, rows = distance_matrix(topology)
+    keep = [i for i, p in enumerate(points) if p.kind is not DeviceKind.CPU]
+    if not keep:
+        return ["(no GPU, NIC, RDMA, NVMe or accelerator devices: nothing to put in a matrix)"]
+    labels = [points[i].label for i in keep]
+    width = max(6, *(len(label) + 2 for label in labels))
+    affinity = {i: _affinity(topology, points[i]) for i in keep}
+    cpu_width = max(len("CPU Affinity"), *(len(a[0]) for a in affinity.values())) + 2
+    header = " " * width + "".join(f"{label:<{width}}" for label in labels)
+    lines = [f"{header}{'CPU Affinity':<{cpu_width}}NUMA Affinity"]
+    for i in keep:
+        cells = "".join(f"{rows[i][j].label:<{width}}" for j in keep)
+        cpus, numa = affinity[i]
+        lines.append(f"{points[i].label:<{width}}{cells}{cpus:<{cpu_width}}{numa}".rstrip())
+    return lines
+
+
+def _affinity(topology: NodeTopology, point: Endpoint) -> tuple[str, str]:
+    online = set(topology.online_cpus)
+    if point.numa_node is not None:
+        node = topology.numa(point.numa_node)
+        cpus = node.cpus if node is not None else ()
+        return format_cpulist(cpus) or "N/A", str(point.numa_node)
+    dev = topology.pci(point.pci_address) if point.pci_address else None
+    local = [c for c in dev.local_cpus if c in online] if dev is not None else []
+    return format_cpulist(local) or "N/A", "N/A"
+
+
+def _legend(weights: Mapping[Level, float]) -> list[str]:
+    lines = ["Legend:", ""]
+    for level in _LEGEND_ORDER:
+        name = "NV#" if level is Level.NV else level.value
+        lines.append(f"  {name:<4} = {LEGEND[level]} (weight {weights[level]:g})")
+    return lines
+
+
+def _device_legend(topology: NodeTopology) -> list[str]:
+    points = [p for p in distance_matrix(topology)[0] if p.kind is not DeviceKind.CPU]
+    if not points:
+        return []
+    lines = ["Devices:", ""]
+    for p in points:
+        gpu = topology.gpu_by_pci(p.pci_address) if p.kind is DeviceKind.GPU and p.pci_address else None
+        what = f"{gpu.name} {gpu.uuid}" if gpu is not None else p.name
+        if gpu is not None and gpu.mig_current:
+            what += f" MIG ({len(gpu.mig_instances)} instances)"
+        lines.append(f"  {p.label}: {what} ({p.pci_address})")
+    lines.append("")
+    return lines
+
+
+def _summary(topology: NodeTopology) -> list[str]:
+    online = [c.id for c in topology.cpus if c.online]
+    offline = [c.id for c in topology.cpus if not c.online]
+    nodes = sorted(n.id for n in topology.numa_nodes)
+    lines = [
+        f"Node {topology.node_name}:",
+        f"  CPUs: {len(online)} online ({format_cpulist(online) or '-'}), "
+        f"{len(offline)} offline ({format_cpulist(offline) or '-'})",
+        f"  NUMA nodes: {len(nodes)} ({format_cpulist(nodes) or '-'})",
+        f"  PCI devices: {len(topology.pci_devices)}; GPUs: {len(topology.gpus)}; "
+        f"network interfaces: {len(topology.interfaces)}; RDMA: {len(topology.rdma_devices)}; "
+        f"NVMe: {len(topology.nvme_devices)}",
+        f"  Warnings: {len(topology.warnings)}",
+    ]
+    lines.extend(f"    {w}" for w in topology.warnings)
+    return lines
