@@ -127,3 +127,22 @@ def veth_pair(a: str, b: str, ns_a: str | None = None, ns_b: str | None = None) 
                 for index in ipr.link_lookup(ifname=name):
                     with suppress(Exception):
                         ipr.link("del", index=index)
+
+
+def build_pod_cgroups(
+    root: Path, driver, qos, pod_uid: str, container_ids: list[str], *, v1: bool = True
+) -> list[Path]:
+    """The pod's and its containers' cgroups the way kubelet and the runtime lay them out."""
+    from agent.apply.cgroups import container_cgroup_names, kubepods_dir, pod_cgroup
+
+    pod_dir = pod_cgroup(root, driver, qos, pod_uid)
+    chain = [p for p in reversed(pod_dir.parents) if root in p.parents] + [pod_dir]
+    assert chain[0] == kubepods_dir(root, driver)
+    for path in chain:
+        if not path.exists():
+            make_v1_cgroup(path) if v1 else make_v2_cgroup(path)
+    made = []
+    for cid in container_ids:
+        path = pod_dir / container_cgroup_names(driver, cid)[0]
+        made.append(make_v1_cgroup(path) if v1 else make_v2_cgroup(path))
+    return made

@@ -71,7 +71,7 @@ def test_macvlan_reaches_the_pod_and_carries_traffic(macvlan_node) -> None:
     steps: list[str] = []
     nic.apply(rec1, grant1, steps.append)
     nic.apply(rec2, grant2, steps.append)
-    assert steps[:3] == ["nic:host-link", "nic:moved", "nic:configured"]
+    assert steps[:4] == ["nic:created", "nic:host-link", "nic:moved", "nic:configured"]
 
     net1 = links_in(pod1)["net1"]
     assert (net1.kind, net1.mtu, net1.mac, net1.up) == ("macvlan", 1400, "02:aa:00:00:00:01", True)
@@ -96,7 +96,7 @@ def test_macvlan_reaches_the_pod_and_carries_traffic(macvlan_node) -> None:
     nic.release(rec1)
 
 
-@pytest.mark.parametrize("stop_at", ["nic:host-link", "nic:moved"])
+@pytest.mark.parametrize("stop_at", ["nic:created", "nic:host-link", "nic:moved"])
 def test_release_undoes_a_half_done_macvlan(macvlan_node, stop_at: str) -> None:
     host, pod1, _, master = macvlan_node
     nic = NicApplier(host_netns=host)

@@ -184,7 +184,7 @@ class NicApplier:
             step("nic:vf-settings")
         if in_pod is None:
             with netlink(self.host_netns) as host:
-                index = self._host_link(host, record, grant)
+                index = self._host_link(host, record, grant, step)
                 step("nic:host-link")
                 host.link("set", index=index, state="down")
                 with netns_fd(record.pod_netns) as fd:
@@ -198,7 +198,9 @@ class NicApplier:
             self._configure(pod, index, record, grant)
         step("nic:configured")
 
-    def _host_link(self, host: IPRoute, record: NicRecord, grant: NetworkGrant) -> int:
+    def _host_link(
+        self, host: IPRoute, record: NicRecord, grant: NetworkGrant, step: Callable[[str], None]
+    ) -> int:
         """The link to move, created (macvlan) or marked (VF) in the host namespace."""
         marked = _links_with_alias(host, record.marker)
         if marked:
@@ -223,6 +225,7 @@ class NicApplier:
                     spec["address"] = grant.mac
                 host.link("add", **spec)
                 index = _lookup(host, record.host_name)
+                step("nic:created")
         elif index is None:
             raise NicError(f"VF netdev {record.host_name} is not in the host namespace")
         host.link("set", index=index, ifalias=record.marker)
