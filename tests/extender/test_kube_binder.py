@@ -1,0 +1,216 @@
+"""KubeBinder, pod reads, Events and the allocation rebuild, through the official client against a
+loopback HTTP server that answers the few Kubernetes API calls the extender makes, as the API server does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from kubernetes.client import ApiClient, Configuration, CoreV1Api
+
+from gedge_model import ANNOTATION, Allocation, DeviceGrant
+from scheduler_extender.bind.assume import AssumeCache
+from scheduler_extender.bind.binder import BindError
+from scheduler_extender.bind.kube import KubeBinder, KubeEvents, PodAllocationWatch, read_pod
+from tests.extender.servers import ServerThread
+
+
+class FakeApiServer:
+    """Pods in memory; PATCH is JSON merge patch, a Binding answers with a Status as the real server does."""
+
+    def __init__(self) -> None:
+        self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.calls: list[tuple[str, str, str]] = []
+        self.events: list[dict[str, Any]] = []
+
+    def add_pod(self, namespace: str, name: str, uid: str, **extra: Any) -> dict[str, Any]:
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "uid": uid, "annotations": {}},
+            "spec": {"containers": [{"name": "main", "image": "x"}], **extra.get("spec", {})},
+            "status": extra.get("status", {"phase": "Pending"}),
+        }
+        self.pods[(namespace, name)] = pod
+        return pod
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get)
+        app.router.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self._patch)
+        app.router.add_post("/api/v1/namespaces/{ns}/bindings", self._bind)
+        app.router.add_post("/api/v1/namespaces/{ns}/events", self._event)
+        app.router.add_get("/api/v1/pods", self._list)
+        return app
+
+    @staticmethod
+    def _status(code: int, reason: str, message: str) -> web.Response:
+        body = {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+        }
+        return web.json_response({**body, "code": code}, status=code)
+
+    async def _get(self, request: web.Request) -> web.Response:
+        pod = self.pods.get((request.match_info["ns"], request.match_info["name"]))
+        if pod is None:
+            return self._status(404, "NotFound", f'pods "{request.match_info["name"]}" not found')
+        return web.json_response(pod)
+
+    async def _patch(self, request: web.Request) -> web.Response:
+        self.calls.append(("PATCH", request.path, request.content_type))
+        pod = self.pods.get((request.match_info["ns"], request.match_info["name"]))
+        if pod is None:
+            return self._status(404, "NotFound", "pod not found")
+        if request.content_type != "application/merge-patch+json":
+            return self._status(415, "UnsupportedMediaType", f"unsupported {request.content_type}")
+        patch = await request.json()
+        meta = patch.get("metadata", {})
+        if "uid" in meta and meta["uid"] != pod["metadata"]["uid"]:
+            return self._status(409, "Conflict", "Precondition failed: UID in precondition")
+        for key, value in meta.get("annotations", {}).items():
+            if value is None:
+                pod["metadata"]["annotations"].pop(key, None)
+            else:
+                pod["metadata"]["annotations"][key] = value
+        return web.json_response(pod)
+
+    async def _bind(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.calls.append(("POST", request.path, json.dumps(body, sort_keys=True)))
+        pod = self.pods.get((request.match_info["ns"], body["metadata"]["name"]))
+        if pod is None:
+            return self._status(404, "NotFound", "pod not found")
+        if body["metadata"].get("uid") not in (None, pod["metadata"]["uid"]):
+            return self._status(409, "Conflict", "Precondition failed: UID in precondition")
+        if pod["spec"].get("nodeName"):
+            return self._status(
+                409, "Conflict", f"pod {body['metadata']['name']} is already assigned to node"
+            )
+        pod["spec"]["nodeName"] = body["target"]["name"]
+        return web.json_response(
+            {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}, status=201
+        )
+
+    async def _event(self, request: web.Request) -> web.Response:
+        event = await request.json()
+        self.events.append(event)
+        return web.json_response({**event, "metadata": {**event["metadata"], "name": "e1"}}, status=201)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        selector = request.query.get("fieldSelector", "")
+        items = [p for p in self.pods.values() if selector != "spec.nodeName!=" or p["spec"].get("nodeName")]
+        return web.json_response({"kind": "PodList", "metadata": {"resourceVersion": "42"}, "items": items})
+
+
+@pytest.fixture
+def api_server() -> Iterator[tuple[FakeApiServer, CoreV1Api]]:
+    fake = FakeApiServer()
+    with ServerThread(fake.app()) as server:
+        config = Configuration(host=server.url)
+        with ApiClient(config) as client:
+            yield fake, CoreV1Api(client)
+
+
+def allocation(uid: str, name: str, node: str = "gpu-1", gpu: str = "GPU-aaa") -> Allocation:
+    return Allocation(
+        pod_uid=uid,
+        namespace="ml",
+        name=name,
+        node=node,
+        devices=(DeviceGrant("gedge.io/gpu", gpu, "0000:3b:00.0", 0),),
+        cpus=(2, 3),
+        numa_nodes=(0,),
+        cost=3.5,
+        worst_level="PHB",
+    )
+
+
+def test_bind_annotates_then_binds(api_server: tuple[FakeApiServer, CoreV1Api]) -> None:
+    fake, api = api_server
+    fake.add_pod("ml", "train", "uid-1")
+    chosen = allocation("uid-1", "train")
+    KubeBinder(api).bind(chosen)
+    pod = fake.pods[("ml", "train")]
+    assert pod["spec"]["nodeName"] == "gpu-1"
+    assert Allocation.from_annotation(pod["metadata"]["annotations"][ANNOTATION]) == chosen
+    assert [c[0] for c in fake.calls] == ["PATCH", "POST"]
+    assert fake.calls[0][2] == "application/merge-patch+json"
+    binding = json.loads(fake.calls[1][2])
+    assert binding["target"] == {"apiVersion": "v1", "kind": "Node", "name": "gpu-1"}
+    assert binding["metadata"]["uid"] == "uid-1"
+
+
+def test_failed_binding_removes_the_annotation(api_server: tuple[FakeApiServer, CoreV1Api]) -> None:
+    fake, api = api_server
+    fake.add_pod("ml", "train", "uid-1", spec={"nodeName": "elsewhere"})
+    with pytest.raises(
+        BindError, match=r"pod ml/train: binding to node gpu-1 failed: 409 .*already assigned"
+    ):
+        KubeBinder(api).bind(allocation("uid-1", "train"))
+    assert ANNOTATION not in fake.pods[("ml", "train")]["metadata"]["annotations"]
+
+
+def test_a_recreated_pod_is_not_bound_with_the_old_pods_devices(
+    api_server: tuple[FakeApiServer, CoreV1Api],
+) -> None:
+    fake, api = api_server
+    fake.add_pod("ml", "train", "uid-new")
+    with pytest.raises(BindError, match=r"writing annotation gedge\.io/allocation failed: 409"):
+        KubeBinder(api).bind(allocation("uid-old", "train"))
+    assert "nodeName" not in fake.pods[("ml", "train")]["spec"]
+
+
+def test_read_pod_returns_the_servers_json(api_server: tuple[FakeApiServer, CoreV1Api]) -> None:
+    fake, api = api_server
+    fake.add_pod("ml", "train", "uid-1")
+    assert read_pod(api, "ml", "train")["metadata"]["uid"] == "uid-1"
+
+
+def test_warning_event_names_the_pod_once(api_server: tuple[FakeApiServer, CoreV1Api]) -> None:
+    fake, api = api_server
+    pod = fake.add_pod("ml", "train", "uid-1")
+    events = KubeEvents(api, instance="extender-0")
+    events.warn(pod, "InvalidAccelerationRequest", "pod ml/train: gedge.io/topology-policy: bad")
+    events.warn(pod, "InvalidAccelerationRequest", "pod ml/train: gedge.io/topology-policy: bad")
+    assert len(fake.events) == 1
+    event = fake.events[0]
+    assert event["involvedObject"] == {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "train",
+        "namespace": "ml",
+        "uid": "uid-1",
+    }
+    assert (event["type"], event["reason"]) == ("Warning", "InvalidAccelerationRequest")
+    assert "gedge.io/topology-policy" in event["message"]
+
+
+def test_relist_rebuilds_held_allocations_from_bound_pods(
+    api_server: tuple[FakeApiServer, CoreV1Api],
+) -> None:
+    fake, api = api_server
+    bound = fake.add_pod("ml", "a", "uid-a", spec={"nodeName": "gpu-1"}, status={"phase": "Running"})
+    bound["metadata"]["annotations"][ANNOTATION] = allocation("uid-a", "a").to_annotation()
+    done = fake.add_pod("ml", "b", "uid-b", spec={"nodeName": "gpu-1"}, status={"phase": "Succeeded"})
+    done["metadata"]["annotations"][ANNOTATION] = allocation("uid-b", "b", gpu="GPU-bbb").to_annotation()
+    bad = fake.add_pod("ml", "c", "uid-c", spec={"nodeName": "gpu-1"}, status={"phase": "Running"})
+    bad["metadata"]["annotations"][ANNOTATION] = '{"pod_uid": "uid-c"}'
+    pending = fake.add_pod("ml", "d", "uid-d")
+    pending["metadata"]["annotations"][ANNOTATION] = allocation("uid-d", "d", gpu="GPU-ddd").to_annotation()
+    cache = AssumeCache()
+    cache.observe(allocation("uid-gone", "gone", gpu="GPU-zzz"))
+    complaints: list[tuple[str, str]] = []
+    watch = PodAllocationWatch(
+        api, cache, on_bad_annotation=lambda pod, msg: complaints.append((pod["metadata"]["name"], msg))
+    )
+    assert watch.relist() == "42"
+    assert [a.pod_uid for a in cache.held("gpu-1")] == ["uid-a"]
+    assert cache.held_by("uid-gone") is None
+    assert complaints and complaints[0][0] == "c" and "gedge.io/allocation" in complaints[0][1]
