@@ -141,14 +141,13 @@ class PodWatcher:
         while not self._stop.is_set():
             try:
                 self._round()
-            except ApiException as exc:
-                if exc.status != 410:
-                    log.warning(
-                        "pod watch on %s: %s; listing again in %.0fs", self.node_name, exc, self._retry_s
-                    )
-                    self._stop.wait(self._retry_s)
-            except Exception:
-                log.exception("pod watch on %s failed; listing again in %.0fs", self.node_name, self._retry_s)
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                if isinstance(exc, ApiException) and exc.status == 410:
+                    log.info("pod watch on %s expired; listing again", self.node_name)
+                    continue
+                log.warning("pod watch on %s: %s; listing again soon", self.node_name, exc, exc_info=True)
                 self._stop.wait(self._retry_s)
 
     def _round(self) -> None:
@@ -160,6 +159,7 @@ class PodWatcher:
             field_selector=self.field_selector,
             resource_version=listed.metadata.resource_version,
             timeout_seconds=self._resync_s,
+            _request_timeout=self._resync_s + 60,
         ):
             if self._stop.is_set():
                 break
