@@ -1,0 +1,76 @@
+"""Agent configuration: defaults < YAML < GEDGE_AGENT_* < flags, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.config import AgentConfig, ConfigError, grpc_address, load_config, parse_listen
+
+DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "agent" / "configmap.yaml"
+
+
+def test_defaults_match_the_cli_contract(tmp_path: Path) -> None:
+    config = load_config(environ={})
+    assert (config.listen, config.metrics_listen, config.root) == ("0.0.0.0:50051", "0.0.0.0:9400", "/")
+    assert not config.tls_enabled
+
+
+def test_sources_override_in_order(tmp_path: Path) -> None:
+    file = tmp_path / "agent.yaml"
+    file.write_text("listen: 10.0.0.1:1\nnode_name: from-file\npoll_interval_s: 2\nnetlink: false\n")
+    environ = {"GEDGE_AGENT_NODE_NAME": "from-env", "GEDGE_AGENT_POLL_INTERVAL_S": "0.25", "PATH": "/bin"}
+    config = load_config(config_file=file, environ=environ, flags={"node_name": "from-flag", "listen": None})
+    assert config.listen == "10.0.0.1:1"
+    assert config.node_name == "from-flag"
+    assert config.poll_interval_s == 0.25
+    assert config.netlink is False and not config.netlink_enabled
+
+
+def test_deployed_configmap_is_accepted(tmp_path: Path) -> None:
+    import yaml
+
+    text = yaml.safe_load(DEPLOYED.read_text())["data"]["agent.yaml"]
+    file = tmp_path / "agent.yaml"
+    file.write_text(text)
+    config = load_config(config_file=file, environ={})
+    assert config.listen == "0.0.0.0:50051"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("lisen: 1.2.3.4:5\n", "unknown key(s) ['lisen']"),
+        ("- a\n", "expected a mapping"),
+        ("poll_interval_s: fast\n", "poll_interval_s has a bad value 'fast'"),
+        ("listen: nowhere\n", "listen: 'nowhere' is not HOST:PORT"),
+        ("tls_cert: /x.pem\n", "must be given together"),
+        ("poll_interval_s: 0\n", "poll_interval_s must be positive"),
+        ("max_receive_message_bytes: 10\n", "max_receive_message_bytes must be within"),
+        ("root: /does/not/exist\n", "root '/does/not/exist' is not a directory"),
+    ],
+)
+def test_bad_file_values_name_the_key(tmp_path: Path, content: str, message: str) -> None:
+    file = tmp_path / "agent.yaml"
+    file.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file=file, environ={})
+    assert message in str(info.value)
+
+
+def test_unknown_environment_setting_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="GEDGE_AGENT_LISTN: unknown setting"):
+        load_config(environ={"GEDGE_AGENT_LISTN": ":1"})
+
+
+def test_missing_config_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"absent\.yaml"):
+        load_config(config_file=tmp_path / "absent.yaml", environ={})
+
+
+def test_listen_forms() -> None:
+    assert parse_listen(":50051") == ("0.0.0.0", 50051)
+    assert parse_listen("[::1]:7") == ("::1", 7)
+    assert grpc_address("[::1]:7") == "[::1]:7"
+    assert AgentConfig(root="/", netlink=None).netlink_enabled
