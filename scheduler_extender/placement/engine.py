@@ -1,0 +1,821 @@
+"""Choose a pod's devices and CPUs on one node: the allocation with the lowest distance cost.
+
+Pure functions over `NodeState` and `PodRequest`. Cost is the weighted sum of
+pair distances (gedge_model.distance levels and weights) over GPU<->GPU,
+GPU<->VF/RDMA/NIC and every device<->the NUMA nodes of the pinned CPUs; the
+allocation records it and its worst level.
+
+How the search stays cheap: per-topology facts come from `topology_index`
+(built once per topology object); GPU sets are enumerated exhaustively only
+while the number of combinations is small (else grown greedily from every
+seed GPU, NVLink and PCIe-switch neighbours first), and for each GPU set the
+network devices are picked independently, which is exact because their cost
+terms only depend on the GPUs and the CPUs' NUMA nodes.
+
+Decisions worth knowing:
+- MIG: only existing, free instances are allocated (the device plugin
+  advertises existing instances; they are created out of band). A profile with
+  no free instance is refused, naming the profile.
+- Policies follow kubelet's Topology Manager: `restricted` admits only an
+  allocation whose NUMA span is the narrowest the node's capacity allows for
+  the request; `single-numa` puts every device and CPU on one NUMA node;
+  `same-switch` is single-numa plus every GPU<->network-device pair at
+  `PlacementConfig.same_switch_level` (PXB by default: one switch hierarchy
+  below the host bridge, which is how DGX-class machines wire GPU and NIC) or
+  closer. Devices with an unknown NUMA node align with every node.
+- `topology_aware` false: first free devices and CPUs in id order, still
+  exclusive and still priced.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from itertools import combinations
+
+from gedge_model import DEFAULT_WEIGHTS, Allocation, DeviceGrant, Level, NetworkGrant, NodeState
+from gedge_model.allocation import (
+    RESOURCE_GPU,
+    RESOURCE_GPU_SHARED,
+    RESOURCE_MIG_PREFIX,
+    RESOURCE_RDMA,
+    RESOURCE_SRIOV_VF,
+)
+from scheduler_extender.placement.index import (
+    LEVELS,
+    NO_NUMA,
+    ORDINAL,
+    NetEntry,
+    TopologyIndex,
+    cpu_level,
+    topology_index,
+)
+from scheduler_extender.placement.request import PodRequest
+
+STRATEGIES = ("pack", "spread")
+RESOURCE_CPU_EXCLUSIVE = "cpu"
+"""free_capacity's key for CPUs not pinned by any pod."""
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    weights: Mapping[Level, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    timeslice_strategy: str = "pack"
+    """pack: fill GPUs that already run time-sliced pods; spread: prefer the least shared GPU."""
+    node_strategy: str = "pack"
+    """score_nodes tie-break: pack prefers nodes left with fewer free units, spread with more."""
+    same_switch_level: Level = Level.PXB
+    """The farthest GPU<->network-device level `same-switch` accepts."""
+    max_exhaustive: int = 256
+    """Largest number of GPU combinations tried exhaustively; beyond it, greedy growth from every seed."""
+
+    def __post_init__(self) -> None:
+        for label, value in (
+            ("timeslice_strategy", self.timeslice_strategy),
+            ("node_strategy", self.node_strategy),
+        ):
+            if value not in STRATEGIES:
+                raise ValueError(f"{label} must be pack or spread, not {value!r}")
+        missing = [level.value for level in Level if level not in self.weights]
+        if missing:
+            raise ValueError(f"weights lack level(s) {', '.join(missing)}")
+        if any(not math.isfinite(w) or w < 0 for w in self.weights.values()):
+            raise ValueError("weights must be finite and non-negative")
+        if self.max_exhaustive < 1:
+            raise ValueError("max_exhaustive must be at least 1")
+        object.__setattr__(self, "_by_ordinal", tuple(float(self.weights[level]) for level in LEVELS))
+
+    @property
+    def weight_by_ordinal(self) -> tuple[float, ...]:
+        return self._by_ordinal  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Placement:
+    allocation: Allocation
+    cost: float
+    leftover: int = 0
+    """Free units of the pod's main resource left on the node afterwards (score_nodes' tie-break)."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+
+
+# -- what is free ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Free:
+    """The node's free devices and CPUs, by kind; filtered copies serve the NUMA-bound policies."""
+
+    whole: list[int]
+    replicas: dict[int, list[str]]
+    migs: dict[str, list[tuple[int, str]]]
+    vfs: list[tuple[NetEntry, list[str]]]
+    rdmas: list[NetEntry]
+    nics: list[NetEntry]
+    cores: dict[int, list[tuple[int, ...]]]
+    """NUMA id -> free full cores."""
+    threads: dict[int, list[int]]
+    """NUMA id -> free CPUs of partly used cores."""
+    shared_used: dict[int, int]
+    """GPU pos -> time-slice replicas in use (pack/spread)."""
+
+    def within(self, index: TopologyIndex, numas: frozenset[int]) -> _Free:
+        def ok(numa: int) -> bool:
+            return numa == NO_NUMA or numa in numas
+
+        gpus = index.gpus
+        return _Free(
+            whole=[p for p in self.whole if ok(gpus[p].numa)],
+            replicas={p: ids for p, ids in self.replicas.items() if ok(gpus[p].numa)},
+            migs={k: [(p, u) for p, u in v if ok(gpus[p].numa)] for k, v in self.migs.items()},
+            vfs=[(g, m) for g, m in self.vfs if ok(g.numa)],
+            rdmas=[r for r in self.rdmas if ok(r.numa)],
+            nics=[n for n in self.nics if ok(n.numa)],
+            cores={n: c for n, c in self.cores.items() if ok(n)},
+            threads={n: t for n, t in self.threads.items() if ok(n)},
+            shared_used=self.shared_used,
+        )
+
+    def cpu_count(self, numa: int | None = None) -> int:
+        keys = self.cores.keys() if numa is None else (numa,)
+        return sum(len(core) for k in keys for core in self.cores.get(k, ())) + sum(
+            len(self.threads.get(k, ())) for k in keys
+        )
+
+    def free_vfs(self) -> int:
+        return sum(len(m) for _, m in self.vfs)
+
+    def free_replicas(self) -> int:
+        return sum(len(v) for v in self.replicas.values())
+
+
+def _used(state: NodeState, reserved: Iterable[Allocation]) -> tuple[dict[str, set[str]], set[int]]:
+    devices: dict[str, set[str]] = {}
+    cpus: set[int] = set()
+    for allocation in (*state.allocations, *reserved):
+        for grant in allocation.devices:
+            devices.setdefault(grant.resource, set()).add(grant.id)
+        cpus.update(allocation.cpus)
+    return devices, cpus
+
+
+def _free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allocation]) -> _Free:
+    used, used_cpus = _used(state, reserved)
+    whole_used = used.get(RESOURCE_GPU, set())
+    shared_ids = used.get(RESOURCE_GPU_SHARED, set())
+    shared_used: dict[int, int] = {}
+    for device_id in shared_ids:
+        pos = index.gpu_by_uuid.get(device_id.split("::", 1)[0])
+        if pos is not None:
+            shared_used[pos] = shared_used.get(pos, 0) + 1
+    mig_used: set[str] = set()
+    mig_busy: set[int] = set()
+    for resource, ids in used.items():
+        if resource.startswith(RESOURCE_MIG_PREFIX):
+            mig_used |= ids
+            mig_busy.update(index.gpu_by_mig[i] for i in ids if i in index.gpu_by_mig)
+
+    whole: list[int] = []
+    replicas: dict[int, list[str]] = {}
+    migs: dict[str, list[tuple[int, str]]] = {}
+    for gpu in index.gpus:
+        if gpu.mig_mode:
+            for uuid, profile in gpu.migs:
+                if uuid not in mig_used:
+                    migs.setdefault(profile, []).append((gpu.pos, uuid))
+            continue
+        if gpu.uuid in whole_used:
+            continue
+        if gpu.pos not in shared_used and gpu.pos not in mig_busy:
+            whole.append(gpu.pos)
+        free_replicas = [r for r in gpu.replica_ids if r not in shared_ids]
+        if free_replicas:
+            replicas[gpu.pos] = free_replicas
+
+    vf_used = used.get(RESOURCE_SRIOV_VF, set())
+    vfs = []
+    for group in index.vf_groups:
+        members = [m for m in group.members if m not in vf_used]
+        if members:
+            vfs.append((group, members))
+    rdma_used = used.get(RESOURCE_RDMA, set())
+
+    cores: dict[int, list[tuple[int, ...]]] = {}
+    threads: dict[int, list[int]] = {}
+    for numa, numa_cores in index.cores.items():
+        full = []
+        partial = []
+        for core in numa_cores:
+            free = [c for c in core if c not in used_cpus]
+            if len(free) == len(core):
+                full.append(core)
+            else:
+                partial.extend(free)
+        cores[numa] = full
+        threads[numa] = partial
+    return _Free(
+        whole=whole,
+        replicas=replicas,
+        migs=migs,
+        vfs=vfs,
+        rdmas=[r for r in index.rdmas if r.ident not in rdma_used],
+        nics=list(index.nics),
+        cores=cores,
+        threads=threads,
+        shared_used=shared_used,
+    )
+
+
+def free_capacity(state: NodeState, reserved: Iterable[Allocation] = ()) -> Mapping[str, int]:
+    """Free units per resource name (`cpu` = CPUs no pod has pinned); overlapping kinds count both ways.
+
+    A free whole GPU's time-slice replicas are counted as free replicas too:
+    either may be taken, not both.
+    """
+    index = topology_index(state.topology)
+    free = _free(index, state, reserved)
+    out: dict[str, int] = {}
+    if index.gpus:
+        out[RESOURCE_GPU] = len(free.whole)
+    if any(g.replica_ids for g in index.gpus):
+        out[RESOURCE_GPU_SHARED] = free.free_replicas()
+    for gpu in index.gpus:
+        for _, profile in gpu.migs:
+            out.setdefault(RESOURCE_MIG_PREFIX + profile, 0)
+    for profile, instances in free.migs.items():
+        out[RESOURCE_MIG_PREFIX + profile] = len(instances)
+    if index.vf_groups:
+        out[RESOURCE_SRIOV_VF] = free.free_vfs()
+    if index.rdmas:
+        out[RESOURCE_RDMA] = len(free.rdmas)
+    out[RESOURCE_CPU_EXCLUSIVE] = free.cpu_count()
+    return out
+
+
+# -- the search -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _GpuPick:
+    grants: tuple[tuple[str, str, int], ...]
+    """(resource, device id, GPU pos)."""
+    gpus: tuple[int, ...]
+    """Distinct physical GPUs, ascending."""
+    frag: float
+
+
+@dataclass(frozen=True)
+class _Choice:
+    cost: float
+    worst: int
+    span: int
+    frag: float
+    pick: _GpuPick
+    cpus: tuple[int, ...]
+    cpu_numas: tuple[int, ...]
+    vfs: tuple[tuple[NetEntry, str], ...]
+    rdmas: tuple[NetEntry, ...]
+    nic: NetEntry | None
+
+    @property
+    def key(self) -> tuple[float, int, float]:
+        return (round(self.cost, 9), self.span, self.frag)
+
+
+@dataclass(frozen=True)
+class _Needs:
+    vfs: int
+    rdmas: int
+    optional_vf: bool
+    """A data path is asked for without demanding SR-IOV: a VF if one is free, else a macvlan."""
+
+
+def _needs(request: PodRequest) -> _Needs:
+    vfs = max(request.sriov_vfs, 1 if "SRIOV" in request.communication else 0)
+    rdmas = max(request.rdma, 1 if "RDMA" in request.communication else 0)
+    return _Needs(vfs, rdmas, bool(request.communication) and vfs == 0)
+
+
+def _describe(request: PodRequest) -> str:
+    parts = []
+    if request.gpus:
+        parts.append(f"{request.gpus} {RESOURCE_GPU}")
+    if request.gpu_shared:
+        parts.append(f"{request.gpu_shared} {RESOURCE_GPU_SHARED}")
+    parts += [f"{n} {RESOURCE_MIG_PREFIX}{p}" for p, n in request.mig]
+    needs = _needs(request)
+    if needs.vfs:
+        parts.append(f"{needs.vfs} {RESOURCE_SRIOV_VF}")
+    if needs.rdmas:
+        parts.append(f"{needs.rdmas} {RESOURCE_RDMA}")
+    if request.cpus:
+        parts.append(f"{request.cpus} pinned CPUs")
+    return ", ".join(parts) or "nothing"
+
+
+def _shortfalls(index: TopologyIndex, request: PodRequest, free: _Free) -> list[str]:
+    """What `free` lacks for the request, one phrase per resource ('2 gedge.io/gpu (1 free)')."""
+    needs = _needs(request)
+    out = []
+
+    def check(want: int, have: int, what: str) -> None:
+        if want > have:
+            out.append(f"{want} {what} ({have} free)")
+
+    check(request.gpus, len(free.whole), RESOURCE_GPU)
+    check(request.gpu_shared, free.free_replicas(), RESOURCE_GPU_SHARED)
+    for profile, n in request.mig:
+        check(n, len(free.migs.get(profile, ())), f"{RESOURCE_MIG_PREFIX}{profile}")
+    check(needs.vfs, free.free_vfs(), RESOURCE_SRIOV_VF)
+    check(needs.rdmas, len(free.rdmas), RESOURCE_RDMA)
+    if request.communication and not needs.vfs and not free.vfs and not free.nics:
+        out.append("a data-path NIC for gedge.io/communication (none)")
+    check(request.cpus, free.cpu_count(), "pinned CPUs")
+    return out
+
+
+class _Search:
+    def __init__(self, index: TopologyIndex, request: PodRequest, config: PlacementConfig) -> None:
+        self.index = index
+        self.request = request
+        self.config = config
+        self.w = config.weight_by_ordinal
+        self.needs = _needs(request)
+        self.aware = request.topology_aware
+        self.switch_limit = ORDINAL[config.same_switch_level] if request.policy == "same-switch" else None
+
+    # GPU side
+
+    def gpu_picks(self, free: _Free) -> list[_GpuPick]:
+        request = self.request
+        picks = [_GpuPick((), (), 0.0)]
+        if request.gpus:
+            picks = self._whole(free)
+        if request.gpu_shared:
+            units = [(RESOURCE_GPU_SHARED, rid, pos) for pos, ids in free.replicas.items() for rid in ids]
+            picks = [
+                ext
+                for pick in picks
+                for ext in self._extend(
+                    pick,
+                    [u for u in units if u[2] not in pick.gpus],
+                    request.gpu_shared,
+                    self._replica_frag(free),
+                )
+            ]
+        for profile, count in request.mig:
+            units = [(RESOURCE_MIG_PREFIX + profile, uuid, pos) for pos, uuid in free.migs.get(profile, ())]
+            left: dict[int, int] = {}
+            for instances in free.migs.values():
+                for pos, _ in instances:
+                    left[pos] = left.get(pos, 0) + 1
+            picks = [ext for pick in picks for ext in self._extend(pick, units, count, left)]
+        return picks
+
+    def _replica_frag(self, free: _Free) -> dict[int, int]:
+        """Per GPU, the preference rank for one more replica: lower is preferred."""
+        if self.config.timeslice_strategy == "pack":
+            return {pos: len(ids) for pos, ids in free.replicas.items()}
+        return {pos: -len(ids) for pos, ids in free.replicas.items()}
+
+    def _pair_cost(self, gpus: Sequence[int]) -> float:
+        levels, w = self.index.gpu_levels, self.w
+        return sum(w[levels[a][b]] for a, b in combinations(gpus, 2))
+
+    def _whole(self, free: _Free) -> list[_GpuPick]:
+        n = self.request.gpus
+        pool = free.whole
+        if len(pool) < n:
+            return []
+        group_free: dict[tuple[str, ...], int] = {}
+        for pos in pool:
+            group = self.index.gpus[pos].group
+            group_free[group] = group_free.get(group, 0) + 1
+
+        def pick(gpus: Sequence[int]) -> _GpuPick:
+            ordered = tuple(sorted(gpus))
+            frag = float(sum(group_free[self.index.gpus[p].group] for p in ordered))
+            return _GpuPick(tuple((RESOURCE_GPU, self.index.gpus[p].uuid, p) for p in ordered), ordered, frag)
+
+        if not self.aware:
+            return [pick(pool[:n])]
+        if math.comb(len(pool), n) <= self.config.max_exhaustive:
+            return [pick(c) for c in combinations(pool, n)]
+        levels, w = self.index.gpu_levels, self.w
+        seen: set[tuple[int, ...]] = set()
+        out = []
+        for seed in pool:
+            chosen = [seed]
+            rest = [p for p in pool if p != seed]
+            while len(chosen) < n:
+                best = min(
+                    rest,
+                    key=lambda p: (
+                        sum(w[levels[p][c]] for c in chosen),
+                        group_free[self.index.gpus[p].group],
+                        p,
+                    ),
+                )
+                chosen.append(best)
+                rest.remove(best)
+            key = tuple(sorted(chosen))
+            if key not in seen:
+                seen.add(key)
+                out.append(pick(key))
+        return out
+
+    def _extend(
+        self, base: _GpuPick, units: list[tuple[str, str, int]], count: int, rank: Mapping[int, int]
+    ) -> list[_GpuPick]:
+        """`count` more units (replicas or MIG instances), nearest to the GPUs already chosen."""
+        used_ids = {g[1] for g in base.grants}
+        units = [u for u in units if u[1] not in used_ids]
+        if len(units) < count:
+            return []
+        if not self.aware:
+            chosen = units[:count]
+            return [self._grow(base, chosen, rank)]
+        levels, w = self.index.gpu_levels, self.w
+        seeds = sorted({u[2] for u in units}) if not base.gpus else [None]
+        out = []
+        for seed in seeds:
+            gpus = list(base.gpus) if seed is None else [seed]
+            left = list(units)
+            chosen: list[tuple[str, str, int]] = []
+            while len(chosen) < count:
+                best = min(
+                    left,
+                    key=lambda u: (sum(w[levels[u[2]][g]] for g in gpus), rank.get(u[2], 0), u[2]),
+                )
+                chosen.append(best)
+                left.remove(best)
+                if best[2] not in gpus:
+                    gpus.append(best[2])
+            out.append(self._grow(base, chosen, rank))
+        return out
+
+    def _grow(self, base: _GpuPick, units: list[tuple[str, str, int]], rank: Mapping[int, int]) -> _GpuPick:
+        gpus = tuple(sorted({*base.gpus, *(u[2] for u in units)}))
+        return _GpuPick(base.grants + tuple(units), gpus, base.frag + sum(rank.get(u[2], 0) for u in units))
+
+    # CPU side
+
+    def cpu_options(self, free: _Free) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(cpus, their NUMA nodes) choices: filled from each NUMA node first, spilling by SLIT order."""
+        n = self.request.cpus
+        if not n:
+            return [((), ())]
+        if free.cpu_count() < n:
+            return []
+        if not self.aware:
+            return [_take_cpus(free, sorted(free.cores), n)]
+        options = {}
+        for numa in sorted(free.cores):
+            if not free.cores[numa] and not free.threads.get(numa):
+                continue
+            order = [m for m in self.index.numa_order.get(numa, (numa,)) if m in free.cores]
+            option = _take_cpus(free, order, n)
+            options.setdefault(option[0], option)
+        return list(options.values())
+
+    # network side and the whole evaluation
+
+    def best(self, free: _Free) -> _Choice | None:
+        if _shortfalls(self.index, self.request, free):
+            return None
+        best: _Choice | None = None
+        cpu_options = self.cpu_options(free)
+        for pick in self.gpu_picks(free):
+            gpu_cost = self._pair_cost(pick.gpus)
+            gpu_worst = max((self.index.gpu_levels[a][b] for a, b in combinations(pick.gpus, 2)), default=0)
+            if self.switch_limit is not None and gpu_worst > max(self.switch_limit, ORDINAL[Level.NV]):
+                continue
+            for cpus, numas in cpu_options:
+                choice = self._evaluate(free, pick, gpu_cost, gpu_worst, cpus, numas)
+                if choice is not None and (best is None or choice.key < best.key):
+                    best = choice
+        return best
+
+    def _net_cost(
+        self, entry: NetEntry, gpus: Sequence[int], numas: Sequence[int]
+    ) -> tuple[float, int] | None:
+        w = self.w
+        levels = [entry.gpu_levels[g] for g in gpus]
+        if self.switch_limit is not None and levels and max(levels) > self.switch_limit:
+            return None
+        levels += [cpu_level(entry.numa, m) for m in numas]
+        return sum(w[lv] for lv in levels), max(levels, default=0)
+
+    def _evaluate(
+        self,
+        free: _Free,
+        pick: _GpuPick,
+        gpu_cost: float,
+        gpu_worst: int,
+        cpus: tuple[int, ...],
+        numas: tuple[int, ...],
+    ) -> _Choice | None:
+        w, index, needs = self.w, self.index, self.needs
+        gpus = pick.gpus
+        cost, worst = gpu_cost, gpu_worst
+        device_numas = {index.gpus[g].numa for g in gpus}
+        for g in gpus:
+            for m in numas:
+                lv = cpu_level(index.gpus[g].numa, m)
+                cost += w[lv]
+                worst = max(worst, lv)
+
+        vfs: list[tuple[NetEntry, str]] = []
+        want_vfs = needs.vfs or (1 if needs.optional_vf else 0)
+        if want_vfs:
+            priced = []
+            for group, members in free.vfs:
+                price = self._net_cost(group, gpus, numas)
+                if price is not None:
+                    priced.append((price, group, members))
+            if self.aware:
+                priced.sort(key=lambda p: (p[0][0], len(p[2])))
+            for price, group, members in priced:
+                for member in members:
+                    if len(vfs) == want_vfs:
+                        break
+                    vfs.append((group, member))
+                    cost += price[0]
+                    worst = max(worst, price[1])
+                    device_numas.add(group.numa)
+            if len(vfs) < needs.vfs:
+                return None
+
+        rdmas: list[NetEntry] = []
+        if needs.rdmas:
+            vf_masters = {g.master for g, _ in vfs}
+            priced_r = []
+            for entry in free.rdmas:
+                price = self._net_cost(entry, gpus, numas)
+                if price is not None:
+                    priced_r.append((price, entry))
+            if self.aware:
+                priced_r.sort(key=lambda p: (p[0][0], not vf_masters.intersection(p[1].netdevs)))
+            if len(priced_r) < needs.rdmas:
+                return None
+            for price, entry in priced_r[: needs.rdmas]:
+                rdmas.append(entry)
+                cost += price[0]
+                worst = max(worst, price[1])
+                device_numas.add(entry.numa)
+
+        nic = None
+        if needs.optional_vf and not vfs:
+            priced_n = []
+            for entry in free.nics:
+                price = self._net_cost(entry, gpus, numas)
+                if price is not None:
+                    priced_n.append((price, entry))
+            if not priced_n:
+                return None
+            if self.aware:
+                rdma_netdevs = {d for r in rdmas for d in r.netdevs}
+                priced_n.sort(key=lambda p: (p[0][0], p[1].ident not in rdma_netdevs))
+            price, nic = priced_n[0]
+            cost += price[0]
+            worst = max(worst, price[1])
+            device_numas.add(nic.numa)
+
+        known = (device_numas | set(numas)) - {NO_NUMA}
+        return _Choice(
+            cost=cost,
+            worst=worst,
+            span=len(known),
+            frag=pick.frag,
+            pick=pick,
+            cpus=cpus,
+            cpu_numas=numas,
+            vfs=tuple(vfs),
+            rdmas=tuple(rdmas),
+            nic=nic,
+        )
+
+
+def _take_cpus(free: _Free, order: Sequence[int], n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """n CPUs along `order`: whole cores first, then spare threads of split cores, splitting a core last."""
+    taken: list[int] = []
+    numas: list[int] = []
+    for numa in order:
+        need = n - len(taken)
+        if need <= 0:
+            break
+        before = len(taken)
+        cores = free.cores.get(numa, [])
+        spare = free.threads.get(numa, [])
+        unused_cores = []
+        for core in cores:
+            if len(core) <= n - len(taken):
+                taken.extend(core)
+            else:
+                unused_cores.append(core)
+        need = n - len(taken)
+        if need > 0:
+            taken.extend(spare[:need])
+            need = n - len(taken)
+        for core in unused_cores:
+            if need <= 0:
+                break
+            taken.extend(core[:need])
+            need = n - len(taken)
+        if len(taken) > before:
+            numas.append(numa)
+    return tuple(sorted(taken)), tuple(sorted(numas))
+
+
+# -- policies -----------------------------------------------------------------------------------------
+
+
+def _min_span(counts: Mapping[int, int], want: int) -> int:
+    """Fewest NUMA nodes whose capacity adds up to `want` (kubelet's narrowest preferred hint)."""
+    if want <= 0:
+        return 0
+    total = 0
+    for span, count in enumerate(sorted(counts.values(), reverse=True), start=1):
+        total += count
+        if total >= want:
+            return span
+    return len(counts) + 1
+
+
+def _narrowest_span(index: TopologyIndex, request: PodRequest) -> int:
+    """The NUMA span `restricted` admits: the widest of every resource's narrowest span by capacity."""
+    needs = _needs(request)
+
+    def per_numa(numas: Iterable[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for numa in numas:
+            if numa != NO_NUMA:
+                out[numa] = out.get(numa, 0) + 1
+        return out
+
+    spans = [
+        _min_span(per_numa(g.numa for g in index.gpus if not g.mig_mode), request.gpus),
+        _min_span(per_numa(g.numa for g in index.gpus for _ in g.replica_ids), request.gpu_shared),
+        _min_span(per_numa(g.numa for g in index.vf_groups for _ in g.members), needs.vfs),
+        _min_span(per_numa(r.numa for r in index.rdmas), needs.rdmas),
+        _min_span(
+            {n: sum(len(c) for c in cores) for n, cores in index.cores.items() if n != NO_NUMA}, request.cpus
+        ),
+    ]
+    for profile, count in request.mig:
+        spans.append(
+            _min_span(per_numa(g.numa for g in index.gpus for _, p in g.migs if p == profile), count)
+        )
+    return max(1, *spans)
+
+
+def _numa_ids(index: TopologyIndex) -> list[int]:
+    found = {g.numa for g in index.gpus} | {n.numa for n in (*index.vf_groups, *index.rdmas, *index.nics)}
+    found |= set(index.cores)
+    return sorted(found - {NO_NUMA})
+
+
+def _search_within(search: _Search, free: _Free, span: int) -> tuple[_Choice | None, list[str]]:
+    """Best choice whose devices and CPUs lie on at most `span` NUMA nodes; else what each set lacks."""
+    numas = _numa_ids(search.index)
+    best: _Choice | None = None
+    lacks: list[str] = []
+    for subset in combinations(numas, min(span, len(numas))) if numas else [()]:
+        allowed = free.within(search.index, frozenset(subset))
+        choice = search.best(allowed)
+        if choice is not None and choice.span <= span and (best is None or choice.key < best.key):
+            best = choice
+        elif choice is None:
+            short = _shortfalls(search.index, search.request, allowed)
+            where = "+".join(f"node{n}" for n in subset) or "node"
+            lacks.append(f"{where}: " + ("; ".join(short) if short else "no aligned combination"))
+    return best, lacks
+
+
+def place(
+    state: NodeState,
+    request: PodRequest,
+    config: PlacementConfig = PlacementConfig(),
+    reserved: Iterable[Allocation] = (),
+) -> Placement | Refusal:
+    """The lowest-cost allocation of `request` on this node, or why there is none.
+
+    `state.allocations` and `reserved` are what is already taken (devices by
+    (resource, id), CPUs).
+    """
+    index = topology_index(state.topology)
+    node = state.node_name
+    for kind in request.compute:
+        if kind != "GPU" and kind not in index.accelerator_kinds:
+            return Refusal(f"node {node}: needs an {kind} (gedge.io/compute), none on this node")
+    free = _free(index, state, reserved)
+    short = _shortfalls(index, request, free)
+    if short:
+        return Refusal(f"node {node}: needs " + "; ".join(short))
+    search = _Search(index, request, config)
+    policy = request.policy if request.topology_aware else "best-effort"
+    if policy == "best-effort":
+        choice = search.best(free)
+        lacks: list[str] = []
+    else:
+        span = 1 if policy in ("single-numa", "same-switch") else _narrowest_span(index, request)
+        choice, lacks = _search_within(search, free, span)
+    if choice is None:
+        where = "on one NUMA node" if policy != "restricted" else "on the fewest NUMA nodes that can hold it"
+        extra = ""
+        if policy == "same-switch":
+            extra = f", network devices within {config.same_switch_level.value} of the GPUs"
+        detail = "; ".join(lacks) if lacks else "no combination fits"
+        return Refusal(f"node {node}: needs {_describe(request)} {where}{extra} ({policy}); {detail}")
+    return Placement(
+        _allocation(index, state, request, choice), choice.cost, _leftover(request, free, choice)
+    )
+
+
+def _leftover(request: PodRequest, free: _Free, choice: _Choice) -> int:
+    if request.gpus:
+        return len(free.whole) - request.gpus
+    if request.gpu_shared:
+        return free.free_replicas() - request.gpu_shared
+    if request.mig:
+        return sum(len(free.migs.get(p, ())) - n for p, n in request.mig)
+    if choice.vfs:
+        return free.free_vfs() - len(choice.vfs)
+    if choice.rdmas:
+        return len(free.rdmas) - len(choice.rdmas)
+    return free.cpu_count() - len(choice.cpus)
+
+
+def _allocation(index: TopologyIndex, state: NodeState, request: PodRequest, choice: _Choice) -> Allocation:
+    def numa_or_none(numa: int) -> int | None:
+        return None if numa == NO_NUMA else numa
+
+    grants = [
+        DeviceGrant(resource, device_id, index.gpus[pos].pci, numa_or_none(index.gpus[pos].numa))
+        for resource, device_id, pos in choice.pick.grants
+    ]
+    network = None
+    if choice.vfs:
+        group, member = choice.vfs[0]
+        network = NetworkGrant(mode="sriov", master=group.master, vf_pci_address=member)
+    elif choice.nic is not None:
+        network = NetworkGrant(mode="macvlan", master=choice.nic.master)
+    grants += [
+        DeviceGrant(RESOURCE_SRIOV_VF, member, member, numa_or_none(g.numa)) for g, member in choice.vfs
+    ]
+    grants += [DeviceGrant(RESOURCE_RDMA, r.ident, r.pci, numa_or_none(r.numa)) for r in choice.rdmas]
+    numas = {g.numa for g in (index.gpus[p] for p in choice.pick.gpus)}
+    numas |= {g.numa for g, _ in choice.vfs} | {r.numa for r in choice.rdmas} | set(choice.cpu_numas)
+    return Allocation(
+        pod_uid=request.uid or f"{request.namespace}/{request.name}",
+        namespace=request.namespace,
+        name=request.name,
+        node=state.node_name,
+        devices=tuple(grants),
+        cpus=choice.cpus,
+        numa_nodes=tuple(sorted(numas - {NO_NUMA})),
+        cost=round(choice.cost, 6),
+        worst_level=LEVELS[choice.worst].value,
+        network=network,
+    )
+
+
+# -- node scores ----------------------------------------------------------------------------------------
+
+
+def score_nodes(
+    placements: Mapping[str, Placement], config: PlacementConfig = PlacementConfig()
+) -> dict[str, int]:
+    """0..10 per node: the lowest cost scores highest; among equal cost, pack/spread decides.
+
+    Costs map linearly onto six even scores (10, 8, ..., 0); the odd step below
+    each goes to nodes of that cost band whose leftover is not the preferred one
+    (pack: fewest free units left, keeping other nodes whole; spread: most).
+    """
+    if not placements:
+        return {}
+    costs = {name: p.cost for name, p in placements.items()}
+    low, high = min(costs.values()), max(costs.values())
+    span = high - low
+
+    def band(cost: float) -> int:
+        if span <= 1e-9:
+            return 5
+        return 5 - round(5 * (cost - low) / span)
+
+    bands = {name: band(c) for name, c in costs.items()}
+    preferred: dict[int, int] = {}
+    for name, b in bands.items():
+        left = placements[name].leftover
+        current = preferred.get(b)
+        if current is None or (left < current if config.node_strategy == "pack" else left > current):
+            preferred[b] = left
+    return {
+        name: max(0, 2 * b - (0 if placements[name].leftover == preferred[b] else 1))
+        for name, b in bands.items()
+    }

@@ -1,0 +1,219 @@
+"""Per-topology facts the engine reads on every call, computed once per NodeTopology object.
+
+A node's topology changes rarely while the extender places thousands of pods
+on it, so device lists, pairwise levels and CPU cores are derived once and
+kept as long as the topology object lives (keyed by identity, dropped by a
+weakref callback): no distance is computed on the placement path.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gedge_model import DeviceKind, Level, NodeTopology, pci_distance
+
+LEVELS: tuple[Level, ...] = tuple(Level)
+"""Levels by ordinal, closest first: the engine stores ordinals and compares them."""
+ORDINAL: Mapping[Level, int] = {level: i for i, level in enumerate(LEVELS)}
+PHB = ORDINAL[Level.PHB]
+SYS = ORDINAL[Level.SYS]
+NO_NUMA = -1
+"""NUMA id for a device or CPU whose node is unknown: aligned with every node."""
+
+
+def cpu_level(a: int, b: int) -> int:
+    """A device against a NUMA node's CPUs, as gedge_model.distance prices it."""
+    return PHB if NO_NUMA in (a, b) or a == b else SYS
+
+
+@dataclass(frozen=True)
+class GpuEntry:
+    pos: int
+    uuid: str
+    pci: str
+    numa: int
+    mig_mode: bool
+    replica_ids: tuple[str, ...]
+    """Time-slice device ids `<uuid>::<i>`, empty unless the GPU has more than one replica."""
+    migs: tuple[tuple[str, str], ...]
+    """(instance uuid, profile) of existing MIG instances, in placement order."""
+    group: tuple[str, ...]
+    """The PCIe switch (or host bridge) the GPU hangs off: GPUs sharing it fragment together."""
+
+
+@dataclass(frozen=True)
+class NetEntry:
+    """A VF group (VFs of one PF at the same distances), an RDMA device or a physical NIC."""
+
+    kind: str
+    ident: str
+    """Grant id: RDMA device name, NIC netdev; for a VF group the PF netdev."""
+    pci: str
+    numa: int
+    gpu_levels: tuple[int, ...]
+    """Level ordinal to every GPU, by GpuEntry.pos."""
+    members: tuple[str, ...] = ()
+    """VF PCI addresses of a VF group, in VF index order."""
+    master: str = ""
+    """The PF netdev a VF belongs to, or the NIC itself."""
+    netdevs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopologyIndex:
+    node: str
+    gpus: tuple[GpuEntry, ...]
+    gpu_levels: tuple[tuple[int, ...], ...]
+    """GPU-to-GPU level ordinals by position."""
+    vf_groups: tuple[NetEntry, ...]
+    rdmas: tuple[NetEntry, ...]
+    nics: tuple[NetEntry, ...]
+    cores: Mapping[int, tuple[tuple[int, ...], ...]]
+    """NUMA id -> its cores (online thread siblings, ascending), cores by first CPU."""
+    numa_order: Mapping[int, tuple[int, ...]]
+    """NUMA id -> every NUMA id, itself first, then by SLIT distance."""
+    gpu_by_uuid: Mapping[str, int]
+    gpu_by_mig: Mapping[str, int]
+    accelerator_kinds: frozenset[str]
+
+
+_cache: dict[int, tuple[weakref.ref[NodeTopology], TopologyIndex]] = {}
+_lock = threading.Lock()
+
+
+def topology_index(topology: NodeTopology) -> TopologyIndex:
+    """The index of `topology`, built on first use and kept while the object lives."""
+    key = id(topology)
+    hit = _cache.get(key)
+    if hit is not None and hit[0]() is topology:
+        return hit[1]
+    index = build_index(topology)
+
+    def drop(_: object, key: int = key) -> None:
+        with _lock:
+            entry = _cache.get(key)
+            if entry is not None and entry[0]() is None:
+                del _cache[key]
+
+    with _lock:
+        _cache[key] = (weakref.ref(topology, drop), index)
+    return index
+
+
+def _numa(topology: NodeTopology, address: str | None) -> int:
+    if address is None:
+        return NO_NUMA
+    device = topology.pci(address)
+    if device is None or device.numa_node is None or device.numa_node < 0:
+        return NO_NUMA
+    return device.numa_node
+
+
+def _group(topology: NodeTopology, address: str) -> tuple[str, ...]:
+    device = topology.pci(address)
+    if device is None:
+        return (address,)
+    return (device.host_bridge, *device.bridges[:-1]) if device.bridges else (device.host_bridge,)
+
+
+def build_index(topology: NodeTopology) -> TopologyIndex:
+    gpus_sorted = sorted(topology.gpus, key=lambda g: (g.index, g.pci_address))
+    gpus = tuple(
+        GpuEntry(
+            pos=pos,
+            uuid=gpu.uuid,
+            pci=gpu.pci_address,
+            numa=_numa(topology, gpu.pci_address),
+            mig_mode=gpu.mig_current,
+            replica_ids=tuple(f"{gpu.uuid}::{r}" for r in range(gpu.timeslice_replicas))
+            if gpu.timeslice_replicas > 1 and not gpu.mig_current
+            else (),
+            migs=tuple(
+                (m.uuid, m.profile)
+                for m in sorted(gpu.mig_instances, key=lambda m: (m.placement_start, m.uuid))
+            )
+            if gpu.mig_current
+            else (),
+            group=_group(topology, gpu.pci_address),
+        )
+        for pos, gpu in enumerate(gpus_sorted)
+    )
+    gpu_levels = tuple(tuple(ORDINAL[pci_distance(topology, a.pci, b.pci).level] for b in gpus) for a in gpus)
+
+    def levels_to_gpus(address: str) -> tuple[int, ...]:
+        return tuple(ORDINAL[pci_distance(topology, g.pci, address).level] for g in gpus)
+
+    physical = sorted((i for i in topology.interfaces if i.physfn is None), key=lambda i: i.pci_address)
+    nics = tuple(
+        NetEntry(
+            "nic",
+            nic.name,
+            nic.pci_address,
+            _numa(topology, nic.pci_address),
+            levels_to_gpus(nic.pci_address),
+            master=nic.name,
+        )
+        for nic in physical
+    )
+    vf_groups: list[NetEntry] = []
+    for nic in physical:
+        pf_levels = levels_to_gpus(nic.pci_address)
+        pf_numa = _numa(topology, nic.pci_address)
+        grouped: dict[tuple[tuple[int, ...], int], list[str]] = {}
+        for vf in sorted(nic.vfs, key=lambda v: v.index):
+            known = topology.pci(vf.pci_address) is not None
+            levels = levels_to_gpus(vf.pci_address) if known else pf_levels
+            numa = _numa(topology, vf.pci_address) if known else pf_numa
+            grouped.setdefault((levels, numa), []).append(vf.pci_address)
+        for (levels, numa), members in grouped.items():
+            vf_groups.append(
+                NetEntry("vf", nic.name, nic.pci_address, numa, levels, tuple(members), master=nic.name)
+            )
+    rdmas = tuple(
+        NetEntry(
+            "rdma",
+            r.name,
+            r.pci_address,
+            _numa(topology, r.pci_address),
+            levels_to_gpus(r.pci_address),
+            netdevs=r.netdevs,
+        )
+        for r in sorted(topology.rdma_devices, key=lambda r: (r.pci_address, r.name))
+    )
+
+    cores: dict[int, dict[tuple[int, ...], None]] = {}
+    online = {c.id for c in topology.cpus if c.online}
+    for cpu in sorted(topology.cpus, key=lambda c: c.id):
+        if not cpu.online:
+            continue
+        siblings = tuple(sorted(s for s in (cpu.thread_siblings or (cpu.id,)) if s in online)) or (cpu.id,)
+        numa = cpu.numa_node if cpu.numa_node is not None and cpu.numa_node >= 0 else NO_NUMA
+        cores.setdefault(numa, {})[siblings] = None
+    core_map = {numa: tuple(sorted(found, key=lambda c: c[0])) for numa, found in sorted(cores.items())}
+
+    numa_order: dict[int, tuple[int, ...]] = {}
+    for numa in core_map:
+        node = topology.numa(numa)
+        slit = dict(node.distances) if node else {}
+        numa_order[numa] = tuple(
+            sorted(core_map, key=lambda other: (other != numa, slit.get(other, 255), other))
+        )
+
+    return TopologyIndex(
+        node=topology.node_name,
+        gpus=gpus,
+        gpu_levels=gpu_levels,
+        vf_groups=tuple(vf_groups),
+        rdmas=rdmas,
+        nics=nics,
+        cores=core_map,
+        numa_order=numa_order,
+        gpu_by_uuid={g.uuid: g.pos for g in gpus},
+        gpu_by_mig={uuid: g.pos for g in gpus for uuid, _ in g.migs},
+        accelerator_kinds=frozenset(
+            a.kind.value for a in topology.accelerators if a.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
+        ),
+    )

@@ -1,0 +1,243 @@
+"""The engine on synthetic DGX-like, workstation and edge-box topologies built from the model."""
+
+from __future__ import annotations
+
+from itertools import combinations
+
+import pytest
+
+from gedge_model import Allocation, DeviceGrant, Level, NodeState, pci_distance
+from scheduler_extender.placement import (
+    Placement,
+    PlacementConfig,
+    PodRequest,
+    Refusal,
+    free_capacity,
+    place,
+    score_nodes,
+)
+from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation
+
+
+def request(**kw) -> PodRequest:
+    kw.setdefault("topology_aware", True)
+    return PodRequest("ml", kw.pop("name", "p"), kw.pop("uid", "uid-p"), **kw)
+
+
+def placed(outcome) -> Placement:
+    assert isinstance(outcome, Placement), outcome
+    return outcome
+
+
+def gpu_pcis(allocation: Allocation) -> list[str]:
+    return [d.pci_address for d in allocation.devices if d.resource == "gedge.io/gpu"]
+
+
+def held(node: str, uid: str, devices=(), cpus=()) -> Allocation:
+    return Allocation(uid, "ml", uid, node, tuple(DeviceGrant(r, i) for r, i in devices), tuple(cpus))
+
+
+def test_two_gpus_take_an_nvlink_pair_with_the_vf_and_rdma_under_their_switch():
+    topology = dgx_like("dgx", nvlink="pairs")
+    state = NodeState(topology)
+    alloc = placed(
+        place(
+            state,
+            request(gpus=2, sriov_vfs=1, rdma=1, communication=("SRIOV", "RDMA"), cpus=4, cpu_pinning=True),
+        )
+    ).allocation
+    a, b = gpu_pcis(alloc)
+    assert pci_distance(topology, a, b).level is Level.NV
+    vf = next(d for d in alloc.devices if d.resource == "gedge.io/sriov-vf")
+    rdma = next(d for d in alloc.devices if d.resource == "gedge.io/rdma")
+    for gpu in (a, b):
+        assert pci_distance(topology, gpu, vf.id).level is Level.PIX
+        assert pci_distance(topology, gpu, rdma.pci_address).level is Level.PIX
+    assert (
+        alloc.network is not None and alloc.network.mode == "sriov" and alloc.network.vf_pci_address == vf.id
+    )
+    assert alloc.network.master == next(
+        i.name for i in topology.interfaces if i.pci_address == rdma.pci_address
+    )
+    numa = {d.numa_node for d in alloc.devices}
+    assert len(numa) == 1
+    cpu_numa = {c.numa_node for c in topology.cpus if c.id in alloc.cpus}
+    assert cpu_numa == numa and alloc.numa_nodes == tuple(numa)
+    # whole cores: both threads of two cores.
+    siblings = {c.id: c.thread_siblings for c in topology.cpus}
+    assert all(set(siblings[c]) <= set(alloc.cpus) for c in alloc.cpus)
+    assert alloc.worst_level == "PHB"  # devices <-> their local CPUs
+
+
+def test_cost_is_the_weighted_sum_of_pair_distances():
+    topology = dgx_like("dgx", nvlink="pairs")
+    outcome = placed(place(NodeState(topology), request(gpus=2, sriov_vfs=1, cpus=2, cpu_pinning=True)))
+    weights = PlacementConfig().weights
+    # NV pair + 2 x GPU<->VF PIX + 3 devices x CPU PHB
+    expected = weights[Level.NV] + 2 * weights[Level.PIX] + 3 * weights[Level.PHB]
+    assert outcome.cost == pytest.approx(expected)
+    assert outcome.allocation.cost == pytest.approx(expected)
+
+
+def test_best_gpu_set_is_the_cheapest_over_all_combinations():
+    topology = dgx_like("dgx", nvlink="none")
+    state = NodeState(topology)
+    weights = PlacementConfig().weights
+    for n in (2, 3, 4):
+        alloc = placed(place(state, request(gpus=n))).allocation
+
+        def cost(pcis):
+            return sum(weights[pci_distance(topology, a, b).level] for a, b in combinations(pcis, 2))
+
+        best = min(cost(c) for c in combinations([g.pci_address for g in topology.gpus], n))
+        assert cost(gpu_pcis(alloc)) == pytest.approx(best)
+        assert alloc.cost == pytest.approx(best)
+
+
+def test_reserved_and_held_devices_are_never_used_twice():
+    topology = dgx_like("dgx", gpus=4, vfs_per_nic=1)
+    state = NodeState(
+        topology, allocations=(held("dgx", "a", [("gedge.io/gpu", "GPU-dgx-00")], cpus=[0, 32]),)
+    )
+    reserved = [held("dgx", "b", [("gedge.io/gpu", "GPU-dgx-01"), ("gedge.io/sriov-vf", "0000:15:00.1")])]
+    alloc = placed(
+        place(state, request(gpus=2, sriov_vfs=1, cpus=2, cpu_pinning=True), reserved=reserved)
+    ).allocation
+    ids = {d.id for d in alloc.devices}
+    assert ids.isdisjoint({"GPU-dgx-00", "GPU-dgx-01", "0000:15:00.1"})
+    assert not set(alloc.cpus) & {0, 32}
+    refused = place(state, request(gpus=3), reserved=reserved)
+    assert isinstance(refused, Refusal) and "3 gedge.io/gpu (2 free)" in refused.reason
+
+
+def test_single_numa_refuses_what_does_not_fit_one_node_and_names_it():
+    state = NodeState(dgx_like("dgx"))
+    refused = place(state, request(gpus=5, policy="single-numa"))
+    assert isinstance(refused, Refusal)
+    assert (
+        "one NUMA node (single-numa)" in refused.reason and "node0: 5 gedge.io/gpu (4 free)" in refused.reason
+    )
+    assert isinstance(place(state, request(gpus=5)), Placement)
+
+
+def test_restricted_admits_the_narrowest_span_only():
+    topology = dgx_like("dgx", gpus=4)
+    busy = (held("dgx", "a", [("gedge.io/gpu", "GPU-dgx-00")]),)
+    state = NodeState(topology, allocations=busy)
+    # 2 GPUs fit on one NUMA node by capacity, so restricted wants them on one; node0 has one left.
+    alloc = placed(place(state, request(gpus=2, policy="restricted"))).allocation
+    assert alloc.numa_nodes == (1,)
+    busy += (held("dgx", "b", [("gedge.io/gpu", "GPU-dgx-02")]),)
+    refused = place(NodeState(topology, allocations=busy), request(gpus=2, policy="restricted"))
+    assert isinstance(refused, Refusal) and "restricted" in refused.reason
+    # 4 GPUs need both NUMA nodes by capacity: restricted admits the two-node span.
+    assert placed(place(NodeState(topology), request(gpus=4, policy="restricted"))).allocation.numa_nodes == (
+        0,
+        1,
+    )
+
+
+def test_same_switch_needs_gpu_and_vf_under_one_switch():
+    topology = pcie_workstation("ws")
+    state = NodeState(topology)
+    alloc = placed(place(state, request(gpus=1, sriov_vfs=1))).allocation
+    assert alloc.devices[0].numa_node == 0  # the NIC is on socket 0
+    refused = place(state, request(gpus=1, sriov_vfs=1, policy="same-switch"))
+    assert isinstance(refused, Refusal) and "same-switch" in refused.reason
+    dgx = NodeState(dgx_like("dgx"))
+    alloc = placed(place(dgx, request(gpus=1, sriov_vfs=1, policy="same-switch"))).allocation
+    gpu, vf = alloc.devices[0], alloc.devices[1]
+    assert pci_distance(dgx.topology, gpu.pci_address, vf.id).level is Level.PIX
+
+
+def test_best_effort_places_across_sockets_when_it_must_and_prices_it():
+    topology = pcie_workstation("ws")
+    busy = (held("ws", "a", [("gedge.io/gpu", "GPU-ws-00"), ("gedge.io/gpu", "GPU-ws-01")]),)
+    outcome = placed(place(NodeState(topology, allocations=busy), request(gpus=1, sriov_vfs=1)))
+    assert outcome.allocation.worst_level == "SYS"
+    assert outcome.cost == PlacementConfig().weights[Level.SYS]
+
+
+def test_topology_unaware_takes_first_free_devices():
+    state = NodeState(pcie_workstation("ws"))
+    alloc = placed(place(state, request(topology_aware=False, gpus=1, sriov_vfs=1))).allocation
+    assert alloc.devices[0].id == "GPU-ws-00"
+    busy = (held("ws", "a", [("gedge.io/gpu", "GPU-ws-00")]),)
+    alloc = placed(place(NodeState(state.topology, busy), request(topology_aware=False, gpus=1))).allocation
+    assert alloc.devices[0].id == "GPU-ws-01"
+
+
+def test_time_slice_pack_and_spread():
+    topology = dgx_like("dgx", gpus=2, timeslice_replicas=4)
+    busy = (held("dgx", "a", [("gedge.io/gpu-shared", "GPU-dgx-01::0")]),)
+    state = NodeState(topology, busy)
+    packed = placed(place(state, request(gpu_shared=1))).allocation
+    assert packed.devices[0].id == "GPU-dgx-01::1"
+    spread = placed(
+        place(state, request(gpu_shared=1), PlacementConfig(timeslice_strategy="spread"))
+    ).allocation
+    assert spread.devices[0].id == "GPU-dgx-00::0"
+    # a GPU with a replica in use cannot go whole, and a whole GPU takes its replicas with it
+    whole = placed(place(state, request(gpus=1))).allocation
+    assert whole.devices[0].id == "GPU-dgx-00"
+    state = NodeState(topology, (*busy, held("dgx", "b", [("gedge.io/gpu", "GPU-dgx-00")])))
+    assert isinstance(place(state, request(gpus=1)), Refusal)
+    assert free_capacity(state)["gedge.io/gpu-shared"] == 3
+
+
+def test_mig_uses_existing_free_instances_and_refuses_missing_profiles():
+    topology = dgx_like("dgx", gpus=2, mig={0: ["3g.40gb", "2g.20gb", "1g.10gb", "1g.10gb"]})
+    state = NodeState(topology, (held("dgx", "a", [("gedge.io/mig-1g.10gb", "MIG-dgx-0-2")]),))
+    alloc = placed(place(state, request(mig=(("1g.10gb", 1),)))).allocation
+    assert [d.id for d in alloc.devices] == ["MIG-dgx-0-3"]
+    assert alloc.devices[0].pci_address == topology.gpus[0].pci_address
+    refused = place(state, request(mig=(("1g.10gb", 2),)))
+    assert isinstance(refused, Refusal) and "gedge.io/mig-1g.10gb (1 free)" in refused.reason
+    # the MIG-mode GPU is never handed out whole
+    assert [d.id for d in placed(place(state, request(gpus=1))).allocation.devices] == ["GPU-dgx-01"]
+    assert isinstance(place(state, request(gpus=2)), Refusal)
+
+
+def test_macvlan_when_a_data_path_is_asked_and_no_vf_is_free():
+    topology = pcie_workstation("ws", vfs=1)
+    vf = topology.interfaces[0].vfs[0].pci_address
+    free_vf = placed(place(NodeState(topology), request(gpus=1, communication=("RDMA",)))).allocation
+    assert free_vf.network is not None and free_vf.network.mode == "sriov"
+    state = NodeState(topology, (held("ws", "a", [("gedge.io/sriov-vf", vf)]),))
+    alloc = placed(place(state, request(gpus=1, communication=("RDMA",)))).allocation
+    assert alloc.network is not None and alloc.network.mode == "macvlan" and alloc.network.master == "enp48s0"
+    assert [d.id for d in alloc.devices if d.resource == "gedge.io/rdma"] == ["mlx5_0"]
+    refused = place(state, request(gpus=1, communication=("SRIOV",)))
+    assert isinstance(refused, Refusal) and "1 gedge.io/sriov-vf (0 free)" in refused.reason
+    no_rdma = place(NodeState(edge_box("edge")), request(gpu_shared=1, communication=("RDMA",)))
+    assert isinstance(no_rdma, Refusal) and "gedge.io/rdma" in no_rdma.reason
+
+
+def test_cpus_keep_cores_whole_and_use_spare_threads_for_odd_counts():
+    topology = edge_box("edge", cores=4)  # cpus 0-3 first threads, 4-7 siblings
+    busy = (held("edge", "a", cpus=[0]),)  # core (0, 4) split: 4 is a spare thread
+    alloc = placed(place(NodeState(topology, busy), request(cpus=3, cpu_pinning=True))).allocation
+    assert alloc.cpus == (1, 4, 5)
+    alloc = placed(place(NodeState(topology), request(cpus=3, cpu_pinning=True))).allocation
+    assert alloc.cpus in ((0, 1, 4), (0, 4, 5))
+
+
+def test_score_nodes_best_cost_gets_ten_and_pack_breaks_ties():
+    config = PlacementConfig()
+    dgx = NodeState(dgx_like("a", nvlink="pairs"))
+    ws = NodeState(pcie_workstation("b"))
+    partly = NodeState(dgx_like("c", nvlink="pairs"), (held("c", "x", [("gedge.io/gpu", "GPU-c-07")]),))
+    req = request(gpus=2, sriov_vfs=1)
+    placements = {s.node_name: placed(place(s, req)) for s in (dgx, ws, partly)}
+    scores = score_nodes(placements, config)
+    assert scores["c"] == 10 and scores["a"] == 9 and scores["b"] < 9
+    spread = score_nodes(placements, PlacementConfig(node_strategy="spread"))
+    assert spread["a"] == 10 and spread["c"] == 9
+    assert all(0 <= s <= 10 for s in scores.values())
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="pack or spread"):
+        PlacementConfig(node_strategy="fill")
+    with pytest.raises(ValueError, match="lack"):
+        PlacementConfig(weights={Level.X: 0})
