@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 import yaml
@@ -87,10 +87,15 @@ def render(topology: NodeTopology, weights: Mapping[Level, float] = DEFAULT_WEIG
     )
 
 
-def render_matrix(topology: NodeTopology) -> list[str]:
-    """Rows and columns GPU0.., NIC0.., then CPU and NUMA affinity, like `nvidia-smi topo -m`."""
+def render_matrix(topology: NodeTopology, kinds: Collection[DeviceKind] | None = None) -> list[str]:
+    """Rows and columns GPU0.., NIC0.., then CPU and NUMA affinity, like `nvidia-smi topo -m`.
+
+    `kinds` narrows the devices shown (all but the CPU endpoints by default).
+    """
     points, rows = distance_matrix(topology)
-    keep = [i for i, p in enumerate(points) if p.kind is not DeviceKind.CPU]
+    keep = [
+        i for i, p in enumerate(points) if p.kind is not DeviceKind.CPU and (kinds is None or p.kind in kinds)
+    ]
     if not keep:
         return ["(no GPU, NIC, RDMA, NVMe or accelerator devices: nothing to put in a matrix)"]
     labels = [points[i].label for i in keep]

@@ -40,7 +40,7 @@ def build_box(root: Path, model: str = "H100", *, mig_gpu0: bool = False) -> Box
         threads, name, device_id, memory, links, cc = 104, "NVIDIA H100 80GB HBM3", 0x2330, 81559, 18, (9, 0)
         profiles, named = H100_80GB_PROFILES, False
     else:
-        threads, name, device_id, memory, links, cc = 24, "NVIDIA A100-SXM4-80GB", 0x20B2, 81920, 12, (8, 0)
+        threads, name, device_id, memory, links, cc = 48, "NVIDIA A100-SXM4-80GB", 0x20B2, 81920, 12, (8, 0)
         profiles, named = A100_80GB_PROFILES, True
     smt = model == "H100"
     half = threads // 2
