@@ -1,0 +1,144 @@
+"""`gedge-extender place`: one pod through filter, prioritize and choose, printed; nothing is bound.
+
+Nodes come from live agents (`--agents FILE`) or from saved reports
+(`--topology FILE`, a NodeTopology or NodeState as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gedge_model import ModelDecodeError, NodeState, NodeTopology, from_json, to_dict
+from scheduler_extender.bind.binder import BindError
+from scheduler_extender.commands.render import allocation_summary
+from scheduler_extender.node_source import NodeSource, StaticNodeSource
+from scheduler_extender.verbs import Extender
+from scheduler_extender.wire import BindingArgs, ExtenderArgs
+
+MAX_POD_BYTES = 1024 * 1024
+
+
+class PlaceError(RuntimeError):
+    """The pod could not be placed; the message says why, per node where that applies."""
+
+
+class NoBinder:
+    def bind(self, allocation: Any) -> None:
+        raise BindError("place only chooses; it never binds")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    nodes = parser.add_mutually_exclusive_group(required=True)
+    nodes.add_argument("--agents", metavar="FILE", help="YAML list of {node, address}: ask the live agents")
+    nodes.add_argument(
+        "--topology", metavar="FILE", action="append", help="a node's report as JSON (repeat for more nodes)"
+    )
+    parser.add_argument("--pod", metavar="FILE", required=True, help="the Pod manifest (YAML or JSON)")
+    parser.add_argument("--wait-s", type=float, default=10.0, metavar="S", help="how long to wait for agents")
+    parser.add_argument("--json", action="store_true", help="print the allocation as the annotation JSON")
+    parser.set_defaults(run=run)
+
+
+def load_pod(path: str | Path) -> dict[str, Any]:
+    file = Path(path)
+    try:
+        if file.stat().st_size > MAX_POD_BYTES:
+            raise PlaceError(f"pod file {file}: larger than {MAX_POD_BYTES} bytes")
+        pod = yaml.safe_load(file.read_text())
+    except OSError as exc:
+        raise PlaceError(f"pod file {file}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise PlaceError(f"pod file {file}: not YAML: {exc}") from None
+    kind = pod.get("kind") if isinstance(pod, dict) else None
+    if not isinstance(pod, dict) or kind != "Pod":
+        raise PlaceError(f"pod file {file}: not a Pod manifest (kind is {kind!r})")
+    meta = pod.setdefault("metadata", {})
+    if not isinstance(meta, dict) or not meta.get("name"):
+        raise PlaceError(f"pod file {file}: metadata.name is missing")
+    meta.setdefault("namespace", "default")
+    meta.setdefault("uid", str(uuid.uuid4()))
+    return pod
+
+
+def load_state(path: str | Path) -> NodeState:
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise PlaceError(f"topology file {file}: {exc.strerror or exc}") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PlaceError(f"topology file {file}: not JSON: {exc}") from None
+    try:
+        if isinstance(raw, dict) and "topology" in raw:
+            return from_json(NodeState, text)
+        return NodeState(from_json(NodeTopology, text))
+    except ModelDecodeError as exc:
+        raise PlaceError(f"topology file {file}: {exc}") from None
+
+
+def place_pod(source: NodeSource, pod: dict[str, Any]) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
+    """Filter, prioritize and choose on the best node, as kube-scheduler would.
+
+    Returns the allocation, the filter result and the scores.
+    """
+    extender = Extender(source, NoBinder())
+    names = tuple(sorted(source.nodes()))
+    args = ExtenderArgs(pod=pod, node_names=names, nodes=None)
+    filtered = extender.filter(args)
+    if filtered["Error"]:
+        raise PlaceError(filtered["Error"])
+    passed = filtered["NodeNames"]
+    if not passed:
+        reasons = {**filtered["FailedNodes"], **filtered["FailedAndUnresolvableNodes"]}
+        detail = "; ".join(f"{node}: {why}" for node, why in sorted(reasons.items())) or "no nodes"
+        raise PlaceError(f"no node fits pod {args.pod_label}: {detail}")
+    scores = extender.prioritize(ExtenderArgs(pod=pod, node_names=tuple(passed), nodes=None))
+    best = max(scores, key=lambda s: (s["Score"], -passed.index(s["Host"])))
+    meta = pod["metadata"]
+    chosen = extender.choose(BindingArgs(meta["name"], meta["namespace"], meta["uid"], best["Host"]))
+    if isinstance(chosen, str):
+        raise PlaceError(chosen)
+    extender.cache.release(chosen.pod_uid)
+    return chosen, filtered, scores
+
+
+def run(args: argparse.Namespace) -> int:
+    cluster = None
+    try:
+        pod = load_pod(args.pod)
+        if args.agents:
+            from scheduler_extender.cache import ClusterCache
+
+            cluster = ClusterCache.from_agents_file(args.agents)
+            cluster.start()
+            cluster.wait_for(lambda views: all(v.fresh for v in views.values()), args.wait_s)
+            source: NodeSource = cluster
+        else:
+            states = [load_state(path) for path in args.topology]
+            source = StaticNodeSource({s.node_name: s for s in states})
+        allocation, filtered, scores = place_pod(source, pod)
+    except (PlaceError, ValueError) as exc:
+        print(f"gedge-extender place: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    if args.json:
+        print(json.dumps(to_dict(allocation), indent=2, sort_keys=True))
+        return 0
+    view = source.node(allocation.node)
+    print(allocation_summary(allocation, view.state.topology if view else None))
+    for entry in sorted(scores, key=lambda s: -s["Score"]):
+        print(f"  score {entry['Score']:>2}  {entry['Host']}")
+    for node, reason in sorted({**filtered["FailedNodes"], **filtered["FailedAndUnresolvableNodes"]}.items()):
+        print(f"  refused  {node}: {reason}")
+    return 0

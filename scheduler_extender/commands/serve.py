@@ -1,0 +1,206 @@
+"""`gedge-extender serve`: the kube-scheduler extender over the live cluster cache.
+
+With `--agents FILE` it runs without Kubernetes: nodes come from the agents file
+and bind applies through each agent's gRPC Apply. With `--kubeconfig` or
+`--in-cluster` the agents are found from Node objects, bind writes the
+`gedge.io/allocation` annotation and creates the Binding, and allocations are
+rebuilt from the pods after a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from gedge_model.tls import TlsConfigError, load_tls
+from scheduler_extender.bind.agent import AgentBinder
+from scheduler_extender.bind.assume import AssumeCache
+from scheduler_extender.bind.binder import Binder
+from scheduler_extender.cache.cache import CacheOptions
+from scheduler_extender.http.app import MAX_BODY_BYTES, build_app, server_ssl_context, start_server
+from scheduler_extender.node_source import NodeSource
+from scheduler_extender.verbs import Extender
+
+log = structlog.get_logger("gedge.extender.serve")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--agents", metavar="FILE", help="YAML list of {node, address}: run without Kubernetes")
+    mode.add_argument("--kubeconfig", metavar="FILE", help="talk to the cluster this kubeconfig names")
+    mode.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    parser.add_argument("--listen", metavar="HOST:PORT", default="0.0.0.0:8888", help="default 0.0.0.0:8888")
+    parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    parser.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="require kube-scheduler to present a certificate this CA signed",
+    )
+    parser.add_argument("--agent-tls-cert", metavar="FILE", help="client certificate for the agents' mTLS")
+    parser.add_argument("--agent-tls-key", metavar="FILE", help="its private key")
+    parser.add_argument("--agent-tls-ca", metavar="FILE", help="CA that signs the agents' certificates")
+    parser.add_argument(
+        "--stale-after-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="a node whose stream is gone this long is filtered out",
+    )
+    parser.add_argument(
+        "--reserve-ttl-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how long a bind's reservation lives unsettled",
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N")
+    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.set_defaults(run=run)
+
+
+def configure_logging(level: str) -> None:
+    """structlog JSON lines on stderr, one object per event."""
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"--listen {text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass
+class Wiring:
+    """What one serve mode puts together; `start`/`stop` run the background parts."""
+
+    source: NodeSource
+    binder: Binder
+    cache: AssumeCache
+    pod_reader: Callable[[str, str], dict] | None = None
+    warn: Callable[[dict, str, str], None] | None = None
+    starts: list[Callable[[], None]] = field(default_factory=list)
+    stops: list[Callable[[], None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        for start in self.starts:
+            start()
+
+    def stop(self) -> None:
+        for stop in reversed(self.stops):
+            try:
+                stop()
+            except Exception:
+                log.exception("stop_failed")
+
+    def extender(self) -> Extender:
+        return Extender(
+            self.source, self.binder, cache=self.cache, pod_reader=self.pod_reader, warn=self.warn
+        )
+
+
+def cache_options(args: argparse.Namespace) -> CacheOptions:
+    """TTL and the agents' mTLS material; all three TLS files or none."""
+    given = [args.agent_tls_cert, args.agent_tls_key, args.agent_tls_ca]
+    if any(given) and not all(given):
+        raise ValueError("--agent-tls-cert, --agent-tls-key and --agent-tls-ca go together")
+    tls = load_tls(args.agent_tls_cert, args.agent_tls_key, args.agent_tls_ca) if all(given) else None
+    return CacheOptions(ttl_s=args.stale_after_s, tls=tls)
+
+
+def agents_wiring(args: argparse.Namespace) -> Wiring:
+    from scheduler_extender.cache import ClusterCache, GrpcAgentApplier
+
+    cluster = ClusterCache.from_agents_file(args.agents, cache_options(args))
+    applier = GrpcAgentApplier(cluster)
+    wiring = Wiring(cluster, AgentBinder(applier), AssumeCache(reserve_ttl=args.reserve_ttl_s))
+    wiring.starts.append(cluster.start)
+    wiring.stops.extend([cluster.stop, applier.close])
+    return wiring
+
+
+def kube_wiring(args: argparse.Namespace) -> Wiring:
+    from kubernetes import client, config
+
+    from scheduler_extender.bind.kube import KubeBinder, KubeEvents, PodAllocationWatch, read_pod
+    from scheduler_extender.cache import ClusterCache
+
+    if args.in_cluster:
+        config.load_incluster_config()
+    else:
+        config.load_kube_config(config_file=args.kubeconfig)
+    api = client.CoreV1Api()
+    events = KubeEvents(api, instance=socket.gethostname())
+    cache = AssumeCache(reserve_ttl=args.reserve_ttl_s)
+    cluster = ClusterCache.from_kubernetes(api, options=cache_options(args))
+    watch = PodAllocationWatch(
+        api, cache, on_bad_annotation=lambda pod, message: events.warn(pod, "InvalidAllocation", message)
+    )
+    wiring = Wiring(
+        cluster,
+        KubeBinder(api),
+        cache,
+        pod_reader=lambda namespace, name: read_pod(api, namespace, name),
+        warn=events.warn,
+    )
+    wiring.starts.extend([cluster.start, watch.start])
+    wiring.stops.extend([cluster.stop, watch.stop])
+    return wiring
+
+
+async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) -> int:
+    context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        context = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    app = build_app(wiring.extender(), max_body=args.max_body_bytes)
+    runner, bound = await start_server(app, host, port, context)
+    log.info("serving", listen=f"{host}:{bound}", https=context is not None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    try:
+        host, port = parse_listen(args.listen)
+        wiring = agents_wiring(args) if args.agents else kube_wiring(args)
+    except (ValueError, OSError, TlsConfigError) as exc:
+        log.error("cannot start", error=str(exc))
+        return 2
+    try:
+        wiring.start()
+        return asyncio.run(serve(wiring, host, port, args))
+    except (ValueError, OSError) as exc:
+        log.error("cannot start", error=str(exc))
+        return 1
+    finally:
+        wiring.stop()

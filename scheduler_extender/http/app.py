@@ -1,0 +1,149 @@
+"""The extender's HTTP(S) server (aiohttp): /filter, /prioritize, /bind, /preempt, /healthz.
+
+kube-scheduler reads a reply body only with status 200, so verbs answer 200 with
+the `Error` field for anything about the pod or the cluster; a body that is not
+the extender v1 JSON at all gets 400 with the same typed body, and a body over
+the size bound gets 413. Nothing answers with a stack trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from scheduler_extender.verbs import Extender
+from scheduler_extender.wire import (
+    WireError,
+    decode_binding_args,
+    decode_extender_args,
+    decode_preemption_args,
+    encode_binding_result,
+    encode_filter_result,
+)
+
+log = structlog.get_logger("gedge.extender.http")
+
+MAX_BODY_BYTES = 32 * 1024 * 1024
+"""A full NodeList of 5,000 nodes is ~20 MiB; NodeNames mode is far smaller."""
+
+EXTENDER_KEY = web.AppKey("extender", Extender)
+POOL_KEY = web.AppKey("bind_pool", ThreadPoolExecutor)
+MAX_BODY_KEY = web.AppKey("max_body", int)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+def _reply(body: Any, status: int = 200) -> web.Response:
+    return web.Response(text=_dumps(body), status=status, content_type="application/json")
+
+
+async def _json_body(request: web.Request) -> Any:
+    raw = await request.read()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError(f"request body is not JSON: {exc}") from None
+
+
+def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., Any]], Handler]:
+    """Wraps a verb: bad input -> 400 with a typed error body; a fault -> 200 with the typed error."""
+
+    def wrap(body_handler: Callable[[web.Request, Any], Awaitable[Any]]) -> Handler:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                raw = await _json_body(request)
+                return _reply(await body_handler(request, raw))
+            except WireError as exc:
+                log.info("bad_request", verb=name, error=str(exc))
+                return _reply(on_error(f"{name}: {exc}"), status=400)
+            except web.HTTPRequestEntityTooLarge:
+                message = f"{name}: request body is larger than {request.app[MAX_BODY_KEY]} bytes"
+                log.info("bad_request", verb=name, error=message)
+                return _reply(on_error(message), status=413)
+            except Exception as exc:
+                log.exception("verb_failed", verb=name)
+                return _reply(on_error(f"{name}: internal error: {type(exc).__name__}: {exc}"))
+
+        return handler
+
+    return wrap
+
+
+@_verb("filter", lambda message: encode_filter_result(None, error=message))
+async def _filter(request: web.Request, raw: Any) -> Any:
+    return request.app[EXTENDER_KEY].filter(decode_extender_args(raw))
+
+
+@_verb("prioritize", lambda message: {"Error": message})
+async def _prioritize(request: web.Request, raw: Any) -> Any:
+    return request.app[EXTENDER_KEY].prioritize(decode_extender_args(raw))
+
+
+@_verb("bind", encode_binding_result)
+async def _bind(request: web.Request, raw: Any) -> Any:
+    args = decode_binding_args(raw)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[POOL_KEY], request.app[EXTENDER_KEY].bind, args)
+
+
+@_verb("preempt", lambda message: {"NodeNameToMetaVictims": {}, "Error": message})
+async def _preempt(request: web.Request, raw: Any) -> Any:
+    return request.app[EXTENDER_KEY].preempt(decode_preemption_args(raw))
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def build_app(
+    extender: Extender, *, max_body: int = MAX_BODY_BYTES, bind_workers: int = 8
+) -> web.Application:
+    app = web.Application(client_max_size=max_body)
+    app[MAX_BODY_KEY] = max_body
+    app[EXTENDER_KEY] = extender
+    pool = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="bind")
+    app[POOL_KEY] = pool
+
+    async def close_pool(app: web.Application) -> None:
+        pool.shutdown(wait=True, cancel_futures=False)
+
+    app.on_cleanup.append(close_pool)
+    app.router.add_post("/filter", _filter)
+    app.router.add_post("/prioritize", _prioritize)
+    app.router.add_post("/bind", _bind)
+    app.router.add_post("/preempt", _preempt)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+def server_ssl_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
+    """HTTPS for the extender; with `client_ca`, kube-scheduler must present a certificate it signed."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca:
+        context.load_verify_locations(client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+async def start_server(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> tuple[web.AppRunner, int]:
+    """Start listening; returns the runner and the bound port (port 0 picks a free one)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    await site.start()
+    return runner, int(runner.addresses[0][1])

@@ -1,0 +1,287 @@
+"""The extender's four verbs over the node cache, the assume cache and the placement engine.
+
+Decisions only: the HTTP layer decodes the wire types and calls these; the
+binder does the I/O of a bind. Filter and prioritize of one pod look at up to
+thousands of nodes, so the outcome of placing a pod shape on a node is
+memoized until the node's report or its held allocations change.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import structlog
+
+from gedge_model import Allocation, NodeState
+from scheduler_extender.bind.assume import AssumeCache, AssumeConflict
+from scheduler_extender.bind.binder import Binder, BindError
+from scheduler_extender.node_source import NodeSource, NodeView
+from scheduler_extender.placement.engine import Placement, PlacementConfig, Refusal, place, score_nodes
+from scheduler_extender.placement.request import PodRequest, RequestError, parse_pod_request
+from scheduler_extender.wire import (
+    BindingArgs,
+    ExtenderArgs,
+    NodeVictims,
+    PreemptionArgs,
+    encode_binding_result,
+    encode_filter_result,
+    encode_host_priorities,
+    encode_preemption_result,
+)
+
+log = structlog.get_logger("gedge.extender")
+
+Outcome = Placement | Refusal
+PodReader = Callable[[str, str], dict[str, Any]]
+"""(namespace, name) -> the pod as the API server serializes it."""
+Warner = Callable[[dict[str, Any], str, str], None]
+"""(pod, reason, message): a Kubernetes Event on the pod, where there is a cluster."""
+
+
+def _pod_identity(pod: Mapping[str, Any]) -> tuple[str, str, str]:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("uid") or ""), str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+
+@dataclasses.dataclass
+class _NodeMemo:
+    state: NodeState
+    version: int
+    outcomes: dict[tuple[Any, ...], Outcome]
+
+
+class Extender:
+    """Thread-safe: the HTTP layer runs filter/prioritize on its loop and bind in worker threads."""
+
+    MAX_SHAPES_PER_NODE = 32
+
+    def __init__(
+        self,
+        source: NodeSource,
+        binder: Binder,
+        *,
+        cache: AssumeCache | None = None,
+        config: PlacementConfig | None = None,
+        pod_reader: PodReader | None = None,
+        warn: Warner | None = None,
+        remembered_pods: int = 10_000,
+    ) -> None:
+        self.source = source
+        self.binder = binder
+        self.cache = cache or AssumeCache()
+        self.config = config or PlacementConfig()
+        self._pod_reader = pod_reader
+        self._warn = warn
+        self._memo: dict[str, _NodeMemo] = {}
+        self._pods: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._pods_limit = remembered_pods
+        self._pods_lock = threading.Lock()
+
+    # -- filter / prioritize ------------------------------------------------------------------
+
+    def filter(self, args: ExtenderArgs) -> dict[str, Any]:
+        request = self._request(args.pod)
+        if isinstance(request, str):
+            return encode_filter_result(args, error=request)
+        candidates = args.candidates
+        if not request.wants_placement():
+            return encode_filter_result(args, passed=candidates)
+        self._remember(args.pod)
+        outcomes, unresolvable = self._evaluate(candidates, request)
+        passed = [name for name, outcome in outcomes.items() if isinstance(outcome, Placement)]
+        failed = {name: outcome.reason for name, outcome in outcomes.items() if isinstance(outcome, Refusal)}
+        if not passed:
+            log.info("filter_refused", pod=args.pod_label, nodes=len(candidates))
+        return encode_filter_result(args, passed=passed, failed=failed, unresolvable=unresolvable)
+
+    def prioritize(self, args: ExtenderArgs) -> list[dict[str, Any]]:
+        """Scores 0..10 by each node's best allocation; nodes we cannot place on score 0."""
+        candidates = args.candidates
+        try:
+            request = parse_pod_request(args.pod)
+        except RequestError:
+            return encode_host_priorities(dict.fromkeys(candidates, 0))
+        if not request.wants_placement():
+            return encode_host_priorities(dict.fromkeys(candidates, 0))
+        outcomes, _ = self._evaluate(candidates, request)
+        placements = {name: o for name, o in outcomes.items() if isinstance(o, Placement)}
+        scores = score_nodes(placements, self.config) if placements else {}
+        return encode_host_priorities({name: scores.get(name, 0) for name in candidates})
+
+    def _request(self, pod: dict[str, Any]) -> PodRequest | str:
+        """The parsed request, or the error message naming pod and field (with an Event)."""
+        try:
+            return parse_pod_request(pod)
+        except RequestError as exc:
+            message = str(exc)
+            if self._warn is not None:
+                self._warn(pod, "InvalidAccelerationRequest", message)
+            return message
+
+    def _evaluate(
+        self, candidates: Iterable[str], request: PodRequest
+    ) -> tuple[dict[str, Outcome], dict[str, str]]:
+        """Each candidate's outcome, and the nodes no preemption can help (unknown or stale)."""
+        shape = request.shape
+        views = self.source.nodes()
+        versions = self.cache.versions()
+        outcomes: dict[str, Outcome] = {}
+        unresolvable: dict[str, str] = {}
+        for name in candidates:
+            view = views.get(name)
+            if view is None:
+                unresolvable[name] = f"node {name}: no gedge agent reports this node"
+                continue
+            if not view.fresh:
+                unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"
+                continue
+            version = versions.get(name, 0)
+            memo = self._memo.get(name)
+            if memo is None or memo.state is not view.state or memo.version != version:
+                memo = _NodeMemo(view.state, version, {})
+                self._memo[name] = memo
+            outcome = memo.outcomes.get(shape)
+            if outcome is None:
+                outcome = self._place(view, request, self._reserved(view))
+                if len(memo.outcomes) >= self.MAX_SHAPES_PER_NODE:
+                    memo.outcomes.clear()
+                memo.outcomes[shape] = outcome
+            outcomes[name] = outcome
+        return outcomes, unresolvable
+
+    def _place(self, view: NodeView, request: PodRequest, reserved: tuple[Allocation, ...]) -> Outcome:
+        try:
+            return place(view.state, request, self.config, reserved)
+        except Exception as exc:  # one node's odd report must not fail the whole filter
+            log.exception("placement_failed", node=view.state.node_name)
+            return Refusal(f"node {view.state.node_name}: placement failed: {exc}")
+
+    def _reserved(self, view: NodeView, *, without: frozenset[str] = frozenset()) -> tuple[Allocation, ...]:
+        """Allocations held here that the node's own report does not include yet."""
+        reported = {a.pod_uid for a in view.state.allocations}
+        return tuple(
+            a
+            for a in self.cache.held(view.state.node_name)
+            if a.pod_uid not in reported and a.pod_uid not in without
+        )
+
+    # -- bind ---------------------------------------------------------------------------------
+
+    def _remember(self, pod: dict[str, Any]) -> None:
+        uid = _pod_identity(pod)[0]
+        if not uid:
+            return
+        with self._pods_lock:
+            self._pods[uid] = pod
+            self._pods.move_to_end(uid)
+            while len(self._pods) > self._pods_limit:
+                self._pods.popitem(last=False)
+
+    def _pod_for(self, args: BindingArgs) -> dict[str, Any] | str:
+        with self._pods_lock:
+            pod = self._pods.get(args.pod_uid)
+        if pod is None and self._pod_reader is not None:
+            try:
+                pod = self._pod_reader(args.pod_namespace, args.pod_name)
+            except Exception as exc:
+                return f"pod {args.pod_label}: cannot read it from the API server: {exc}"
+        if pod is None:
+            return f"pod {args.pod_label} ({args.pod_uid}): never seen in filter, and no API server to ask"
+        if _pod_identity(pod)[0] != args.pod_uid:
+            return f"pod {args.pod_label}: UID is {_pod_identity(pod)[0]}, bind asked for {args.pod_uid}"
+        return pod
+
+    def choose(self, args: BindingArgs) -> Allocation | str:
+        """Pick the devices on args.node and reserve them, as one step; an error message if none fit."""
+        pod = self._pod_for(args)
+        if isinstance(pod, str):
+            return pod
+        request = self._request(pod)
+        if isinstance(request, str):
+            return request
+        with self.cache.lock:
+            held = self.cache.held_by(args.pod_uid)
+            if held is not None and held.node == args.node:
+                return held
+            if held is not None:
+                self.cache.release(args.pod_uid)
+            if not request.wants_placement():
+                allocation = Allocation(args.pod_uid, args.pod_namespace, args.pod_name, args.node)
+            else:
+                view = self.source.node(args.node)
+                if view is None:
+                    return f"pod {args.pod_label}: node {args.node}: no gedge agent reports this node"
+                if not view.fresh:
+                    return f"pod {args.pod_label}: node {args.node}: {view.reason or 'agent report is stale'}"
+                outcome = self._place(view, request, self._reserved(view))
+                if isinstance(outcome, Refusal):
+                    return f"pod {args.pod_label}: {outcome.reason}"
+                allocation = dataclasses.replace(
+                    outcome.allocation,
+                    pod_uid=args.pod_uid,
+                    namespace=args.pod_namespace,
+                    name=args.pod_name,
+                    node=args.node,
+                )
+            try:
+                self.cache.reserve(allocation)
+            except AssumeConflict as exc:
+                return f"pod {args.pod_label}: {exc}"
+        return allocation
+
+    def bind(self, args: BindingArgs) -> dict[str, Any]:
+        allocation = self.choose(args)
+        if isinstance(allocation, str):
+            log.info("bind_refused", pod=args.pod_label, node=args.node, error=allocation)
+            return encode_binding_result(allocation)
+        try:
+            self.binder.bind(allocation)
+        except BindError as exc:
+            self.cache.release(args.pod_uid)
+            log.warning("bind_failed", pod=args.pod_label, node=args.node, error=str(exc))
+            return encode_binding_result(str(exc))
+        except Exception as exc:
+            self.cache.release(args.pod_uid)
+            log.exception("bind_failed", pod=args.pod_label, node=args.node)
+            return encode_binding_result(f"pod {args.pod_label}: bind failed: {type(exc).__name__}: {exc}")
+        self.cache.commit(args.pod_uid)
+        with self._pods_lock:
+            self._pods.pop(args.pod_uid, None)
+        log.info(
+            "bound",
+            pod=args.pod_label,
+            node=args.node,
+            devices=[d.id for d in allocation.devices],
+            cpus=list(allocation.cpus),
+            cost=allocation.cost,
+        )
+        return encode_binding_result()
+
+    # -- preempt ------------------------------------------------------------------------------
+
+    def preempt(self, args: PreemptionArgs) -> dict[str, Any]:
+        """Keep the nodes where evicting kube-scheduler's victims frees what the pod needs from us."""
+        try:
+            request = parse_pod_request(args.pod)
+        except RequestError as exc:
+            log.info("preempt_refused", error=str(exc))
+            return encode_preemption_result({})
+        if not request.wants_placement():
+            return encode_preemption_result(args.victims)
+        kept: dict[str, NodeVictims] = {}
+        for node, victims in args.victims.items():
+            view = self.source.node(node)
+            if view is None or not view.fresh:
+                continue
+            gone = frozenset(victims.pod_uids)
+            state = dataclasses.replace(
+                view.state, allocations=tuple(a for a in view.state.allocations if a.pod_uid not in gone)
+            )
+            trial = NodeView(state, view.fresh, view.reason, view.address)
+            if isinstance(self._place(trial, request, self._reserved(view, without=gone)), Placement):
+                kept[node] = victims
+        return encode_preemption_result(kept)
