@@ -1,0 +1,83 @@
+"""`gedge-agent bench datapath|pinning`: measure what the data path and CPU pinning gain on this node."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+import structlog
+
+from agent.bench.common import Interrupted, Progress, sigterm_raises
+
+EXAMPLES = """examples:
+  gedge-agent bench datapath              # overlay (VXLAN) vs. the agent's macvlan data path
+  gedge-agent bench pinning --short       # quick: shared CPUs vs. an exclusive cpuset under noise
+  gedge-agent bench datapath --json       # figures for machines
+Needs root (network namespaces, cgroups). Everything made is removed at the end, also on Ctrl-C or SIGTERM.
+"""
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EXAMPLES
+    parser.add_argument("tool", choices=("datapath", "pinning"), help="what to measure")
+    parser.add_argument(
+        "--short", action="store_true", help="a quick, small run (seconds) to check the setup"
+    )
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--prefix",
+        default=None,
+        help="name prefix of the namespaces / cgroups the tool makes (default: gbench<pid>)",
+    )
+    parser.add_argument(
+        "--cpus",
+        type=int,
+        default=1,
+        metavar="N",
+        help="pinning: exclusive CPUs given to the workload (default 1)",
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+    if os.geteuid() != 0:
+        print("gedge-agent bench: needs root (network namespaces and cgroups)", file=sys.stderr)
+        return 2
+    prefix = args.prefix or f"gbench{os.getpid()}"
+    if not prefix.isascii() or not prefix.replace("-", "").isalnum() or len(prefix) > 32:
+        print(
+            f"gedge-agent bench: --prefix {prefix!r} must be letters, digits and dashes (32 at most)",
+            file=sys.stderr,
+        )
+        return 2
+    progress = Progress(args.tool, quiet=args.quiet)
+    try:
+        with sigterm_raises():
+            if args.tool == "datapath":
+                from agent.bench.datapath import format_datapath, run_datapath
+
+                report = run_datapath(short=args.short, prefix=prefix, progress=progress)
+                text = format_datapath(report)
+            else:
+                from agent.bench.pinning import format_pinning, run_pinning
+
+                report = run_pinning(
+                    short=args.short, prefix=prefix, progress=progress, exclusive_cpus=args.cpus
+                )
+                text = format_pinning(report)
+    except (KeyboardInterrupt, Interrupted):
+        print(f"gedge-agent bench {args.tool}: interrupted; everything it made is removed", file=sys.stderr)
+        return 130
+    except (RuntimeError, OSError) as exc:
+        print(f"gedge-agent bench {args.tool}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else text)
+    return 0
