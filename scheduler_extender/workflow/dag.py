@@ -476,3 +476,15 @@ def main_outcome(spec: WorkflowSpec, status: WorkflowStatus) -> tuple[str, str]:
     if failed:
         return FAILED, "; ".join(f"{n}: {status.task(n).message}" for n in failed)
     return SUCCEEDED, ""
+
+
+def record_start_failure(
+    status: WorkflowStatus, task: str, attempt: int, message: str, now: datetime
+) -> WorkflowStatus:
+    """The pod for this attempt could not be made (API refusal, runtime no longer composes): Errored."""
+    current = status.task(task)
+    ended = tuple(
+        dataclasses.replace(a, phase=ERRORED, finished_at=now, message=message) if a.number == attempt else a
+        for a in current.attempts
+    )
+    return _replace_task(status, task, dataclasses.replace(current, attempts=ended, message=message))

@@ -1,0 +1,335 @@
+"""Drives one Workflow to its end: pods from the engine's decisions, pod phases back through a watch.
+
+Every pass: fold the pods seen into the status (`dag.observe`), decide
+(`dag.step`), create or delete pods, write the status subresource. Pods are
+named workflow-task-attempt, so after a restart the controller finds the pods
+it made (adopts them) instead of making new ones, and a task the status shows
+finished is never started again. The pod cache comes from one list followed by
+a watch from the list's resourceVersion, relisted when the watch expires.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from scheduler_extender.workflow import dag
+from scheduler_extender.workflow.catalog import Catalog
+from scheduler_extender.workflow.composer import CompositionError
+from scheduler_extender.workflow.kube import AlreadyExists, ApiError, NotFound, WatchExpired, WorkflowApi
+from scheduler_extender.workflow.podspec import (
+    DEFAULT_SCHEDULER,
+    LABEL_ATTEMPT,
+    LABEL_TASK,
+    build_pod,
+    check_runtimes,
+    workflow_selector,
+)
+from scheduler_extender.workflow.spec import Workflow, WorkflowSpecError, parse_workflow
+from scheduler_extender.workflow.status import parse_time, status_from_dict, status_to_dict
+
+log = structlog.get_logger("gedge.workflow")
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    scheduler_name: str = DEFAULT_SCHEDULER
+    watch_timeout_seconds: int = 30
+    max_wait_seconds: float = 30.0
+    """Decide again at least this often even without events (a missed event costs no more than this)."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def pod_observation(pod: Mapping[str, Any]) -> dag.PodObservation | None:
+    """A pod (API JSON) as the engine reads it; None for a pod without our task/attempt labels."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    task = labels.get(LABEL_TASK)
+    attempt = labels.get(LABEL_ATTEMPT)
+    if not task or attempt is None or not str(attempt).isdigit():
+        return None
+    status = pod.get("status") or {}
+    exit_code = None
+    finished_at = None
+    reason = status.get("reason")
+    message = status.get("message")
+    for container in status.get("containerStatuses") or []:
+        terminated = (container.get("state") or {}).get("terminated")
+        if terminated:
+            exit_code = terminated.get("exitCode")
+            finished_at = parse_time(terminated.get("finishedAt"), "finishedAt")
+            if status.get("phase") == "Failed" and not reason:
+                reason = terminated.get("reason")
+                message = message or terminated.get("message")
+        waiting = (container.get("state") or {}).get("waiting")
+        if waiting and not message:
+            message = "; ".join(p for p in (waiting.get("reason"), waiting.get("message")) if p)
+    if status.get("phase") == "Pending" and not message:
+        for condition in status.get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+                message = condition.get("message") or condition.get("reason")
+    return dag.PodObservation(
+        name=meta.get("name", ""),
+        task=task,
+        attempt=int(attempt),
+        phase=status.get("phase") or "Pending",
+        reason=reason,
+        message=message,
+        exit_code=exit_code,
+        started_at=parse_time(status.get("startTime"), "startTime"),
+        finished_at=finished_at,
+        node=(pod.get("spec") or {}).get("nodeName"),
+    )
+
+
+def _owned_by(pod: Mapping[str, Any], uid: str | None) -> bool:
+    if uid is None:
+        return True
+    refs = (pod.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)
+
+
+class _PodWatcher(threading.Thread):
+    """Feeds pod events (and full relists after a 410) into the controller's queue."""
+
+    def __init__(
+        self,
+        api: WorkflowApi,
+        namespace: str,
+        selector: str,
+        resource_version: str,
+        events: queue.Queue[tuple[str, Any]],
+        stop: threading.Event,
+        timeout: int,
+    ) -> None:
+        super().__init__(name=f"pod-watch-{selector}", daemon=True)
+        self.api = api
+        self.namespace = namespace
+        self.selector = selector
+        self.resource_version = resource_version
+        self.events = events
+        self.stop_event = stop
+        self.timeout = timeout
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                for kind, pod in self.api.watch_pods(
+                    self.namespace, self.selector, self.resource_version, self.timeout
+                ):
+                    self.resource_version = (pod.get("metadata") or {}).get(
+                        "resourceVersion", self.resource_version
+                    )
+                    self.events.put(("event", (kind, pod)))
+                    if self.stop_event.is_set():
+                        return
+            except WatchExpired:
+                self.relist()
+            except Exception as exc:
+                log.warning("pod watch failed, listing again", error=str(exc))
+                self.events.put(("error", exc))
+                if self.stop_event.wait(1.0):
+                    return
+                self.relist()
+
+    def relist(self) -> None:
+        try:
+            pods, self.resource_version = self.api.list_pods(self.namespace, self.selector)
+        except Exception as exc:
+            log.warning("pod list failed", error=str(exc))
+            self.stop_event.wait(1.0)
+            return
+        self.events.put(("list", pods))
+
+
+class WorkflowController:
+    def __init__(
+        self,
+        api: WorkflowApi,
+        *,
+        catalog: Catalog | None,
+        config: ControllerConfig | None = None,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.api = api
+        self.catalog = catalog
+        self.config = config or ControllerConfig()
+        self.clock = clock
+
+    def run(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        on_update: Callable[[Workflow, dag.WorkflowStatus], None] | None = None,
+        stop: threading.Event | None = None,
+    ) -> dag.WorkflowStatus:
+        """Until the workflow ends (or is deleted, or `stop` is set); returns its last status."""
+        stop = stop or threading.Event()
+        try:
+            workflow = parse_workflow(self.api.get_workflow(namespace, name))
+        except WorkflowSpecError as exc:
+            return self._refuse(namespace, name, f"invalid workflow: {exc}")
+        status = status_from_dict(workflow.raw_status)
+        if status.final:
+            return status
+        if not any(t.attempts for t in status.tasks.values()):
+            try:
+                check_runtimes(workflow, self.catalog)
+            except CompositionError as exc:
+                return self._refuse(namespace, name, str(exc))
+        selector = workflow_selector(workflow.name)
+        listed, resource_version = self.api.list_pods(namespace, selector)
+        pods = {p["metadata"]["name"]: p for p in listed if _owned_by(p, workflow.uid)}
+        events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        watch_stop = threading.Event()
+        watcher = _PodWatcher(
+            self.api,
+            namespace,
+            selector,
+            resource_version,
+            events,
+            watch_stop,
+            self.config.watch_timeout_seconds,
+        )
+        watcher.start()
+        written = status_to_dict(status) if workflow.raw_status else {}
+        try:
+            while not stop.is_set():
+                now = self.clock()
+                observations = {n: o for n, p in pods.items() if (o := pod_observation(p)) is not None}
+                status = dag.observe(workflow.spec, status, observations, now)
+                result = dag.step(workflow.spec, status, now, workflow=workflow.name, namespace=namespace)
+                status = result.status
+                for action in result.actions:
+                    status = self._apply(workflow, status, action, pods, now)
+                body = status_to_dict(status)
+                if body != written:
+                    try:
+                        self.api.patch_workflow_status(namespace, name, body)
+                    except NotFound:
+                        log.info("workflow deleted while running", workflow=f"{namespace}/{name}")
+                        return dataclasses.replace(status, message="workflow deleted")
+                    written = body
+                    log.info("workflow status", workflow=f"{namespace}/{name}", phase=status.phase)
+                    if on_update is not None:
+                        on_update(workflow, status)
+                if status.final:
+                    return status
+                if result.actions:
+                    continue
+                wait = self.config.max_wait_seconds
+                if result.wake_at is not None:
+                    wait = max(0.0, min(wait, (result.wake_at - self.clock()).total_seconds()))
+                self._wait_for_events(events, pods, wait, workflow.uid, stop)
+            return status
+        finally:
+            watch_stop.set()
+
+    def _wait_for_events(
+        self,
+        events: queue.Queue[tuple[str, Any]],
+        pods: dict[str, dict[str, Any]],
+        wait: float,
+        uid: str | None,
+        stop: threading.Event,
+    ) -> None:
+        """Block until an event arrives or `wait` passes, then take in everything queued."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                item = events.get(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+                break
+            except queue.Empty:
+                if stop.is_set() or time.monotonic() >= deadline:
+                    return
+        while True:
+            self._take(item, pods, uid)
+            try:
+                item = events.get_nowait()
+            except queue.Empty:
+                return
+
+    @staticmethod
+    def _take(item: tuple[str, Any], pods: dict[str, dict[str, Any]], uid: str | None) -> None:
+        kind, payload = item
+        if kind == "list":
+            pods.clear()
+            pods.update({p["metadata"]["name"]: p for p in payload if _owned_by(p, uid)})
+        elif kind == "event":
+            event, pod = payload
+            pod_name = (pod.get("metadata") or {}).get("name")
+            if not pod_name or not _owned_by(pod, uid):
+                return
+            if event == "DELETED":
+                pods.pop(pod_name, None)
+            else:
+                pods[pod_name] = pod
+
+    def _apply(
+        self,
+        workflow: Workflow,
+        status: dag.WorkflowStatus,
+        action: dag.Action,
+        pods: dict[str, dict[str, Any]],
+        now: datetime,
+    ) -> dag.WorkflowStatus:
+        namespace = workflow.namespace
+        if isinstance(action, dag.DeletePod):
+            log.info("deleting pod", pod=action.pod_name, reason=action.reason)
+            try:
+                self.api.delete_pod(namespace, action.pod_name)
+            except ApiError as exc:
+                log.warning("pod delete failed", pod=action.pod_name, error=str(exc))
+            return status
+        try:
+            body = build_pod(
+                workflow,
+                workflow.spec.task(action.task),
+                action.attempt,
+                catalog=self.catalog,
+                status=status,
+                default_scheduler=self.config.scheduler_name,
+            )
+        except (CompositionError, WorkflowSpecError) as exc:
+            return dag.record_start_failure(status, action.task, action.attempt, str(exc), now)
+        try:
+            pods[action.pod_name] = self.api.create_pod(namespace, body)
+            log.info("created pod", pod=action.pod_name, task=action.task, attempt=action.attempt)
+        except AlreadyExists:
+            existing = self.api.get_pod(namespace, action.pod_name)
+            if not _owned_by(existing, workflow.uid):
+                return dag.record_start_failure(
+                    status,
+                    action.task,
+                    action.attempt,
+                    f"pod name {action.pod_name} is taken by another owner",
+                    now,
+                )
+            log.info("adopted pod", pod=action.pod_name)
+            pods[action.pod_name] = existing
+        except ApiError as exc:
+            return dag.record_start_failure(
+                status, action.task, action.attempt, f"pod {action.pod_name} refused: {exc.message}", now
+            )
+        return status
+
+    def _refuse(self, namespace: str, name: str, message: str) -> dag.WorkflowStatus:
+        now = self.clock()
+        status = dag.WorkflowStatus(phase=dag.FAILED, started_at=now, finished_at=now, message=message)
+        log.warning("workflow refused", workflow=f"{namespace}/{name}", reason=message)
+        with contextlib.suppress(NotFound):
+            self.api.patch_workflow_status(namespace, name, status_to_dict(status))
+        return status
