@@ -156,9 +156,10 @@ class ChangeDetector:
     async def _drain_link_events(self, ipr) -> None:
         worker = asyncio.create_task(self._link_worker())
         try:
-            async for message in ipr.get():
-                if message.get("event") in ("RTM_NEWLINK", "RTM_DELLINK"):
-                    self._link_dirty.set()
+            while True:
+                async for message in ipr.get():
+                    if message.get("event") in ("RTM_NEWLINK", "RTM_DELLINK"):
+                        self._link_dirty.set()
         finally:
             worker.cancel()
 
