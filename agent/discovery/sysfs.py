@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 _MAX_LINK_HOPS = 40
+_MAX_FILE = 1 << 20
 
 
 class SysfsTree:
@@ -22,11 +23,12 @@ class SysfsTree:
 
     def __init__(self, root: str | os.PathLike[str] = "/") -> None:
         self.root = Path(root)
+        self._prefix = os.fspath(root).rstrip("/") + "/"
         self.warnings: list[str] = []
         self._resolved: dict[str, str | None] = {}
 
-    def path(self, rel: str) -> Path:
-        return self.root / rel.lstrip("/")
+    def path(self, rel: str) -> str:
+        return self._prefix + rel.lstrip("/")
 
     def warn(self, message: str) -> None:
         if message not in self.warnings:
@@ -39,8 +41,11 @@ class SysfsTree:
     def read(self, rel: str, *, required: bool = False) -> str | None:
         """The stripped text of a file; None when missing (a warning if required) or unreadable."""
         try:
-            with open(self.path(rel), "rb") as fh:
-                data = fh.read(1 << 20)
+            fd = os.open(self.path(rel), os.O_RDONLY)
+            try:
+                data = _read_all(fd)
+            finally:
+                os.close(fd)
         except FileNotFoundError:
             if required:
                 self.warn(f"{self.shown(rel)}: missing")
@@ -94,7 +99,7 @@ class SysfsTree:
             return []
 
     def is_dir(self, rel: str) -> bool:
-        return self.path(rel).is_dir()
+        return os.path.isdir(self.path(rel))
 
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self.path(rel))
@@ -136,7 +141,7 @@ class SysfsTree:
                 done = cached.split("/") if cached else []
                 continue
             try:
-                mode = os.lstat(self.root / candidate).st_mode
+                mode = os.lstat(self._prefix + candidate).st_mode
             except OSError:
                 done.append(part)
                 continue
@@ -148,7 +153,7 @@ class SysfsTree:
                 self.warn(f"{self.shown(rel)}: symlink loop")
                 return None
             try:
-                target = os.readlink(self.root / candidate)
+                target = os.readlink(self._prefix + candidate)
             except OSError as exc:
                 self.warn(f"{self.shown(candidate)}: unreadable link ({exc.strerror or exc})")
                 return None
@@ -156,6 +161,18 @@ class SysfsTree:
                 done = []
             pending.extend([p for p in target.split("/") if p][::-1])
         return "/".join(done)
+
+
+def _read_all(fd: int) -> bytes:
+    """Up to 1 MiB; sysfs attributes fit one page, so this is usually one small read."""
+    chunks = [os.read(fd, 8192)]
+    total = len(chunks[0])
+    if total < 8192:
+        return chunks[0]
+    while chunks[-1] and total < _MAX_FILE:
+        chunks.append(os.read(fd, 65536))
+        total += len(chunks[-1])
+    return b"".join(chunks)[:_MAX_FILE]
 
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+)/(\d+))?)?$")
