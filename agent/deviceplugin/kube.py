@@ -11,6 +11,27 @@ from gedge_model import ANNOTATION
 MERGE_PATCH = "application/merge-patch+json"
 
 
+def container_requests(pod: Any) -> dict[str, tuple[int, ...]]:
+    """gedge.io resource -> the count each init and app container asks for (limits, as kubelet reads them)."""
+    spec = pod.spec
+    counts: dict[str, list[int]] = {}
+    if spec is None:
+        return {}
+    for container in (*(spec.init_containers or ()), *(spec.containers or ())):
+        resources = container.resources
+        wanted = dict((resources.limits or resources.requests or {}) if resources is not None else {})
+        for resource, quantity in wanted.items():
+            if not resource.startswith("gedge.io/"):
+                continue
+            try:
+                count = int(str(quantity))
+            except ValueError:
+                continue
+            if count > 0:
+                counts.setdefault(resource, []).append(count)
+    return {resource: tuple(values) for resource, values in counts.items()}
+
+
 def pending_pod_from_k8s(pod: Any) -> PendingPod:
     """A kubernetes.client.V1Pod as the device plugins see it."""
     meta = pod.metadata
@@ -23,6 +44,7 @@ def pending_pod_from_k8s(pod: Any) -> PendingPod:
         annotation=annotations.get(ANNOTATION),
         created=created,
         marks={k: v for k, v in annotations.items() if k.startswith(ALLOCATED_PREFIX)},
+        requests=container_requests(pod),
     )
 
 

@@ -148,7 +148,7 @@ class ResourcePlugin(api_pb2_grpc.DevicePluginServicer):
         responses = []
         for container in request.container_requests:
             try:
-                claim = preferred(
+                _, ids = preferred(
                     found,
                     self.resource,
                     list(container.available_deviceIDs),
@@ -158,7 +158,7 @@ class ResourcePlugin(api_pb2_grpc.DevicePluginServicer):
             except ResolveError as exc:
                 log.warning("GetPreferredAllocation for %s refused: %s", self.resource, exc)
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-            responses.append(api_pb2.ContainerPreferredAllocationResponse(deviceIDs=sorted(claim.device_ids)))
+            responses.append(api_pb2.ContainerPreferredAllocationResponse(deviceIDs=ids))
         return api_pb2.PreferredAllocationResponse(container_responses=responses)
 
     def Allocate(self, request, context):

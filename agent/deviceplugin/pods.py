@@ -1,10 +1,11 @@
 """Which pod a kubelet device request is for, decided from the pods' `gedge.io/allocation`.
 
-kubelet's GetPreferredAllocation and Allocate do not name the pod. The pods
-bound to this node that kubelet has not admitted yet carry the extender's
-choice; a request is served only when its device ids are exactly one
-container's grant of one such pod. Everything here is pure except the
-PendingPodSource the plugins are given.
+kubelet's GetPreferredAllocation and Allocate do not name the pod, and kubelet
+calls them once per container. The pods bound to this node that kubelet has
+not started carry the extender's choice; a request is served only when its
+device ids lie in exactly one pod's grant and its size is what one of that
+pod's containers asks for (for grants naming a container: exactly that
+container's ids). Everything here is pure except the PendingPodSource.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class PendingPod:
     """Creation time (epoch seconds): kubelet admits pods in this order."""
     marks: Mapping[str, str] = field(default_factory=dict)
     """allocated_annotation(resource) -> device ids already served, comma-separated."""
+    requests: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """resource -> how many devices each (init or app) container asks for; empty when unknown."""
 
     @property
     def ref(self) -> str:
@@ -59,12 +62,21 @@ class ResolveError(RuntimeError):
 
 @dataclass(frozen=True)
 class Claim:
-    """One container's grant of one resource in one pod's allocation."""
+    """One pod's grant of one resource: a named container's ids, or the pod's ids for all its containers."""
 
     pod: PendingPod
     allocation: Allocation
     container: str | None
     device_ids: frozenset[str]
+    sizes: frozenset[int]
+    """How many of these ids one kubelet request may name."""
+
+    def fits(self, ids: frozenset[str]) -> bool:
+        return bool(ids) and ids <= self.device_ids and len(ids) in self.sizes
+
+    @property
+    def ref(self) -> str:
+        return f"{self.pod.ref}/{self.container}" if self.container else self.pod.ref
 
 
 @dataclass(frozen=True)
@@ -74,10 +86,7 @@ class Candidates:
     """Pods whose annotation cannot be used, with why."""
 
     def describe(self, resource: str) -> str:
-        parts = [
-            f"{c.pod.ref}{'/' + c.container if c.container else ''} has {sorted(c.device_ids)}"
-            for c in self.claims
-        ]
+        parts = [f"{c.ref} has {sorted(c.device_ids)}" for c in self.claims]
         text = "; ".join(parts) if parts else f"no pending pod on this node holds {resource} devices"
         if self.invalid:
             text += (
@@ -106,7 +115,7 @@ def validated(pod: PendingPod, node_name: str) -> Allocation:
 
 
 def candidates(pods: Sequence[PendingPod], resource: str, node_name: str) -> Candidates:
-    """Every container grant of `resource` among the pods, plus the pods whose annotation is unusable."""
+    """Every grant of `resource` in the pods (oldest first), plus the pods whose annotation is unusable."""
     claims: list[Claim] = []
     invalid: list[tuple[PendingPod, str]] = []
     for pod in sorted(pods, key=lambda p: (p.created, p.ref)):
@@ -119,7 +128,10 @@ def candidates(pods: Sequence[PendingPod], resource: str, node_name: str) -> Can
         for grant in allocation.devices:
             if grant.resource == resource:
                 groups.setdefault(grant.container, set()).add(grant.id)
-        claims += [Claim(pod, allocation, name, frozenset(ids)) for name, ids in groups.items()]
+        for container, ids in groups.items():
+            asked = pod.requests.get(resource, ())
+            sizes = {len(ids)} if container is not None or not asked else set(asked)
+            claims.append(Claim(pod, allocation, container, frozenset(ids), frozenset(sizes)))
     return Candidates(tuple(claims), tuple(invalid))
 
 
@@ -129,45 +141,43 @@ def preferred(
     available: Sequence[str],
     must_include: Sequence[str],
     size: int,
-) -> Claim:
-    """The grant kubelet should pick for a container asking `size` devices out of `available`.
+) -> tuple[Claim, tuple[str, ...]]:
+    """The grant kubelet should pick from for a container asking `size` devices, and the ids to pick.
 
-    Only grants not yet served, of exactly `size` ids, all available and covering
+    Only ids not yet served, all still available to kubelet and covering
     `must_include` qualify. When pods that kubelet has not admitted yet tie, the
     oldest wins: kubelet admits pods in creation order.
     """
     free = frozenset(available)
     must = frozenset(must_include)
-    fitting = [
-        c
-        for c in found.claims
-        if len(c.device_ids) == size
-        and c.device_ids <= free
-        and must <= c.device_ids
-        and not c.device_ids & c.pod.served_ids(resource)
-    ]
-    if not fitting:
-        raise ResolveError(
-            f"no pending pod's {ANNOTATION} fits a request for {size} {resource} device(s) "
-            f"out of {sorted(free)} (must include {sorted(must)}): {found.describe(resource)}"
-        )
-    return fitting[0]
+    for claim in found.claims:
+        if size not in claim.sizes:
+            continue
+        pickable = (claim.device_ids - claim.pod.served_ids(resource)) & free
+        if not must <= pickable or len(pickable) < size:
+            continue
+        ids = tuple(sorted(must)) + tuple(sorted(pickable - must))[: size - len(must)]
+        return claim, ids
+    raise ResolveError(
+        f"no pending pod's {ANNOTATION} fits a request for {size} {resource} device(s) "
+        f"out of {sorted(free)} (must include {sorted(must)}): {found.describe(resource)}"
+    )
 
 
 def owner(found: Candidates, resource: str, requested: Sequence[str]) -> Claim:
-    """The one grant whose ids are exactly `requested`; ResolveError if none or several."""
+    """The one grant that `requested` fits; ResolveError if none or several."""
     wanted = frozenset(requested)
     if len(wanted) != len(requested):
         raise ResolveError(f"Allocate for {resource} names a device twice: {list(requested)}")
-    exact = [c for c in found.claims if c.device_ids == wanted]
-    if len(exact) == 1:
-        return exact[0]
-    if len(exact) > 1:
+    fitting = [c for c in found.claims if c.fits(wanted)]
+    if len(fitting) == 1:
+        return fitting[0]
+    if len(fitting) > 1:
         raise ResolveError(
             f"{resource} devices {sorted(wanted)} are granted to several pods: "
-            + ", ".join(c.pod.ref for c in exact)
+            + ", ".join(c.ref for c in fitting)
         )
     raise ResolveError(
-        f"no pending pod's {ANNOTATION} grants exactly {sorted(wanted)} of {resource}: "
+        f"no pending pod's {ANNOTATION} grants {sorted(wanted)} of {resource} to one container: "
         f"{found.describe(resource)}"
     )

@@ -177,7 +177,7 @@ def test_allocate_of_devices_no_pod_was_granted_fails_clearly_and_marks_nothing(
     with pytest.raises(grpc.RpcError) as refused:
         _allocate(plugin, [VF1], [VF0])
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert "grants exactly ['0000:3b:02.0'] of gedge.io/sriov-vf" in refused.value.details()
+    assert "grants ['0000:3b:02.0'] of gedge.io/sriov-vf to one container" in refused.value.details()
     assert "ml/trainer has ['0000:3b:02.1']" in refused.value.details()
 
     with pytest.raises(grpc.RpcError) as unknown:
@@ -271,3 +271,26 @@ def test_new_mig_profile_starts_a_new_plugin(kubelet, manager, topology):
 
     got = kubelet.wait_registrations(1)
     assert got["gedge.io/mig-2g.20gb"].endpoint == "gedge-mig-2g.20gb.sock"
+
+
+def test_two_containers_share_out_a_pod_level_grant_one_allocate_each(kubelet, manager, pods):
+    kubelet.wait_registrations(len(RESOURCES))
+    grants = [DeviceGrant(resource=VF, id=v, pci_address=v) for v in (VF0, VF2)]
+    pods.pods = [replace(pending("u1", "pair", grants), requests={VF: (1, 1)})]
+    plugin = kubelet.plugin(RESOURCES[VF])
+
+    def prefer(available: list[str]) -> list[str]:
+        ask = api_pb2.ContainerPreferredAllocationRequest(available_deviceIDs=available, allocation_size=1)
+        request = api_pb2.PreferredAllocationRequest(container_requests=[ask])
+        return list(plugin.GetPreferredAllocation(request, timeout=5).container_responses[0].deviceIDs)
+
+    first = prefer([VF0, VF1, VF2])
+    assert first == [VF0]
+    assert dict(_allocate(plugin, first).container_responses[0].envs) == {"PCIDEVICE_GEDGE_IO_SRIOV_VF": VF0}
+    second = prefer([VF1, VF2])
+    assert second == [VF2]
+    _allocate(plugin, second)
+
+    assert pods.marks == [("ml/pair", VF, (VF0,)), ("ml/pair", VF, (VF0, VF2))]
+    with pytest.raises(grpc.RpcError):
+        _allocate(plugin, [VF1])

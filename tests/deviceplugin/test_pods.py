@@ -30,7 +30,10 @@ def test_allocate_owner_is_the_pod_whose_grant_is_exactly_the_request():
 
     assert owner(found, VF, [VF2, VF1]).pod.name == "b"
     assert owner(found, VF, [VF0]).pod.name == "a"
-    with pytest.raises(ResolveError, match=r"grants exactly \['0000:3b:02.1'\].*ml/b has"):
+    # Pod b's one container asked for both VFs: half of them is not its request.
+    with pytest.raises(
+        ResolveError, match=r"grants \['0000:3b:02.1'\] of gedge.io/sriov-vf to one container.*ml/b has"
+    ):
         owner(found, VF, [VF1])
     with pytest.raises(ResolveError, match="names a device twice"):
         owner(found, VF, [VF0, VF0])
@@ -73,8 +76,8 @@ def test_preferred_picks_the_grant_that_fits_kubelets_request():
     pods = [pending("u1", "a", [vf(VF0)], created=2.0), pending("u2", "b", [vf(VF1), vf(VF2)], created=1.0)]
     found = candidates(pods, VF, NODE)
 
-    assert preferred(found, VF, [VF0, VF1, VF2], [], 2).pod.name == "b"
-    assert preferred(found, VF, [VF0, VF1, VF2], [], 1).pod.name == "a"
+    assert preferred(found, VF, [VF0, VF1, VF2], [], 2) == (found.claims[0], (VF1, VF2))
+    assert preferred(found, VF, [VF0, VF1, VF2], [], 1) == (found.claims[1], (VF0,))
     # Devices kubelet no longer has free cannot be preferred.
     with pytest.raises(ResolveError, match="fits a request for 2"):
         preferred(found, VF, [VF0, VF1], [], 2)
@@ -87,10 +90,10 @@ def test_preferred_tie_goes_to_the_oldest_pod_and_served_grants_drop_out():
     newer = pending("u2", "newer", [vf(VF0)], created=5.0)
     everything = [VF0, VF1, VF2]
 
-    assert preferred(candidates([newer, older], VF, NODE), VF, everything, [], 1).pod.name == "older"
+    assert preferred(candidates([newer, older], VF, NODE), VF, everything, [], 1)[1] == (VF1,)
 
     served = replace(older, marks={allocated_annotation(VF): VF1})
-    assert preferred(candidates([newer, served], VF, NODE), VF, everything, [], 1).pod.name == "newer"
+    assert preferred(candidates([newer, served], VF, NODE), VF, everything, [], 1)[1] == (VF0,)
 
 
 def test_other_resources_of_the_pod_are_not_claims():
@@ -102,3 +105,23 @@ def test_other_resources_of_the_pod_are_not_claims():
 def test_allocated_annotation_is_a_valid_kubernetes_key():
     assert allocated_annotation("gedge.io/mig-1g.10gb+me") == "gedge.io/allocated-mig-1g.10gb_me"
     assert allocated_annotation(VF) == "gedge.io/allocated-sriov-vf"
+
+
+def test_pod_level_grant_is_shared_out_by_the_containers_requests():
+    """The extender grants to the pod; kubelet asks per container, with that container's count."""
+    pod = replace(pending("u1", "a", [vf(VF0), vf(VF1), vf(VF2)]), requests={VF: (1, 2)})
+    found = candidates([pod], VF, NODE)
+
+    assert owner(found, VF, [VF2]).pod.name == "a"
+    assert owner(found, VF, [VF0, VF1]).pod.name == "a"
+    with pytest.raises(ResolveError, match="to one container"):
+        owner(found, VF, [VF0, VF1, VF2])
+    with pytest.raises(ResolveError, match="to one container"):
+        owner(found, VF, ["0000:3b:02.7"])
+
+    assert preferred(found, VF, [VF0, VF1, VF2], [], 2)[1] == (VF0, VF1)
+    assert preferred(found, VF, [VF0, VF1, VF2], [VF2], 2)[1] == (VF2, VF0)
+    with pytest.raises(ResolveError):
+        preferred(found, VF, [VF0, VF1, VF2], [], 3)
+    after_first = replace(pod, marks={allocated_annotation(VF): VF0})
+    assert preferred(candidates([after_first], VF, NODE), VF, [VF1, VF2], [], 2)[1] == (VF1, VF2)
