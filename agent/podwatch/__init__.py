@@ -1,5 +1,6 @@
 """The Kubernetes trigger of the apply path: a watch on the pods bound to this node."""
 
+from agent.podwatch.cluster import core_api
 from agent.podwatch.decide import Applied, Apply, Reject, Release, decide, reconcile
 from agent.podwatch.pods import PodView, pod_view
 from agent.podwatch.watch import PodWatcher, kubernetes_event_reporter
@@ -11,6 +12,7 @@ __all__ = [
     "PodWatcher",
     "Reject",
     "Release",
+    "core_api",
     "decide",
     "kubernetes_event_reporter",
     "pod_view",

@@ -21,11 +21,14 @@ from kubernetes.client.exceptions import ApiException
 from agent.apply.contract import AllocationApplier, ApplyError
 from agent.podwatch.decide import Action, Applied, Apply, Reject, Release, decide, reconcile
 from agent.podwatch.pods import PodView, pod_view
+from gedge_model import Allocation
 
 log = logging.getLogger(__name__)
 
 EventReporter = Callable[[PodView, str, str], None]
 """(pod, reason, message): how a refusal reaches the pod's owner."""
+AppliedListener = Callable[[tuple[Allocation, ...]], object]
+"""Told what is applied after every apply or release (the agent's reported state)."""
 
 
 class PodWatcher:
@@ -38,6 +41,7 @@ class PodWatcher:
         applier: AllocationApplier,
         *,
         report: EventReporter | None = None,
+        on_change: AppliedListener | None = None,
         resync_s: int = 300,
         retry_s: float = 5.0,
     ) -> None:
@@ -45,6 +49,7 @@ class PodWatcher:
         self.node_name = node_name
         self._applier = applier
         self._report = report or (lambda pod, reason, message: None)
+        self._on_change = on_change
         self._resync_s = resync_s
         self._retry_s = retry_s
         self._applied: dict[str, Applied] = {}
@@ -85,15 +90,19 @@ class PodWatcher:
         self._run(actions)
 
     def _run(self, actions: list[Action]) -> None:
+        changed = False
         for action in actions:
             if isinstance(action, Apply):
-                self._apply(action)
+                changed |= self._apply(action)
             elif isinstance(action, Release):
                 self._release(action)
+                changed = True
             elif isinstance(action, Reject):
                 self._reject(action)
+        if changed and self._on_change is not None:
+            self._on_change(tuple(self._applier.applied()))
 
-    def _apply(self, action: Apply) -> None:
+    def _apply(self, action: Apply) -> bool:
         uid = action.allocation.pod_uid
         try:
             self._applier.apply(action.allocation)
@@ -101,11 +110,12 @@ class PodWatcher:
             log.error("apply for %s failed: %s", action.pod, exc)
             pod = _view_of(action)
             self._report(pod, "ApplyFailed", str(exc))
-            return
+            return False
         with self._lock:
             self._applied[uid] = Applied(action.allocation, action.container_ids)
             self._rejected.pop(uid, None)
         log.info("applied allocation of %s", action.pod)
+        return True
 
     def _release(self, action: Release) -> None:
         self._applier.release(action.pod_uid)

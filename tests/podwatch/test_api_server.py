@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client as k8s
 
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
-from agent.podwatch import PodWatcher, kubernetes_event_reporter
+from agent.podwatch import PodWatcher, core_api, kubernetes_event_reporter
 from gedge_model import ANNOTATION, Allocation, DeviceGrant
 from protos.k8s.deviceplugin.v1beta1 import api_pb2
 from tests.deviceplugin.conftest import VF1, KubeletStandIn, host_root, make_topology, plugin_dir  # noqa: F401
@@ -27,8 +27,11 @@ MERGE = "application/merge-patch+json"
 
 
 @pytest.fixture
-def core(kube_api) -> k8s.CoreV1Api:  # noqa: F811
-    return k8s.CoreV1Api(kube_api)
+def core(control_plane) -> Iterator[k8s.CoreV1Api]:  # noqa: F811
+    api = core_api(str(control_plane.kubeconfig))
+    assert api is not None
+    yield api
+    api.api_client.close()
 
 
 @pytest.fixture

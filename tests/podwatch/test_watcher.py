@@ -98,3 +98,27 @@ def test_bookmarks_and_errors_do_not_reach_the_applier(watcher, applier):
 
 def test_field_selector_names_this_node(watcher):
     assert watcher.field_selector == "spec.nodeName=edge-1"
+
+
+def test_what_is_applied_is_published_after_each_change(applier):
+    published: list[tuple[str, ...]] = []
+
+    def publish(held) -> None:
+        published.append(tuple(a.name for a in held))
+
+    watcher = PodWatcher(None, NODE, applier, on_change=publish)
+
+    watcher.handle_event(event("MODIFIED", pod("u1", started=1)))
+    watcher.handle_event(event("MODIFIED", pod("u1", started=1, phase="Running")))
+    watcher.handle_event(event("MODIFIED", pod("u2", "second", started=1)))
+    watcher.handle_event(event("DELETED", pod("u1", started=1)))
+
+    assert published == [("trainer",), ("trainer", "second"), ("second",)]
+
+
+def test_without_kubernetes_there_is_no_api(monkeypatch):
+    from agent.podwatch import core_api
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+
+    assert core_api(None) is None
