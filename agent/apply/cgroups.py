@@ -189,3 +189,25 @@ class CpusetTree:
             if on_write is not None:
                 on_write(path, value)
         return writes
+
+
+def detect_cgroup_layout(mount: Path = Path("/sys/fs/cgroup")) -> tuple[Path, CgroupVersion, CgroupDriver]:
+    """The cpuset hierarchy root, cgroup version and kubelet's cgroup driver on this node.
+
+    Unified (v2) when `mount` itself is a cgroup2 root, else the v1 cpuset
+    hierarchy under it; the driver shows in kubelet's top cgroup name.
+    """
+    controllers = mount / "cgroup.controllers"
+    if controllers.exists():
+        if "cpuset" not in controllers.read_text().split():
+            raise CgroupError(f"cgroup v2 at {mount} has no cpuset controller enabled")
+        root, version = mount, CgroupVersion.V2
+    elif (mount / "cpuset" / "cpuset.cpus").exists():
+        root, version = mount / "cpuset", CgroupVersion.V1
+    else:
+        raise CgroupError(f"no cpuset hierarchy under {mount} (neither cgroup v2 nor v1 cpuset)")
+    if (root / "kubepods.slice").is_dir():
+        return root, version, CgroupDriver.SYSTEMD
+    if (root / "kubepods").is_dir():
+        return root, version, CgroupDriver.CGROUPFS
+    raise CgroupError(f"no kubepods cgroup under {root} (is kubelet running on this node?)")

@@ -183,8 +183,13 @@ class ApplyManager:
             for record in data.pods:
                 uid = record.allocation.pod_uid
                 if uid not in live:
-                    self.release(uid)
-                    released.append(uid)
+                    try:
+                        self.release(uid)
+                        released.append(uid)
+                    except ApplyError as exc:
+                        log.error(
+                            "release of a gone pod failed; retried on the next call", pod=uid, error=str(exc)
+                        )
             data = self._load()
             self._converge_cpusets(data)
             for record in data.pods:
@@ -223,7 +228,10 @@ class ApplyManager:
         if data.intent.op == "apply":
             self._undo_failed(data.intent.record, data, data.pod(uid))
         else:
-            self._do_release(data.intent.record, data.without_pod(uid))
+            try:
+                self._do_release(data.intent.record, data.without_pod(uid))
+            except (CgroupError, NicError) as exc:
+                raise ApplyError(f"pod {uid}: an interrupted release could not be finished: {exc}") from None
         return self._load()
 
     def _allowed(self) -> Cpuset:

@@ -392,6 +392,7 @@ def measure(a: Endpoint, b: Endpoint, budget: Budget, result: PathResult, progre
 
 def run_datapath(*, short: bool, prefix: str, progress: Progress) -> dict:
     budget = Budget.for_mode(short)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     overlay = OverlayPath(prefix)
     data = DataPath(prefix)
     results = {
@@ -408,6 +409,7 @@ def run_datapath(*, short: bool, prefix: str, progress: Progress) -> dict:
     o, d = results["overlay"].summary(), results["data"].summary()
     return {
         "bench": "datapath",
+        "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
         "short": short,
         "budget": asdict(budget),
         "paths": {"overlay": o, "data": d},
@@ -446,4 +448,8 @@ def format_datapath(report: dict) -> str:
         ("", f"{o['label']}", f"{d['label']}", "gain", ""),
         [(m, f"{a}", f"{b}", f"{g}x" if g != "" else "", how) for m, a, b, g, how in rows],
     )
-    return f"{table}\n\noverlay:   {o['detail']}\ndata path: {d['detail']}"
+    load = report["load_average"]
+    return (
+        f"{table}\n\noverlay:   {o['detail']}\ndata path: {d['detail']}\n"
+        f"load average (1 min) before/after: {load['before'][0]} / {load['after'][0]}"
+    )

@@ -210,6 +210,7 @@ def one_run(box: Sandbox, mode: str, mib: int) -> RunResult:
 
 def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus: int = 1) -> dict:
     budget = Budget.for_mode(short)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     runs: list[RunResult] = []
     progress(f"building the cgroup sandbox {CPUSET_V1 / prefix}")
     with Sandbox(prefix) as box:
@@ -245,6 +246,7 @@ def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus:
         }
     return {
         "bench": "pinning",
+        "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
         "short": short,
         "budget": asdict(budget),
         "node_cpus": cpus,
@@ -272,4 +274,6 @@ def format_pinning(report: dict) -> str:
         ("noisy neighbour CPUs", format_cpu_list(s["noise_cpus"]), format_cpu_list(e["noise_cpus"]), ""),
         ("runs", str(len(s["seconds"])), str(len(e["seconds"])), ""),
     ]
-    return render_table(("", "shared CPUs", "exclusive cpuset", "shared / exclusive"), rows)
+    table = render_table(("", "shared CPUs", "exclusive cpuset", "shared / exclusive"), rows)
+    load = report["load_average"]
+    return f"{table}\n\nload average (1 min) before/after: {load['before'][0]} / {load['after'][0]}"

@@ -15,6 +15,7 @@ from agent.apply.cgroups import (
     QosClass,
     container_cgroup,
     container_cgroups_by_pod,
+    detect_cgroup_layout,
     normalize_container_id,
     pod_cgroup,
     validate_pod_uid,
@@ -210,3 +211,39 @@ def test_writes_outside_the_root_are_refused(tmp_path: Path) -> None:
     tree = CpusetTree(tmp_path / "root", CgroupVersion.V2)
     with pytest.raises(CgroupError, match="outside the cgroup root"):
         tree.apply({tmp_path / "elsewhere": cs("0")})
+
+
+@pytest.mark.parametrize(
+    ("layout", "expected"),
+    [
+        (
+            ("cgroup.controllers=cpuset cpu io", "kubepods.slice/"),
+            ("", CgroupVersion.V2, CgroupDriver.SYSTEMD),
+        ),
+        (("cgroup.controllers=cpu cpuset", "kubepods/"), ("", CgroupVersion.V2, CgroupDriver.CGROUPFS)),
+        (
+            ("cpuset/cpuset.cpus=0-3", "cpuset/kubepods.slice/"),
+            ("cpuset", CgroupVersion.V1, CgroupDriver.SYSTEMD),
+        ),
+        (("cpuset/cpuset.cpus=0-3", "cpuset/kubepods/"), ("cpuset", CgroupVersion.V1, CgroupDriver.CGROUPFS)),
+    ],
+)
+def test_detect_cgroup_layout(tmp_path: Path, layout: tuple[str, ...], expected: tuple) -> None:
+    for entry in layout:
+        name, _, content = entry.partition("=")
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir() if name.endswith("/") else path.write_text(content)
+    root, version, driver = detect_cgroup_layout(tmp_path)
+    assert (root, version, driver) == (tmp_path / expected[0], expected[1], expected[2])
+
+
+def test_detect_cgroup_layout_errors(tmp_path: Path) -> None:
+    with pytest.raises(CgroupError, match="no cpuset hierarchy"):
+        detect_cgroup_layout(tmp_path)
+    (tmp_path / "cgroup.controllers").write_text("cpu io memory")
+    with pytest.raises(CgroupError, match="no cpuset controller"):
+        detect_cgroup_layout(tmp_path)
+    (tmp_path / "cgroup.controllers").write_text("cpuset")
+    with pytest.raises(CgroupError, match="no kubepods cgroup"):
+        detect_cgroup_layout(tmp_path)
