@@ -41,6 +41,10 @@ def read_cpus(fs: SysfsTree) -> CpuInventory:
     cpus = tuple(
         _read_cpu(fs, cpu_id, cpu_id in online_ids, node_of.get(cpu_id)) for cpu_id in sorted(cpu_ids)
     )
+    if any(name.startswith("node") for name in fs.listdir(NODE_DIR)):
+        for cpu in cpus:
+            if cpu.online and cpu.numa_node is None:
+                fs.warn(f"{fs.shown(f'{CPU_DIR}/cpu{cpu.id}')}: online but in no NUMA node's CPU list")
     online_nodes = tuple(replace(node, cpus=tuple(c for c in node.cpus if c in online_ids)) for node in nodes)
     return CpuInventory(cpus, online_nodes)
 

@@ -110,3 +110,13 @@ def test_empty_root_gives_an_empty_node_and_a_warning(tmp_path: Path) -> None:
     topo = discover(tmp_path, node_name="empty")
     assert topo.cpus == () and topo.pci_devices == ()
     assert "/sys/devices/system/cpu: no CPUs found" in topo.warnings
+
+
+def test_online_cpu_outside_every_numa_node_is_a_warning(tmp_path: Path) -> None:
+    b = SysfsBuilder(tmp_path)
+    for cpu in range(3):
+        b.cpu(cpu)
+    b.node(0, (0, 1), 1024, (10,))
+    topo = discover(tmp_path, node_name="x")
+    assert topo.cpus[2].numa_node is None
+    assert topo.warnings == ("/sys/devices/system/cpu/cpu2: online but in no NUMA node's CPU list",)

@@ -18,6 +18,7 @@ def test_eight_gpus_joined_to_sysfs_with_nvlink_to_every_peer(tmp_path: Path, mo
     box = build_box(tmp_path, model)
     topo = discover(box.root, gpu_source=NvmlGpuSource(box.nvml))
     assert topo.warnings == ()
+    assert topo.node_name == f"{model.lower()}-box"
     assert [g.pci_address for g in topo.gpus] == list(box.gpu_addresses)
     assert [g.index for g in topo.gpus] == list(range(8))
     for gpu in topo.gpus:
