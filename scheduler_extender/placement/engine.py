@@ -30,6 +30,8 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
@@ -49,6 +51,7 @@ from scheduler_extender.placement.index import (
     NetEntry,
     TopologyIndex,
     cpu_level,
+    priced,
     topology_index,
 )
 from scheduler_extender.placement.request import PodRequest
@@ -164,7 +167,36 @@ def _used(state: NodeState, reserved: Iterable[Allocation]) -> tuple[dict[str, s
     return devices, cpus
 
 
+_free_cache: dict[int, tuple[weakref.ref[NodeState], tuple[Allocation, ...], _Free]] = {}
+_free_lock = threading.Lock()
+
+
 def _free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allocation]) -> _Free:
+    """What is free on the node, kept per state object (a state never changes) and reserved set."""
+    held = tuple(reserved)
+    key = id(state)
+    hit = _free_cache.get(key)
+    if (
+        hit is not None
+        and hit[0]() is state
+        and len(hit[1]) == len(held)
+        and all(a is b for a, b in zip(hit[1], held, strict=True))
+    ):
+        return hit[2]
+    free = _compute_free(index, state, held)
+
+    def drop(_: object, key: int = key) -> None:
+        with _free_lock:
+            entry = _free_cache.get(key)
+            if entry is not None and entry[0]() is None:
+                del _free_cache[key]
+
+    with _free_lock:
+        _free_cache[key] = (weakref.ref(state, drop), held, free)
+    return free
+
+
+def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allocation]) -> _Free:
     used, used_cpus = _used(state, reserved)
     whole_used = used.get(RESOURCE_GPU, set())
     shared_ids = used.get(RESOURCE_GPU_SHARED, set())
@@ -259,6 +291,8 @@ def free_capacity(state: NodeState, reserved: Iterable[Allocation] = ()) -> Mapp
 
 # -- the search -------------------------------------------------------------------------------------
 
+_EPS = 1e-9
+
 
 @dataclass(frozen=True)
 class _GpuPick:
@@ -267,12 +301,12 @@ class _GpuPick:
     gpus: tuple[int, ...]
     """Distinct physical GPUs, ascending."""
     frag: float
+    pair_cost: float
 
 
 @dataclass(frozen=True)
 class _Choice:
     cost: float
-    worst: int
     span: int
     frag: float
     pick: _GpuPick
@@ -282,9 +316,29 @@ class _Choice:
     rdmas: tuple[NetEntry, ...]
     nic: NetEntry | None
 
-    @property
-    def key(self) -> tuple[float, int, float]:
-        return (round(self.cost, 9), self.span, self.frag)
+    def better_than(self, other: _Choice | None) -> bool:
+        if other is None or self.cost < other.cost - _EPS:
+            return True
+        if self.cost > other.cost + _EPS:
+            return False
+        return (self.span, self.frag) < (other.span, other.frag)
+
+    def numas(self, index: TopologyIndex) -> set[int]:
+        found = {index.gpus[g].numa for g in self.pick.gpus}
+        found |= {g.numa for g, _ in self.vfs} | {r.numa for r in self.rdmas} | set(self.cpu_numas)
+        if self.nic is not None:
+            found.add(self.nic.numa)
+        return found - {NO_NUMA}
+
+    def worst(self, index: TopologyIndex) -> int:
+        """The farthest level among the pairs the cost counts."""
+        gpus = self.pick.gpus
+        levels = [index.gpu_levels[a][b] for a, b in combinations(gpus, 2)]
+        nets = [g for g, _ in self.vfs] + list(self.rdmas) + ([self.nic] if self.nic else [])
+        levels += [n.gpu_levels[g] for n in nets for g in gpus]
+        device_numas = [index.gpus[g].numa for g in gpus] + [n.numa for n in nets]
+        levels += [cpu_level(a, m) for a in device_numas for m in self.cpu_numas]
+        return max(levels, default=0)
 
 
 @dataclass(frozen=True)
@@ -318,7 +372,7 @@ def _describe(request: PodRequest) -> str:
     return ", ".join(parts) or "nothing"
 
 
-def _shortfalls(index: TopologyIndex, request: PodRequest, free: _Free) -> list[str]:
+def _shortfalls(request: PodRequest, free: _Free) -> list[str]:
     """What `free` lacks for the request, one phrase per resource ('2 gedge.io/gpu (1 free)')."""
     needs = _needs(request)
     out = []
@@ -333,18 +387,21 @@ def _shortfalls(index: TopologyIndex, request: PodRequest, free: _Free) -> list[
         check(n, len(free.migs.get(profile, ())), f"{RESOURCE_MIG_PREFIX}{profile}")
     check(needs.vfs, free.free_vfs(), RESOURCE_SRIOV_VF)
     check(needs.rdmas, len(free.rdmas), RESOURCE_RDMA)
-    if request.communication and not needs.vfs and not free.vfs and not free.nics:
+    if needs.optional_vf and not free.vfs and not free.nics:
         out.append("a data-path NIC for gedge.io/communication (none)")
-    check(request.cpus, free.cpu_count(), "pinned CPUs")
+    if request.cpus:
+        check(request.cpus, free.cpu_count(), "pinned CPUs")
     return out
 
 
 class _Search:
+    """One request against one node's index; `best` runs over any (policy-filtered) free set."""
+
     def __init__(self, index: TopologyIndex, request: PodRequest, config: PlacementConfig) -> None:
         self.index = index
         self.request = request
         self.config = config
-        self.w = config.weight_by_ordinal
+        self.priced = priced(index, config.weight_by_ordinal)
         self.needs = _needs(request)
         self.aware = request.topology_aware
         self.switch_limit = ORDINAL[config.same_switch_level] if request.policy == "same-switch" else None
@@ -352,61 +409,78 @@ class _Search:
     # GPU side
 
     def gpu_picks(self, free: _Free) -> list[_GpuPick]:
+        """Candidate GPU-side choices, cheapest GPU pairs first, one per class of equivalent choices."""
         request = self.request
-        picks = [_GpuPick((), (), 0.0)]
+        picks = [_GpuPick((), (), 0.0, 0.0)]
         if request.gpus:
             picks = self._whole(free)
         if request.gpu_shared:
             units = [(RESOURCE_GPU_SHARED, rid, pos) for pos, ids in free.replicas.items() for rid in ids]
+            rank = self._replica_rank(free)
             picks = [
                 ext
                 for pick in picks
                 for ext in self._extend(
-                    pick,
-                    [u for u in units if u[2] not in pick.gpus],
-                    request.gpu_shared,
-                    self._replica_frag(free),
+                    pick, [u for u in units if u[2] not in pick.gpus], request.gpu_shared, rank
                 )
             ]
-        for profile, count in request.mig:
-            units = [(RESOURCE_MIG_PREFIX + profile, uuid, pos) for pos, uuid in free.migs.get(profile, ())]
+        if request.mig:
             left: dict[int, int] = {}
             for instances in free.migs.values():
                 for pos, _ in instances:
                     left[pos] = left.get(pos, 0) + 1
-            picks = [ext for pick in picks for ext in self._extend(pick, units, count, left)]
+            for profile, count in request.mig:
+                units = [
+                    (RESOURCE_MIG_PREFIX + profile, uuid, pos) for pos, uuid in free.migs.get(profile, ())
+                ]
+                picks = [ext for pick in picks for ext in self._extend(pick, units, count, left)]
+        if len(picks) > 1:
+            picks = self._distinct(picks)
         return picks
 
-    def _replica_frag(self, free: _Free) -> dict[int, int]:
-        """Per GPU, the preference rank for one more replica: lower is preferred."""
+    def _distinct(self, picks: list[_GpuPick]) -> list[_GpuPick]:
+        """Drop picks equivalent to an earlier one: same GPU classes, pair cost and fragmentation."""
+        classes = self.index.gpu_class
+        seen: set[tuple[object, ...]] = set()
+        out = []
+        for pick in sorted(picks, key=lambda p: (p.pair_cost, p.frag)):
+            key = (tuple(sorted(classes[g] for g in pick.gpus)), round(pick.pair_cost, 9), pick.frag)
+            if key not in seen:
+                seen.add(key)
+                out.append(pick)
+        return out
+
+    def _replica_rank(self, free: _Free) -> dict[int, int]:
+        """Per GPU, the preference for one more replica: lower is preferred."""
         if self.config.timeslice_strategy == "pack":
             return {pos: len(ids) for pos, ids in free.replicas.items()}
         return {pos: -len(ids) for pos, ids in free.replicas.items()}
 
     def _pair_cost(self, gpus: Sequence[int]) -> float:
-        levels, w = self.index.gpu_levels, self.w
-        return sum(w[levels[a][b]] for a, b in combinations(gpus, 2))
+        pairs = self.priced.gpu_pairs
+        return sum(pairs[a][b] for a, b in combinations(gpus, 2))
 
     def _whole(self, free: _Free) -> list[_GpuPick]:
         n = self.request.gpus
         pool = free.whole
         if len(pool) < n:
             return []
+        gpus = self.index.gpus
         group_free: dict[tuple[str, ...], int] = {}
         for pos in pool:
-            group = self.index.gpus[pos].group
-            group_free[group] = group_free.get(group, 0) + 1
+            group_free[gpus[pos].group] = group_free.get(gpus[pos].group, 0) + 1
 
-        def pick(gpus: Sequence[int]) -> _GpuPick:
-            ordered = tuple(sorted(gpus))
-            frag = float(sum(group_free[self.index.gpus[p].group] for p in ordered))
-            return _GpuPick(tuple((RESOURCE_GPU, self.index.gpus[p].uuid, p) for p in ordered), ordered, frag)
+        def pick(chosen: Sequence[int]) -> _GpuPick:
+            ordered = tuple(sorted(chosen))
+            frag = float(sum(group_free[gpus[p].group] for p in ordered))
+            grants = tuple((RESOURCE_GPU, gpus[p].uuid, p) for p in ordered)
+            return _GpuPick(grants, ordered, frag, self._pair_cost(ordered))
 
         if not self.aware:
             return [pick(pool[:n])]
         if math.comb(len(pool), n) <= self.config.max_exhaustive:
             return [pick(c) for c in combinations(pool, n)]
-        levels, w = self.index.gpu_levels, self.w
+        pairs = self.priced.gpu_pairs
         seen: set[tuple[int, ...]] = set()
         out = []
         for seed in pool:
@@ -414,12 +488,7 @@ class _Search:
             rest = [p for p in pool if p != seed]
             while len(chosen) < n:
                 best = min(
-                    rest,
-                    key=lambda p: (
-                        sum(w[levels[p][c]] for c in chosen),
-                        group_free[self.index.gpus[p].group],
-                        p,
-                    ),
+                    rest, key=lambda p: (sum(pairs[p][c] for c in chosen), group_free[gpus[p].group], p)
                 )
                 chosen.append(best)
                 rest.remove(best)
@@ -432,26 +501,34 @@ class _Search:
     def _extend(
         self, base: _GpuPick, units: list[tuple[str, str, int]], count: int, rank: Mapping[int, int]
     ) -> list[_GpuPick]:
-        """`count` more units (replicas or MIG instances), nearest to the GPUs already chosen."""
-        used_ids = {g[1] for g in base.grants}
-        units = [u for u in units if u[1] not in used_ids]
+        """`count` more units (replicas or MIG instances), nearest to the GPUs already chosen.
+
+        With no GPU chosen yet, every GPU holding a unit seeds one candidate.
+        """
+        taken = {g[1] for g in base.grants}
+        units = [u for u in units if u[1] not in taken]
         if len(units) < count:
             return []
         if not self.aware:
-            chosen = units[:count]
-            return [self._grow(base, chosen, rank)]
-        levels, w = self.index.gpu_levels, self.w
-        seeds = sorted({u[2] for u in units}) if not base.gpus else [None]
+            return [self._grow(base, units[:count], rank)]
+        pairs = self.priced.gpu_pairs
+        if base.gpus:
+            seeds: list[int | None] = [None]
+        else:
+            classes = self.index.gpu_class
+            seen_seed: set[tuple[int, int]] = set()
+            seeds = []
+            for pos in sorted({u[2] for u in units}, key=lambda p: (rank.get(p, 0), p)):
+                if (classes[pos], rank.get(pos, 0)) not in seen_seed:
+                    seen_seed.add((classes[pos], rank.get(pos, 0)))
+                    seeds.append(pos)
         out = []
         for seed in seeds:
             gpus = list(base.gpus) if seed is None else [seed]
             left = list(units)
             chosen: list[tuple[str, str, int]] = []
             while len(chosen) < count:
-                best = min(
-                    left,
-                    key=lambda u: (sum(w[levels[u[2]][g]] for g in gpus), rank.get(u[2], 0), u[2]),
-                )
+                best = min(left, key=lambda u: (sum(pairs[u[2]][g] for g in gpus), rank.get(u[2], 0), u[2]))
                 chosen.append(best)
                 left.remove(best)
                 if best[2] not in gpus:
@@ -461,7 +538,8 @@ class _Search:
 
     def _grow(self, base: _GpuPick, units: list[tuple[str, str, int]], rank: Mapping[int, int]) -> _GpuPick:
         gpus = tuple(sorted({*base.gpus, *(u[2] for u in units)}))
-        return _GpuPick(base.grants + tuple(units), gpus, base.frag + sum(rank.get(u[2], 0) for u in units))
+        frag = base.frag + sum(rank.get(u[2], 0) for u in units)
+        return _GpuPick(base.grants + tuple(units), gpus, frag, self._pair_cost(gpus))
 
     # CPU side
 
@@ -474,131 +552,114 @@ class _Search:
             return []
         if not self.aware:
             return [_take_cpus(free, sorted(free.cores), n)]
-        options = {}
+        options: dict[tuple[int, ...], tuple[tuple[int, ...], tuple[int, ...]]] = {}
         for numa in sorted(free.cores):
             if not free.cores[numa] and not free.threads.get(numa):
                 continue
             order = [m for m in self.index.numa_order.get(numa, (numa,)) if m in free.cores]
             option = _take_cpus(free, order, n)
-            options.setdefault(option[0], option)
+            options.setdefault(option[1], option)
         return list(options.values())
 
     # network side and the whole evaluation
 
-    def best(self, free: _Free) -> _Choice | None:
-        if _shortfalls(self.index, self.request, free):
+    def _allowed(self, entries: Iterable[NetEntry], gpus: tuple[int, ...]) -> list[NetEntry]:
+        limit = self.switch_limit
+        if limit is None or not gpus:
+            return list(entries)
+        return [e for e in entries if max(e.gpu_levels[g] for g in gpus) <= limit]
+
+    def best(self, free: _Free, checked: bool = False) -> _Choice | None:
+        """The cheapest choice from `free`; `checked` says the caller saw no shortfall already."""
+        if not checked and _shortfalls(self.request, free):
             return None
-        best: _Choice | None = None
+        needs = self.needs
+        want_vfs = needs.vfs or (1 if needs.optional_vf else 0)
+        rows = self.priced.net_rows
+        near, far = self.priced.near, self.priced.far
+        gpu_numa = [g.numa for g in self.index.gpus]
         cpu_options = self.cpu_options(free)
+        vf_members = {g.slot: m for g, m in free.vfs}
+        best: _Choice | None = None
+        nv = ORDINAL[Level.NV]
         for pick in self.gpu_picks(free):
-            gpu_cost = self._pair_cost(pick.gpus)
-            gpu_worst = max((self.index.gpu_levels[a][b] for a, b in combinations(pick.gpus, 2)), default=0)
-            if self.switch_limit is not None and gpu_worst > max(self.switch_limit, ORDINAL[Level.NV]):
+            gpus = pick.gpus
+            if best is not None and pick.pair_cost > best.cost + _EPS:
                 continue
-            for cpus, numas in cpu_options:
-                choice = self._evaluate(free, pick, gpu_cost, gpu_worst, cpus, numas)
-                if choice is not None and (best is None or choice.key < best.key):
+            if self.switch_limit is not None:
+                levels = self.index.gpu_levels
+                if any(levels[a][b] > max(self.switch_limit, nv) for a, b in combinations(gpus, 2)):
+                    continue
+            # network entries with their GPU-side price, before CPUs
+            vf_base = [
+                (sum(rows[e.slot][g] for g in gpus), e) for e in self._allowed((g for g, _ in free.vfs), gpus)
+            ]
+            rd_base = [(sum(rows[e.slot][g] for g in gpus), e) for e in self._allowed(free.rdmas, gpus)]
+            nic_base = [(sum(rows[e.slot][g] for g in gpus), e) for e in self._allowed(free.nics, gpus)]
+            for cpus, cpu_numas in cpu_options:
+                cost = pick.pair_cost
+                for g in gpus:
+                    a = gpu_numa[g]
+                    for m in cpu_numas:
+                        cost += near if a == m or a < 0 or m < 0 else far
+
+                def with_cpus(
+                    base: list[tuple[float, NetEntry]], numas: tuple[int, ...] = cpu_numas
+                ) -> list[tuple[float, NetEntry]]:
+                    if not numas:
+                        return base
+                    return [
+                        (p + sum(near if e.numa == m or e.numa < 0 or m < 0 else far for m in numas), e)
+                        for p, e in base
+                    ]
+
+                vfs: list[tuple[NetEntry, str]] = []
+                if want_vfs:
+                    priced_vfs = with_cpus(vf_base)
+                    if self.aware:
+                        priced_vfs.sort(key=lambda p: p[0])
+                    for price, entry in priced_vfs:
+                        for member in vf_members[entry.slot]:
+                            if len(vfs) == want_vfs:
+                                break
+                            vfs.append((entry, member))
+                            cost += price
+                    if len(vfs) < needs.vfs:
+                        continue
+                rdmas: list[NetEntry] = []
+                if needs.rdmas:
+                    priced_rd = with_cpus(rd_base)
+                    if len(priced_rd) < needs.rdmas:
+                        continue
+                    if self.aware:
+                        masters = {g.master for g, _ in vfs}
+                        priced_rd.sort(key=lambda p: (p[0], not masters.intersection(p[1].netdevs)))
+                    for price, entry in priced_rd[: needs.rdmas]:
+                        rdmas.append(entry)
+                        cost += price
+                nic = None
+                if needs.optional_vf and not vfs:
+                    priced_nic = with_cpus(nic_base)
+                    if not priced_nic:
+                        continue
+                    if self.aware:
+                        netdevs = {d for r in rdmas for d in r.netdevs}
+                        priced_nic.sort(key=lambda p: (p[0], p[1].ident not in netdevs))
+                    price, nic = priced_nic[0]
+                    cost += price
+                if best is not None and cost > best.cost + _EPS:
+                    continue
+                numas = {gpu_numa[g] for g in gpus}
+                numas.update(cpu_numas, (e.numa for e, _ in vfs), (e.numa for e in rdmas))
+                if nic is not None:
+                    numas.add(nic.numa)
+                numas.discard(NO_NUMA)
+                choice = _Choice(
+                    cost, len(numas), pick.frag, pick, cpus, cpu_numas, tuple(vfs), tuple(rdmas), nic
+                )
+                if choice.better_than(best):
                     best = choice
         return best
-
-    def _net_cost(
-        self, entry: NetEntry, gpus: Sequence[int], numas: Sequence[int]
-    ) -> tuple[float, int] | None:
-        w = self.w
-        levels = [entry.gpu_levels[g] for g in gpus]
-        if self.switch_limit is not None and levels and max(levels) > self.switch_limit:
-            return None
-        levels += [cpu_level(entry.numa, m) for m in numas]
-        return sum(w[lv] for lv in levels), max(levels, default=0)
-
-    def _evaluate(
-        self,
-        free: _Free,
-        pick: _GpuPick,
-        gpu_cost: float,
-        gpu_worst: int,
-        cpus: tuple[int, ...],
-        numas: tuple[int, ...],
-    ) -> _Choice | None:
-        w, index, needs = self.w, self.index, self.needs
-        gpus = pick.gpus
-        cost, worst = gpu_cost, gpu_worst
-        device_numas = {index.gpus[g].numa for g in gpus}
-        for g in gpus:
-            for m in numas:
-                lv = cpu_level(index.gpus[g].numa, m)
-                cost += w[lv]
-                worst = max(worst, lv)
-
-        vfs: list[tuple[NetEntry, str]] = []
-        want_vfs = needs.vfs or (1 if needs.optional_vf else 0)
-        if want_vfs:
-            priced = []
-            for group, members in free.vfs:
-                price = self._net_cost(group, gpus, numas)
-                if price is not None:
-                    priced.append((price, group, members))
-            if self.aware:
-                priced.sort(key=lambda p: (p[0][0], len(p[2])))
-            for price, group, members in priced:
-                for member in members:
-                    if len(vfs) == want_vfs:
-                        break
-                    vfs.append((group, member))
-                    cost += price[0]
-                    worst = max(worst, price[1])
-                    device_numas.add(group.numa)
-            if len(vfs) < needs.vfs:
-                return None
-
-        rdmas: list[NetEntry] = []
-        if needs.rdmas:
-            vf_masters = {g.master for g, _ in vfs}
-            priced_r = []
-            for entry in free.rdmas:
-                price = self._net_cost(entry, gpus, numas)
-                if price is not None:
-                    priced_r.append((price, entry))
-            if self.aware:
-                priced_r.sort(key=lambda p: (p[0][0], not vf_masters.intersection(p[1].netdevs)))
-            if len(priced_r) < needs.rdmas:
-                return None
-            for price, entry in priced_r[: needs.rdmas]:
-                rdmas.append(entry)
-                cost += price[0]
-                worst = max(worst, price[1])
-                device_numas.add(entry.numa)
-
-        nic = None
-        if needs.optional_vf and not vfs:
-            priced_n = []
-            for entry in free.nics:
-                price = self._net_cost(entry, gpus, numas)
-                if price is not None:
-                    priced_n.append((price, entry))
-            if not priced_n:
-                return None
-            if self.aware:
-                rdma_netdevs = {d for r in rdmas for d in r.netdevs}
-                priced_n.sort(key=lambda p: (p[0][0], p[1].ident not in rdma_netdevs))
-            price, nic = priced_n[0]
-            cost += price[0]
-            worst = max(worst, price[1])
-            device_numas.add(nic.numa)
-
-        known = (device_numas | set(numas)) - {NO_NUMA}
-        return _Choice(
-            cost=cost,
-            worst=worst,
-            span=len(known),
-            frag=pick.frag,
-            pick=pick,
-            cpus=cpus,
-            cpu_numas=numas,
-            vfs=tuple(vfs),
-            rdmas=tuple(rdmas),
-            nic=nic,
-        )
 
 
 def _take_cpus(free: _Free, order: Sequence[int], n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -606,27 +667,20 @@ def _take_cpus(free: _Free, order: Sequence[int], n: int) -> tuple[tuple[int, ..
     taken: list[int] = []
     numas: list[int] = []
     for numa in order:
-        need = n - len(taken)
-        if need <= 0:
+        if len(taken) >= n:
             break
         before = len(taken)
-        cores = free.cores.get(numa, [])
-        spare = free.threads.get(numa, [])
         unused_cores = []
-        for core in cores:
+        for core in free.cores.get(numa, ()):
             if len(core) <= n - len(taken):
                 taken.extend(core)
             else:
                 unused_cores.append(core)
-        need = n - len(taken)
-        if need > 0:
-            taken.extend(spare[:need])
-            need = n - len(taken)
+        taken.extend(free.threads.get(numa, ())[: n - len(taken)])
         for core in unused_cores:
-            if need <= 0:
+            if len(taken) >= n:
                 break
-            taken.extend(core[:need])
-            need = n - len(taken)
+            taken.extend(core[: n - len(taken)])
         if len(taken) > before:
             numas.append(numa)
     return tuple(sorted(taken)), tuple(sorted(numas))
@@ -688,10 +742,10 @@ def _search_within(search: _Search, free: _Free, span: int) -> tuple[_Choice | N
     for subset in combinations(numas, min(span, len(numas))) if numas else [()]:
         allowed = free.within(search.index, frozenset(subset))
         choice = search.best(allowed)
-        if choice is not None and choice.span <= span and (best is None or choice.key < best.key):
+        if choice is not None and choice.span <= span and choice.better_than(best):
             best = choice
         elif choice is None:
-            short = _shortfalls(search.index, search.request, allowed)
+            short = _shortfalls(search.request, allowed)
             where = "+".join(f"node{n}" for n in subset) or "node"
             lacks.append(f"{where}: " + ("; ".join(short) if short else "no aligned combination"))
     return best, lacks
@@ -714,13 +768,13 @@ def place(
         if kind != "GPU" and kind not in index.accelerator_kinds:
             return Refusal(f"node {node}: needs an {kind} (gedge.io/compute), none on this node")
     free = _free(index, state, reserved)
-    short = _shortfalls(index, request, free)
+    short = _shortfalls(request, free)
     if short:
         return Refusal(f"node {node}: needs " + "; ".join(short))
     search = _Search(index, request, config)
     policy = request.policy if request.topology_aware else "best-effort"
     if policy == "best-effort":
-        choice = search.best(free)
+        choice = search.best(free, checked=True)
         lacks: list[str] = []
     else:
         span = 1 if policy in ("single-numa", "same-switch") else _narrowest_span(index, request)
@@ -780,7 +834,7 @@ def _allocation(index: TopologyIndex, state: NodeState, request: PodRequest, cho
         cpus=choice.cpus,
         numa_nodes=tuple(sorted(numas - {NO_NUMA})),
         cost=round(choice.cost, 6),
-        worst_level=LEVELS[choice.worst].value,
+        worst_level=LEVELS[choice.worst(index)].value,
         network=network,
     )
 

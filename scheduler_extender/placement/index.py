@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from gedge_model import DeviceKind, Level, NodeTopology, pci_distance
 
@@ -60,6 +60,8 @@ class NetEntry:
     master: str = ""
     """The PF netdev a VF belongs to, or the NIC itself."""
     netdevs: tuple[str, ...] = ()
+    slot: int = 0
+    """Position among all network entries (VF groups, then RDMA devices, then NICs)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,40 @@ class TopologyIndex:
     gpu_by_uuid: Mapping[str, int]
     gpu_by_mig: Mapping[str, int]
     accelerator_kinds: frozenset[str]
+    gpu_class: tuple[int, ...] = ()
+    """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
+    priced: dict[tuple[float, ...], Priced] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def nets(self) -> tuple[NetEntry, ...]:
+        return (*self.vf_groups, *self.rdmas, *self.nics)
+
+
+@dataclass(frozen=True)
+class Priced:
+    """The index's levels turned into weights for one weight table."""
+
+    gpu_pairs: tuple[tuple[float, ...], ...]
+    net_rows: tuple[tuple[float, ...], ...]
+    """By NetEntry.slot: weight to every GPU."""
+    near: float
+    """Weight of a device against CPUs on its own NUMA node (PHB)."""
+    far: float
+    """... and across sockets (SYS)."""
+
+
+def priced(index: TopologyIndex, weights: tuple[float, ...]) -> Priced:
+    hit = index.priced.get(weights)
+    if hit is None:
+        hit = Priced(
+            gpu_pairs=tuple(tuple(weights[lv] for lv in row) for row in index.gpu_levels),
+            net_rows=tuple(tuple(weights[lv] for lv in n.gpu_levels) for n in index.nets),
+            near=weights[PHB],
+            far=weights[SYS],
+        )
+        if len(index.priced) < 16:
+            index.priced[weights] = hit
+    return hit
 
 
 _cache: dict[int, tuple[weakref.ref[NodeTopology], TopologyIndex]] = {}
@@ -183,6 +219,14 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         )
         for r in sorted(topology.rdma_devices, key=lambda r: (r.pci_address, r.name))
     )
+    vf_groups = [replace(g, slot=i) for i, g in enumerate(vf_groups)]
+    rdmas = tuple(replace(r, slot=len(vf_groups) + i) for i, r in enumerate(rdmas))
+    nics = tuple(replace(n, slot=len(vf_groups) + len(rdmas) + i) for i, n in enumerate(nics))
+    nets = (*vf_groups, *rdmas, *nics)
+    classes: dict[tuple[int, tuple[int, ...]], int] = {}
+    gpu_class = tuple(
+        classes.setdefault((g.numa, tuple(n.gpu_levels[g.pos] for n in nets)), len(classes)) for g in gpus
+    )
 
     cores: dict[int, dict[tuple[int, ...], None]] = {}
     online = {c.id for c in topology.cpus if c.online}
@@ -216,4 +260,5 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         accelerator_kinds=frozenset(
             a.kind.value for a in topology.accelerators if a.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
         ),
+        gpu_class=gpu_class,
     )

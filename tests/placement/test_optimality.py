@@ -1,0 +1,70 @@
+"""The engine's choice costs exactly the exhaustive optimum on small nodes, whatever is already taken."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gedge_model import Allocation, DeviceGrant, NodeState
+from scheduler_extender.placement import Placement, PodRequest, Refusal, place
+from scheduler_extender.placement.exact import optimum_cost
+from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation
+
+TOPOLOGIES = {
+    "dgx-nvswitch": lambda: dgx_like("n", vfs_per_nic=2, cores_per_socket=4),
+    "dgx-pairs": lambda: dgx_like("n", nvlink="pairs", vfs_per_nic=2, cores_per_socket=4, timeslice_replicas=2),
+    "dgx-nolink": lambda: dgx_like("n", nvlink="none", vfs_per_nic=1, cores_per_socket=4),
+    "dgx-mig": lambda: dgx_like("n", gpus=4, mig={1: ["3g.40gb", "1g.10gb"], 2: ["1g.10gb"]}, cores_per_socket=4),
+    "workstation": lambda: pcie_workstation("n", cores_per_socket=4, vfs=2),
+    "edge": lambda: edge_box("n", gpus=2, vfs=2),
+}
+
+SHAPES = [
+    {"gpus": 1},
+    {"gpus": 2, "sriov_vfs": 1},
+    {"gpus": 3, "rdma": 1, "cpus": 2, "cpu_pinning": True},
+    {"gpus": 1, "sriov_vfs": 2, "rdma": 1, "cpus": 3, "cpu_pinning": True},
+    {"gpus": 2, "communication": ("RDMA",), "cpus": 4, "cpu_pinning": True},
+    {"gpu_shared": 1, "sriov_vfs": 1, "cpus": 2, "cpu_pinning": True},
+    {"mig": (("1g.10gb", 1),), "communication": ("SRIOV",)},
+    {"cpus": 6, "cpu_pinning": True, "sriov_vfs": 1},
+]
+
+
+def random_state(topology, rng: random.Random) -> NodeState:
+    """Take a random part of the node's devices and CPUs, as earlier pods would have."""
+    grants = []
+    for gpu in topology.gpus:
+        roll = rng.random()
+        if gpu.mig_current:
+            grants += [DeviceGrant(f"gedge.io/mig-{m.profile}", m.uuid) for m in gpu.mig_instances if roll < 0.4]
+        elif roll < 0.3:
+            grants.append(DeviceGrant("gedge.io/gpu", gpu.uuid))
+        elif roll < 0.45 and gpu.timeslice_replicas > 1:
+            grants.append(DeviceGrant("gedge.io/gpu-shared", f"{gpu.uuid}::0"))
+    for nic in topology.interfaces:
+        grants += [DeviceGrant("gedge.io/sriov-vf", vf.pci_address) for vf in nic.vfs if rng.random() < 0.4]
+    grants += [DeviceGrant("gedge.io/rdma", r.name) for r in topology.rdma_devices if rng.random() < 0.3]
+    cpus = tuple(c.id for c in topology.cpus if rng.random() < 0.3)
+    return NodeState(topology, (Allocation("earlier", "ml", "earlier", topology.node_name, tuple(grants), cpus),))
+
+
+@pytest.mark.parametrize("name", sorted(TOPOLOGIES))
+def test_engine_cost_equals_the_exhaustive_optimum(name):
+    topology = TOPOLOGIES[name]()
+    rng = random.Random(name)
+    compared = 0
+    for trial in range(12):
+        state = NodeState(topology) if trial == 0 else random_state(topology, rng)
+        for shape in SHAPES:
+            request = PodRequest("ml", "p", "uid", topology_aware=True, **shape)
+            optimum = optimum_cost(state, request)
+            outcome = place(state, request)
+            if optimum is None:
+                assert isinstance(outcome, Refusal), (shape, outcome)
+                continue
+            assert isinstance(outcome, Placement), (shape, outcome)
+            assert outcome.cost == pytest.approx(optimum), (name, trial, shape)
+            compared += 1
+    assert compared >= 20
