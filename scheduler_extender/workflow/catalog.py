@@ -255,22 +255,27 @@ def catalog_from_dict(raw: Any) -> Catalog:
     )
 
 
-def load_catalog_text(text: str | bytes, source: str = "catalog") -> Catalog:
+def load_catalog_text(
+    text: str | bytes, source: str = "catalog", key: str = DEFAULT_CONFIGMAP_KEY
+) -> Catalog:
+    """A catalog document, or a ConfigMap manifest holding one under data[key]."""
     if len(text) > MAX_CATALOG_BYTES:
         raise CatalogError(f"{source}: larger than {MAX_CATALOG_BYTES} bytes")
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise CatalogError(f"{source}: not YAML: {exc}") from None
+    if isinstance(raw, Mapping) and raw.get("kind") == "ConfigMap":
+        return load_catalog_configmap(raw, key)
     try:
         return catalog_from_dict(raw)
     except CatalogError as exc:
         raise CatalogError(f"{source}: {exc}") from None
 
 
-def load_catalog_file(path: str) -> Catalog:
+def load_catalog_file(path: str, key: str = DEFAULT_CONFIGMAP_KEY) -> Catalog:
     with open(path, "rb") as handle:
-        return load_catalog_text(handle.read(MAX_CATALOG_BYTES + 1), source=path)
+        return load_catalog_text(handle.read(MAX_CATALOG_BYTES + 1), source=path, key=key)
 
 
 def load_catalog_configmap(configmap: Mapping[str, Any], key: str = DEFAULT_CONFIGMAP_KEY) -> Catalog:

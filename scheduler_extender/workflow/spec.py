@@ -550,3 +550,41 @@ def topological_order(spec: WorkflowSpec) -> tuple[str, ...]:
                 remaining.remove(task)
                 break
     return tuple(done)
+
+
+def api_object(
+    raw: Mapping[str, Any], *, namespace: str | None = None, overrides: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """A Workflow from a file in the form the CRD stores: runtime as one string, parameters as strings.
+
+    Files may write `runtime` as a list and parameters as numbers; the API
+    server wants what the annotation and the schema say. Validates first.
+    """
+    workflow = parse_workflow(raw, namespace=namespace, overrides=overrides)
+    obj = copy.deepcopy(dict(raw))
+    obj["apiVersion"] = API_VERSION
+    obj["kind"] = KIND
+    metadata = dict(obj.get("metadata") or {})
+    metadata["namespace"] = workflow.namespace
+    for key in ("uid", "resourceVersion", "creationTimestamp", "generation", "managedFields"):
+        metadata.pop(key, None)
+    obj["metadata"] = metadata
+    obj.pop("status", None)
+    spec = dict(obj["spec"])
+    spec["parameters"] = dict(workflow.spec.parameters)
+    if not spec["parameters"]:
+        del spec["parameters"]
+    tasks = []
+    for task in [*spec.get("tasks", []), *([spec["onExit"]] if spec.get("onExit") else [])]:
+        task = dict(task)
+        parsed = workflow.spec.task(task["name"])
+        if parsed.runtime:
+            task["runtime"] = ",".join(parsed.runtime)
+        if isinstance(task.get("dependencies"), str):
+            task["dependencies"] = list(parsed.predecessors)
+        tasks.append(task)
+    if spec.get("onExit"):
+        spec["onExit"] = tasks.pop()
+    spec["tasks"] = tasks
+    obj["spec"] = spec
+    return obj

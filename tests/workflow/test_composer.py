@@ -22,7 +22,7 @@ from scheduler_extender.workflow.composer import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "deploy" / "runtime-catalog" / "catalog.yaml"
+SHIPPED = REPO / "deploy" / "runtime-catalog" / "runtime-catalog.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -240,10 +240,8 @@ def test_catalog_refuses_duplicates_and_double_defaults():
 
 
 def test_catalog_from_a_configmap_as_the_api_returns_it():
-    configmap = {
-        "metadata": {"name": "gedge-runtime-catalog", "namespace": "gedge-system"},
-        "data": {"catalog.yaml": SHIPPED.read_text()},
-    }
+    configmap = yaml.safe_load(SHIPPED.read_text())
+    assert configmap["kind"] == "ConfigMap"
     catalog = load_catalog_configmap(configmap)
     assert {c.id for c in catalog.components} >= {
         "cuda-11.2",
@@ -258,11 +256,10 @@ def test_catalog_from_a_configmap_as_the_api_returns_it():
         load_catalog_configmap(configmap, key="other.yaml")
 
 
-def test_kustomization_ships_the_catalog_file_as_the_configmap():
-    kustomization = yaml.safe_load((SHIPPED.parent / "kustomization.yaml").read_text())
-    generator = kustomization["configMapGenerator"][0]
-    assert generator["files"] == ["catalog.yaml"]
-    assert generator["options"]["disableNameSuffixHash"] is True
+def test_plain_catalog_document_loads_the_same(tmp_path):
+    plain = tmp_path / "catalog.yaml"
+    plain.write_text(yaml.safe_load(SHIPPED.read_text())["data"]["catalog.yaml"])
+    assert load_catalog_file(str(plain)) == load_catalog_file(str(SHIPPED))
 
 
 def test_shipped_minimum_drivers_are_nvidias_published_ones(catalog):

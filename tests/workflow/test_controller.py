@@ -15,7 +15,7 @@ from scheduler_extender.workflow.status import status_from_dict
 from tests.workflow.memory_api import InMemoryApi, MemoryKubelet
 
 REPO = Path(__file__).resolve().parents[2]
-CATALOG = load_catalog_file(str(REPO / "deploy" / "runtime-catalog" / "catalog.yaml"))
+CATALOG = load_catalog_file(str(REPO / "deploy" / "runtime-catalog" / "runtime-catalog.yaml"))
 NS = "ml"
 FAST = ControllerConfig(watch_timeout_seconds=1, max_wait_seconds=0.5)
 
