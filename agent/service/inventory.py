@@ -1,21 +1,15 @@
 """The devices this node can hand out, under the ids its device plugins advertise, and who holds each.
 
-The ids follow `gedge_model.allocation.DeviceGrant`: a GPU UUID, `<uuid>::<replica>`
-for a time-slice, a MIG instance UUID, a VF's PCI address, an RDMA device name.
+The ids and resources are exactly the device plugins' (`agent.deviceplugin.devices`),
+so the extender sees the same devices kubelet is told about.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agent.deviceplugin.devices import plugin_devices
 from gedge_model import Allocation, NodeState, NodeTopology
-from gedge_model.allocation import (
-    RESOURCE_GPU,
-    RESOURCE_GPU_SHARED,
-    RESOURCE_MIG_PREFIX,
-    RESOURCE_RDMA,
-    RESOURCE_SRIOV_VF,
-)
 
 
 @dataclass(frozen=True)
@@ -28,35 +22,16 @@ class InventoryDevice:
 
 
 def advertised_devices(topology: NodeTopology) -> tuple[InventoryDevice, ...]:
-    def numa(address: str) -> int | None:
-        dev = topology.pci(address)
-        return dev.numa_node if dev else None
-
-    devices: list[InventoryDevice] = []
-    for gpu in sorted(topology.gpus, key=lambda g: g.index):
-        node = numa(gpu.pci_address)
-        if gpu.mig_current:
-            devices += [
-                InventoryDevice(f"{RESOURCE_MIG_PREFIX}{mig.profile}", mig.uuid, gpu.pci_address, node)
-                for mig in gpu.mig_instances
-            ]
-        elif gpu.timeslice_replicas > 1:
-            devices += [
-                InventoryDevice(RESOURCE_GPU_SHARED, f"{gpu.uuid}::{replica}", gpu.pci_address, node)
-                for replica in range(gpu.timeslice_replicas)
-            ]
-        else:
-            devices.append(InventoryDevice(RESOURCE_GPU, gpu.uuid, gpu.pci_address, node))
-    for nic in sorted(topology.interfaces, key=lambda i: i.pci_address):
-        devices += [
-            InventoryDevice(RESOURCE_SRIOV_VF, vf.pci_address, vf.pci_address, numa(vf.pci_address))
-            for vf in nic.vfs
-        ]
-    devices += [
-        InventoryDevice(RESOURCE_RDMA, rdma.name, rdma.pci_address, numa(rdma.pci_address))
-        for rdma in sorted(topology.rdma_devices, key=lambda r: r.name)
-    ]
-    return tuple(devices)
+    return tuple(
+        InventoryDevice(
+            device.resource,
+            device.id,
+            device.pci_address or (device.gpu.pci_address if device.gpu else None),
+            device.numa_node,
+        )
+        for _, devices in sorted(plugin_devices(topology).items())
+        for device in devices
+    )
 
 
 def device_inventory(state: NodeState) -> tuple[InventoryDevice, ...]:

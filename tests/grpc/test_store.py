@@ -105,7 +105,12 @@ def test_inventory_names_devices_as_the_device_plugins_do() -> None:
     shared = NodeTopology(
         node_name="n", gpus=(Gpu(0, "GPU-cccc", "T4", "0000:01:00.0", 1, timeslice_replicas=3),)
     )
-    assert [d.id for d in advertised_devices(shared)] == ["GPU-cccc::0", "GPU-cccc::1", "GPU-cccc::2"]
+    assert {(d.resource, d.id) for d in advertised_devices(shared)} == {
+        ("gedge.io/gpu", "GPU-cccc"),
+        ("gedge.io/gpu-shared", "GPU-cccc::0"),
+        ("gedge.io/gpu-shared", "GPU-cccc::1"),
+        ("gedge.io/gpu-shared", "GPU-cccc::2"),
+    }
 
 
 def test_inventory_marks_held_devices_and_conflicts_name_the_holder() -> None:
