@@ -3,11 +3,13 @@
 from agent.podwatch.cluster import core_api
 from agent.podwatch.decide import Applied, Apply, Reject, Release, decide, reconcile
 from agent.podwatch.pods import PodView, pod_view
+from agent.podwatch.resolver import PodStatusResolver
 from agent.podwatch.watch import PodWatcher, kubernetes_event_reporter
 
 __all__ = [
     "Applied",
     "Apply",
+    "PodStatusResolver",
     "PodView",
     "PodWatcher",
     "Reject",

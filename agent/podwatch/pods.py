@@ -24,6 +24,8 @@ class PodView:
     """How many app containers the spec has."""
     container_ids: tuple[str, ...] = ()
     """Runtime ids of the app containers that exist now, in spec order."""
+    qos_class: str | None = None
+    """status.qosClass: Guaranteed, Burstable or BestEffort (it places the pod's cgroup)."""
 
     @property
     def ref(self) -> str:
@@ -57,4 +59,5 @@ def pod_view(pod: Any) -> PodView:
         annotation=(meta.annotations or {}).get(ANNOTATION),
         containers=len(spec.containers or ()) if spec is not None else 0,
         container_ids=tuple(ids),
+        qos_class=status.qos_class if status is not None else None,
     )

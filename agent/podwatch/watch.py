@@ -12,7 +12,7 @@ import datetime
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes import client as k8s
 from kubernetes import watch as k8s_watch
@@ -31,6 +31,14 @@ AppliedListener = Callable[[tuple[Allocation, ...]], object]
 """Told what is applied after every apply or release (the agent's reported state)."""
 
 
+class PodObserver(Protocol):
+    """Keeps the latest view of each pod (the applier's PodResolver reads it)."""
+
+    def observe(self, pod: PodView) -> None: ...
+
+    def forget(self, pod_uid: str) -> None: ...
+
+
 class PodWatcher:
     """Applies and releases allocations of this node's pods through an AllocationApplier."""
 
@@ -42,6 +50,8 @@ class PodWatcher:
         *,
         report: EventReporter | None = None,
         on_change: AppliedListener | None = None,
+        observer: PodObserver | None = None,
+        reconcile_applier: Callable[[set[str]], object] | None = None,
         resync_s: int = 300,
         retry_s: float = 5.0,
     ) -> None:
@@ -50,6 +60,9 @@ class PodWatcher:
         self._applier = applier
         self._report = report or (lambda pod, reason, message: None)
         self._on_change = on_change
+        self._observer = observer
+        self._reconcile_applier = reconcile_applier
+        self._seen: set[str] = set()
         self._resync_s = resync_s
         self._retry_s = retry_s
         self._applied: dict[str, Applied] = {}
@@ -71,13 +84,31 @@ class PodWatcher:
     # -- the one path every event takes -----------------------------------------------------------
 
     def start_from(self, pods: Iterable[Any]) -> None:
-        """Reconcile with a full pod list: what the applier holds for pods that are gone is released."""
+        """Reconcile with a full pod list: what the applier holds for pods that are gone is released.
+
+        `reconcile_applier` (ApplyManager.reconcile) first finishes or undoes an
+        operation a crash cut short, given the pods that still live here.
+        """
         views = [pod_view(p) for p in pods]
+        live = {v.uid for v in views if v.node_name == self.node_name and not v.finished}
+        self._observe_all(views)
+        if self._reconcile_applier is not None:
+            self._reconcile_applier(live)
         with self._lock:
             known = {a.pod_uid: self._applied.get(a.pod_uid, Applied(a)) for a in self._applier.applied()}
             self._applied = known
             actions = reconcile(views, self.node_name, known)
         self._run(actions)
+
+    def _observe_all(self, views: list[PodView]) -> None:
+        if self._observer is None:
+            return
+        present = {v.uid for v in views}
+        for view in views:
+            self._observer.observe(view)
+        for uid in self._seen - present:
+            self._observer.forget(uid)
+        self._seen = present
 
     def handle_event(self, event: dict[str, Any]) -> None:
         """One event as kubernetes.watch.Watch.stream yields it: {"type": ..., "object": V1Pod}."""
@@ -85,9 +116,15 @@ class PodWatcher:
         if kind not in ("ADDED", "MODIFIED", "DELETED"):
             return
         pod = pod_view(event["object"])
+        if self._observer is not None and kind != "DELETED":
+            self._observer.observe(pod)
+            self._seen.add(pod.uid)
         with self._lock:
             actions = decide(kind, pod, self.node_name, self._applied)
         self._run(actions)
+        if self._observer is not None and kind == "DELETED":
+            self._observer.forget(pod.uid)
+            self._seen.discard(pod.uid)
 
     def _run(self, actions: list[Action]) -> None:
         changed = False

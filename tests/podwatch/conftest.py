@@ -30,8 +30,11 @@ def pod(
     started: int = 0,
     node: str | None = NODE,
     deleting: bool = False,
+    qos: str = "Burstable",
+    container_ids: Sequence[str] = (),
 ) -> k8s.V1Pod:
     """A pod as the API server returns it; `started` of its `containers` have runtime ids."""
+    ids = list(container_ids) or [f"containerd://{uid}-{i}" for i in range(started)]
     text = annotation if annotation is not None else (alloc or allocation(uid, name)).to_annotation()
     statuses = [
         k8s.V1ContainerStatus(
@@ -40,7 +43,7 @@ def pod(
             image_id="",
             ready=True,
             restart_count=0,
-            container_id=f"containerd://{uid}-{i}" if i < started else None,
+            container_id=ids[i] if i < len(ids) else None,
         )
         for i in range(containers)
     ]
@@ -55,7 +58,7 @@ def pod(
         spec=k8s.V1PodSpec(
             node_name=node, containers=[k8s.V1Container(name=f"c{i}") for i in range(containers)]
         ),
-        status=k8s.V1PodStatus(phase=phase, container_statuses=statuses),
+        status=k8s.V1PodStatus(phase=phase, container_statuses=statuses, qos_class=qos),
     )
 
 
