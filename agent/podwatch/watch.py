@@ -52,6 +52,7 @@ class PodWatcher:
         on_change: AppliedListener | None = None,
         observer: PodObserver | None = None,
         reconcile_applier: Callable[[set[str]], object] | None = None,
+        on_new_containers: Callable[[], object] | None = None,
         resync_s: int = 300,
         retry_s: float = 5.0,
     ) -> None:
@@ -63,6 +64,8 @@ class PodWatcher:
         self._observer = observer
         self._reconcile_applier = reconcile_applier
         self._seen: set[str] = set()
+        self._on_new_containers = on_new_containers
+        self._containers: dict[str, tuple[str, ...]] = {}
         self._resync_s = resync_s
         self._retry_s = retry_s
         self._applied: dict[str, Applied] = {}
@@ -99,6 +102,7 @@ class PodWatcher:
             self._applied = known
             actions = reconcile(views, self.node_name, known)
         self._run(actions)
+        self._containers = {v.uid: v.container_ids for v in views if v.container_ids and not v.finished}
 
     def _observe_all(self, views: list[PodView]) -> None:
         if self._observer is None:
@@ -125,6 +129,19 @@ class PodWatcher:
         if self._observer is not None and kind == "DELETED":
             self._observer.forget(pod.uid)
             self._seen.discard(pod.uid)
+        self._track_containers(kind, pod)
+
+    def _track_containers(self, kind: str, pod: PodView) -> None:
+        """New containers of any pod start on every CPU; tell the applier so pinned CPUs stay exclusive."""
+        if kind == "DELETED" or pod.finished:
+            self._containers.pop(pod.uid, None)
+            return
+        before = self._containers.get(pod.uid, ())
+        if pod.container_ids == before:
+            return
+        self._containers[pod.uid] = pod.container_ids
+        if self._on_new_containers is not None and set(pod.container_ids) - set(before):
+            self._on_new_containers()
 
     def _run(self, actions: list[Action]) -> None:
         changed = False

@@ -122,3 +122,20 @@ def test_without_kubernetes_there_is_no_api(monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
     assert core_api(None) is None
+
+
+def test_new_containers_of_any_pod_trigger_a_shared_pool_refresh(applier):
+    refreshes: list[str] = []
+    watcher = PodWatcher(None, NODE, applier, on_new_containers=lambda: refreshes.append("refresh"))
+
+    watcher.handle_event(event("ADDED", pod("u1", annotation="", containers=2)))
+    watcher.handle_event(event("MODIFIED", pod("u1", annotation="", containers=2, started=1)))
+    watcher.handle_event(
+        event("MODIFIED", pod("u1", annotation="", containers=2, started=1, phase="Running"))
+    )
+    watcher.handle_event(
+        event("MODIFIED", pod("u1", annotation="", containers=2, started=2, phase="Running"))
+    )
+    watcher.handle_event(event("DELETED", pod("u1", annotation="", containers=2, started=2)))
+
+    assert refreshes == ["refresh", "refresh"]
