@@ -48,6 +48,11 @@ class AgentConfig:
     device_plugin_dir: str = "/var/lib/kubelet/device-plugins"
     checkpoint: str = "/var/lib/gedge-agent/checkpoint.json"
     cgroup_root: str = "/sys/fs/cgroup"
+    """The cgroup mount; on cgroup v1 its cpuset/ hierarchy is used."""
+    cgroup_driver: str = "systemd"
+    """kubelet's cgroup driver: systemd or cgroupfs."""
+    apply: bool = True
+    """Apply allocations (cpusets, data-path NIC); off: report only, Apply/Release refused."""
     timeslice_replicas: int = 1
 
     @property
@@ -74,6 +79,8 @@ class AgentConfig:
         for name in ("max_receive_message_bytes", "max_send_message_bytes"):
             if not 1024 <= getattr(self, name) <= 256 * 1024 * 1024:
                 raise ConfigError(f"{name} must be within 1 KiB..256 MiB, got {getattr(self, name)}")
+        if self.cgroup_driver not in ("systemd", "cgroupfs"):
+            raise ConfigError(f"cgroup_driver must be systemd or cgroupfs, got {self.cgroup_driver!r}")
         if self.timeslice_replicas < 1:
             raise ConfigError(f"timeslice_replicas must be at least 1, got {self.timeslice_replicas}")
         if not Path(self.root).is_dir():
@@ -115,15 +122,15 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             return float(value)
-        if target == "bool | None":
-            if value is None or isinstance(value, bool):
+        if target in ("bool", "bool | None"):
+            if isinstance(value, bool) or (value is None and target == "bool | None"):
                 return value
             lowered = str(value).strip().lower()
             if lowered in ("1", "true", "yes", "on"):
                 return True
             if lowered in ("0", "false", "no", "off"):
                 return False
-            if lowered in ("", "auto"):
+            if lowered in ("", "auto") and target == "bool | None":
                 return None
             raise TypeError
         if target == "tuple[str, ...]":

@@ -7,10 +7,13 @@ import asyncio
 import logging
 import signal
 import sys
+from pathlib import Path
 
 import structlog
 
+from agent.apply import ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver
 from agent.apply.contract import AllocationApplier
+from agent.apply.nic import NicApplier
 from agent.config import AgentConfig, ConfigError, load_config, parse_listen
 from agent.metrics import AgentMetrics
 from agent.service.server import AgentRuntime, default_discover
@@ -37,6 +40,8 @@ _FLAG_KEYS = (
     "log_level",
     "checkpoint",
     "cgroup_root",
+    "cgroup_driver",
+    "apply",
     "timeslice_replicas",
 )
 
@@ -77,7 +82,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shutdown-grace-s", type=float, metavar="S")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--checkpoint", metavar="FILE", help="where the applier records what it applied")
-    parser.add_argument("--cgroup-root", metavar="PATH")
+    parser.add_argument("--cgroup-root", metavar="PATH", help="cgroup mount (default /sys/fs/cgroup)")
+    parser.add_argument("--cgroup-driver", choices=("systemd", "cgroupfs"), help="kubelet's cgroup driver")
+    parser.add_argument(
+        "--apply",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="apply allocations (default); --no-apply reports only",
+    )
     parser.add_argument("--timeslice-replicas", type=int, metavar="N")
     parser.set_defaults(run=run)
 
@@ -99,9 +111,32 @@ def configure_logging(level: str) -> None:
     )
 
 
-def make_applier(config: AgentConfig) -> AllocationApplier | None:
-    """The node's allocation applier; None runs the agent report-only (Apply/Release refused)."""
-    return None
+def cgroup_hierarchy(root: Path) -> tuple[Path, CgroupVersion]:
+    """The hierarchy that holds kubepods: the v2 mount itself, or the v1 cpuset controller's."""
+    if (root / "cgroup.controllers").exists():
+        return root, CgroupVersion.V2
+    cpuset = root / "cpuset"
+    return (cpuset if cpuset.is_dir() else root), CgroupVersion.V1
+
+
+def make_applier(config: AgentConfig) -> tuple[AllocationApplier | None, StaticPodResolver | None]:
+    """ApplyManager over the node's cgroups and netlink, fed pod runtimes by Apply callers.
+
+    None with --no-apply: the agent reports only and refuses Apply/Release.
+    """
+    if not config.apply:
+        return None, None
+    root, version = cgroup_hierarchy(Path(config.cgroup_root))
+    pods = StaticPodResolver()
+    manager = ApplyManager(
+        cgroup_root=root,
+        cgroup_driver=CgroupDriver(config.cgroup_driver),
+        cgroup_version=version,
+        checkpoint_path=Path(config.checkpoint),
+        resolver=pods,
+        nic=NicApplier(sysfs_root=Path(config.root), host_netns=config.netns),
+    )
+    return manager, pods
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,8 +159,13 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(config: AgentConfig) -> int:
     metrics = AgentMetrics()
+    applier, pod_runtimes = make_applier(config)
     runtime = AgentRuntime(
-        config=config, applier=make_applier(config), discover=default_discover(config), metrics=metrics
+        config=config,
+        applier=applier,
+        discover=default_discover(config),
+        metrics=metrics,
+        pod_runtimes=pod_runtimes,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agent.apply.contract import AllocationApplier
+from agent.apply.manager import StaticPodResolver
 from agent.config import AgentConfig, grpc_address
 from agent.metrics import AgentMetrics
 from agent.service.changes import ChangeDetector, ChangePolicy
@@ -60,6 +61,8 @@ class AgentRuntime:
     discover: Callable[[], NodeTopology]
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     tls: TlsMaterial | None = None
+    pod_runtimes: StaticPodResolver | None = None
+    """Where pods run, as Apply callers tell it (nodes without Kubernetes); None: not taken from Apply."""
     store: NodeStateStore | None = None
     port: int = 0
     _server: grpc.aio.Server | None = None
@@ -80,7 +83,11 @@ class AgentRuntime:
 
         server = grpc.aio.server(options=server_options(config))
         service = NodeAgentService(
-            self.store, self.applier, self.metrics, frozenset(config.tls_allowed_clients)
+            self.store,
+            self.applier,
+            self.metrics,
+            frozenset(config.tls_allowed_clients),
+            pod_runtimes=self.pod_runtimes,
         )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
         self._health = health.aio.HealthServicer()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 
 import grpc
 import structlog
 
+from agent.apply.cgroups import QosClass, normalize_container_id
 from agent.apply.contract import AllocationApplier, ApplyError
+from agent.apply.manager import PodRuntime, StaticPodResolver
 from agent.metrics import AgentMetrics
 from agent.service.inventory import allocation_conflicts, device_inventory
 from agent.service.store import NodeStateStore, Snapshot
@@ -18,8 +21,13 @@ from gedge_model.tls import peer_identities
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 
 MAX_ALLOCATION_JSON = 64 * 1024
+_NETNS_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 log = structlog.get_logger("gedge.agent.service")
+
+
+def valid_netns_name(name: str) -> bool:
+    return bool(_NETNS_NAME.match(name)) and name not in (".", "..")
 
 
 def allocations_json(allocations: tuple[Allocation, ...]) -> str:
@@ -35,8 +43,10 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         applier: AllocationApplier | None,
         metrics: AgentMetrics,
         allowed_clients: frozenset[str] = frozenset(),
+        pod_runtimes: StaticPodResolver | None = None,
     ) -> None:
         self.store = store
+        self.pod_runtimes = pod_runtimes
         self.applier = applier
         self.metrics = metrics
         self.allowed_clients = allowed_clients
@@ -141,6 +151,14 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             allocation = Allocation.from_annotation(request.allocation_json)
         except ModelDecodeError as exc:
             await self._abort(context, "Apply", grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        runtime = None
+        if request.HasField("runtime"):
+            try:
+                runtime = self._pod_runtime(request.runtime)
+            except ValueError as exc:
+                await self._abort(
+                    context, "Apply", grpc.StatusCode.INVALID_ARGUMENT, f"pod {allocation.pod_uid}: {exc}"
+                )
         async with self._apply_lock:
             problems = allocation_conflicts(self.store.current().state, allocation)
             if problems:
@@ -150,9 +168,14 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
                     grpc.StatusCode.FAILED_PRECONDITION,
                     f"pod {allocation.namespace}/{allocation.name}: " + "; ".join(problems),
                 )
+            known = self.pod_runtimes.pods.get(allocation.pod_uid) if self.pod_runtimes else None
+            if runtime is not None and self.pod_runtimes is not None:
+                self.pod_runtimes.pods[allocation.pod_uid] = runtime
             try:
                 await asyncio.to_thread(applier.apply, allocation)
             except ApplyError as exc:
+                if runtime is not None and self.pod_runtimes is not None:
+                    self._restore_runtime(allocation.pod_uid, known)
                 log.warning("apply failed", pod_uid=allocation.pod_uid, error=str(exc))
                 await self._abort(context, "Apply", grpc.StatusCode.ABORTED, str(exc))
             finally:
@@ -176,9 +199,36 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
                 await self._abort(context, "Release", grpc.StatusCode.ABORTED, str(exc))
             finally:
                 await self._sync_allocations()
+            if self.pod_runtimes is not None:
+                self.pod_runtimes.pods.pop(request.pod_uid, None)
         log.info("released", pod_uid=request.pod_uid)
         self._ok("Release")
         return agent_pb2.ReleaseResponse(generation=self.store.current().state.generation)
+
+    def _pod_runtime(self, message: agent_pb2.PodRuntime) -> PodRuntime:
+        """The caller's account of where the pod runs; only agents that take it from Apply accept one."""
+        if self.pod_runtimes is None:
+            raise ValueError("this agent learns where pods run from Kubernetes, not from Apply")
+        try:
+            qos = QosClass(message.qos_class)
+        except ValueError:
+            raise ValueError(
+                f"qos_class {message.qos_class!r} is not one of {[q.value for q in QosClass]}"
+            ) from None
+        if len(message.container_ids) > 64:
+            raise ValueError("more than 64 container ids")
+        containers = tuple(normalize_container_id(cid) for cid in message.container_ids)
+        netns = message.netns or None
+        if netns is not None and not valid_netns_name(netns):
+            raise ValueError(f"netns {netns!r} is not a network namespace name")
+        return PodRuntime(qos=qos, container_ids=containers, netns=netns)
+
+    def _restore_runtime(self, pod_uid: str, known: PodRuntime | None) -> None:
+        assert self.pod_runtimes is not None
+        if known is None:
+            self.pod_runtimes.pods.pop(pod_uid, None)
+        else:
+            self.pod_runtimes.pods[pod_uid] = known
 
     async def _require_applier(self, context: grpc.aio.ServicerContext, method: str) -> AllocationApplier:
         if self.applier is None:

@@ -63,10 +63,22 @@ class ListAllocationsResponse(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., allocations_json: _Optional[str] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("allocation_json",)
+    __slots__ = ("allocation_json", "runtime")
     ALLOCATION_JSON_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     allocation_json: str
-    def __init__(self, allocation_json: _Optional[str] = ...) -> None: ...
+    runtime: PodRuntime
+    def __init__(self, allocation_json: _Optional[str] = ..., runtime: _Optional[_Union[PodRuntime, _Mapping]] = ...) -> None: ...
+
+class PodRuntime(_message.Message):
+    __slots__ = ("qos_class", "container_ids", "netns")
+    QOS_CLASS_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_IDS_FIELD_NUMBER: _ClassVar[int]
+    NETNS_FIELD_NUMBER: _ClassVar[int]
+    qos_class: str
+    container_ids: _containers.RepeatedScalarFieldContainer[str]
+    netns: str
+    def __init__(self, qos_class: _Optional[str] = ..., container_ids: _Optional[_Iterable[str]] = ..., netns: _Optional[str] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("generation",)
