@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -29,6 +30,13 @@ UNHEALTHY = "Unhealthy"
 TIMESLICE_SEPARATOR = "::"
 MAX_DEVICE_ID = 63
 """kubelet's limit on Device.ID."""
+_QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+
+
+def valid_resource_name(resource: str) -> bool:
+    """Whether Kubernetes accepts `resource` as an extended resource name (kubelet refuses others)."""
+    _, _, name = resource.partition("/")
+    return bool(_QUALIFIED_NAME.match(name))
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ def _gpu_devices(topology: NodeTopology, gpu: Gpu) -> list[PluginDevice]:
         out = []
         for instance in gpu.mig_instances:
             resource = mig_resource(instance.profile)
-            if not is_known_resource(resource):
+            if not is_known_resource(resource) or not valid_resource_name(resource):
                 log.warning("MIG instance %s has profile %r, not advertised", instance.uuid, instance.profile)
                 continue
             mig = MigRef(instance.gpu_instance_id, instance.compute_instance_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PLUGIN_DIR = Path("/var/lib/kubelet/device-plugins")
 KUBELET_SOCKET = "kubelet.sock"
+MAX_RETRY_S = 60.0
+"""Longest wait between registration attempts kubelet refused."""
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -55,6 +58,8 @@ class DevicePluginManager:
         self._plugins: dict[str, ResourcePlugin] = {}
         self._registered: dict[str, tuple[int, int]] = {}
         """resource -> identity of the kubelet.sock it registered with."""
+        self._backoff: dict[str, tuple[float, float]] = {}
+        """resource -> (next attempt on the monotonic clock, current delay) after a refusal."""
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -82,6 +87,7 @@ class DevicePluginManager:
                 plugin.stop()
             self._plugins.clear()
             self._registered.clear()
+            self._backoff.clear()
 
     def update(self, topology: NodeTopology, unhealthy: Collection[str] = ()) -> None:
         """Advertise the devices of `topology`; a resource that vanished is advertised empty."""
@@ -115,8 +121,11 @@ class DevicePluginManager:
                     continue
                 if resource in self._registered or not plugin.serving:
                     log.info("kubelet restarted or %s lost its socket: restarting its plugin", resource)
+                    self._backoff.pop(resource, None)
                     plugin.start()
-                self._register(plugin)
+                retry_at, _ = self._backoff.get(resource, (0.0, 0.0))
+                if time.monotonic() >= retry_at:
+                    self._register(plugin)
 
     def _register(self, plugin: ResourcePlugin) -> None:
         self._registered.pop(plugin.resource, None)
@@ -127,8 +136,12 @@ class DevicePluginManager:
         try:
             plugin.register(self.kubelet_socket)
         except grpc.RpcError as exc:
-            log.warning("kubelet refused %s: %s; retrying", plugin.resource, exc)
+            _, delay = self._backoff.get(plugin.resource, (0.0, self._poll_interval_s / 2))
+            delay = min(delay * 2, MAX_RETRY_S)
+            self._backoff[plugin.resource] = (time.monotonic() + delay, delay)
+            log.warning("kubelet refused %s: %s; retrying in %.1fs", plugin.resource, exc, delay)
             return
+        self._backoff.pop(plugin.resource, None)
         self._registered[plugin.resource] = kubelet
         log.info("registered %s at %s", plugin.resource, plugin.socket_path)
 

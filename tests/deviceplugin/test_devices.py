@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agent.deviceplugin.devices import HEALTHY, UNHEALTHY, plugin_devices, timeslice_id
+from agent.deviceplugin.devices import HEALTHY, UNHEALTHY, plugin_devices, timeslice_id, valid_resource_name
 from gedge_model import MigInstance
 from tests.deviceplugin.conftest import GPU0, GPU1, MIG_A, MIG_B, VF0, VF1, VF2, make_topology
 
@@ -69,6 +69,18 @@ def test_mig_instance_with_an_unknown_profile_is_skipped(topology):
 
     assert "MIG-odd" not in [d.id for devices in found.values() for d in devices]
     assert _ids(found["gedge.io/mig-1g.10gb"]) == [MIG_A]
+
+
+def test_mig_profile_kubernetes_cannot_name_is_not_advertised(topology):
+    gpu = topology.gpus[1]
+    media = MigInstance(uuid="MIG-media", profile="1g.10gb+me", gpu_instance_id=9, compute_instance_id=0)
+    bent = replace(topology, gpus=(topology.gpus[0], replace(gpu, mig_instances=(*gpu.mig_instances, media))))
+
+    found = plugin_devices(bent)
+
+    assert not valid_resource_name("gedge.io/mig-1g.10gb+me")
+    assert valid_resource_name("gedge.io/mig-1g.10gb")
+    assert "gedge.io/mig-1g.10gb+me" not in found
 
 
 def test_timeslice_ids_stay_within_kubelet_limit(topology):
