@@ -74,6 +74,7 @@ class DevicePluginManager:
         self.plugin_dir.mkdir(parents=True, exist_ok=True)
         self._stop.clear()
         self.update(self._topology_provider())
+        self.sync()
         self._thread = threading.Thread(target=self._watch, name="device-plugin-manager", daemon=True)
         self._thread.start()
 
@@ -90,7 +91,11 @@ class DevicePluginManager:
             self._backoff.clear()
 
     def update(self, topology: NodeTopology, unhealthy: Collection[str] = ()) -> None:
-        """Advertise the devices of `topology`; a resource that vanished is advertised empty."""
+        """Advertise the devices of `topology`; a resource that vanished is advertised empty.
+
+        Cheap and non-blocking: a new resource's plugin starts serving here and
+        registers with kubelet on the next watch tick.
+        """
         wanted = plugin_devices(topology, unhealthy)
         with self._lock:
             self._node_name = topology.node_name
@@ -102,7 +107,6 @@ class DevicePluginManager:
                     )
                     self._plugins[resource] = plugin
                     plugin.start()
-                    self._register(plugin)
                 else:
                     plugin.node_name = topology.node_name
                     plugin.set_devices(devices)
@@ -111,38 +115,44 @@ class DevicePluginManager:
                     plugin.set_devices(())
 
     def sync(self) -> None:
-        """One watch tick: restart and re-register plugins after kubelet restarted or refused earlier."""
-        kubelet = _identity(self.kubelet_socket)
-        with self._lock:
-            for resource, plugin in self._plugins.items():
-                if kubelet is None:
-                    continue
-                if self._registered.get(resource) == kubelet and plugin.serving:
-                    continue
-                if resource in self._registered or not plugin.serving:
-                    log.info("kubelet restarted or %s lost its socket: restarting its plugin", resource)
-                    self._backoff.pop(resource, None)
-                    plugin.start()
-                retry_at, _ = self._backoff.get(resource, (0.0, 0.0))
-                if time.monotonic() >= retry_at:
-                    self._register(plugin)
+        """One watch tick: restart and re-register plugins after kubelet restarted or refused earlier.
 
-    def _register(self, plugin: ResourcePlugin) -> None:
-        self._registered.pop(plugin.resource, None)
+        Registration calls run outside the lock, so update() never waits on kubelet.
+        """
         kubelet = _identity(self.kubelet_socket)
         if kubelet is None:
-            log.info("no %s yet; %s registers when kubelet is up", self.kubelet_socket, plugin.resource)
             return
+        with self._lock:
+            plugins = list(self._plugins.items())
+        for resource, plugin in plugins:
+            with self._lock:
+                registered = self._registered.get(resource)
+                retry_at, _ = self._backoff.get(resource, (0.0, 0.0))
+            if registered == kubelet and plugin.serving:
+                continue
+            if registered is not None or not plugin.serving:
+                log.info("kubelet restarted or %s lost its socket: restarting its plugin", resource)
+                with self._lock:
+                    self._registered.pop(resource, None)
+                    self._backoff.pop(resource, None)
+                    retry_at = 0.0
+                plugin.start()
+            if time.monotonic() >= retry_at:
+                self._register(plugin, kubelet)
+
+    def _register(self, plugin: ResourcePlugin, kubelet: tuple[int, int]) -> None:
         try:
             plugin.register(self.kubelet_socket)
         except grpc.RpcError as exc:
-            _, delay = self._backoff.get(plugin.resource, (0.0, self._poll_interval_s / 2))
-            delay = min(delay * 2, MAX_RETRY_S)
-            self._backoff[plugin.resource] = (time.monotonic() + delay, delay)
+            with self._lock:
+                _, delay = self._backoff.get(plugin.resource, (0.0, self._poll_interval_s / 2))
+                delay = min(delay * 2, MAX_RETRY_S)
+                self._backoff[plugin.resource] = (time.monotonic() + delay, delay)
             log.warning("kubelet refused %s: %s; retrying in %.1fs", plugin.resource, exc, delay)
             return
-        self._backoff.pop(plugin.resource, None)
-        self._registered[plugin.resource] = kubelet
+        with self._lock:
+            self._backoff.pop(plugin.resource, None)
+            self._registered[plugin.resource] = kubelet
         log.info("registered %s at %s", plugin.resource, plugin.socket_path)
 
     def _watch(self) -> None:
