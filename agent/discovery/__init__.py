@@ -81,12 +81,13 @@ def _with_replicas(
         return gpus
     if isinstance(config, int):
         return tuple(replace(g, timeslice_replicas=config) for g in gpus)
+    by_key = {str(key): value for key, value in config.items()}
     known = {g.uuid for g in gpus} | {str(g.index) for g in gpus}
-    for key in config:
-        if str(key) not in known:
+    for key in by_key:
+        if key not in known:
             fs.warn(f"time-slice replicas configured for {key!r}, which names no GPU of this node")
     return tuple(
-        replace(g, timeslice_replicas=config.get(g.uuid, config.get(str(g.index), g.timeslice_replicas)))
+        replace(g, timeslice_replicas=by_key.get(g.uuid, by_key.get(str(g.index), g.timeslice_replicas)))
         for g in gpus
     )
 

@@ -165,7 +165,7 @@ def _mig_profiles(nvml: Any, warn: Warn, index: int, handle: Any, memory: int) -
     profiles: dict[int, MigProfile] = {}
     for profile in range(nvml.NVML_GPU_INSTANCE_PROFILE_COUNT):
         try:
-            info = nvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, profile)
+            info = _profile_info(nvml, handle, profile)
         except (nvml.NVMLError_NotSupported, nvml.NVMLError_InvalidArgument, nvml.NVMLError_NotFound):
             continue
         except nvml.NVMLError as exc:
@@ -195,6 +195,14 @@ def _mig_profiles(nvml: Any, warn: Warn, index: int, handle: Any, memory: int) -
             available=int(remaining or 0),
         )
     return tuple(sorted(profiles.values(), key=lambda p: (p.slices, p.memory_mib, p.profile_id)))
+
+
+def _profile_info(nvml: Any, handle: Any, profile: int) -> Any:
+    """The version-2 profile struct (it carries the name); drivers before R470 only know version 1."""
+    try:
+        return nvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, profile)
+    except nvml.NVMLError_FunctionNotFound:
+        return nvml.nvmlDeviceGetGpuInstanceProfileInfo(handle, profile, 1)
 
 
 _PROFILE_SUFFIXES = {

@@ -55,6 +55,8 @@ class FakeGpu:
     profile_names: bool = True
     """False drops the `name` field, as the version-1 profile struct has none."""
     mig_devices: list[FakeMigDevice] = field(default_factory=list)
+    profile_info_v2: bool = True
+    """False answers version 2 of the profile query with FunctionNotFound, as drivers before R470 do."""
 
 
 A100_80GB_PROFILES = [
@@ -162,6 +164,8 @@ class FakeNvml:
 
     def nvmlDeviceGetGpuInstanceProfileInfo(self, handle: Any, profile: int, version: int = 2) -> Any:
         gpu = self._gpu(handle)
+        if version == 2 and not gpu.profile_info_v2:
+            raise _error(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
         if not 0 <= profile < pynvml.NVML_GPU_INSTANCE_PROFILE_COUNT:
             raise _error(pynvml.NVML_ERROR_INVALID_ARGUMENT)
         for p in gpu.profiles:
@@ -169,7 +173,7 @@ class FakeNvml:
                 info = SimpleNamespace(
                     id=p.profile_id, sliceCount=p.slices, instanceCount=p.instances, memorySizeMB=p.memory_mib
                 )
-                if gpu.profile_names:
+                if gpu.profile_names and version == 2:
                     info.name = f"MIG {p.name}".encode()
                 return info
         raise _error(pynvml.NVML_ERROR_NOT_SUPPORTED)

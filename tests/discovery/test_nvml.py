@@ -86,9 +86,9 @@ def test_timeslice_replicas_for_all_or_by_uuid_and_index(tmp_path: Path) -> None
     assert {g.timeslice_replicas for g in everywhere.gpus} == {4}
     uuid = everywhere.gpus[2].uuid
     some = discover(
-        box.root, gpu_source=NvmlGpuSource(box.nvml), timeslice_replicas={uuid: 8, "5": 2, "GPU-x": 3}
+        box.root, gpu_source=NvmlGpuSource(box.nvml), timeslice_replicas={uuid: 8, "5": 2, 6: 5, "GPU-x": 3}
     )
-    assert [g.timeslice_replicas for g in some.gpus] == [1, 1, 8, 1, 1, 2, 1, 1]
+    assert [g.timeslice_replicas for g in some.gpus] == [1, 1, 8, 1, 1, 2, 5, 1]
     assert some.warnings == ("time-slice replicas configured for 'GPU-x', which names no GPU of this node",)
     with pytest.raises(ValueError, match="time-slice replicas for GPU-0: must be an integer >= 1, got 0"):
         discover(box.root, gpu_source=NvmlGpuSource(box.nvml), timeslice_replicas={"GPU-0": 0})
@@ -138,3 +138,11 @@ def test_gpu_missing_from_sysfs_and_direct_nvlinks(tmp_path: Path) -> None:
         ("GPU-b", [("0000:00:02.0", 4)]),
     ]
     assert topo.warnings == ("GPU 1 (GPU-b): PCI address 0000:00:03.0 is not in /sys/bus/pci/devices",)
+
+
+def test_drivers_without_the_version_2_profile_query(tmp_path: Path) -> None:
+    box = build_box(tmp_path, "A100", mig_gpu0=True)
+    box.nvml._gpus[0].profile_info_v2 = False
+    topo = discover(box.root, gpu_source=NvmlGpuSource(box.nvml))
+    assert topo.warnings == ()
+    assert sorted(p.name for p in topo.gpus[0].mig_profiles) == sorted(A100_NAMES)
