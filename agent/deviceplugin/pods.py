@@ -144,17 +144,18 @@ def preferred(
 ) -> tuple[Claim, tuple[str, ...]]:
     """The grant kubelet should pick from for a container asking `size` devices, and the ids to pick.
 
-    Only ids not yet served, all still available to kubelet and covering
-    `must_include` qualify. When pods that kubelet has not admitted yet tie, the
+    Only ids of the grant that are not yet served and still available to kubelet,
+    plus `must_include`, qualify. When pods that kubelet has not admitted yet tie, the
     oldest wins: kubelet admits pods in creation order.
     """
     free = frozenset(available)
     must = frozenset(must_include)
     for claim in found.claims:
-        if size not in claim.sizes:
+        if size not in claim.sizes or not must <= claim.device_ids:
             continue
-        pickable = (claim.device_ids - claim.pod.served_ids(resource)) & free
-        if not must <= pickable or len(pickable) < size:
+        # Ids kubelet says must be included (an init container's, reused) count even when served.
+        pickable = ((claim.device_ids - claim.pod.served_ids(resource)) & free) | must
+        if len(pickable) < size:
             continue
         ids = tuple(sorted(must)) + tuple(sorted(pickable - must))[: size - len(must)]
         return claim, ids

@@ -125,3 +125,14 @@ def test_pod_level_grant_is_shared_out_by_the_containers_requests():
         preferred(found, VF, [VF0, VF1, VF2], [], 3)
     after_first = replace(pod, marks={allocated_annotation(VF): VF0})
     assert preferred(candidates([after_first], VF, NODE), VF, [VF1, VF2], [], 2)[1] == (VF1, VF2)
+
+
+def test_devices_an_init_container_used_can_be_preferred_again_for_the_app_container():
+    pod = replace(pending("u1", "a", [vf(VF0)]), requests={VF: (1, 1)})
+    served = replace(pod, marks={allocated_annotation(VF): VF0})
+    found = candidates([served], VF, NODE)
+
+    assert preferred(found, VF, [VF0, VF1], [VF0], 1)[1] == (VF0,)
+    assert owner(found, VF, [VF0]).pod.name == "a"
+    with pytest.raises(ResolveError):
+        preferred(found, VF, [VF0, VF1], [], 1)
