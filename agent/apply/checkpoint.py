@@ -107,9 +107,17 @@ class CheckpointStore:
             )
         return data
 
+    def remove_stale_temps(self) -> None:
+        """Temp files a crash left mid-save (the real file is intact: the rename never happened)."""
+        if self.path.parent.is_dir():
+            for stale in self.path.parent.glob(f".{self.path.name}.*"):
+                stale.unlink(missing_ok=True)
+
     def save(self, data: CheckpointData) -> None:
+        """Atomically replace the file; a temp file left by a crash mid-save is removed first."""
         folder = self.path.parent
         folder.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temps()
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=folder)
         try:
             with os.fdopen(fd, "w") as out:

@@ -164,6 +164,7 @@ class ApplyManager:
         released: list[str] = []
         repaired: list[str] = []
         with self._lock:
+            self.store.remove_stale_temps()
             data = self._load()
             if data.intent is not None:
                 intent = data.intent

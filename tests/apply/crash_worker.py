@@ -1,6 +1,7 @@
 """Runs one apply or release in its own process and SIGKILLs itself after step N (N < 0: never).
 
-Prints each step as it completes, so the caller learns how many steps there are.
+Prints `ready` before it starts and each step as it completes, so the caller
+learns how many steps there are, or can kill it from outside at any moment.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def main(spec_path: str) -> int:
         nic=NicApplier(host_netns=spec["host_netns"]),
         on_step=step,
     )
+    print("ready", flush=True)
     if spec["op"] == "apply":
         manager.apply(Allocation.from_annotation(spec["allocation"]))
     else:

@@ -100,3 +100,11 @@ def test_file_is_plain_json(tmp_path: Path) -> None:
     raw = json.loads(store.path.read_text())
     assert raw["intent"]["op"] == "release"
     assert raw["pods"][0]["nic"]["vf_original"]["trust"] is True
+
+
+def test_a_temp_file_left_by_a_crash_mid_save_is_removed(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path / "cp.json")
+    (tmp_path / ".cp.json.abc123").write_text('{"half": ')
+    (tmp_path / "other.json").write_text("{}")
+    store.save(sample())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cp.json", "other.json"]

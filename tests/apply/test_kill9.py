@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +71,7 @@ class Scene:
             nic=NicApplier(host_netns=self.host),
         )
 
-    def run(self, op: str, kill_at: int) -> tuple[int, list[str]]:
+    def write_spec(self, op: str, kill_at: int) -> None:
         spec = {
             "kill_at": kill_at,
             "op": op,
@@ -82,6 +83,9 @@ class Scene:
             "allocation": self.allocation.to_annotation(),
         }
         self.spec_path.write_text(json.dumps(spec))
+
+    def run(self, op: str, kill_at: int) -> tuple[int, list[str]]:
+        self.write_spec(op, kill_at)
         proc = subprocess.run(
             [sys.executable, "-m", "tests.apply.crash_worker", str(self.spec_path)],
             cwd=REPO,
@@ -89,9 +93,27 @@ class Scene:
             text=True,
             timeout=60,
         )
-        steps = [line for line in proc.stdout.splitlines() if line and " " not in line]
+        steps = [line for line in proc.stdout.splitlines() if line and " " not in line and line != "ready"]
         assert proc.returncode in (0, -signal.SIGKILL), proc.stderr
         return proc.returncode, steps
+
+    def run_killed_after(self, op: str, delay_s: float) -> None:
+        """Start the op and SIGKILL it from outside `delay_s` after it is ready: mid-step, mid-write."""
+        self.write_spec(op, -1)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.apply.crash_worker", str(self.spec_path)],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == "ready":
+                break
+        time.sleep(delay_s)
+        proc.kill()
+        proc.communicate(timeout=30)
 
     def affinity(self, uid: str) -> set[int]:
         return set(os.sched_getaffinity(self.procs[uid].pid))
@@ -206,3 +228,33 @@ def test_apply_after_a_crash_settles_the_pending_work_first(scene: Scene) -> Non
     scene.assert_fully_applied()
     manager.release(scene.pod)
     scene.assert_nothing_held()
+
+
+def test_kill_from_outside_at_arbitrary_moments(scene: Scene) -> None:
+    """Kills that land inside a step (mid netlink call, mid checkpoint write) are as safe as between steps.
+
+    After the restart's reconcile the node is consistent (the pod fully applied, or, when the kill came
+    before the intent was written, not at all); the agent's next apply for the live pod completes it.
+    """
+    started = time.perf_counter()
+    code, _ = scene.run("apply", -1)
+    assert code == 0
+    scene.manager().release(scene.pod)
+    budget = min(time.perf_counter() - started, 2.0)
+    outcomes = set()
+    for n in range(8):
+        scene.run_killed_after("apply", budget * n / 40)
+        live = {scene.pod, scene.shared}
+        restarted = scene.manager(live)
+        restarted.reconcile(live)
+        if restarted.applied():
+            scene.assert_fully_applied()
+            outcomes.add("finished")
+        else:
+            scene.assert_nothing_held()
+            outcomes.add("not begun")
+        restarted.apply(scene.allocation)
+        scene.assert_fully_applied()
+        restarted.release(scene.pod)
+        scene.assert_nothing_held()
+    assert "finished" in outcomes
