@@ -47,17 +47,16 @@ def _pod_identity(pod: Mapping[str, Any]) -> tuple[str, str, str]:
     return str(meta.get("uid") or ""), str(meta.get("namespace") or "default"), str(meta.get("name") or "")
 
 
-@dataclasses.dataclass
-class _NodeMemo:
-    state: NodeState
-    version: int
-    outcomes: dict[tuple[Any, ...], Outcome]
+_MemoEntry = tuple[NodeState, int, Outcome]
+"""(the node state placed on, the assume-cache version of the node then, the outcome)."""
 
 
 class Extender:
     """Thread-safe: the HTTP layer runs filter/prioritize on its loop and bind in worker threads."""
 
-    MAX_SHAPES_PER_NODE = 32
+    MAX_SHAPES = 64
+    """Pod shapes whose per-node outcomes are kept (least recently used dropped first)."""
+    MAX_FILTERED_PODS = 256
 
     def __init__(
         self,
@@ -76,7 +75,9 @@ class Extender:
         self.config = config or PlacementConfig()
         self._pod_reader = pod_reader
         self._warn = warn
-        self._memo: dict[str, _NodeMemo] = {}
+        self._memo: OrderedDict[tuple[Any, ...], dict[str, _MemoEntry]] = OrderedDict()
+        self._filtered: OrderedDict[str, tuple[tuple[Any, ...], int, dict[str, Outcome]]] = OrderedDict()
+        self._memo_lock = threading.Lock()
         self._pods: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._pods_limit = remembered_pods
         self._pods_lock = threading.Lock()
@@ -91,9 +92,15 @@ class Extender:
         if not request.wants_placement():
             return encode_filter_result(args, passed=candidates)
         self._remember(args.pod)
+        seq = self.cache.sequence()
         outcomes, unresolvable = self._evaluate(candidates, request)
-        passed = [name for name, outcome in outcomes.items() if isinstance(outcome, Placement)]
-        failed = {name: outcome.reason for name, outcome in outcomes.items() if isinstance(outcome, Refusal)}
+        passed = [name for name, outcome in outcomes.items() if outcome.__class__ is Placement]
+        failed = {name: outcome.reason for name, outcome in outcomes.items() if outcome.__class__ is Refusal}
+        if request.uid:
+            with self._memo_lock:
+                self._filtered[request.uid] = (request.shape, seq, outcomes)
+                while len(self._filtered) > self.MAX_FILTERED_PODS:
+                    self._filtered.popitem(last=False)
         if not passed:
             log.info("filter_refused", pod=args.pod_label, nodes=len(candidates))
         return encode_filter_result(args, passed=passed, failed=failed, unresolvable=unresolvable)
@@ -107,10 +114,23 @@ class Extender:
             return encode_host_priorities(dict.fromkeys(candidates, 0))
         if not request.wants_placement():
             return encode_host_priorities(dict.fromkeys(candidates, 0))
-        outcomes, _ = self._evaluate(candidates, request)
-        placements = {name: o for name, o in outcomes.items() if isinstance(o, Placement)}
+        outcomes = self._filtered_outcomes(request)
+        if outcomes is None or not outcomes.keys() >= frozenset(candidates):
+            outcomes, _ = self._evaluate(candidates, request)
+        placements = {name: o for name in candidates if (o := outcomes.get(name)).__class__ is Placement}
         scores = score_nodes(placements, self.config) if placements else {}
         return encode_host_priorities({name: scores.get(name, 0) for name in candidates})
+
+    def _filtered_outcomes(self, request: PodRequest) -> dict[str, Outcome] | None:
+        """What filter found for this pod moments ago, if no bind changed any node since."""
+        with self._memo_lock:
+            found = self._filtered.pop(request.uid, None)
+        if found is None:
+            return None
+        shape, seq, outcomes = found
+        if shape != request.shape or seq != self.cache.sequence():
+            return None
+        return outcomes
 
     def _request(self, pod: dict[str, Any]) -> PodRequest | str:
         """The parsed request, or the error message naming pod and field (with an Event)."""
@@ -125,31 +145,42 @@ class Extender:
     def _evaluate(
         self, candidates: Iterable[str], request: PodRequest
     ) -> tuple[dict[str, Outcome], dict[str, str]]:
-        """Each candidate's outcome, and the nodes no preemption can help (unknown or stale)."""
+        """Each candidate's outcome, and the nodes no preemption can help (unknown or stale).
+
+        The hot loop of the extender (thousands of nodes per call): an outcome is
+        reused while the node's reported state is the same object and the assume
+        cache holds the same allocations on it.
+        """
         shape = request.shape
         views = self.source.nodes()
         versions = self.cache.versions()
+        with self._memo_lock:
+            table = self._memo.get(shape)
+            if table is None:
+                table = self._memo[shape] = {}
+                while len(self._memo) > self.MAX_SHAPES:
+                    self._memo.popitem(last=False)
+            else:
+                self._memo.move_to_end(shape)
         outcomes: dict[str, Outcome] = {}
         unresolvable: dict[str, str] = {}
+        get_view, get_version, get_entry = views.get, versions.get, table.get
         for name in candidates:
-            view = views.get(name)
+            view = get_view(name)
             if view is None:
                 unresolvable[name] = f"node {name}: no gedge agent reports this node"
                 continue
             if not view.fresh:
                 unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"
                 continue
-            version = versions.get(name, 0)
-            memo = self._memo.get(name)
-            if memo is None or memo.state is not view.state or memo.version != version:
-                memo = _NodeMemo(view.state, version, {})
-                self._memo[name] = memo
-            outcome = memo.outcomes.get(shape)
-            if outcome is None:
-                outcome = self._place(view, request, self._reserved(view))
-                if len(memo.outcomes) >= self.MAX_SHAPES_PER_NODE:
-                    memo.outcomes.clear()
-                memo.outcomes[shape] = outcome
+            state = view.state
+            version = get_version(name, 0)
+            entry = get_entry(name)
+            if entry is not None and entry[0] is state and entry[1] == version:
+                outcomes[name] = entry[2]
+                continue
+            outcome = self._place(view, request, self._reserved(view))
+            table[name] = (state, version, outcome)
             outcomes[name] = outcome
         return outcomes, unresolvable
 

@@ -144,8 +144,9 @@ def encode_filter_result(
 
 def encode_host_priorities(scores: Mapping[str, int]) -> list[dict[str, Any]]:
     """HostPriorityList: a bare JSON list of {Host, Score}, scores clamped to 0..10."""
+    low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
     return [
-        {"Host": host, "Score": max(MIN_EXTENDER_PRIORITY, min(MAX_EXTENDER_PRIORITY, int(score)))}
+        {"Host": host, "Score": score if low <= score <= high else (low if score < low else high)}
         for host, score in scores.items()
     ]
 

@@ -44,6 +44,7 @@ class AssumeCache:
         self._by_node: dict[str, set[str]] = {}
         self._versions: dict[str, int] = {}
         self._next_expiry = float("inf")
+        self._sequence = 0
 
     def reserve(self, allocation: Allocation) -> None:
         """Hold the allocation for `reserve_ttl` seconds; raises AssumeConflict on any overlap."""
@@ -105,6 +106,12 @@ class AssumeCache:
             self._expire()
             return dict(self._versions)
 
+    def sequence(self) -> int:
+        """Grows with every change on any node."""
+        with self.lock:
+            self._expire()
+            return self._sequence
+
     def pod_uids(self) -> frozenset[str]:
         with self.lock:
             return frozenset(self._entries)
@@ -160,3 +167,4 @@ class AssumeCache:
 
     def _bump(self, node: str) -> None:
         self._versions[node] = self._versions.get(node, 0) + 1
+        self._sequence += 1

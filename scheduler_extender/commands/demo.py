@@ -5,8 +5,11 @@ free loopback port; the extender follows it through the cluster cache (an
 agents file naming it); a sample pod goes through the extender's real HTTP
 filter -> prioritize -> bind, and bind applies through the agent's gRPC Apply.
 The pod asks for what this machine has: a GPU with a VF and pinned CPUs on a
-GPU box, pinned CPUs (with a VF when there is one) elsewhere. Everything is
-torn down at the end.
+GPU box, pinned CPUs (with a VF when there is one) elsewhere.
+
+With no kubelet here, the demo plays the container runtime: the pod is one real
+process in its own container cgroup under a private kubepods tree, which the
+agent's cpuset applier then pins. Everything is torn down at the end.
 """
 
 from __future__ import annotations
@@ -27,11 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 
-from gedge_model import NodeTopology
-from scheduler_extender.bind.agent import AgentBinder
+from gedge_model import Allocation, NodeTopology
+from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.bind.assume import AssumeCache
+from scheduler_extender.bind.binder import BindError
 from scheduler_extender.commands.render import allocation_summary, topology_summary
+from scheduler_extender.commands.serve import configure_logging
 from scheduler_extender.http.app import build_app, start_server
 from scheduler_extender.verbs import Extender
 
@@ -110,7 +116,113 @@ def sample_pod(topology: NodeTopology, uid: str) -> tuple[dict[str, Any], str]:
     return pod, note
 
 
-def start_agent(root: str, node: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+class PodSandbox:
+    """The demo pod as a container runtime would leave it: kubepods/pod<uid>/<container>, one process.
+
+    Under a private cgroup (`gedge-demo-<pid>`) of the cpuset hierarchy (cgroup v1
+    cpuset controller, or v2 with cpuset enabled), so nothing of the host's own
+    pods is touched. The agent gets that cgroup as its --cgroup-root.
+    """
+
+    def __init__(self, pod_uid: str) -> None:
+        self.pod_uid = pod_uid
+        self.container_id = uuid.uuid4().hex + uuid.uuid4().hex
+        self.root = Path()
+        self.version = ""
+        self._dirs: list[Path] = []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def create(self) -> None:
+        v1, v2 = Path("/sys/fs/cgroup/cpuset"), Path("/sys/fs/cgroup")
+        if (v1 / "cpuset.cpus").exists():
+            self.version, parent = "v1", v1
+        elif "cpuset" in _read(v2 / "cgroup.controllers").split():
+            self.version, parent = "v2", v2
+        else:
+            raise DemoError("no cpuset cgroup controller here (cgroup v1 cpuset, or v2 with cpuset)")
+        self.root = parent / f"gedge-demo-{os.getpid()}"
+        try:
+            for path in (
+                self.root,
+                self.root / "kubepods",
+                self.root / "kubepods" / f"pod{self.pod_uid}",
+                self.root / "kubepods" / f"pod{self.pod_uid}" / self.container_id,
+            ):
+                if self.version == "v2":
+                    (path.parent / "cgroup.subtree_control").write_text("+cpuset")
+                path.mkdir()
+                self._dirs.append(path)
+                if self.version == "v1":
+                    for name in ("cpuset.cpus", "cpuset.mems"):
+                        (path / name).write_text(_read(path.parent / name) or "\n")
+            self.process = subprocess.Popen(["sleep", "600"], start_new_session=True)
+            (self._dirs[-1] / "cgroup.procs").write_text(str(self.process.pid))
+        except OSError as exc:
+            self.destroy()
+            raise DemoError(
+                f"cannot create the demo pod's cgroups under {parent}: {exc.strerror or exc}"
+            ) from None
+
+    def cpus_allowed(self) -> str:
+        if self.process is None:
+            return "-"
+        for line in _read(Path(f"/proc/{self.process.pid}/status")).splitlines():
+            if line.startswith("Cpus_allowed_list:"):
+                return line.split(":", 1)[1].strip()
+        return "-"
+
+    def container_cpuset(self) -> str:
+        name = "cpuset.cpus" if self.version == "v1" else "cpuset.cpus.effective"
+        return _read(self._dirs[-1] / name).strip() if self._dirs else "-"
+
+    def runtime(self) -> agent_pb2.PodRuntime:
+        return agent_pb2.PodRuntime(qos_class="Guaranteed", container_ids=[self.container_id])
+
+    def destroy(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        for path in reversed(self._dirs):
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        self._dirs.clear()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+class SandboxBinder:
+    """Bind without Kubernetes, for the demo pod: the agent's gRPC Apply with where the pod runs."""
+
+    def __init__(self, address: str, sandbox: PodSandbox) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._stub = agent_pb2_grpc.NodeAgentStub(self._channel)
+        self._sandbox = sandbox
+
+    def bind(self, allocation: Allocation) -> None:
+        request = agent_pb2.ApplyRequest(
+            allocation_json=allocation.to_annotation(), runtime=self._sandbox.runtime()
+        )
+        try:
+            self._stub.Apply(request, timeout=10)
+        except grpc.RpcError as exc:
+            raise BindError(
+                f"pod {allocation.namespace}/{allocation.name}: agent on {allocation.node} did not apply: "
+                f"{exc.code().name}: {exc.details()}"
+            ) from None
+
+    def release(self, pod_uid: str) -> None:
+        self._stub.Release(agent_pb2.ReleaseRequest(pod_uid=pod_uid), timeout=10)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+def start_agent(root: str, node: str, port: int, workdir: Path, cgroup_root: Path) -> subprocess.Popen[bytes]:
     env = dict(os.environ, GEDGE_AGENT_DEVICE_PLUGIN_DIR=str(workdir / "device-plugins"))
     command = [
         sys.executable,
@@ -127,6 +239,10 @@ def start_agent(root: str, node: str, port: int, workdir: Path) -> subprocess.Po
         "",
         "--checkpoint",
         str(workdir / "checkpoint.json"),
+        "--cgroup-root",
+        str(cgroup_root),
+        "--cgroup-driver",
+        "cgroupfs",
         "--log-level",
         "warning",
     ]
@@ -182,21 +298,26 @@ async def drive(extender: Extender, pod: dict[str, Any], node: str) -> tuple[dic
 
 
 def run(args: argparse.Namespace) -> int:
-    from scheduler_extender.cache import ClusterCache, GrpcAgentApplier
+    from scheduler_extender.cache import ClusterCache
     from scheduler_extender.cache.targets import AgentTarget, dump_agents
 
+    configure_logging("error")
     started = time.monotonic()
     node = args.node_name or node_name_for(socket.gethostname())
+    pod_uid = str(uuid.uuid4())
+    sandbox = PodSandbox(pod_uid)
     with tempfile.TemporaryDirectory(prefix="gedge-demo-") as tmp:
         workdir = Path(tmp)
         port = free_port()
         agents_file = workdir / "agents.yaml"
         agents_file.write_text(dump_agents([AgentTarget(node, f"127.0.0.1:{port}")]))
-        print(f"starting gedge-agent serve --root {args.root} --node-name {node} on 127.0.0.1:{port}")
-        agent = start_agent(args.root, node, port, workdir)
+        agent = None
         cluster = ClusterCache.from_agents_file(agents_file)
-        applier = GrpcAgentApplier(cluster)
+        binder = SandboxBinder(f"127.0.0.1:{port}", sandbox)
         try:
+            sandbox.create()
+            print(f"starting gedge-agent serve --root {args.root} --node-name {node} on 127.0.0.1:{port}")
+            agent = start_agent(args.root, node, port, workdir, sandbox.root)
             cluster.start()
             if not cluster.wait_for(lambda v: node in v and v[node].fresh, AGENT_START_TIMEOUT_S):
                 view = cluster.node(node)
@@ -210,39 +331,43 @@ def run(args: argparse.Namespace) -> int:
             topology = view.state.topology
             print()
             print(topology_summary(topology))
-            pod, note = sample_pod(topology, str(uuid.uuid4()))
+            pod, note = sample_pod(topology, pod_uid)
             print()
-            print(f"sample pod default/demo-inference {note}")
-            extender = Extender(cluster, AgentBinder(applier), cache=AssumeCache())
+            print(f"sample pod default/demo-inference {note};")
+            print(
+                f"  it runs as process {sandbox.process.pid if sandbox.process else '-'} in container cgroup"
+            )
+            print(
+                f"  {sandbox.root}/kubepods/pod{pod_uid}/{sandbox.container_id[:12]}..."
+                f" (cgroup {sandbox.version})"
+            )
+            extender = Extender(cluster, binder, cache=AssumeCache())
             filtered, scores, bound = asyncio.run(drive(extender, pod, node))
-            print(
-                "  POST /filter     -> "
-                + (
-                    f"passes {filtered['NodeNames']}"
-                    if filtered["NodeNames"]
-                    else f"refused: {filtered['Error'] or filtered['FailedNodes']}"
-                )
-            )
+            verdict = filtered["NodeNames"] or filtered["Error"] or filtered["FailedNodes"]
+            print(f"  POST /filter     -> {'passes ' if filtered['NodeNames'] else 'refused: '}{verdict}")
             print(f"  POST /prioritize -> {scores}")
-            print(
-                "  POST /bind       -> "
-                + ("bound, applied by the agent" if not bound["Error"] else bound["Error"])
-            )
-            allocation = extender.cache.held_by(pod["metadata"]["uid"])
+            print(f"  POST /bind       -> {bound['Error'] or 'bound; the agent applied it over gRPC'}")
+            allocation = extender.cache.held_by(pod_uid)
             if bound["Error"] or allocation is None:
                 return 1
             print()
             print(allocation_summary(allocation, topology))
+            print(
+                f"  applied: container cpuset.cpus = {sandbox.container_cpuset() or '-'}, "
+                f"process Cpus_allowed_list = {sandbox.cpus_allowed()}"
+            )
             if not args.keep:
-                applier.release(node, allocation.pod_uid)
-                print(f"\nreleased the allocation on {node}")
+                binder.release(pod_uid)
+                print(f"released on {node}: process Cpus_allowed_list = {sandbox.cpus_allowed()}")
         except DemoError as exc:
             print(f"gedge-extender demo: {exc}", file=sys.stderr)
             return 1
         finally:
-            with contextlib.suppress(Exception):
-                applier.close()
+            binder.close()
             cluster.stop()
-            stop_agent(agent)
+            if agent is not None:
+                stop_agent(agent)
+            if not args.keep:
+                sandbox.destroy()
     print(f"done in {time.monotonic() - started:.1f}s")
     return 0

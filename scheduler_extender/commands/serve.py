@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -25,7 +26,7 @@ from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
 from scheduler_extender.cache.cache import CacheOptions
-from scheduler_extender.http.app import MAX_BODY_BYTES, build_app, server_ssl_context, start_server
+from scheduler_extender.http.app import MAX_BODY_BYTES, build_app, server_ssl_context, start_server, tune_gc
 from scheduler_extender.node_source import NodeSource
 from scheduler_extender.verbs import Extender
 
@@ -178,14 +179,24 @@ async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) 
     app = build_app(wiring.extender(), max_body=args.max_body_bytes)
     runner, bound = await start_server(app, host, port, context)
     log.info("serving", listen=f"{host}:{bound}", https=context is not None)
+    tune_gc()
+    refreeze = asyncio.get_running_loop().create_task(_refreeze_gc())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    refreeze.cancel()
     await runner.cleanup()
     return 0
+
+
+async def _refreeze_gc(period_s: float = 300.0) -> None:
+    """Node reports arriving after start join the frozen generation too (see tune_gc)."""
+    while True:
+        await asyncio.sleep(period_s)
+        gc.freeze()
 
 
 def run(args: argparse.Namespace) -> int:

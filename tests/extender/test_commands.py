@@ -1,0 +1,203 @@
+"""The gedge-extender commands as a user runs them: demo, place, serve (with a real agent over gRPC)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gedge_model import Allocation, NodeState, to_json
+from scheduler_extender.cli import main
+from scheduler_extender.commands.demo import free_port
+from scheduler_extender.placement.synthetic import dgx_like, edge_box
+from tests.extender.servers import post
+
+CLI = [sys.executable, "-m", "scheduler_extender.cli"]
+GPU_POD = {
+    "apiVersion": "v1",
+    "kind": "Pod",
+    "metadata": {"name": "trainer", "namespace": "ml", "annotations": {"gedge.io/topology-aware": "true"}},
+    "spec": {"containers": [{"name": "main", "image": "x", "resources": {"limits": {"gedge.io/gpu": "2"}}}]},
+}
+
+
+def test_demo_places_a_pod_through_the_real_agent_and_cleans_up() -> None:
+    result = subprocess.run([*CLI, "demo"], capture_output=True, text=True, timeout=90)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "POST /filter     -> passes" in out
+    assert "POST /bind       -> bound; the agent applied it over gRPC" in out
+    pinned = re.search(r"exclusive cpus\s+(\S+)", out)
+    applied = re.search(r"container cpuset.cpus = (\S+), process Cpus_allowed_list = (\S+)", out)
+    assert pinned and applied, out
+    assert applied.group(1) == applied.group(2) == pinned.group(1)
+    assert "released on" in out
+    cgroup = re.search(r"(/sys/fs/cgroup/\S+/gedge-demo-\d+)", out)
+    assert cgroup and not Path(cgroup.group(1)).exists(), "the demo removes its cgroups"
+
+
+@pytest.fixture
+def topology_files(tmp_path: Path) -> list[str]:
+    paths = []
+    for state in (NodeState(dgx_like("dgx-a")), NodeState(edge_box("edge-a", timeslice_replicas=1))):
+        path = tmp_path / f"{state.node_name}.json"
+        path.write_text(to_json(state))
+        paths.append(str(path))
+    return paths
+
+
+def test_place_prints_the_allocation(
+    tmp_path: Path, topology_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    pod_file = tmp_path / "pod.yaml"
+    pod_file.write_text(yaml.safe_dump(GPU_POD))
+    args = ["place", "--pod", str(pod_file)]
+    for path in topology_files:
+        args += ["--topology", path]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "pod ml/trainer -> node dgx-a" in out
+    assert len(re.findall(r"^  gedge.io/gpu +GPU-dgx-a-", out, re.MULTILINE)) == 2
+    assert "refused  edge-a:" in out
+    assert main([*args, "--json"]) == 0
+    allocation = Allocation.from_annotation(capsys.readouterr().out)
+    assert allocation.node == "dgx-a" and len(allocation.device_ids("gedge.io/gpu")) == 2
+
+
+def test_place_explains_bad_input(
+    tmp_path: Path, topology_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_pod = tmp_path / "deploy.yaml"
+    not_a_pod.write_text("kind: Deployment\nmetadata: {name: x}\n")
+    assert main(["place", "--pod", str(not_a_pod), "--topology", topology_files[0]]) == 1
+    assert "not a Pod manifest (kind is 'Deployment')" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump({**GPU_POD, "metadata": {"name": "p", "annotations": {"gedge.io/compute": "GPU"}}})
+    )
+    assert main(["place", "--pod", str(bad), "--topology", topology_files[0]]) == 1
+    assert "gedge.io/compute" in capsys.readouterr().err
+    greedy = tmp_path / "greedy.yaml"
+    spec = {"containers": [{"name": "m", "image": "x", "resources": {"limits": {"gedge.io/gpu": "9"}}}]}
+    greedy.write_text(yaml.safe_dump({**GPU_POD, "spec": spec}))
+    topologies = [arg for path in topology_files for arg in ("--topology", path)]
+    assert main(["place", "--pod", str(greedy), *topologies]) == 1
+    err = capsys.readouterr().err
+    assert "no node fits pod ml/trainer" in err and "dgx-a:" in err and "edge-a:" in err
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A real gedge-agent serving this machine over gRPC, report-only."""
+    port = free_port()
+    env = dict(os.environ, GEDGE_AGENT_DEVICE_PLUGIN_DIR=str(tmp_path / "dp"))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "serve",
+            "--node-name",
+            "extender-test-node",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--metrics-listen",
+            "",
+            "--no-apply",
+            "--checkpoint",
+            str(tmp_path / "checkpoint.json"),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield "extender-test-node", port
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def _serving_port(process: subprocess.Popen[str], deadline: float) -> int:
+    assert process.stderr is not None
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line:
+            break
+        record = json.loads(line)
+        if record.get("event") == "serving":
+            return int(record["listen"].rsplit(":", 1)[1])
+    raise AssertionError("serve never logged that it is serving")
+
+
+def test_serve_over_an_agents_file_answers_kube_scheduler_and_stops_on_sigterm(
+    tmp_path: Path, agent: tuple[str, int]
+) -> None:
+    node, port = agent
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(yaml.safe_dump([{"node": node, "address": f"127.0.0.1:{port}"}]))
+    serve = subprocess.Popen(
+        [*CLI, "serve", "--agents", str(agents), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        url = f"http://127.0.0.1:{_serving_port(serve, time.monotonic() + 30)}"
+        pinned = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": "p",
+                "namespace": "ml",
+                "uid": "u1",
+                "annotations": {"gedge.io/cpu-pinning": "true"},
+            },
+            "spec": {
+                "containers": [
+                    {"name": "m", "image": "x", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}
+                ]
+            },
+        }
+        deadline = time.monotonic() + 30
+        while True:
+            status, result = post(
+                f"{url}/filter", {"Pod": pinned, "Nodes": None, "NodeNames": [node, "ghost"]}
+            )
+            if result["NodeNames"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert status == 200
+        assert result["NodeNames"] == [node], result
+        assert "ghost" in result["FailedAndUnresolvableNodes"]
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(timeout=20) == 0
+        assert serve.stderr is not None
+        for line in serve.stderr.read().splitlines():
+            assert "event" in json.loads(line), "structured JSON logs only"
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+def test_serve_refuses_a_bad_agents_file(tmp_path: Path) -> None:
+    agents = tmp_path / "agents.yaml"
+    agents.write_text("- node: Bad_Name\n  address: 127.0.0.1:1\n")
+    result = subprocess.run(
+        [*CLI, "serve", "--agents", str(agents), "--listen", "127.0.0.1:0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "Bad_Name" in result.stderr and str(agents) in result.stderr
