@@ -41,7 +41,7 @@ class SysfsTree:
     def read(self, rel: str, *, required: bool = False) -> str | None:
         """The stripped text of a file; None when missing (a warning if required) or unreadable."""
         try:
-            fd = os.open(self.path(rel), os.O_RDONLY)
+            fd = os.open(self.path(rel), os.O_RDONLY | os.O_NONBLOCK)
             try:
                 data = _read_all(fd)
             finally:

@@ -12,7 +12,7 @@ from tests.conftest import snapshot_names
 
 
 def _damage(root: Path, seed: int) -> list[str]:
-    """Turn a random fifth of the attribute files read by discovery into garbage, directories or loops."""
+    """Turn a fifth of the attribute files discovery reads into garbage, directories, loops or FIFOs."""
     rng = random.Random(seed)
     targets = [
         p
@@ -38,7 +38,7 @@ def _damage(root: Path, seed: int) -> list[str]:
     ]
     damaged = []
     for path in rng.sample(targets, max(1, len(targets) // 5)):
-        how = rng.choice(("garbage", "dir", "loop", "empty"))
+        how = rng.choice(("garbage", "dir", "loop", "empty", "fifo"))
         path.unlink()
         if how == "garbage":
             path.write_bytes(bytes(rng.randrange(256) for _ in range(12)))
@@ -46,6 +46,8 @@ def _damage(root: Path, seed: int) -> list[str]:
             path.mkdir()
         elif how == "loop":
             os.symlink(path.name, path)
+        elif how == "fifo":
+            os.mkfifo(path)
         else:
             path.write_text("")
         damaged.append(how)

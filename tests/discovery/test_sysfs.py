@@ -73,3 +73,10 @@ def test_unreadable_and_missing_files(tmp_path: Path) -> None:
         f"/dir_not_file: unreadable ({os.strerror(21)})",
         "/word: not a number: 'many'",
     ]
+
+
+def test_a_fifo_where_an_attribute_should_be_does_not_block(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "numa_node")
+    fs = SysfsTree(tmp_path)
+    assert fs.read_int("numa_node") is None
+    assert fs.warnings == ["/numa_node: not a number: ''"]
