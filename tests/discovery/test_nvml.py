@@ -6,6 +6,7 @@ import pytest
 
 from agent.discovery import NvmlGpuSource, discover
 from agent.discovery.nvml import mig_profile_name, normalize_bus_id
+from gedge_model import NodeTopology, from_json, to_json
 from tests.discovery.fake_nvml import FakeGpu, FakeNvml
 from tests.discovery.gpu_box import build_box
 from tests.discovery.sysfs_builder import SysfsBuilder
@@ -146,3 +147,9 @@ def test_drivers_without_the_version_2_profile_query(tmp_path: Path) -> None:
     topo = discover(box.root, gpu_source=NvmlGpuSource(box.nvml))
     assert topo.warnings == ()
     assert sorted(p.name for p in topo.gpus[0].mig_profiles) == sorted(A100_NAMES)
+
+
+def test_gpu_topology_travels_as_json(tmp_path: Path) -> None:
+    box = build_box(tmp_path, "H100", mig_gpu0=True)
+    topo = discover(box.root, gpu_source=NvmlGpuSource(box.nvml), timeslice_replicas=2)
+    assert from_json(NodeTopology, to_json(topo)) == topo
