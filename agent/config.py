@@ -45,6 +45,8 @@ class AgentConfig:
     max_send_message_bytes: int = 16 * 1024 * 1024
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
+    kubeconfig: str | None = None
+    """Kubernetes API access; unset: the service account inside a pod, else no Kubernetes."""
     device_plugin_dir: str = "/var/lib/kubelet/device-plugins"
     checkpoint: str = "/var/lib/gedge-agent/checkpoint.json"
     cgroup_root: str = "/sys/fs/cgroup"

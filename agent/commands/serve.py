@@ -7,16 +7,20 @@ import asyncio
 import logging
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
 from agent.apply import ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver
-from agent.apply.contract import AllocationApplier
 from agent.apply.nic import NicApplier
 from agent.config import AgentConfig, ConfigError, load_config, parse_listen
+from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.metrics import AgentMetrics
+from agent.podwatch import PodStatusResolver, PodWatcher, core_api, kubernetes_event_reporter
 from agent.service.server import AgentRuntime, default_discover
+from agent.service.store import Snapshot
 from gedge_model.tls import TlsConfigError
 
 log = structlog.get_logger("gedge.agent.serve")
@@ -42,6 +46,8 @@ _FLAG_KEYS = (
     "cgroup_root",
     "cgroup_driver",
     "apply",
+    "kubeconfig",
+    "device_plugin_dir",
     "timeslice_replicas",
 )
 
@@ -81,6 +87,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-send-message-bytes", type=int, metavar="N")
     parser.add_argument("--shutdown-grace-s", type=float, metavar="S")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    parser.add_argument(
+        "--kubeconfig",
+        metavar="FILE",
+        help="Kubernetes API access (in a pod: its service account); runs the pod watch and device plugins",
+    )
+    parser.add_argument("--device-plugin-dir", metavar="PATH", help="kubelet's device plugin folder")
     parser.add_argument("--checkpoint", metavar="FILE", help="where the applier records what it applied")
     parser.add_argument("--cgroup-root", metavar="PATH", help="cgroup mount (default /sys/fs/cgroup)")
     parser.add_argument("--cgroup-driver", choices=("systemd", "cgroupfs"), help="kubelet's cgroup driver")
@@ -119,24 +131,85 @@ def cgroup_hierarchy(root: Path) -> tuple[Path, CgroupVersion]:
     return (cpuset if cpuset.is_dir() else root), CgroupVersion.V1
 
 
-def make_applier(config: AgentConfig) -> tuple[AllocationApplier | None, StaticPodResolver | None]:
-    """ApplyManager over the node's cgroups and netlink, fed pod runtimes by Apply callers.
+@dataclass
+class NodeParts:
+    """What acts on the node besides the gRPC service: the applier, and under Kubernetes the pod watch
+    and the device plugins."""
 
-    None with --no-apply: the agent reports only and refuses Apply/Release.
-    """
+    applier: ApplyManager | None = None
+    pod_runtimes: StaticPodResolver | None = None
+    """Without Kubernetes: where pods run, as Apply callers say."""
+    pod_status: PodStatusResolver | None = None
+    """Under Kubernetes: where pods run, from the pod watch."""
+    core: Any = None
+    watcher: PodWatcher | None = None
+    plugins: DevicePluginManager | None = None
+
+
+def make_parts(config: AgentConfig, core: Any) -> NodeParts:
+    """ApplyManager over the node's cgroups and netlink, told where pods run by the pod watch under
+    Kubernetes (`core` set) or by Apply callers without it. --no-apply: report only."""
+    parts = NodeParts(core=core)
     if not config.apply:
-        return None, None
+        return parts
     root, version = cgroup_hierarchy(Path(config.cgroup_root))
-    pods = StaticPodResolver()
-    manager = ApplyManager(
+    driver = CgroupDriver(config.cgroup_driver)
+    if core is not None:
+        parts.pod_status = PodStatusResolver(root, driver)
+    else:
+        parts.pod_runtimes = StaticPodResolver()
+    parts.applier = ApplyManager(
         cgroup_root=root,
-        cgroup_driver=CgroupDriver(config.cgroup_driver),
+        cgroup_driver=driver,
         cgroup_version=version,
         checkpoint_path=Path(config.checkpoint),
-        resolver=pods,
+        resolver=parts.pod_status or parts.pod_runtimes,
         nic=NicApplier(sysfs_root=Path(config.root), host_netns=config.netns),
     )
-    return manager, pods
+    return parts
+
+
+def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: AgentConfig) -> None:
+    """The pod watch applies bound pods' allocations; device plugins advertise the node's devices."""
+    store = runtime.store
+    assert store is not None and parts.core is not None
+    node = store.node_name
+    if parts.applier is not None:
+        applier = parts.applier
+        parts.watcher = PodWatcher(
+            parts.core,
+            node,
+            applier,
+            report=kubernetes_event_reporter(parts.core, node),
+            on_change=lambda allocations: store.set_allocations(tuple(allocations)),
+            observer=parts.pod_status,
+            reconcile_applier=applier.reconcile,
+            on_new_containers=applier.refresh_shared_pool,
+        )
+        parts.watcher.start()
+    parts.plugins = DevicePluginManager(
+        lambda: store.current().state.topology,
+        KubernetesPendingPodSource(parts.core, node),
+        Path(config.device_plugin_dir),
+        host_root=Path(config.root),
+    )
+    parts.plugins.start()
+    advertised = [store.current().topology_generation]
+
+    def readvertise(snap: Snapshot) -> None:
+        if parts.plugins is not None and snap.topology_generation != advertised[0]:
+            advertised[0] = snap.topology_generation
+            parts.plugins.update(snap.state.topology)
+
+    store.add_listener(readvertise)
+    log.info("kubernetes parts started", node=node, pod_watch=parts.watcher is not None)
+
+
+def stop_kubernetes_parts(parts: NodeParts) -> None:
+    if parts.watcher is not None:
+        parts.watcher.stop()
+    if parts.plugins is not None:
+        parts.plugins.stop()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -159,13 +232,13 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(config: AgentConfig) -> int:
     metrics = AgentMetrics()
-    applier, pod_runtimes = make_applier(config)
+    parts = make_parts(config, core_api(config.kubeconfig))
     runtime = AgentRuntime(
         config=config,
-        applier=applier,
+        applier=parts.applier,
         discover=default_discover(config),
         metrics=metrics,
-        pod_runtimes=pod_runtimes,
+        pod_runtimes=parts.pod_runtimes,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -186,8 +259,11 @@ async def serve(config: AgentConfig) -> int:
             await runtime.stop(0)
             raise
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
+    if parts.core is not None:
+        await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
     await stop.wait()
     log.info("shutting down", signal="SIGTERM/SIGINT")
+    await asyncio.to_thread(stop_kubernetes_parts, parts)
     await runtime.stop()
     if metrics_server is not None:
         metrics_server.shutdown()

@@ -1,0 +1,139 @@
+"""`gedge-agent serve --kubeconfig`: the pod watch applies a bound pod's allocation onto real cpusets.
+
+A real kube-apiserver (the e2e control plane) holds the pod; no kubelet runs, so the
+test writes the pod's status as kubelet would, after making its cgroups and process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from kubernetes import client as k8s
+
+from agent.apply import CgroupDriver, QosClass
+from agent.podwatch import core_api
+from gedge_model import ANNOTATION, Allocation
+from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
+from tests.apply.helpers import build_pod_cgroups, new_container_id, start_in_cgroup, stop, v1_sandbox
+from tests.e2e.conftest import control_plane, e2e_bin_dir, kube_api, namespace  # noqa: F401
+from tests.grpc.agents import spawn_agent
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs"),
+]
+MERGE = "application/merge-patch+json"
+
+
+def eventually(check: Callable[[], object], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("not reached in time")
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def cgroup_root() -> Iterator[Path]:
+    with v1_sandbox("gtkube-") as top:
+        yield top
+
+
+def test_bound_pod_is_applied_and_released_by_the_daemon(
+    control_plane,  # noqa: F811
+    namespace: str,  # noqa: F811
+    cgroup_root: Path,
+    tmp_path: Path,
+) -> None:
+    core = core_api(str(control_plane.kubeconfig))
+    assert core is not None
+    node = f"edge-{uuid.uuid4().hex[:6]}"
+    agent = spawn_agent(
+        "/",
+        node,
+        "--kubeconfig",
+        str(control_plane.kubeconfig),
+        "--cgroup-root",
+        str(cgroup_root),
+        "--cgroup-driver",
+        "cgroupfs",
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--device-plugin-dir",
+        str(tmp_path / "device-plugins"),
+        "--no-netlink",
+        metrics_listen="",
+    )
+    process = None
+    try:
+        client = agent_pb2_grpc.NodeAgentStub(grpc.insecure_channel(f"127.0.0.1:{agent.port}"))
+
+        def allocations() -> list[dict]:
+            reply = client.ListAllocations(agent_pb2.ListAllocationsRequest(), timeout=10)
+            return json.loads(reply.allocations_json)
+
+        pod = core.create_namespaced_pod(
+            namespace,
+            k8s.V1Pod(
+                metadata=k8s.V1ObjectMeta(name="trainer"),
+                spec=k8s.V1PodSpec(
+                    node_name=node,
+                    containers=[
+                        k8s.V1Container(
+                            name="main",
+                            image="pause",
+                            resources=k8s.V1ResourceRequirements(limits={"cpu": "1", "memory": "64Mi"}),
+                        )
+                    ],
+                ),
+            ),
+        )
+        uid = pod.metadata.uid
+        assert pod.status.qos_class == "Guaranteed"
+        allocation = Allocation(uid, namespace, "trainer", node, cpus=(1,))
+        core.patch_namespaced_pod(
+            "trainer",
+            namespace,
+            {"metadata": {"annotations": {ANNOTATION: allocation.to_annotation()}}},
+            _content_type=MERGE,
+        )
+        container = new_container_id()
+        (path,) = build_pod_cgroups(cgroup_root, CgroupDriver.CGROUPFS, QosClass.GUARANTEED, uid, [container])
+        process = start_in_cgroup(path)
+        status = {
+            "phase": "Running",
+            "containerStatuses": [
+                {
+                    "name": "main",
+                    "image": "pause",
+                    "imageID": "",
+                    "ready": True,
+                    "restartCount": 0,
+                    "containerID": f"containerd://{container}",
+                    "state": {"running": {}},
+                }
+            ],
+        }
+        core.patch_namespaced_pod_status("trainer", namespace, {"status": status}, _content_type=MERGE)
+
+        eventually(lambda: [a["pod_uid"] for a in allocations()] == [uid])
+        assert os.sched_getaffinity(process.pid) == {1}
+
+        core.delete_namespaced_pod("trainer", namespace, grace_period_seconds=0)
+        eventually(lambda: allocations() == [])
+        assert os.sched_getaffinity(process.pid) == {0, 1}
+        assert agent.terminate() == 0
+        events = [json.loads(line).get("event") for line in agent.log_lines if line.startswith("{")]
+        assert "kubernetes parts started" in events
+    finally:
+        agent.kill()
+        if process is not None:
+            stop(process)
+        core.api_client.close()
