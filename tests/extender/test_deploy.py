@@ -1,0 +1,111 @@
+"""deploy/scheduler agrees with the extender it configures: verbs, resources, port, RBAC."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gedge_model.allocation import (
+    RESOURCE_GPU,
+    RESOURCE_GPU_SHARED,
+    RESOURCE_MIG_PREFIX,
+    RESOURCE_RDMA,
+    RESOURCE_SRIOV_VF,
+    is_known_resource,
+)
+from scheduler_extender.http.app import build_app
+from scheduler_extender.node_source import StaticNodeSource
+from scheduler_extender.verbs import Extender
+from tests.extender.conftest import RecordingBinder
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "scheduler"
+
+
+def _docs(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d]
+
+
+def _configs() -> dict[str, dict[str, Any]]:
+    (configmap,) = _docs("gedge-scheduler-config.yaml")
+    (replacement,) = _docs("replace-default-scheduler.yaml")
+    return {"second-scheduler": yaml.safe_load(configmap["data"]["config.yaml"]), "replacement": replacement}
+
+
+CONFIGS = _configs()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_scheduler_configuration_calls_our_verbs(name: str) -> None:
+    config = CONFIGS[name]
+    assert config["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert config["kind"] == "KubeSchedulerConfiguration"
+    (extender,) = config["extenders"]
+    routes = {
+        r.resource.canonical
+        for r in build_app(Extender(StaticNodeSource(), RecordingBinder())).router.routes()
+    }
+    for verb in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb"):
+        assert f"/{extender[verb]}" in routes
+    assert extender["nodeCacheCapable"] is True
+    assert extender["enableHTTPS"] is False
+    assert extender["weight"] >= 1
+    assert re.fullmatch(r"\d+s", extender["httpTimeout"])
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_gedge_resource_is_managed_and_ignored_by_the_in_tree_fit(name: str) -> None:
+    managed = CONFIGS[name]["extenders"][0]["managedResources"]
+    names = [m["name"] for m in managed]
+    assert len(names) == len(set(names))
+    assert all(m["ignoredByScheduler"] is True for m in managed)
+    assert all(is_known_resource(n) for n in names)
+    assert {RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_SRIOV_VF, RESOURCE_RDMA} <= set(names)
+    migs = {n.removeprefix(RESOURCE_MIG_PREFIX) for n in names if n.startswith(RESOURCE_MIG_PREFIX)}
+    for profile in ("1g.5gb", "1g.10gb", "3g.40gb", "7g.80gb", "1g.10gb+me", "2g.12gb", "7g.141gb"):
+        assert profile in migs, f"MIG profile {profile} (A30/A100/H100/H200) is not managed"
+
+
+def test_second_scheduler_reaches_the_extender_service() -> None:
+    config = CONFIGS["second-scheduler"]
+    assert [p["schedulerName"] for p in config["profiles"]] == ["gedge-scheduler"]
+    url = config["extenders"][0]["urlPrefix"]
+    match = re.fullmatch(r"http://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)", url)
+    assert match
+    deployment, service = _docs("extender.yaml")
+    assert (service["kind"], service["metadata"]["name"], service["metadata"]["namespace"]) == (
+        "Service",
+        match.group(1),
+        match.group(2),
+    )
+    assert service["spec"]["ports"][0]["port"] == int(match.group(3))
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert f"--listen=0.0.0.0:{container['ports'][0]['containerPort']}" in container["args"]
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_extender_rbac_is_exactly_what_it_calls() -> None:
+    role = next(d for d in _docs("extender-rbac.yaml") if d["kind"] == "ClusterRole")
+    granted = {
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
+    needed = {
+        ("", "pods", "get"),  # read_pod: bind of a pod not seen in filter
+        ("", "pods", "list"),  # PodAllocationWatch.relist
+        ("", "pods", "watch"),
+        ("", "pods", "patch"),  # the gedge.io/allocation annotation
+        ("", "pods/binding", "create"),
+        ("", "nodes", "list"),  # agents' addresses (cluster cache)
+        ("", "nodes", "watch"),
+        ("", "events", "create"),
+    }
+    assert needed <= granted
+    assert not granted - needed, f"granted but never used: {sorted(granted - needed)}"
