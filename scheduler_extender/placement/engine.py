@@ -100,6 +100,9 @@ class Placement:
     cost: float
     leftover: int = 0
     """Free units of the pod's main resource left on the node afterwards (score_nodes' tie-break)."""
+    stranded: int = 0
+    """Free accelerators (GPUs, MIG instances, RDMA devices) of kinds the pod does not use: a pod
+    taking CPUs or VFs on such a node may leave them unusable, so packing prefers nodes with fewer."""
 
 
 @dataclass(frozen=True)
@@ -787,8 +790,20 @@ def place(
         detail = "; ".join(lacks) if lacks else "no combination fits"
         return Refusal(f"node {node}: needs {_describe(request)} {where}{extra} ({policy}); {detail}")
     return Placement(
-        _allocation(index, state, request, choice), choice.cost, _leftover(request, free, choice)
+        _allocation(index, state, request, choice),
+        choice.cost,
+        _leftover(request, free, choice),
+        _stranded(request, free),
     )
+
+
+def _stranded(request: PodRequest, free: _Free) -> int:
+    count = 0
+    if not (request.gpus or request.gpu_shared or request.mig):
+        count += len(free.whole) + sum(len(v) for v in free.migs.values())
+    if not _needs(request).rdmas:
+        count += len(free.rdmas)
+    return count
 
 
 def _leftover(request: PodRequest, free: _Free, choice: _Choice) -> int:
@@ -845,31 +860,28 @@ def _allocation(index: TopologyIndex, state: NodeState, request: PodRequest, cho
 def score_nodes(
     placements: Mapping[str, Placement], config: PlacementConfig = PlacementConfig()
 ) -> dict[str, int]:
-    """0..10 per node: the lowest cost scores highest; among equal cost, pack/spread decides.
+    """0..10 per node: the lowest-cost nodes score 10 or 9, the rest 8..0 linearly by cost.
 
-    Costs map linearly onto six even scores (10, 8, ..., 0); the odd step below
-    each goes to nodes of that cost band whose leftover is not the preferred one
-    (pack: fewest free units left, keeping other nodes whole; spread: most).
+    Among the lowest-cost nodes, 10 goes to those stranding the fewest
+    accelerators the pod does not use, then by the pack/spread strategy: pack
+    prefers the fewest free units of the pod's resource left (filling started
+    nodes keeps others whole for large pods), spread the most. A node with a
+    cheaper allocation always outranks a dearer one.
     """
     if not placements:
         return {}
     costs = {name: p.cost for name, p in placements.items()}
     low, high = min(costs.values()), max(costs.values())
-    span = high - low
+    sign = 1 if config.node_strategy == "pack" else -1
 
-    def band(cost: float) -> int:
-        if span <= 1e-9:
-            return 5
-        return 5 - round(5 * (cost - low) / span)
+    def fit(p: Placement) -> tuple[int, int]:
+        return (p.stranded, sign * p.leftover)
 
-    bands = {name: band(c) for name, c in costs.items()}
-    preferred: dict[int, int] = {}
-    for name, b in bands.items():
-        left = placements[name].leftover
-        current = preferred.get(b)
-        if current is None or (left < current if config.node_strategy == "pack" else left > current):
-            preferred[b] = left
-    return {
-        name: max(0, 2 * b - (0 if placements[name].leftover == preferred[b] else 1))
-        for name, b in bands.items()
-    }
+    preferred = min(fit(placements[name]) for name, cost in costs.items() if cost <= low + _EPS)
+    scores = {}
+    for name, cost in costs.items():
+        if cost <= low + _EPS:
+            scores[name] = 10 if fit(placements[name]) == preferred else 9
+        else:
+            scores[name] = max(0, min(8, round(8 * (high - cost) / (high - low))))
+    return scores

@@ -96,8 +96,13 @@ def optimum_cost(
                 if total >= request.cpus and minimal:
                     cpu_sets.append(subset)
 
+    priced: dict[tuple[str, str], float] = {}
+
     def w(a: str, b: str) -> float:
-        return weights[pci_distance(topology, a, b).level]
+        hit = priced.get((a, b))
+        if hit is None:
+            hit = priced[(a, b)] = weights[pci_distance(topology, a, b).level]
+        return hit
 
     def to_cpu(address: str, numa: int | None) -> float:
         own = _numa(topology, address)
