@@ -89,9 +89,9 @@ class Extender:
         if isinstance(request, str):
             return encode_filter_result(args, error=request)
         candidates = args.candidates
+        self._remember(args.pod)
         if not request.wants_placement():
             return encode_filter_result(args, passed=candidates)
-        self._remember(args.pod)
         seq = self.cache.sequence()
         outcomes, unresolvable = self._evaluate(candidates, request)
         passed = [name for name, outcome in outcomes.items() if outcome.__class__ is Placement]

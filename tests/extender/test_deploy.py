@@ -56,9 +56,16 @@ def test_scheduler_configuration_calls_our_verbs(name: str) -> None:
     assert re.fullmatch(r"\d+s", extender["httpTimeout"])
 
 
-@pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_every_gedge_resource_is_managed_and_ignored_by_the_in_tree_fit(name: str) -> None:
-    managed = CONFIGS[name]["extenders"][0]["managedResources"]
+def test_second_scheduler_sends_every_pod_and_leaves_gedge_resources_to_the_extender() -> None:
+    config = CONFIGS["second-scheduler"]
+    assert "managedResources" not in config["extenders"][0]
+    (profile,) = config["profiles"]
+    (fit,) = [p for p in profile["pluginConfig"] if p["name"] == "NodeResourcesFit"]
+    assert fit["args"]["ignoredResourceGroups"] == ["gedge.io"]
+
+
+def test_replacement_manages_every_gedge_resource_and_the_in_tree_fit_ignores_them() -> None:
+    managed = CONFIGS["replacement"]["extenders"][0]["managedResources"]
     names = [m["name"] for m in managed]
     assert len(names) == len(set(names))
     assert all(m["ignoredByScheduler"] is True for m in managed)

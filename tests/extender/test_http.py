@@ -114,6 +114,14 @@ def test_pod_wanting_nothing_from_us_passes_every_node(cluster: Cluster) -> None
     assert result["FailedNodes"] == {} and result["FailedAndUnresolvableNodes"] == {}
 
 
+def test_pod_wanting_nothing_from_us_is_bound_with_an_empty_allocation(cluster: Cluster) -> None:
+    plain = pod("plain", limits={"cpu": "500m"})
+    cluster.post("filter", cluster.args(plain, ["edge-1"]))
+    assert cluster.bind(plain, "edge-1") == (200, {"Error": ""})
+    (allocation,) = cluster.binder.bound
+    assert (allocation.node, allocation.devices, allocation.cpus) == ("edge-1", (), ())
+
+
 def test_stale_node_is_filtered_out_with_the_caches_reason(cluster: Cluster) -> None:
     state = cluster.source.node("edge-1").state
     cluster.source.put(
