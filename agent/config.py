@@ -37,12 +37,14 @@ class AgentConfig:
     tls_allowed_clients: tuple[str, ...] = ()
     """Certificate names allowed to call; empty: any client with a certificate from the CA."""
     poll_interval_s: float = 0.5
-    full_rediscovery_interval_s: float = 60.0
+    full_rediscovery_interval_s: float = 30.0
     netlink: bool | None = None
     """Listen for link events; unset: only when root is the live `/`."""
     netns: str | None = None
     max_receive_message_bytes: int = 1024 * 1024
     max_send_message_bytes: int = 16 * 1024 * 1024
+    max_concurrent_rpcs: int = 100
+    """Calls (watch streams included) served at once; more are refused with RESOURCE_EXHAUSTED."""
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
     kubeconfig: str | None = None
@@ -81,6 +83,8 @@ class AgentConfig:
         for name in ("max_receive_message_bytes", "max_send_message_bytes"):
             if not 1024 <= getattr(self, name) <= 256 * 1024 * 1024:
                 raise ConfigError(f"{name} must be within 1 KiB..256 MiB, got {getattr(self, name)}")
+        if not 1 <= self.max_concurrent_rpcs <= 10_000:
+            raise ConfigError(f"max_concurrent_rpcs must be within 1..10000, got {self.max_concurrent_rpcs}")
         if self.cgroup_driver not in ("systemd", "cgroupfs"):
             raise ConfigError(f"cgroup_driver must be systemd or cgroupfs, got {self.cgroup_driver!r}")
         if self.timeslice_replicas < 1:

@@ -41,6 +41,7 @@ _FLAG_KEYS = (
     "max_receive_message_bytes",
     "max_send_message_bytes",
     "shutdown_grace_s",
+    "max_concurrent_rpcs",
     "log_level",
     "checkpoint",
     "cgroup_root",
@@ -74,7 +75,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--poll-interval-s", type=float, metavar="S", help="fingerprint check period (0.5)")
     parser.add_argument(
-        "--full-rediscovery-interval-s", type=float, metavar="S", help="full re-discovery period (60)"
+        "--full-rediscovery-interval-s", type=float, metavar="S", help="full re-discovery period (30)"
     )
     parser.add_argument(
         "--netlink",
@@ -85,6 +86,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--netns", metavar="NAME", help="listen for link events in this network namespace")
     parser.add_argument("--max-receive-message-bytes", type=int, metavar="N")
     parser.add_argument("--max-send-message-bytes", type=int, metavar="N")
+    parser.add_argument("--max-concurrent-rpcs", type=int, metavar="N", help="calls served at once (100)")
     parser.add_argument("--shutdown-grace-s", type=float, metavar="S")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument(

@@ -52,7 +52,7 @@ def fingerprint(root: str | Path) -> str:
 @dataclass(frozen=True)
 class ChangePolicy:
     poll_interval_s: float = 0.5
-    full_interval_s: float = 60.0
+    full_interval_s: float = 30.0
     netlink: bool = False
     netns: str | None = None
     """Listen for link events in this named network namespace instead of the agent's own."""

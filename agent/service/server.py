@@ -22,7 +22,7 @@ from agent.service.changes import ChangeDetector, ChangePolicy
 from agent.service.servicer import NodeAgentService
 from agent.service.store import NodeStateStore, Snapshot
 from gedge_model import NodeTopology
-from gedge_model.tls import TlsMaterial, load_tls, server_credentials
+from gedge_model.tls import TlsConfigError, TlsMaterial, load_tls, server_credentials
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 
 log = structlog.get_logger("gedge.agent.server")
@@ -81,7 +81,14 @@ class AgentRuntime:
         self._observe(self.store.current())
         self.metrics.allocations.set(len(applied))
 
-        server = grpc.aio.server(options=server_options(config))
+        if self.tls is not None and self.store.node_name not in self.tls.names:
+            raise TlsConfigError(
+                f"TLS certificate {config.tls_cert} names {sorted(self.tls.names)}, "
+                f"not this node {self.store.node_name!r}: the extender would refuse it"
+            )
+        server = grpc.aio.server(
+            options=server_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs
+        )
         service = NodeAgentService(
             self.store,
             self.applier,

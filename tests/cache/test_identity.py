@@ -34,8 +34,8 @@ def test_only_the_nodes_own_certificate_is_accepted(
         "gedge-extender",
         metrics_listen="",
     )
-    # An agent configured as edge-spoof but holding edge-other's certificate.
-    spoof = agent_host.start_agent(root, "edge-spoof", **tls_settings(ca.issue("edge-other")))
+    # edge-other's agent, with its own valid certificate, at the address the cache holds for edge-spoof.
+    spoof = agent_host.start_agent(root, "edge-other", **tls_settings(ca.issue("edge-other")))
     # A certificate for the right name from a CA the cache does not trust.
     foreign = TestCa(tmp_path / "foreign", "foreign-ca").issue("edge-foreign")
     untrusted = agent_host.start_agent(

@@ -12,6 +12,7 @@ import grpc
 
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from tests.grpc.agents import REPO, spawn_agent
+from tests.grpc.certs import TestCa
 
 SNAPSHOT = "2pa-pcidomain32bits"
 
@@ -92,6 +93,30 @@ def test_missing_tls_file_exits_2_naming_it(snapshot_roots: dict[str, Path], tmp
     )
     assert result.returncode == 2
     assert "nope.crt" in result.stderr
+
+
+def test_certificate_for_another_node_is_refused_at_start(
+    snapshot_roots: dict[str, Path], ca: TestCa
+) -> None:
+    issued = ca.issue("edge-x")
+    result = run_serve(
+        "--root",
+        str(snapshot_roots[SNAPSHOT]),
+        "--node-name",
+        "edge-y",
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "",
+        "--tls-cert",
+        str(issued.cert),
+        "--tls-key",
+        str(issued.key),
+        "--tls-ca",
+        str(issued.ca),
+    )
+    assert result.returncode == 2
+    assert "names ['edge-x'], not this node 'edge-y'" in result.stderr
 
 
 def test_port_in_use_is_a_clear_error(snapshot_roots: dict[str, Path]) -> None:
