@@ -241,6 +241,7 @@ async def serve(config: AgentConfig) -> int:
         discover=default_discover(config),
         metrics=metrics,
         pod_runtimes=parts.pod_runtimes,
+        remote_apply=parts.core is None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -63,6 +63,8 @@ class AgentRuntime:
     tls: TlsMaterial | None = None
     pod_runtimes: StaticPodResolver | None = None
     """Where pods run, as Apply callers tell it (nodes without Kubernetes); None: not taken from Apply."""
+    remote_apply: bool = True
+    """Apply/Release over gRPC; off where the pod watch applies (Kubernetes)."""
     store: NodeStateStore | None = None
     port: int = 0
     _server: grpc.aio.Server | None = None
@@ -95,6 +97,7 @@ class AgentRuntime:
             self.metrics,
             frozenset(config.tls_allowed_clients),
             pod_runtimes=self.pod_runtimes,
+            remote_apply=self.remote_apply,
         )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
         self._health = health.aio.HealthServicer()

@@ -44,9 +44,11 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         metrics: AgentMetrics,
         allowed_clients: frozenset[str] = frozenset(),
         pod_runtimes: StaticPodResolver | None = None,
+        remote_apply: bool = True,
     ) -> None:
         self.store = store
         self.pod_runtimes = pod_runtimes
+        self.remote_apply = remote_apply
         self.applier = applier
         self.metrics = metrics
         self.allowed_clients = allowed_clients
@@ -234,6 +236,13 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         if self.applier is None:
             await self._abort(
                 context, method, grpc.StatusCode.FAILED_PRECONDITION, "this agent runs without an applier"
+            )
+        if not self.remote_apply:
+            await self._abort(
+                context,
+                method,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this agent applies from its pod watch: set the pod's gedge.io/allocation annotation instead",
             )
         return self.applier
 

@@ -125,6 +125,10 @@ def test_bound_pod_is_applied_and_released_by_the_daemon(
 
         eventually(lambda: [a["pod_uid"] for a in allocations()] == [uid])
         assert os.sched_getaffinity(process.pid) == {1}
+        with pytest.raises(grpc.RpcError) as info:
+            client.Release(agent_pb2.ReleaseRequest(pod_uid=uid), timeout=10)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "applies from its pod watch" in info.value.details()
 
         core.delete_namespaced_pod("trainer", namespace, grace_period_seconds=0)
         eventually(lambda: allocations() == [])
