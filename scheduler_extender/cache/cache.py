@@ -244,7 +244,10 @@ class ClusterCache:
         return {r.target.node: self._view(r, now) for r in records}
 
     def add_listener(self, listener: Callable[[str, NodeView | None], None]) -> None:
-        """Called on the cache's thread after a node's record changes (None: the node was dropped)."""
+        """Called on the cache's thread after a node's record changes (None: the node was dropped).
+
+        Going stale by TTL is worked out when read, so it is not announced here.
+        """
         self._listeners.append(listener)
 
     def wait_for(self, predicate: Callable[[Mapping[str, NodeView]], bool], timeout: float) -> bool:
