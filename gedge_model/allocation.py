@@ -22,13 +22,30 @@ RESOURCE_RDMA = "gedge.io/rdma"
 _PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_MIG_PROFILE = re.compile(r"^[0-9]+g\.[0-9]+gb(\+me)?$")
+_MIG_RESOURCE_SUFFIX = re.compile(r"^[0-9]+g\.[0-9]+gb(\.me)?$")
+
+
+def mig_resource_name(profile: str) -> str:
+    """NVIDIA's MIG profile name as an extended resource name.
+
+    `+` (as in `1g.10gb+me`) is not legal in a Kubernetes resource name, so it
+    becomes `.`: `gedge.io/mig-1g.10gb.me`, the way NVIDIA's device plugin names it.
+    """
+    return RESOURCE_MIG_PREFIX + profile.replace("+", ".")
+
+
+def mig_profile_name(resource: str) -> str:
+    """Inverse of `mig_resource_name`: `gedge.io/mig-1g.10gb.me` -> `1g.10gb+me`."""
+    suffix = resource.removeprefix(RESOURCE_MIG_PREFIX)
+    return suffix.removesuffix(".me") + "+me" if suffix.endswith(".me") else suffix
 
 
 def is_known_resource(name: str) -> bool:
     if name in (RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_SRIOV_VF, RESOURCE_RDMA):
         return True
-    return name.startswith(RESOURCE_MIG_PREFIX) and bool(_MIG_PROFILE.match(name[len(RESOURCE_MIG_PREFIX) :]))
+    return name.startswith(RESOURCE_MIG_PREFIX) and bool(
+        _MIG_RESOURCE_SUFFIX.match(name[len(RESOURCE_MIG_PREFIX) :])
+    )
 
 
 def valid_pci_address(text: str) -> bool:

@@ -17,10 +17,10 @@ from gedge_model import Gpu, NodeTopology
 from gedge_model.allocation import (
     RESOURCE_GPU,
     RESOURCE_GPU_SHARED,
-    RESOURCE_MIG_PREFIX,
     RESOURCE_RDMA,
     RESOURCE_SRIOV_VF,
     is_known_resource,
+    mig_resource_name,
 )
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def timeslice_id(gpu_uuid: str, replica: int) -> str:
 
 
 def mig_resource(profile: str) -> str:
-    return f"{RESOURCE_MIG_PREFIX}{profile}"
+    return mig_resource_name(profile)
 
 
 def _numa(topology: NodeTopology, pci_address: str | None) -> int | None:

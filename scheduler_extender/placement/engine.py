@@ -43,6 +43,7 @@ from gedge_model.allocation import (
     RESOURCE_MIG_PREFIX,
     RESOURCE_RDMA,
     RESOURCE_SRIOV_VF,
+    mig_resource_name,
 )
 from scheduler_extender.placement.index import (
     LEVELS,
@@ -87,11 +88,19 @@ class PlacementConfig:
             raise ValueError("weights must be finite and non-negative")
         if self.max_exhaustive < 1:
             raise ValueError("max_exhaustive must be at least 1")
-        object.__setattr__(self, "_by_ordinal", tuple(float(self.weights[level]) for level in LEVELS))
+        by_ordinal = tuple(float(self.weights[level]) for level in LEVELS)
+        object.__setattr__(self, "_by_ordinal", by_ordinal)
+        memo = (by_ordinal, self.timeslice_strategy, self.same_switch_level, self.max_exhaustive)
+        object.__setattr__(self, "_memo_key", memo)
 
     @property
     def weight_by_ordinal(self) -> tuple[float, ...]:
         return self._by_ordinal  # type: ignore[attr-defined]
+
+    @property
+    def memo_key(self) -> tuple[object, ...]:
+        """What of the configuration place() depends on (node_strategy only matters to score_nodes)."""
+        return self._memo_key  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,8 @@ class _Free:
     """NUMA id -> free CPUs of partly used cores."""
     shared_used: dict[int, int]
     """GPU pos -> time-slice replicas in use (pack/spread)."""
+    key: tuple[object, ...] = ()
+    """All of the above in position terms: equal keys on equal structures mean equal placements."""
 
     def within(self, index: TopologyIndex, numas: frozenset[int]) -> _Free:
         def ok(numa: int) -> bool:
@@ -145,6 +156,7 @@ class _Free:
             cores={n: c for n, c in self.cores.items() if ok(n)},
             threads={n: t for n, t in self.threads.items() if ok(n)},
             shared_used=self.shared_used,
+            key=(self.key, tuple(sorted(numas))),
         )
 
     def cpu_count(self, numa: int | None = None) -> int:
@@ -243,26 +255,42 @@ def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[All
     cores: dict[int, list[tuple[int, ...]]] = {}
     threads: dict[int, list[int]] = {}
     for numa, numa_cores in index.cores.items():
+        if not used_cpus:
+            cores[numa], threads[numa] = list(numa_cores), []
+            continue
         full = []
         partial = []
         for core in numa_cores:
-            free = [c for c in core if c not in used_cpus]
-            if len(free) == len(core):
+            if used_cpus.isdisjoint(core):
                 full.append(core)
             else:
-                partial.extend(free)
+                partial.extend(c for c in core if c not in used_cpus)
         cores[numa] = full
         threads[numa] = partial
+    rdmas = [r for r in index.rdmas if r.ident not in rdma_used]
+    gpus = index.gpus
+    key = (
+        tuple(whole),
+        tuple((pos, tuple(gpus[pos].replica_ids.index(r) for r in ids)) for pos, ids in replicas.items()),
+        tuple(
+            (profile, tuple((pos, [u for u, _ in gpus[pos].migs].index(uuid)) for pos, uuid in found))
+            for profile, found in sorted(migs.items())
+        ),
+        tuple((group.slot, tuple(group.members.index(m) for m in members)) for group, members in vfs),
+        tuple(r.slot for r in rdmas),
+        tuple(sorted(used_cpus)),
+    )
     return _Free(
         whole=whole,
         replicas=replicas,
         migs=migs,
         vfs=vfs,
-        rdmas=[r for r in index.rdmas if r.ident not in rdma_used],
+        rdmas=rdmas,
         nics=list(index.nics),
         cores=cores,
         threads=threads,
         shared_used=shared_used,
+        key=key,
     )
 
 
@@ -281,9 +309,9 @@ def free_capacity(state: NodeState, reserved: Iterable[Allocation] = ()) -> Mapp
         out[RESOURCE_GPU_SHARED] = free.free_replicas()
     for gpu in index.gpus:
         for _, profile in gpu.migs:
-            out.setdefault(RESOURCE_MIG_PREFIX + profile, 0)
+            out.setdefault(mig_resource_name(profile), 0)
     for profile, instances in free.migs.items():
-        out[RESOURCE_MIG_PREFIX + profile] = len(instances)
+        out[mig_resource_name(profile)] = len(instances)
     if index.vf_groups:
         out[RESOURCE_SRIOV_VF] = free.free_vfs()
     if index.rdmas:
@@ -364,7 +392,7 @@ def _describe(request: PodRequest) -> str:
         parts.append(f"{request.gpus} {RESOURCE_GPU}")
     if request.gpu_shared:
         parts.append(f"{request.gpu_shared} {RESOURCE_GPU_SHARED}")
-    parts += [f"{n} {RESOURCE_MIG_PREFIX}{p}" for p, n in request.mig]
+    parts += [f"{n} {mig_resource_name(p)}" for p, n in request.mig]
     needs = _needs(request)
     if needs.vfs:
         parts.append(f"{needs.vfs} {RESOURCE_SRIOV_VF}")
@@ -387,7 +415,7 @@ def _shortfalls(request: PodRequest, free: _Free) -> list[str]:
     check(request.gpus, len(free.whole), RESOURCE_GPU)
     check(request.gpu_shared, free.free_replicas(), RESOURCE_GPU_SHARED)
     for profile, n in request.mig:
-        check(n, len(free.migs.get(profile, ())), f"{RESOURCE_MIG_PREFIX}{profile}")
+        check(n, len(free.migs.get(profile, ())), mig_resource_name(profile))
     check(needs.vfs, free.free_vfs(), RESOURCE_SRIOV_VF)
     check(needs.rdmas, len(free.rdmas), RESOURCE_RDMA)
     if needs.optional_vf and not free.vfs and not free.nics:
@@ -433,9 +461,7 @@ class _Search:
                 for pos, _ in instances:
                     left[pos] = left.get(pos, 0) + 1
             for profile, count in request.mig:
-                units = [
-                    (RESOURCE_MIG_PREFIX + profile, uuid, pos) for pos, uuid in free.migs.get(profile, ())
-                ]
+                units = [(mig_resource_name(profile), uuid, pos) for pos, uuid in free.migs.get(profile, ())]
                 picks = [ext for pick in picks for ext in self._extend(pick, units, count, left)]
         if len(picks) > 1:
             picks = self._distinct(picks)
@@ -509,7 +535,14 @@ class _Search:
         With no GPU chosen yet, every GPU holding a unit seeds one candidate.
         """
         taken = {g[1] for g in base.grants}
-        units = [u for u in units if u[1] not in taken]
+        per_gpu: dict[int, int] = {}
+        kept = []
+        for unit in units:
+            # units of one GPU are interchangeable: no more than `count` of them matter
+            if unit[1] not in taken and per_gpu.get(unit[2], 0) < count:
+                per_gpu[unit[2]] = per_gpu.get(unit[2], 0) + 1
+                kept.append(unit)
+        units = kept
         if len(units) < count:
             return []
         if not self.aware:
@@ -766,14 +799,46 @@ def place(
     (resource, id), CPUs).
     """
     index = topology_index(state.topology)
-    node = state.node_name
+    free = _free(index, state, reserved)
+    key = (index.structure, free.key, request.shape, config.memo_key)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plan(index, free, request, config)
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        _plans[key] = plan
+    if isinstance(plan, str):
+        return Refusal(f"node {state.node_name}: {plan}")
+    return Placement(_materialize(index, state, request, plan), plan.cost, plan.leftover, plan.stranded)
+
+
+MAX_PLANS = 200_000
+_plans: dict[tuple[object, ...], _Plan | str] = {}
+"""(structure, free key, request shape, config) -> plan or refusal text: nodes of one kind in one
+state share the search, whatever their names."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A placement in position terms: device references are (resource, GPU pos or net slot, member)."""
+
+    devices: tuple[tuple[str, int, int], ...]
+    cpus: tuple[int, ...]
+    numa_nodes: tuple[int, ...]
+    cost: float
+    worst: str
+    network: tuple[str, int, int] | None
+    leftover: int
+    stranded: int
+
+
+def _plan(index: TopologyIndex, free: _Free, request: PodRequest, config: PlacementConfig) -> _Plan | str:
     for kind in request.compute:
         if kind != "GPU" and kind not in index.accelerator_kinds:
-            return Refusal(f"node {node}: needs an {kind} (gedge.io/compute), none on this node")
-    free = _free(index, state, reserved)
+            return f"needs an {kind} (gedge.io/compute), none on this node"
     short = _shortfalls(request, free)
     if short:
-        return Refusal(f"node {node}: needs " + "; ".join(short))
+        return "needs " + "; ".join(short)
     search = _Search(index, request, config)
     policy = request.policy if request.topology_aware else "best-effort"
     if policy == "best-effort":
@@ -788,12 +853,35 @@ def place(
         if policy == "same-switch":
             extra = f", network devices within {config.same_switch_level.value} of the GPUs"
         detail = "; ".join(lacks) if lacks else "no combination fits"
-        return Refusal(f"node {node}: needs {_describe(request)} {where}{extra} ({policy}); {detail}")
-    return Placement(
-        _allocation(index, state, request, choice),
-        choice.cost,
-        _leftover(request, free, choice),
-        _stranded(request, free),
+        return f"needs {_describe(request)} {where}{extra} ({policy}); {detail}"
+
+    gpus = index.gpus
+    devices: list[tuple[str, int, int]] = []
+    for resource, device_id, pos in choice.pick.grants:
+        if resource == RESOURCE_GPU:
+            devices.append((resource, pos, -1))
+        elif resource == RESOURCE_GPU_SHARED:
+            devices.append((resource, pos, gpus[pos].replica_ids.index(device_id)))
+        else:
+            devices.append((resource, pos, [u for u, _ in gpus[pos].migs].index(device_id)))
+    devices += [(RESOURCE_SRIOV_VF, g.slot, g.members.index(m)) for g, m in choice.vfs]
+    devices += [(RESOURCE_RDMA, r.slot, -1) for r in choice.rdmas]
+    network: tuple[str, int, int] | None = None
+    if choice.vfs:
+        network = ("sriov", devices[len(choice.pick.grants)][1], devices[len(choice.pick.grants)][2])
+    elif choice.nic is not None:
+        network = ("macvlan", choice.nic.slot, -1)
+    numas = {gpus[p].numa for p in choice.pick.gpus}
+    numas |= {g.numa for g, _ in choice.vfs} | {r.numa for r in choice.rdmas} | set(choice.cpu_numas)
+    return _Plan(
+        devices=tuple(devices),
+        cpus=choice.cpus,
+        numa_nodes=tuple(sorted(numas - {NO_NUMA})),
+        cost=round(choice.cost, 6),
+        worst=LEVELS[choice.worst(index)].value,
+        network=network,
+        leftover=_leftover(request, free, choice),
+        stranded=_stranded(request, free),
     )
 
 
@@ -820,37 +908,56 @@ def _leftover(request: PodRequest, free: _Free, choice: _Choice) -> int:
     return free.cpu_count() - len(choice.cpus)
 
 
-def _allocation(index: TopologyIndex, state: NodeState, request: PodRequest, choice: _Choice) -> Allocation:
-    def numa_or_none(numa: int) -> int | None:
-        return None if numa == NO_NUMA else numa
+def _grant(index: TopologyIndex, ref: tuple[str, int, int]) -> DeviceGrant:
+    found = index.grants.get(ref)
+    if found is None:
+        resource, owner, member = ref
+        if resource == RESOURCE_SRIOV_VF:
+            group = index.vf_groups[owner]
+            address, numa = group.members[member], group.numa
+            found = DeviceGrant(resource, address, address, None if numa == NO_NUMA else numa)
+        elif resource == RESOURCE_RDMA:
+            rdma = index.nets[owner]
+            found = DeviceGrant(resource, rdma.ident, rdma.pci, None if rdma.numa == NO_NUMA else rdma.numa)
+        else:
+            gpu = index.gpus[owner]
+            if resource == RESOURCE_GPU:
+                device_id = gpu.uuid
+            elif resource == RESOURCE_GPU_SHARED:
+                device_id = gpu.replica_ids[member]
+            else:
+                device_id = gpu.migs[member][0]
+            found = DeviceGrant(resource, device_id, gpu.pci, None if gpu.numa == NO_NUMA else gpu.numa)
+        index.grants[ref] = found
+    return found  # type: ignore[return-value]
 
-    grants = [
-        DeviceGrant(resource, device_id, index.gpus[pos].pci, numa_or_none(index.gpus[pos].numa))
-        for resource, device_id, pos in choice.pick.grants
-    ]
-    network = None
-    if choice.vfs:
-        group, member = choice.vfs[0]
-        network = NetworkGrant(mode="sriov", master=group.master, vf_pci_address=member)
-    elif choice.nic is not None:
-        network = NetworkGrant(mode="macvlan", master=choice.nic.master)
-    grants += [
-        DeviceGrant(RESOURCE_SRIOV_VF, member, member, numa_or_none(g.numa)) for g, member in choice.vfs
-    ]
-    grants += [DeviceGrant(RESOURCE_RDMA, r.ident, r.pci, numa_or_none(r.numa)) for r in choice.rdmas]
-    numas = {g.numa for g in (index.gpus[p] for p in choice.pick.gpus)}
-    numas |= {g.numa for g, _ in choice.vfs} | {r.numa for r in choice.rdmas} | set(choice.cpu_numas)
+
+def _network(index: TopologyIndex, ref: tuple[str, int, int]) -> NetworkGrant:
+    key = ("network", *ref)
+    found = index.grants.get(key)
+    if found is None:
+        mode, slot, member = ref
+        if mode == "sriov":
+            group = index.vf_groups[slot]
+            found = NetworkGrant(mode="sriov", master=group.master, vf_pci_address=group.members[member])
+        else:
+            found = NetworkGrant(mode="macvlan", master=index.nets[slot].master)
+        index.grants[key] = found
+    return found  # type: ignore[return-value]
+
+
+def _materialize(index: TopologyIndex, state: NodeState, request: PodRequest, plan: _Plan) -> Allocation:
     return Allocation(
         pod_uid=request.uid or f"{request.namespace}/{request.name}",
         namespace=request.namespace,
         name=request.name,
         node=state.node_name,
-        devices=tuple(grants),
-        cpus=choice.cpus,
-        numa_nodes=tuple(sorted(numas - {NO_NUMA})),
-        cost=round(choice.cost, 6),
-        worst_level=LEVELS[choice.worst(index)].value,
-        network=network,
+        devices=tuple(_grant(index, ref) for ref in plan.devices),
+        cpus=plan.cpus,
+        numa_nodes=plan.numa_nodes,
+        cost=plan.cost,
+        worst_level=plan.worst,
+        network=None if plan.network is None else _network(index, plan.network),
     )
 
 

@@ -24,6 +24,7 @@ from gedge_model.allocation import (
     RESOURCE_RDMA,
     RESOURCE_SRIOV_VF,
     is_known_resource,
+    mig_profile_name,
 )
 
 GEDGE_PREFIX = "gedge.io/"
@@ -129,7 +130,7 @@ def parse_pod_request(pod: Mapping[str, Any]) -> PodRequest:
 
     mig = tuple(
         sorted(
-            (resource[len(RESOURCE_MIG_PREFIX) :], n)
+            (mig_profile_name(resource), n)
             for resource, n in counts.items()
             if resource.startswith(RESOURCE_MIG_PREFIX) and n > 0
         )

@@ -71,7 +71,8 @@ def test_mig_instance_with_an_unknown_profile_is_skipped(topology):
     assert _ids(found["gedge.io/mig-1g.10gb"]) == [MIG_A]
 
 
-def test_mig_profile_kubernetes_cannot_name_is_not_advertised(topology):
+def test_media_extension_profile_is_advertised_under_a_legal_resource_name(topology):
+    """NVIDIA's `1g.10gb+me` cannot be a resource name; it is advertised as `mig-1g.10gb.me`."""
     gpu = topology.gpus[1]
     media = MigInstance(uuid="MIG-media", profile="1g.10gb+me", gpu_instance_id=9, compute_instance_id=0)
     bent = replace(topology, gpus=(topology.gpus[0], replace(gpu, mig_instances=(*gpu.mig_instances, media))))
@@ -79,8 +80,9 @@ def test_mig_profile_kubernetes_cannot_name_is_not_advertised(topology):
     found = plugin_devices(bent)
 
     assert not valid_resource_name("gedge.io/mig-1g.10gb+me")
-    assert valid_resource_name("gedge.io/mig-1g.10gb")
+    assert valid_resource_name("gedge.io/mig-1g.10gb.me")
     assert "gedge.io/mig-1g.10gb+me" not in found
+    assert _ids(found["gedge.io/mig-1g.10gb.me"]) == ["MIG-media"]
 
 
 def test_timeslice_ids_stay_within_kubelet_limit(topology):

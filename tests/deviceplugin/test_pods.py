@@ -103,7 +103,7 @@ def test_other_resources_of_the_pod_are_not_claims():
 
 
 def test_allocated_annotation_is_a_valid_kubernetes_key():
-    assert allocated_annotation("gedge.io/mig-1g.10gb+me") == "gedge.io/allocated-mig-1g.10gb_me"
+    assert allocated_annotation("gedge.io/mig-1g.10gb.me") == "gedge.io/allocated-mig-1g.10gb.me"
     assert allocated_annotation(VF) == "gedge.io/allocated-sriov-vf"
 
 

@@ -103,3 +103,13 @@ def test_allocation_annotation_validates() -> None:
         Allocation.from_annotation(bad)
     with pytest.raises(ModelDecodeError, match="not JSON"):
         Allocation.from_annotation("{nope")
+
+
+def test_mig_resource_names_are_legal_kubernetes_names() -> None:
+    from gedge_model.allocation import is_known_resource, mig_profile_name, mig_resource_name
+
+    assert mig_resource_name("1g.10gb+me") == "gedge.io/mig-1g.10gb.me"
+    assert mig_profile_name("gedge.io/mig-1g.10gb.me") == "1g.10gb+me"
+    assert mig_profile_name(mig_resource_name("3g.40gb")) == "3g.40gb"
+    assert is_known_resource("gedge.io/mig-1g.10gb.me")
+    assert not is_known_resource("gedge.io/mig-1g.10gb+me")
