@@ -198,6 +198,10 @@ def _free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allocation]
         and all(a is b for a, b in zip(hit[1], held, strict=True))
     ):
         return hit[2]
+    if not held and not state.allocations:
+        if not index.empty:
+            index.empty.append(_compute_free(index, state, ()))
+        return index.empty[0]  # type: ignore[return-value]
     free = _compute_free(index, state, held)
 
     def drop(_: object, key: int = key) -> None:

@@ -8,6 +8,7 @@ weakref callback): no distance is computed on the placement path.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections.abc import Mapping
@@ -82,7 +83,14 @@ class TopologyIndex:
     accelerator_kinds: frozenset[str]
     gpu_class: tuple[int, ...] = ()
     """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
+    structure: int = 0
+    """Equal for topologies that differ only in names, UUIDs and addresses: placements in position
+    terms carry over between them (the engine memoizes by it)."""
     priced: dict[tuple[float, ...], Priced] = field(default_factory=dict, compare=False, repr=False)
+    grants: dict[tuple[object, ...], object] = field(default_factory=dict, compare=False, repr=False)
+    """Grant objects of this node, built once: allocations share them."""
+    empty: list[object] = field(default_factory=list, compare=False, repr=False)
+    """The engine's free set of this node with nothing allocated, once computed."""
 
     @property
     def nets(self) -> tuple[NetEntry, ...]:
@@ -118,6 +126,20 @@ def priced(index: TopologyIndex, weights: tuple[float, ...]) -> Priced:
 
 _cache: dict[int, tuple[weakref.ref[NodeTopology], TopologyIndex]] = {}
 _lock = threading.Lock()
+_structures: dict[tuple[object, ...], int] = {}
+_structure_ids = itertools.count(1)
+MAX_STRUCTURES = 10_000
+
+
+def _structure_id(signature: tuple[object, ...]) -> int:
+    """A number per distinct structure; never reused, so forgetting old ones only loses sharing."""
+    with _lock:
+        found = _structures.get(signature)
+        if found is None:
+            if len(_structures) >= MAX_STRUCTURES:
+                _structures.clear()
+            found = _structures[signature] = next(_structure_ids)
+        return found
 
 
 def topology_index(topology: NodeTopology) -> TopologyIndex:
@@ -246,6 +268,36 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             sorted(core_map, key=lambda other: (other != numa, slit.get(other, 255), other))
         )
 
+    names: dict[object, int] = {}
+
+    def canonical(name: object) -> int:
+        return names.setdefault(name, len(names))
+
+    signature = (
+        tuple(
+            (g.numa, g.mig_mode, len(g.replica_ids), tuple(p for _, p in g.migs), canonical(g.group))
+            for g in gpus
+        ),
+        gpu_levels,
+        tuple(
+            (
+                n.kind,
+                n.numa,
+                n.gpu_levels,
+                len(n.members),
+                canonical(n.master),
+                tuple(map(canonical, n.netdevs)),
+            )
+            for n in nets
+        ),
+        tuple(core_map.items()),
+        tuple(numa_order.items()),
+        tuple(
+            sorted(
+                a.kind.value for a in topology.accelerators if a.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
+            )
+        ),
+    )
     return TopologyIndex(
         node=topology.node_name,
         gpus=gpus,
@@ -261,4 +313,5 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             a.kind.value for a in topology.accelerators if a.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
         ),
         gpu_class=gpu_class,
+        structure=_structure_id(signature),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from itertools import combinations
 
 import pytest
@@ -241,3 +242,56 @@ def test_config_rejects_bad_values():
         PlacementConfig(node_strategy="fill")
     with pytest.raises(ValueError, match="lack"):
         PlacementConfig(weights={Level.X: 0})
+
+
+def test_nodes_of_one_structure_share_the_search_but_get_their_own_device_ids():
+    a, b = dgx_like("node-a"), dgx_like("node-b")
+    req = request(gpus=2, sriov_vfs=1, rdma=1, cpus=4, cpu_pinning=True)
+    first = placed(place(NodeState(a), req)).allocation
+    second = placed(place(NodeState(b), req)).allocation
+    assert first.node == "node-a" and second.node == "node-b"
+    assert all(d.id.startswith("GPU-node-b") for d in second.devices if d.resource == "gedge.io/gpu")
+    b_vfs = {vf.pci_address for nic in b.interfaces for vf in nic.vfs}
+    b_rdma = {r.name for r in b.rdma_devices}
+    assert {d.id for d in second.devices if d.resource == "gedge.io/sriov-vf"} <= b_vfs
+    assert {d.id for d in second.devices if d.resource == "gedge.io/rdma"} <= b_rdma
+    assert [d.pci_address for d in first.devices] == [d.pci_address for d in second.devices]
+    # b with those devices taken answers differently from a, which still has them free
+    taken = NodeState(b, (dataclasses.replace(second, pod_uid="x"),))
+    third = placed(place(taken, dataclasses.replace(req, uid="uid-q"))).allocation
+    assert {d.id for d in third.devices}.isdisjoint({d.id for d in second.devices})
+    assert set(third.cpus).isdisjoint(second.cpus)
+    assert third.pod_uid == "uid-q"
+    assert placed(place(NodeState(a), req)).allocation == first
+    refused = place(NodeState(dgx_like("node-c")), request(gpus=9))
+    assert isinstance(refused, Refusal) and refused.reason.startswith("node node-c: ")
+
+
+def test_a_dearer_node_never_outranks_a_cheaper_one():
+    config = PlacementConfig()
+    states = [
+        NodeState(dgx_like("d0", nvlink="pairs")),
+        NodeState(pcie_workstation("w0")),
+        NodeState(edge_box("e0", gpus=2)),
+        NodeState(dgx_like("d1"), (held("d1", "x", [("gedge.io/gpu", "GPU-d1-00")]),)),
+    ]
+    for req in (
+        request(gpus=1),
+        request(gpus=2, sriov_vfs=1),
+        request(gpu_shared=1, cpus=2, cpu_pinning=True),
+    ):
+        placements = {s.node_name: o for s in states if isinstance(o := place(s, req), Placement)}
+        scores = score_nodes(placements, config)
+        for x, y in combinations(placements, 2):
+            if placements[x].cost < placements[y].cost - 1e-9:
+                assert scores[x] > scores[y], (req, scores)
+
+
+def test_cpu_only_pods_prefer_nodes_without_idle_accelerators():
+    gpu_node = NodeState(edge_box("gpu-box", gpus=1))
+    cpu_node = NodeState(edge_box("cpu-box", gpus=0))
+    placements = {
+        s.node_name: placed(place(s, request(cpus=2, cpu_pinning=True))) for s in (gpu_node, cpu_node)
+    }
+    scores = score_nodes(placements)
+    assert scores["cpu-box"] == 10 and scores["gpu-box"] == 9

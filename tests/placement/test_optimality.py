@@ -13,9 +13,13 @@ from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_work
 
 TOPOLOGIES = {
     "dgx-nvswitch": lambda: dgx_like("n", vfs_per_nic=2, cores_per_socket=4),
-    "dgx-pairs": lambda: dgx_like("n", nvlink="pairs", vfs_per_nic=2, cores_per_socket=4, timeslice_replicas=2),
+    "dgx-pairs": lambda: dgx_like(
+        "n", nvlink="pairs", vfs_per_nic=2, cores_per_socket=4, timeslice_replicas=2
+    ),
     "dgx-nolink": lambda: dgx_like("n", nvlink="none", vfs_per_nic=1, cores_per_socket=4),
-    "dgx-mig": lambda: dgx_like("n", gpus=4, mig={1: ["3g.40gb", "1g.10gb"], 2: ["1g.10gb"]}, cores_per_socket=4),
+    "dgx-mig": lambda: dgx_like(
+        "n", gpus=4, mig={1: ["3g.40gb", "1g.10gb"], 2: ["1g.10gb"]}, cores_per_socket=4
+    ),
     "workstation": lambda: pcie_workstation("n", cores_per_socket=4, vfs=2),
     "edge": lambda: edge_box("n", gpus=2, vfs=2),
 }
@@ -38,7 +42,9 @@ def random_state(topology, rng: random.Random) -> NodeState:
     for gpu in topology.gpus:
         roll = rng.random()
         if gpu.mig_current:
-            grants += [DeviceGrant(f"gedge.io/mig-{m.profile}", m.uuid) for m in gpu.mig_instances if roll < 0.4]
+            grants += [
+                DeviceGrant(f"gedge.io/mig-{m.profile}", m.uuid) for m in gpu.mig_instances if roll < 0.4
+            ]
         elif roll < 0.3:
             grants.append(DeviceGrant("gedge.io/gpu", gpu.uuid))
         elif roll < 0.45 and gpu.timeslice_replicas > 1:
@@ -47,7 +53,9 @@ def random_state(topology, rng: random.Random) -> NodeState:
         grants += [DeviceGrant("gedge.io/sriov-vf", vf.pci_address) for vf in nic.vfs if rng.random() < 0.4]
     grants += [DeviceGrant("gedge.io/rdma", r.name) for r in topology.rdma_devices if rng.random() < 0.3]
     cpus = tuple(c.id for c in topology.cpus if rng.random() < 0.3)
-    return NodeState(topology, (Allocation("earlier", "ml", "earlier", topology.node_name, tuple(grants), cpus),))
+    return NodeState(
+        topology, (Allocation("earlier", "ml", "earlier", topology.node_name, tuple(grants), cpus),)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(TOPOLOGIES))
