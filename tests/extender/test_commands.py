@@ -201,3 +201,103 @@ def test_serve_refuses_a_bad_agents_file(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "Bad_Name" in result.stderr and str(agents) in result.stderr
+
+
+def _kube_serve(kubeconfig: Path) -> tuple[subprocess.Popen[str], str]:
+    serve = subprocess.Popen(
+        [*CLI, "serve", "--kubeconfig", str(kubeconfig), "--listen", "127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    return serve, f"http://127.0.0.1:{_serving_port(serve, time.monotonic() + 30)}"
+
+
+def _stop(serve: subprocess.Popen[str]) -> int:
+    serve.send_signal(signal.SIGTERM)
+    try:
+        return serve.wait(timeout=20)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+
+
+def _filter_until_fresh(url: str, pod: dict, node: str) -> dict:
+    deadline = time.monotonic() + 30
+    while True:
+        status, result = post(f"{url}/filter", {"Pod": pod, "Nodes": None, "NodeNames": [node]})
+        assert status == 200
+        stale = node in result["FailedAndUnresolvableNodes"]
+        if not stale or time.monotonic() > deadline:
+            return result
+        time.sleep(0.2)
+
+
+def test_serve_under_kubernetes_binds_and_rebuilds_after_restart(
+    tmp_path: Path, agent: tuple[str, int]
+) -> None:
+    """Agents found from Node objects, bind annotates and binds the pod, a restarted extender still
+    counts that pod's CPUs: against a loopback API server and a real agent."""
+    from tests.extender.fake_apiserver import FakeApiServer
+    from tests.extender.servers import ServerThread
+
+    node, port = agent
+    fake = FakeApiServer()
+    fake.nodes.append(
+        {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": node, "annotations": {"gedge.io/agent-port": str(port)}},
+            "status": {"addresses": [{"type": "InternalIP", "address": "127.0.0.1"}]},
+        }
+    )
+    spec = {
+        "containers": [{"name": "m", "image": "x", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]
+    }
+    first = fake.add_pod("ml", "first", "uid-first", spec=spec)
+    first["metadata"]["annotations"]["gedge.io/cpu-pinning"] = "true"
+    online = os.cpu_count() or 1
+    greedy_spec = {
+        "containers": [
+            {"name": "m", "image": "x", "resources": {"limits": {"cpu": str(online), "memory": "1Gi"}}}
+        ]
+    }
+    greedy = fake.add_pod("ml", "greedy", "uid-greedy", spec=greedy_spec)
+    greedy["metadata"]["annotations"]["gedge.io/cpu-pinning"] = "true"
+    with ServerThread(fake.app()) as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "c", "cluster": {"server": api.url}}],
+                    "users": [{"name": "u", "user": {"token": "t"}}],
+                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+                    "current-context": "x",
+                }
+            )
+        )
+        serve, url = _kube_serve(kubeconfig)
+        try:
+            assert _filter_until_fresh(url, greedy, node)["NodeNames"] == [node], "every CPU is free"
+            assert _filter_until_fresh(url, first, node)["NodeNames"] == [node]
+            status, result = post(
+                f"{url}/bind", {"PodName": "first", "PodNamespace": "ml", "PodUID": "uid-first", "Node": node}
+            )
+            assert (status, result) == (200, {"Error": ""})
+        finally:
+            assert _stop(serve) == 0
+        bound = fake.pods[("ml", "first")]
+        assert bound["spec"]["nodeName"] == node
+        held = Allocation.from_annotation(bound["metadata"]["annotations"]["gedge.io/allocation"])
+        assert len(held.cpus) == 1
+
+        serve, url = _kube_serve(kubeconfig)
+        try:
+            result = _filter_until_fresh(url, greedy, node)
+        finally:
+            assert _stop(serve) == 0
+        assert result["NodeNames"] == []
+        assert "pinned CPUs" in result["FailedNodes"][node], result
