@@ -1,4 +1,4 @@
-"""The extender's HTTP(S) server (aiohttp): /filter, /prioritize, /bind, /preempt, /healthz.
+"""The extender's HTTP(S) server (aiohttp): /filter, /prioritize, /bind, /preempt, /healthz, /metrics.
 
 kube-scheduler reads a reply body only with status 200, so verbs answer 200 with
 the `Error` field for anything about the pod or the cluster; a body that is not
@@ -12,12 +12,14 @@ import asyncio
 import gc
 import json
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import (
@@ -34,7 +36,29 @@ log = structlog.get_logger("gedge.extender.http")
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """A full NodeList of 5,000 nodes is ~20 MiB; NodeNames mode is far smaller."""
 
+
+class ExtenderMetrics:
+    """Per-verb latency and outcomes, on the registry the cluster cache's metrics live in."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.latency = Histogram(
+            "gedge_extender_request_seconds",
+            "Time to answer kube-scheduler, by verb",
+            ["verb"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self.outcomes = Counter(
+            "gedge_extender_requests_total",
+            "Requests by verb and outcome (ok, error: an Error in the reply, bad_request: 4xx)",
+            ["verb", "outcome"],
+            registry=self.registry,
+        )
+
+
 EXTENDER_KEY = web.AppKey("extender", Extender)
+METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
 POOL_KEY = web.AppKey("bind_pool", ThreadPoolExecutor)
 MAX_BODY_KEY = web.AppKey("max_body", int)
 
@@ -62,19 +86,31 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
 
     def wrap(body_handler: Callable[[web.Request, Any], Awaitable[Any]]) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
+            metrics = request.app[METRICS_KEY]
+            started = time.perf_counter()
+            outcome = "ok"
             try:
                 raw = await _json_body(request)
-                return _reply(await body_handler(request, raw))
+                body = await body_handler(request, raw)
+                if isinstance(body, dict) and body.get("Error"):
+                    outcome = "error"
+                return _reply(body)
             except WireError as exc:
+                outcome = "bad_request"
                 log.info("bad_request", verb=name, error=str(exc))
                 return _reply(on_error(f"{name}: {exc}"), status=400)
             except web.HTTPRequestEntityTooLarge:
+                outcome = "bad_request"
                 message = f"{name}: request body is larger than {request.app[MAX_BODY_KEY]} bytes"
                 log.info("bad_request", verb=name, error=message)
                 return _reply(on_error(message), status=413)
             except Exception as exc:
+                outcome = "error"
                 log.exception("verb_failed", verb=name)
                 return _reply(on_error(f"{name}: internal error: {type(exc).__name__}: {exc}"))
+            finally:
+                metrics.latency.labels(name).observe(time.perf_counter() - started)
+                metrics.outcomes.labels(name, outcome).inc()
 
         return handler
 
@@ -107,12 +143,22 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def _metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS_KEY].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
 def build_app(
-    extender: Extender, *, max_body: int = MAX_BODY_BYTES, bind_workers: int = 8
+    extender: Extender,
+    *,
+    max_body: int = MAX_BODY_BYTES,
+    bind_workers: int = 8,
+    registry: CollectorRegistry | None = None,
 ) -> web.Application:
     app = web.Application(client_max_size=max_body)
     app[MAX_BODY_KEY] = max_body
     app[EXTENDER_KEY] = extender
+    app[METRICS_KEY] = ExtenderMetrics(registry)
     pool = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="bind")
     app[POOL_KEY] = pool
 
@@ -125,6 +171,7 @@ def build_app(
     app.router.add_post("/bind", _bind)
     app.router.add_post("/preempt", _preempt)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 

@@ -73,6 +73,19 @@ def test_healthz(cluster: Cluster) -> None:
         assert response.read() == b"ok"
 
 
+def test_metrics_count_requests_by_verb_and_outcome(cluster: Cluster) -> None:
+    import urllib.request
+
+    cluster.post("filter", cluster.args(pod(limits=GPU_POD), ["edge-1"]))
+    cluster.post("filter", raw=b"{")
+    assert cluster.server is not None
+    with urllib.request.urlopen(f"{cluster.server.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert 'gedge_extender_requests_total{outcome="ok",verb="filter"} 1.0' in text
+    assert 'gedge_extender_requests_total{outcome="bad_request",verb="filter"} 1.0' in text
+    assert 'gedge_extender_request_seconds_count{verb="filter"} 2.0' in text
+
+
 def test_filter_by_node_names_keeps_gpu_nodes_and_says_why_others_fail(cluster: Cluster) -> None:
     names = [*sorted(cluster.source.nodes()), "ghost"]
     status, result = cluster.post("filter", cluster.args(pod(limits=GPU_POD), names))
