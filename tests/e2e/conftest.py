@@ -8,6 +8,16 @@ Fixtures (all session-scoped unless noted; every test using them is marked `e2e`
 - `kubeconfig` -> Path of the admin kubeconfig (give it to `--kubeconfig` of any command).
 - `kube_api` -> a `kubernetes.client.ApiClient` for that kubeconfig.
 - `namespace` (per test) -> a fresh namespace name; its pods are force-deleted afterwards.
+- `edge_cluster` -> tests.e2e.edge_cluster.EdgeCluster: our parts on that control
+  plane (real agents behind Node objects, the extender, kube-scheduler with
+  deploy/'s configuration, a kubelet stand-in); see its docstring for the nodes.
+
+A test of another part reuses them by naming the fixture, e.g.
+
+    def test_workflow_runs(edge_cluster, kube_api, namespace, kubeconfig): ...
+
+and starts its own processes with `--kubeconfig {kubeconfig}` (the admin), or
+with deploy/'s service account via tests.e2e.edge_cluster.token_kubeconfig.
 
 Binaries come from `make e2e-binaries` (tests/e2e/controlplane/build.sh, cached
 under ~/.cache/gedge-accel/controlplane/<pin hash>/, or $GEDGE_E2E_BIN_DIR).
@@ -34,6 +44,8 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.control_plane import ControlPlane, binary_dir, missing_binaries
+from tests.e2e.edge_cluster import EdgeCluster, NodeSpec
+from tests.e2e.kubelet import KubeletStandIn
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -99,3 +111,35 @@ def namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
             core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
         with contextlib.suppress(ApiException):
             core.delete_namespace(name)
+
+
+GPU_BOXES = (("h100-a", "H100"), ("h100-b", "H100"), ("split", "split"))
+SNAPSHOT_NODES = (("snap-40intel64", "40intel64-2g2n4c+pcilocality"), ("snap-16amd64", "16amd64-8n2c"))
+
+
+@pytest.fixture(scope="session")
+def edge_cluster(
+    control_plane: ControlPlane,
+    kube_api: k8s.ApiClient,
+    snapshot_roots: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[EdgeCluster]:
+    """Five agent-backed nodes, the extender and kube-scheduler with deploy/'s configuration.
+
+    Nodes: `h100-a`, `h100-b` (8 GPUs in switch pairs, each pair with a ConnectX
+    NIC: RDMA + 2 VFs), `split` (2 GPUs on socket 0, the RDMA NIC on socket 1),
+    `snap-40intel64` and `snap-16amd64` (hwloc's sysfs snapshots, CPUs only plus
+    one RDMA device on the first). Pods opt in with
+    `scheduler_name=edge_cluster.scheduler_name`. A KubeletStandIn runs over
+    all nodes: bound pods go Running (see tests/e2e/kubelet.py for outcomes).
+    `edge_cluster.restart_extender()` kills it with SIGKILL and starts it again.
+    """
+    specs = [NodeSpec(name, box_model=model) for name, model in GPU_BOXES]
+    specs += [NodeSpec(name, root=snapshot_roots[snapshot]) for name, snapshot in SNAPSHOT_NODES]
+    cluster = EdgeCluster(control_plane, kube_api, tmp_path_factory.mktemp("edge-cluster")).start(specs)
+    kubelet = KubeletStandIn(kube_api, cluster.node_names()).start()
+    try:
+        yield cluster
+    finally:
+        kubelet.stop()
+        cluster.stop()

@@ -53,7 +53,12 @@ def missing_binaries(directory: Path) -> list[str]:
     return [name for name in BINARIES if not os.access(directory / name, os.X_OK)]
 
 
-def kubeconfig_text(server: str, ca: Path, user: KeyPair, name: str) -> str:
+def kubeconfig_text(server: str, ca: Path, credentials: KeyPair | str, name: str) -> str:
+    """A kubeconfig for `server` as `name`, by client certificate (KeyPair) or bearer token (str)."""
+    if isinstance(credentials, KeyPair):
+        user = {"client-certificate": str(credentials.cert), "client-key": str(credentials.key)}
+    else:
+        user = {"token": credentials}
     return yaml.safe_dump(
         {
             "apiVersion": "v1",
@@ -61,9 +66,7 @@ def kubeconfig_text(server: str, ca: Path, user: KeyPair, name: str) -> str:
             "clusters": [
                 {"name": "gedge-e2e", "cluster": {"server": server, "certificate-authority": str(ca)}}
             ],
-            "users": [
-                {"name": name, "user": {"client-certificate": str(user.cert), "client-key": str(user.key)}}
-            ],
+            "users": [{"name": name, "user": user}],
             "contexts": [{"name": name, "context": {"cluster": "gedge-e2e", "user": name}}],
             "current-context": name,
         },
@@ -72,7 +75,7 @@ def kubeconfig_text(server: str, ca: Path, user: KeyPair, name: str) -> str:
 
 
 class ControlPlane:
-    """etcd + kube-apiserver (+ kube-scheduler once `start_scheduler` is called) under `workdir`."""
+    """etcd + kube-apiserver (+ kube-schedulers started with `start_scheduler`) under `workdir`."""
 
     def __init__(self, bin_dir: Path, workdir: Path) -> None:
         missing = missing_binaries(bin_dir)
@@ -88,9 +91,8 @@ class ControlPlane:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.etcd: ManagedProcess | None = None
         self.apiserver: ManagedProcess | None = None
-        self.scheduler: ManagedProcess | None = None
+        self.schedulers: list[ManagedProcess] = []
         self.apiserver_port = 0
-        self.scheduler_port = 0
         self.ca: CertificateAuthority | None = None
         self.admin: KeyPair | None = None
 
@@ -108,7 +110,7 @@ class ControlPlane:
         return self
 
     def stop(self) -> None:
-        for process in (self.scheduler, self.apiserver, self.etcd):
+        for process in (*self.schedulers, self.apiserver, self.etcd):
             if process is not None:
                 process.stop()
 
@@ -218,45 +220,53 @@ class ControlPlane:
 
     # -- scheduler -------------------------------------------------------------------------------
 
-    def start_scheduler(self, configuration: Mapping[str, Any]) -> None:
-        """Run kube-scheduler with `configuration` (a KubeSchedulerConfiguration) and our kubeconfig."""
-        if self.scheduler is not None and self.scheduler.running:
-            raise HarnessError("kube-scheduler is already running")
+    def start_scheduler(
+        self, configuration: Mapping[str, Any], kubeconfig: Path | None = None, name: str = "kube-scheduler"
+    ) -> ManagedProcess:
+        """Run a kube-scheduler with `configuration` (a KubeSchedulerConfiguration) as `kubeconfig`'s user.
+
+        The default identity is system:kube-scheduler by client certificate; only
+        clientConnection.kubeconfig is replaced. Several may run at once under
+        different profile names; `name` keeps their config and log files apart.
+        """
+        kubeconfig = kubeconfig or self.scheduler_kubeconfig
         config = dict(configuration)
         config["clientConnection"] = {
             **dict(config.get("clientConnection") or {}),
-            "kubeconfig": str(self.scheduler_kubeconfig),
+            "kubeconfig": str(kubeconfig),
         }
-        path = self.workdir / "kube-scheduler.yaml"
+        path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        self.scheduler_port = free_port()
-        self.scheduler = ManagedProcess(
-            "kube-scheduler",
+        port = free_port()
+        scheduler = ManagedProcess(
+            name,
             [
                 str(self.bin_dir / "kube-scheduler"),
                 f"--config={path}",
                 "--bind-address=127.0.0.1",
-                f"--secure-port={self.scheduler_port}",
+                f"--secure-port={port}",
                 f"--tls-cert-file={self.scheduler_serving.cert}",
                 f"--tls-private-key-file={self.scheduler_serving.key}",
-                f"--authentication-kubeconfig={self.scheduler_kubeconfig}",
-                f"--authorization-kubeconfig={self.scheduler_kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
                 "--v=2",
             ],
-            self.log_dir / "kube-scheduler.log",
+            self.log_dir / f"{name}.log",
         ).start()
-        self.scheduler.wait_until(self._scheduler_healthy, READY_TIMEOUT, "answered /healthz")
+        self.schedulers.append(scheduler)
+        scheduler.wait_until(lambda: self._scheduler_healthy(port), READY_TIMEOUT, "answered /healthz")
+        return scheduler
 
-    def _scheduler_healthy(self) -> bool:
+    def _scheduler_healthy(self, port: int) -> bool:
         assert self.ca is not None
         context = ssl.create_default_context(cafile=str(self.ca.cert))
-        url = f"https://127.0.0.1:{self.scheduler_port}/healthz"
-        with urllib.request.urlopen(url, context=context, timeout=5) as reply:
+        with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=5) as reply:
             return reply.status == 200
 
-    def stop_scheduler(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.stop()
+    def stop_scheduler(self, scheduler: ManagedProcess) -> None:
+        scheduler.stop()
+        if scheduler in self.schedulers:
+            self.schedulers.remove(scheduler)
 
     # -- clients ---------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 from kubernetes import client as k8s
+from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.cluster_objects import node_object, pause_pod, register_node, wait_for
@@ -23,8 +24,6 @@ def test_api_server_serves_the_admin_and_denies_the_scheduler_what_rbac_forbids(
     version = k8s.VersionApi(kube_api).get_code()
     assert version.git_version.startswith("v1.")
 
-    from kubernetes import config as k8s_config
-
     scheduler_api = k8s_config.new_client_from_config(config_file=str(control_plane.scheduler_kubeconfig))
     with pytest.raises(ApiException) as denied:
         k8s.CoreV1Api(scheduler_api).list_namespaced_secret("kube-system")
@@ -34,18 +33,19 @@ def test_api_server_serves_the_admin_and_denies_the_scheduler_what_rbac_forbids(
 @pytest.fixture(scope="module")
 def plain_scheduler(control_plane: ControlPlane) -> Iterator[str]:
     """kube-scheduler with only its in-tree plugins, under a profile name of its own."""
-    control_plane.start_scheduler(
+    scheduler = control_plane.start_scheduler(
         {
             "apiVersion": "kubescheduler.config.k8s.io/v1",
             "kind": "KubeSchedulerConfiguration",
             "leaderElection": {"leaderElect": False},
             "profiles": [{"schedulerName": PLAIN_SCHEDULER}],
-        }
+        },
+        name=PLAIN_SCHEDULER,
     )
     try:
         yield PLAIN_SCHEDULER
     finally:
-        control_plane.stop_scheduler()
+        control_plane.stop_scheduler(scheduler)
 
 
 def test_real_scheduler_binds_a_pod_to_the_node_that_fits_and_kubelet_stand_in_runs_it(
