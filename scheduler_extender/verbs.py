@@ -182,6 +182,15 @@ class Extender:
             outcome = self._place(view, request, self._reserved(view))
             table[name] = (state, version, outcome)
             outcomes[name] = outcome
+        own = self.cache.held_by(request.uid) if request.uid else None
+        if own is not None and own.node in outcomes:
+            # A pod asked about again while it holds devices (a bind kube-scheduler gave up on):
+            # its own reservation does not count against it. Not memoized: it is about this pod only.
+            view = get_view(own.node)
+            assert view is not None
+            outcomes[own.node] = self._place(
+                view, request, self._reserved(view, without=frozenset({request.uid}))
+            )
         return outcomes, unresolvable
 
     def _place(self, view: NodeView, request: PodRequest, reserved: tuple[Allocation, ...]) -> Outcome:

@@ -75,10 +75,25 @@ class KubeBinder:
             )
             response.release_conn()
         except ApiException as exc:
+            if exc.status == 409 and self._already_bound(allocation):
+                return
             self._clear_annotation(allocation)
             raise BindError(
                 f"pod {pod}: binding to node {allocation.node} failed: {_api_error(exc)}"
             ) from None
+
+    def _already_bound(self, allocation: Allocation) -> bool:
+        """A retried bind whose first attempt went through: same pod, same node, same allocation."""
+        try:
+            pod = read_pod(self._api, allocation.namespace, allocation.name)
+        except ApiException:
+            return False
+        meta = pod.get("metadata") or {}
+        return (
+            meta.get("uid") == allocation.pod_uid
+            and (pod.get("spec") or {}).get("nodeName") == allocation.node
+            and (meta.get("annotations") or {}).get(ANNOTATION) == allocation.to_annotation()
+        )
 
     def _patch_annotation(self, allocation: Allocation, value: str | None) -> None:
         body = {"metadata": {"uid": allocation.pod_uid, "annotations": {ANNOTATION: value}}}

@@ -20,6 +20,7 @@ from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.http.app import build_app, server_ssl_context
 from scheduler_extender.node_source import NodeView, StaticNodeSource
 from scheduler_extender.verbs import Extender
+from scheduler_extender.wire import BindingArgs
 from tests.extender.conftest import RecordingBinder, node_list, pod
 from tests.extender.servers import ServerThread, post
 
@@ -261,6 +262,21 @@ def test_failed_bind_releases_the_reservation(cluster: Cluster) -> None:
     assert cluster.cache.held("edge-1") == ()
     cluster.binder.fail_with = None
     assert cluster.bind(p, "edge-1") == (200, {"Error": ""})
+
+
+def test_a_pod_holding_a_reservation_is_not_refused_by_it(cluster: Cluster) -> None:
+    """kube-scheduler gave up on a slow bind and asks again: the pod's own devices still count as its own."""
+    p = pod("slow", limits=GPU_POD)
+    cluster.post("filter", cluster.args(p, ["edge-1"]))
+    chosen = cluster.extender.choose(BindingArgs("slow", "ml", "uid-slow", "edge-1"))
+    assert not isinstance(chosen, str)
+    other = pod("other", limits=GPU_POD)
+    _, result = cluster.post("filter", cluster.args(other, ["edge-1"]))
+    assert result["NodeNames"] == [], "the reservation holds edge-1's only GPU"
+    _, result = cluster.post("filter", cluster.args(p, ["edge-1"]))
+    assert result["NodeNames"] == ["edge-1"]
+    assert cluster.bind(p, "edge-1") == (200, {"Error": ""})
+    assert cluster.binder.bound == [chosen]
 
 
 def test_bind_refuses_when_the_node_is_full(cluster: Cluster) -> None:

@@ -65,6 +65,19 @@ def test_failed_binding_removes_the_annotation(api_server: tuple[FakeApiServer, 
     assert ANNOTATION not in fake.pods[("ml", "train")]["metadata"]["annotations"]
 
 
+def test_a_retried_bind_that_already_went_through_succeeds(
+    api_server: tuple[FakeApiServer, CoreV1Api],
+) -> None:
+    fake, api = api_server
+    fake.add_pod("ml", "train", "uid-1")
+    chosen = allocation("uid-1", "train")
+    KubeBinder(api).bind(chosen)
+    KubeBinder(api).bind(chosen)
+    pod = fake.pods[("ml", "train")]
+    assert pod["spec"]["nodeName"] == "gpu-1"
+    assert Allocation.from_annotation(pod["metadata"]["annotations"][ANNOTATION]) == chosen
+
+
 def test_a_recreated_pod_is_not_bound_with_the_old_pods_devices(
     api_server: tuple[FakeApiServer, CoreV1Api],
 ) -> None:
