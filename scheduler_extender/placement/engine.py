@@ -467,7 +467,7 @@ class _Search:
             for profile, count in request.mig:
                 units = [(mig_resource_name(profile), uuid, pos) for pos, uuid in free.migs.get(profile, ())]
                 picks = [ext for pick in picks for ext in self._extend(pick, units, count, left)]
-        if len(picks) > 1:
+        if len(picks) > 1 and (request.gpu_shared or request.mig):
             picks = self._distinct(picks)
         return picks
 
@@ -494,42 +494,78 @@ class _Search:
         return sum(pairs[a][b] for a, b in combinations(gpus, 2))
 
     def _whole(self, free: _Free) -> list[_GpuPick]:
+        """Whole-GPU sets: every combination while few (else grown from each seed), one per class."""
         n = self.request.gpus
         pool = free.whole
         if len(pool) < n:
             return []
-        gpus = self.index.gpus
+        gpus, classes = self.index.gpus, self.index.gpu_class
+        pairs, levels = self.priced.gpu_pairs, self.index.gpu_levels
         group_free: dict[tuple[str, ...], int] = {}
         for pos in pool:
             group_free[gpus[pos].group] = group_free.get(gpus[pos].group, 0) + 1
+        frag_of = {p: group_free[gpus[p].group] for p in pool}
 
-        def pick(chosen: Sequence[int]) -> _GpuPick:
-            ordered = tuple(sorted(chosen))
-            frag = float(sum(group_free[gpus[p].group] for p in ordered))
+        def pick(ordered: tuple[int, ...], cost: float) -> _GpuPick:
             grants = tuple((RESOURCE_GPU, gpus[p].uuid, p) for p in ordered)
-            return _GpuPick(grants, ordered, frag, self._pair_cost(ordered))
+            return _GpuPick(grants, ordered, float(sum(frag_of[p] for p in ordered)), cost)
 
         if not self.aware:
-            return [pick(pool[:n])]
+            chosen = tuple(pool[:n])
+            return [pick(chosen, self._pair_cost(chosen))]
+        if n == 1:
+            seen_single: set[tuple[int, int]] = set()
+            singles = []
+            for p in pool:
+                if (classes[p], frag_of[p]) not in seen_single:
+                    seen_single.add((classes[p], frag_of[p]))
+                    singles.append(pick((p,), 0.0))
+            return sorted(singles, key=lambda c: c.frag)
         if math.comb(len(pool), n) <= self.config.max_exhaustive:
-            return [pick(c) for c in combinations(pool, n)]
-        pairs = self.priced.gpu_pairs
-        seen: set[tuple[int, ...]] = set()
+            candidates: Iterable[tuple[int, ...]] = combinations(pool, n)
+        else:
+            grown: dict[tuple[int, ...], None] = {}
+            for seed in pool:
+                chosen = [seed]
+                rest = [p for p in pool if p != seed]
+                while len(chosen) < n:
+                    best = min(rest, key=lambda p: (sum(pairs[p][c] for c in chosen), frag_of[p], p))
+                    chosen.append(best)
+                    rest.remove(best)
+                grown[tuple(sorted(chosen))] = None
+            candidates = grown
+        seen: set[tuple[object, ...]] = set()
         out = []
-        for seed in pool:
-            chosen = [seed]
-            rest = [p for p in pool if p != seed]
-            while len(chosen) < n:
-                best = min(
-                    rest, key=lambda p: (sum(pairs[p][c] for c in chosen), group_free[gpus[p].group], p)
+        if n == 2:
+            limit = self.switch_limit is not None
+            for a, b in candidates:  # type: ignore[misc]
+                cost = pairs[a][b]
+                key2 = (
+                    min(classes[a], classes[b]),
+                    max(classes[a], classes[b]),
+                    cost,
+                    levels[a][b] if limit else 0,
+                    frag_of[a] + frag_of[b],
                 )
-                chosen.append(best)
-                rest.remove(best)
-            key = tuple(sorted(chosen))
+                if key2 not in seen:
+                    seen.add(key2)
+                    out.append(pick((a, b), cost))
+            return sorted(out, key=lambda c: (c.pair_cost, c.frag))
+        for combo in candidates:
+            pair_list = list(combinations(combo, 2))
+            cost = sum(pairs[a][b] for a, b in pair_list)
+            frag = sum(frag_of[p] for p in combo)
+            # equal classes, pair cost, farthest pair and fragmentation: an equivalent choice
+            key = (
+                tuple(sorted(classes[p] for p in combo)),
+                round(cost, 9),
+                max(levels[a][b] for a, b in pair_list),
+                frag,
+            )
             if key not in seen:
                 seen.add(key)
-                out.append(pick(key))
-        return out
+                out.append(pick(combo, cost))
+        return sorted(out, key=lambda c: (c.pair_cost, c.frag))
 
     def _extend(
         self, base: _GpuPick, units: list[tuple[str, str, int]], count: int, rank: Mapping[int, int]
@@ -613,81 +649,118 @@ class _Search:
         """The cheapest choice from `free`; `checked` says the caller saw no shortfall already."""
         if not checked and _shortfalls(self.request, free):
             return None
-        needs = self.needs
+        needs, aware = self.needs, self.aware
         want_vfs = needs.vfs or (1 if needs.optional_vf else 0)
         rows = self.priced.net_rows
         near, far = self.priced.near, self.priced.far
         gpu_numa = [g.numa for g in self.index.gpus]
-        cpu_options = self.cpu_options(free)
+
+        # per CPU option, what a device on each NUMA node pays towards those CPUs
+        numa_ids = {*gpu_numa, *(e.numa for e in self.index.nets), NO_NUMA}
+        options = [
+            (
+                cpus,
+                numas,
+                {n: sum(near if n == m or n < 0 or m < 0 else far for m in numas) for n in numa_ids},
+            )
+            for cpus, numas in self.cpu_options(free)
+        ]
         vf_members = {g.slot: m for g, m in free.vfs}
+        vf_entries = [g for g, _ in free.vfs]
         best: _Choice | None = None
+        bound = math.inf
         nv = ORDINAL[Level.NV]
+        # per GPU, the cheapest network entry of each kind it could get: a bound before pricing sets
+        rows_by_gpu = list(zip(*rows, strict=True)) if rows else []
+        cheapest_vf = [min((row[e.slot] for e in vf_entries), default=0.0) for row in rows_by_gpu]
+        cheapest_rd = [min((row[e.slot] for e in free.rdmas), default=0.0) for row in rows_by_gpu]
+        cpu_floor = min(near, far) if self.request.cpus else 0.0
         for pick in self.gpu_picks(free):
             gpus = pick.gpus
-            if best is not None and pick.pair_cost > best.cost + _EPS:
+            if pick.pair_cost > bound:
+                continue
+            rough = pick.pair_cost + cpu_floor * (len(gpus) + want_vfs + needs.rdmas)
+            if needs.vfs:
+                rough += needs.vfs * sum(cheapest_vf[g] for g in gpus)
+            if needs.rdmas:
+                rough += needs.rdmas * sum(cheapest_rd[g] for g in gpus)
+            if rough > bound:
                 continue
             if self.switch_limit is not None:
                 levels = self.index.gpu_levels
                 if any(levels[a][b] > max(self.switch_limit, nv) for a, b in combinations(gpus, 2)):
                     continue
             # network entries with their GPU-side price, before CPUs
-            vf_base = [
-                (sum(rows[e.slot][g] for g in gpus), e) for e in self._allowed((g for g, _ in free.vfs), gpus)
-            ]
-            rd_base = [(sum(rows[e.slot][g] for g in gpus), e) for e in self._allowed(free.rdmas, gpus)]
-            nic_base = [(sum(rows[e.slot][g] for g in gpus), e) for e in self._allowed(free.nics, gpus)]
-            for cpus, cpu_numas in cpu_options:
-                cost = pick.pair_cost
-                for g in gpus:
-                    a = gpu_numa[g]
-                    for m in cpu_numas:
-                        cost += near if a == m or a < 0 or m < 0 else far
-
-                def with_cpus(
-                    base: list[tuple[float, NetEntry]], numas: tuple[int, ...] = cpu_numas
-                ) -> list[tuple[float, NetEntry]]:
-                    if not numas:
-                        return base
-                    return [
-                        (p + sum(near if e.numa == m or e.numa < 0 or m < 0 else far for m in numas), e)
-                        for p, e in base
-                    ]
-
+            vf_base = (
+                [(sum(rows[e.slot][g] for g in gpus), e) for e in self._allowed(vf_entries, gpus)]
+                if want_vfs
+                else []
+            )
+            rd_base = (
+                [(sum(rows[e.slot][g] for g in gpus), e) for e in self._allowed(free.rdmas, gpus)]
+                if needs.rdmas
+                else []
+            )
+            nic_base = (
+                [(sum(rows[e.slot][g] for g in gpus), e) for e in self._allowed(free.nics, gpus)]
+                if needs.optional_vf
+                else []
+            )
+            # a lower bound over every CPU option: skip the pick when it cannot beat the best so far
+            low = pick.pair_cost
+            if self.request.cpus:
+                low += min(near, far) * (len(gpus) + want_vfs + needs.rdmas)
+            if vf_base:
+                low += min(vf_base, key=_first)[0] * min(
+                    want_vfs, sum(len(vf_members[e.slot]) for _, e in vf_base)
+                )
+            if rd_base:
+                low += min(rd_base, key=_first)[0] * needs.rdmas
+            if low > bound:
+                continue
+            for cpus, cpu_numas, to_cpus in options:
+                cost = (
+                    pick.pair_cost + sum(to_cpus[gpu_numa[g]] for g in gpus) if cpu_numas else pick.pair_cost
+                )
+                if cost > bound:
+                    continue
                 vfs: list[tuple[NetEntry, str]] = []
                 if want_vfs:
-                    priced_vfs = with_cpus(vf_base)
-                    if self.aware:
-                        priced_vfs.sort(key=lambda p: p[0])
+                    priced_vfs = [(p + to_cpus[e.numa], e) for p, e in vf_base] if cpu_numas else vf_base
+                    if want_vfs == 1 and priced_vfs:
+                        priced_vfs = [min(priced_vfs, key=_first) if aware else priced_vfs[0]]
+                    elif aware:
+                        priced_vfs = sorted(priced_vfs, key=_first)
                     for price, entry in priced_vfs:
                         for member in vf_members[entry.slot]:
                             if len(vfs) == want_vfs:
                                 break
                             vfs.append((entry, member))
                             cost += price
-                    if len(vfs) < needs.vfs:
+                    if len(vfs) < needs.vfs or cost > bound:
                         continue
                 rdmas: list[NetEntry] = []
                 if needs.rdmas:
-                    priced_rd = with_cpus(rd_base)
+                    priced_rd = [(p + to_cpus[e.numa], e) for p, e in rd_base] if cpu_numas else rd_base
                     if len(priced_rd) < needs.rdmas:
                         continue
-                    if self.aware:
+                    if aware:
                         masters = {g.master for g, _ in vfs}
-                        priced_rd.sort(key=lambda p: (p[0], not masters.intersection(p[1].netdevs)))
+                        priced_rd = sorted(priced_rd, key=lambda p: (p[0], masters.isdisjoint(p[1].netdevs)))
                     for price, entry in priced_rd[: needs.rdmas]:
                         rdmas.append(entry)
                         cost += price
                 nic = None
                 if needs.optional_vf and not vfs:
-                    priced_nic = with_cpus(nic_base)
+                    priced_nic = [(p + to_cpus[e.numa], e) for p, e in nic_base] if cpu_numas else nic_base
                     if not priced_nic:
                         continue
-                    if self.aware:
+                    if aware:
                         netdevs = {d for r in rdmas for d in r.netdevs}
-                        priced_nic.sort(key=lambda p: (p[0], p[1].ident not in netdevs))
+                        priced_nic = sorted(priced_nic, key=lambda p: (p[0], p[1].ident not in netdevs))
                     price, nic = priced_nic[0]
                     cost += price
-                if best is not None and cost > best.cost + _EPS:
+                if cost > bound:
                     continue
                 numas = {gpu_numa[g] for g in gpus}
                 numas.update(cpu_numas, (e.numa for e, _ in vfs), (e.numa for e in rdmas))
@@ -699,7 +772,12 @@ class _Search:
                 )
                 if choice.better_than(best):
                     best = choice
+                    bound = cost + _EPS
         return best
+
+
+def _first(item: tuple[float, object]) -> float:
+    return item[0]
 
 
 def _take_cpus(free: _Free, order: Sequence[int], n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
