@@ -98,7 +98,10 @@ def decode_extender_args(raw: Any) -> ExtenderArgs:
     if names_raw is not None:
         if not isinstance(names_raw, list):
             raise WireError(f"ExtenderArgs.NodeNames: expected a list, got {type(names_raw).__name__}")
-        node_names = tuple(_string(n, f"ExtenderArgs.NodeNames[{i}]") for i, n in enumerate(names_raw))
+        node_names = tuple(names_raw)
+        if not all(isinstance(n, str) for n in node_names):
+            bad = next(i for i, n in enumerate(node_names) if not isinstance(n, str))
+            _string(node_names[bad], f"ExtenderArgs.NodeNames[{bad}]")
     if nodes_raw is not None:
         node_list = _object(nodes_raw, "ExtenderArgs.Nodes")
         assert node_list is not None
