@@ -57,6 +57,7 @@ from scheduler_extender.placement import (  # noqa: E402
     place,
     score_nodes,
 )
+from scheduler_extender.placement.engine import forget_plans  # noqa: E402
 from scheduler_extender.placement.exact import optimum_cost  # noqa: E402
 from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation  # noqa: E402
 
@@ -344,10 +345,13 @@ class Run:
     gpu_nic: list[float] = field(default_factory=list)
     gpu_cpu: list[float] = field(default_factory=list)
     at_best: int = 0
+    gpu_units: int = 0
+    """Whole GPUs, MIG instances and time-slices handed out."""
     optimum_pods: int = 0
     optimum_cost: float = 0.0
     cost_at_optimum_pods: float = 0.0
     seconds: float = 0.0
+    states: dict[str, NodeState] = field(default_factory=dict)
 
 
 def run(
@@ -383,6 +387,11 @@ def run(
         states[node] = replace(states[node], allocations=(*states[node].allocations, allocation))
         leaving.setdefault(step + pod.lifetime, []).append((node, request.uid))
         result.placed += 1
+        result.gpu_units += sum(
+            1
+            for d in allocation.devices
+            if d.resource in GPU_RESOURCES or d.resource.startswith("gedge.io/mig-")
+        )
         topology = states[node].topology
         pricing = price(topology, allocation)
         result.costs.append(pricing.cost)
@@ -398,7 +407,40 @@ def run(
     if result.before_first_refusal is None:
         result.before_first_refusal = result.placed
     result.seconds = time.perf_counter() - started
+    result.states = states
     return result
+
+
+def timing(states: Iterable[NodeState], pods: list[TracePod], shapes: int = 30) -> None:
+    """place() per node and pod shape: searching (plans forgotten) and answered from the memo."""
+    distinct: dict[object, PodRequest] = {}
+    for pod in pods:
+        distinct.setdefault(pod.request.shape, pod.request)
+    requests = list(distinct.values())[:shapes]
+    search: list[float] = []
+    memo: list[float] = []
+    clock = time.perf_counter
+    for state in states:
+        for request in requests:
+            forget_plans()
+            t0 = clock()
+            place(state, request)
+            t1 = clock()
+            place(state, request)
+            t2 = clock()
+            search.append(t1 - t0)
+            memo.append(t2 - t1)
+    search.sort()
+    memo.sort()
+
+    def us(values: list[float], q: float) -> str:
+        return f"{1e6 * values[min(len(values) - 1, int(q * len(values)))]:.0f}"
+
+    print(
+        f"\nplace() on one node, {len(search)} (node, shape) pairs of the final mixed-cluster state: "
+        f"search p50 {us(search, 0.5)} us, p99 {us(search, 0.99)} us, max {us(search, 1.0)} us; "
+        f"memoized p50 {us(memo, 0.5)} us, p99 {us(memo, 0.99)} us"
+    )
 
 
 def fill(strategy: Strategy, cluster: list[NodeTopology], pods: list[TracePod], seed: int) -> int:
@@ -422,15 +464,15 @@ def mean(values: list[float]) -> str:
 def report(title: str, runs: list[Run], optimum: bool) -> None:
     print(f"\n{title}")
     header = (
-        f"{'strategy':34s} {'before 1st refusal':>18s} {'placed':>7s} {'refused':>8s} {'GPU<->NIC':>10s} "
-        f"{'GPU<->CPU':>10s} {'at best level':>14s} {'mean cost':>10s}"
+        f"{'strategy':34s} {'before 1st refusal':>18s} {'placed':>7s} {'GPU units':>9s} {'refused':>8s} "
+        f"{'GPU<->NIC':>10s} {'GPU<->CPU':>10s} {'at best level':>14s} {'mean cost':>10s}"
     )
     if optimum:
         header += f" {'cost/optimum':>13s}"
     print(header)
     for r in runs:
         line = (
-            f"{r.name:34s} {r.before_first_refusal:>18d} {r.placed:>7d} {r.refused:>8d} "
+            f"{r.name:34s} {r.before_first_refusal:>18d} {r.placed:>7d} {r.gpu_units:>9d} {r.refused:>8d} "
             f"{mean(r.gpu_nic):>10s} {mean(r.gpu_cpu):>10s} "
             f"{100 * r.at_best / max(1, r.placed):>13.1f}% {mean(r.costs):>10s}"
         )
@@ -446,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--small-pods", type=int, default=160)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--fills", type=int, default=20)
+    parser.add_argument("--churn", type=int, default=6)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     strategies: list[tuple[str, Strategy]] = [
@@ -463,6 +506,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     runs = [run(name, s, cluster, pods, args.seed) for name, s in strategies]
     report("mixed cluster, pods leaving after 10..60 arrivals", runs, optimum=False)
+    timing(runs[0].states.values(), pods)
 
     print(
         f"\nfilling the empty mixed cluster (no pod leaves) until the first refusal, "
@@ -479,7 +523,28 @@ def main(argv: list[str] | None = None) -> int:
             f"{wins:>6d}/{len(counts)}"
         )
 
+    print(
+        f"\nchurn over {args.churn} more seeded traces (pods leave as above): "
+        "pods placed, GPU units handed out"
+    )
+    print(f"{'strategy':34s} {'mixed pods':>11s} {'mixed GPUs':>11s} {'small pods':>11s} {'small GPUs':>11s}")
     small = small_cluster()
+    churn_traces = [
+        (trace(400, 2000 + k, cluster), trace(args.small_pods, 3000 + k, small)) for k in range(args.churn)
+    ]
+    for name, strategy in strategies:
+        totals = [0, 0, 0, 0]
+        for k, (mixed_pods, small_trace) in enumerate(churn_traces):
+            big = run(name, strategy, cluster, mixed_pods, k)
+            little = run(name, strategy, small, small_trace, k)
+            totals = [
+                totals[0] + big.placed,
+                totals[1] + big.gpu_units,
+                totals[2] + little.placed,
+                totals[3] + little.gpu_units,
+            ]
+        print(f"{name:34s} {totals[0]:>11d} {totals[1]:>11d} {totals[2]:>11d} {totals[3]:>11d}")
+
     small_pods = trace(args.small_pods, args.seed + 1, small)
     print(
         f"\nsmall cluster: {len(small)} nodes; trace: {len(small_pods)} pods; optimum = exhaustive, per pod, "

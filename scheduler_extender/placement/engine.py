@@ -900,6 +900,11 @@ _plans: dict[tuple[object, ...], _Plan | str] = {}
 state share the search, whatever their names."""
 
 
+def forget_plans() -> None:
+    """Drop memoized plans, so the next place() searches again (benchmarks measuring the search)."""
+    _plans.clear()
+
+
 @dataclass(frozen=True)
 class _Plan:
     """A placement in position terms: device references are (resource, GPU pos or net slot, member)."""
