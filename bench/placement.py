@@ -50,6 +50,7 @@ from gedge_model import (  # noqa: E402
     NodeTopology,
     pci_distance,
 )
+from gedge_model.allocation import mig_resource_name  # noqa: E402
 from scheduler_extender.placement import (  # noqa: E402
     Placement,
     PodRequest,
@@ -189,7 +190,7 @@ def blocker(topology: NodeTopology, mask: tuple[int, ...]) -> Allocation:
             grants += [
                 DeviceGrant("gedge.io/gpu-shared", f"{gpu.uuid}::{r}") for r in range(gpu.timeslice_replicas)
             ]
-            grants += [DeviceGrant(f"gedge.io/mig-{m.profile}", m.uuid) for m in gpu.mig_instances]
+            grants += [DeviceGrant(mig_resource_name(m.profile), m.uuid) for m in gpu.mig_instances]
     for nic in topology.interfaces:
         grants += [
             DeviceGrant("gedge.io/sriov-vf", vf.pci_address) for vf in nic.vfs if outside(vf.pci_address)
@@ -243,7 +244,7 @@ def allocated_score(state: NodeState, request: PodRequest, most: bool) -> float:
         wanted.append("gedge.io/gpu")
     if request.gpu_shared:
         wanted.append("gedge.io/gpu-shared")
-    wanted += [f"gedge.io/mig-{p}" for p, _ in request.mig]
+    wanted += [mig_resource_name(p) for p, _ in request.mig]
     if request.cpus:
         wanted.append("cpu")
     shares = [free.get(r, 0) / _totals[name][r] for r in wanted if _totals[name].get(r)]

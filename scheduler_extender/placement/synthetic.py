@@ -28,7 +28,12 @@ NVIDIA = 0x10DE
 MELLANOX = 0x15B3
 CLASS_3D = 0x030200
 CLASS_ETHERNET = 0x020000
-A100_MIG_PROFILES = (("1g.10gb", 19, 1, 9728, 7), ("2g.20gb", 14, 2, 19968, 3), ("3g.40gb", 9, 3, 40192, 2))
+A100_MIG_PROFILES = (
+    ("1g.10gb", 19, 1, 9728, 7),
+    ("1g.10gb+me", 20, 1, 9728, 1),
+    ("2g.20gb", 14, 2, 19968, 3),
+    ("3g.40gb", 9, 3, 40192, 2),
+)
 
 
 def cpus_and_numa(

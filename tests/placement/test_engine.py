@@ -295,3 +295,10 @@ def test_cpu_only_pods_prefer_nodes_without_idle_accelerators():
     }
     scores = score_nodes(placements)
     assert scores["cpu-box"] == 10 and scores["gpu-box"] == 9
+
+
+def test_media_extension_mig_profile_is_granted_under_its_legal_resource_name():
+    topology = dgx_like("dgx", gpus=2, mig={1: ["1g.10gb+me", "1g.10gb"]})
+    alloc = placed(place(NodeState(topology), request(mig=(("1g.10gb+me", 1),)))).allocation
+    assert [(d.resource, d.id) for d in alloc.devices] == [("gedge.io/mig-1g.10gb.me", "MIG-dgx-1-0")]
+    assert free_capacity(NodeState(topology))["gedge.io/mig-1g.10gb.me"] == 1

@@ -7,6 +7,7 @@ import random
 import pytest
 
 from gedge_model import Allocation, DeviceGrant, NodeState
+from gedge_model.allocation import mig_resource_name
 from scheduler_extender.placement import Placement, PodRequest, Refusal, place
 from scheduler_extender.placement.exact import optimum_cost
 from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation
@@ -43,7 +44,7 @@ def random_state(topology, rng: random.Random) -> NodeState:
         roll = rng.random()
         if gpu.mig_current:
             grants += [
-                DeviceGrant(f"gedge.io/mig-{m.profile}", m.uuid) for m in gpu.mig_instances if roll < 0.4
+                DeviceGrant(mig_resource_name(m.profile), m.uuid) for m in gpu.mig_instances if roll < 0.4
             ]
         elif roll < 0.3:
             grants.append(DeviceGrant("gedge.io/gpu", gpu.uuid))

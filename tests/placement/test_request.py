@@ -207,3 +207,8 @@ def test_not_an_object_is_an_error():
         parse_pod_request({"metadata": {"name": "x"}, "spec": {"containers": "nope"}})
     with pytest.raises(RequestError):
         parse_pod_request(["not", "a", "pod"])  # type: ignore[arg-type]
+
+
+def test_mig_profiles_with_media_extensions_use_the_legal_resource_name():
+    request = parse_pod_request(pod([container(limits={"gedge.io/mig-1g.10gb.me": "1"})]))
+    assert request.mig == (("1g.10gb+me", 1),)
