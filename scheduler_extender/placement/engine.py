@@ -894,7 +894,7 @@ def place(
     return Placement(_materialize(index, state, request, plan), plan.cost, plan.leftover, plan.stranded)
 
 
-MAX_PLANS = 200_000
+MAX_PLANS = 32_768
 _plans: dict[tuple[object, ...], _Plan | str] = {}
 """(structure, free key, request shape, config) -> plan or refusal text: nodes of one kind in one
 state share the search, whatever their names."""

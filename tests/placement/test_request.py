@@ -212,3 +212,20 @@ def test_not_an_object_is_an_error():
 def test_mig_profiles_with_media_extensions_use_the_legal_resource_name():
     request = parse_pod_request(pod([container(limits={"gedge.io/mig-1g.10gb.me": "1"})]))
     assert request.mig == (("1g.10gb+me", 1),)
+
+
+def test_oversized_annotation_and_device_counts_are_refused():
+    with pytest.raises(RequestError) as err:
+        parse_pod_request(pod(annotations={"gedge.io/runtime": "a" * 5000}))
+    assert err.value.field == "gedge.io/runtime" and "longer than" in str(err.value)
+    with pytest.raises(RequestError) as err:
+        parse_pod_request(pod([container(limits={"gedge.io/gpu": "100000"})]))
+    assert err.value.field == "gedge.io/gpu" and "more than" in str(err.value)
+
+
+def test_non_string_annotation_values_are_errors():
+    raw = pod()
+    raw["metadata"]["annotations"] = {"gedge.io/topology-aware": True}
+    with pytest.raises(RequestError) as err:
+        parse_pod_request(raw)
+    assert err.value.field == "gedge.io/topology-aware" and "expected a string" in str(err.value)
