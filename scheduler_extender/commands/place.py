@@ -13,11 +13,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import structlog
 import yaml
 
 from gedge_model import ModelDecodeError, NodeState, NodeTopology, from_json, to_dict
 from scheduler_extender.bind.binder import BindError
 from scheduler_extender.commands.render import allocation_summary
+from scheduler_extender.commands.serve import configure_logging
 from scheduler_extender.node_source import NodeSource, StaticNodeSource
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import BindingArgs, ExtenderArgs
@@ -112,6 +114,16 @@ def place_pod(source: NodeSource, pod: dict[str, Any]) -> tuple[Any, dict[str, A
 
 
 def run(args: argparse.Namespace) -> int:
+    """Logs go to stderr as JSON for the run only; stdout carries the allocation alone."""
+    previous = structlog.get_config()
+    configure_logging("warning", cache=False)
+    try:
+        return _run(args)
+    finally:
+        structlog.configure(**previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     cluster = None
     try:
         pod = load_pod(args.pod)

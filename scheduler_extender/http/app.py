@@ -9,6 +9,7 @@ the size bound gets 413. Nothing answers with a stack trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import ssl
@@ -106,7 +107,8 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
                 return _reply(on_error(message), status=413)
             except Exception as exc:
                 outcome = "error"
-                log.exception("verb_failed", verb=name)
+                with contextlib.suppress(Exception):
+                    log.exception("verb_failed", verb=name)
                 return _reply(on_error(f"{name}: internal error: {type(exc).__name__}: {exc}"))
             finally:
                 metrics.latency.labels(name).observe(time.perf_counter() - started)

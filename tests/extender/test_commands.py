@@ -190,6 +190,29 @@ def test_serve_over_an_agents_file_answers_kube_scheduler_and_stops_on_sigterm(
             serve.wait()
 
 
+def test_place_asks_live_agents(
+    tmp_path: Path, agent: tuple[str, int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    node, port = agent
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(yaml.safe_dump([{"node": node, "address": f"127.0.0.1:{port}"}]))
+    pod_file = tmp_path / "pod.yaml"
+    pinned = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "annotations": {"gedge.io/cpu-pinning": "true"}},
+        "spec": {
+            "containers": [
+                {"name": "m", "image": "x", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}
+            ]
+        },
+    }
+    pod_file.write_text(yaml.safe_dump(pinned))
+    assert main(["place", "--agents", str(agents), "--pod", str(pod_file), "--json"]) == 0
+    allocation = Allocation.from_annotation(capsys.readouterr().out)
+    assert allocation.node == node and len(allocation.cpus) == 1
+
+
 def test_serve_refuses_a_bad_agents_file(tmp_path: Path) -> None:
     agents = tmp_path / "agents.yaml"
     agents.write_text("- node: Bad_Name\n  address: 127.0.0.1:1\n")

@@ -213,6 +213,16 @@ def test_prioritize_scores_every_node_in_extender_range(cluster: Cluster) -> Non
     assert by_host["snap-16amd64-8n2c"] == 0
 
 
+def test_prioritize_with_full_node_list(cluster: Cluster) -> None:
+    nodes = node_list("dgx-1", "snap-16amd64-8n2c")
+    status, scores = cluster.post(
+        "prioritize", {"Pod": pod(limits=GPU_POD), "Nodes": nodes, "NodeNames": None}
+    )
+    assert status == 200
+    assert [s["Host"] for s in scores] == ["dgx-1", "snap-16amd64-8n2c"]
+    assert scores[0]["Score"] > scores[1]["Score"] == 0
+
+
 def test_prioritize_prefers_the_node_where_gpu_and_vf_share_a_switch(cluster: Cluster) -> None:
     """dgx-1 has GPU and VF under one PCIe switch (PIX); on edge-1 they meet at the host bridge (PHB)."""
     wants = pod(
