@@ -179,6 +179,16 @@ def test_serve_over_an_agents_file_answers_kube_scheduler_and_stops_on_sigterm(
         assert status == 200
         assert result["NodeNames"] == [node], result
         assert "ghost" in result["FailedAndUnresolvableNodes"]
+        status, bound = post(
+            f"{url}/bind", {"PodName": "p", "PodNamespace": "ml", "PodUID": "u1", "Node": node}
+        )
+        assert status == 200
+        assert "pod ml/p" in bound["Error"] and "without an applier" in bound["Error"], bound
+        every_cpu = json.loads(json.dumps(pinned))
+        every_cpu["metadata"]["uid"] = "u2"
+        every_cpu["spec"]["containers"][0]["resources"]["limits"]["cpu"] = str(os.cpu_count())
+        _, again = post(f"{url}/filter", {"Pod": every_cpu, "Nodes": None, "NodeNames": [node]})
+        assert again["NodeNames"] == [node], "the failed bind released its CPU"
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(timeout=20) == 0
         assert serve.stderr is not None
