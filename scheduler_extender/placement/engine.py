@@ -19,10 +19,14 @@ Decisions worth knowing:
 - Policies follow kubelet's Topology Manager: `restricted` admits only an
   allocation whose NUMA span is the narrowest the node's capacity allows for
   the request; `single-numa` puts every device and CPU on one NUMA node;
-  `same-switch` is single-numa plus every GPU<->network-device pair at
-  `PlacementConfig.same_switch_level` (PXB by default: one switch hierarchy
-  below the host bridge, which is how DGX-class machines wire GPU and NIC) or
-  closer. Devices with an unknown NUMA node align with every node.
+  `same-switch` is single-numa plus every GPU<->network-device pair (and
+  GPU<->GPU pair unless NVLinked) at `PlacementConfig.same_switch_level` (PXB
+  by default: one switch hierarchy below the host bridge, which is how
+  DGX-class machines wire GPU and NIC) or closer. Devices with an unknown NUMA
+  node align with every node.
+- Node structure memo: plans are kept by (structure, free set, pod shape,
+  config), so nodes of one hardware kind in one state share one search; the
+  device ids come from each node's own index.
 - `topology_aware` false: first free devices and CPUs in id order, still
   exclusive and still priced.
 """

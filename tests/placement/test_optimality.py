@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from gedge_model import Allocation, DeviceGrant, NodeState
 from gedge_model.allocation import mig_resource_name
 from scheduler_extender.placement import Placement, PodRequest, Refusal, place
+from scheduler_extender.placement.engine import forget_plans
 from scheduler_extender.placement.exact import optimum_cost
 from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation
 
@@ -77,3 +79,33 @@ def test_engine_cost_equals_the_exhaustive_optimum(name):
             assert outcome.cost == pytest.approx(optimum), (name, trial, shape)
             compared += 1
     assert compared >= 20
+
+
+def test_memoized_answers_equal_fresh_searches_across_nodes_of_one_structure():
+    """The plan memo is keyed by structure and free set: replaying on a twin node must change nothing."""
+    rng = random.Random("memo")
+    twins = [
+        dgx_like(f"twin-{i}", nvlink="pairs", vfs_per_nic=2, cores_per_socket=4, timeslice_replicas=2)
+        for i in range(2)
+    ]
+    for _ in range(15):
+        used = random_state(twins[0], rng)
+        # the same devices taken on the twin, by position
+        rename = {g.uuid: t.uuid for g, t in zip(twins[0].gpus, twins[1].gpus, strict=True)}
+        grants = tuple(
+            DeviceGrant(
+                d.resource,
+                rename.get(d.id.split("::")[0], d.id) + ("::" + d.id.split("::")[1] if "::" in d.id else ""),
+            )
+            for d in used.allocations[0].devices
+        )
+        twin_state = NodeState(
+            twins[1], (dataclasses.replace(used.allocations[0], node="twin-1", devices=grants),)
+        )
+        for shape in SHAPES[:6]:
+            req = PodRequest("ml", "p", "uid", topology_aware=True, **shape)
+            place(used, req)
+            memoized = place(twin_state, req)
+            forget_plans()
+            fresh = place(twin_state, req)
+            assert memoized == fresh, shape
