@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -241,10 +242,41 @@ class EdgeCluster:
             )
         self.extender.start()
         self.extender.wait_until(self._extender_healthy, EXTENDER_START_TIMEOUT, "answered /healthz")
+        self.extender.wait_until(
+            self._extender_sees_every_node, EXTENDER_START_TIMEOUT, "had a live report from every agent"
+        )
 
     def _extender_healthy(self) -> bool:
         with urllib.request.urlopen(f"{self.extender_url}/healthz", timeout=5) as reply:
             return reply.status == 200
+
+    def _extender_sees_every_node(self) -> bool:
+        """Ask /filter, as kube-scheduler would, about a pod any live node fits: all nodes must pass.
+
+        Until the extender has each agent's report it refuses that node as not
+        reported yet; a pod refused then waits in kube-scheduler's unschedulable
+        queue for a cluster event, so tests start only once every node passes.
+        """
+        probe = {
+            "Pod": {
+                "metadata": {
+                    "name": "readiness-probe",
+                    "namespace": SYSTEM_NAMESPACE,
+                    "uid": "readiness-probe",
+                },
+                "spec": {"containers": [{"name": "probe", "resources": {"requests": {"cpu": "1m"}}}]},
+            },
+            "Nodes": None,
+            "NodeNames": sorted(self.nodes),
+        }
+        request = urllib.request.Request(
+            f"{self.extender_url}/filter",
+            data=json.dumps(probe).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            result = json.loads(reply.read())
+        return sorted(result.get("NodeNames") or []) == sorted(self.nodes)
 
     def kill_extender(self) -> None:
         """SIGKILL: no chance to flush or hand anything over, as in a crash."""
