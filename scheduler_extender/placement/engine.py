@@ -857,7 +857,14 @@ def _numa_ids(index: TopologyIndex) -> list[int]:
 
 
 def _search_within(search: _Search, free: _Free, span: int) -> tuple[_Choice | None, list[str]]:
-    """Best choice whose devices and CPUs lie on at most `span` NUMA nodes; else what each set lacks."""
+    """Best choice whose devices and CPUs lie on at most `span` NUMA nodes; else what each set lacks.
+
+    The unconstrained best is tried first: when it already lies within `span`
+    nodes it is also the best of the constrained set, and one search suffices.
+    """
+    unconstrained = search.best(free, checked=True)
+    if unconstrained is not None and unconstrained.span <= span:
+        return unconstrained, []
     numas = _numa_ids(search.index)
     best: _Choice | None = None
     lacks: list[str] = []
