@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +25,13 @@ STAGING_REPLACE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s*=>\s*\./staging/src/\1\s*
 GO_DIRECTIVE = "1.24.0"
 
 
+def go_binary() -> str:
+    """$GO, else go on PATH, else the standard install location (as build.sh does)."""
+    return os.environ.get("GO") or shutil.which("go") or "/usr/local/go/bin/go"
+
+
 def _go(args: list[str], cwd: Path) -> str:
-    return subprocess.run(["go", *args], cwd=cwd, check=True, capture_output=True, text=True, env=None).stdout
+    return subprocess.run([go_binary(), *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
 def staging_modules(kubernetes_version: str) -> list[str]:
@@ -72,7 +79,7 @@ def write_module(directory: Path, gomod: str) -> None:
     directory.mkdir(exist_ok=True)
     (directory / "go.mod").write_text(gomod)
     (directory / "go.sum").unlink(missing_ok=True)
-    subprocess.run(["go", "mod", "tidy"], cwd=directory, check=True)
+    subprocess.run([go_binary(), "mod", "tidy"], cwd=directory, check=True)
 
 
 def main(argv: list[str] | None = None) -> int:
