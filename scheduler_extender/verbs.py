@@ -152,7 +152,6 @@ class Extender:
         cache holds the same allocations on it.
         """
         shape = request.shape
-        views = self.source.nodes()
         versions = self.cache.versions()
         with self._memo_lock:
             table = self._memo.get(shape)
@@ -164,7 +163,9 @@ class Extender:
                 self._memo.move_to_end(shape)
         outcomes: dict[str, Outcome] = {}
         unresolvable: dict[str, str] = {}
-        get_view, get_version, get_entry = views.get, versions.get, table.get
+        # One lookup per candidate: kube-scheduler usually sends a few hundred of thousands of
+        # nodes, and a live cache builds each node's view on request.
+        get_view, get_version, get_entry = self.source.node, versions.get, table.get
         for name in candidates:
             view = get_view(name)
             if view is None:
