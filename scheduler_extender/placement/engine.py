@@ -354,20 +354,16 @@ class _Choice:
     vfs: tuple[tuple[NetEntry, str], ...]
     rdmas: tuple[NetEntry, ...]
     nic: NetEntry | None
+    remote: int = 0
+    """Pinned CPUs off the NUMA nodes of the pod's devices (when CPUs spill over several nodes)."""
 
     def better_than(self, other: _Choice | None) -> bool:
+        """Cheaper first; then fewer NUMA nodes, fewer remote CPUs, less fragmentation."""
         if other is None or self.cost < other.cost - _EPS:
             return True
         if self.cost > other.cost + _EPS:
             return False
-        return (self.span, self.frag) < (other.span, other.frag)
-
-    def numas(self, index: TopologyIndex) -> set[int]:
-        found = {index.gpus[g].numa for g in self.pick.gpus}
-        found |= {g.numa for g, _ in self.vfs} | {r.numa for r in self.rdmas} | set(self.cpu_numas)
-        if self.nic is not None:
-            found.add(self.nic.numa)
-        return found - {NO_NUMA}
+        return (self.span, self.remote, self.frag) < (other.span, other.remote, other.frag)
 
     def worst(self, index: TopologyIndex) -> int:
         """The farthest level among the pairs the cost counts."""
@@ -632,13 +628,14 @@ class _Search:
             return []
         if not self.aware:
             return [_take_cpus(free, sorted(free.cores), n)]
+        # keyed by the CPUs: spilling from node 0 to 1 and from 1 to 0 are both kept
         options: dict[tuple[int, ...], tuple[tuple[int, ...], tuple[int, ...]]] = {}
         for numa in sorted(free.cores):
             if not free.cores[numa] and not free.threads.get(numa):
                 continue
             order = [m for m in self.index.numa_order.get(numa, (numa,)) if m in free.cores]
             option = _take_cpus(free, order, n)
-            options.setdefault(option[1], option)
+            options.setdefault(option[0], option)
         return list(options.values())
 
     # network side and the whole evaluation
@@ -658,6 +655,7 @@ class _Search:
         rows = self.priced.net_rows
         near, far = self.priced.near, self.priced.far
         gpu_numa = [g.numa for g in self.index.gpus]
+        cpu_numa = self.index.cpu_numa
 
         # per CPU option, what a device on each NUMA node pays towards those CPUs
         numa_ids = {*gpu_numa, *(e.numa for e in self.index.nets), NO_NUMA}
@@ -767,12 +765,17 @@ class _Search:
                 if cost > bound:
                     continue
                 numas = {gpu_numa[g] for g in gpus}
-                numas.update(cpu_numas, (e.numa for e, _ in vfs), (e.numa for e in rdmas))
+                numas.update((e.numa for e, _ in vfs), (e.numa for e in rdmas))
                 if nic is not None:
                     numas.add(nic.numa)
                 numas.discard(NO_NUMA)
+                remote = 0
+                if len(cpu_numas) > 1 and numas:
+                    remote = sum(1 for c in cpus if cpu_numa.get(c, NO_NUMA) not in numas)
+                numas.update(cpu_numas)
+                numas.discard(NO_NUMA)
                 choice = _Choice(
-                    cost, len(numas), pick.frag, pick, cpus, cpu_numas, tuple(vfs), tuple(rdmas), nic
+                    cost, len(numas), pick.frag, pick, cpus, cpu_numas, tuple(vfs), tuple(rdmas), nic, remote
                 )
                 if choice.better_than(best):
                     best = choice

@@ -83,6 +83,8 @@ class TopologyIndex:
     accelerator_kinds: frozenset[str]
     gpu_class: tuple[int, ...] = ()
     """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
+    cpu_numa: Mapping[int, int] = field(default_factory=dict)
+    """Online CPU id -> its NUMA id."""
     structure: int = 0
     """Equal for topologies that differ only in names, UUIDs and addresses: placements in position
     terms carry over between them (the engine memoizes by it)."""
@@ -313,5 +315,6 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             a.kind.value for a in topology.accelerators if a.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
         ),
         gpu_class=gpu_class,
+        cpu_numa={cpu: numa for numa, found in core_map.items() for core in found for cpu in core},
         structure=_structure_id(signature),
     )

@@ -302,3 +302,13 @@ def test_media_extension_mig_profile_is_granted_under_its_legal_resource_name():
     alloc = placed(place(NodeState(topology), request(mig=(("1g.10gb+me", 1),)))).allocation
     assert [(d.resource, d.id) for d in alloc.devices] == [("gedge.io/mig-1g.10gb.me", "MIG-dgx-1-0")]
     assert free_capacity(NodeState(topology))["gedge.io/mig-1g.10gb.me"] == 1
+
+
+def test_spilled_cpus_stay_mostly_on_the_gpu_numa_node():
+    topology = pcie_workstation("ws", cores_per_socket=8)  # 16 CPUs per socket
+    busy = (held("ws", "a", [("gedge.io/gpu", "GPU-ws-00"), ("gedge.io/gpu", "GPU-ws-01")]),)
+    alloc = placed(place(NodeState(topology, busy), request(gpus=1, cpus=20, cpu_pinning=True))).allocation
+    assert alloc.devices[0].numa_node == 1
+    numa_of = {c.id: c.numa_node for c in topology.cpus}
+    on_gpu_node = [c for c in alloc.cpus if numa_of[c] == 1]
+    assert len(on_gpu_node) == 16 and len(alloc.cpus) == 20
