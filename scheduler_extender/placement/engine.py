@@ -879,6 +879,8 @@ def _search_within(search: _Search, free: _Free, span: int) -> tuple[_Choice | N
         elif choice is None:
             short = _shortfalls(search.request, allowed)
             where = "+".join(f"node{n}" for n in subset) or "node"
+            if not short and search.switch_limit is not None:
+                short = [f"no free network device within {LEVELS[search.switch_limit].value} of a free GPU"]
             lacks.append(f"{where}: " + ("; ".join(short) if short else "no aligned combination"))
     return best, lacks
 

@@ -145,6 +145,7 @@ def test_same_switch_needs_gpu_and_vf_under_one_switch():
     assert alloc.devices[0].numa_node == 0  # the NIC is on socket 0
     refused = place(state, request(gpus=1, sriov_vfs=1, policy="same-switch"))
     assert isinstance(refused, Refusal) and "same-switch" in refused.reason
+    assert "node0: no free network device within PXB of a free GPU" in refused.reason
     dgx = NodeState(dgx_like("dgx"))
     alloc = placed(place(dgx, request(gpus=1, sriov_vfs=1, policy="same-switch"))).allocation
     gpu, vf = alloc.devices[0], alloc.devices[1]
