@@ -34,7 +34,6 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import math
-import threading
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -187,7 +186,6 @@ def _used(state: NodeState, reserved: Iterable[Allocation]) -> tuple[dict[str, s
 
 
 _free_cache: dict[int, tuple[weakref.ref[NodeState], tuple[Allocation, ...], _Free]] = {}
-_free_lock = threading.Lock()
 
 
 def _free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allocation]) -> _Free:
@@ -209,13 +207,12 @@ def _free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allocation]
     free = _compute_free(index, state, held)
 
     def drop(_: object, key: int = key) -> None:
-        with _free_lock:
-            entry = _free_cache.get(key)
-            if entry is not None and entry[0]() is None:
-                del _free_cache[key]
+        # runs inside garbage collection, possibly while this thread holds a lock: take none
+        entry = _free_cache.get(key)
+        if entry is not None and entry[0]() is None:
+            _free_cache.pop(key, None)
 
-    with _free_lock:
-        _free_cache[key] = (weakref.ref(state, drop), held, free)
+    _free_cache[key] = (weakref.ref(state, drop), held, free)
     return free
 
 

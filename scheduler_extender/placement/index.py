@@ -153,13 +153,12 @@ def topology_index(topology: NodeTopology) -> TopologyIndex:
     index = build_index(topology)
 
     def drop(_: object, key: int = key) -> None:
-        with _lock:
-            entry = _cache.get(key)
-            if entry is not None and entry[0]() is None:
-                del _cache[key]
+        # runs inside garbage collection, possibly while this thread holds a lock: take none
+        entry = _cache.get(key)
+        if entry is not None and entry[0]() is None:
+            _cache.pop(key, None)
 
-    with _lock:
-        _cache[key] = (weakref.ref(topology, drop), index)
+    _cache[key] = (weakref.ref(topology, drop), index)
     return index
 
 

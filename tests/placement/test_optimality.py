@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -109,3 +110,21 @@ def test_memoized_answers_equal_fresh_searches_across_nodes_of_one_structure():
             forget_plans()
             fresh = place(twin_state, req)
             assert memoized == fresh, shape
+
+
+def test_concurrent_calls_give_the_answers_of_sequential_ones():
+    """The extender places from several threads; the memo and caches must not mix answers up."""
+    rng = random.Random("threads")
+    topology = TOPOLOGIES["dgx-pairs"]()
+    states = [random_state(topology, rng) for _ in range(12)]
+    requests = [PodRequest("ml", "p", "uid", topology_aware=True, **shape) for shape in SHAPES]
+    forget_plans()
+    expected = [[place(s, r) for r in requests] for s in states]
+
+    def work(_: int) -> list[list[object]]:
+        forget_plans()
+        return [[place(s, r) for r in requests] for s in states]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for got in pool.map(work, range(16)):
+            assert got == expected
