@@ -436,7 +436,8 @@ class _Search:
         self.priced = priced(index, config.weight_by_ordinal)
         self.needs = _needs(request)
         self.aware = request.topology_aware
-        self.switch_limit = ORDINAL[config.same_switch_level] if request.policy == "same-switch" else None
+        same_switch = request.topology_aware and request.policy == "same-switch"
+        self.switch_limit = ORDINAL[config.same_switch_level] if same_switch else None
 
     # GPU side
 
