@@ -120,9 +120,9 @@ class ApplyManager:
             if allocation.network is not None:
                 assert self.nic is not None and runtime.netns is not None
                 if nic_record is None or nic_record.pod_netns != runtime.netns:
-                    if nic_record is not None:
-                        self._nic_release(uid, nic_record)
                     try:
+                        if nic_record is not None:
+                            self._nic_release(uid, nic_record)
                         nic_record = self.nic.plan(uid, allocation.network, runtime.netns)
                     except NicError as exc:
                         raise ApplyError(str(exc)) from None
@@ -157,8 +157,17 @@ class ApplyManager:
     # -- restart ----------------------------------------------------------------------------------
 
     def reconcile(self, live_pod_uids: Iterable[str]) -> ReconcileReport:
-        """Finish or undo a half-done operation, free what gone pods held, repair what drifted."""
-        live = set(live_pod_uids)
+        """Finish or undo a half-done operation, free what gone pods held, repair what drifted.
+
+        Run it on start with the pods that exist. An interrupted operation that cannot be
+        settled, or a cgroup tree that cannot be written, raises ApplyError (nothing is guessed).
+        """
+        try:
+            return self._reconcile(set(live_pod_uids))
+        except (CgroupError, NicError) as exc:
+            raise ApplyError(f"reconcile: {exc}") from None
+
+    def _reconcile(self, live: set[str]) -> ReconcileReport:
         finished: list[str] = []
         undone: list[str] = []
         released: list[str] = []
@@ -208,7 +217,10 @@ class ApplyManager:
     def refresh_shared_pool(self) -> None:
         """Re-derive every container's cpuset (new containers start on all CPUs); run it periodically."""
         with self._lock:
-            self._converge_cpusets(self._load())
+            try:
+                self._converge_cpusets(self._load())
+            except CgroupError as exc:
+                raise ApplyError(f"refreshing the shared CPU pool: {exc}") from None
 
     # -- internals --------------------------------------------------------------------------------
 

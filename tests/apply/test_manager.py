@@ -286,3 +286,18 @@ def test_cgroup_v2_tree(tmp_path: Path, driver: CgroupDriver) -> None:
     manager.release(pod)
     for path in (pod_container, *other_containers):
         assert (path / "cpuset.cpus").read_text() == "0-7\n"
+
+
+def test_wrong_cgroup_root_is_a_clear_error(tmp_path: Path) -> None:
+    manager = ApplyManager(
+        cgroup_root=tmp_path,
+        cgroup_driver=CgroupDriver.SYSTEMD,
+        cgroup_version=CgroupVersion.V2,
+        checkpoint_path=tmp_path / "cp.json",
+        resolver=StaticPodResolver(),
+    )
+    message = f"no kubepods cgroup at {tmp_path}/kubepods.slice"
+    with pytest.raises(ApplyError, match=message):
+        manager.reconcile(set())
+    with pytest.raises(ApplyError, match=message):
+        manager.refresh_shared_pool()

@@ -28,6 +28,7 @@ from gedge_model import NetworkGrant
 
 MARKER_PREFIX = "gedge:"
 EEXIST = 17
+IFF_UP = 0x1
 
 
 class NicError(RuntimeError):
@@ -270,15 +271,12 @@ class NicApplier:
         return found[0]["index"] if found else None
 
     def is_applied(self, record: NicRecord) -> bool:
-        """The pod-side interface is there, named and up."""
+        """The pod-side interface is there, named and administratively up (carrier is the wire's business)."""
         if not netns_exists(record.pod_netns):
             return False
         with netlink(record.pod_netns) as pod:
             for link in _links_with_alias(pod, record.marker):
-                if (
-                    link.get_attr("IFLA_IFNAME") == record.ifname
-                    and link.get_attr("IFLA_OPERSTATE") != "DOWN"
-                ):
+                if link.get_attr("IFLA_IFNAME") == record.ifname and link["flags"] & IFF_UP:
                     return True
         return False
 
