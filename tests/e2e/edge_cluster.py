@@ -52,6 +52,7 @@ RBAC_KINDS = frozenset(
 SYSTEM_NAMESPACE = "gedge-system"
 SCHEDULER_ACCOUNT = "gedge-scheduler"
 EXTENDER_ACCOUNT = "gedge-extender"
+AGENT_ACCOUNT = "gedge-agent"
 AGENT_START_TIMEOUT = 60.0
 EXTENDER_START_TIMEOUT = 60.0
 
@@ -169,14 +170,18 @@ class EdgeCluster:
         port, metrics_port = free_port(), free_port()
         state_dir = self.workdir / "agents" / spec.name
         state_dir.mkdir(parents=True, exist_ok=True)
+        kubeconfig = token_kubeconfig(self.plane, self.api, AGENT_ACCOUNT, state_dir / "agent.kubeconfig")
         serve_flags = [
             f"--node-name={spec.name}",
             f"--listen=127.0.0.1:{port}",
             f"--metrics-listen=127.0.0.1:{metrics_port}",
+            f"--kubeconfig={kubeconfig}",
+            # Report only: the pods here have no containers, cgroups or netns to apply to.
+            "--no-apply",
+            f"--device-plugin-dir={state_dir / 'device-plugins'}",
             f"--checkpoint={state_dir / 'checkpoint.json'}",
             "--log-level=info",
         ]
-        env = {"GEDGE_AGENT_DEVICE_PLUGIN_DIR": str(state_dir / "device-plugins")}
         if spec.box_model is not None:
             root = spec.root or state_dir / "sysfs"
             topology = box_topology(gpu_box(root, spec.box_model), spec.name)
@@ -195,7 +200,7 @@ class EdgeCluster:
             topology = discover(root, node_name=spec.name)
             argv = [str(Path(sys.executable).parent / "gedge-agent"), "serve", f"--root={root}", *serve_flags]
         process = ManagedProcess(
-            f"gedge-agent {spec.name}", argv, self.plane.log_dir / f"agent-{spec.name}.log", env=env, cwd=REPO
+            f"gedge-agent {spec.name}", argv, self.plane.log_dir / f"agent-{spec.name}.log", cwd=REPO
         ).start()
         process.wait_until(lambda: wait_for_port(port), AGENT_START_TIMEOUT, f"listened on {port}")
         node = AgentNode(spec.name, root, topology, process, port, metrics_port, spec.box_model)
