@@ -8,6 +8,7 @@ Fixtures (all session-scoped unless noted; every test using them is marked `e2e`
 - `kubeconfig` -> Path of the admin kubeconfig (give it to `--kubeconfig` of any command).
 - `kube_api` -> a `kubernetes.client.ApiClient` for that kubeconfig.
 - `namespace` (per test) -> a fresh namespace name; its pods are force-deleted afterwards.
+- `deploy_crds` -> the CustomResourceDefinitions of deploy/crds, created once and Established.
 - `edge_cluster` -> tests.e2e.edge_cluster.EdgeCluster: our parts on that control
   plane (real agents behind Node objects, the extender, kube-scheduler with
   deploy/'s configuration, a kubelet stand-in); see its docstring for the nodes.
@@ -43,8 +44,9 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from tests.e2e.cluster_objects import wait_for
 from tests.e2e.control_plane import ControlPlane, binary_dir, missing_binaries
-from tests.e2e.edge_cluster import EdgeCluster, NodeSpec
+from tests.e2e.edge_cluster import DEPLOY, EdgeCluster, NodeSpec, manifests
 from tests.e2e.kubelet import KubeletStandIn
 
 
@@ -143,3 +145,20 @@ def edge_cluster(
     finally:
         kubelet.stop()
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def deploy_crds(kube_api: k8s.ApiClient) -> list[dict]:
+    """deploy/crds/*.yaml created through the API, each waited on until the server serves it."""
+    extensions = k8s.ApiextensionsV1Api(kube_api)
+    crds = [doc for path in sorted((DEPLOY / "crds").glob("*.yaml")) for doc in manifests(path)]
+    for crd in crds:
+        extensions.create_custom_resource_definition(crd)
+    for crd in crds:
+        wait_for(
+            lambda crd=crd: extensions.read_custom_resource_definition(crd["metadata"]["name"]).status,
+            lambda status: any(
+                c.type == "Established" and c.status == "True" for c in (status and status.conditions) or ()
+            ),
+        )
+    return crds

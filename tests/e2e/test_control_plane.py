@@ -72,6 +72,13 @@ def test_real_scheduler_binds_a_pod_to_the_node_that_fits_and_kubelet_stand_in_r
         assert done.status.phase == "Failed"
         assert done.status.container_statuses[0].state.terminated.exit_code == 3
 
+        # A graceful delete of a bound pod completes only once its kubelet confirms it.
+        core.delete_namespaced_pod("needs-8-cpus", namespace)
+        wait_for(
+            lambda: [p.metadata.name for p in core.list_namespaced_pod(namespace).items],
+            lambda names: "needs-8-cpus" not in names,
+        )
+
         core.create_namespaced_pod(
             namespace, pause_pod("too-big", scheduler=plain_scheduler, requests={"cpu": "64"})
         )

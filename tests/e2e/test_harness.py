@@ -1,4 +1,4 @@
-"""The harness's own contracts: the pins agree with each other, deploy/'s configuration is used as written."""
+"""The harness's own contracts, and deploy/'s files as the real API server and kube-scheduler take them."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
+from tests.e2e.cluster_objects import wait_for
 from tests.e2e.control_plane import ControlPlane
 from tests.e2e.controlplane.pin import staging_version
 from tests.e2e.edge_cluster import DEPLOY, SCHEDULER_CONFIG, deploy_scheduler_configuration, manifests
@@ -75,3 +78,35 @@ def test_real_kube_scheduler_accepts_each_deploy_configuration(
         assert scheduler.running
     finally:
         control_plane.stop_scheduler(scheduler)
+
+
+def test_real_api_server_establishes_deploy_crds_and_accepts_their_examples(
+    deploy_crds: list[dict], kube_api: k8s.ApiClient, namespace: str
+) -> None:
+    custom = k8s.CustomObjectsApi(kube_api)
+    crds = deploy_crds
+    assert crds
+    served = {(c["spec"]["group"], c["spec"]["names"]["kind"]): c for c in crds}
+    for path in sorted((DEPLOY / "crds" / "examples").glob("*.yaml")):
+        for example in manifests(path):
+            group, version = example["apiVersion"].split("/")
+            plural = served[(group, example["kind"])]["spec"]["names"]["plural"]
+            created = wait_for(
+                lambda example=example, group=group, version=version, plural=plural: _create_custom(
+                    custom, group, version, namespace, plural, example
+                ),
+                lambda result: result is not None,
+            )
+            assert created["spec"] == example["spec"], f"{path.name}: the server pruned or changed the spec"
+
+
+def _create_custom(
+    custom: k8s.CustomObjectsApi, group: str, version: str, namespace: str, plural: str, body: dict
+) -> dict | None:
+    """The created object, or None while the new resource is not served yet (404)."""
+    try:
+        return custom.create_namespaced_custom_object(group, version, namespace, plural, body)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
