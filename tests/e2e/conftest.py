@@ -1,6 +1,6 @@
 """End-to-end fixtures: a real Kubernetes control plane on loopback, built from pinned Go modules.
 
-Fixtures (all session-scoped unless noted; every test using them is marked `e2e`):
+Fixtures (session-scoped unless noted; tests under tests/e2e are marked `e2e`):
 
 - `control_plane` -> tests.e2e.control_plane.ControlPlane: etcd + kube-apiserver
   started fresh with their own CA, client certificates and service-account key.
@@ -12,13 +12,21 @@ Fixtures (all session-scoped unless noted; every test using them is marked `e2e`
 - `edge_cluster` -> tests.e2e.edge_cluster.EdgeCluster: our parts on that control
   plane (real agents behind Node objects, the extender, kube-scheduler with
   deploy/'s configuration, a kubelet stand-in); see its docstring for the nodes.
+  Pods opt in with `spec.schedulerName = edge_cluster.scheduler_name`;
+  `edge_cluster.restart_extender()` kills the extender (SIGKILL) and starts it again.
 
-A test of another part reuses them by naming the fixture, e.g.
+A test of another part (the workflow controller, say) goes in tests/e2e and names
+the fixtures it needs:
 
-    def test_workflow_runs(edge_cluster, kube_api, namespace, kubeconfig): ...
+    def test_workflow_survives_restart(edge_cluster, deploy_crds, kubeconfig, kube_api, namespace): ...
 
-and starts its own processes with `--kubeconfig {kubeconfig}` (the admin), or
-with deploy/'s service account via tests.e2e.edge_cluster.token_kubeconfig.
+It starts its own processes with tests.e2e.processes.ManagedProcess (logs to
+`control_plane.log_dir`, killed with the test run) and `--kubeconfig {kubeconfig}`
+(the admin), or as a deploy/ service account through
+tests.e2e.edge_cluster.token_kubeconfig. Pods bound to the edge nodes go
+Running, then (restartPolicy Never/OnFailure) Succeeded or Failed as the first
+container's env says: GEDGE_E2E_EXIT_CODE (default 0), GEDGE_E2E_RUN_SECONDS
+(default 0.5); see tests/e2e/kubelet.py.
 
 Binaries come from `make e2e-binaries` (tests/e2e/controlplane/build.sh, cached
 under ~/.cache/gedge-accel/controlplane/<pin hash>/, or $GEDGE_E2E_BIN_DIR).
