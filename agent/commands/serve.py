@@ -18,6 +18,8 @@ from agent.apply.nic import NicApplier
 from agent.config import AgentConfig, ConfigError, load_config, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.metrics import AgentMetrics
+from agent.metrics_apply import ApplyMetrics, MeteredApplier
+from agent.metrics_inventory import NodeInventoryCollector
 from agent.podwatch import PodStatusResolver, PodWatcher, core_api, kubernetes_event_reporter
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
@@ -235,6 +237,8 @@ def run(args: argparse.Namespace) -> int:
 async def serve(config: AgentConfig) -> int:
     metrics = AgentMetrics()
     parts = make_parts(config, core_api(config.kubeconfig))
+    if parts.applier is not None:
+        parts.applier = MeteredApplier(parts.applier, ApplyMetrics(metrics.registry))
     runtime = AgentRuntime(
         config=config,
         applier=parts.applier,
@@ -251,6 +255,9 @@ async def serve(config: AgentConfig) -> int:
         await runtime.start()
     except RuntimeError as exc:
         raise OSError(f"cannot listen on {config.listen}: {exc}") from None
+    metrics.registry.register(
+        NodeInventoryCollector(lambda: runtime.store.current().state if runtime.store else None)
+    )
     metrics_server = None
     if config.metrics_listen:
         from prometheus_client import start_http_server
