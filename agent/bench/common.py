@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
 import signal
 import statistics
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -21,6 +22,7 @@ class Progress:
         self.quiet = quiet
 
     def __call__(self, message: str) -> None:
+        raise_if_interrupted()
         if not self.quiet:
             print(f"[{self.tool}] {message}", file=self.stream, flush=True)
 
@@ -60,8 +62,18 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-class Interrupted(Exception):
-    """SIGTERM arrived; raised so every `finally` runs its cleanup."""
+class Interrupted(BaseException):
+    """SIGTERM arrived; raised so every `finally` runs its cleanup (a BaseException, as KeyboardInterrupt
+    is, so no library's `except Exception` swallows it)."""
+
+
+_pending_signal: int | None = None
+
+
+def raise_if_interrupted() -> None:
+    """A signal whose exception landed where it was swallowed (an at-fork hook) is raised again here."""
+    if _pending_signal is not None:
+        raise Interrupted(f"signal {_pending_signal}")
 
 
 @contextmanager
@@ -70,13 +82,20 @@ def sigterm_raises() -> Iterator[None]:
 
     Forked helpers (pyroute2 forks to create a namespace, the measurement
     workers) inherit the handler; in them SIGTERM just ends the process, so
-    only the tool itself runs the cleanup.
+    only the tool itself runs the cleanup. The signal is also remembered, and
+    the tools' waits and progress lines check it; a second signal does not
+    cut the cleanup short.
     """
+    global _pending_signal
     owner = os.getpid()
 
     def handler(signum: int, frame: object) -> None:
+        global _pending_signal
         if os.getpid() != owner:
             os._exit(128 + signum)
+        if _pending_signal is not None:
+            return
+        _pending_signal = signum
         raise Interrupted(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -84,3 +103,16 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        _pending_signal = None
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def run_as_child(parent: int, target: Callable[..., object], *args: object) -> None:
+    """A forked worker's entry: it dies with the tool (SIGKILL on parent exit), so none outlives a cleanup."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+    target(*args)

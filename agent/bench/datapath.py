@@ -27,7 +27,7 @@ from pyroute2 import netns as pyroute2_netns
 from agent.apply.checkpoint import NicRecord
 from agent.apply.nic import NicApplier, netlink
 from agent.apply.nic.netns import netns_fd, netns_path
-from agent.bench.common import Progress, percentile, ratio, render_table
+from agent.bench.common import Progress, percentile, raise_if_interrupted, ratio, render_table, run_as_child
 from gedge_model import NetworkGrant
 
 UNDERLAY = ("192.168.250.1", "192.168.250.2")
@@ -309,20 +309,27 @@ class _Workers:
 
     def start(self, target: Callable, *args: object) -> Connection:
         mine, theirs = self.ctx.Pipe(duplex=False)
-        proc = self.ctx.Process(target=target, args=(*args[:1], theirs, *args[1:]), daemon=True)
+        proc = self.ctx.Process(
+            target=run_as_child, args=(os.getpid(), target, *args[:1], theirs, *args[1:]), daemon=True
+        )
+        self.procs.append(proc)
         proc.start()
         theirs.close()
-        self.procs.append(proc)
         return mine
 
     @staticmethod
     def receive(conn: Connection, timeout: float, what: str):
-        if not conn.poll(timeout):
-            raise RuntimeError(f"{what}: no answer within {timeout:.0f} s")
+        deadline = time.monotonic() + timeout
+        while not conn.poll(0.1):
+            raise_if_interrupted()
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what}: no answer within {timeout:.0f} s")
         return conn.recv()
 
     def stop(self) -> None:
         for proc in self.procs:
+            if proc.pid is None:
+                continue
             if proc.is_alive():
                 proc.kill()
             proc.join(timeout=5)

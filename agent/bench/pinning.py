@@ -28,7 +28,7 @@ from pathlib import Path
 from agent.apply import ApplyManager, CgroupDriver, CgroupVersion, PodRuntime, QosClass, StaticPodResolver
 from agent.apply.cgroups import CpusetTree, container_cgroup_names, pod_cgroup
 from agent.apply.cpuset import format_cpu_list
-from agent.bench.common import Progress, ratio, render_table, spread
+from agent.bench.common import Progress, raise_if_interrupted, ratio, render_table, run_as_child, spread
 from gedge_model import Allocation
 
 CPUSET_V1 = Path("/sys/fs/cgroup/cpuset")
@@ -184,25 +184,32 @@ def one_run(box: Sandbox, mode: str, mib: int) -> RunResult:
         noise_cpus: set[int] = set()
         for _ in box.cpus:
             ready_r, ready_w = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_noise, args=(ready_w,), daemon=True)
-            proc.start()
+            proc = ctx.Process(target=run_as_child, args=(os.getpid(), _noise, ready_w), daemon=True)
             procs.append(proc)
+            proc.start()
             box.attach(box.noisy_cgroup, proc.pid)
             ready_r.recv()
             noise_cpus |= os.sched_getaffinity(proc.pid)
         result_r, result_w = ctx.Pipe(duplex=False)
         go_r, go_w = ctx.Pipe(duplex=False)
-        worker = ctx.Process(target=_workload, args=(result_w, go_r, mib), daemon=True)
-        worker.start()
+        worker = ctx.Process(
+            target=run_as_child, args=(os.getpid(), _workload, result_w, go_r, mib), daemon=True
+        )
         procs.append(worker)
+        worker.start()
         box.attach(box.workload_cgroup, worker.pid)
         go_w.send(True)
-        if not result_r.poll(600):
-            raise RuntimeError("the workload did not finish within 600 s")
+        deadline = time.monotonic() + 600
+        while not result_r.poll(0.1):
+            raise_if_interrupted()
+            if time.monotonic() > deadline:
+                raise RuntimeError("the workload did not finish within 600 s")
         seconds, cpus = result_r.recv()
         return RunResult(mode=mode, seconds=seconds, workload_cpus=cpus, noise_cpus=sorted(noise_cpus))
     finally:
         for proc in procs:
+            if proc.pid is None:
+                continue
             if proc.is_alive():
                 proc.kill()
             proc.join(timeout=5)
