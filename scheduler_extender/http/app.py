@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from scheduler_extender.verb_metrics import VerbMetrics
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import (
     WireError,
@@ -56,6 +57,7 @@ class ExtenderMetrics:
             ["verb", "outcome"],
             registry=self.registry,
         )
+        self.verbs = VerbMetrics(self.registry)
 
 
 EXTENDER_KEY = web.AppKey("extender", Extender)
@@ -121,7 +123,9 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
 
 @_verb("filter", lambda message: encode_filter_result(None, error=message))
 async def _filter(request: web.Request, raw: Any) -> Any:
-    return request.app[EXTENDER_KEY].filter(decode_extender_args(raw))
+    body = request.app[EXTENDER_KEY].filter(decode_extender_args(raw))
+    request.app[METRICS_KEY].verbs.observe_filter(body)
+    return body
 
 
 @_verb("prioritize", lambda message: {"Error": message})
@@ -132,8 +136,15 @@ async def _prioritize(request: web.Request, raw: Any) -> Any:
 @_verb("bind", encode_binding_result)
 async def _bind(request: web.Request, raw: Any) -> Any:
     args = decode_binding_args(raw)
+    extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY].verbs
+    if extender.cache.held_by(args.pod_uid) is not None:
+        metrics.bind_retries.inc()
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(request.app[POOL_KEY], request.app[EXTENDER_KEY].bind, args)
+    body = await loop.run_in_executor(request.app[POOL_KEY], extender.bind, args)
+    allocation = None if body.get("Error") else extender.cache.held_by(args.pod_uid)
+    view = extender.source.node(args.node) if allocation is not None else None
+    metrics.observe_bind(body.get("Error") or "", allocation, view.state.topology if view else None)
+    return body
 
 
 @_verb("preempt", lambda message: {"NodeNameToMetaVictims": {}, "Error": message})
@@ -161,6 +172,7 @@ def build_app(
     app[MAX_BODY_KEY] = max_body
     app[EXTENDER_KEY] = extender
     app[METRICS_KEY] = ExtenderMetrics(registry)
+    app[METRICS_KEY].verbs.watch(extender)
     pool = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="bind")
     app[POOL_KEY] = pool
 
