@@ -4,7 +4,8 @@ Two pod-like network namespaces talk over (a) an overlay as a typical CNI builds
 it: each pod's veth on a bridge in its host namespace, the bridges joined by a
 VXLAN tunnel over an underlay link between two host namespaces, and (b) the
 data path the agent gives a pod: a macvlan on the data NIC, set up by the
-agent's own NIC applier, the two hosts' data NICs joined by a link. Both
+agent's own NIC applier, the two hosts' data NICs joined by a link (or, where
+the node has SR-IOV, two VFs of one PF, set up by the same applier). Both
 carry a UDP ping-pong (latency, round trips per second) and a UDP stream
 (throughput); every run is bounded in count and time.
 """
@@ -21,11 +22,12 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from pyroute2 import netns as pyroute2_netns
 
 from agent.apply.checkpoint import NicRecord
-from agent.apply.nic import NicApplier, netlink
+from agent.apply.nic import NetlinkVfControl, NicApplier, VfControl, netlink
 from agent.apply.nic.netns import netns_fd, netns_path
 from agent.bench.common import Progress, percentile, raise_if_interrupted, ratio, render_table, run_as_child
 from gedge_model import NetworkGrant
@@ -168,13 +170,29 @@ class OverlayPath:
         return ends[0], ends[1]
 
 
+@dataclass(frozen=True)
+class VfChoice:
+    """Two VFs of one PF for the data path, where the node has SR-IOV (traffic turns in the NIC's switch)."""
+
+    pf: str
+    vf_pcis: tuple[str, str]
+    sysfs_root: Path = Path("/")
+    host_netns: str | None = None
+    vf_control: VfControl | None = None
+
+
 class DataPath:
     label = "data path"
-    detail = "macvlan on the data NIC (agent NIC applier) -> link -> macvlan"
 
-    def __init__(self, prefix: str) -> None:
-        self.ns = _Namespaces(prefix, ("dh1", "dh2", "dp1", "dp2"))
+    def __init__(self, prefix: str, vfs: VfChoice | None = None) -> None:
+        self.vfs = vfs
+        roles = ("dp1", "dp2") if vfs else ("dh1", "dh2", "dp1", "dp2")
+        self.ns = _Namespaces(prefix, roles)
         self.applied: list[tuple[NicApplier, NicRecord]] = []
+        if vfs is None:
+            self.detail = "macvlan on the data NIC (agent NIC applier) -> link -> macvlan"
+        else:
+            self.detail = f"SR-IOV VFs {' and '.join(vfs.vf_pcis)} of {vfs.pf} (agent NIC applier)"
 
     def __enter__(self) -> tuple[Endpoint, Endpoint]:
         try:
@@ -196,11 +214,22 @@ class DataPath:
     def _build(self) -> tuple[Endpoint, Endpoint]:
         self.ns.create()
         n = self.ns.names
-        _veth_across(n["dh1"], n["dh2"], "data0", "data0")
+        if self.vfs is None:
+            _veth_across(n["dh1"], n["dh2"], "data0", "data0")
         ends = []
-        for i, (host, pod) in enumerate(((n["dh1"], n["dp1"]), (n["dh2"], n["dp2"]))):
-            nic = NicApplier(host_netns=host)
-            grant = NetworkGrant(mode="macvlan", master="data0", ifname="net1", address=f"{DATA_PODS[i]}/24")
+        for i, pod in enumerate((n["dp1"], n["dp2"])):
+            address = f"{DATA_PODS[i]}/24"
+            if self.vfs is None:
+                nic = NicApplier(host_netns=n[f"dh{i + 1}"])
+                grant = NetworkGrant(mode="macvlan", master="data0", address=address)
+            else:
+                v = self.vfs
+                nic = NicApplier(
+                    sysfs_root=v.sysfs_root,
+                    vf_control=v.vf_control or NetlinkVfControl(v.host_netns),
+                    host_netns=v.host_netns,
+                )
+                grant = NetworkGrant(mode="sriov", master=v.pf, vf_pci_address=v.vf_pcis[i], address=address)
             record = nic.plan(str(uuid.uuid4()), grant, pod)
             self.applied.append((nic, record))
             nic.apply(record, grant, lambda _: None)
@@ -397,14 +426,14 @@ def measure(a: Endpoint, b: Endpoint, budget: Budget, result: PathResult, progre
         workers.stop()
 
 
-def run_datapath(*, short: bool, prefix: str, progress: Progress) -> dict:
+def run_datapath(*, short: bool, prefix: str, progress: Progress, vfs: VfChoice | None = None) -> dict:
     budget = Budget.for_mode(short)
     load_before = [round(x, 2) for x in os.getloadavg()]
     overlay = OverlayPath(prefix)
-    data = DataPath(prefix)
+    data = DataPath(prefix, vfs)
     results = {
         "overlay": PathResult(OverlayPath.label, OverlayPath.detail),
-        "data": PathResult(DataPath.label, DataPath.detail),
+        "data": PathResult(DataPath.label, data.detail),
     }
     progress(f"building the overlay and the data path (namespaces {prefix}-*)")
     with overlay as (oa, ob), data as (da, db):

@@ -16,6 +16,7 @@ EXAMPLES = """examples:
   gedge-agent bench datapath              # overlay (VXLAN) vs. the agent's macvlan data path
   gedge-agent bench pinning --short       # quick: shared CPUs vs. an exclusive cpuset under noise
   gedge-agent bench datapath --json       # figures for machines
+  gedge-agent bench datapath --sriov-pf ens1f0 --vf 0000:3b:02.0 --vf 0000:3b:02.1   # VFs instead of macvlan
 Needs root (network namespaces, cgroups). Everything made is removed at the end, also on Ctrl-C or SIGTERM.
 """
 
@@ -40,6 +41,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="pinning: exclusive CPUs given to the workload (default 1)",
     )
+    parser.add_argument(
+        "--sriov-pf",
+        metavar="PF",
+        help="datapath: use two VFs of this PF instead of macvlan (needs --vf twice)",
+    )
+    parser.add_argument(
+        "--vf", action="append", default=[], metavar="PCI", help="datapath: a VF's PCI address (give two)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -58,13 +67,21 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    vfs = None
+    if args.sriov_pf or args.vf:
+        from agent.bench.datapath import VfChoice
+
+        if not args.sriov_pf or len(args.vf) != 2:
+            print("gedge-agent bench: --sriov-pf needs exactly two --vf PCI addresses", file=sys.stderr)
+            return 2
+        vfs = VfChoice(pf=args.sriov_pf, vf_pcis=(args.vf[0], args.vf[1]))
     progress = Progress(args.tool, quiet=args.quiet)
     try:
         with sigterm_raises():
             if args.tool == "datapath":
                 from agent.bench.datapath import format_datapath, run_datapath
 
-                report = run_datapath(short=args.short, prefix=prefix, progress=progress)
+                report = run_datapath(short=args.short, prefix=prefix, progress=progress, vfs=vfs)
                 text = format_datapath(report)
             else:
                 from agent.bench.pinning import format_pinning, run_pinning
@@ -76,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     except (KeyboardInterrupt, Interrupted):
         print(f"gedge-agent bench {args.tool}: interrupted; everything it made is removed", file=sys.stderr)
         return 130
-    except (RuntimeError, OSError) as exc:
+    except (RuntimeError, OSError, ValueError) as exc:
         print(f"gedge-agent bench {args.tool}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(report, indent=2) if args.json else text)

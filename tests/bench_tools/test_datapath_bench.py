@@ -11,8 +11,9 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from agent.bench.datapath import DATA_PODS, OVERLAY_MTU, OVERLAY_PODS, VNI, DataPath, OverlayPath
-from tests.apply.helpers import unique
+from agent.apply.checkpoint import VfSettings
+from agent.bench.datapath import DATA_PODS, OVERLAY_MTU, OVERLAY_PODS, VNI, DataPath, OverlayPath, VfChoice
+from tests.apply.helpers import namespaces, unique, veth_pair
 from tests.apply.netutil import links_in, udp_passes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,3 +133,55 @@ def test_sigterm_mid_run_removes_everything() -> None:
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert leftover_namespaces(prefix) == []
+
+
+class RecordingVfControl:
+    """The PF's VF netlink calls need SR-IOV hardware; this stands in and keeps what was set."""
+
+    def __init__(self) -> None:
+        self.state: dict[tuple[str, int], VfSettings] = {}
+
+    def get(self, pf: str, vf: int) -> VfSettings:
+        return self.state.get((pf, vf), VfSettings(mac=f"02:00:00:00:00:0{vf}"))
+
+    def set(self, pf: str, vf: int, settings: VfSettings) -> None:
+        self.state[(pf, vf)] = settings
+
+
+def test_vf_data_path_moves_both_vfs_in_and_gives_them_back(tmp_path: Path) -> None:
+    """Two veth ends in a host namespace play the VF netdevs; the NIC's switch is the veth link."""
+    prefix, host = unique("gbt"), unique("gbtH")
+    vf_names = (unique("gvf"), unique("gvf"))
+    pcis = ("0000:5e:02.0", "0000:5e:02.1")
+    device = tmp_path / "sys/class/net/pf0/device"
+    device.mkdir(parents=True)
+    for i, (pci, name) in enumerate(zip(pcis, vf_names, strict=True)):
+        os.symlink(f"../../../../bus/pci/devices/{pci}", device / f"virtfn{i}")
+        (tmp_path / "sys/bus/pci/devices" / pci / "net" / name).mkdir(parents=True)
+    control = RecordingVfControl()
+    with namespaces(host), veth_pair(*vf_names, host, host):
+        choice = VfChoice(pf="pf0", vf_pcis=pcis, sysfs_root=tmp_path, host_netns=host, vf_control=control)
+        data = DataPath(prefix, choice)
+        assert "0000:5e:02.0" in data.detail
+        with data as (a, b):
+            for i, pod in enumerate((a, b)):
+                assert links_in(pod.netns)["net1"].addresses == (f"{DATA_PODS[i]}/24",)
+            assert not set(vf_names) & set(links_in(host))
+            assert set(control.state) == {("pf0", 0), ("pf0", 1)}
+            assert udp_passes(a.netns, b.netns, b.ip)
+        assert set(vf_names) <= set(links_in(host))
+        for vf in (0, 1):
+            assert control.state[("pf0", vf)] == VfSettings(mac=f"02:00:00:00:00:0{vf}")
+    assert leftover_namespaces(prefix) == []
+
+
+def test_cli_refuses_a_vf_choice_without_two_vfs() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "bench", "datapath", "--sriov-pf", "pf0", "--vf", "0000:5e:02.0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "exactly two --vf" in proc.stderr
