@@ -166,9 +166,8 @@ def _attempt_from_pod(attempt: Attempt, pod: PodObservation, now: datetime) -> A
     if pod.phase == "Failed":
         reason = pod.reason or ""
         phase = ERRORED if reason in ERROR_REASONS else FAILED
-        detail = "; ".join(p for p in (reason, pod.message or "") if p)
-        if not detail and pod.exit_code is not None:
-            detail = f"exit code {pod.exit_code}"
+        code = f"exit code {pod.exit_code}" if pod.exit_code is not None else ""
+        detail = "; ".join(p for p in (reason, pod.message or "", code) if p)
         return dataclasses.replace(
             base, phase=phase, finished_at=pod.finished_at or now, exit_code=pod.exit_code, message=detail
         )

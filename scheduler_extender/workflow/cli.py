@@ -1,0 +1,41 @@
+"""`gedge-flow`: one subcommand per module in scheduler_extender/workflow/commands."""
+
+from __future__ import annotations
+
+import sys
+
+from gedge_model.cli_support import run_lazy_cli
+
+COMMANDS: dict[str, str] = {
+    "run": "submit a workflow file and drive it to its end, showing progress (or --dry-run: print its pods)",
+    "get": "a workflow's steps as a tree with phases, times, attempts and pods",
+    "logs": "the log of one step's pod (its last attempt unless --attempt)",
+    "delete": "delete a workflow and its pods",
+    "controller": "run the workflow controller: drive every Workflow created in the cluster",
+}
+
+EPILOG = """examples:
+  gedge-flow run deploy/crds/examples/train-pipeline.yaml --dry-run \\
+      --catalog deploy/runtime-catalog/runtime-catalog.yaml
+  gedge-flow run pipeline.yaml -n ml -p epochs=5 --catalog-configmap gedge-system/gedge-runtime-catalog
+  gedge-flow get resnet-edge -n ml
+  gedge-flow logs resnet-edge train -n ml
+  gedge-flow delete resnet-edge -n ml
+  gedge-flow controller --namespace ml --catalog-configmap gedge-system/gedge-runtime-catalog
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_lazy_cli(
+        prog="gedge-flow",
+        description="gedge-accel workflows: DAG steps as pods on the topology-aware scheduler, "
+        "each with its runtime composed from a catalog.",
+        epilog=EPILOG,
+        package="scheduler_extender.workflow.commands",
+        commands=COMMANDS,
+        argv=argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""gedge-flow subcommands; `common` holds the options they share."""

@@ -1,0 +1,75 @@
+"""Options the cluster-facing gedge-flow commands share: where the API is, which namespace, which catalog."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import structlog
+
+from scheduler_extender.workflow.catalog import (
+    Catalog,
+    CatalogError,
+    load_catalog_configmap,
+    load_catalog_file,
+)
+from scheduler_extender.workflow.kube import ApiError, KubernetesWorkflowApi, WorkflowApi
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)"
+    )
+    parser.add_argument("--context", help="kubeconfig context")
+    parser.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+
+
+def add_catalog_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--catalog", metavar="FILE", help="runtime catalog: a catalog YAML or a ConfigMap manifest"
+    )
+    group.add_argument(
+        "--catalog-configmap",
+        metavar="NAMESPACE/NAME",
+        help="runtime catalog from a ConfigMap in the cluster",
+    )
+    parser.add_argument(
+        "--catalog-key", default="catalog.yaml", help="the ConfigMap data key (default catalog.yaml)"
+    )
+
+
+def connect(args: argparse.Namespace) -> WorkflowApi:
+    return KubernetesWorkflowApi.from_kubeconfig(args.kubeconfig, args.context)
+
+
+def load_catalog(args: argparse.Namespace, api: WorkflowApi | None) -> Catalog | None:
+    if args.catalog:
+        return load_catalog_file(args.catalog, key=args.catalog_key)
+    if args.catalog_configmap:
+        namespace, _, name = args.catalog_configmap.partition("/")
+        if not name:
+            raise CatalogError(f"--catalog-configmap {args.catalog_configmap!r}: expected NAMESPACE/NAME")
+        if api is None:
+            raise CatalogError("--catalog-configmap needs the cluster; use --catalog FILE with --dry-run")
+        try:
+            return load_catalog_configmap(api.get_config_map(namespace, name), args.catalog_key)
+        except ApiError as exc:
+            raise CatalogError(f"configmap {args.catalog_configmap}: {exc.message}") from None
+    return None
+
+
+def configure_logging(verbose: bool) -> None:
+    """Controller logs (structlog) go to stderr as JSON, and only when asked for, beside the progress view."""
+    import logging
+
+    structlog.configure(
+        processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.JSONRenderer()],
+        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO if verbose else logging.WARNING),
+    )
+
+
+def fail(message: str) -> int:
+    print(f"gedge-flow: {message}", file=sys.stderr)
+    return 2

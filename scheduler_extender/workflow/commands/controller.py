@@ -1,0 +1,88 @@
+"""`gedge-flow controller`: drive every unfinished Workflow of a namespace, one thread per workflow."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+
+import structlog
+
+from scheduler_extender.workflow.catalog import CatalogError
+from scheduler_extender.workflow.commands.common import (
+    add_catalog_options,
+    add_cluster_options,
+    configure_logging,
+    connect,
+    fail,
+    load_catalog,
+)
+from scheduler_extender.workflow.controller import ControllerConfig, WorkflowController
+from scheduler_extender.workflow.kube import ApiError
+from scheduler_extender.workflow.podspec import DEFAULT_SCHEDULER
+
+log = structlog.get_logger("gedge.workflow")
+
+EPILOG = """examples:
+  gedge-flow controller -n ml --catalog-configmap gedge-system/gedge-runtime-catalog
+  gedge-flow controller -n ml --catalog deploy/runtime-catalog/runtime-catalog.yaml --poll 5
+"""
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.add_argument("--scheduler-name", default=DEFAULT_SCHEDULER, help="scheduler for task pods")
+    parser.add_argument("--poll", type=float, default=10.0, help="seconds between looks for new workflows")
+    add_cluster_options(parser)
+    add_catalog_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(True)
+    api = connect(args)
+    try:
+        catalog = load_catalog(args, api)
+    except CatalogError as exc:
+        return fail(str(exc))
+    controller = WorkflowController(
+        api, catalog=catalog, config=ControllerConfig(scheduler_name=args.scheduler_name)
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    drivers: dict[str, threading.Thread] = {}
+    while not stop.is_set():
+        try:
+            workflows = api.list_workflows(args.namespace)
+        except ApiError as exc:
+            log.warning("listing workflows failed", error=exc.message)
+            workflows = []
+        for obj in workflows:
+            name = obj["metadata"]["name"]
+            phase = (obj.get("status") or {}).get("phase")
+            running = drivers.get(name)
+            if phase in ("Succeeded", "Failed", "Errored") or (running is not None and running.is_alive()):
+                continue
+            thread = threading.Thread(
+                target=_drive,
+                args=(controller, args.namespace, name, stop),
+                name=f"workflow-{name}",
+                daemon=True,
+            )
+            drivers[name] = thread
+            thread.start()
+        stop.wait(args.poll)
+    for thread in drivers.values():
+        thread.join(timeout=5)
+    return 0
+
+
+def _drive(controller: WorkflowController, namespace: str, name: str, stop: threading.Event) -> None:
+    try:
+        status = controller.run(namespace, name, stop=stop)
+        log.info("workflow done", workflow=f"{namespace}/{name}", phase=status.phase)
+    except Exception as exc:
+        log.error(
+            "workflow driver failed; retried on the next poll", workflow=f"{namespace}/{name}", error=str(exc)
+        )

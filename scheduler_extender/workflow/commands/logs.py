@@ -1,0 +1,58 @@
+"""`gedge-flow logs NAME STEP`: the log of a step's pod, its last attempt unless --attempt says which."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scheduler_extender.workflow.commands.common import add_cluster_options, connect, fail
+from scheduler_extender.workflow.kube import ApiError
+from scheduler_extender.workflow.status import StatusError, status_from_dict
+
+EPILOG = """examples:
+  gedge-flow logs resnet-edge train -n ml
+  gedge-flow logs resnet-edge train -n ml --attempt 0     # the first try of a retried step
+"""
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.add_argument("name", help="workflow name")
+    parser.add_argument("step", help="task name")
+    parser.add_argument("--attempt", type=int, help="attempt number (default: the last)")
+    add_cluster_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    api = connect(args)
+    try:
+        obj = api.get_workflow(args.namespace, args.name)
+        status = status_from_dict(obj.get("status"))
+    except ApiError as exc:
+        return fail(f"workflow {args.namespace}/{args.name}: {exc.message}")
+    except StatusError as exc:
+        return fail(f"workflow {args.namespace}/{args.name}: {exc}")
+    if args.step not in status.tasks:
+        known = ", ".join(sorted(status.tasks)) or "none yet"
+        return fail(f"workflow {args.name} has no step {args.step!r} with a status (steps: {known})")
+    attempts = status.tasks[args.step].attempts
+    if not attempts:
+        return fail(
+            f"step {args.step} never ran: {status.tasks[args.step].phase} {status.tasks[args.step].message}"
+        )
+    chosen = (
+        attempts[-1]
+        if args.attempt is None
+        else next((a for a in attempts if a.number == args.attempt), None)
+    )
+    if chosen is None:
+        return fail(f"step {args.step} has attempts {[a.number for a in attempts]}, not {args.attempt}")
+    try:
+        text = api.read_pod_log(args.namespace, chosen.pod_name, "main")
+    except ApiError as exc:
+        return fail(f"pod {chosen.pod_name}: {exc.message}")
+    sys.stdout.write(text)
+    if text and not text.endswith("\n"):
+        sys.stdout.write("\n")
+    return 0

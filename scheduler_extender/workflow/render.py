@@ -1,0 +1,111 @@
+"""Text views of a workflow: the step tree of `gedge-flow get` and the progress lines of `run`.
+
+A DAG is drawn as a tree: each step hangs under the last of its predecessors
+(in dependency order) and names the others as "after ...". Pure functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+
+from scheduler_extender.workflow import dag
+from scheduler_extender.workflow.spec import Workflow, topological_order
+
+SYMBOLS = {
+    dag.PENDING: "◷",
+    dag.RUNNING: "●",
+    dag.SUCCEEDED: "✔",
+    dag.FAILED: "✖",
+    dag.ERRORED: "⚠",
+    dag.SKIPPED: "○",
+    dag.OMITTED: "-",
+}
+
+
+def duration(start: datetime | None, end: datetime | None, now: datetime) -> str:
+    if start is None:
+        return ""
+    seconds = int(((end or now) - start).total_seconds())
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _parents(workflow: Workflow) -> dict[str, str | None]:
+    order = {name: i for i, name in enumerate(topological_order(workflow.spec))}
+    return {
+        t.name: max(t.predecessors, key=order.__getitem__) if t.predecessors else None
+        for t in workflow.spec.tasks
+    }
+
+
+def render_tree(workflow: Workflow, status: dag.WorkflowStatus, now: datetime) -> str:
+    parents = _parents(workflow)
+    children: dict[str | None, list[str]] = {}
+    for name in topological_order(workflow.spec):
+        children.setdefault(parents[name], []).append(name)
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    phase = status.phase
+    rows.append(
+        (
+            f"{SYMBOLS.get(phase, '?')} {workflow.name}",
+            phase,
+            duration(status.started_at, status.finished_at, now),
+            "",
+            "",
+            status.message,
+        )
+    )
+
+    def row(name: str, prefix: str, last: bool, extra: str = "") -> None:
+        task = status.task(name)
+        spec = workflow.spec.task(name)
+        after = [p for p in spec.predecessors if p != parents.get(name)]
+        note = "; ".join(p for p in (f"after {', '.join(after)}" if after else "", extra, task.message) if p)
+        rows.append(
+            (
+                f"{prefix}{'└─' if last else '├─'}{SYMBOLS.get(task.phase, '?')} {name}",
+                task.phase,
+                duration(task.started_at, task.finished_at, now),
+                str(len(task.attempts)) if task.attempts else "",
+                task.pod_name or "",
+                note,
+            )
+        )
+
+    def walk(parent: str | None, prefix: str) -> None:
+        kids = children.get(parent, [])
+        for i, name in enumerate(kids):
+            last = i == len(kids) - 1 and not (parent is None and workflow.spec.on_exit)
+            row(name, prefix, last)
+            walk(name, prefix + ("   " if last else "│  "))
+
+    walk(None, "")
+    if workflow.spec.on_exit is not None:
+        row(workflow.spec.on_exit.name, "", True, "exit handler")
+    header = ("STEP", "PHASE", "DURATION", "TRIES", "POD", "MESSAGE")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    lines = []
+    for r in [header, *rows]:
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r[:5])) + "  " + r[5])
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def progress_lines(
+    previous: Mapping[str, tuple[str, str | None]], status: dag.WorkflowStatus, now: datetime
+) -> tuple[list[str], dict[str, tuple[str, str | None]]]:
+    """One line per step whose phase or pod changed since `previous` (task -> (phase, pod))."""
+    current = {name: (t.phase, t.pod_name) for name, t in sorted(status.tasks.items())}
+    stamp = now.strftime("%H:%M:%S")
+    lines = []
+    for name, (phase, pod) in current.items():
+        if previous.get(name) == (phase, pod):
+            continue
+        task = status.task(name)
+        detail = f" pod {pod}" if pod and phase in (dag.RUNNING, dag.PENDING) else ""
+        message = f" - {task.message}" if task.message and phase != dag.SUCCEEDED else ""
+        lines.append(f"{stamp} {SYMBOLS.get(phase, '?')} {name} {phase}{detail}{message}")
+    return lines, current

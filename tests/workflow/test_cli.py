@@ -1,0 +1,143 @@
+"""gedge-flow: help, dry-run and refusals as a user runs them; run/get/logs/delete over the API boundary."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import structlog
+import yaml
+
+from scheduler_extender.workflow import cli
+from scheduler_extender.workflow.kube import KubernetesWorkflowApi
+from tests.workflow.memory_api import InMemoryApi, MemoryKubelet
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "deploy" / "crds" / "examples" / "train-pipeline.yaml"
+CATALOG = REPO / "deploy" / "runtime-catalog" / "runtime-catalog.yaml"
+GEDGE_FLOW = Path(sys.executable).parent / "gedge-flow"
+
+
+def _flow(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(GEDGE_FLOW), *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_help_lists_the_commands_with_examples():
+    result = _flow("--help")
+    assert result.returncode == 0
+    for command in ("run", "get", "logs", "delete", "controller"):
+        assert command in result.stdout
+    assert "gedge-flow run" in result.stdout and "--dry-run" in result.stdout
+    sub = _flow("run", "--help")
+    assert sub.returncode == 0 and "-p epochs=5" in sub.stdout and "Exit status" in sub.stdout
+
+
+def test_dry_run_prints_the_pods_in_dependency_order():
+    result = _flow(
+        "run", str(EXAMPLE), "--dry-run", "--catalog", str(CATALOG), "-n", "ml", "-p", "quantize=false"
+    )
+    assert result.returncode == 0, result.stderr
+    pods = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    names = [p["metadata"]["name"] for p in pods]
+    assert names == [
+        "resnet-edge-train-0",
+        "resnet-edge-validate-0",
+        "resnet-edge-verify-0",
+        "resnet-edge-serve-0",
+        "resnet-edge-cleanup-0",
+    ], "optimize is skipped by its when, report-failure omitted on success"
+    train = pods[0]
+    assert train["metadata"]["namespace"] == "ml"
+    assert train["spec"]["schedulerName"] == "gedge-scheduler"
+    assert train["spec"]["containers"][0]["args"] == ["--data", "/data/imagenet-subset", "--epochs", "20"]
+    assert train["spec"]["activeDeadlineSeconds"] == 14400
+    assert pods[-1]["spec"]["containers"][0]["args"] == ["resnet-edge finished: Succeeded"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["-p", "nope=1"], "declares no such parameter"),
+        (["-p", "broken"], "expected NAME=VALUE"),
+        ([], "runtime cuda-11.2,cudnn-8.2.1,tf2-py38 given but no runtime catalog"),
+    ],
+)
+def test_refusals_exit_2_with_the_reason(extra, message):
+    args = ["run", str(EXAMPLE), "--dry-run", *extra]
+    if extra:
+        args += ["--catalog", str(CATALOG)]
+    result = _flow(*args)
+    assert result.returncode == 2
+    assert message in result.stderr
+
+
+def test_runtime_conflict_is_refused_before_anything_is_submitted(tmp_path):
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    doc["spec"]["tasks"][0]["runtime"] = "cuda-12.2,cudnn-8.2.1,tf2-py38"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    result = _flow("run", str(bad), "--dry-run", "--catalog", str(CATALOG))
+    assert result.returncode == 2
+    assert "task train: cudnn-8.2.1 requires cuda>=11.0,<12, but the runtime has cuda-12.2" in result.stderr
+
+
+@pytest.fixture
+def memory_cluster(monkeypatch):
+    """The CLI in-process with the in-memory API; the global logging setup it makes is undone after."""
+    api = InMemoryApi()
+    monkeypatch.setattr(
+        KubernetesWorkflowApi, "from_kubeconfig", classmethod(lambda cls, path=None, context=None: api)
+    )
+    saved = structlog.get_config()
+    yield api
+    structlog.configure(**saved)
+
+
+def test_run_get_logs_delete_over_the_api(memory_cluster, capsys, tmp_path):
+    doc = yaml.safe_load(EXAMPLE.read_text())
+    for task in doc["spec"]["tasks"]:
+        task.pop("retryStrategy", None)
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    codes = {"validate": 3}
+    with MemoryKubelet(
+        memory_cluster, outcome=lambda pod: codes.get(pod["metadata"]["labels"]["gedge.io/task"], 0)
+    ):
+        code = cli.main(["run", str(path), "-n", "ml", "--catalog", str(CATALOG)])
+    out = capsys.readouterr().out
+    assert code == 0, "report-failure handled the failed validate step"
+    assert "workflow ml/resnet-edge submitted" in out
+    assert "train Running pod resnet-edge-train-0" in out
+    assert "validate Failed - Error; exit code 3" in out
+    assert "report-failure Succeeded" in out
+    stored = memory_cluster.workflows[("ml", "resnet-edge")]
+    assert stored["spec"]["tasks"][0]["runtime"] == "cuda-11.2,cudnn-8.2.1,tf2-py38"
+
+    assert cli.main(["get", "resnet-edge", "-n", "ml"]) == 0
+    tree = capsys.readouterr().out
+    assert "│  └─✖ validate" in tree and "resnet-edge-validate-0" in tree
+    assert "└─✔ cleanup" in tree and "exit handler" in tree
+
+    memory_cluster.logs["resnet-edge-validate-0"] = "accuracy 0.41 < 0.9\n"
+    assert cli.main(["logs", "resnet-edge", "validate", "-n", "ml"]) == 0
+    assert capsys.readouterr().out == "accuracy 0.41 < 0.9\n"
+    assert cli.main(["logs", "resnet-edge", "serve", "-n", "ml"]) == 2
+    assert "step serve never ran: Omitted" in capsys.readouterr().err
+
+    assert cli.main(["delete", "resnet-edge", "-n", "ml"]) == 0
+    assert "deleted with" in capsys.readouterr().out
+    assert memory_cluster.workflows == {} and memory_cluster.pods == {}
+    assert cli.main(["get", "resnet-edge", "-n", "ml"]) == 2
+
+
+def test_run_resumes_a_workflow_that_exists(memory_cluster, capsys, tmp_path):
+    path = tmp_path / "wf.yaml"
+    path.write_text("metadata: {name: tiny}\nspec:\n  tasks:\n  - {name: only, container: {image: x}}\n")
+    with MemoryKubelet(memory_cluster):
+        assert cli.main(["run", str(path), "--no-wait"]) == 0
+        assert cli.main(["run", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "submitted" in out and "exists; resuming it" in out
+    assert memory_cluster.pod_creations == ["tiny-only-0"]
