@@ -90,14 +90,25 @@ def pause_pod(
 
 
 def wait_for(
-    read: Callable[[], T], done: Callable[[T], object], timeout: float = 60.0, interval: float = 0.25
+    read: Callable[[], T],
+    done: Callable[[T], object],
+    timeout: float = 60.0,
+    interval: float = 0.25,
+    describe: Callable[[T], object] = str,
 ) -> T:
-    """Call `read` until `done(value)` is truthy; on timeout fail with the last value seen."""
+    """Call `read` until `done(value)` is truthy; on timeout fail with `describe(last value)`."""
     deadline = time.monotonic() + timeout
     value = read()
     while not done(value):
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout:.0f}s; last value:\n{value}")
+            raise AssertionError(f"condition not met within {timeout:.0f}s; last value:\n{describe(value)}")
         time.sleep(interval)
         value = read()
     return value
+
+
+def scheduling_state(pod: k8s.V1Pod) -> str:
+    """A pod in one line: where it is bound and what the scheduler last said about it."""
+    condition = next((c for c in pod.status.conditions or () if c.type == "PodScheduled"), None)
+    said = f"{condition.reason}: {condition.message}" if condition else "not looked at yet"
+    return f"pod {pod.metadata.namespace}/{pod.metadata.name} node={pod.spec.node_name} ({said})"

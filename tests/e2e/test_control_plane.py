@@ -9,7 +9,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.cluster_objects import node_object, pause_pod, register_node, wait_for
+from tests.e2e.cluster_objects import node_object, pause_pod, register_node, scheduling_state, wait_for
 from tests.e2e.control_plane import ControlPlane
 from tests.e2e.kubelet import EXIT_CODE_ENV, KubeletStandIn
 
@@ -62,7 +62,9 @@ def test_real_scheduler_binds_a_pod_to_the_node_that_fits_and_kubelet_stand_in_r
         pod.spec.containers[0].env = [k8s.V1EnvVar(name=EXIT_CODE_ENV, value="3")]
         core.create_namespaced_pod(namespace, pod)
         bound = wait_for(
-            lambda: core.read_namespaced_pod("needs-8-cpus", namespace), lambda p: p.spec.node_name
+            lambda: core.read_namespaced_pod("needs-8-cpus", namespace),
+            lambda p: p.spec.node_name,
+            describe=scheduling_state,
         )
         assert bound.spec.node_name == large
         done = wait_for(

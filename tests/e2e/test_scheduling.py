@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 
 from gedge_model import ANNOTATION, Allocation
 from gedge_model.allocation import RESOURCE_GPU, RESOURCE_RDMA
-from tests.e2e.cluster_objects import pause_pod, wait_for
+from tests.e2e.cluster_objects import pause_pod, scheduling_state, wait_for
 from tests.e2e.edge_cluster import EdgeCluster
 
 GPU_NODES = ("h100-a", "h100-b", "split")
@@ -30,6 +30,7 @@ def bound(core: k8s.CoreV1Api, namespace: str, name: str, timeout: float = 90.0)
         lambda: core.read_namespaced_pod(name, namespace),
         lambda p: p.spec.node_name and ANNOTATION in (p.metadata.annotations or {}),
         timeout=timeout,
+        describe=scheduling_state,
     )
 
 
@@ -175,7 +176,12 @@ def settled(core: k8s.CoreV1Api, namespace: str, capacity: int, timeout: float =
             refused_for_want_of_gpus(p) for p in pods if not p.spec.node_name
         )
 
-    pods = wait_for(lambda: core.list_namespaced_pod(namespace).items, done, timeout=timeout)
+    pods = wait_for(
+        lambda: core.list_namespaced_pod(namespace).items,
+        done,
+        timeout=timeout,
+        describe=lambda pods: "\n".join(scheduling_state(p) for p in pods),
+    )
     return [p for p in pods if p.spec.node_name]
 
 
@@ -233,6 +239,10 @@ def test_extender_killed_mid_stream_rebuilds_allocations_and_never_double_alloca
     # Afterwards: a restarted extender that forgot what it handed out would place this one.
     edge_cluster.restart_extender()
     core.create_namespaced_pod(namespace, gpu_pods(edge_cluster, ["after-restart"])[0])
-    refused = wait_for(lambda: core.read_namespaced_pod("after-restart", namespace), refused_for_want_of_gpus)
+    refused = wait_for(
+        lambda: core.read_namespaced_pod("after-restart", namespace),
+        refused_for_want_of_gpus,
+        describe=scheduling_state,
+    )
     assert refused.spec.node_name is None
     assert_no_device_twice(edge_cluster, placed_pods(core, namespace))
