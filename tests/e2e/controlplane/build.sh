@@ -70,6 +70,7 @@ echo "build.sh: etcd $etcd_version -> $out" >&2
 
 echo "kubernetes $kube_version etcd $etcd_version $("$go_bin" version) $(($(date +%s) - started))s" \
   >"$staging/.complete"
+chmod 755 "$staging"
 rm -rf "$out"
 mv "$staging" "$out"
 trap - EXIT
