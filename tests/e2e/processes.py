@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import os
@@ -89,16 +88,23 @@ class ManagedProcess:
         return HarnessError(f"{self.name} {what} ({status}); log {self.log}:\n{self.tail()}")
 
     def wait_until(self, ready: Callable[[], bool], timeout: float, what: str = "became ready") -> None:
-        """Poll `ready` until true; fail early with the log tail if the process exits."""
+        """Poll `ready` until true; fail early with the log tail if the process exits.
+
+        `ready` may raise while the process is coming up (connection refused);
+        the last such error is part of the failure message.
+        """
         deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
         while time.monotonic() < deadline:
             if not self.running:
                 raise self.failure(f"exited before it {what}")
-            with contextlib.suppress(Exception):
+            try:
                 if ready():
                     return
+            except Exception as exc:
+                last_error = exc
             time.sleep(0.2)
-        raise self.failure(f"never {what} within {timeout:.0f}s")
+        raise self.failure(f"never {what} within {timeout:.0f}s (last check: {last_error!r})")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
         """Signal the process (SIGTERM by default, SIGKILL for a crash) and reap it."""
