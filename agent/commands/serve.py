@@ -58,7 +58,14 @@ _FLAG_KEYS = (
 def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "Settings come from defaults < --config YAML < GEDGE_AGENT_<KEY> environment < flags.\n"
-        "Every flag --some-key is the YAML key some_key and the variable GEDGE_AGENT_SOME_KEY."
+        "Every flag --some-key is the YAML key some_key and the variable GEDGE_AGENT_SOME_KEY.\n"
+        "All settings with their defaults: docs/configuration.md.\n\n"
+        "examples:\n"
+        "  gedge-agent serve --node-name edge-1                     # this machine, metrics on :9400\n"
+        "  gedge-agent serve --config /etc/gedge/agent.yaml         # settings from a YAML file\n"
+        "  gedge-agent serve --root /tmp/snapshot --no-apply --listen 127.0.0.1:50051   # report only\n"
+        "  gedge-agent serve --tls-cert node.pem --tls-key node.key --tls-ca ca.pem \\\n"
+        "      --tls-allowed-clients gedge-extender                 # mTLS, one allowed client"
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file with any of the settings below")
     parser.add_argument("--root", metavar="PATH", help="sysfs/procfs root to discover (default /)")
