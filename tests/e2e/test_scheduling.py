@@ -90,6 +90,34 @@ def test_gpu_and_rdma_pod_is_bound_where_both_share_a_pcie_switch(
     assert allocation_of(second).worst_level in ("PIX", "PXB")
 
 
+def test_pinned_cpus_come_from_the_gpus_numa_node_as_whole_cores(
+    edge_cluster: EdgeCluster, kube_api: k8s.ApiClient, namespace: str
+) -> None:
+    core = k8s.CoreV1Api(kube_api)
+    pod = pause_pod(
+        "pinned",
+        scheduler=edge_cluster.scheduler_name,
+        requests={RESOURCE_GPU: "1", "cpu": "4", "memory": "1Gi"},
+        annotations={
+            **TOPOLOGY_AWARE,
+            "gedge.io/topology-policy": "single-numa",
+            "gedge.io/cpu-pinning": "true",
+        },
+    )
+    pod.spec.containers[0].resources.limits = {RESOURCE_GPU: "1", "cpu": "4", "memory": "1Gi"}
+    core.create_namespaced_pod(namespace, pod)
+    placed = bound(core, namespace, "pinned")
+    allocation = allocation_of(placed)
+    topology = edge_cluster.nodes[placed.spec.node_name].topology
+    (gpu_grant,) = [d for d in allocation.devices if d.resource == RESOURCE_GPU]
+    gpu_numa = topology.pci(gpu_grant.pci_address).numa_node
+    cpus = {c.id: c for c in topology.cpus}
+    assert len(allocation.cpus) == 4
+    assert {cpus[c].numa_node for c in allocation.cpus} == {gpu_numa}
+    for cpu in allocation.cpus:
+        assert set(cpus[cpu].thread_siblings or (cpu,)) <= set(allocation.cpus), "whole cores only"
+
+
 def test_pod_nobody_can_place_stays_pending_with_the_extender_reason(
     edge_cluster: EdgeCluster, kube_api: k8s.ApiClient, namespace: str
 ) -> None:

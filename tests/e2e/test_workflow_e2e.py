@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from gedge_model import ANNOTATION
 from scheduler_extender.workflow.catalog import driver_code
@@ -150,12 +151,16 @@ def runtime_volume(kube_api: k8s.ApiClient, namespace: str) -> Iterator[str]:
 
 
 def _status(custom: k8s.CustomObjectsApi, namespace: str) -> dict[str, Any]:
-    return (
-        custom.get_namespaced_custom_object("gedge.io", "v1alpha1", namespace, "workflows", "edge-train").get(
-            "status"
+    """The Workflow's status; empty until `gedge-flow run` has submitted it."""
+    try:
+        workflow = custom.get_namespaced_custom_object(
+            "gedge.io", "v1alpha1", namespace, "workflows", "edge-train"
         )
-        or {}
-    )
+    except ApiException as exc:
+        if exc.status == 404:
+            return {}
+        raise
+    return workflow.get("status") or {}
 
 
 def _phase(status: dict[str, Any], task: str) -> str | None:
