@@ -101,7 +101,7 @@ def test_topology_change_reaches_the_cache_quickly(fleet: Fleet) -> None:
     print(f"cpu5 offline in a copied snapshot reached the cache in {latency * 1000:.0f} ms")
     after = fleet.cache.node("changing").state
     assert after.generation == before.generation + 1
-    assert latency < 3.0
+    assert latency < 5.0
 
 
 def test_killed_agent_goes_stale_after_the_ttl_and_recovers(fleet: Fleet) -> None:
