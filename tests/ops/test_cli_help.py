@@ -58,3 +58,24 @@ def test_help_shows_examples(command: tuple[str, ...]) -> None:
     assert any(line.strip().startswith(" ".join(command)) for line in examples), (
         f"{' '.join(command)} --help examples do not show the command itself"
     )
+
+
+def test_configuration_doc_names_every_setting() -> None:
+    """docs/configuration.md covers every agent key and every extender and gedge-flow flag."""
+    import argparse
+    import dataclasses
+
+    from agent.config import AgentConfig
+    from scheduler_extender.commands import serve as extender_serve
+    from scheduler_extender.workflow.commands import controller
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    for field in dataclasses.fields(AgentConfig):
+        assert f"`{field.name}`" in doc, f"agent key {field.name} is not documented"
+    for module in (extender_serve, controller):
+        parser = argparse.ArgumentParser()
+        module.register(parser)
+        for action in parser._actions:
+            for flag in action.option_strings:
+                if flag.startswith("--") and flag != "--help":
+                    assert f"`{flag}" in doc, f"{module.__name__}: {flag} is not documented"
