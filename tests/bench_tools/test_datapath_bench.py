@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from pyroute2 import IPRoute
+from pyroute2 import netns as pyroute2_netns
 
 from agent.apply.checkpoint import VfSettings
 from agent.bench.datapath import DATA_PODS, OVERLAY_MTU, OVERLAY_PODS, VNI, DataPath, OverlayPath, VfChoice
@@ -130,6 +131,9 @@ def test_sigterm_mid_run_removes_everything() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+            for name in leftover_namespaces(prefix):
+                pyroute2_netns.remove(name)
     assert proc.returncode == 130, err
     assert "interrupted" in err
     assert leftover_namespaces(prefix) == []

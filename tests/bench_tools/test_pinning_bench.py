@@ -16,7 +16,7 @@ from agent.apply.cgroups import CgroupDriver, QosClass, pod_cgroup
 from agent.apply.cpuset import parse_cpu_list
 from agent.bench.common import Progress
 from agent.bench.pinning import CPUSET_V1, Sandbox, hash_work, run_pinning
-from tests.apply.helpers import unique
+from tests.apply.helpers import remove_v1_tree, unique
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,6 +129,8 @@ def test_sigterm_mid_run_kills_the_noise_and_removes_the_cgroups() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait()
+            remove_v1_tree(CPUSET_V1 / prefix)
     assert proc.returncode == 130, err
     assert not (CPUSET_V1 / prefix).exists()
     assert not [pid for pid in pids if alive(pid)]
