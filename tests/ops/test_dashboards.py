@@ -36,6 +36,7 @@ import grpc
 import pytest
 import yaml
 
+from tests.apply.helpers import v1_sandbox
 from tests.conftest import unpack_snapshot
 from tests.extender.conftest import pod
 from tests.extender.servers import post
@@ -260,7 +261,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     stack = Stack(tmp)
     with stack.exit:
         agents = {"ops-gpu": (free_port(), free_port()), "ops-snap": (free_port(), free_port())}
-        common = ["--cgroup-root", str(tmp / "cgroup"), "--device-plugin-dir", str(tmp / "dp")]
+        cgroups = stack.exit.enter_context(v1_sandbox("gedge-ops-"))
+        common = ["--cgroup-root", str(cgroups), "--cgroup-driver", "cgroupfs"]
+        common += ["--device-plugin-dir", str(tmp / "dp")]
         gpu_grpc, gpu_metrics = agents["ops-gpu"]
         gpu = stack.spawn(
             "agent-gpu",
@@ -387,7 +390,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             flow.start()
 
             drive_extender(url, fake, deadline)
-            refuse_an_apply(gpu_grpc)
+            apply_through_the_agent(gpu_grpc, cgroups)
             assert done.wait(max(1.0, deadline - time.monotonic())), "the workflow did not finish"
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{stack.tails()}") from None
@@ -460,16 +463,24 @@ def drive_extender(url: str, fake: Any, deadline: float) -> None:
     assert unknown["Error"], unknown
 
 
-def refuse_an_apply(port: int) -> None:
-    """An Apply for a pod that does not run on the node: the agent refuses it and counts the failure."""
-    from gedge_model import Allocation
+def apply_through_the_agent(port: int, cgroup_root: Path) -> None:
+    """A pinned pod with a GPU applied for real (cgroup v1 cpusets), and one the agent refuses."""
+    from agent.apply.cgroups import CgroupDriver, QosClass
+    from gedge_model import Allocation, DeviceGrant
     from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
+    from tests.apply.helpers import build_pod_cgroups, new_container_id, new_pod_uid
 
-    allocation = Allocation("uid-absent", "ml", "absent", "ops-gpu", cpus=(1,))
+    uid, container = new_pod_uid(), new_container_id()
+    build_pod_cgroups(cgroup_root, CgroupDriver.CGROUPFS, QosClass.GUARANTEED, uid, [container])
+    gpu = DeviceGrant("gedge.io/gpu", "GPU-h100-0000-0000-0000-000000000007")
+    held = Allocation(uid, "ml", "held", "ops-gpu", devices=(gpu,), cpus=(1,))
+    runtime = agent_pb2.PodRuntime(qos_class=QosClass.GUARANTEED.value, container_ids=[container])
+    absent = Allocation(new_pod_uid(), "ml", "absent", "ops-gpu", cpus=(0,))
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = agent_pb2_grpc.NodeAgentStub(channel)
+        stub.Apply(agent_pb2.ApplyRequest(allocation_json=held.to_annotation(), runtime=runtime), timeout=10)
         with pytest.raises(grpc.RpcError) as refused:
-            stub.Apply(agent_pb2.ApplyRequest(allocation_json=allocation.to_annotation()), timeout=10)
+            stub.Apply(agent_pb2.ApplyRequest(allocation_json=absent.to_annotation()), timeout=10)
     assert refused.value.code() == grpc.StatusCode.ABORTED, refused.value.details()
 
 
@@ -509,6 +520,9 @@ def test_every_panel_query_returns_data(prometheus: str) -> None:
         ('sum(gedge_agent_gpu_timeslice_replicas{node="ops-gpu"})', 4),
         ('count(gedge_agent_numa_cpus{node="ops-snap"})', 2),
         ('sum(gedge_agent_apply_failures_total{op="apply"})', 1),
+        ('gedge_agent_applies_total{op="apply",kind="cpuset"}', 1),
+        ('sum(gedge_agent_device_allocated{node="ops-gpu",kind="gpu"})', 1),
+        ('sum(gedge_agent_numa_exclusive_cpus{node="ops-gpu"})', 1),
         ("gedge_workflow_task_retries_total", 1),
         ('gedge_workflow_step_attempts_total{phase="Failed"}', 1),
         ('gedge_workflow_workflows_finished_total{phase="Succeeded"}', 1),
