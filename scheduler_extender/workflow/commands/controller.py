@@ -19,6 +19,7 @@ from scheduler_extender.workflow.commands.common import (
 )
 from scheduler_extender.workflow.controller import ControllerConfig, WorkflowController
 from scheduler_extender.workflow.kube import ApiError
+from scheduler_extender.workflow.metrics import WorkflowMetrics
 from scheduler_extender.workflow.podspec import DEFAULT_SCHEDULER
 
 log = structlog.get_logger("gedge.workflow")
@@ -26,6 +27,7 @@ log = structlog.get_logger("gedge.workflow")
 EPILOG = """examples:
   gedge-flow controller -n ml --catalog-configmap gedge-system/gedge-runtime-catalog
   gedge-flow controller -n ml --catalog deploy/runtime-catalog/runtime-catalog.yaml --poll 5
+  gedge-flow controller -n ml --metrics-listen 0.0.0.0:9402   # Prometheus /metrics
 """
 
 
@@ -33,6 +35,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EPILOG
     parser.add_argument("--scheduler-name", default=DEFAULT_SCHEDULER, help="scheduler for task pods")
     parser.add_argument("--poll", type=float, default=10.0, help="seconds between looks for new workflows")
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default="",
+        help="serve Prometheus /metrics here (default: off)",
+    )
     add_cluster_options(parser)
     add_catalog_options(parser)
     parser.set_defaults(run=run)
@@ -48,6 +56,17 @@ def run(args: argparse.Namespace) -> int:
     controller = WorkflowController(
         api, catalog=catalog, config=ControllerConfig(scheduler_name=args.scheduler_name)
     )
+    metrics = WorkflowMetrics()
+    if args.metrics_listen:
+        from prometheus_client import start_http_server
+
+        host, _, port = args.metrics_listen.rpartition(":")
+        if not port.isdigit():
+            return fail(f"--metrics-listen {args.metrics_listen!r} is not HOST:PORT")
+        try:
+            start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=metrics.registry)
+        except OSError as exc:
+            return fail(f"--metrics-listen {args.metrics_listen}: {exc}")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -66,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             thread = threading.Thread(
                 target=_drive,
-                args=(controller, args.namespace, name, stop),
+                args=(controller, args.namespace, name, stop, metrics),
                 name=f"workflow-{name}",
                 daemon=True,
             )
@@ -78,9 +97,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _drive(controller: WorkflowController, namespace: str, name: str, stop: threading.Event) -> None:
+def _drive(
+    controller: WorkflowController,
+    namespace: str,
+    name: str,
+    stop: threading.Event,
+    metrics: WorkflowMetrics,
+) -> None:
     try:
-        status = controller.run(namespace, name, stop=stop)
+        status = controller.run(namespace, name, stop=stop, on_update=metrics.observe)
         log.info("workflow done", workflow=f"{namespace}/{name}", phase=status.phase)
     except Exception as exc:
         log.error(
