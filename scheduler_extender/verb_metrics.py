@@ -64,6 +64,7 @@ _SHORTFALLS = (
     ("pinned CPUs (", "insufficient-cpu"),
 )
 _STALE = ("stale", "watch stream", "has not reported yet", "no agent address")
+_BINDER = ("did not apply the allocation", "writing annotation", "binding to node", "bind failed")
 _POLICIES = ("(best-effort)", "(restricted)", "(single-numa)", "(same-switch)")
 
 
@@ -88,22 +89,19 @@ def refusal_class(reason: str) -> str:
 
 
 def bind_failure_class(error: str) -> str:
-    """The class of a bind's Error, as Extender.bind words it."""
+    """The class of a bind's Error, as Extender.bind and the binders word it."""
     if "already held by pod" in error or "already holds an allocation" in error:
         return "conflict"
-    if "no gedge agent reports this node" in error:
-        return "unknown-node"
     if "never seen in filter" in error or "cannot read it from the API server" in error:
         return "unknown-pod"
     if "UID is" in error:
         return "bad-request"
-    if "stale" in error:
-        return "stale-node"
-    if "bind failed" in error or "did not apply" in error or "binding" in error.lower():
+    if any(marker in error for marker in _BINDER):
         return "binder"
-    if refusal_class(error.split(": ", 1)[-1]) != "other":
-        return "no-fit"
-    return "other"
+    cls = refusal_class(error.split(": ", 1)[-1])
+    if cls in ("stale-node", "unknown-node"):
+        return cls
+    return "other" if cls == "other" else "no-fit"
 
 
 def _gpu_resource(resource: str) -> bool:

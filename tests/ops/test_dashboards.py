@@ -150,7 +150,10 @@ def test_dashboards_are_grafana_models_over_a_datasource_variable() -> None:
 
 
 def test_configmap_ships_exactly_the_dashboard_files() -> None:
+    import kubernetes_validate
+
     doc = yaml.safe_load(CONFIGMAP.read_text())
+    kubernetes_validate.validate(doc, "1.31.0", strict=True)
     assert doc["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert set(doc["data"]) == set(dashboards())
     assert CONFIGMAP.read_text() == configmap_text(), (

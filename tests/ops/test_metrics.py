@@ -90,6 +90,10 @@ def test_bind_errors_fall_in_their_class() -> None:
     )
     assert bind_failure_class("pod ml/p: node n1: no gedge agent reports this node") == "unknown-node"
     assert bind_failure_class("pod ml/p: node n1: needs 2 gedge.io/gpu (1 free)") == "no-fit"
+    stale = "pod ml/p: node n1: watch stream to agent at 10.0.0.1:50051 gone since 2026-01-01 (40s > TTL 30s)"
+    assert bind_failure_class(stale) == "stale-node"
+    assert bind_failure_class("pod ml/p: binding to node n1 failed: 409 Conflict") == "binder"
+    assert bind_failure_class("pod ml/p: agent on n1 did not apply the allocation: node n1: busy") == "binder"
 
 
 def test_pairs_are_priced_on_the_node_topology() -> None:
