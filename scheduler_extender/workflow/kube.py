@@ -75,8 +75,11 @@ class WorkflowApi(Protocol):
 
 
 def _translate(exc: Exception) -> Exception:
+    """The client's exception as ours; a body the client itself refuses (ValueError) reads as a 422."""
     from kubernetes.client.exceptions import ApiException
 
+    if isinstance(exc, ValueError | TypeError):
+        return ApiError(422, f"refused before sending: {str(exc)[:500]}")
     if not isinstance(exc, ApiException):
         return exc
     message = exc.reason or ""

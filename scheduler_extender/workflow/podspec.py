@@ -81,6 +81,15 @@ def build_pod(
     except WorkflowSpecError as exc:
         raise WorkflowSpecError(f"task {task.name}: {exc}") from None
     container.setdefault("name", CONTAINER_NAME)
+    resources = container.get("resources")
+    if isinstance(resources, Mapping):
+        # quantities as the API writes them: 1 -> "1" (strict clients refuse bare numbers)
+        container["resources"] = {
+            kind: {name: str(amount) for name, amount in amounts.items()}
+            if isinstance(amounts, Mapping)
+            else amounts
+            for kind, amounts in resources.items()
+        }
     if composition.components:
         # the step's own PATH / LD_LIBRARY_PATH already sit at the end of the composed ones;
         # any other variable the step sets itself wins over the catalog's

@@ -323,3 +323,22 @@ def test_pod_observation_reads_kubelet_shaped_status():
     }
     assert pod_observation(unschedulable).message == "0/3 nodes are available: driver too old"
     assert pod_observation({"metadata": {"name": "other", "labels": {}}}) is None
+
+
+def test_pod_quantities_are_strings_and_a_client_side_refusal_is_an_api_error():
+    from kubernetes import client as k8s
+
+    from scheduler_extender.workflow.kube import ApiError, KubernetesWorkflowApi
+    from scheduler_extender.workflow.podspec import build_pod
+    from scheduler_extender.workflow.spec import parse_workflow
+
+    workflow = parse_workflow(yaml.safe_load(PIPELINE), namespace=NS)
+    pod = build_pod(workflow, workflow.spec.task("train"), 0, catalog=CATALOG)
+    assert pod["spec"]["containers"][0]["resources"] == {"limits": {"gedge.io/gpu": "1"}}
+    configuration = k8s.Configuration()
+    configuration.host = "http://127.0.0.1:9"
+    api = KubernetesWorkflowApi(k8s.ApiClient(configuration))
+    pod["spec"]["containers"][0]["resources"]["limits"]["gedge.io/gpu"] = 1
+    with pytest.raises(ApiError) as refused:
+        api.create_pod(NS, pod)
+    assert refused.value.status == 422 and "gedge.io/gpu" in refused.value.message
