@@ -13,6 +13,8 @@ from typing import Any
 from scheduler_extender.workflow.dag import FINAL, Attempt, TaskStatus, WorkflowStatus
 
 _TASK_PHASES = FINAL | {"Pending", "Running"}
+MAX_MESSAGE = 1024
+"""Messages in the CR are clipped: pod and API errors can be long, and the object has a size limit."""
 _WORKFLOW_PHASES = {"Pending", "Running", "Succeeded", "Failed", "Errored"}
 
 
@@ -40,6 +42,10 @@ def parse_time(value: Any, where: str) -> datetime | None:
     return parsed.astimezone(UTC)
 
 
+def clip(message: str, limit: int = MAX_MESSAGE) -> str:
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
 def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None and v != ""}
 
@@ -53,7 +59,7 @@ def attempt_to_dict(a: Attempt) -> dict[str, Any]:
             "createdAt": format_time(a.created_at),
             "startedAt": format_time(a.started_at),
             "finishedAt": format_time(a.finished_at),
-            "message": a.message,
+            "message": clip(a.message),
             "exitCode": a.exit_code,
             "node": a.node,
         }
@@ -68,7 +74,7 @@ def task_to_dict(t: TaskStatus) -> dict[str, Any]:
             "attempts": [attempt_to_dict(a) for a in t.attempts] or None,
             "startedAt": format_time(t.started_at),
             "finishedAt": format_time(t.finished_at),
-            "message": t.message,
+            "message": clip(t.message),
             "nextAttemptAt": format_time(t.next_attempt_at),
         }
     )
@@ -80,7 +86,7 @@ def status_to_dict(s: WorkflowStatus) -> dict[str, Any]:
             "phase": s.phase,
             "startedAt": format_time(s.started_at),
             "finishedAt": format_time(s.finished_at),
-            "message": s.message,
+            "message": clip(s.message, 4 * MAX_MESSAGE),
             "tasks": {name: task_to_dict(t) for name, t in sorted(s.tasks.items())},
         }
     )

@@ -342,3 +342,17 @@ def test_pod_quantities_are_strings_and_a_client_side_refusal_is_an_api_error():
     with pytest.raises(ApiError) as refused:
         api.create_pod(NS, pod)
     assert refused.value.status == 422 and "gedge.io/gpu" in refused.value.message
+
+
+def test_long_messages_are_clipped_in_the_stored_status():
+    from scheduler_extender.workflow import dag
+    from scheduler_extender.workflow.status import MAX_MESSAGE, status_from_dict, status_to_dict
+
+    noisy = dag.Attempt(0, "w-a-0", "Errored", message="x" * 100_000)
+    status = dag.WorkflowStatus(
+        phase="Failed", message="y" * 100_000, tasks={"a": dag.TaskStatus("Errored", (noisy,))}
+    )
+    stored = status_to_dict(status)
+    assert len(stored["tasks"]["a"]["attempts"][0]["message"]) == MAX_MESSAGE
+    assert stored["message"].endswith("...") and len(stored["message"]) == 4 * MAX_MESSAGE
+    assert status_from_dict(stored).tasks["a"].attempts[0].phase == "Errored"
