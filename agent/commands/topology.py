@@ -23,6 +23,13 @@ class UsageError(Exception):
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "examples:\n"
+        "  gedge-agent topology                         # this machine: nvidia-smi layout with a legend\n"
+        "  gedge-agent topology --json                  # the full model as JSON\n"
+        "  gedge-agent topology --root /tmp/snapshot    # an unpacked sysfs snapshot instead of /\n"
+        "  gedge-agent topology --timeslice-replicas 4 --weights weights.yaml"
+    )
     parser.add_argument(
         "--root", default="/", help="sysfs root to read: / or an unpacked snapshot (default /)"
     )

@@ -49,6 +49,11 @@ class DemoError(RuntimeError):
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "examples:\n"
+        "  gedge-extender demo                       # agent over this machine, a sample pod placed, pinned\n"
+        "  gedge-extender demo --root /tmp/snapshot  # the agent reads an unpacked sysfs snapshot"
+    )
     parser.add_argument(
         "--root", default="/", metavar="PATH", help="sysfs root the agent discovers (default /)"
     )

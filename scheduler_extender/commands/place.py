@@ -37,6 +37,12 @@ class NoBinder:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "examples:\n"
+        "  gedge-extender place --agents agents.yaml --pod pod.yaml          # ask the live agents\n"
+        "  gedge-agent topology --json > node.json && \\\n"
+        "      gedge-extender place --topology node.json --pod pod.yaml --json"
+    )
     nodes = parser.add_mutually_exclusive_group(required=True)
     nodes.add_argument("--agents", metavar="FILE", help="YAML list of {node, address}: ask the live agents")
     nodes.add_argument(

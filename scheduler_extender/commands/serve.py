@@ -34,6 +34,13 @@ log = structlog.get_logger("gedge.extender.serve")
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "examples:\n"
+        "  gedge-extender serve --agents agents.yaml --listen 127.0.0.1:8888   # no Kubernetes\n"
+        "  gedge-extender serve --kubeconfig ~/.kube/config --listen 0.0.0.0:8888\n"
+        "  gedge-extender serve --in-cluster --listen 0.0.0.0:8888            # as deploy/scheduler runs it\n"
+        "agents.yaml is a list of {node: NAME, address: HOST:PORT}; all flags: docs/configuration.md."
+    )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--agents", metavar="FILE", help="YAML list of {node, address}: run without Kubernetes")
     mode.add_argument("--kubeconfig", metavar="FILE", help="talk to the cluster this kubeconfig names")

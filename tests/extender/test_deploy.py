@@ -109,7 +109,7 @@ def test_extender_rbac_is_exactly_what_it_calls() -> None:
         ("", "pods", "list"),  # PodAllocationWatch.relist
         ("", "pods", "watch"),
         ("", "pods", "patch"),  # the gedge.io/allocation annotation
-        ("", "pods/binding", "create"),
+        ("", "bindings", "create"),  # create_namespaced_binding: POST namespaces/{ns}/bindings
         ("", "nodes", "list"),  # agents' addresses (cluster cache)
         ("", "nodes", "watch"),
         ("", "events", "create"),

@@ -25,12 +25,7 @@ COMMANDS = [
     ("gedge-flow", "delete"),
     ("gedge-flow", "controller"),
 ]
-PENDING = {
-    ("gedge-agent", "topology"): "agent/commands/topology.py",
-    ("gedge-extender", "serve"): "scheduler_extender/commands/serve.py",
-    ("gedge-extender", "place"): "scheduler_extender/commands/place.py",
-    ("gedge-extender", "demo"): "scheduler_extender/commands/demo.py",
-}
+PENDING: dict[tuple[str, ...], str] = {}
 """Subcommands whose parser has no examples epilog yet; strict, so adding one makes this list shrink."""
 
 
