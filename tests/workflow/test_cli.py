@@ -141,3 +141,50 @@ def test_run_resumes_a_workflow_that_exists(memory_cluster, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "submitted" in out and "exists; resuming it" in out
     assert memory_cluster.pod_creations == ["tiny-only-0"]
+
+
+def test_controller_mode_drives_every_workflow_created_in_the_namespace(memory_cluster, capsys):
+    import os
+    import signal
+    import threading
+
+    for name, code in (("first", 0), ("second", 5)):
+        memory_cluster.create_workflow(
+            "ml",
+            {
+                "metadata": {"name": name},
+                "spec": {
+                    "tasks": [
+                        {"name": "a", "container": {"image": "x"}},
+                        {
+                            "name": "b",
+                            "dependencies": ["a"],
+                            "container": {"image": "x", "env": [{"name": "CODE", "value": str(code)}]},
+                        },
+                    ]
+                },
+            },
+        )
+
+    def exit_code(pod):
+        env = pod["spec"]["containers"][0].get("env") or []
+        return int(next((e["value"] for e in env if e["name"] == "CODE"), "0"))
+
+    def phases():
+        return {n: (w.get("status") or {}).get("phase") for (_, n), w in memory_cluster.workflows.items()}
+
+    def stop_when_done():
+        deadline = 60
+        while deadline > 0 and phases() != {"first": "Succeeded", "second": "Failed"}:
+            threading.Event().wait(0.1)
+            deadline -= 0.1
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    before = signal.getsignal(signal.SIGTERM)
+    watcher = threading.Thread(target=stop_when_done, daemon=True)
+    with MemoryKubelet(memory_cluster, outcome=exit_code):
+        watcher.start()
+        assert cli.main(["controller", "-n", "ml", "--poll", "0.2"]) == 0
+    assert phases() == {"first": "Succeeded", "second": "Failed"}
+    assert sorted(memory_cluster.pod_creations) == ["first-a-0", "first-b-0", "second-a-0", "second-b-0"]
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -18,7 +18,7 @@ from scheduler_extender.workflow.commands.common import (
     load_catalog,
 )
 from scheduler_extender.workflow.controller import ControllerConfig, WorkflowController
-from scheduler_extender.workflow.kube import ApiError
+from scheduler_extender.workflow.kube import ApiError, WorkflowApi
 from scheduler_extender.workflow.metrics import WorkflowMetrics
 from scheduler_extender.workflow.podspec import DEFAULT_SCHEDULER
 
@@ -68,12 +68,28 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             return fail(f"--metrics-listen {args.metrics_listen}: {exc}")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        _supervise(api, controller, args.namespace, args.poll, stop, metrics)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _supervise(
+    api: WorkflowApi,
+    controller: WorkflowController,
+    namespace: str,
+    poll: float,
+    stop: threading.Event,
+    metrics: WorkflowMetrics,
+) -> None:
+    """One driver thread per unfinished workflow; a driver that died is started again on the next poll."""
     drivers: dict[str, threading.Thread] = {}
     while not stop.is_set():
         try:
-            workflows = api.list_workflows(args.namespace)
+            workflows = api.list_workflows(namespace)
         except ApiError as exc:
             log.warning("listing workflows failed", error=exc.message)
             workflows = []
@@ -85,16 +101,15 @@ def run(args: argparse.Namespace) -> int:
                 continue
             thread = threading.Thread(
                 target=_drive,
-                args=(controller, args.namespace, name, stop, metrics),
+                args=(controller, namespace, name, stop, metrics),
                 name=f"workflow-{name}",
                 daemon=True,
             )
             drivers[name] = thread
             thread.start()
-        stop.wait(args.poll)
+        stop.wait(poll)
     for thread in drivers.values():
         thread.join(timeout=5)
-    return 0
 
 
 def _drive(
