@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from kubernetes import client as k8s
 from kubernetes import watch
 from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
 
 EXIT_CODE_ENV = "GEDGE_E2E_EXIT_CODE"
 RUN_SECONDS_ENV = "GEDGE_E2E_RUN_SECONDS"
@@ -186,7 +189,16 @@ class KubeletStandIn:
         }
 
     def _patch_status(self, pod: k8s.V1Pod, status: dict) -> None:
-        with contextlib.suppress(ApiException):
+        try:
             self._core.patch_namespaced_pod_status(
                 pod.metadata.name, pod.metadata.namespace, {"status": status}
             )
+        except ApiException as exc:
+            if exc.status != 404:
+                log.warning(
+                    "kubelet stand-in: status of %s/%s not written: %s %s",
+                    pod.metadata.namespace,
+                    pod.metadata.name,
+                    exc.status,
+                    exc.body,
+                )
