@@ -95,11 +95,15 @@ def wait_for(
     timeout: float = 60.0,
     interval: float = 0.25,
     describe: Callable[[T], object] = str,
+    hopeless: Callable[[T], object] = lambda value: False,
 ) -> T:
-    """Call `read` until `done(value)` is truthy; on timeout fail with `describe(last value)`."""
+    """Call `read` until `done(value)` is truthy; fail with `describe(last value)` on timeout,
+    or at once when `hopeless(value)` says waiting cannot help."""
     deadline = time.monotonic() + timeout
     value = read()
     while not done(value):
+        if hopeless(value):
+            raise AssertionError(f"condition cannot be met:\n{describe(value)}")
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout:.0f}s; last value:\n{describe(value)}")
         time.sleep(interval)
@@ -112,3 +116,13 @@ def scheduling_state(pod: k8s.V1Pod) -> str:
     condition = next((c for c in pod.status.conditions or () if c.type == "PodScheduled"), None)
     said = f"{condition.reason}: {condition.message}" if condition else "not looked at yet"
     return f"pod {pod.metadata.namespace}/{pod.metadata.name} node={pod.spec.node_name} ({said})"
+
+
+def denied_by_rbac(pod: k8s.V1Pod) -> bool:
+    """The scheduler's last attempt failed on a permission: no retry will change that."""
+    condition = next((c for c in pod.status.conditions or () if c.type == "PodScheduled"), None)
+    return (
+        condition is not None
+        and condition.reason == "SchedulerError"
+        and "forbidden" in (condition.message or "")
+    )

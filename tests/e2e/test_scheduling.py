@@ -13,7 +13,7 @@ from kubernetes import client as k8s
 
 from gedge_model import ANNOTATION, Allocation
 from gedge_model.allocation import RESOURCE_GPU, RESOURCE_RDMA
-from tests.e2e.cluster_objects import pause_pod, scheduling_state, wait_for
+from tests.e2e.cluster_objects import denied_by_rbac, pause_pod, scheduling_state, wait_for
 from tests.e2e.edge_cluster import EdgeCluster
 
 GPU_NODES = ("h100-a", "h100-b", "split")
@@ -31,6 +31,7 @@ def bound(core: k8s.CoreV1Api, namespace: str, name: str, timeout: float = 90.0)
         lambda p: p.spec.node_name and ANNOTATION in (p.metadata.annotations or {}),
         timeout=timeout,
         describe=scheduling_state,
+        hopeless=denied_by_rbac,
     )
 
 
@@ -209,6 +210,7 @@ def settled(core: k8s.CoreV1Api, namespace: str, capacity: int, timeout: float =
         done,
         timeout=timeout,
         describe=lambda pods: "\n".join(scheduling_state(p) for p in pods),
+        hopeless=lambda pods: any(denied_by_rbac(p) for p in pods),
     )
     return [p for p in pods if p.spec.node_name]
 
