@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from gedge_model.allocation import valid_ifname
 
 ENV_PREFIX = "GEDGE_AGENT_"
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -58,6 +60,11 @@ class AgentConfig:
     apply: bool = True
     """Apply allocations (cpusets, data-path NIC); off: report only, Apply/Release refused."""
     timeslice_replicas: int = 1
+    sriov_numvfs: dict[str, int] = field(default_factory=dict)
+    """PF netdev -> VF count, written to the PF's sriov_numvfs at start (before discovery)."""
+    cpuset_refresh_interval_s: float = 10.0
+    """Without Kubernetes: how often every container's cpuset is re-derived (new containers start on
+    all CPUs, the shared pool must not include pinned ones); 0: never."""
 
     @property
     def tls_enabled(self) -> bool:
@@ -87,6 +94,19 @@ class AgentConfig:
             raise ConfigError(f"max_concurrent_rpcs must be within 1..10000, got {self.max_concurrent_rpcs}")
         if self.cgroup_driver not in ("systemd", "cgroupfs"):
             raise ConfigError(f"cgroup_driver must be systemd or cgroupfs, got {self.cgroup_driver!r}")
+        if self.cpuset_refresh_interval_s < 0:
+            raise ConfigError(
+                f"cpuset_refresh_interval_s must be 0 (off) or positive, got {self.cpuset_refresh_interval_s}"
+            )
+        for pf, count in self.sriov_numvfs.items():
+            if not valid_ifname(pf):
+                raise ConfigError(f"sriov_numvfs: {pf!r} is not a network interface name")
+            if count < 0:
+                raise ConfigError(f"sriov_numvfs: PF {pf} has a negative VF count {count}")
+        if self.sriov_numvfs and not self.apply:
+            raise ConfigError(
+                f"sriov_numvfs (PFs {sorted(self.sriov_numvfs)}) changes the node; it needs apply on"
+            )
         if self.timeslice_replicas < 1:
             raise ConfigError(f"timeslice_replicas must be at least 1, got {self.timeslice_replicas}")
         if not Path(self.root).is_dir():
@@ -139,6 +159,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if lowered in ("", "auto") and target == "bool | None":
                 return None
             raise TypeError
+        if target == "dict[str, int]":
+            return _vf_counts(value)
         if target == "tuple[str, ...]":
             if isinstance(value, str):
                 return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -148,6 +170,23 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {name} has a bad value {value!r} (expected {target})") from None
     raise ConfigError(f"{source}: {name} has an unsupported type {target}")
+
+
+def _vf_counts(value: Any) -> dict[str, int]:
+    """A mapping PF -> count, or its text form `PF=COUNT,PF=COUNT` (environment)."""
+    if isinstance(value, str):
+        pairs = [part.strip().partition("=") for part in value.split(",") if part.strip()]
+        if any(not sep for _, sep, _ in pairs):
+            raise ValueError
+        value = {name.strip(): count.strip() for name, _, count in pairs}
+    if not isinstance(value, dict):
+        raise TypeError
+    counts: dict[str, int] = {}
+    for name, count in value.items():
+        if not isinstance(name, str) or isinstance(count, bool) or not isinstance(count, int | str):
+            raise TypeError
+        counts[name] = int(count)
+    return counts
 
 
 def load_file(path: str | Path) -> dict[str, Any]:

@@ -60,6 +60,9 @@ class NicRecord:
 class PodRecord:
     allocation: Allocation
     nic: NicRecord | None = None
+    reserved: bool = False
+    """Held but not yet attached: the pod's runtime was unknown when it was applied, so its CPUs are
+    out of the shared pool and its devices taken, while its cgroups and NIC wait for the runtime."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,11 @@ every other container the shared pool, as kubelet's static CPU manager does)
 and writes the difference. The NIC part is undone from a record written before
 it starts. So whatever point a crash hits, `reconcile` can finish the work for
 a live pod or undo it for a gone one.
+
+Without Kubernetes the caller that binds a pod does not know where it will run,
+so an apply for a pod the resolver cannot place may reserve it (`reserve_unresolved`):
+the allocation is recorded and its CPUs leave the shared pool, and a later apply
+of the same allocation, once the runtime is known, attaches cgroups and NIC.
 """
 
 from __future__ import annotations
@@ -89,6 +94,7 @@ class ApplyManager:
         resolver: PodResolver,
         nic: NicApplier | None = None,
         reserved_cpus: Iterable[int] = (),
+        reserve_unresolved: bool = False,
         on_step: Callable[[str], None] | None = None,
     ) -> None:
         self.cgroup_root = cgroup_root
@@ -98,6 +104,7 @@ class ApplyManager:
         self.resolver = resolver
         self.nic = nic
         self.reserved_cpus = frozenset(reserved_cpus)
+        self.reserve_unresolved = reserve_unresolved
         self.on_step = on_step or _noop
         self._lock = threading.RLock()
 
@@ -114,7 +121,11 @@ class ApplyManager:
                 )
             runtime = self.resolver.resolve(uid)
             if runtime is None:
-                raise ApplyError(f"pod {uid}: not running on this node")
+                if not self.reserve_unresolved:
+                    raise ApplyError(f"pod {uid}: not running on this node")
+                if existing is None:
+                    self._reserve(allocation, data)
+                return
             self._validate(allocation, runtime, data)
             nic_record = existing.nic if existing is not None else None
             if allocation.network is not None:
@@ -127,14 +138,28 @@ class ApplyManager:
                     except NicError as exc:
                         raise ApplyError(str(exc)) from None
             record = PodRecord(allocation=allocation, nic=nic_record)
-            self._save(CheckpointData(pods=data.pods, intent=Intent(op="apply", record=record)))
-            self.on_step("intent")
-            try:
-                self._do_apply(record, data.with_pod(record))
-            except (CgroupError, NicError) as exc:
-                self._undo_failed(record, data, existing)
-                raise ApplyError(f"pod {uid}: {exc}") from None
-            log.info("applied", pod=uid, cpus=format_cpu_list(allocation.cpus), nic=nic_record is not None)
+            self._write_ahead(record, data, existing)
+            log.info(
+                "attached" if existing is not None and existing.reserved else "applied",
+                pod=uid,
+                cpus=format_cpu_list(allocation.cpus),
+                nic=nic_record is not None,
+            )
+
+    def _reserve(self, allocation: Allocation, data: CheckpointData) -> None:
+        """Hold the allocation for a pod whose runtime is not known yet: recorded, CPUs exclusive."""
+        self._validate(allocation, None, data)
+        self._write_ahead(PodRecord(allocation=allocation, reserved=True), data, None)
+        log.info("reserved", pod=allocation.pod_uid, cpus=format_cpu_list(allocation.cpus))
+
+    def _write_ahead(self, record: PodRecord, data: CheckpointData, existing: PodRecord | None) -> None:
+        self._save(CheckpointData(pods=data.pods, intent=Intent(op="apply", record=record)))
+        self.on_step("intent")
+        try:
+            self._do_apply(record, data.with_pod(record))
+        except (CgroupError, NicError) as exc:
+            self._undo_failed(record, data, existing)
+            raise ApplyError(f"pod {record.allocation.pod_uid}: {exc}") from None
 
     def release(self, pod_uid: str) -> None:
         with self._lock:
@@ -151,8 +176,23 @@ class ApplyManager:
             log.info("released", pod=pod_uid)
 
     def applied(self) -> tuple[Allocation, ...]:
+        """Every recorded allocation, reserved ones included: their CPUs and devices are taken."""
         with self._lock:
             return tuple(p.allocation for p in self._load().pods)
+
+    def reserved_pod_uids(self) -> frozenset[str]:
+        """The recorded pods whose cgroups and NIC wait for their runtime."""
+        with self._lock:
+            return frozenset(p.allocation.pod_uid for p in self._load().pods if p.reserved)
+
+    def reconcile_recorded(self) -> ReconcileReport | None:
+        """`reconcile` for nodes without a pod list: every recorded pod is live, for the caller that
+        applied it releases it. None when the checkpoint records nothing to settle."""
+        with self._lock:
+            data = self._load()
+            if not data.pods and data.intent is None:
+                return None
+            return self.reconcile(p.allocation.pod_uid for p in data.pods)
 
     # -- restart ----------------------------------------------------------------------------------
 
@@ -253,11 +293,14 @@ class ApplyManager:
             raise CgroupError(f"no kubepods cgroup at {base} (wrong cgroup root or driver?)")
         return self.tree.effective(base)
 
-    def _validate(self, allocation: Allocation, runtime: PodRuntime, data: CheckpointData) -> None:
+    def _validate(self, allocation: Allocation, runtime: PodRuntime | None, data: CheckpointData) -> None:
+        """Refuse what cannot be applied; without a runtime (a reservation) the pod's cgroups and netns
+        are checked later, when it attaches."""
         uid = allocation.pod_uid
+        containers = runtime.container_ids if runtime is not None else ()
         try:
             validate_pod_uid(uid)
-            for cid in runtime.container_ids:
+            for cid in containers:
                 normalize_container_id(cid)
             allowed = self._allowed()
         except (ValueError, CgroupError) as exc:
@@ -286,10 +329,10 @@ class ApplyManager:
         if allocation.network is not None:
             if self.nic is None:
                 raise ApplyError(f"pod {uid}: a data-path NIC was granted but this agent has no NIC applier")
-            if runtime.netns is None:
+            if runtime is not None and runtime.netns is None:
                 raise ApplyError(f"pod {uid}: a data-path NIC was granted but the pod's netns is unknown")
-        if cpus:
-            for cid in runtime.container_ids:
+        if cpus and runtime is not None:
+            for cid in containers:
                 try:
                     container_cgroup(self.cgroup_root, self.driver, runtime.qos, uid, cid)
                 except CgroupError as exc:

@@ -13,8 +13,8 @@ from typing import Any
 
 import structlog
 
-from agent.apply import ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver
-from agent.apply.nic import NicApplier
+from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver
+from agent.apply.nic import NicApplier, SriovError, set_num_vfs
 from agent.config import AgentConfig, ConfigError, load_config, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.metrics import AgentMetrics
@@ -152,6 +152,8 @@ class NodeParts:
     """Without Kubernetes: where pods run, as Apply callers say."""
     pod_status: PodStatusResolver | None = None
     """Under Kubernetes: where pods run, from the pod watch."""
+    manager: ApplyManager | None = None
+    """The applier itself, whatever wraps it in `applier`."""
     core: Any = None
     watcher: PodWatcher | None = None
     plugins: DevicePluginManager | None = None
@@ -159,7 +161,10 @@ class NodeParts:
 
 def make_parts(config: AgentConfig, core: Any) -> NodeParts:
     """ApplyManager over the node's cgroups and netlink, told where pods run by the pod watch under
-    Kubernetes (`core` set) or by Apply callers without it. --no-apply: report only."""
+    Kubernetes (`core` set) or by Apply callers without it. --no-apply: report only.
+
+    Without Kubernetes an Apply that does not say where the pod runs (a bind: the binder cannot know)
+    reserves the allocation; the Apply that brings the runtime attaches it."""
     parts = NodeParts(core=core)
     if not config.apply:
         return parts
@@ -176,8 +181,51 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         checkpoint_path=Path(config.checkpoint),
         resolver=parts.pod_status or parts.pod_runtimes,
         nic=NicApplier(sysfs_root=Path(config.root), host_netns=config.netns),
+        reserve_unresolved=core is None,
     )
+    parts.manager = parts.applier
     return parts
+
+
+def set_vf_counts(config: AgentConfig) -> None:
+    """Give each configured PF its VF count, before discovery so the VFs are reported."""
+    for pf, count in sorted(config.sriov_numvfs.items()):
+        try:
+            changed = set_num_vfs(Path(config.root), pf, count)
+        except SriovError as exc:
+            raise ConfigError(f"sriov_numvfs: {exc}") from None
+        log.info("sriov_numvfs set", pf=pf, vfs=count, changed=changed)
+
+
+def settle_recorded(manager: ApplyManager) -> None:
+    """Without Kubernetes there is no pod list: every recorded pod stays (its owner releases it), and
+    an operation a crash cut short is finished or undone."""
+    try:
+        report = manager.reconcile_recorded()
+    except ApplyError as exc:
+        log.error("reconcile at start failed; Apply and Release report the fault", error=str(exc))
+        return
+    if report is not None:
+        log.info("checkpoint settled", finished=list(report.finished), undone=list(report.undone))
+
+
+async def refresh_cpusets(
+    applier: Any, manager: ApplyManager, interval_s: float, stop: asyncio.Event
+) -> None:
+    """Without Kubernetes nothing says when a container starts (on all CPUs): re-derive the shared pool
+    every `interval_s` while anything is pinned."""
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+            return
+        except TimeoutError:
+            pass
+        try:
+            pinned = any(a.cpus for a in await asyncio.to_thread(manager.applied))
+            if pinned:
+                await asyncio.to_thread(applier.refresh_shared_pool)
+        except ApplyError as exc:
+            log.warning("shared CPU pool refresh failed", error=str(exc))
 
 
 def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: AgentConfig) -> None:
@@ -243,7 +291,10 @@ def run(args: argparse.Namespace) -> int:
 
 async def serve(config: AgentConfig) -> int:
     metrics = AgentMetrics()
+    await asyncio.to_thread(set_vf_counts, config)
     parts = make_parts(config, core_api(config.kubeconfig))
+    if parts.manager is not None and parts.core is None:
+        await asyncio.to_thread(settle_recorded, parts.manager)
     if parts.applier is not None:
         parts.applier = MeteredApplier(parts.applier, ApplyMetrics(metrics.registry))
     runtime = AgentRuntime(
@@ -253,6 +304,7 @@ async def serve(config: AgentConfig) -> int:
         metrics=metrics,
         pod_runtimes=parts.pod_runtimes,
         remote_apply=parts.core is None,
+        reserved_pods=parts.manager.reserved_pod_uids if parts.manager is not None else None,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -276,10 +328,17 @@ async def serve(config: AgentConfig) -> int:
             await runtime.stop(0)
             raise
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
+    refresher = None
     if parts.core is not None:
         await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
+    elif parts.manager is not None and config.cpuset_refresh_interval_s > 0:
+        refresher = asyncio.create_task(
+            refresh_cpusets(parts.applier, parts.manager, config.cpuset_refresh_interval_s, stop)
+        )
     await stop.wait()
     log.info("shutting down", signal="SIGTERM/SIGINT")
+    if refresher is not None:
+        await refresher
     await asyncio.to_thread(stop_kubernetes_parts, parts)
     await runtime.stop()
     if metrics_server is not None:

@@ -65,6 +65,8 @@ class AgentRuntime:
     """Where pods run, as Apply callers tell it (nodes without Kubernetes); None: not taken from Apply."""
     remote_apply: bool = True
     """Apply/Release over gRPC; off where the pod watch applies (Kubernetes)."""
+    reserved_pods: Callable[[], frozenset[str]] | None = None
+    """Which applied pods are only reserved (runtime not known yet); None: the applier never reserves."""
     store: NodeStateStore | None = None
     port: int = 0
     _server: grpc.aio.Server | None = None
@@ -78,7 +80,8 @@ class AgentRuntime:
             self.tls = load_tls(config.tls_cert, config.tls_key, config.tls_ca)
         topology = await asyncio.to_thread(self.discover)
         applied = tuple(await asyncio.to_thread(self.applier.applied)) if self.applier else ()
-        self.store = NodeStateStore(topology, applied)
+        reserved = await asyncio.to_thread(self.reserved_pods) if self.reserved_pods else frozenset()
+        self.store = NodeStateStore(topology, applied, reserved)
         self.store.add_listener(self._observe)
         self._observe(self.store.current())
         self.metrics.allocations.set(len(applied))
@@ -98,6 +101,7 @@ class AgentRuntime:
             frozenset(config.tls_allowed_clients),
             pod_runtimes=self.pod_runtimes,
             remote_apply=self.remote_apply,
+            reserved_pods=self.reserved_pods,
         )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
         self._health = health.aio.HealthServicer()

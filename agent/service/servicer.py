@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import structlog
@@ -45,8 +45,10 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         allowed_clients: frozenset[str] = frozenset(),
         pod_runtimes: StaticPodResolver | None = None,
         remote_apply: bool = True,
+        reserved_pods: Callable[[], frozenset[str]] | None = None,
     ) -> None:
         self.store = store
+        self.reserved_pods = reserved_pods
         self.pod_runtimes = pod_runtimes
         self.remote_apply = remote_apply
         self.applier = applier
@@ -62,6 +64,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             agent_instance=self.store.instance,
             topology_json=self._topology_text(snap) if with_topology else "",
             allocations_json=allocations_json(snap.state.allocations),
+            reserved_pod_uids=sorted(snap.reserved),
         )
 
     def _topology_text(self, snap: Snapshot) -> str:
@@ -133,10 +136,12 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
 
     async def ListAllocations(self, request, context):
         await self._authorize(context, "ListAllocations")
-        state = self.store.current().state
+        snap = self.store.current()
         self._ok("ListAllocations")
         return agent_pb2.ListAllocationsResponse(
-            generation=state.generation, allocations_json=allocations_json(state.allocations)
+            generation=snap.state.generation,
+            allocations_json=allocations_json(snap.state.allocations),
+            reserved_pod_uids=sorted(snap.reserved),
         )
 
     async def Apply(self, request, context):
@@ -182,9 +187,15 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
                 await self._abort(context, "Apply", grpc.StatusCode.ABORTED, str(exc))
             finally:
                 await self._sync_allocations()
-        log.info("applied", pod_uid=allocation.pod_uid, pod=f"{allocation.namespace}/{allocation.name}")
+        snap = self.store.current()
+        reserved = allocation.pod_uid in snap.reserved
+        log.info(
+            "reserved" if reserved else "applied",
+            pod_uid=allocation.pod_uid,
+            pod=f"{allocation.namespace}/{allocation.name}",
+        )
         self._ok("Apply")
-        return agent_pb2.ApplyResponse(generation=self.store.current().state.generation)
+        return agent_pb2.ApplyResponse(generation=snap.state.generation, reserved=reserved)
 
     async def Release(self, request, context):
         await self._authorize(context, "Release")
@@ -248,5 +259,6 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
 
     async def _sync_allocations(self) -> None:
         applied = await asyncio.to_thread(self.applier.applied) if self.applier else ()
-        self.store.set_allocations(tuple(applied))
+        reserved = await asyncio.to_thread(self.reserved_pods) if self.reserved_pods else frozenset()
+        self.store.set_allocations(tuple(applied), reserved)
         self.metrics.allocations.set(len(applied))

@@ -22,6 +22,8 @@ class Snapshot:
 
     state: NodeState
     topology_generation: int
+    reserved: frozenset[str] = frozenset()
+    """Pods among the allocations that are reserved: held, not yet attached to cgroups and NIC."""
 
 
 @dataclass(eq=False)
@@ -36,10 +38,15 @@ class Subscription:
 
 
 class NodeStateStore:
-    def __init__(self, topology: NodeTopology, allocations: tuple[Allocation, ...] = ()) -> None:
+    def __init__(
+        self,
+        topology: NodeTopology,
+        allocations: tuple[Allocation, ...] = (),
+        reserved: frozenset[str] = frozenset(),
+    ) -> None:
         self.instance = uuid.uuid4().hex
         self._lock = threading.Lock()
-        self._snapshot = Snapshot(NodeState(topology, tuple(allocations), 1), 1)
+        self._snapshot = Snapshot(NodeState(topology, tuple(allocations), 1), 1, frozenset(reserved))
         self._subscribers: set[Subscription] = set()
         self._listeners: list[Callable[[Snapshot], None]] = []
         self.closed = False
@@ -62,17 +69,23 @@ class NodeStateStore:
                     f"topology is for node {topology.node_name!r}, this agent reports {state.node_name!r}"
                 )
             generation = state.generation + 1
-            self._snapshot = Snapshot(NodeState(topology, state.allocations, generation), generation)
+            self._snapshot = Snapshot(
+                NodeState(topology, state.allocations, generation), generation, self._snapshot.reserved
+            )
         self._publish()
         return True
 
-    def set_allocations(self, allocations: tuple[Allocation, ...]) -> bool:
+    def set_allocations(
+        self, allocations: tuple[Allocation, ...], reserved: frozenset[str] = frozenset()
+    ) -> bool:
+        """Publish what is applied (`reserved`: which of those pods are only reserved)."""
+        reserved = frozenset(reserved)
         with self._lock:
             snap = self._snapshot
-            if tuple(allocations) == snap.state.allocations:
+            if tuple(allocations) == snap.state.allocations and reserved == snap.reserved:
                 return False
             state = NodeState(snap.state.topology, tuple(allocations), snap.state.generation + 1)
-            self._snapshot = Snapshot(state, snap.topology_generation)
+            self._snapshot = Snapshot(state, snap.topology_generation, reserved)
         self._publish()
         return True
 

@@ -1,4 +1,6 @@
-"""Runs one apply or release in its own process and SIGKILLs itself after step N (N < 0: never).
+"""Runs one apply, reserve or release in its own process and SIGKILLs itself after step N (N < 0: never).
+
+A reserve is an apply by a manager that reserves unresolved pods, with the pod's runtime unknown.
 
 Prints `ready` before it starts and each step as it completes, so the caller
 learns how many steps there are, or can kill it from outside at any moment.
@@ -33,6 +35,7 @@ def main(spec_path: str) -> int:
         {
             uid: PodRuntime(qos=QosClass(p["qos"]), container_ids=tuple(p["cids"]), netns=p["netns"])
             for uid, p in spec["pods"].items()
+            if not (spec["op"] == "reserve" and uid == spec["pod_uid"])
         }
     )
     manager = ApplyManager(
@@ -42,10 +45,11 @@ def main(spec_path: str) -> int:
         checkpoint_path=Path(spec["checkpoint"]),
         resolver=resolver,
         nic=NicApplier(host_netns=spec["host_netns"]),
+        reserve_unresolved=spec["op"] == "reserve",
         on_step=step,
     )
     print("ready", flush=True)
-    if spec["op"] == "apply":
+    if spec["op"] in ("apply", "reserve"):
         manager.apply(Allocation.from_annotation(spec["allocation"]))
     else:
         manager.release(spec["pod_uid"])

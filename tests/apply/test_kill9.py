@@ -219,6 +219,41 @@ def test_kill_at_every_release_step_then_reconcile(scene: Scene) -> None:
         scene.assert_nothing_held()
 
 
+def test_kill_at_every_reserve_step_then_settle_without_a_pod_list(scene: Scene) -> None:
+    """A reservation cut short is undone, one that committed stays reserved; either way the pod's
+    runtime then attaches it fully. The restarted manager knows no runtimes, as after an agent restart
+    without Kubernetes."""
+    code, steps = scene.run("reserve", -1)
+    assert code == 0 and steps[0] == "intent" and steps[-1] == "commit"
+    assert not [s for s in steps if s.startswith("nic:")]
+    assert scene.manager().reserved_pod_uids() == {scene.pod}
+    assert scene.affinity(scene.shared) == {0}
+    assert set(links_in(scene.pod_netns)) == {"lo"}
+    scene.manager().release(scene.pod)
+    scene.assert_nothing_held()
+
+    for kill_at in range(len(steps)):
+        code, _ = scene.run("reserve", kill_at)
+        assert code == -signal.SIGKILL, f"step {kill_at} ({steps[kill_at]}) did not kill"
+        restarted = scene.manager(set())
+        restarted.reconcile_recorded()
+        where = f"killed after {steps[kill_at]}"
+        saved = json.loads(scene.checkpoint.read_text())
+        assert saved["intent"] is None, where
+        if steps[kill_at] == "commit":
+            assert restarted.reserved_pod_uids() == {scene.pod}, where
+            assert scene.affinity(scene.shared) == {0}, where
+        else:
+            assert restarted.applied() == (), where
+            scene.assert_nothing_held()
+        attaching = scene.manager()
+        attaching.apply(scene.allocation)
+        assert attaching.reserved_pod_uids() == frozenset()
+        scene.assert_fully_applied()
+        attaching.release(scene.pod)
+        scene.assert_nothing_held()
+
+
 def test_apply_after_a_crash_settles_the_pending_work_first(scene: Scene) -> None:
     """Without a reconcile in between, the next call finds the intent and still ends consistent."""
     code, _ = scene.run("apply", 3)

@@ -62,8 +62,11 @@ class Node:
             **kw,
         )
 
-    def add_pod(self, qos: QosClass, containers: int = 1, with_netns: bool = True) -> str:
-        uid = new_pod_uid()
+    def add_pod(
+        self, qos: QosClass, containers: int = 1, with_netns: bool = True, uid: str | None = None
+    ) -> str:
+        """Start a pod (`uid`: one known so far only by its allocation): cgroups, processes, netns."""
+        uid = uid or new_pod_uid()
         cids = [new_container_id() for _ in range(containers)]
         paths = build_pod_cgroups(self.root, CgroupDriver.CGROUPFS, qos, uid, cids)
         self.procs[uid] = [start_in_cgroup(p) for p in paths]
@@ -182,6 +185,86 @@ def test_refusals_name_the_fault_and_change_nothing(node: Node) -> None:
         assert allocation.pod_uid in str(err.value)
     assert node.checkpoint.read_text() == before
     assert (node.affinity(first), node.affinity(second), node.affinity(other)) == ({1}, {0}, {0})
+
+
+def test_unresolved_pod_is_reserved_then_attached_by_its_runtime(node: Node) -> None:
+    shared = node.add_pod(QosClass.BURSTABLE)
+    manager = node.manager(reserve_unresolved=True)
+    uid = new_pod_uid()
+    grant = NetworkGrant(mode="macvlan", master=node.master, address="10.75.0.2/24")
+    allocation = pinned(uid, (1,), grant)
+
+    manager.apply(allocation)
+    assert manager.reserved_pod_uids() == {uid}
+    assert manager.applied() == (allocation,)
+    assert node.affinity(shared) == {0}
+    saved = json.loads(node.checkpoint.read_text())
+    assert saved["intent"] is None
+    assert [(p["reserved"], p["nic"]) for p in saved["pods"]] == [(True, None)]
+    manager.apply(allocation)
+    assert manager.reserved_pod_uids() == {uid}
+
+    other = new_pod_uid()
+    for attempt, message in (
+        (pinned(other, (1,)), "cpus 1 are exclusive to another pod"),
+        (pinned(other, (0,)), "empties the shared pool"),
+        (pinned(uid, (0,)), "already applied with a different allocation"),
+    ):
+        with pytest.raises(ApplyError, match=message):
+            manager.apply(attempt)
+
+    node.resolver.pods[uid] = PodRuntime(
+        qos=QosClass.GUARANTEED, container_ids=(new_container_id(),), netns=unique("gtP")
+    )
+    with pytest.raises(ApplyError, match=f"pod {uid}: no cgroup for container"):
+        manager.apply(allocation)
+    assert manager.reserved_pod_uids() == {uid}
+    assert json.loads(node.checkpoint.read_text()) == saved
+
+    node.add_pod(QosClass.GUARANTEED, containers=2, uid=uid)
+    manager.apply(allocation)
+    assert manager.reserved_pod_uids() == frozenset()
+    assert (node.affinity(uid), node.affinity(shared)) == ({1}, {0})
+    assert links_in(node.netns[uid])["net1"].addresses == ("10.75.0.2/24",)
+
+    manager.release(uid)
+    assert (node.affinity(uid), node.affinity(shared)) == ({0, 1}, {0, 1})
+    assert set(links_in(node.netns[uid])) == {"lo"}
+    assert manager.applied() == ()
+
+
+def test_released_reservation_frees_its_cpus(node: Node) -> None:
+    shared = node.add_pod(QosClass.BURSTABLE)
+    manager = node.manager(reserve_unresolved=True)
+    uid = new_pod_uid()
+    manager.apply(pinned(uid, (0,)))
+    assert node.affinity(shared) == {1}
+    manager.release(uid)
+    assert node.affinity(shared) == {0, 1}
+    assert (manager.applied(), manager.reserved_pod_uids()) == ((), frozenset())
+    manager.apply(pinned(new_pod_uid(), (0,)))
+    assert node.affinity(shared) == {1}
+
+
+def test_reconcile_keeps_reserved_pods_that_are_live(node: Node) -> None:
+    shared = node.add_pod(QosClass.BURSTABLE)
+    keep, gone = new_pod_uid(), new_pod_uid()
+    first = node.manager(reserve_unresolved=True)
+    first.apply(pinned(keep, (1,)))
+    first.apply(pinned(gone, ()))
+    assert first.reserved_pod_uids() == {keep, gone}
+
+    restarted = node.manager()
+    assert restarted.reconcile({keep, shared}).released == (gone,)
+    assert restarted.reserved_pod_uids() == {keep}
+    assert node.affinity(shared) == {0}
+
+    report = restarted.reconcile_recorded()
+    assert report is not None and report.released == ()
+    assert restarted.reserved_pod_uids() == {keep}
+    restarted.release(keep)
+    assert node.affinity(shared) == {0, 1}
+    assert restarted.reconcile_recorded() is None
 
 
 def test_empty_shared_pool_and_bad_inputs_are_refused(node: Node) -> None:

@@ -34,10 +34,16 @@ def cgroup_root() -> Iterator[Path]:
         yield top
 
 
-def test_apply_and_release_through_the_daemon(cgroup_root: Path, tmp_path: Path) -> None:
+def test_reserve_attach_and_release_through_the_daemon(cgroup_root: Path, tmp_path: Path) -> None:
+    """Apply without a runtime reserves (the binder cannot know where the pod runs); the Apply that
+    brings the runtime attaches; one whose containers have no cgroups fails and keeps the reservation."""
     uid, container = new_pod_uid(), new_container_id()
-    (path,) = build_pod_cgroups(cgroup_root, CgroupDriver.CGROUPFS, QosClass.GUARANTEED, uid, [container])
-    process = start_in_cgroup(path)
+    other_uid = new_pod_uid()
+    (other_path,) = build_pod_cgroups(
+        cgroup_root, CgroupDriver.CGROUPFS, QosClass.BURSTABLE, other_uid, [new_container_id()]
+    )
+    other = start_in_cgroup(other_path)
+    processes = [other]
     agent = spawn_agent(
         "/",
         NODE,
@@ -53,12 +59,19 @@ def test_apply_and_release_through_the_daemon(cgroup_root: Path, tmp_path: Path)
     try:
         client = agent_pb2_grpc.NodeAgentStub(grpc.insecure_channel(f"127.0.0.1:{agent.port}"))
         allocation = Allocation(uid, "ml", "trainer", NODE, cpus=(1,))
-        runtime = agent_pb2.PodRuntime(qos_class="Guaranteed", container_ids=[f"containerd://{container}"])
+        plain = agent_pb2.ApplyRequest(allocation_json=allocation.to_annotation())
 
-        with pytest.raises(grpc.RpcError) as info:
-            client.Apply(agent_pb2.ApplyRequest(allocation_json=allocation.to_annotation()), timeout=20)
-        assert info.value.code() == grpc.StatusCode.ABORTED
-        assert "not running on this node" in info.value.details()
+        reserved = client.Apply(plain, timeout=20)
+        assert reserved.reserved and reserved.generation == 2
+        assert os.sched_getaffinity(other.pid) == {0}
+        listed = client.ListAllocations(agent_pb2.ListAllocationsRequest(), timeout=10)
+        assert [a["pod_uid"] for a in json.loads(listed.allocations_json)] == [uid]
+        assert list(listed.reserved_pod_uids) == [uid]
+        state = client.GetNodeState(agent_pb2.GetNodeStateRequest(), timeout=10)
+        assert list(state.state.reserved_pod_uids) == [uid]
+        saved = json.loads((tmp_path / "checkpoint.json").read_text())
+        assert [(p["allocation"]["pod_uid"], p["reserved"]) for p in saved["pods"]] == [(uid, True)]
+        assert client.Apply(plain, timeout=20) == reserved, "a repeated reserve changes nothing"
 
         bad = agent_pb2.PodRuntime(qos_class="Gold", container_ids=[container])
         with pytest.raises(grpc.RpcError) as info:
@@ -67,17 +80,61 @@ def test_apply_and_release_through_the_daemon(cgroup_root: Path, tmp_path: Path)
             )
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'Gold'" in info.value.details()
 
+        runtime = agent_pb2.PodRuntime(qos_class="Guaranteed", container_ids=[f"containerd://{container}"])
         request = agent_pb2.ApplyRequest(allocation_json=allocation.to_annotation(), runtime=runtime)
-        assert client.Apply(request, timeout=20).generation == 2
+        with pytest.raises(grpc.RpcError) as info:
+            client.Apply(request, timeout=20)
+        assert info.value.code() == grpc.StatusCode.ABORTED
+        assert f"pod {uid}: no cgroup for container {container}" in info.value.details()
+        listed = client.ListAllocations(agent_pb2.ListAllocationsRequest(), timeout=10)
+        assert list(listed.reserved_pod_uids) == [uid], "the failed attach kept the reservation"
+
+        (path,) = build_pod_cgroups(cgroup_root, CgroupDriver.CGROUPFS, QosClass.GUARANTEED, uid, [container])
+        process = start_in_cgroup(path)
+        processes.append(process)
+        attached = client.Apply(request, timeout=20)
+        assert not attached.reserved and attached.generation == 3
         assert os.sched_getaffinity(process.pid) == {1}
-        saved = json.loads((tmp_path / "checkpoint.json").read_text())
-        assert [p["allocation"]["pod_uid"] for p in saved["pods"]] == [uid]
+        assert os.sched_getaffinity(other.pid) == {0}
         listed = client.ListAllocations(agent_pb2.ListAllocationsRequest(), timeout=10)
         assert [a["pod_uid"] for a in json.loads(listed.allocations_json)] == [uid]
+        assert list(listed.reserved_pod_uids) == []
 
-        assert client.Release(agent_pb2.ReleaseRequest(pod_uid=uid), timeout=20).generation == 3
+        assert client.Release(agent_pb2.ReleaseRequest(pod_uid=uid), timeout=20).generation == 4
         assert os.sched_getaffinity(process.pid) == {0, 1}
+        assert os.sched_getaffinity(other.pid) == {0, 1}
         assert agent.terminate() == 0
     finally:
         agent.kill()
-        stop(process)
+        for proc in processes:
+            stop(proc)
+
+
+def test_restarted_daemon_keeps_a_reservation_until_release(cgroup_root: Path, tmp_path: Path) -> None:
+    """Without Kubernetes there is no pod list to reconcile against: the recorded pods are live."""
+    other_uid = new_pod_uid()
+    (other_path,) = build_pod_cgroups(
+        cgroup_root, CgroupDriver.CGROUPFS, QosClass.BURSTABLE, other_uid, [new_container_id()]
+    )
+    other = start_in_cgroup(other_path)
+    args = ("--cgroup-root", str(cgroup_root), "--cgroup-driver", "cgroupfs")
+    args += ("--checkpoint", str(tmp_path / "checkpoint.json"), "--no-netlink")
+    uid = new_pod_uid()
+    allocation = Allocation(uid, "ml", "trainer", NODE, cpus=(0,))
+    agent = spawn_agent("/", NODE, *args, metrics_listen="")
+    try:
+        client = agent_pb2_grpc.NodeAgentStub(grpc.insecure_channel(f"127.0.0.1:{agent.port}"))
+        request = agent_pb2.ApplyRequest(allocation_json=allocation.to_annotation())
+        assert client.Apply(request, timeout=20).reserved
+        assert agent.terminate() == 0
+        agent = spawn_agent("/", NODE, *args, metrics_listen="")
+        client = agent_pb2_grpc.NodeAgentStub(grpc.insecure_channel(f"127.0.0.1:{agent.port}"))
+        listed = client.ListAllocations(agent_pb2.ListAllocationsRequest(), timeout=10)
+        assert list(listed.reserved_pod_uids) == [uid]
+        assert os.sched_getaffinity(other.pid) == {1}
+        client.Release(agent_pb2.ReleaseRequest(pod_uid=uid), timeout=20)
+        assert os.sched_getaffinity(other.pid) == {0, 1}
+        assert agent.terminate() == 0
+    finally:
+        agent.kill()
+        stop(other)

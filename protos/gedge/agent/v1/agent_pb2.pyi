@@ -37,30 +37,34 @@ class WatchNodeStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStateEvent(_message.Message):
-    __slots__ = ("node_name", "generation", "agent_instance", "topology_json", "allocations_json")
+    __slots__ = ("node_name", "generation", "agent_instance", "topology_json", "allocations_json", "reserved_pod_uids")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     AGENT_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_JSON_FIELD_NUMBER: _ClassVar[int]
     ALLOCATIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_POD_UIDS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     generation: int
     agent_instance: str
     topology_json: str
     allocations_json: str
-    def __init__(self, node_name: _Optional[str] = ..., generation: _Optional[int] = ..., agent_instance: _Optional[str] = ..., topology_json: _Optional[str] = ..., allocations_json: _Optional[str] = ...) -> None: ...
+    reserved_pod_uids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_name: _Optional[str] = ..., generation: _Optional[int] = ..., agent_instance: _Optional[str] = ..., topology_json: _Optional[str] = ..., allocations_json: _Optional[str] = ..., reserved_pod_uids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListAllocationsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class ListAllocationsResponse(_message.Message):
-    __slots__ = ("generation", "allocations_json")
+    __slots__ = ("generation", "allocations_json", "reserved_pod_uids")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     ALLOCATIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_POD_UIDS_FIELD_NUMBER: _ClassVar[int]
     generation: int
     allocations_json: str
-    def __init__(self, generation: _Optional[int] = ..., allocations_json: _Optional[str] = ...) -> None: ...
+    reserved_pod_uids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, generation: _Optional[int] = ..., allocations_json: _Optional[str] = ..., reserved_pod_uids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ApplyRequest(_message.Message):
     __slots__ = ("allocation_json", "runtime")
@@ -81,10 +85,12 @@ class PodRuntime(_message.Message):
     def __init__(self, qos_class: _Optional[str] = ..., container_ids: _Optional[_Iterable[str]] = ..., netns: _Optional[str] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
-    __slots__ = ("generation",)
+    __slots__ = ("generation", "reserved")
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_FIELD_NUMBER: _ClassVar[int]
     generation: int
-    def __init__(self, generation: _Optional[int] = ...) -> None: ...
+    reserved: bool
+    def __init__(self, generation: _Optional[int] = ..., reserved: _Optional[bool] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("pod_uid",)

@@ -86,14 +86,15 @@ class NodeAgentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
-        """Applies one allocation idempotently (nodes without Kubernetes, tests).
+        """Applies one allocation idempotently (nodes without Kubernetes, tests); reserves it while the
+        pod's runtime is unknown.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Release(self, request, context):
-        """Releases what was applied for a pod; an unknown pod is not an error.
+        """Releases what was applied or reserved for a pod; an unknown pod is not an error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
