@@ -102,6 +102,9 @@ class TaskStatus:
         return self.phase in FINAL
 
 
+NOT_STARTED = TaskStatus()
+
+
 @dataclass(frozen=True)
 class WorkflowStatus:
     phase: str = PENDING
@@ -116,7 +119,7 @@ class WorkflowStatus:
         return self.phase in (SUCCEEDED, FAILED, ERRORED)
 
     def task(self, name: str) -> TaskStatus:
-        return self.tasks.get(name, TaskStatus())
+        return self.tasks.get(name, NOT_STARTED)
 
 
 @dataclass(frozen=True)
@@ -190,9 +193,10 @@ def observe(
     by_task: dict[str, list[PodObservation]] = {}
     for pod in pods.values():
         by_task.setdefault(pod.task, []).append(pod)
+    tasks = dict(status.tasks)
     for task_spec in spec.all_tasks():
         task = status.task(task_spec.name)
-        if task.final:
+        if task.final or (not task.attempts and task_spec.name not in by_task):
             continue
         task = _refresh_live_attempt(task, pods, now)
         for pod in sorted(by_task.get(task_spec.name, ()), key=lambda p: p.attempt):
@@ -213,8 +217,8 @@ def observe(
                 next_attempt_at=None,
             )
             task = _refresh_live_attempt(task, pods, now)
-        status = _replace_task(status, task_spec.name, task)
-    return status
+        tasks[task_spec.name] = task
+    return dataclasses.replace(status, tasks=tasks)
 
 
 def _refresh_live_attempt(task: TaskStatus, pods: Mapping[str, PodObservation], now: datetime) -> TaskStatus:

@@ -12,6 +12,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from scheduler_extender.placement.request import (
@@ -123,17 +124,31 @@ class WorkflowSpec:
     scheduler_name: str | None = None
     service_account_name: str | None = None
 
+    @cached_property
+    def _by_name(self) -> dict[str, TaskSpec]:
+        return {t.name: t for t in self.all_tasks()}
+
+    @cached_property
+    def _dependents(self) -> dict[str, tuple[TaskSpec, ...]]:
+        out: dict[str, list[TaskSpec]] = {}
+        for t in self.tasks:
+            for p in t.predecessors:
+                out.setdefault(p, []).append(t)
+        return {k: tuple(v) for k, v in out.items()}
+
+    @cached_property
+    def order(self) -> tuple[str, ...]:
+        """Main tasks with every predecessor first, ties in the order written."""
+        return _topological_order(self.tasks)
+
     def task(self, name: str) -> TaskSpec:
-        for t in self.all_tasks():
-            if t.name == name:
-                return t
-        raise KeyError(name)
+        return self._by_name[name]
 
     def all_tasks(self) -> tuple[TaskSpec, ...]:
         return self.tasks + ((self.on_exit,) if self.on_exit else ())
 
     def dependents(self, name: str) -> tuple[TaskSpec, ...]:
-        return tuple(t for t in self.tasks if name in t.predecessors)
+        return self._dependents.get(name, ())
 
 
 @dataclass(frozen=True)
@@ -539,17 +554,19 @@ def parse_workflow(
 
 def topological_order(spec: WorkflowSpec) -> tuple[str, ...]:
     """Main tasks with every predecessor first, ties in the order written."""
-    done: list[str] = []
-    placed: set[str] = set()
-    remaining = list(spec.tasks)
+    return spec.order
+
+
+def _topological_order(tasks: tuple[TaskSpec, ...]) -> tuple[str, ...]:
+    placed: dict[str, None] = {}
+    remaining = list(tasks)
     while remaining:
-        for task in remaining:
-            if all(p in placed for p in task.predecessors):
-                done.append(task.name)
-                placed.add(task.name)
-                remaining.remove(task)
-                break
-    return tuple(done)
+        ready = [t for t in remaining if all(p in placed for p in t.predecessors)]
+        if not ready:
+            raise WorkflowSpecError(f"dependency cycle among {sorted(t.name for t in remaining)}")
+        placed.update((t.name, None) for t in ready)
+        remaining = [t for t in remaining if t.name not in placed]
+    return tuple(placed)
 
 
 def api_object(
