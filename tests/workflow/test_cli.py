@@ -188,3 +188,23 @@ def test_controller_mode_drives_every_workflow_created_in_the_namespace(memory_c
     assert phases() == {"first": "Succeeded", "second": "Failed"}
     assert sorted(memory_cluster.pod_creations) == ["first-a-0", "first-b-0", "second-a-0", "second-b-0"]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_catalog_from_a_configmap_in_the_cluster(memory_cluster, capsys, tmp_path):
+    memory_cluster.config_maps[("gedge-system", "gedge-runtime-catalog")] = yaml.safe_load(
+        CATALOG.read_text()
+    )
+    path = tmp_path / "wf.yaml"
+    path.write_text(
+        "metadata: {name: cuda}\nspec:\n  tasks:\n"
+        "  - {name: only, container: {image: x}, runtime: cuda-11.8}\n"
+    )
+    with MemoryKubelet(memory_cluster):
+        code = cli.main(
+            ["run", str(path), "-n", "ml", "--catalog-configmap", "gedge-system/gedge-runtime-catalog"]
+        )
+    assert code == 0
+    pod = memory_cluster.pods[("ml", "cuda-only-0")]
+    assert pod["metadata"]["annotations"]["gedge.io/min-nvidia-driver"] == "520.61.05"
+    assert cli.main(["run", str(path), "-n", "ml", "--catalog-configmap", "gedge-system/missing"]) == 2
+    assert 'configmap gedge-system/missing: configmaps "missing" not found' in capsys.readouterr().err
