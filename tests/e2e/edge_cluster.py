@@ -256,20 +256,19 @@ class EdgeCluster:
             return reply.status == 200
 
     def _extender_sees_every_node(self) -> bool:
-        """Ask /filter, as kube-scheduler would, about a pod any live node fits: all nodes must pass.
+        """Ask /filter, as kube-scheduler would, about a one-GPU pod: no node may be unresolvable.
 
-        Until the extender has each agent's report it refuses that node as not
-        reported yet; a pod refused then waits in kube-scheduler's unschedulable
-        queue for a cluster event, so tests start only once every node passes.
+        Until the extender has an agent's report it puts that node among the
+        unresolvable ones (not reported yet); a pod refused for that waits in
+        kube-scheduler's unschedulable queue for a cluster event, so tests start
+        only once every node is judged on its devices (fits, or has too few).
         """
+        name = "readiness-probe"
+        gpu = {"gedge.io/gpu": "1"}
         probe = {
             "Pod": {
-                "metadata": {
-                    "name": "readiness-probe",
-                    "namespace": SYSTEM_NAMESPACE,
-                    "uid": "readiness-probe",
-                },
-                "spec": {"containers": [{"name": "probe", "resources": {"requests": {"cpu": "1m"}}}]},
+                "metadata": {"name": name, "namespace": SYSTEM_NAMESPACE, "uid": name},
+                "spec": {"containers": [{"name": "probe", "resources": {"requests": gpu, "limits": gpu}}]},
             },
             "Nodes": None,
             "NodeNames": sorted(self.nodes),
@@ -281,7 +280,8 @@ class EdgeCluster:
         )
         with urllib.request.urlopen(request, timeout=5) as reply:
             result = json.loads(reply.read())
-        return sorted(result.get("NodeNames") or []) == sorted(self.nodes)
+        judged = set(result.get("NodeNames") or ()) | set(result.get("FailedNodes") or ())
+        return not result.get("FailedAndUnresolvableNodes") and judged == set(self.nodes)
 
     def kill_extender(self) -> None:
         """SIGKILL: no chance to flush or hand anything over, as in a crash."""
