@@ -188,10 +188,21 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
 
 
 def set_vf_counts(config: AgentConfig) -> None:
-    """Give each configured PF its VF count, before discovery so the VFs are reported."""
+    """Give each configured PF its VF count, before discovery so the VFs are reported.
+
+    Every PF is checked (an SR-IOV PF that supports the count) before any is changed."""
+    root = Path(config.root)
+    for pf, count in sorted(config.sriov_numvfs.items()):
+        device = root / "sys/class/net" / pf / "device"
+        try:
+            total = int((device / "sriov_totalvfs").read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"sriov_numvfs: {pf} is not an SR-IOV PF ({device}): {exc}") from None
+        if count > total:
+            raise ConfigError(f"sriov_numvfs: {pf}: {count} VFs requested, the device supports 0..{total}")
     for pf, count in sorted(config.sriov_numvfs.items()):
         try:
-            changed = set_num_vfs(Path(config.root), pf, count)
+            changed = set_num_vfs(root, pf, count)
         except SriovError as exc:
             raise ConfigError(f"sriov_numvfs: {exc}") from None
         log.info("sriov_numvfs set", pf=pf, vfs=count, changed=changed)
