@@ -20,13 +20,14 @@ import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.version import InvalidVersion, Version
 
+from gedge_model.driver import DriverVersionError, driver_code
+
 CATALOG_KIND = "RuntimeCatalog"
 DEFAULT_CONFIGMAP_KEY = "catalog.yaml"
 DOCKER_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KIND_ORDER = ("python", "framework", "tensorrt", "nccl", "cudnn", "cuda")
 """PATH precedence by kind: the most specific layer first, the CUDA toolkit last."""
 _NAME = re.compile(r"^[a-z0-9]([a-z0-9._-]*[a-z0-9])?$")
-_DRIVER = re.compile(r"^(\d{1,4})\.(\d{1,3})(?:\.(\d{1,3}))?$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CLAIM = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 MAX_CATALOG_BYTES = 1 << 20
@@ -34,18 +35,6 @@ MAX_CATALOG_BYTES = 1 << 20
 
 class CatalogError(ValueError):
     """A catalog that cannot be used; the message names the component and field at fault."""
-
-
-def driver_code(version: str) -> int:
-    """An NVIDIA driver version as one integer (major*10^6 + minor*10^3 + patch), for a Gt node affinity.
-
-    "535.54.03" -> 535054003; "550.54" -> 550054000.
-    """
-    match = _DRIVER.match(version.strip())
-    if not match:
-        raise CatalogError(f"{version!r} is not an NVIDIA driver version like 535.54.03")
-    major, minor, patch = (int(p or 0) for p in match.groups())
-    return major * 1_000_000 + minor * 1_000 + patch
 
 
 @dataclass(frozen=True)
@@ -198,7 +187,7 @@ def _component(index: int, raw: Any) -> Component:
         min_driver = str(min_driver)
         try:
             driver_code(min_driver)
-        except CatalogError as exc:
+        except DriverVersionError as exc:
             raise CatalogError(f"{where}.minDriver: {exc}") from None
     default = raw.get("default", False)
     if not isinstance(default, bool):

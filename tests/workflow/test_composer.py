@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gedge_model.driver import DriverVersionError, driver_code
 from scheduler_extender.workflow.catalog import (
     CatalogError,
     catalog_from_dict,
-    driver_code,
     load_catalog_configmap,
     load_catalog_file,
 )
@@ -180,7 +180,7 @@ def test_driver_code(version, code):
 
 @pytest.mark.parametrize("version", ["535", "535.54.03.1", "r535", "535.5400.1", ""])
 def test_driver_code_refuses_other_text(version):
-    with pytest.raises(CatalogError):
+    with pytest.raises(DriverVersionError):
         driver_code(version)
 
 
