@@ -1,4 +1,9 @@
-"""Bind without Kubernetes: the node's agent applies the allocation over gRPC."""
+"""Bind without Kubernetes: the node's agent takes the allocation over gRPC.
+
+kube-scheduler's bind names only the pod and the node, so the Apply carries no pod runtime: the agent
+reserves the allocation (checkpointed, CPUs out of the shared pool, devices taken) and attaches it when
+whoever starts the pod applies it again with the runtime, or releases it.
+"""
 
 from __future__ import annotations
 

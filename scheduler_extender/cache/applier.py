@@ -1,5 +1,7 @@
 """AgentApplier over gRPC: the extender asks a node's agent to apply or release an allocation.
 
+A bind's Apply has no pod runtime, so the agent reserves it until the runtime comes (see bind.agent).
+
 Blocking calls with a deadline (call it from a worker thread in async code). The
 agent's address and, with mTLS, the certificate name it must present come from
 the cache, so apply never reaches an agent the cache would not trust.
@@ -8,13 +10,17 @@ the cache, so apply never reaches an agent the cache would not trust.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import grpc
+import structlog
 
 from gedge_model import Allocation
 from gedge_model.tls import channel_credentials
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.cache.cache import CacheOptions, ClusterCache, channel_options
+
+log = structlog.get_logger("gedge.extender.applier")
 
 
 class AgentApplyError(RuntimeError):
@@ -41,7 +47,13 @@ class GrpcAgentApplier:
             raise AgentApplyError(
                 node, f"allocation of pod {allocation.pod_uid} is for node {allocation.node}"
             )
-        self._call(node, "Apply", agent_pb2.ApplyRequest(allocation_json=allocation.to_annotation()))
+        reply = self._call(node, "Apply", agent_pb2.ApplyRequest(allocation_json=allocation.to_annotation()))
+        log.info(
+            "agent reserved" if reply.reserved else "agent applied",
+            node=node,
+            pod=f"{allocation.namespace}/{allocation.name}",
+            generation=reply.generation,
+        )
 
     def release(self, node: str, pod_uid: str) -> None:
         self._call(node, "Release", agent_pb2.ReleaseRequest(pod_uid=pod_uid))
@@ -72,10 +84,10 @@ class GrpcAgentApplier:
                 self._channels[node] = known
         return agent_pb2_grpc.NodeAgentStub(known[1])
 
-    def _call(self, node: str, method: str, request: object) -> None:
+    def _call(self, node: str, method: str, request: object) -> Any:
         stub = self._stub(node)
         try:
-            getattr(stub, method)(request, timeout=self._timeout_s)
+            return getattr(stub, method)(request, timeout=self._timeout_s)
         except grpc.RpcError as exc:
             raise AgentApplyError(
                 node, f"{method} failed: {exc.code().name}: {exc.details()}", exc.code()
