@@ -10,9 +10,12 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.apply import CgroupDriver, QosClass
-from gedge_model import Allocation
+from agent.apply import ApplyManager, CgroupDriver, CgroupVersion, QosClass, StaticPodResolver
+from agent.config import AgentConfig
+from agent.service.server import AgentRuntime
+from gedge_model import Allocation, DeviceGrant
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
+from scheduler_extender.placement.synthetic import edge_box
 from tests.apply.helpers import (
     build_pod_cgroups,
     new_container_id,
@@ -21,7 +24,7 @@ from tests.apply.helpers import (
     stop,
     v1_sandbox,
 )
-from tests.grpc.agents import spawn_agent
+from tests.grpc.agents import AgentHost, spawn_agent
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 
@@ -138,3 +141,54 @@ def test_restarted_daemon_keeps_a_reservation_until_release(cgroup_root: Path, t
     finally:
         agent.kill()
         stop(other)
+
+
+def test_reserved_devices_count_as_used_in_the_reported_state(
+    agent_host: AgentHost, cgroup_root: Path, tmp_path: Path
+) -> None:
+    """A reservation's devices are held in the node state and the inventory, and refused to others."""
+    build_pod_cgroups(cgroup_root, CgroupDriver.CGROUPFS, QosClass.BURSTABLE, new_pod_uid(), [])
+    manager = ApplyManager(
+        cgroup_root=cgroup_root,
+        cgroup_driver=CgroupDriver.CGROUPFS,
+        cgroup_version=CgroupVersion.V1,
+        checkpoint_path=tmp_path / "checkpoint.json",
+        resolver=StaticPodResolver(),
+        reserve_unresolved=True,
+    )
+    node = "edge-reserve"
+    config = AgentConfig(
+        root="/", node_name=node, listen="127.0.0.1:0", metrics_listen="", netlink=False, shutdown_grace_s=0.5
+    )
+    runtime = AgentRuntime(
+        config=config.validate(),
+        applier=manager,
+        discover=lambda: edge_box(node, timeslice_replicas=1),
+        pod_runtimes=StaticPodResolver(),
+        reserved_pods=manager.reserved_pod_uids,
+    )
+    agent_host.call(runtime.start())
+    channel = grpc.insecure_channel(f"127.0.0.1:{runtime.port}")
+    try:
+        client = agent_pb2_grpc.NodeAgentStub(channel)
+        uid = new_pod_uid()
+        gpu = DeviceGrant("gedge.io/gpu", f"GPU-{node}-00")
+        allocation = Allocation(uid, "ml", "trainer", node, devices=(gpu,))
+        reply = client.Apply(agent_pb2.ApplyRequest(allocation_json=allocation.to_annotation()), timeout=20)
+        assert reply.reserved
+        state = client.GetNodeState(agent_pb2.GetNodeStateRequest(), timeout=10)
+        assert list(state.state.reserved_pod_uids) == [uid]
+        assert [(d.id, d.pod_uid) for d in state.devices if d.pod_uid] == [(gpu.id, uid)]
+
+        rival = Allocation(new_pod_uid(), "ml", "rival", node, devices=(gpu,))
+        with pytest.raises(grpc.RpcError) as info:
+            client.Apply(agent_pb2.ApplyRequest(allocation_json=rival.to_annotation()), timeout=20)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert f"device gedge.io/gpu={gpu.id} is held by pod ml/trainer" in info.value.details()
+
+        client.Release(agent_pb2.ReleaseRequest(pod_uid=uid), timeout=20)
+        state = client.GetNodeState(agent_pb2.GetNodeStateRequest(), timeout=10)
+        assert list(state.state.reserved_pod_uids) == [] and not [d for d in state.devices if d.pod_uid]
+    finally:
+        channel.close()
+        agent_host.stop_agent(runtime)
