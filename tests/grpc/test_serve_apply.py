@@ -148,12 +148,13 @@ def test_reserved_devices_count_as_used_in_the_reported_state(
 ) -> None:
     """A reservation's devices are held in the node state and the inventory, and refused to others."""
     build_pod_cgroups(cgroup_root, CgroupDriver.CGROUPFS, QosClass.BURSTABLE, new_pod_uid(), [])
+    pod_runtimes = StaticPodResolver()
     manager = ApplyManager(
         cgroup_root=cgroup_root,
         cgroup_driver=CgroupDriver.CGROUPFS,
         cgroup_version=CgroupVersion.V1,
         checkpoint_path=tmp_path / "checkpoint.json",
-        resolver=StaticPodResolver(),
+        resolver=pod_runtimes,
         reserve_unresolved=True,
     )
     node = "edge-reserve"
@@ -164,7 +165,7 @@ def test_reserved_devices_count_as_used_in_the_reported_state(
         config=config.validate(),
         applier=manager,
         discover=lambda: edge_box(node, timeslice_replicas=1),
-        pod_runtimes=StaticPodResolver(),
+        pod_runtimes=pod_runtimes,
         reserved_pods=manager.reserved_pod_uids,
     )
     agent_host.call(runtime.start())
