@@ -1,8 +1,8 @@
 """Our parts on the real control plane: agents behind Node objects, the extender, kube-scheduler calling it.
 
-- deploy/'s namespace and RBAC are applied through the API; kube-scheduler and
-  the extender run as deploy/'s service accounts (token kubeconfigs), so a
-  missing permission in deploy/ fails here as it would in a cluster.
+- deploy/'s namespace and RBAC are applied through the API; kube-scheduler, the
+  extender and the agents run as deploy/'s service accounts (bound-token
+  kubeconfigs), so a missing permission in deploy/ fails here as in a cluster.
 - Each node is a real `gedge-agent serve` over a sysfs root: a fixture snapshot
   (../shared/fixtures/sysfs) or a synthetic GPU server (tests/e2e/boxes.py, NVML
   answered by a stand-in). Its Node object advertises what the agent's device
