@@ -21,6 +21,7 @@ from prometheus_client.registry import Collector
 from gedge_model import Allocation, NodeTopology
 from gedge_model.allocation import RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_MIG_PREFIX
 from gedge_model.distance import Endpoint, Level, endpoint_distance
+from gedge_model.driver import ANNOTATION_MIN_DRIVER
 from gedge_model.topology import DeviceKind
 
 REFUSAL_CLASSES = (
@@ -32,6 +33,7 @@ REFUSAL_CLASSES = (
     "insufficient-nic",
     "insufficient-cpu",
     "missing-accelerator",
+    "driver",
     "policy",
     "stale-node",
     "unknown-node",
@@ -73,6 +75,8 @@ def refusal_class(reason: str) -> str:
     text = reason.split(": ", 1)[1] if reason.startswith("node ") and ": " in reason else reason
     if "no gedge agent reports this node" in text:
         return "unknown-node"
+    if ANNOTATION_MIN_DRIVER in text:
+        return "driver"
     if any(marker in text for marker in _STALE):
         return "stale-node"
     if text.startswith("placement failed"):

@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from gedge_model import Allocation, NodeState
+from gedge_model.driver import ANNOTATION_MIN_DRIVER, DriverVersionError, parse_driver_version
 from scheduler_extender.bind.assume import AssumeCache, AssumeConflict
 from scheduler_extender.bind.binder import Binder, BindError
 from scheduler_extender.node_source import NodeSource, NodeView
@@ -45,6 +46,30 @@ Warner = Callable[[dict[str, Any], str, str], None]
 def _pod_identity(pod: Mapping[str, Any]) -> tuple[str, str, str]:
     meta = pod.get("metadata") or {}
     return str(meta.get("uid") or ""), str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+
+
+def driver_refusal(state: NodeState, min_driver: str) -> Refusal | None:
+    """Why the NVIDIA driver this node's agent reports cannot run a pod that needs `min_driver`, or None."""
+    node, reported = state.node_name, state.topology.driver_version
+    needed = f"{min_driver} required by {ANNOTATION_MIN_DRIVER}"
+    if reported is None:
+        return Refusal(f"node {node}: no NVIDIA driver reported, {needed}")
+    try:
+        version = parse_driver_version(reported)
+    except DriverVersionError:
+        return Refusal(f"node {node}: node driver {reported!r} is not a version, {needed}")
+    if version < parse_driver_version(min_driver):
+        return Refusal(f"node {node}: node driver {reported.strip()} < {needed}")
+    return None
+
+
+def _checks_nodes(request: PodRequest) -> bool:
+    """Whether the verbs decide anything per node for this pod: devices to place or a driver to check."""
+    return request.wants_placement() or request.min_driver is not None
+
+
+def _memo_key(request: PodRequest) -> tuple[Any, ...]:
+    return (request.shape, request.min_driver)
 
 
 _MemoEntry = tuple[NodeState, int, Outcome]
@@ -90,7 +115,7 @@ class Extender:
             return encode_filter_result(args, error=request)
         candidates = args.candidates
         self._remember(args.pod)
-        if not request.wants_placement():
+        if not _checks_nodes(request):
             return encode_filter_result(args, passed=candidates)
         seq = self.cache.sequence()
         outcomes, unresolvable = self._evaluate(candidates, request)
@@ -98,7 +123,7 @@ class Extender:
         failed = {name: outcome.reason for name, outcome in outcomes.items() if outcome.__class__ is Refusal}
         if request.uid:
             with self._memo_lock:
-                self._filtered[request.uid] = (request.shape, seq, outcomes)
+                self._filtered[request.uid] = (_memo_key(request), seq, outcomes)
                 while len(self._filtered) > self.MAX_FILTERED_PODS:
                     self._filtered.popitem(last=False)
         if not passed:
@@ -128,7 +153,7 @@ class Extender:
         if found is None:
             return None
         shape, seq, outcomes = found
-        if shape != request.shape or seq != self.cache.sequence():
+        if shape != _memo_key(request) or seq != self.cache.sequence():
             return None
         return outcomes
 
@@ -151,7 +176,7 @@ class Extender:
         reused while the node's reported state is the same object and the assume
         cache holds the same allocations on it.
         """
-        shape = request.shape
+        shape = _memo_key(request)
         versions = self.cache.versions()
         with self._memo_lock:
             table = self._memo.get(shape)
@@ -195,6 +220,13 @@ class Extender:
         return outcomes, unresolvable
 
     def _place(self, view: NodeView, request: PodRequest, reserved: tuple[Allocation, ...]) -> Outcome:
+        state = view.state
+        if request.min_driver is not None:
+            refusal = driver_refusal(state, request.min_driver)
+            if refusal is not None:
+                return refusal
+        if not request.wants_placement():
+            return Placement(Allocation(request.uid, request.namespace, request.name, state.node_name), 0.0)
         try:
             return place(view.state, request, self.config, reserved)
         except Exception as exc:  # one node's odd report must not fail the whole filter
@@ -250,7 +282,7 @@ class Extender:
                 return held
             if held is not None:
                 self.cache.release(args.pod_uid)
-            if not request.wants_placement():
+            if not _checks_nodes(request):
                 allocation = Allocation(args.pod_uid, args.pod_namespace, args.pod_name, args.node)
             else:
                 view = self.source.node(args.node)
@@ -311,7 +343,7 @@ class Extender:
         except RequestError as exc:
             log.info("preempt_refused", error=str(exc))
             return encode_preemption_result({})
-        if not request.wants_placement():
+        if not _checks_nodes(request):
             return encode_preemption_result(args.victims)
         kept: dict[str, NodeVictims] = {}
         for node, victims in args.victims.items():

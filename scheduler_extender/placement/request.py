@@ -26,6 +26,7 @@ from gedge_model.allocation import (
     is_known_resource,
     mig_profile_name,
 )
+from gedge_model.driver import ANNOTATION_MIN_DRIVER, DriverVersionError, parse_driver_version
 
 GEDGE_PREFIX = "gedge.io/"
 ANNOTATION_TOPOLOGY_AWARE = "gedge.io/topology-aware"
@@ -71,6 +72,8 @@ class PodRequest:
     communication: tuple[str, ...] = ()
     compute: tuple[str, ...] = ()
     runtime: tuple[str, ...] = ()
+    min_driver: str | None = None
+    """The oldest NVIDIA driver the pod runs on ("535.54.03"), from gedge.io/min-nvidia-driver."""
 
     def wants_placement(self) -> bool:
         """Whether the engine has anything to choose for this pod."""
@@ -156,6 +159,7 @@ def parse_pod_request(pod: Mapping[str, Any]) -> PodRequest:
     communication = _json_kinds(annotations, ANNOTATION_COMMUNICATION, COMMUNICATION_KINDS, label)
     compute = _json_kinds(annotations, ANNOTATION_COMPUTE, COMPUTE_KINDS, label)
     runtime = _runtime(annotations, label)
+    min_driver = _min_driver(annotations, label)
 
     gpus = counts.get(RESOURCE_GPU, 0)
     shared = counts.get(RESOURCE_GPU_SHARED, 0)
@@ -183,6 +187,7 @@ def parse_pod_request(pod: Mapping[str, Any]) -> PodRequest:
         communication=communication,
         compute=compute,
         runtime=runtime,
+        min_driver=min_driver,
     )
 
 
@@ -373,3 +378,14 @@ def _runtime(annotations: Mapping[str, Any], label: str) -> tuple[str, ...]:
     if bad:
         raise RequestError(label, ANNOTATION_RUNTIME, f"bad component name(s) {', '.join(map(repr, bad))}")
     return parts
+
+
+def _min_driver(annotations: Mapping[str, Any], label: str) -> str | None:
+    if ANNOTATION_MIN_DRIVER not in annotations:
+        return None
+    text = _text(annotations, ANNOTATION_MIN_DRIVER, label, default="")
+    try:
+        parse_driver_version(text)
+    except DriverVersionError as exc:
+        raise RequestError(label, ANNOTATION_MIN_DRIVER, str(exc)) from None
+    return text

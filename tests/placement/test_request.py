@@ -229,3 +229,22 @@ def test_non_string_annotation_values_are_errors():
     with pytest.raises(RequestError) as err:
         parse_pod_request(raw)
     assert err.value.field == "gedge.io/topology-aware" and "expected a string" in str(err.value)
+
+
+def test_min_driver_is_read_trimmed_and_optional():
+    assert parse_pod_request(pod(annotations={"gedge.io/min-nvidia-driver": " 535.54.03 "})).min_driver == (
+        "535.54.03"
+    )
+    assert parse_pod_request(pod(annotations={"gedge.io/min-nvidia-driver": "550.54"})).min_driver == "550.54"
+    request = parse_pod_request(pod())
+    assert request.min_driver is None and not request.wants_placement()
+
+
+@pytest.mark.parametrize("value", ["r535", "535", "", "535.54.03,550.54"])
+def test_malformed_min_driver_names_pod_and_annotation(value: str):
+    with pytest.raises(RequestError) as err:
+        parse_pod_request(pod(annotations={"gedge.io/min-nvidia-driver": value}))
+    assert err.value.field == "gedge.io/min-nvidia-driver"
+    assert str(err.value).startswith(
+        f"pod {err.value.pod}: gedge.io/min-nvidia-driver: {value.strip()!r} is not"
+    )
