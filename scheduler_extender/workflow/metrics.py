@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 from scheduler_extender.workflow import dag
 from scheduler_extender.workflow.spec import Workflow
 
-TASK_PHASES = (dag.PENDING, dag.RUNNING, dag.SUCCEEDED, dag.FAILED, dag.ERRORED, dag.SKIPPED)
+TASK_PHASES = (dag.PENDING, dag.RUNNING, dag.SUCCEEDED, dag.FAILED, dag.ERRORED, dag.SKIPPED, dag.OMITTED)
 WORKFLOW_PHASES = (dag.PENDING, dag.RUNNING, dag.SUCCEEDED, dag.FAILED, dag.ERRORED)
 STEP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 12 * 3600)
 
