@@ -1,0 +1,139 @@
+"""deploy/workflow's RBAC on a live kube-apiserver: the controller's service account can do what the
+controller does (through KubernetesWorkflowApi, as `gedge-flow controller` would) and nothing more."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes import utils as k8s_utils
+
+from scheduler_extender.workflow.catalog import load_catalog_configmap
+from scheduler_extender.workflow.kube import ApiError, KubernetesWorkflowApi
+from tests.e2e.cluster_objects import wait_for
+from tests.e2e.conftest import control_plane, e2e_bin_dir, kube_api, namespace  # noqa: F401
+from tests.e2e.edge_cluster import DEPLOY, manifests, token_kubeconfig
+
+pytestmark = pytest.mark.e2e
+ACCOUNT = "gedge-workflow-controller"
+
+
+def _create_if_missing(api: k8s.ApiClient, docs: list[dict]) -> None:
+    for doc in docs:
+        try:
+            k8s_utils.create_from_dict(api, doc)
+        except k8s_utils.FailToCreateError as exc:
+            if any(e.status != 409 for e in exc.api_exceptions):
+                raise
+
+
+@pytest.fixture(scope="module")
+def installed(control_plane, kube_api) -> None:  # noqa: F811
+    """The namespace, the Workflow CRD (Established), the runtime catalog and deploy/workflow/rbac.yaml."""
+    _create_if_missing(kube_api, manifests(DEPLOY / "namespace.yaml"))
+    crds = manifests(DEPLOY / "crds" / "workflows.gedge.io.yaml")
+    _create_if_missing(kube_api, crds)
+    extensions = k8s.ApiextensionsV1Api(kube_api)
+    for crd in crds:
+        wait_for(
+            lambda crd=crd: extensions.read_custom_resource_definition(crd["metadata"]["name"]).status,
+            lambda status: any(
+                c.type == "Established" and c.status == "True" for c in (status and status.conditions) or ()
+            ),
+        )
+    _create_if_missing(kube_api, manifests(DEPLOY / "runtime-catalog" / "runtime-catalog.yaml"))
+    _create_if_missing(kube_api, manifests(DEPLOY / "workflow" / "rbac.yaml"))
+
+
+@pytest.fixture
+def controller_client(control_plane, kube_api, installed, tmp_path: Path) -> Iterator[k8s.ApiClient]:  # noqa: F811
+    path = token_kubeconfig(control_plane, kube_api, ACCOUNT, tmp_path / "controller.kubeconfig")
+    api = KubernetesWorkflowApi.from_kubeconfig(str(path))
+    yield api._client
+    api._client.close()
+
+
+def allowed(client: k8s.ApiClient, verb: str, resource: str, where: str, **extra: str) -> bool:
+    review = k8s.AuthorizationV1Api(client).create_self_subject_access_review(
+        k8s.V1SelfSubjectAccessReview(
+            spec=k8s.V1SelfSubjectAccessReviewSpec(
+                resource_attributes=k8s.V1ResourceAttributes(
+                    verb=verb, resource=resource, namespace=where, **extra
+                )
+            )
+        )
+    )
+    return review.status.allowed
+
+
+GRANTED = [
+    ("get", "workflows", "gedge.io", ""),
+    ("list", "workflows", "gedge.io", ""),
+    ("watch", "workflows", "gedge.io", ""),
+    ("get", "workflows", "gedge.io", "status"),
+    ("patch", "workflows", "gedge.io", "status"),
+    *((verb, "pods", "", "") for verb in ("create", "get", "list", "watch", "delete")),
+    ("get", "pods", "", "log"),
+]
+REFUSED = [
+    ("create", "workflows", "gedge.io", ""),
+    ("patch", "workflows", "gedge.io", ""),
+    ("delete", "workflows", "gedge.io", ""),
+    ("update", "workflows", "gedge.io", "status"),
+    ("patch", "pods", "", ""),
+    ("create", "pods", "", "exec"),
+    ("get", "secrets", "", ""),
+    ("list", "configmaps", "", ""),
+    ("get", "nodes", "", ""),
+]
+
+
+def test_the_controller_account_has_exactly_what_it_uses(controller_client, namespace):  # noqa: F811
+    for verb, resource, group, sub in GRANTED:
+        assert allowed(controller_client, verb, resource, namespace, group=group, subresource=sub), (
+            verb,
+            resource,
+            sub,
+        )
+    for verb, resource, group, sub in REFUSED:
+        assert not allowed(controller_client, verb, resource, namespace, group=group, subresource=sub), (
+            verb,
+            resource,
+            sub,
+        )
+    assert allowed(controller_client, "get", "configmaps", "gedge-system", name="gedge-runtime-catalog")
+    assert not allowed(controller_client, "get", "configmaps", "gedge-system", name="other")
+    assert not allowed(controller_client, "get", "configmaps", namespace, name="gedge-runtime-catalog")
+
+
+def test_the_controller_calls_go_through_as_that_account(
+    controller_client,
+    kube_api,  # noqa: F811
+    namespace,  # noqa: F811
+):
+    api = KubernetesWorkflowApi(controller_client)
+    catalog = load_catalog_configmap(api.get_config_map("gedge-system", "gedge-runtime-catalog"))
+    assert catalog.components
+
+    workflow = manifests(DEPLOY / "crds" / "examples" / "train-pipeline.yaml")[0]
+    KubernetesWorkflowApi(kube_api).create_workflow(namespace, workflow)
+    name = workflow["metadata"]["name"]
+    assert [w["metadata"]["name"] for w in api.list_workflows(namespace)] == [name]
+    patched = api.patch_workflow_status(namespace, name, {"phase": "Running"})
+    assert patched["status"]["phase"] == "Running"
+    with pytest.raises(ApiError) as denied:
+        api.delete_workflow(namespace, name)
+    assert denied.value.status == 403
+
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "step-0", "labels": {"gedge.io/workflow": name}},
+        "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+    }
+    api.create_pod(namespace, pod)
+    pods, _ = api.list_pods(namespace, f"gedge.io/workflow={name}")
+    assert [p["metadata"]["name"] for p in pods] == ["step-0"]
+    api.delete_pod(namespace, "step-0")
