@@ -236,6 +236,7 @@ class Extender:
     def _reserved(self, view: NodeView, *, without: frozenset[str] = frozenset()) -> tuple[Allocation, ...]:
         """Allocations held here that the node's own report does not include yet."""
         reported = {a.pod_uid for a in view.state.allocations}
+        self.cache.settle(view.state.node_name, reported)
         return tuple(
             a
             for a in self.cache.held(view.state.node_name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from gedge_model import Allocation
@@ -24,6 +24,7 @@ class AssumeConflict(RuntimeError):
 class _Entry:
     allocation: Allocation
     expires_at: float | None
+    bound: bool = False
 
 
 class AssumeCache:
@@ -64,6 +65,7 @@ class AssumeCache:
         with self.lock:
             entry = self._entries.get(pod_uid)
             if entry is not None:
+                entry.bound = True
                 entry.expires_at = None if self.bound_ttl is None else self._clock() + self.bound_ttl
                 if entry.expires_at is not None:
                     self._next_expiry = min(self._next_expiry, entry.expires_at)
@@ -72,6 +74,16 @@ class AssumeCache:
         """An allocation read from its source of truth (a pod annotation): held until forgotten."""
         with self.lock:
             self._put(allocation, None)
+
+    def settle(self, node: str, reported: Collection[str]) -> None:
+        """Stop holding bound pods the node's own report now includes: from then on the report accounts
+        for them, so a release on the node frees their devices at once instead of after `bound_ttl`."""
+        with self.lock:
+            held = self._by_node.get(node)
+            if not held:
+                return
+            for uid in [u for u in held if u in reported and self._entries[u].bound]:
+                self.release(uid)
 
     def release(self, pod_uid: str) -> Allocation | None:
         with self.lock:

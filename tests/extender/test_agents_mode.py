@@ -164,6 +164,12 @@ def test_bind_reserves_the_runtime_attaches_and_release_frees(scene: Scene) -> N
     assert affinity(process) == affinity(other) == affinity(late) == every_cpu
     state = scene.client.GetNodeState(agent_pb2.GetNodeStateRequest(), timeout=10)
     assert not [d for d in state.devices if d.pod_uid]
+
+    def rival_fits() -> bool:
+        _, result = post(f"{scene.url}/filter", {"Pod": rival, "Nodes": None, "NodeNames": [NODE]})
+        return result["NodeNames"] == [NODE]
+
+    wait_for(rival_fits, "the extender to see the released CPUs free (well before the bind hold expires)", 10)
     assert scene.agent.terminate() == 0
 
 

@@ -67,6 +67,21 @@ def test_reservation_expires_unless_committed() -> None:
     assert cache.held("n1") == ()
 
 
+def test_a_bound_pod_the_node_reports_is_settled_so_its_release_frees_at_once() -> None:
+    cache = AssumeCache(bound_ttl=300)
+    cache.reserve(alloc("bound", gpus=("GPU-0",)))
+    cache.reserve(alloc("pending", gpus=("GPU-1",)))
+    cache.settle("n1", {"bound", "pending"})
+    assert [a.pod_uid for a in cache.held("n1")] == ["bound", "pending"], "not bound yet: still held"
+    cache.commit("bound")
+    cache.observe(alloc("watched", gpus=("GPU-2",)))
+    version = cache.version("n1")
+    cache.settle("n1", {"bound", "watched"})
+    assert [a.pod_uid for a in cache.held("n1")] == ["pending", "watched"]
+    assert cache.version("n1") > version
+    cache.reserve(alloc("next", gpus=("GPU-0",)))
+
+
 def test_observed_allocations_stay_until_released_or_relisted_away() -> None:
     clock = Clock()
     cache = AssumeCache(reserve_ttl=30, clock=clock)
