@@ -9,7 +9,8 @@ listed in MANAGED_LABELS are ever written or removed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -61,28 +62,46 @@ class NodeLabeler:
     """Keeps the managed labels of one Node in step with the agent's topology.
 
     `sync` is cheap when nothing changed (a comparison with the labels last
-    written), so it can run on every store generation. A failed read or patch is
-    logged and retried on the next call; it never raises into the caller.
+    written), so it can run on every store generation. Each API call is bounded
+    by `timeout` seconds; after a failed read or patch (logged, never raised into
+    the caller) the next attempt waits `retry_after` seconds, so a listener on a
+    busy store does not hammer an API server that is away.
     """
 
-    def __init__(self, core_api: Any, node_name: str) -> None:
+    def __init__(
+        self,
+        core_api: Any,
+        node_name: str,
+        *,
+        timeout: float = 10.0,
+        retry_after: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.core = core_api
         self.node_name = node_name
+        self.timeout = timeout
+        self.retry_after = retry_after
+        self._clock = clock
         self._written: dict[str, str] | None = None
+        self._next_try = float("-inf")
 
     def sync(self, topology: NodeTopology) -> bool:
         """Patch the Node if its managed labels differ from what `topology` calls for; True if patched."""
         wanted = node_labels(topology)
-        if wanted == self._written:
+        if wanted == self._written or self._clock() < self._next_try:
             return False
         try:
-            node = self.core.read_node(self.node_name)
+            node = self.core.read_node(self.node_name, _request_timeout=self.timeout)
             patch = label_patch(node.metadata.labels, wanted)
             if patch:
                 self.core.patch_node(
-                    self.node_name, {"metadata": {"labels": patch}}, _content_type=MERGE_PATCH
+                    self.node_name,
+                    {"metadata": {"labels": patch}},
+                    _content_type=MERGE_PATCH,
+                    _request_timeout=self.timeout,
                 )
-        except Exception as exc:  # the API server may be away; the next generation retries
+        except Exception as exc:  # the API server may be away; a later generation retries
+            self._next_try = self._clock() + self.retry_after
             log.warning("node label update failed", node=self.node_name, error=str(exc))
             return False
         self._written = wanted

@@ -14,7 +14,8 @@ from kubernetes.client.exceptions import ApiException
 
 from agent.node_labels import NodeLabeler
 from agent.podwatch import core_api
-from gedge_model import NodeTopology
+from agent.service.store import NodeStateStore
+from gedge_model import Allocation, NodeTopology
 from tests.e2e.conftest import control_plane, e2e_bin_dir, kube_api  # noqa: F401
 from tests.e2e.edge_cluster import DEPLOY, manifests, token_kubeconfig
 from tests.node_labels.test_labels import gpu, topology
@@ -87,14 +88,35 @@ def test_a_restarted_agent_writes_nothing_when_the_node_already_matches(agent_co
     assert k8s.CoreV1Api(kube_api).read_node(node).metadata.resource_version == before
 
 
-def test_a_missing_node_is_retried_on_the_next_sync(agent_core, kube_api):  # noqa: F811
+def test_a_failed_update_is_retried_after_the_pause(agent_core, kube_api):  # noqa: F811
     name = f"labels-{uuid.uuid4().hex[:6]}"
-    labeler = NodeLabeler(agent_core, name)
-    assert labeler.sync(topology(gpu(0))) is False
+    now = [100.0]
+    labeler = NodeLabeler(agent_core, name, retry_after=30.0, clock=lambda: now[0])
+    assert labeler.sync(topology(gpu(0))) is False  # no such Node yet
     core = k8s.CoreV1Api(kube_api)
     core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=name)))
     try:
+        now[0] += 29.0
+        assert labeler.sync(topology(gpu(0))) is False
+        assert "gedge.io/nvidia-driver-code" not in labels_of(kube_api, name)
+        now[0] += 1.0
         assert labeler.sync(topology(gpu(0))) is True
         assert labels_of(kube_api, name)["gedge.io/nvidia-driver-code"] == "535054003"
     finally:
         core.delete_node(name)
+
+
+def test_wired_to_the_agent_store_labels_follow_rediscovery(agent_core, kube_api, node):  # noqa: F811
+    """The wiring the agent's serve command uses: sync at start, then a listener on the store."""
+    store = NodeStateStore(NodeTopology(node_name=node, gpus=(gpu(0, "525.60.13"),)))
+    labeler = NodeLabeler(agent_core, node)
+    labeler.sync(store.current().state.topology)
+    store.add_listener(labeler.on_snapshot)
+    assert labels_of(kube_api, node)["gedge.io/nvidia-driver"] == "525.60.13"
+
+    store.set_topology(NodeTopology(node_name=node, gpus=(gpu(0, "550.54.14"), gpu(1, "550.54.14"))))
+    labels = labels_of(kube_api, node)
+    assert (labels["gedge.io/nvidia-driver-code"], labels["gedge.io/gpu-count"]) == ("550054014", "2")
+    before = k8s.CoreV1Api(kube_api).read_node(node).metadata.resource_version
+    assert store.set_allocations((Allocation("uid-p", "ml", "p", node),))  # a generation, same topology
+    assert k8s.CoreV1Api(kube_api).read_node(node).metadata.resource_version == before
