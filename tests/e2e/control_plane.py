@@ -13,13 +13,14 @@ Run it by hand to poke at a cluster:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import ssl
 import subprocess
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ BINARIES = ("etcd", "kube-apiserver", "kube-scheduler")
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 READY_TIMEOUT = 120.0
+PORT_ATTEMPTS = 3
 
 
 def binary_dir() -> Path:
@@ -103,7 +105,12 @@ class ControlPlane:
         try:
             self._make_pki()
             self._start_etcd()
-            self._start_apiserver()
+            try:
+                self._start_apiserver()
+            except HarnessError as exc:
+                if self.etcd is not None and not self.etcd.running:
+                    raise self.etcd.failure("died while kube-apiserver was starting") from exc
+                raise
         except BaseException:
             self.stop()
             raise
@@ -136,7 +143,35 @@ class ControlPlane:
         self.scheduler_serving = ca.issue("kube-scheduler", ips=("127.0.0.1",), server=True)
         self.service_account = service_account_key(self.pki_dir)
 
+    def _start_on_free_ports(
+        self, start: Callable[[int], ManagedProcess], ready: Callable[[], bool], what: str
+    ) -> None:
+        """Start a process on ports picked now; if another process took one meanwhile, pick again.
+
+        Free ports are only free when picked: on a machine where other suites
+        bind ports too, a port can be gone by the time the process binds it.
+        """
+        for attempt in range(PORT_ATTEMPTS):
+            process = start(attempt)
+            try:
+                process.wait_until(ready, READY_TIMEOUT, what)
+                return
+            except HarnessError:
+                if attempt + 1 == PORT_ATTEMPTS or "address already in use" not in process.tail(200):
+                    raise
+                process.stop()
+
     def _start_etcd(self) -> None:
+        self._start_on_free_ports(self._etcd_process, self._etcd_healthy, "answered /health")
+
+    def _etcd_healthy(self) -> bool:
+        assert self.ca is not None
+        context = ssl.create_default_context(cafile=str(self.ca.cert))
+        context.load_cert_chain(str(self.etcd_client.cert), str(self.etcd_client.key))
+        with urllib.request.urlopen(f"{self.etcd_url}/health", context=context, timeout=5) as reply:
+            return json.loads(reply.read()).get("health") == "true"
+
+    def _etcd_process(self, attempt: int) -> ManagedProcess:
         client_port, peer_port = free_port(), free_port()
         self.etcd_url = f"https://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
@@ -146,7 +181,7 @@ class ControlPlane:
             [
                 str(self.bin_dir / "etcd"),
                 "--name=e2e",
-                f"--data-dir={self.workdir / 'etcd'}",
+                f"--data-dir={self.workdir / f'etcd-{attempt}'}",
                 f"--listen-client-urls={self.etcd_url}",
                 f"--advertise-client-urls={self.etcd_url}",
                 f"--listen-peer-urls={peer_url}",
@@ -163,9 +198,22 @@ class ControlPlane:
             ],
             self.log_dir / "etcd.log",
         ).start()
+        return self.etcd
 
     def _start_apiserver(self) -> None:
         assert self.ca is not None and self.admin is not None
+        self._start_on_free_ports(self._apiserver_process, self._apiserver_ready, "answered /readyz")
+        self.kubeconfig = self.workdir / "admin.kubeconfig"
+        self.kubeconfig.write_text(kubeconfig_text(self.server, self.ca.cert, self.admin, "gedge-e2e-admin"))
+        self.scheduler_kubeconfig = self.workdir / "scheduler.kubeconfig"
+        self.scheduler_kubeconfig.write_text(
+            kubeconfig_text(self.server, self.ca.cert, self.scheduler_client, "system:kube-scheduler")
+        )
+
+    def _apiserver_process(self, attempt: int) -> ManagedProcess:
+        assert self.ca is not None
+        if self.etcd is None or not self.etcd.running:
+            raise HarnessError(f"etcd is not running; log {self.log_dir / 'etcd.log'}")
         self.apiserver_port = free_port()
         self.apiserver = ManagedProcess(
             "kube-apiserver",
@@ -196,13 +244,7 @@ class ControlPlane:
             ],
             self.log_dir / "kube-apiserver.log",
         ).start()
-        self.apiserver.wait_until(self._apiserver_ready, READY_TIMEOUT, "answered /readyz")
-        self.kubeconfig = self.workdir / "admin.kubeconfig"
-        self.kubeconfig.write_text(kubeconfig_text(self.server, self.ca.cert, self.admin, "gedge-e2e-admin"))
-        self.scheduler_kubeconfig = self.workdir / "scheduler.kubeconfig"
-        self.scheduler_kubeconfig.write_text(
-            kubeconfig_text(self.server, self.ca.cert, self.scheduler_client, "system:kube-scheduler")
-        )
+        return self.apiserver
 
     @property
     def server(self) -> str:
