@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+import urllib3
 from kubernetes.client import (
     CoreV1Api,
     CoreV1Event,
@@ -35,6 +36,18 @@ API_TIMEOUT = (2.0, 4.0)
 """Connect and read timeouts; kube-scheduler gives a bind 5 s in all."""
 
 _MERGE_PATCH = "application/merge-patch+json"
+
+
+def _consume(response: Any) -> bytes:
+    """Read the whole body before the connection goes back to the pool.
+
+    A body left unread is what the next request on that pooled connection would
+    read as its status line: that request then fails although the server did its work.
+    """
+    try:
+        return response.data
+    finally:
+        response.release_conn()
 
 
 def _api_error(exc: ApiException) -> str:
@@ -70,10 +83,11 @@ class KubeBinder:
         )
         try:
             # The client cannot deserialize the Binding the server returns; read it raw.
-            response = self._api.create_namespaced_binding(
-                allocation.namespace, binding, _preload_content=False, _request_timeout=API_TIMEOUT
+            _consume(
+                self._api.create_namespaced_binding(
+                    allocation.namespace, binding, _preload_content=False, _request_timeout=API_TIMEOUT
+                )
             )
-            response.release_conn()
         except ApiException as exc:
             if exc.status == 409 and self._already_bound(allocation):
                 return
@@ -81,12 +95,19 @@ class KubeBinder:
             raise BindError(
                 f"pod {pod}: binding to node {allocation.node} failed: {_api_error(exc)}"
             ) from None
+        except urllib3.exceptions.HTTPError as exc:
+            # The POST may have gone through before the connection failed: ask the server.
+            if self._already_bound(allocation):
+                log.warning("binding_answer_lost_but_bound", pod=pod, error=str(exc))
+                return
+            self._clear_annotation(allocation)
+            raise BindError(f"pod {pod}: binding to node {allocation.node} failed: {exc}") from None
 
     def _already_bound(self, allocation: Allocation) -> bool:
         """A retried bind whose first attempt went through: same pod, same node, same allocation."""
         try:
             pod = read_pod(self._api, allocation.namespace, allocation.name)
-        except ApiException:
+        except (ApiException, urllib3.exceptions.HTTPError):
             return False
         meta = pod.get("metadata") or {}
         return (
@@ -97,15 +118,16 @@ class KubeBinder:
 
     def _patch_annotation(self, allocation: Allocation, value: str | None) -> None:
         body = {"metadata": {"uid": allocation.pod_uid, "annotations": {ANNOTATION: value}}}
-        response = self._api.patch_namespaced_pod(
-            allocation.name,
-            allocation.namespace,
-            body,
-            _content_type=_MERGE_PATCH,
-            _preload_content=False,
-            _request_timeout=API_TIMEOUT,
+        _consume(
+            self._api.patch_namespaced_pod(
+                allocation.name,
+                allocation.namespace,
+                body,
+                _content_type=_MERGE_PATCH,
+                _preload_content=False,
+                _request_timeout=API_TIMEOUT,
+            )
         )
-        response.release_conn()
 
     def _clear_annotation(self, allocation: Allocation) -> None:
         try:
@@ -116,15 +138,15 @@ class KubeBinder:
                 pod=f"{allocation.namespace}/{allocation.name}",
                 error=_api_error(exc),
             )
+        except urllib3.exceptions.HTTPError as exc:
+            pod = f"{allocation.namespace}/{allocation.name}"
+            log.warning("annotation_not_cleared", pod=pod, error=str(exc))
 
 
 def read_pod(api: CoreV1Api, namespace: str, name: str) -> dict[str, Any]:
     """The pod as the API server serializes it (raw JSON, as kube-scheduler would send it)."""
     response = api.read_namespaced_pod(name, namespace, _preload_content=False, _request_timeout=API_TIMEOUT)
-    try:
-        return json.loads(response.data)
-    finally:
-        response.release_conn()
+    return json.loads(_consume(response))
 
 
 class KubeEvents:
@@ -165,10 +187,11 @@ class KubeEvents:
             count=1,
         )
         try:
-            response = self._api.create_namespaced_event(
-                namespace, event, _preload_content=False, _request_timeout=API_TIMEOUT
+            _consume(
+                self._api.create_namespaced_event(
+                    namespace, event, _preload_content=False, _request_timeout=API_TIMEOUT
+                )
             )
-            response.release_conn()
         except ApiException as exc:
             log.warning("event_not_created", pod=f"{namespace}/{name}", error=_api_error(exc))
 

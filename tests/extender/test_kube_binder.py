@@ -55,6 +55,19 @@ def test_bind_annotates_then_binds(api_server: tuple[FakeApiServer, CoreV1Api]) 
     assert binding["metadata"]["uid"] == "uid-1"
 
 
+def test_binds_in_a_row_over_one_pooled_connection_all_go_through(
+    api_server: tuple[FakeApiServer, CoreV1Api],
+) -> None:
+    """Every response body is read before its connection is reused: nothing leaks into the next answer."""
+    fake, api = api_server
+    binder = KubeBinder(api)
+    for n in range(12):
+        fake.add_pod("ml", f"train-{n}", f"uid-{n}")
+        binder.bind(allocation(f"uid-{n}", f"train-{n}", gpu=f"GPU-{n}"))
+    assert [c[0] for c in fake.calls] == ["PATCH", "POST"] * 12
+    assert all(fake.pods[("ml", f"train-{n}")]["spec"]["nodeName"] == "gpu-1" for n in range(12))
+
+
 def test_failed_binding_removes_the_annotation(api_server: tuple[FakeApiServer, CoreV1Api]) -> None:
     fake, api = api_server
     fake.add_pod("ml", "train", "uid-1", spec={"nodeName": "elsewhere"})
