@@ -9,6 +9,7 @@ listed in MANAGED_LABELS are ever written or removed.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -65,7 +66,9 @@ class NodeLabeler:
     written), so it can run on every store generation. Each API call is bounded
     by `timeout` seconds; after a failed read or patch (logged, never raised into
     the caller) the next attempt waits `retry_after` seconds, so a listener on a
-    busy store does not hammer an API server that is away.
+    busy store does not hammer an API server that is away. `start` also syncs on a
+    timer, so a Node that registers after the agent started (or an API server that
+    was away) gets its labels without waiting for a topology change.
     """
 
     def __init__(
@@ -74,7 +77,7 @@ class NodeLabeler:
         node_name: str,
         *,
         timeout: float = 10.0,
-        retry_after: float = 30.0,
+        retry_after: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.core = core_api
@@ -84,6 +87,27 @@ class NodeLabeler:
         self._clock = clock
         self._written: dict[str, str] | None = None
         self._next_try = float("-inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, topology: Callable[[], NodeTopology], interval_s: float = 5.0) -> None:
+        """Sync now and then every `interval_s` seconds until `stop`."""
+
+        def loop() -> None:
+            while True:
+                self.sync(topology())
+                if self._stop.wait(interval_s):
+                    return
+
+        self._stop.clear()
+        self._thread = threading.Thread(target=loop, name=f"node-labels-{self.node_name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.timeout + 1)
+            self._thread = None
 
     def sync(self, topology: NodeTopology) -> bool:
         """Patch the Node if its managed labels differ from what `topology` calls for; True if patched."""

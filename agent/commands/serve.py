@@ -20,6 +20,7 @@ from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.metrics import AgentMetrics
 from agent.metrics_apply import ApplyMetrics, MeteredApplier
 from agent.metrics_inventory import NodeInventoryCollector
+from agent.node_labels import NodeLabeler
 from agent.podwatch import PodStatusResolver, PodWatcher, core_api, kubernetes_event_reporter
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
@@ -157,6 +158,7 @@ class NodeParts:
     core: Any = None
     watcher: PodWatcher | None = None
     plugins: DevicePluginManager | None = None
+    labeler: NodeLabeler | None = None
 
 
 def make_parts(config: AgentConfig, core: Any) -> NodeParts:
@@ -272,10 +274,15 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
             parts.plugins.update(snap.state.topology)
 
     store.add_listener(readvertise)
+    parts.labeler = NodeLabeler(parts.core, node)
+    parts.labeler.start(lambda: store.current().state.topology)
+    store.add_listener(parts.labeler.on_snapshot)
     log.info("kubernetes parts started", node=node, pod_watch=parts.watcher is not None)
 
 
 def stop_kubernetes_parts(parts: NodeParts) -> None:
+    if parts.labeler is not None:
+        parts.labeler.stop()
     if parts.watcher is not None:
         parts.watcher.stop()
     if parts.plugins is not None:

@@ -92,7 +92,7 @@ class FakeNvml:
         init_error: int | None = None,
     ) -> None:
         self._gpus = gpus
-        self._driver = driver
+        self.driver = driver
         self._cuda = cuda
         self._init_error = init_error
         self.initialized = False
@@ -133,7 +133,7 @@ class FakeNvml:
         return self._gpus[index]
 
     def nvmlSystemGetDriverVersion(self) -> str:
-        return self._driver
+        return self.driver
 
     def nvmlSystemGetCudaDriverVersion_v2(self) -> int:
         return self._cuda

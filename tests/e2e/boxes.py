@@ -65,15 +65,20 @@ def _build(root: Path, model: str) -> Box:
     return build_split_box(root) if model == "split" else build_box(root, model)
 
 
-def gpu_box(root: Path, model: str) -> Box:
-    """The box at `root`, writing its tree on first use; later calls rebuild only the NVML stand-in."""
+def gpu_box(root: Path, model: str, driver: str | None = None) -> Box:
+    """The box at `root`, writing its tree on first use; later calls rebuild only the NVML stand-in.
+
+    `driver` is the NVIDIA driver version its NVML reports (the stand-in's default otherwise).
+    """
     if not (root / _BUILT).exists():
         box = _build(root, model)
         (root / _BUILT).write_text(model)
-        return box
-    with tempfile.TemporaryDirectory(prefix="gedge-e2e-box-") as scratch:
-        twin = _build(Path(scratch) / "box", model)
-    return dataclasses.replace(twin, root=root)
+    else:
+        with tempfile.TemporaryDirectory(prefix="gedge-e2e-box-") as scratch:
+            box = dataclasses.replace(_build(Path(scratch) / "box", model), root=root)
+    if driver is not None:
+        box.nvml.driver = driver
+    return box
 
 
 def box_topology(box: Box, node_name: str) -> NodeTopology:

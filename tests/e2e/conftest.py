@@ -123,7 +123,12 @@ def namespace(kube_api: k8s.ApiClient) -> Iterator[str]:
             core.delete_namespace(name)
 
 
-GPU_BOXES = (("h100-a", "H100"), ("h100-b", "H100"), ("split", "split"))
+GPU_BOXES = (
+    ("h100-a", "H100", "535.104.05"),
+    ("h100-b", "H100", "525.60.13"),
+    ("split", "split", "470.223.02"),
+)
+"""(node, box model, NVIDIA driver): only h100-a's driver runs CUDA 12.2 (535.54.03 or later)."""
 SNAPSHOT_NODES = (("snap-40intel64", "40intel64-2g2n4c+pcilocality"), ("snap-16amd64", "16amd64-8n2c"))
 
 
@@ -144,7 +149,7 @@ def edge_cluster(
     all nodes: bound pods go Running (see tests/e2e/kubelet.py for outcomes).
     `edge_cluster.restart_extender()` kills it with SIGKILL and starts it again.
     """
-    specs = [NodeSpec(name, box_model=model) for name, model in GPU_BOXES]
+    specs = [NodeSpec(name, box_model=model, driver=driver) for name, model, driver in GPU_BOXES]
     specs += [NodeSpec(name, root=snapshot_roots[snapshot]) for name, snapshot in SNAPSHOT_NODES]
     cluster = EdgeCluster(control_plane, kube_api, tmp_path_factory.mktemp("edge-cluster")).start(specs)
     kubelet = KubeletStandIn(kube_api, cluster.node_names()).start()

@@ -129,6 +129,8 @@ class NodeSpec:
     name: str
     root: Path | None = None
     box_model: str | None = None
+    driver: str | None = None
+    """NVIDIA driver version a GPU box's NVML reports."""
 
 
 class EdgeCluster:
@@ -184,7 +186,7 @@ class EdgeCluster:
         ]
         if spec.box_model is not None:
             root = spec.root or state_dir / "sysfs"
-            topology = box_topology(gpu_box(root, spec.box_model), spec.name)
+            topology = box_topology(gpu_box(root, spec.box_model, spec.driver), spec.name)
             argv = [
                 sys.executable,
                 "-m",
@@ -192,6 +194,8 @@ class EdgeCluster:
                 f"--model={spec.box_model}",
                 f"--root={root}",
             ]
+            if spec.driver is not None:
+                argv.append(f"--driver={spec.driver}")
             argv += ["--", *serve_flags]
         else:
             if spec.root is None:

@@ -43,9 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=MODELS, default="H100")
     parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--driver", help="NVIDIA driver version NVML reports (default: the stand-in's)")
     parser.add_argument("serve_args", nargs=argparse.REMAINDER, help="after --: gedge-agent serve flags")
     args = parser.parse_args(argv)
-    box = gpu_box(args.root, args.model)
+    box = gpu_box(args.root, args.model, args.driver)
     if not hasattr(serve_command, "default_discover"):
         raise SystemExit("agent.commands.serve no longer takes its discovery from default_discover")
     serve_command.default_discover = box_discover(box)

@@ -26,14 +26,15 @@ from gedge_model import ANNOTATION
 from scheduler_extender.workflow.catalog import driver_code
 from scheduler_extender.workflow.composer import LABEL_DRIVER, LABEL_DRIVER_CODE
 from tests.e2e.cluster_objects import wait_for
+from tests.e2e.conftest import GPU_BOXES
 from tests.e2e.edge_cluster import EdgeCluster
 from tests.e2e.kubelet import EXIT_CODE_ENV, RUN_SECONDS_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = REPO / "deploy" / "runtime-catalog" / "runtime-catalog.yaml"
 GEDGE_FLOW = Path(sys.executable).parent / "gedge-flow"
-DRIVERS = {"h100-a": "535.104.05", "h100-b": "525.60.13"}
-"""h100-a can run CUDA 12.2 (needs 535.54.03), h100-b cannot; `split` reports no driver label."""
+DRIVERS = {name: driver for name, _, driver in GPU_BOXES}
+"""h100-a can run CUDA 12.2 (needs 535.54.03); h100-b and split cannot."""
 
 
 def _env(seconds: float, exit_code: int = 0) -> list[dict[str, str]]:
@@ -87,25 +88,18 @@ def _workflow() -> dict[str, Any]:
 
 
 @pytest.fixture
-def driver_labels(kube_api: k8s.ApiClient, edge_cluster: EdgeCluster) -> Iterator[dict[str, str]]:
-    """The driver labels the agent keeps, set here on two GPU nodes (removed after if we set them)."""
+def driver_labels(kube_api: k8s.ApiClient, edge_cluster: EdgeCluster) -> dict[str, str]:
+    """The driver labels each GPU node's own agent keeps from what its NVML reports."""
     core = k8s.CoreV1Api(kube_api)
-    ours = []
-    for node, version in DRIVERS.items():
-        labels = core.read_node(node).metadata.labels or {}
-        if LABEL_DRIVER_CODE not in labels:
-            core.patch_node(
-                node,
-                {
-                    "metadata": {
-                        "labels": {LABEL_DRIVER: version, LABEL_DRIVER_CODE: str(driver_code(version))}
-                    }
-                },
-            )
-            ours.append(node)
-    yield {n: core.read_node(n).metadata.labels[LABEL_DRIVER_CODE] for n in DRIVERS}
-    for node in ours:
-        core.patch_node(node, {"metadata": {"labels": {LABEL_DRIVER: None, LABEL_DRIVER_CODE: None}}})
+    managed = (LABEL_DRIVER, LABEL_DRIVER_CODE)
+    expected = {n: {LABEL_DRIVER: v, LABEL_DRIVER_CODE: str(driver_code(v))} for n, v in DRIVERS.items()}
+
+    def labels() -> dict[str, dict[str, str | None]]:
+        current = {node: core.read_node(node).metadata.labels or {} for node in DRIVERS}
+        return {node: {key: current[node].get(key) for key in managed} for node in DRIVERS}
+
+    wait_for(labels, lambda seen: seen == expected, timeout=30, describe=str)
+    return {node: want[LABEL_DRIVER_CODE] for node, want in expected.items()}
 
 
 @pytest.fixture

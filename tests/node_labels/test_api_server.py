@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,3 +121,23 @@ def test_wired_to_the_agent_store_labels_follow_rediscovery(agent_core, kube_api
     before = k8s.CoreV1Api(kube_api).read_node(node).metadata.resource_version
     assert store.set_allocations((Allocation("uid-p", "ml", "p", node),))  # a generation, same topology
     assert k8s.CoreV1Api(kube_api).read_node(node).metadata.resource_version == before
+
+
+def test_a_node_registered_after_the_agent_started_gets_its_labels(agent_core, kube_api):  # noqa: F811
+    """The timer keeps trying: a Node that kubelet registers late is labeled without a topology change."""
+    name = f"late-{uuid.uuid4().hex[:6]}"
+    labeler = NodeLabeler(agent_core, name, retry_after=0.2)
+    labeler.start(lambda: topology(gpu(0, driver="535.104.05")), interval_s=0.2)
+    core = k8s.CoreV1Api(kube_api)
+    try:
+        time.sleep(0.5)
+        core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=name)))
+        deadline = time.monotonic() + 20
+        while labels_of(kube_api, name).get("gedge.io/nvidia-driver") != "535.104.05":
+            assert time.monotonic() < deadline, labels_of(kube_api, name)
+            time.sleep(0.1)
+        assert labels_of(kube_api, name)["gedge.io/nvidia-driver-code"] == "535104005"
+    finally:
+        labeler.stop()
+        with contextlib.suppress(ApiException):
+            core.delete_node(name)
