@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Mapping
+
+import structlog
 
 
 def run_lazy_cli(
@@ -45,3 +48,30 @@ def run_lazy_cli(
             sub.add_parser(name, help=summary, add_help=False)
     args = parser.parse_args(args_in)
     return int(args.run(args) or 0)
+
+
+class _Stderr:
+    """Whatever sys.stderr is when a line is written (tests and daemons swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def configure_logging(level: str, *, cache: bool = True) -> None:
+    """structlog JSON lines on stderr, one object per event."""
+    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(_Stderr()),
+        cache_logger_on_first_use=cache,
+    )

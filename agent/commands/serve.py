@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from agent.node_labels import NodeLabeler
 from agent.podwatch import PodStatusResolver, PodWatcher, core_api, kubernetes_event_reporter
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
+from gedge_model.cli_support import configure_logging
 from gedge_model.tls import TlsConfigError
 
 log = structlog.get_logger("gedge.agent.serve")
@@ -116,23 +116,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeslice-replicas", type=int, metavar="N")
     parser.set_defaults(run=run)
-
-
-def configure_logging(level: str) -> None:
-    """structlog JSON lines on stderr, one object per event."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=True,
-    )
 
 
 def cgroup_hierarchy(root: Path) -> tuple[Path, CgroupVersion]:

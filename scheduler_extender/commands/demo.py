@@ -33,11 +33,11 @@ import aiohttp
 import grpc
 
 from gedge_model import Allocation, NodeTopology
+from gedge_model.cli_support import configure_logging
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import BindError
 from scheduler_extender.commands.render import allocation_summary, topology_summary
-from scheduler_extender.commands.serve import configure_logging
 from scheduler_extender.http.app import build_app, start_server
 from scheduler_extender.verbs import Extender
 

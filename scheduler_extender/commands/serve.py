@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import logging
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
+from gedge_model.cli_support import configure_logging
 from gedge_model.tls import TlsConfigError, load_tls
 from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
@@ -73,33 +72,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     parser.set_defaults(run=run)
-
-
-class _Stderr:
-    """Whatever sys.stderr is when a line is written (tests and daemons swap it)."""
-
-    def write(self, text: str) -> int:
-        return sys.stderr.write(text)
-
-    def flush(self) -> None:
-        sys.stderr.flush()
-
-
-def configure_logging(level: str, *, cache: bool = True) -> None:
-    """structlog JSON lines on stderr, one object per event."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(_Stderr()),
-        cache_logger_on_first_use=cache,
-    )
 
 
 def parse_listen(text: str) -> tuple[str, int]:
