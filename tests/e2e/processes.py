@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -12,13 +11,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_SETPRIV = shutil.which("setpriv")
 
 
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel kills it if the test process dies, even by SIGKILL."""
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def _dying_with_parent(argv: Sequence[str]) -> list[str]:
+    """argv run through util-linux's setpriv, so the kernel kills the child if the test process dies,
+    even by SIGKILL. Not a preexec_fn: running Python in a forked child of a process that has
+    gRPC loaded runs gRPC's at-fork handlers there, which can abort the child before it execs."""
+    return [_SETPRIV, "--pdeathsig", "KILL", "--", *argv] if _SETPRIV else list(argv)
 
 
 def free_port() -> int:
@@ -58,13 +58,12 @@ class ManagedProcess:
             out.write(f"--- start: {' '.join(self.argv)}\n".encode())
             out.flush()
             self._popen = subprocess.Popen(
-                self.argv,
+                _dying_with_parent(self.argv),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self._env,
                 cwd=self._cwd,
-                preexec_fn=_die_with_parent,
             )
         return self
 
