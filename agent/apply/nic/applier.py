@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -68,6 +69,16 @@ def parse_address(grant: NetworkGrant) -> ipaddress.IPv4Interface | ipaddress.IP
         return ipaddress.ip_interface(grant.address)
     except ValueError as exc:
         raise ValueError(f"bad address {grant.address!r}: {exc}") from None
+
+
+def _park(ns: IPRoute, link: Any, host_name: str) -> int:
+    """A VF netdev on its way back: down, no addresses, its host name again when that name is free."""
+    index = link["index"]
+    ns.link("set", index=index, state="down")
+    ns.flush_addr(index=index)
+    if link.get_attr("IFLA_IFNAME") != host_name and _lookup(ns, host_name) is None:
+        ns.link("set", index=index, ifname=host_name)
+    return index
 
 
 def _links_with_alias(ipr: IPRoute, marker: str) -> list:
@@ -292,34 +303,19 @@ class NicApplier:
         if netns_exists(record.pod_netns):
             with netlink(record.pod_netns) as pod:
                 for link in _links_with_alias(pod, record.marker):
-                    index = link["index"]
                     if record.mode == "macvlan":
-                        pod.link("del", index=index)
+                        pod.link("del", index=link["index"])
                         continue
-                    pod.link("set", index=index, state="down")
-                    pod.flush_addr(index=index)
-                    if (
-                        link.get_attr("IFLA_IFNAME") != record.host_name
-                        and _lookup(pod, record.host_name) is None
-                    ):
-                        pod.link("set", index=index, ifname=record.host_name)
+                    index = _park(pod, link, record.host_name)
                     target = netns_fd(record.host_netns) if record.host_netns else _own_netns_fd()
                     with target as fd:
                         pod.link("set", index=index, net_ns_fd=fd)
         with netlink(record.host_netns) as host:
             for link in _links_with_alias(host, record.marker):
-                index = link["index"]
                 if record.mode == "macvlan":
-                    host.link("del", index=index)
+                    host.link("del", index=link["index"])
                     continue
-                host.link("set", index=index, state="down")
-                host.flush_addr(index=index)
-                if (
-                    link.get_attr("IFLA_IFNAME") != record.host_name
-                    and _lookup(host, record.host_name) is None
-                ):
-                    host.link("set", index=index, ifname=record.host_name)
-                host.link("set", index=index, ifalias="")
+                host.link("set", index=_park(host, link, record.host_name), ifalias="")
             if record.mode == "macvlan":
                 index = _lookup(host, record.host_name)
                 if index is not None and _kind(host.get_links(index)[0]) == "macvlan":
