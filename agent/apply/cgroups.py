@@ -14,8 +14,12 @@ laid out the same way).
 from __future__ import annotations
 
 import errno
+import os
 import re
+import signal
+import time
 from collections.abc import Callable, Mapping
+from contextlib import suppress
 from enum import StrEnum
 from pathlib import Path
 
@@ -211,3 +215,24 @@ def detect_cgroup_layout(mount: Path = Path("/sys/fs/cgroup")) -> tuple[Path, Cg
     if (root / "kubepods").is_dir():
         return root, version, CgroupDriver.CGROUPFS
     raise CgroupError(f"no kubepods cgroup under {root} (is kubelet running on this node?)")
+
+
+def remove_cgroup_tree(top: Path, attempts: int = 100) -> None:
+    """Kill the tasks left anywhere in the tree, then rmdir it bottom-up (a cgroup goes once empty)."""
+    if not top.exists():
+        return
+    dirs = sorted((Path(d) for d, _, _ in os.walk(top)), key=lambda p: -len(p.parts))
+    for d in dirs:
+        with suppress(OSError):
+            for pid in (d / "cgroup.procs").read_text().split():
+                with suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+    for d in dirs:
+        for _ in range(attempts):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.02)

@@ -16,7 +16,6 @@ import hashlib
 import multiprocessing
 import os
 import shutil
-import signal
 import tempfile
 import time
 import uuid
@@ -26,7 +25,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 from agent.apply import ApplyManager, CgroupDriver, CgroupVersion, PodRuntime, QosClass, StaticPodResolver
-from agent.apply.cgroups import CpusetTree, container_cgroup_names, pod_cgroup
+from agent.apply.cgroups import CpusetTree, container_cgroup_names, pod_cgroup, remove_cgroup_tree
 from agent.apply.cpuset import format_cpu_list
 from agent.bench.common import Progress, raise_if_interrupted, ratio, render_table, run_as_child, spread
 from gedge_model import Allocation
@@ -150,21 +149,7 @@ class Sandbox:
         if manager is not None:
             with suppress(Exception):
                 manager.release(self.workload_uid)
-        dirs = sorted((Path(d) for d, _, _ in os.walk(self.top)), key=lambda p: -len(p.parts))
-        for d in dirs:
-            with suppress(OSError):
-                for pid in (d / "cgroup.procs").read_text().split():
-                    with suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
-        for d in dirs:
-            for _ in range(100):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.02)
+        remove_cgroup_tree(self.top)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pyroute2 import IPRoute, netns
+
+from agent.apply.cgroups import remove_cgroup_tree
 
 CPUSET_V1 = Path("/sys/fs/cgroup/cpuset")
 
@@ -38,23 +38,7 @@ def make_v1_cgroup(path: Path) -> Path:
 
 def remove_v1_tree(top: Path) -> None:
     """Kill the tasks left in the tree, then rmdir bottom-up."""
-    if not top.exists():
-        return
-    dirs = sorted((Path(d) for d, _, _ in os.walk(top)), key=lambda p: -len(p.parts))
-    for d in dirs:
-        with suppress(OSError):
-            for pid in (d / "cgroup.procs").read_text().split():
-                with suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
-    for d in dirs:
-        for _ in range(50):
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:
-                time.sleep(0.02)
+    remove_cgroup_tree(top, attempts=50)
 
 
 @contextmanager
