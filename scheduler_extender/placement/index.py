@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from gedge_model import DeviceKind, Level, NodeTopology, pci_distance
+from gedge_model.allocation import RESOURCE_AMD_GPU, RESOURCE_ASIC, RESOURCE_FPGA, RESOURCE_GPU
 
 LEVELS: tuple[Level, ...] = tuple(Level)
 """Levels by ordinal, closest first: the engine stores ordinals and compares them."""
@@ -43,6 +44,9 @@ class GpuEntry:
     """(instance uuid, profile) of existing MIG instances, in placement order."""
     group: tuple[str, ...]
     """The PCIe switch (or host bridge) the GPU hangs off: GPUs sharing it fragment together."""
+    resource: str = RESOURCE_GPU
+    """gedge.io/gpu for NVIDIA GPUs; whole cards (AMD GPUs, FPGA, ASIC) sit in the same list, placed
+    by the same distances, under their own resource and granted by `uuid` (their PCI address)."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,29 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         )
         for pos, gpu in enumerate(gpus_sorted)
     )
+    card_addresses = [
+        (RESOURCE_AMD_GPU, g.pci_address)
+        for g in sorted(topology.amd_gpus, key=lambda g: g.index)
+        if g.allocatable
+    ]
+    card_addresses += [
+        (RESOURCE_FPGA if c.kind is DeviceKind.FPGA else RESOURCE_ASIC, c.pci_address) for c in topology.cards
+    ]
+    first_card = len(gpus)
+    gpus += tuple(
+        GpuEntry(
+            pos=first_card + i,
+            uuid=address,
+            pci=address,
+            numa=_numa(topology, address),
+            mig_mode=False,
+            replica_ids=(),
+            migs=(),
+            group=_group(topology, address),
+            resource=resource,
+        )
+        for i, (resource, address) in enumerate(card_addresses)
+    )
     gpu_levels = tuple(tuple(ORDINAL[pci_distance(topology, a.pci, b.pci).level] for b in gpus) for a in gpus)
 
     def levels_to_gpus(address: str) -> tuple[int, ...]:
@@ -248,7 +275,8 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
     nets = (*vf_groups, *rdmas, *nics)
     classes: dict[tuple[int, tuple[int, ...]], int] = {}
     gpu_class = tuple(
-        classes.setdefault((g.numa, tuple(n.gpu_levels[g.pos] for n in nets)), len(classes)) for g in gpus
+        classes.setdefault((g.resource, g.numa, tuple(n.gpu_levels[g.pos] for n in nets)), len(classes))
+        for g in gpus
     )
 
     cores: dict[int, dict[tuple[int, ...], None]] = {}
@@ -276,7 +304,14 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
 
     signature = (
         tuple(
-            (g.numa, g.mig_mode, len(g.replica_ids), tuple(p for _, p in g.migs), canonical(g.group))
+            (
+                g.resource,
+                g.numa,
+                g.mig_mode,
+                len(g.replica_ids),
+                tuple(p for _, p in g.migs),
+                canonical(g.group),
+            )
             for g in gpus
         ),
         gpu_levels,
