@@ -147,10 +147,16 @@ class Accelerator:
     device_nodes: tuple[str, ...] = ()
     functions: tuple[str, ...] = ()
     driver: str | None = None
+    missing_nodes: tuple[str, ...] = ()
+    """Of `device_nodes`, those the node's /dev lacks: the card cannot be given until they appear."""
 
     @property
     def allocatable(self) -> bool:
-        return self.stack is not None and self.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
+        return (
+            self.stack is not None
+            and self.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
+            and not self.missing_nodes
+        )
 
 
 @dataclass(frozen=True)
@@ -224,11 +230,19 @@ class AmdGpu:
     unique_id: str | None = None
     hive_id: str | None = None
     xgmi_links: tuple[XgmiLink, ...] = ()
+    missing_nodes: tuple[str, ...] = ()
+    """Of /dev/kfd and the render node, those the node's /dev lacks."""
+
+    @property
+    def device_nodes(self) -> tuple[str, ...]:
+        """What a container needs: /dev/kfd and the GPU's render node (empty when its number is unknown)."""
+        if self.render_minor is None:
+            return ()
+        return ("/dev/kfd", f"/dev/dri/renderD{self.render_minor}")
 
     @property
     def allocatable(self) -> bool:
-        """A container needs the GPU's render node besides /dev/kfd; without its number it cannot be given."""
-        return self.render_minor is not None
+        return self.render_minor is not None and not self.missing_nodes
 
 
 @dataclass(frozen=True)

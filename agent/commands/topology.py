@@ -155,14 +155,16 @@ def _device_legend(topology: NodeTopology) -> list[str]:
         if amd is not None:
             what = f"AMD {amd.name or 'GPU'} (KFD node {amd.kfd_node}"
             what += f", hive {amd.hive_id})" if amd.hive_id else ")"
-            what += (
-                f" gedge.io/amd-gpu /dev/kfd /dev/dri/renderD{amd.render_minor}" if amd.allocatable else ""
-            )
+            what += " gedge.io/amd-gpu " + " ".join(amd.device_nodes)
+            if not amd.allocatable:
+                what += f" (not allocatable: missing {' '.join(amd.missing_nodes) or 'render node'})"
         elif card is not None and card.kind in (DeviceKind.FPGA, DeviceKind.ASIC):
             what = f"{card.vendor_id:04x}:{card.device_id:04x} driver {card.driver or 'none'}"
-            if card.allocatable:
+            if card.stack is not None:
                 what += f" {card.stack} gedge.io/{card.kind.value.lower()} {' '.join(card.device_nodes)}"
-            else:
+            if card.missing_nodes:
+                what += f" (not allocatable: missing {' '.join(card.missing_nodes)})"
+            elif card.stack is None:
                 what += " (no known device nodes: not allocatable)"
         lines.append(f"  {p.label}: {what} ({p.pci_address})")
     lines.append("")

@@ -73,7 +73,6 @@ class PluginDevice:
     """/dev paths a container gets for an AMD GPU or an FPGA/ASIC card (all must exist at Allocate)."""
 
 
-KFD_DEVICE = "/dev/kfd"
 CARD_RESOURCE = {DeviceKind.FPGA: RESOURCE_FPGA, DeviceKind.ASIC: RESOURCE_ASIC}
 
 
@@ -82,9 +81,8 @@ def _card_devices(topology: NodeTopology) -> list[PluginDevice]:
     out = []
     for amd in topology.amd_gpus:
         if not amd.allocatable:
-            log.warning("AMD GPU %s has no DRM render node, not advertised", amd.pci_address)
-            continue
-        nodes = (KFD_DEVICE, f"/dev/dri/renderD{amd.render_minor}")
+            continue  # discovery warned: no render node known, or its device nodes are missing
+        nodes = amd.device_nodes
         numa = _numa(topology, amd.pci_address)
         out.append(
             PluginDevice(

@@ -4,7 +4,8 @@ Each GPU is a node under /sys/class/kfd/kfd/topology/nodes/N with a non-zero
 `gpu_id`; its `properties` file holds `key value` lines (`domain`,
 `location_id` = bus << 8 | devfn, `drm_render_minor`, `hive_id`, `unique_id`,
 `gfx_target_version`, ...). Its `io_links/M/properties` name the peers: type 11
-is XGMI (a link inside the GPU's hive), type 2 PCIe (to the CPU node).
+is XGMI (a link inside the GPU's hive), type 2 PCIe (to the CPU node). The GPU
+is allocatable when /dev/kfd and its /dev/dri/renderDN exist under the same root.
 """
 
 from __future__ import annotations
@@ -91,7 +92,15 @@ def read_amd_gpus(
                 fs.warn(f"{fs.shown(KFD_NODES)}/{node}: XGMI link to node {peer}, which is no GPU node")
                 continue
             xgmi.append(XgmiLink(by_node[peer], weight))
-        result.append(replace(gpu, index=index, xgmi_links=tuple(sorted(set(xgmi), key=_link_key))))
+        gpu = replace(gpu, index=index, xgmi_links=tuple(sorted(set(xgmi), key=_link_key)))
+        missing = tuple(path for path in gpu.device_nodes if not fs.exists(path))
+        if gpu.render_minor is None:
+            fs.warn(f"AMD GPU {gpu.pci_address}: no DRM render node known; it is not allocatable")
+        elif missing:
+            fs.warn(
+                f"AMD GPU {gpu.pci_address}: {', '.join(missing)} missing on this node; it is not allocatable"
+            )
+        result.append(replace(gpu, missing_nodes=missing))
     known = set(by_node.values())
     for address, dev in sorted(pci.items()):
         amdgpu = dev.vendor_id == AMD_VENDOR and dev.driver == AMDGPU_DRIVER and dev.base_class == 0x03

@@ -8,7 +8,8 @@ Read from the card's PCI function in sysfs, in this order:
   /dev/dri/renderDN, plus the management function of the same slot bound to `xclmgmt`,
   /dev/xclmgmt<instance> (`<mgmt function>/instance`, else domain << 16 | bus << 8 | devfn)
 - VFIO: a function bound to `vfio-pci`, /dev/vfio/<iommu group> and /dev/vfio/vfio
-A card with none of these stays a compute kind for `gedge.io/compute` but is not allocatable.
+A card with none of these stays a compute kind for `gedge.io/compute` but is not allocatable,
+and so is one whose device nodes are missing under the same root's /dev.
 """
 
 from __future__ import annotations
@@ -45,8 +46,22 @@ def with_cards(
             continue
         stack, nodes, functions = _stack(fs, dev, path, pci, paths)
         kind = DeviceKind.FPGA if stack in FPGA_STACKS else acc.kind
+        missing = tuple(node for node in nodes if not fs.exists(node))
+        if missing:
+            fs.warn(
+                f"{kind.value} {acc.pci_address} ({stack}): {', '.join(missing)} missing on this node; "
+                "it is not allocatable"
+            )
         out.append(
-            replace(acc, kind=kind, stack=stack, device_nodes=nodes, functions=functions, driver=dev.driver)
+            replace(
+                acc,
+                kind=kind,
+                stack=stack,
+                device_nodes=nodes,
+                functions=functions,
+                driver=dev.driver,
+                missing_nodes=missing,
+            )
         )
     return tuple(out)
 

@@ -968,7 +968,8 @@ def _plan(index: TopologyIndex, free: _Free, request: PodRequest, config: Placem
             return f"needs an {kind} (gedge.io/compute), none on this node"
     short = _shortfalls(request, free)
     if short:
-        return "needs " + "; ".join(short)
+        unusable = [index.unusable[r] for r, _ in request.cards if r in index.unusable]
+        return "needs " + "; ".join(short) + "".join(f" (not allocatable: {why})" for why in unusable)
     search = _Search(index, request, config)
     policy = request.policy if request.topology_aware else "best-effort"
     if policy == "best-effort":

@@ -85,6 +85,8 @@ class TopologyIndex:
     gpu_by_uuid: Mapping[str, int]
     gpu_by_mig: Mapping[str, int]
     accelerator_kinds: frozenset[str]
+    unusable: Mapping[str, str] = field(default_factory=dict)
+    """Card resource -> why the node has such devices it cannot give (device nodes missing, ...)."""
     gpu_class: tuple[int, ...] = ()
     """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
     cpu_numa: Mapping[int, int] = field(default_factory=dict)
@@ -212,6 +214,17 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
     card_addresses += [
         (RESOURCE_FPGA if c.kind is DeviceKind.FPGA else RESOURCE_ASIC, c.pci_address) for c in topology.cards
     ]
+    unusable: dict[str, list[str]] = {}
+    for amd in topology.amd_gpus:
+        if not amd.allocatable:
+            why = f"lacks {', '.join(amd.missing_nodes)}" if amd.missing_nodes else "has no render node"
+            unusable.setdefault(RESOURCE_AMD_GPU, []).append(f"AMD GPU {amd.pci_address} {why}")
+    for acc in topology.accelerators:
+        if acc.stack is not None and acc.missing_nodes:
+            resource = RESOURCE_FPGA if acc.kind is DeviceKind.FPGA else RESOURCE_ASIC
+            unusable.setdefault(resource, []).append(
+                f"{acc.kind.value} {acc.pci_address} lacks {', '.join(acc.missing_nodes)}"
+            )
     first_card = len(gpus)
     gpus += tuple(
         GpuEntry(
@@ -333,6 +346,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
                 a.kind.value for a in topology.accelerators if a.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
             )
         ),
+        tuple(sorted((r, tuple(why)) for r, why in unusable.items())),
     )
     return TopologyIndex(
         node=topology.node_name,
@@ -348,6 +362,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         accelerator_kinds=frozenset(
             a.kind.value for a in topology.accelerators if a.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
         ),
+        unusable={resource: "; ".join(why) for resource, why in unusable.items()},
         gpu_class=gpu_class,
         cpu_numa={cpu: numa for numa, found in core_map.items() for core in found for cpu in core},
         structure=_structure_id(signature),

@@ -150,8 +150,13 @@ def _gpu_function(
     return rel
 
 
-def _finish(b: SysfsBuilder, hostname: str) -> None:
+def _finish(b: SysfsBuilder, hostname: str, gpus: int) -> None:
+    """The class link, the hostname, and the /dev nodes amdgpu and amdkfd create."""
     b.link("sys/class/kfd/kfd", "sys/devices/virtual/kfd/kfd")
+    b.write("dev/kfd", "")
+    for i in range(gpus):
+        b.write(f"dev/dri/renderD{128 + i}", "")
+        b.write(f"dev/dri/card{i}", "")
     b.write("proc/sys/kernel/hostname", hostname)
     b.virtual_netdev("lo")
 
@@ -197,7 +202,7 @@ def build_mi300x(root: Path) -> AmdBox:
             cpu_node=i // 4,
             peers=peers,
         )
-    _finish(b, "mi300x-box")
+    _finish(b, "mi300x-box", 8)
     return AmdBox(root, tuple(gpus), tuple(nics))
 
 
@@ -240,7 +245,7 @@ def build_mi250x(root: Path) -> AmdBox:
             cpu_node=LUMI_GCD_NUMA[i],
             peers=peers,
         )
-    _finish(b, "mi250x-box")
+    _finish(b, "mi250x-box", 8)
     return AmdBox(root, tuple(gpus), ())
 
 
@@ -276,5 +281,5 @@ def build_mi100_two_hives(root: Path) -> AmdBox:
             cpu_node=socket_of[i],
             peers=peers,
         )
-    _finish(b, "mi100-box")
+    _finish(b, "mi100-box", 8)
     return AmdBox(root, tuple(gpus), ())

@@ -95,3 +95,20 @@ def test_topology_command_lists_cards_and_their_nodes(box, capsys: pytest.Captur
         f"ASIC1: 1e52:0001 driver vendor-accel (no known device nodes: not allocatable) ({BARE_ASIC})" in out
     )
     assert "FPGA/ASIC cards: 4" in out
+
+
+def test_cards_without_their_dev_nodes_are_warned_about_and_not_allocatable(tmp_path: Path, capsys) -> None:
+    root = build_card_box(tmp_path, dev_nodes=False).root
+    topology = discover(root)
+    assert topology.cards == ()
+    assert (
+        f"FPGA {D5005} (dfl): /dev/dfl-port.0 missing on this node; it is not allocatable"
+        in topology.warnings
+    )
+    assert (
+        f"ASIC {VFIO_ASIC} (vfio): /dev/vfio/87, /dev/vfio/vfio missing on this node; it is not allocatable"
+        in (topology.warnings)
+    )
+    assert main(["topology", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"dfl gedge.io/fpga /dev/dfl-port.0 (not allocatable: missing /dev/dfl-port.0) ({D5005})" in out

@@ -162,3 +162,22 @@ def test_pods_ask_for_cards_by_resource_name() -> None:
         parse_pod_request(_pod({"gedge.io/fpga-intel": "1"}))
     with pytest.raises(RequestError, match=r"gedge\.io/asic: must be a whole number"):
         parse_pod_request(_pod({ASIC: "500m"}))
+
+
+def test_cards_whose_device_nodes_are_missing_are_refused_naming_them(tmp_path: Path) -> None:
+    box = build_mi100_two_hives(tmp_path / "mi100")
+    (box.root / "dev/kfd").unlink()
+    topology = discover(box.root)
+    assert not any(g.allocatable for g in topology.amd_gpus)
+    assert "AMD GPU 0000:10:00.0: /dev/kfd missing on this node; it is not allocatable" in topology.warnings
+    outcome = place(NodeState(topology), request(cards=((AMD, 1),)))
+    assert isinstance(outcome, Refusal)
+    assert outcome.reason.startswith("node mi100-box: needs 1 gedge.io/amd-gpu (0 free) (not allocatable: ")
+    assert "AMD GPU 0000:10:00.0 lacks /dev/kfd; AMD GPU 0000:20:00.0 lacks /dev/kfd" in outcome.reason
+
+    cards = discover(build_card_box(tmp_path / "cards", dev_nodes=False).root)
+    assert cards.cards == ()
+    outcome = place(NodeState(cards), request(cards=((FPGA, 1),)))
+    assert isinstance(outcome, Refusal)
+    assert f"FPGA {D5005} lacks /dev/dfl-port.0" in outcome.reason
+    assert f"FPGA {ALVEO_USER} lacks /dev/dri/renderD129, /dev/xclmgmt34816" in outcome.reason
