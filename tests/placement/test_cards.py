@@ -181,3 +181,17 @@ def test_cards_whose_device_nodes_are_missing_are_refused_naming_them(tmp_path: 
     assert isinstance(outcome, Refusal)
     assert f"FPGA {D5005} lacks /dev/dfl-port.0" in outcome.reason
     assert f"FPGA {ALVEO_USER} lacks /dev/dri/renderD129, /dev/xclmgmt34816" in outcome.reason
+
+
+@pytest.mark.parametrize("count", range(2, 9))
+def test_amd_gpu_sets_cost_the_exhaustive_minimum(mi100: NodeTopology, count: int) -> None:
+    addresses = [g.pci_address for g in mi100.amd_gpus]
+
+    def cost(chosen) -> float:
+        return sum(pci_distance(mi100, a, b).weight() for a, b in combinations(chosen, 2))
+
+    best = min(cost(c) for c in combinations(addresses, count))
+    outcome = place(NodeState(mi100), request(cards=((AMD, count),)))
+    assert isinstance(outcome, Placement)
+    assert outcome.cost == pytest.approx(best)
+    assert cost(ids(outcome.allocation, AMD)) == pytest.approx(best)
