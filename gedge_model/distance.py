@@ -128,15 +128,16 @@ def endpoints(topology: NodeTopology) -> tuple[Endpoint, ...]:
         )
     # AMD GPUs follow, numbered on from the NVIDIA ones (on an AMD-only node: rocm-smi's GPU[i])
     offset = max((g.index + 1 for g in topology.gpus), default=0)
+    nvidia = set(gpu_addresses)
     for amd in sorted(topology.amd_gpus, key=lambda g: g.index):
-        if amd.pci_address in gpu_addresses:
+        if amd.pci_address in nvidia:
             continue
         gpu_addresses.add(amd.pci_address)
         result.append(
             Endpoint(
                 f"GPU{offset + amd.index}",
                 DeviceKind.GPU,
-                amd.pci_address,
+                amd.device_id,
                 amd.pci_address,
                 numa_of(amd.pci_address),
             )

@@ -232,6 +232,14 @@ class AmdGpu:
     xgmi_links: tuple[XgmiLink, ...] = ()
     missing_nodes: tuple[str, ...] = ()
     """Of /dev/kfd and the render node, those the node's /dev lacks."""
+    partition: int | None = None
+    """Set when the PCI function shows as several KFD nodes (an MI300X in DPX/CPX compute
+    partition mode): this node's place among them, in node order."""
+
+    @property
+    def device_id(self) -> str:
+        """The device plugin's id: the PCI address, `<address>::<partition>` for a partition."""
+        return self.pci_address if self.partition is None else f"{self.pci_address}::{self.partition}"
 
     @property
     def device_nodes(self) -> tuple[str, ...]:
@@ -278,7 +286,11 @@ class NodeTopology:
 
     @cached_property
     def _amd_by_pci(self) -> dict[str, AmdGpu]:
-        return {g.pci_address: g for g in self.amd_gpus}
+        """The first KFD node of each PCI function (its first partition)."""
+        found: dict[str, AmdGpu] = {}
+        for gpu in sorted(self.amd_gpus, key=lambda g: g.index):
+            found.setdefault(gpu.pci_address, gpu)
+        return found
 
     @cached_property
     def _pci_by_address(self) -> dict[str, PciDevice]:

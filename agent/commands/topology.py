@@ -145,15 +145,17 @@ def _device_legend(topology: NodeTopology) -> list[str]:
         return []
     lines = ["Devices:", ""]
     cards = {a.pci_address: a for a in topology.accelerators}
+    amd_by_id = {g.device_id: g for g in topology.amd_gpus}
     for p in points:
         gpu = topology.gpu_by_pci(p.pci_address) if p.kind is DeviceKind.GPU and p.pci_address else None
-        amd = topology.amd_gpu_by_pci(p.pci_address) if p.pci_address else None
+        amd = amd_by_id.get(p.name) if p.kind is DeviceKind.GPU else None
         card = cards.get(p.pci_address or "")
         what = f"{gpu.name} {gpu.uuid}" if gpu is not None else p.name
         if gpu is not None and gpu.mig_current:
             what += f" MIG ({len(gpu.mig_instances)} instances)"
         if amd is not None:
             what = f"AMD {amd.name or 'GPU'} (KFD node {amd.kfd_node}"
+            what += f", partition {amd.partition}" if amd.partition is not None else ""
             what += f", hive {amd.hive_id})" if amd.hive_id else ")"
             what += " gedge.io/amd-gpu " + " ".join(amd.device_nodes)
             if not amd.allocatable:

@@ -87,7 +87,7 @@ def _card_devices(topology: NodeTopology) -> list[PluginDevice]:
         out.append(
             PluginDevice(
                 RESOURCE_AMD_GPU,
-                amd.pci_address,
+                amd.device_id,
                 numa_node=numa,
                 pci_address=amd.pci_address,
                 device_nodes=nodes,

@@ -10,6 +10,7 @@ is allocatable when /dev/kfd and its /dev/dri/renderDN exist under the same root
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import replace
 
@@ -84,6 +85,8 @@ def read_amd_gpus(
         )
         found.append((int(name), gpu, links))
     by_node = {node: gpu.pci_address for node, gpu, _ in found}
+    per_function = Counter(gpu.pci_address for _, gpu, _ in found)
+    seen: Counter[str] = Counter()
     result = []
     for index, (node, gpu, links) in enumerate(found):
         xgmi = []
@@ -92,7 +95,12 @@ def read_amd_gpus(
                 fs.warn(f"{fs.shown(KFD_NODES)}/{node}: XGMI link to node {peer}, which is no GPU node")
                 continue
             xgmi.append(XgmiLink(by_node[peer], weight))
-        gpu = replace(gpu, index=index, xgmi_links=tuple(sorted(set(xgmi), key=_link_key)))
+        partition = seen[gpu.pci_address] if per_function[gpu.pci_address] > 1 else None
+        seen[gpu.pci_address] += 1
+        xgmi = [link for link in xgmi if link.peer_pci_address != gpu.pci_address]
+        gpu = replace(
+            gpu, index=index, partition=partition, xgmi_links=tuple(sorted(set(xgmi), key=_link_key))
+        )
         missing = tuple(path for path in gpu.device_nodes if not fs.exists(path))
         if gpu.render_minor is None:
             fs.warn(f"AMD GPU {gpu.pci_address}: no DRM render node known; it is not allocatable")

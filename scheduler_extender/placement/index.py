@@ -207,12 +207,13 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         for pos, gpu in enumerate(gpus_sorted)
     )
     card_addresses = [
-        (RESOURCE_AMD_GPU, g.pci_address)
+        (RESOURCE_AMD_GPU, g.device_id, g.pci_address)
         for g in sorted(topology.amd_gpus, key=lambda g: g.index)
         if g.allocatable
     ]
     card_addresses += [
-        (RESOURCE_FPGA if c.kind is DeviceKind.FPGA else RESOURCE_ASIC, c.pci_address) for c in topology.cards
+        (RESOURCE_FPGA if c.kind is DeviceKind.FPGA else RESOURCE_ASIC, c.pci_address, c.pci_address)
+        for c in topology.cards
     ]
     unusable: dict[str, list[str]] = {}
     for amd in topology.amd_gpus:
@@ -229,7 +230,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
     gpus += tuple(
         GpuEntry(
             pos=first_card + i,
-            uuid=address,
+            uuid=device_id,
             pci=address,
             numa=_numa(topology, address),
             mig_mode=False,
@@ -238,7 +239,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             group=_group(topology, address),
             resource=resource,
         )
-        for i, (resource, address) in enumerate(card_addresses)
+        for i, (resource, device_id, address) in enumerate(card_addresses)
     )
     gpu_levels = tuple(tuple(ORDINAL[pci_distance(topology, a.pci, b.pci).level] for b in gpus) for a in gpus)
 

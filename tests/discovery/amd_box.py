@@ -161,7 +161,8 @@ def _finish(b: SysfsBuilder, hostname: str, gpus: int) -> None:
     b.virtual_netdev("lo")
 
 
-def build_mi300x(root: Path) -> AmdBox:
+def build_mi300x(root: Path, partitions: int = 1) -> AmdBox:
+    """With partitions > 1, each OAM shows as that many KFD nodes (DPX: 2, CPX: 8), one render node each."""
     b = SysfsBuilder(root)
     _cpus(b, [range(0, 8), range(8, 16)], [0, 1])
     for node in (0, 1):
@@ -188,21 +189,23 @@ def build_mi300x(root: Path) -> AmdBox:
         b.netdev(rel, f"ens{i}np0", f"b8:3f:d2:10:00:0{i}")
         nics.append(nic)
     hive = 0x1D2E3F4A5B6C7D8E
-    for i, address in enumerate(gpus):
-        peers = [(2 + j, 15) for j in range(8) if j != i]
+    nodes = 8 * partitions
+    for n in range(nodes):
+        i = n // partitions
+        peers = [(2 + m, 15) for m in range(nodes) if m != n]
         _kfd_gpu_node(
             b,
-            2 + i,
-            address,
+            2 + n,
+            gpus[i],
             name="ip discovery",
             gfx=90402,
             device_id=0x74A1,
-            render=128 + i,
+            render=128 + n,
             hive=hive,
             cpu_node=i // 4,
             peers=peers,
         )
-    _finish(b, "mi300x-box", 8)
+    _finish(b, "mi300x-box", nodes)
     return AmdBox(root, tuple(gpus), tuple(nics))
 
 

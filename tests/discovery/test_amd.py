@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.commands.topology import render, render_matrix
+from agent.deviceplugin import plugin_devices
 from agent.discovery import discover
 from agent.discovery.amd import kfd_pci_address
 from gedge_model import DeviceKind, Distance, Level, NodeTopology, from_json, pci_distance, to_json
@@ -160,3 +161,23 @@ def test_render_prints_the_xgmi_legend_and_the_device_nodes(tmp_path: Path) -> N
     assert "  XGMI = Connection traversing AMD Infinity Fabric (XGMI) links" in text
     assert "  GPU0: AMD aldebaran (KFD node 4, hive 0x2b3c4d5e6f708192) gedge.io/amd-gpu /dev/kfd" in text
     assert "GPUs: 0 NVIDIA, 8 AMD" in text
+
+
+def test_compute_partitions_are_devices_of_their_own(tmp_path: Path) -> None:
+    # an MI300X node in DPX mode: every OAM is two KFD nodes with one PCI address
+    topology = discover(build_mi300x(tmp_path, partitions=2).root)
+    assert len(topology.amd_gpus) == 16 and topology.warnings == ()
+    first, second = topology.amd_gpus[:2]
+    assert (first.device_id, second.device_id) == ("0000:05:00.0::0", "0000:05:00.0::1")
+    assert (first.render_minor, second.render_minor) == (128, 129)
+    assert all(link.peer_pci_address != first.pci_address for link in first.xgmi_links)
+    cells, _ = our_gpu_matrix(topology)
+    assert len(cells) == 16
+    assert cells[0][1] == "X"  # two partitions of one device
+    assert cells[0][2] == "XGMI"
+    devices = plugin_devices(topology)["gedge.io/amd-gpu"]
+    assert len({d.id for d in devices}) == 16
+    assert next(d for d in devices if d.id == "0000:05:00.0::1").device_nodes == (
+        "/dev/kfd",
+        "/dev/dri/renderD129",
+    )

@@ -13,7 +13,7 @@ from gedge_model import Allocation, DeviceGrant, Level, NodeState, NodeTopology,
 from scheduler_extender.placement import Placement, PodRequest, Refusal, free_capacity, place
 from scheduler_extender.placement.request import RequestError, parse_pod_request
 from scheduler_extender.placement.synthetic import dgx_like
-from tests.discovery.amd_box import build_mi100_two_hives, build_mi250x
+from tests.discovery.amd_box import build_mi100_two_hives, build_mi250x, build_mi300x
 from tests.discovery.card_box import AGILEX, ALVEO_USER, D5005, VFIO_ASIC, build_card_box
 
 AMD = "gedge.io/amd-gpu"
@@ -195,3 +195,13 @@ def test_amd_gpu_sets_cost_the_exhaustive_minimum(mi100: NodeTopology, count: in
     assert isinstance(outcome, Placement)
     assert outcome.cost == pytest.approx(best)
     assert cost(ids(outcome.allocation, AMD)) == pytest.approx(best)
+
+
+def test_partitions_of_one_gpu_are_granted_once_each_and_packed_together(tmp_path: Path) -> None:
+    topology = discover(build_mi300x(tmp_path, partitions=2).root)
+    alloc = placed(place(NodeState(topology), request(cards=((AMD, 2),))))
+    a, b = ids(alloc, AMD)
+    assert a.split("::")[0] == b.split("::")[0] and a != b
+    assert [d.pci_address for d in alloc.devices] == [a.split("::")[0]] * 2
+    everything = placed(place(NodeState(topology), request(cards=((AMD, 16),))))
+    assert len(set(ids(everything, AMD))) == 16
