@@ -11,6 +11,7 @@ from agent.discovery import discover
 from gedge_model import NodeState
 from scheduler_extender.http.app import build_app
 from scheduler_extender.placement.synthetic import dgx_like
+from scheduler_extender.verb_metrics import refusal_class
 from tests.discovery.amd_box import build_mi100_two_hives
 from tests.discovery.card_box import D5005, build_card_box
 from tests.extender.conftest import pod
@@ -73,3 +74,13 @@ def test_fpga_pod_with_a_data_path_is_bound_with_the_card_beside_its_nic(cluster
     (allocation,) = cluster.binder.bound
     assert allocation.device_ids("gedge.io/fpga") == (D5005,)
     assert allocation.network is not None and allocation.network.mode == "sriov"
+
+
+def test_card_shortfalls_have_their_own_refusal_class(cluster: Cluster) -> None:
+    _, result = cluster.post("filter", cluster.args(pod(limits={AMD: "1", "gedge.io/asic": "2"})))
+    reasons = result["FailedNodes"]
+    assert refusal_class(reasons["fpga-edge"]) == "insufficient-amd-gpu"
+    assert refusal_class(reasons["dgx-1"]) == "insufficient-amd-gpu"
+    assert refusal_class("node n: needs 1 gedge.io/fpga (0 free)") == "insufficient-fpga"
+    assert refusal_class("node n: needs 2 gedge.io/asic (1 free)") == "insufficient-asic"
+    assert refusal_class("node n: needs 1 gedge.io/gpu (0 free)") == "insufficient-gpu"
