@@ -29,6 +29,10 @@ Decisions worth knowing:
   device ids come from each node's own index.
 - `topology_aware` false: first free devices and CPUs in id order, still
   exclusive and still priced.
+- Whole cards (`gedge.io/amd-gpu`, `fpga`, `asic`) sit in the index's device
+  list beside the NVIDIA GPUs and are priced by the same pair distances (XGMI at
+  the NV level): the first kind a pod asks for is chosen like whole GPUs, every
+  further kind grows greedily nearest to the devices already chosen.
 """
 
 from __future__ import annotations
@@ -484,6 +488,8 @@ class _Search:
                 units = [(mig_resource_name(profile), uuid, pos) for pos, uuid in free.migs.get(profile, ())]
                 picks = [ext for pick in picks for ext in self._extend(pick, units, count, left)]
         for resource, count in request.cards:
+            if not picks:
+                break
             pool = free.cards.get(resource, [])
             if not picks[0].gpus:
                 picks = self._whole(pool, count, resource)
