@@ -16,6 +16,7 @@ from gedge_model.state import NodeState
 from gedge_model.topology import (
     Accelerator,
     Cpu,
+    DeviceHealth,
     DeviceKind,
     Gpu,
     MigInstance,
@@ -27,6 +28,7 @@ from gedge_model.topology import (
     NvmeDevice,
     PciDevice,
     RdmaDevice,
+    VfPool,
     VirtualFunction,
 )
 
@@ -37,6 +39,7 @@ __all__ = [
     "Allocation",
     "Cpu",
     "DeviceGrant",
+    "DeviceHealth",
     "DeviceKind",
     "Distance",
     "Endpoint",
@@ -54,6 +57,7 @@ __all__ = [
     "NvmeDevice",
     "PciDevice",
     "RdmaDevice",
+    "VfPool",
     "VirtualFunction",
     "distance_matrix",
     "endpoint_distance",

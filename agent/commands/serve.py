@@ -12,8 +12,8 @@ from typing import Any
 
 import structlog
 
-from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver
-from agent.apply.nic import NicApplier, SriovError, set_num_vfs
+from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver, nic
+from agent.apply.nic import NicApplier, SriovError
 from agent.config import AgentConfig, ConfigError, load_config, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.metrics import AgentMetrics
@@ -173,24 +173,13 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
 
 
 def set_vf_counts(config: AgentConfig) -> None:
-    """Give each configured PF its VF count, before discovery so the VFs are reported.
-
-    Every PF is checked (an SR-IOV PF that supports the count) before any is changed."""
-    root = Path(config.root)
-    for pf, count in sorted(config.sriov_numvfs.items()):
-        device = root / "sys/class/net" / pf / "device"
-        try:
-            total = int((device / "sriov_totalvfs").read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"sriov_numvfs: {pf} is not an SR-IOV PF ({device}): {exc}") from None
-        if count > total:
-            raise ConfigError(f"sriov_numvfs: {pf}: {count} VFs requested, the device supports 0..{total}")
-    for pf, count in sorted(config.sriov_numvfs.items()):
-        try:
-            changed = set_num_vfs(root, pf, count)
-        except SriovError as exc:
-            raise ConfigError(f"sriov_numvfs: {exc}") from None
-        log.info("sriov_numvfs set", pf=pf, vfs=count, changed=changed)
+    """Give each configured PF its VF count, before discovery so the VFs are reported."""
+    try:
+        changed = nic.set_vf_counts(Path(config.root), config.sriov_numvfs)
+    except SriovError as exc:
+        raise ConfigError(f"sriov_numvfs: {exc}") from None
+    for pf, was_changed in changed.items():
+        log.info("sriov_numvfs set", pf=pf, vfs=config.sriov_numvfs[pf], changed=was_changed)
 
 
 def settle_recorded(manager: ApplyManager) -> None:

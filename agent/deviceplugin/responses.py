@@ -2,7 +2,8 @@
 
 GPUs follow NVIDIA's device plugin (NVIDIA_VISIBLE_DEVICES with GPU or MIG
 UUIDs plus /dev/nvidia* specs), VFs and RDMA devices follow the SR-IOV device
-plugin (PCIDEVICE_<RESOURCE> with PCI addresses, /dev/infiniband nodes).
+plugin (PCIDEVICE_<RESOURCE> with PCI addresses, /dev/infiniband nodes; a
+vfio-pci VF adds /dev/vfio/vfio and its IOMMU group's /dev/vfio/<group>).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 NVIDIA_CONTROL_DEVICES = ("/dev/nvidiactl",)
 NVIDIA_OPTIONAL_DEVICES = ("/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 RDMA_OPTIONAL_DEVICES = ("/dev/infiniband/rdma_cm",)
+VFIO_CONTAINER_DEVICE = "/dev/vfio/vfio"
 PERMISSIONS = "rw"
 
 
@@ -89,6 +91,18 @@ def _rdma_response(
     )
 
 
+def _vfio_response(
+    resource: str, devices: Sequence[PluginDevice], host: HostDevices
+) -> api_pb2.ContainerAllocateResponse:
+    paths = [_required(host, VFIO_CONTAINER_DEVICE, "VFIO container")]
+    for device in devices:
+        group = host.iommu_group(device.pci_address or device.id)
+        paths.append(_required(host, f"/dev/vfio/{group}", f"IOMMU group of VF {device.id}"))
+    return api_pb2.ContainerAllocateResponse(
+        envs=_pci_env(resource, devices), devices=[_spec(p) for p in dict.fromkeys(paths)]
+    )
+
+
 def container_response(
     resource: str, devices: Sequence[PluginDevice], host: HostDevices
 ) -> api_pb2.ContainerAllocateResponse:
@@ -97,4 +111,6 @@ def container_response(
         return _gpu_response(devices, host)
     if any(d.rdma_name is not None for d in devices):
         return _rdma_response(resource, devices, host)
+    if any(d.vfio for d in devices):
+        return _vfio_response(resource, devices, host)
     return api_pb2.ContainerAllocateResponse(envs=_pci_env(resource, devices))

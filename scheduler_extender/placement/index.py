@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from gedge_model import DeviceKind, Level, NodeTopology, pci_distance
+from gedge_model import DeviceKind, Level, NodeTopology, VfPool, pci_distance
 
 LEVELS: tuple[Level, ...] = tuple(Level)
 """Levels by ordinal, closest first: the engine stores ordinals and compares them."""
@@ -179,7 +179,12 @@ def _group(topology: NodeTopology, address: str) -> tuple[str, ...]:
 
 
 def build_index(topology: NodeTopology) -> TopologyIndex:
-    gpus_sorted = sorted(topology.gpus, key=lambda g: (g.index, g.pci_address))
+    """Unhealthy devices are left out (never granted); only VFs with a kernel netdev driver form VF
+    groups: a VF on vfio-pci, a DPDK driver or none cannot be a pod's data-path NIC."""
+    healthy = topology.health_of
+    gpus_sorted = sorted(
+        (g for g in topology.gpus if healthy(g.pci_address) is None), key=lambda g: (g.index, g.pci_address)
+    )
     gpus = tuple(
         GpuEntry(
             pos=pos,
@@ -205,7 +210,10 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
     def levels_to_gpus(address: str) -> tuple[int, ...]:
         return tuple(ORDINAL[pci_distance(topology, g.pci, address).level] for g in gpus)
 
-    physical = sorted((i for i in topology.interfaces if i.physfn is None), key=lambda i: i.pci_address)
+    physical = sorted(
+        (i for i in topology.interfaces if i.physfn is None and healthy(i.pci_address) is None),
+        key=lambda i: i.pci_address,
+    )
     nics = tuple(
         NetEntry(
             "nic",
@@ -223,6 +231,8 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         pf_numa = _numa(topology, nic.pci_address)
         grouped: dict[tuple[tuple[int, ...], int], list[str]] = {}
         for vf in sorted(nic.vfs, key=lambda v: v.index):
+            if vf.pool is not VfPool.NETDEV or healthy(vf.pci_address) is not None:
+                continue
             known = topology.pci(vf.pci_address) is not None
             levels = levels_to_gpus(vf.pci_address) if known else pf_levels
             numa = _numa(topology, vf.pci_address) if known else pf_numa
@@ -241,6 +251,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             netdevs=r.netdevs,
         )
         for r in sorted(topology.rdma_devices, key=lambda r: (r.pci_address, r.name))
+        if healthy(r.pci_address) is None
     )
     vf_groups = [replace(g, slot=i) for i, g in enumerate(vf_groups)]
     rdmas = tuple(replace(r, slot=len(vf_groups) + i) for i, r in enumerate(rdmas))
