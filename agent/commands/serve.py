@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -13,8 +14,9 @@ from typing import Any
 import structlog
 
 from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver, nic
-from agent.apply.nic import NicApplier, SriovError
-from agent.config import AgentConfig, ConfigError, load_config, parse_listen
+from agent.apply.nic import DataRoute, NetlinkVfControl, NicApplier, SriovError, VfControl
+from agent.apply.nic.capability import CAP_NET_ADMIN, SriovGate, has_capability
+from agent.config import AgentConfig, ConfigError, load_config, parse_data_route, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.metrics import AgentMetrics
 from agent.metrics_apply import ApplyMetrics, MeteredApplier
@@ -53,6 +55,8 @@ _FLAG_KEYS = (
     "kubeconfig",
     "device_plugin_dir",
     "timeslice_replicas",
+    "sriov_vf_control",
+    "health_interval_s",
 )
 
 
@@ -115,6 +119,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="apply allocations (default); --no-apply reports only",
     )
     parser.add_argument("--timeslice-replicas", type=int, metavar="N")
+    parser.add_argument(
+        "--sriov-vf-control", choices=("netlink", "off"), help="how VF settings are made (netlink)"
+    )
+    parser.add_argument("--health-interval-s", type=float, metavar="S", help="device health check period (1)")
     parser.set_defaults(run=run)
 
 
@@ -132,6 +140,8 @@ class NodeParts:
     and the device plugins."""
 
     applier: ApplyManager | None = None
+    sriov: SriovGate | None = None
+    """Which PFs' kernel-netdev VFs are offered; applied to every discovered topology."""
     pod_runtimes: StaticPodResolver | None = None
     """Without Kubernetes: where pods run, as Apply callers say."""
     pod_status: PodStatusResolver | None = None
@@ -144,13 +154,36 @@ class NodeParts:
     labeler: NodeLabeler | None = None
 
 
+def make_vf_control(config: AgentConfig) -> VfControl | None:
+    """The VF control `sriov_vf_control` names: netlink on the PF (in `netns` when set), or None."""
+    if config.sriov_vf_control == "off":
+        return None
+    return NetlinkVfControl(host_netns=config.netns)
+
+
+def data_routes(config: AgentConfig) -> tuple[DataRoute, ...]:
+    return tuple(DataRoute(*parse_data_route(text)) for text in config.data_routes)
+
+
+def sriov_gate(config: AgentConfig, vf_control: VfControl | None) -> SriovGate:
+    """What keeps VFs that would fail every pod out of the report; the node-wide reason, if any."""
+    if not config.apply:
+        return SriovGate(None, "apply is off (--no-apply): nothing would configure a VF")
+    if vf_control is None:
+        return SriovGate(None, "sriov_vf_control is off")
+    if os.path.realpath(config.root) == "/" and not has_capability(CAP_NET_ADMIN):
+        return SriovGate(None, "the agent lacks CAP_NET_ADMIN: VF settings cannot be made")
+    return SriovGate(vf_control)
+
+
 def make_parts(config: AgentConfig, core: Any) -> NodeParts:
     """ApplyManager over the node's cgroups and netlink, told where pods run by the pod watch under
     Kubernetes (`core` set) or by Apply callers without it. --no-apply: report only.
 
     Without Kubernetes an Apply that does not say where the pod runs (a bind: the binder cannot know)
     reserves the allocation; the Apply that brings the runtime attaches it."""
-    parts = NodeParts(core=core)
+    vf_control = make_vf_control(config) if config.apply else None
+    parts = NodeParts(core=core, sriov=sriov_gate(config, vf_control))
     if not config.apply:
         return parts
     root, version = cgroup_hierarchy(Path(config.cgroup_root))
@@ -165,7 +198,12 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         cgroup_version=version,
         checkpoint_path=Path(config.checkpoint),
         resolver=parts.pod_status or parts.pod_runtimes,
-        nic=NicApplier(sysfs_root=Path(config.root), host_netns=config.netns),
+        nic=NicApplier(
+            sysfs_root=Path(config.root),
+            vf_control=vf_control,
+            host_netns=config.netns,
+            routes=data_routes(config),
+        ),
         reserve_unresolved=core is None,
     )
     parts.manager = parts.applier
@@ -287,10 +325,12 @@ async def serve(config: AgentConfig) -> int:
         await asyncio.to_thread(settle_recorded, parts.manager)
     if parts.applier is not None:
         parts.applier = MeteredApplier(parts.applier, ApplyMetrics(metrics.registry))
+    discover = default_discover(config)
+    gate = parts.sriov
     runtime = AgentRuntime(
         config=config,
         applier=parts.applier,
-        discover=default_discover(config),
+        discover=(lambda: gate(discover())) if gate is not None else discover,
         metrics=metrics,
         pod_runtimes=parts.pod_runtimes,
         remote_apply=parts.core is None,
