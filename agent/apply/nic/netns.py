@@ -6,10 +6,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pyroute2.config
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 NETNS_RUN_DIR = "/var/run/netns"
+
+# pyroute2 opens a socket in another namespace from a forked child and ends it with SIGTERM. The
+# child inherits the daemon's asyncio signal handlers, whose wakeup fd it shares: without this the
+# child's SIGTERM reaches the daemon's loop as if the daemon itself were told to stop.
+pyroute2.config.disable_mp_signal = True
 
 
 class NetnsError(RuntimeError):
