@@ -18,6 +18,7 @@ from agent.apply.nic import DataRoute, NetlinkVfControl, NicApplier, SriovError,
 from agent.apply.nic.capability import CAP_NET_ADMIN, SriovGate, has_capability
 from agent.config import AgentConfig, ConfigError, load_config, parse_data_route, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
+from agent.health import HealthMonitor, XidWatcher, kubernetes_node_events
 from agent.metrics import AgentMetrics
 from agent.metrics_apply import ApplyMetrics, MeteredApplier
 from agent.metrics_inventory import NodeInventoryCollector
@@ -220,6 +221,66 @@ def set_vf_counts(config: AgentConfig) -> None:
         log.info("sriov_numvfs set", pf=pf, vfs=config.sriov_numvfs[pf], changed=was_changed)
 
 
+@dataclass
+class Health:
+    monitor: HealthMonitor
+    xid: XidWatcher | None
+    gpu: str
+    """What GPU health watching does here: `watching Xid events`, or why not."""
+
+    def stop(self) -> None:
+        if self.xid is not None:
+            self.xid.stop()
+        self.monitor.stop()
+
+
+def start_health(config: AgentConfig, store: Any, metrics: AgentMetrics, core: Any) -> Health:
+    """Poll vanished devices and NIC links, watch NVML Xid events; changes go into the node state,
+    the metrics and, under Kubernetes, Node events."""
+    events = kubernetes_node_events(core, store.node_name) if core is not None else None
+
+    def changed(added, recovered) -> None:
+        metrics.record_health(monitor.unhealthy, len(added), len(recovered))
+        if events is not None:
+            events(added, recovered)
+
+    monitor = HealthMonitor(Path(config.root), store, interval_s=config.health_interval_s, on_change=changed)
+    monitor.start()
+    xid = None
+    if not config.gpu_health:
+        gpu = "off (gpu_health: false)"
+    elif not store.current().state.topology.gpus:
+        gpu = "no GPU on this node"
+    else:
+        xid = XidWatcher(monitor.mark, config.gpu_health_skip_xids)
+        reason = xid.start()
+        gpu = "watching Xid events" if reason is None else reason
+        if reason is not None:
+            xid = None
+    return Health(monitor, xid, gpu)
+
+
+def log_capabilities(config: AgentConfig, parts: NodeParts, health: Health) -> None:
+    """One line at start with what this agent can and cannot do on this node, and why."""
+    sriov: dict[str, str] = {}
+    if parts.sriov is not None:
+        for pf, reason in sorted(parts.sriov.verdicts().items()):
+            sriov[pf] = reason or "available"
+    log.info(
+        "node capabilities",
+        apply="on" if config.apply else "off (--no-apply: report only)",
+        kubernetes="on" if parts.core is not None else "off (no kubeconfig or service account)",
+        sriov=sriov or "no PF with kernel-netdev VFs",
+        data_routes=list(config.data_routes),
+        gpu_health=health.gpu,
+        device_health=(
+            f"every {config.health_interval_s}s"
+            if config.health_interval_s > 0
+            else "off (health_interval_s: 0)"
+        ),
+    )
+
+
 def settle_recorded(manager: ApplyManager) -> None:
     """Without Kubernetes there is no pod list: every recorded pod stays (its owner releases it), and
     an operation a crash cut short is finished or undone."""
@@ -358,6 +419,9 @@ async def serve(config: AgentConfig) -> int:
             await runtime.stop(0)
             raise
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
+    assert runtime.store is not None
+    health = await asyncio.to_thread(start_health, config, runtime.store, metrics, parts.core)
+    log_capabilities(config, parts, health)
     refresher = None
     if parts.core is not None:
         await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
@@ -370,6 +434,7 @@ async def serve(config: AgentConfig) -> int:
     if refresher is not None:
         await refresher
     await asyncio.to_thread(stop_kubernetes_parts, parts)
+    await asyncio.to_thread(health.stop)
     await runtime.stop()
     if metrics_server is not None:
         metrics_server.shutdown()
