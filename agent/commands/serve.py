@@ -244,7 +244,13 @@ def start_health(config: AgentConfig, store: Any, metrics: AgentMetrics, core: A
         if events is not None:
             events(added, recovered)
 
-    monitor = HealthMonitor(Path(config.root), store, interval_s=config.health_interval_s, on_change=changed)
+    monitor = HealthMonitor(
+        Path(config.root),
+        store,
+        interval_s=config.health_interval_s,
+        sysfs=config.health_interval_s > 0,
+        on_change=changed,
+    )
     monitor.start()
     xid = None
     if not config.gpu_health:

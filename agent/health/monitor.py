@@ -117,7 +117,8 @@ def sysfs_problems(root: Path, topology: NodeTopology) -> dict[str, str]:
 
 
 class HealthMonitor:
-    """Keeps the store's unhealthy set current; `check()` is one poll, `start()` polls in a thread."""
+    """Keeps the store's unhealthy set current; `check()` is one poll, `start()` polls in a thread
+    every `interval_s` (0: only on `mark`). `sysfs` off: only Xid marks count."""
 
     def __init__(
         self,
@@ -125,9 +126,11 @@ class HealthMonitor:
         store: NodeStateStore,
         *,
         interval_s: float = 1.0,
+        sysfs: bool = True,
         on_change: Transition | None = None,
     ) -> None:
         self.root = Path(root)
+        self.sysfs = sysfs
         self.store = store
         self.interval_s = interval_s
         self.on_change = on_change
@@ -153,7 +156,7 @@ class HealthMonitor:
         """Judge every advertised device now and publish a change; whether anything changed."""
         with self._lock:
             topology = self.store.current().state.topology
-            problems = sysfs_problems(self.root, topology) if self.interval_s > 0 else {}
+            problems = sysfs_problems(self.root, topology) if self.sysfs else {}
             for address, reason in self._xid.items():
                 problems[address] = reason
             if problems == self._current:

@@ -96,7 +96,8 @@ class FakeNvml:
         self.driver = driver
         self._cuda = cuda
         self._init_error = init_error
-        self.initialized = False
+        self._inits = 0
+        """NVML counts nvmlInit calls; it stays up until as many nvmlShutdown calls."""
         self.calls: list[str] = []
         self.events: queue.Queue[Any] = queue.Queue()
         """What nvmlEventSetWait_v2 returns next: an event (see `xid_event`) or an NVMLError to raise."""
@@ -105,9 +106,17 @@ class FakeNvml:
         self.supported_events = pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("NVML"):
+        if name.startswith(("NVML", "nvmlEventType")):
             return getattr(pynvml, name)
         raise AttributeError(name)
+
+    @property
+    def initialized(self) -> bool:
+        return self._inits > 0
+
+    @property
+    def gpus(self) -> list[FakeGpu]:
+        return self._gpus
 
     def _gpu(self, handle: Any) -> FakeGpu:
         if not self.initialized:
@@ -120,11 +129,13 @@ class FakeNvml:
         self.calls.append("nvmlInit")
         if self._init_error is not None:
             raise _error(self._init_error)
-        self.initialized = True
+        self._inits += 1
 
     def nvmlShutdown(self) -> None:
         self.calls.append("nvmlShutdown")
-        self.initialized = False
+        if not self.initialized:
+            raise _error(pynvml.NVML_ERROR_UNINITIALIZED)
+        self._inits -= 1
 
     def nvmlDeviceGetCount(self) -> int:
         if not self.initialized:
