@@ -66,6 +66,16 @@ class NetEntry:
 
 
 @dataclass(frozen=True)
+class VfioEntry:
+    """A VF bound to vfio-pci or a DPDK driver: a PCI device for the pod, never its data-path NIC."""
+
+    pci: str
+    numa: int
+    gpu_levels: tuple[int, ...]
+    """Level ordinal to every GPU, by GpuEntry.pos."""
+
+
+@dataclass(frozen=True)
 class TopologyIndex:
     node: str
     gpus: tuple[GpuEntry, ...]
@@ -85,6 +95,8 @@ class TopologyIndex:
     """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
     cpu_numa: Mapping[int, int] = field(default_factory=dict)
     """Online CPU id -> its NUMA id."""
+    vfio: tuple[VfioEntry, ...] = ()
+    """Healthy vfio-pool VFs, by PCI address (not network entries: the engine's search never sees them)."""
     structure: int = 0
     """Equal for topologies that differ only in names, UUIDs and addresses: placements in position
     terms carry over between them (the engine memoizes by it)."""
@@ -226,16 +238,20 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         for nic in physical
     )
     vf_groups: list[NetEntry] = []
+    vfio: list[VfioEntry] = []
     for nic in physical:
         pf_levels = levels_to_gpus(nic.pci_address)
         pf_numa = _numa(topology, nic.pci_address)
         grouped: dict[tuple[tuple[int, ...], int], list[str]] = {}
         for vf in sorted(nic.vfs, key=lambda v: v.index):
-            if vf.pool is not VfPool.NETDEV or healthy(vf.pci_address) is not None:
+            if vf.pool is None or healthy(vf.pci_address) is not None:
                 continue
             known = topology.pci(vf.pci_address) is not None
             levels = levels_to_gpus(vf.pci_address) if known else pf_levels
             numa = _numa(topology, vf.pci_address) if known else pf_numa
+            if vf.pool is VfPool.VFIO:
+                vfio.append(VfioEntry(vf.pci_address, numa, levels))
+                continue
             grouped.setdefault((levels, numa), []).append(vf.pci_address)
         for (levels, numa), members in grouped.items():
             vf_groups.append(
@@ -325,6 +341,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             a.kind.value for a in topology.accelerators if a.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
         ),
         gpu_class=gpu_class,
+        vfio=tuple(sorted(vfio, key=lambda v: v.pci)),
         cpu_numa={cpu: numa for numa, found in core_map.items() for core in found for cpu in core},
         structure=_structure_id(signature),
     )

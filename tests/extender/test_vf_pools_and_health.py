@@ -18,6 +18,7 @@ from gedge_model import DeviceHealth, NodeState, NodeTopology
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.http.app import build_app
 from scheduler_extender.node_source import StaticNodeSource
+from scheduler_extender.placement import Placement, PodRequest, free_capacity, place
 from scheduler_extender.verbs import Extender
 from tests.discovery.sysfs_builder import SysfsBuilder
 from tests.extender.conftest import RecordingBinder, pod
@@ -116,3 +117,50 @@ def test_an_unhealthy_vf_is_never_granted(tmp_path: Path, serve) -> None:
     result = cluster.filter(pod("dataplane", annotations=SRIOV))
     assert result["NodeNames"] == []
     assert "gedge.io/sriov-vf" in result["FailedNodes"][NODE]
+
+
+def test_vfio_vfs_are_granted_as_pci_devices_beside_the_data_path_vf(tmp_path: Path, serve) -> None:
+    cluster = serve(small_node(tmp_path))
+    both = pod("dpdk", annotations=SRIOV, limits={"gedge.io/sriov-vf-vfio": "1"})
+    assert cluster.filter(both)["NodeNames"] == [NODE]
+    assert cluster.bind(both) == {"Error": ""}
+    (allocation,) = cluster.binder.bound
+    assert allocation.device_ids("gedge.io/sriov-vf-vfio") == (VF0,)
+    assert allocation.network is not None and allocation.network.vf_pci_address == VF1
+
+    more = pod("more", limits={"gedge.io/sriov-vf-vfio": "1"})
+    result = cluster.filter(more)
+    assert result["NodeNames"] == []
+    assert "needs 1 gedge.io/sriov-vf-vfio, 0 free" in result["FailedNodes"][NODE]
+
+
+def two_socket_vfio_node(root: Path) -> NodeTopology:
+    """NUMA 0 holds CPUs 0-1 and PF 0000:81:00.0, NUMA 1 CPUs 2-3 and PF 0000:03:00.0; each PF has one
+    VF on vfio-pci (NUMA 1's has the lower address)."""
+    b = SysfsBuilder(root)
+    for cpu, numa in ((0, 0), (1, 0), (2, 1), (3, 1)):
+        b.cpu(cpu, package=numa)
+    b.node(0, (0, 1), 1 << 20, (10, 21))
+    b.node(1, (2, 3), 1 << 20, (21, 10))
+    for numa, bus, name in ((1, 0x03, "ens1f0"), (0, 0x81, "ens2f0")):
+        host = f"pci0000:{bus - 1:02x}"
+        pf = b.pci([host, f"0000:{bus:02x}:00.0"], 0x020000, 0x8086, 0x1572, numa=numa, driver="i40e")
+        vf = b.pci([host, f"0000:{bus:02x}:02.0"], 0x020000, 0x8086, 0x154C, numa=numa, driver="vfio-pci")
+        b.sriov(pf, [vf], total=8)
+        b.netdev(pf, name, f"3c:fd:fe:00:00:{bus:02x}")
+    return discover(root, node_name=NODE)
+
+
+def test_vfio_vf_follows_the_numa_node_of_the_pinned_cpus(tmp_path: Path) -> None:
+    state = NodeState(two_socket_vfio_node(tmp_path))
+    assert free_capacity(state)["gedge.io/sriov-vf-vfio"] == 2
+    request = PodRequest("ml", "p", "uid-p", sriov_vfio=1, cpus=2, cpu_pinning=True, topology_aware=True)
+    placement = place(state, request)
+    assert isinstance(placement, Placement), placement
+    (vf,) = [d for d in placement.allocation.devices if d.resource == "gedge.io/sriov-vf-vfio"]
+    cpu_numa = {0: 0, 1: 0, 2: 1, 3: 1}
+    assert {cpu_numa[c] for c in placement.allocation.cpus} == {vf.numa_node}
+
+    unaware = place(state, dataclasses.replace(request, topology_aware=False, cpus=0, cpu_pinning=False))
+    assert isinstance(unaware, Placement)
+    assert unaware.allocation.device_ids("gedge.io/sriov-vf-vfio") == ("0000:03:02.0",), "first by address"
