@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -103,6 +104,11 @@ def test_a_pf_without_vf_support_is_said_once_at_start_and_its_vfs_not_offered(t
             assert [(v.pci_address, v.driver) for v in pf.vfs] == [(VF0_PCI, "vfio-pci")]
             (said,) = events(agent.log_lines, "sriov unavailable")
             assert (said["pf"], said["reason"]) == ("ens1f0", "PF ens1f0 reports no VF 0")
+            (capabilities,) = events(agent.log_lines, "node capabilities")
+            assert capabilities["sriov"] == {"ens1f0": "PF ens1f0 reports no VF 0"}
+            assert capabilities["gpu_health"] == "no GPU on this node"
+            assert capabilities["device_health"] == "off (health_interval_s: 0)"
+            assert capabilities["data_routes"] == ["10.20.0.0/16 via 10.9.0.1"]
             assert agent.terminate() == 0
         finally:
             agent.kill()
@@ -172,6 +178,60 @@ def test_vf_granted_through_the_daemon_is_configured_moved_routed_and_given_back
             assert VfSettings(**{k: v for k, v in calls[1].items() if k not in ("pf", "vf")}) == VfSettings(
                 mac="02:00:00:00:03:01"
             )
+            assert agent.terminate() == 0
+        finally:
+            agent.kill()
+
+
+def test_a_pf_link_going_down_and_up_is_reported_by_the_daemon(tmp_path: Path) -> None:
+    """The daemon polls the PF's operstate: down makes the PF and its VFs unhealthy in the watched
+    node state and the metrics; up brings them back."""
+    root, host = tmp_path / "root", unique("gtH")
+    small_node(root)
+    operstate = root / "sys/class/net/ens1f0/operstate"
+    with namespaces(host):
+        add_link(host, "ens1f0v1")
+        config = write_config(tmp_path, host, health_interval_s=0.05)
+        agent = spawn_agent(
+            root,
+            NODE,
+            "--config",
+            str(config),
+            prefix=[sys.executable, str(LAUNCHER)],
+            env={"GEDGE_TEST_VF_LOG": str(tmp_path / "vf.jsonl"), "PYTHONPATH": str(REPO)},
+        )
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{agent.port}") as channel:
+                stream = agent_pb2_grpc.NodeAgentStub(channel).WatchNodeState(
+                    agent_pb2.WatchNodeStateRequest(), timeout=60
+                )
+                first = from_json(NodeTopology, next(stream).topology_json)
+                assert first.unhealthy == ()
+                operstate.write_text("down\n")
+                for event in stream:
+                    topology = from_json(NodeTopology, event.topology_json)
+                    if topology.unhealthy:
+                        break
+                assert {(d.pci_address, d.reason) for d in topology.unhealthy} == {
+                    (PF_PCI, "link down on ens1f0"),
+                    (VF0_PCI, "link down on ens1f0"),
+                    (VF1_PCI, "link down on ens1f0"),
+                }
+                operstate.write_text("up\n")
+                for event in stream:
+                    topology = from_json(NodeTopology, event.topology_json)
+                    if not topology.unhealthy:
+                        break
+                assert topology.unhealthy == ()
+                stream.cancel()
+            metrics = urllib.request.urlopen(
+                f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=10
+            ).read()
+            text = metrics.decode()
+            assert 'gedge_agent_device_health_transitions_total{to="unhealthy"} 3.0' in text
+            assert 'gedge_agent_device_health_transitions_total{to="healthy"} 3.0' in text
+            said = [(e["pci"], e["reason"]) for e in events(agent.log_lines, "device unhealthy")]
+            assert (PF_PCI, "link down on ens1f0") in said
             assert agent.terminate() == 0
         finally:
             agent.kill()
