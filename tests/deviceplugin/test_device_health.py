@@ -186,3 +186,36 @@ def test_sysfs_problems_on_a_healthy_box_are_none(box: Box) -> None:
     assert sysfs_problems(box.root, topology) == {}
     os.unlink(box.root / "sys/bus/pci/devices" / box.gpu_addresses[1])
     assert sysfs_problems(box.root, topology) == {box.gpu_addresses[1]: "vanished from sysfs"}
+
+
+def test_changes_are_node_events_through_the_kubernetes_client(tmp_path: Path) -> None:
+    from kubernetes.client import ApiClient, Configuration, CoreV1Api
+
+    from agent.health import kubernetes_node_events
+    from tests.extender.fake_apiserver import FakeApiServer
+    from tests.extender.servers import ServerThread
+
+    fake = FakeApiServer()
+    with ServerThread(fake.app()) as server, ApiClient(Configuration(host=server.url)) as client:
+        report = kubernetes_node_events(CoreV1Api(client), NODE)
+        report({"0000:17:00.0": "xid 79"}, {"0000:3b:02.1": "link down on ens1f0"})
+    got = [
+        (e["type"], e["reason"], e["involvedObject"]["kind"], e["involvedObject"]["name"], e["message"])
+        for e in fake.events
+    ]
+    assert got == [
+        (
+            "Warning",
+            "DeviceUnhealthy",
+            "Node",
+            NODE,
+            "device 0000:17:00.0 is unhealthy: xid 79; it is no longer granted",
+        ),
+        (
+            "Normal",
+            "DeviceHealthy",
+            "Node",
+            NODE,
+            "device 0000:3b:02.1 is healthy again (was: link down on ens1f0)",
+        ),
+    ]
