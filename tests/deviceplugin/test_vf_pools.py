@@ -67,3 +67,18 @@ def test_unhealthy_pci_functions_are_reported_unhealthy_with_everything_on_them(
     assert health[("gedge.io/sriov-vf", VF1)] == UNHEALTHY
     assert health[("gedge.io/mig-1g.10gb", MIG_A)] == UNHEALTHY, "a MIG instance of the sick GPU"
     assert health[("gedge.io/sriov-vf", VF0)] == health[("gedge.io/gpu", GPU0)] == "Healthy"
+
+
+def test_the_agent_refuses_an_unhealthy_device_to_a_new_pod_but_not_to_its_holder() -> None:
+    from agent.service.inventory import allocation_conflicts
+    from gedge_model import Allocation, DeviceGrant, NodeState
+
+    sick = dataclasses.replace(make_topology(), unhealthy=(DeviceHealth(VF1, "link down on ens1f0"),))
+    grant = DeviceGrant("gedge.io/sriov-vf", VF1, VF1)
+    holder = Allocation("u1", "ml", "old", "edge-1", devices=(grant,))
+    state = NodeState(sick, (holder,))
+    assert allocation_conflicts(state, holder) == []
+    newcomer = Allocation("u2", "ml", "new", "edge-1", devices=(grant,))
+    assert allocation_conflicts(NodeState(sick), newcomer) == [
+        f"device gedge.io/sriov-vf={VF1} is unhealthy (link down on ens1f0)"
+    ]
