@@ -102,6 +102,14 @@ def vf_netdev(sysfs_root: Path, vf_pci: str) -> str | None:
     return names[0] if names else None
 
 
+def vf_driver(sysfs_root: Path, vf_pci: str) -> str | None:
+    """The driver the VF is bound to (its sysfs `driver` link), or None when unbound."""
+    try:
+        return os.path.basename(os.readlink(sysfs_root / "sys/bus/pci/devices" / vf_pci / "driver"))
+    except OSError:
+        return None
+
+
 class VfControl(Protocol):
     """The VF-only netlink calls, the one part that needs SR-IOV hardware."""
 
