@@ -82,3 +82,46 @@ def test_the_agent_refuses_an_unhealthy_device_to_a_new_pod_but_not_to_its_holde
     assert allocation_conflicts(NodeState(sick), newcomer) == [
         f"device gedge.io/sriov-vf={VF1} is unhealthy (link down on ens1f0)"
     ]
+
+
+def test_both_pools_through_real_plugins_on_a_discovered_sysfs_tree(kubelet, plugin_dir: Path) -> None:
+    """The issue's node (VF0 on vfio-pci without net/, VF1 on iavf with ens1f0v1), discovered from a
+    synthetic sysfs tree that also holds /dev/vfio and the IOMMU groups: kubelet is offered VF1 as
+    gedge.io/sriov-vf and VF0 as gedge.io/sriov-vf-vfio, and Allocate hands out VF0's group node."""
+    from agent.deviceplugin import DevicePluginManager
+    from gedge_model import DeviceGrant
+    from protos.k8s.deviceplugin.v1beta1 import api_pb2
+    from tests.deviceplugin.conftest import InMemoryPods, pending
+    from tests.extender.test_vf_pools_and_health import small_node
+
+    root = plugin_dir / "host"
+    topology = dataclasses.replace(small_node(root), node_name="edge-1")
+    vf0, vf1 = "0000:03:02.0", "0000:03:02.1"
+    (root / "sys/kernel/iommu_groups/17").mkdir(parents=True)
+    os.symlink(
+        "../../../../kernel/iommu_groups/17",
+        root / "sys/devices/pci0000:00/0000:00:02.0" / vf0 / "iommu_group",
+    )
+    for name in ("vfio", "17"):
+        (root / "dev/vfio").mkdir(parents=True, exist_ok=True)
+        (root / "dev/vfio" / name).write_text("")
+    pods = InMemoryPods(
+        [pending("u1", "dpdk", [DeviceGrant("gedge.io/sriov-vf-vfio", vf0, vf0)], created=1.0)]
+    )
+    manager = DevicePluginManager(lambda: topology, pods, plugin_dir, host_root=root, poll_interval_s=0.05)
+    manager.start()
+    try:
+        got = kubelet.wait_registrations(2)
+        assert set(got) == {"gedge.io/sriov-vf", "gedge.io/sriov-vf-vfio"}
+        netdev = next(kubelet.plugin("gedge-sriov-vf.sock").ListAndWatch(api_pb2.Empty(), timeout=10))
+        assert [d.ID for d in netdev.devices] == [vf1]
+        request = api_pb2.AllocateRequest(
+            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=[vf0])]
+        )
+        response = kubelet.plugin("gedge-sriov-vf-vfio.sock").Allocate(request, timeout=10)
+        (container,) = response.container_responses
+        assert dict(container.envs) == {"PCIDEVICE_GEDGE_IO_SRIOV_VF_VFIO": vf0}
+        assert [d.host_path for d in container.devices] == ["/dev/vfio/vfio", "/dev/vfio/17"]
+        assert pods.marks == [("ml/dpdk", "gedge.io/sriov-vf-vfio", (vf0,))]
+    finally:
+        manager.stop()
