@@ -8,6 +8,7 @@ an error naming the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ import yaml
 from gedge_model.allocation import valid_ifname
 
 ENV_PREFIX = "GEDGE_AGENT_"
+DEFAULT_SKIP_XIDS = (13, 31, 43, 45, 68, 109)
+"""Application-caused Xids NVIDIA's device plugin leaves out of its health check."""
+SRIOV_VF_CONTROLS = ("netlink", "off")
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
@@ -62,6 +66,17 @@ class AgentConfig:
     timeslice_replicas: int = 1
     sriov_numvfs: dict[str, int] = field(default_factory=dict)
     """PF netdev -> VF count, written to the PF's sriov_numvfs at start (before discovery)."""
+    sriov_vf_control: str = "netlink"
+    """How VF settings (MAC, VLAN, trust, spoofchk, rate) are made: netlink on the PF, or off (no VF is
+    offered as a data-path NIC)."""
+    data_routes: tuple[str, ...] = ()
+    """Routes every data-path interface gets in the pod: `DST` or `DST via GATEWAY` (CIDR, address)."""
+    health_interval_s: float = 1.0
+    """How often advertised devices are checked (PCI function still in sysfs, NIC link up); 0: never."""
+    gpu_health: bool = True
+    """Watch NVML for critical Xid events and report the GPU Unhealthy."""
+    gpu_health_skip_xids: tuple[int, ...] = DEFAULT_SKIP_XIDS
+    """Xids that do not make a GPU unhealthy (application errors, as NVIDIA's device plugin skips)."""
     cpuset_refresh_interval_s: float = 10.0
     """Without Kubernetes: how often every container's cpuset is re-derived (new containers start on
     all CPUs, the shared pool must not include pinned ones); 0: never."""
@@ -107,6 +122,18 @@ class AgentConfig:
             raise ConfigError(
                 f"sriov_numvfs (PFs {sorted(self.sriov_numvfs)}) changes the node; it needs apply on"
             )
+        if self.sriov_vf_control not in SRIOV_VF_CONTROLS:
+            raise ConfigError(
+                f"sriov_vf_control must be one of {list(SRIOV_VF_CONTROLS)}, got {self.sriov_vf_control!r}"
+            )
+        for text in self.data_routes:
+            parse_data_route(text)
+        if self.health_interval_s < 0:
+            raise ConfigError(f"health_interval_s must be 0 (off) or positive, got {self.health_interval_s}")
+        if any(x < 0 for x in self.gpu_health_skip_xids):
+            raise ConfigError(
+                f"gpu_health_skip_xids must be Xid numbers, got {list(self.gpu_health_skip_xids)}"
+            )
         if self.timeslice_replicas < 1:
             raise ConfigError(f"timeslice_replicas must be at least 1, got {self.timeslice_replicas}")
         if not Path(self.root).is_dir():
@@ -121,6 +148,21 @@ def parse_listen(text: str, key: str = "listen") -> tuple[str, int]:
         raise ConfigError(f"{key}: {text!r} is not HOST:PORT")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port_text)
+
+
+def parse_data_route(text: str) -> tuple[str, str | None]:
+    """`DST` or `DST via GATEWAY` -> (network, gateway); ConfigError naming data_routes otherwise."""
+    parts = text.split()
+    if len(parts) not in (1, 3) or (len(parts) == 3 and parts[1] != "via"):
+        raise ConfigError(f"data_routes: {text!r} is not 'DST' or 'DST via GATEWAY'")
+    try:
+        network = ipaddress.ip_network(parts[0], strict=True)
+        gateway = ipaddress.ip_address(parts[2]) if len(parts) == 3 else None
+    except ValueError as exc:
+        raise ConfigError(f"data_routes: {text!r}: {exc}") from None
+    if gateway is not None and gateway.version != network.version:
+        raise ConfigError(f"data_routes: {text!r}: gateway and destination are of different IP versions")
+    return str(network), None if gateway is None else str(gateway)
 
 
 def grpc_address(text: str) -> str:
@@ -165,6 +207,12 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if isinstance(value, str):
                 return tuple(part.strip() for part in value.split(",") if part.strip())
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise TypeError
+        if target == "tuple[int, ...]":
+            if isinstance(value, str):
+                return tuple(int(part) for part in value.split(",") if part.strip())
+            if isinstance(value, list) and all(type(v) is int for v in value):
                 return tuple(value)
             raise TypeError
     except (TypeError, ValueError):

@@ -17,6 +17,8 @@ RESOURCE_GPU = "gedge.io/gpu"
 RESOURCE_GPU_SHARED = "gedge.io/gpu-shared"
 RESOURCE_MIG_PREFIX = "gedge.io/mig-"
 RESOURCE_SRIOV_VF = "gedge.io/sriov-vf"
+RESOURCE_SRIOV_VF_VFIO = "gedge.io/sriov-vf-vfio"
+"""VFs bound to vfio-pci or a DPDK uio driver: a PCI device for the pod, never its data-path NIC."""
 RESOURCE_RDMA = "gedge.io/rdma"
 RESOURCE_AMD_GPU = "gedge.io/amd-gpu"
 RESOURCE_FPGA = "gedge.io/fpga"
@@ -46,7 +48,14 @@ def mig_profile_name(resource: str) -> str:
 
 
 def is_known_resource(name: str) -> bool:
-    if name in (RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_SRIOV_VF, RESOURCE_RDMA, *CARD_RESOURCES):
+    if name in (
+        RESOURCE_GPU,
+        RESOURCE_GPU_SHARED,
+        RESOURCE_SRIOV_VF,
+        RESOURCE_SRIOV_VF_VFIO,
+        RESOURCE_RDMA,
+        *CARD_RESOURCES,
+    ):
         return True
     return name.startswith(RESOURCE_MIG_PREFIX) and bool(
         _MIG_RESOURCE_SUFFIX.match(name[len(RESOURCE_MIG_PREFIX) :])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from dataclasses import dataclass
@@ -12,10 +13,12 @@ from typing import Any
 
 import structlog
 
-from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver
-from agent.apply.nic import NicApplier, SriovError, set_num_vfs
-from agent.config import AgentConfig, ConfigError, load_config, parse_listen
+from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver, nic
+from agent.apply.nic import DataRoute, NetlinkVfControl, NicApplier, SriovError, VfControl
+from agent.apply.nic.capability import CAP_NET_ADMIN, SriovGate, has_capability
+from agent.config import AgentConfig, ConfigError, load_config, parse_data_route, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
+from agent.health import HealthMonitor, XidWatcher, kubernetes_node_events
 from agent.metrics import AgentMetrics
 from agent.metrics_apply import ApplyMetrics, MeteredApplier
 from agent.metrics_inventory import NodeInventoryCollector
@@ -53,6 +56,8 @@ _FLAG_KEYS = (
     "kubeconfig",
     "device_plugin_dir",
     "timeslice_replicas",
+    "sriov_vf_control",
+    "health_interval_s",
 )
 
 
@@ -115,6 +120,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="apply allocations (default); --no-apply reports only",
     )
     parser.add_argument("--timeslice-replicas", type=int, metavar="N")
+    parser.add_argument(
+        "--sriov-vf-control", choices=("netlink", "off"), help="how VF settings are made (netlink)"
+    )
+    parser.add_argument("--health-interval-s", type=float, metavar="S", help="device health check period (1)")
     parser.set_defaults(run=run)
 
 
@@ -132,6 +141,8 @@ class NodeParts:
     and the device plugins."""
 
     applier: ApplyManager | None = None
+    sriov: SriovGate | None = None
+    """Which PFs' kernel-netdev VFs are offered; applied to every discovered topology."""
     pod_runtimes: StaticPodResolver | None = None
     """Without Kubernetes: where pods run, as Apply callers say."""
     pod_status: PodStatusResolver | None = None
@@ -144,13 +155,36 @@ class NodeParts:
     labeler: NodeLabeler | None = None
 
 
+def make_vf_control(config: AgentConfig) -> VfControl | None:
+    """The VF control `sriov_vf_control` names: netlink on the PF (in `netns` when set), or None."""
+    if config.sriov_vf_control == "off":
+        return None
+    return NetlinkVfControl(host_netns=config.netns)
+
+
+def data_routes(config: AgentConfig) -> tuple[DataRoute, ...]:
+    return tuple(DataRoute(*parse_data_route(text)) for text in config.data_routes)
+
+
+def sriov_gate(config: AgentConfig, vf_control: VfControl | None) -> SriovGate:
+    """What keeps VFs that would fail every pod out of the report; the node-wide reason, if any."""
+    if not config.apply:
+        return SriovGate(None, "apply is off (--no-apply): nothing would configure a VF")
+    if vf_control is None:
+        return SriovGate(None, "sriov_vf_control is off")
+    if os.path.realpath(config.root) == "/" and not has_capability(CAP_NET_ADMIN):
+        return SriovGate(None, "the agent lacks CAP_NET_ADMIN: VF settings cannot be made")
+    return SriovGate(vf_control)
+
+
 def make_parts(config: AgentConfig, core: Any) -> NodeParts:
     """ApplyManager over the node's cgroups and netlink, told where pods run by the pod watch under
     Kubernetes (`core` set) or by Apply callers without it. --no-apply: report only.
 
     Without Kubernetes an Apply that does not say where the pod runs (a bind: the binder cannot know)
     reserves the allocation; the Apply that brings the runtime attaches it."""
-    parts = NodeParts(core=core)
+    vf_control = make_vf_control(config) if config.apply else None
+    parts = NodeParts(core=core, sriov=sriov_gate(config, vf_control))
     if not config.apply:
         return parts
     root, version = cgroup_hierarchy(Path(config.cgroup_root))
@@ -165,7 +199,12 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         cgroup_version=version,
         checkpoint_path=Path(config.checkpoint),
         resolver=parts.pod_status or parts.pod_runtimes,
-        nic=NicApplier(sysfs_root=Path(config.root), host_netns=config.netns),
+        nic=NicApplier(
+            sysfs_root=Path(config.root),
+            vf_control=vf_control,
+            host_netns=config.netns,
+            routes=data_routes(config),
+        ),
         reserve_unresolved=core is None,
     )
     parts.manager = parts.applier
@@ -173,24 +212,79 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
 
 
 def set_vf_counts(config: AgentConfig) -> None:
-    """Give each configured PF its VF count, before discovery so the VFs are reported.
+    """Give each configured PF its VF count, before discovery so the VFs are reported."""
+    try:
+        changed = nic.set_vf_counts(Path(config.root), config.sriov_numvfs)
+    except SriovError as exc:
+        raise ConfigError(f"sriov_numvfs: {exc}") from None
+    for pf, was_changed in changed.items():
+        log.info("sriov_numvfs set", pf=pf, vfs=config.sriov_numvfs[pf], changed=was_changed)
 
-    Every PF is checked (an SR-IOV PF that supports the count) before any is changed."""
-    root = Path(config.root)
-    for pf, count in sorted(config.sriov_numvfs.items()):
-        device = root / "sys/class/net" / pf / "device"
-        try:
-            total = int((device / "sriov_totalvfs").read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"sriov_numvfs: {pf} is not an SR-IOV PF ({device}): {exc}") from None
-        if count > total:
-            raise ConfigError(f"sriov_numvfs: {pf}: {count} VFs requested, the device supports 0..{total}")
-    for pf, count in sorted(config.sriov_numvfs.items()):
-        try:
-            changed = set_num_vfs(root, pf, count)
-        except SriovError as exc:
-            raise ConfigError(f"sriov_numvfs: {exc}") from None
-        log.info("sriov_numvfs set", pf=pf, vfs=count, changed=changed)
+
+@dataclass
+class Health:
+    monitor: HealthMonitor
+    xid: XidWatcher | None
+    gpu: str
+    """What GPU health watching does here: `watching Xid events`, or why not."""
+
+    def stop(self) -> None:
+        if self.xid is not None:
+            self.xid.stop()
+        self.monitor.stop()
+
+
+def start_health(config: AgentConfig, store: Any, metrics: AgentMetrics, core: Any) -> Health:
+    """Poll vanished devices and NIC links, watch NVML Xid events; changes go into the node state,
+    the metrics and, under Kubernetes, Node events."""
+    events = kubernetes_node_events(core, store.node_name) if core is not None else None
+
+    def changed(added, recovered) -> None:
+        metrics.record_health(monitor.unhealthy, len(added), len(recovered))
+        if events is not None:
+            events(added, recovered)
+
+    monitor = HealthMonitor(
+        Path(config.root),
+        store,
+        interval_s=config.health_interval_s,
+        sysfs=config.health_interval_s > 0,
+        on_change=changed,
+    )
+    monitor.start()
+    xid = None
+    if not config.gpu_health:
+        gpu = "off (gpu_health: false)"
+    elif not store.current().state.topology.gpus:
+        gpu = "no GPU on this node"
+    else:
+        xid = XidWatcher(monitor.mark, config.gpu_health_skip_xids)
+        reason = xid.start()
+        gpu = "watching Xid events" if reason is None else reason
+        if reason is not None:
+            xid = None
+    return Health(monitor, xid, gpu)
+
+
+def log_capabilities(config: AgentConfig, parts: NodeParts, health: Health) -> None:
+    """One line at start with what this agent can and cannot do on this node, and why."""
+    sriov: dict[str, str] = {}
+    if parts.sriov is not None:
+        for pf, reason in sorted(parts.sriov.verdicts().items()):
+            sriov[pf] = reason or "available"
+    log.info(
+        "node capabilities",
+        apply="on" if config.apply else "off (--no-apply: report only)",
+        kubernetes="on" if parts.core is not None else "off (no kubeconfig or service account)",
+        sriov=sriov or "no PF with kernel-netdev VFs",
+        data_routes=list(config.data_routes),
+        gpu_health=health.gpu,
+        device_health=(
+            f"every {config.health_interval_s}s"
+            if config.health_interval_s > 0
+            else "off (health_interval_s: 0)"
+        ),
+    )
 
 
 def settle_recorded(manager: ApplyManager) -> None:
@@ -298,10 +392,12 @@ async def serve(config: AgentConfig) -> int:
         await asyncio.to_thread(settle_recorded, parts.manager)
     if parts.applier is not None:
         parts.applier = MeteredApplier(parts.applier, ApplyMetrics(metrics.registry))
+    discover = default_discover(config)
+    gate = parts.sriov
     runtime = AgentRuntime(
         config=config,
         applier=parts.applier,
-        discover=default_discover(config),
+        discover=(lambda: gate(discover())) if gate is not None else discover,
         metrics=metrics,
         pod_runtimes=parts.pod_runtimes,
         remote_apply=parts.core is None,
@@ -329,6 +425,9 @@ async def serve(config: AgentConfig) -> int:
             await runtime.stop(0)
             raise
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
+    assert runtime.store is not None
+    health = await asyncio.to_thread(start_health, config, runtime.store, metrics, parts.core)
+    log_capabilities(config, parts, health)
     refresher = None
     if parts.core is not None:
         await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
@@ -341,6 +440,7 @@ async def serve(config: AgentConfig) -> int:
     if refresher is not None:
         await refresher
     await asyncio.to_thread(stop_kubernetes_parts, parts)
+    await asyncio.to_thread(health.stop)
     await runtime.stop()
     if metrics_server is not None:
         metrics_server.shutdown()

@@ -37,6 +37,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,6 +52,7 @@ from gedge_model.allocation import (
     RESOURCE_MIG_PREFIX,
     RESOURCE_RDMA,
     RESOURCE_SRIOV_VF,
+    RESOURCE_SRIOV_VF_VFIO,
     mig_resource_name,
 )
 from scheduler_extender.placement.index import (
@@ -340,6 +342,9 @@ def free_capacity(state: NodeState, reserved: Iterable[Allocation] = ()) -> Mapp
         out[RESOURCE_SRIOV_VF] = free.free_vfs()
     if index.rdmas:
         out[RESOURCE_RDMA] = len(free.rdmas)
+    if index.vfio:
+        used = _used(state, reserved)[0].get(RESOURCE_SRIOV_VF_VFIO, set())
+        out[RESOURCE_SRIOV_VF_VFIO] = sum(1 for v in index.vfio if v.pci not in used)
     out[RESOURCE_CPU_EXCLUSIVE] = free.cpu_count()
     return out
 
@@ -940,7 +945,58 @@ def place(
         _plans[key] = plan
     if isinstance(plan, str):
         return Refusal(f"node {state.node_name}: {plan}")
-    return Placement(_materialize(index, state, request, plan), plan.cost, plan.leftover, plan.stranded)
+    allocation = _materialize(index, state, request, plan)
+    cost = plan.cost
+    if request.sriov_vfio:
+        picked = _pick_vfio(index, state, reserved, request, allocation, config)
+        if isinstance(picked, str):
+            return Refusal(f"node {state.node_name}: {picked}")
+        grants, extra = picked
+        cost = round(cost + extra, 6)
+        allocation = dataclasses.replace(allocation, devices=allocation.devices + grants, cost=cost)
+    return Placement(allocation, cost, plan.leftover, plan.stranded)
+
+
+def _pick_vfio(
+    index: TopologyIndex,
+    state: NodeState,
+    reserved: Iterable[Allocation],
+    request: PodRequest,
+    allocation: Allocation,
+    config: PlacementConfig,
+) -> tuple[tuple[DeviceGrant, ...], float] | str:
+    """The free vfio-pool VFs closest to what the allocation already holds: the sum of weights to its
+    GPUs plus its CPUs' NUMA nodes (kept to them under single-numa and same-switch); ties by address.
+    Topology-unaware: the first free ones by address."""
+    used = _used(state, reserved)[0].get(RESOURCE_SRIOV_VF_VFIO, set())
+    free = [v for v in index.vfio if v.pci not in used]
+    want = request.sriov_vfio
+    weights = config.weight_by_ordinal
+    gpu_pos = [index.gpu_by_uuid[u] for u in allocation.device_ids(RESOURCE_GPU) if u in index.gpu_by_uuid]
+    numas = set(allocation.numa_nodes)
+    policy = request.policy if request.topology_aware else "best-effort"
+    if policy in ("single-numa", "same-switch") and numas:
+        free = [v for v in free if v.numa in numas or v.numa == NO_NUMA]
+
+    def price(vf) -> float:
+        cost = sum(weights[vf.gpu_levels[p]] for p in gpu_pos)
+        if numas:
+            near = vf.numa == NO_NUMA or vf.numa in numas
+            cost += weights[ORDINAL[Level.PHB]] if near else weights[ORDINAL[Level.SYS]]
+        return cost
+
+    if len(free) < want:
+        return f"needs {want} {RESOURCE_SRIOV_VF_VFIO}, {len(free)} free" + (
+            " on the allocation's NUMA nodes" if policy in ("single-numa", "same-switch") and numas else ""
+        )
+    if request.topology_aware:
+        free = sorted(free, key=lambda v: (price(v), v.pci))
+    chosen = free[:want]
+    grants = tuple(
+        DeviceGrant(RESOURCE_SRIOV_VF_VFIO, v.pci, v.pci, None if v.numa == NO_NUMA else v.numa)
+        for v in chosen
+    )
+    return grants, sum(price(v) for v in chosen)
 
 
 MAX_PLANS = 32_768

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from gedge_model import DeviceKind, Level, NodeTopology, pci_distance
+from gedge_model import DeviceKind, Level, NodeTopology, VfPool, pci_distance
 from gedge_model.allocation import RESOURCE_AMD_GPU, RESOURCE_ASIC, RESOURCE_FPGA, RESOURCE_GPU
 
 LEVELS: tuple[Level, ...] = tuple(Level)
@@ -70,6 +70,16 @@ class NetEntry:
 
 
 @dataclass(frozen=True)
+class VfioEntry:
+    """A VF bound to vfio-pci or a DPDK driver: a PCI device for the pod, never its data-path NIC."""
+
+    pci: str
+    numa: int
+    gpu_levels: tuple[int, ...]
+    """Level ordinal to every GPU, by GpuEntry.pos."""
+
+
+@dataclass(frozen=True)
 class TopologyIndex:
     node: str
     gpus: tuple[GpuEntry, ...]
@@ -91,6 +101,8 @@ class TopologyIndex:
     """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
     cpu_numa: Mapping[int, int] = field(default_factory=dict)
     """Online CPU id -> its NUMA id."""
+    vfio: tuple[VfioEntry, ...] = ()
+    """Healthy vfio-pool VFs, by PCI address (not network entries: the engine's search never sees them)."""
     structure: int = 0
     """Equal for topologies that differ only in names, UUIDs and addresses: placements in position
     terms carry over between them (the engine memoizes by it)."""
@@ -185,7 +197,12 @@ def _group(topology: NodeTopology, address: str) -> tuple[str, ...]:
 
 
 def build_index(topology: NodeTopology) -> TopologyIndex:
-    gpus_sorted = sorted(topology.gpus, key=lambda g: (g.index, g.pci_address))
+    """Unhealthy devices are left out (never granted); only VFs with a kernel netdev driver form VF
+    groups: a VF on vfio-pci, a DPDK driver or none cannot be a pod's data-path NIC."""
+    healthy = topology.health_of
+    gpus_sorted = sorted(
+        (g for g in topology.gpus if healthy(g.pci_address) is None), key=lambda g: (g.index, g.pci_address)
+    )
     gpus = tuple(
         GpuEntry(
             pos=pos,
@@ -246,7 +263,10 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
     def levels_to_gpus(address: str) -> tuple[int, ...]:
         return tuple(ORDINAL[pci_distance(topology, g.pci, address).level] for g in gpus)
 
-    physical = sorted((i for i in topology.interfaces if i.physfn is None), key=lambda i: i.pci_address)
+    physical = sorted(
+        (i for i in topology.interfaces if i.physfn is None and healthy(i.pci_address) is None),
+        key=lambda i: i.pci_address,
+    )
     nics = tuple(
         NetEntry(
             "nic",
@@ -259,14 +279,20 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         for nic in physical
     )
     vf_groups: list[NetEntry] = []
+    vfio: list[VfioEntry] = []
     for nic in physical:
         pf_levels = levels_to_gpus(nic.pci_address)
         pf_numa = _numa(topology, nic.pci_address)
         grouped: dict[tuple[tuple[int, ...], int], list[str]] = {}
         for vf in sorted(nic.vfs, key=lambda v: v.index):
+            if vf.pool is None or healthy(vf.pci_address) is not None:
+                continue
             known = topology.pci(vf.pci_address) is not None
             levels = levels_to_gpus(vf.pci_address) if known else pf_levels
             numa = _numa(topology, vf.pci_address) if known else pf_numa
+            if vf.pool is VfPool.VFIO:
+                vfio.append(VfioEntry(vf.pci_address, numa, levels))
+                continue
             grouped.setdefault((levels, numa), []).append(vf.pci_address)
         for (levels, numa), members in grouped.items():
             vf_groups.append(
@@ -282,6 +308,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             netdevs=r.netdevs,
         )
         for r in sorted(topology.rdma_devices, key=lambda r: (r.pci_address, r.name))
+        if healthy(r.pci_address) is None
     )
     vf_groups = [replace(g, slot=i) for i, g in enumerate(vf_groups)]
     rdmas = tuple(replace(r, slot=len(vf_groups) + i) for i, r in enumerate(rdmas))
@@ -365,6 +392,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         ),
         unusable={resource: "; ".join(why) for resource, why in unusable.items()},
         gpu_class=gpu_class,
+        vfio=tuple(sorted(vfio, key=lambda v: v.pci)),
         cpu_numa={cpu: numa for numa, found in core_map.items() for core in found for cpu in core},
         structure=_structure_id(signature),
     )

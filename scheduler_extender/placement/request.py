@@ -25,6 +25,7 @@ from gedge_model.allocation import (
     RESOURCE_MIG_PREFIX,
     RESOURCE_RDMA,
     RESOURCE_SRIOV_VF,
+    RESOURCE_SRIOV_VF_VFIO,
     is_known_resource,
     mig_profile_name,
 )
@@ -65,6 +66,8 @@ class PodRequest:
     mig: tuple[tuple[str, int], ...] = ()
     """(profile like "1g.10gb", count), sorted by profile."""
     sriov_vfs: int = 0
+    sriov_vfio: int = 0
+    """VFs on vfio-pci/DPDK drivers (gedge.io/sriov-vf-vfio): PCI devices, not a data-path NIC."""
     rdma: int = 0
     cards: tuple[tuple[str, int], ...] = ()
     """(resource, count) of whole AMD GPUs, FPGA and ASIC cards (`gedge.io/amd-gpu`, ...), sorted."""
@@ -86,6 +89,7 @@ class PodRequest:
             or self.gpu_shared
             or self.mig
             or self.sriov_vfs
+            or self.sriov_vfio
             or self.rdma
             or self.cards
             or self.cpus
@@ -186,6 +190,7 @@ def parse_pod_request(pod: Mapping[str, Any]) -> PodRequest:
         gpu_shared=shared,
         mig=mig,
         sriov_vfs=counts.get(RESOURCE_SRIOV_VF, 0),
+        sriov_vfio=counts.get(RESOURCE_SRIOV_VF_VFIO, 0),
         rdma=counts.get(RESOURCE_RDMA, 0),
         cards=cards,
         cpus=cpus,
