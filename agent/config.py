@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from agent.apply.cpuset import CpusetError, parse_cpu_list
 from gedge_model.allocation import valid_ifname
 
 ENV_PREFIX = "GEDGE_AGENT_"
@@ -62,6 +63,9 @@ class AgentConfig:
     timeslice_replicas: int = 1
     sriov_numvfs: dict[str, int] = field(default_factory=dict)
     """PF netdev -> VF count, written to the PF's sriov_numvfs at start (before discovery)."""
+    reserved_cpus: str = ""
+    """CPUs kept for the system as a Linux cpu list (`0,1` or `0-1`), as kubelet's reservedSystemCPUs:
+    never pinned, always in the shared pool, reported to the extender so it never grants them."""
     cpuset_refresh_interval_s: float = 10.0
     """Without Kubernetes: how often every container's cpuset is re-derived (new containers start on
     all CPUs, the shared pool must not include pinned ones); 0: never."""
@@ -69,6 +73,14 @@ class AgentConfig:
     @property
     def tls_enabled(self) -> bool:
         return any((self.tls_cert, self.tls_key, self.tls_ca))
+
+    @property
+    def reserved_cpu_set(self) -> frozenset[int]:
+        """`reserved_cpus` as CPU ids; ConfigError when it is not a cpu list."""
+        try:
+            return parse_cpu_list(self.reserved_cpus, what="reserved_cpus")
+        except CpusetError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def netlink_enabled(self) -> bool:
@@ -94,6 +106,7 @@ class AgentConfig:
             raise ConfigError(f"max_concurrent_rpcs must be within 1..10000, got {self.max_concurrent_rpcs}")
         if self.cgroup_driver not in ("systemd", "cgroupfs"):
             raise ConfigError(f"cgroup_driver must be systemd or cgroupfs, got {self.cgroup_driver!r}")
+        self.reserved_cpu_set  # noqa: B018 (raises ConfigError when malformed)
         if self.cpuset_refresh_interval_s < 0:
             raise ConfigError(
                 f"cpuset_refresh_interval_s must be 0 (off) or positive, got {self.cpuset_refresh_interval_s}"

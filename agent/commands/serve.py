@@ -53,6 +53,7 @@ _FLAG_KEYS = (
     "kubeconfig",
     "device_plugin_dir",
     "timeslice_replicas",
+    "reserved_cpus",
 )
 
 
@@ -115,6 +116,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="apply allocations (default); --no-apply reports only",
     )
     parser.add_argument("--timeslice-replicas", type=int, metavar="N")
+    parser.add_argument(
+        "--reserved-cpus", metavar="CPULIST", help="CPUs kept for the system, never pinned (e.g. 0,1)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -166,6 +170,7 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         checkpoint_path=Path(config.checkpoint),
         resolver=parts.pod_status or parts.pod_runtimes,
         nic=NicApplier(sysfs_root=Path(config.root), host_netns=config.netns),
+        reserved_cpus=config.reserved_cpu_set,
         reserve_unresolved=core is None,
     )
     parts.manager = parts.applier

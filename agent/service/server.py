@@ -48,8 +48,15 @@ def server_options(config: AgentConfig) -> list[tuple[str, int]]:
 def default_discover(config: AgentConfig) -> Callable[[], NodeTopology]:
     from agent.discovery import discover
 
+    reserved = config.reserved_cpu_set
+
     def run() -> NodeTopology:
-        return discover(config.root, node_name=config.node_name, timeslice_replicas=config.timeslice_replicas)
+        return discover(
+            config.root,
+            node_name=config.node_name,
+            timeslice_replicas=config.timeslice_replicas,
+            reserved_cpus=reserved,
+        )
 
     return run
 
