@@ -56,8 +56,13 @@ class AgentConfig:
     checkpoint: str = "/var/lib/gedge-agent/checkpoint.json"
     cgroup_root: str = "/sys/fs/cgroup"
     """The cgroup mount; on cgroup v1 its cpuset/ hierarchy is used."""
-    cgroup_driver: str = "systemd"
-    """kubelet's cgroup driver: systemd or cgroupfs."""
+    cgroup_driver: str = ""
+    """kubelet's cgroup driver: systemd or cgroupfs; empty: detected (kubelet_config, then the
+    kubepods tree)."""
+    kubelet_config: str = "/var/lib/kubelet/config.yaml"
+    """kubelet's config file, read for `cgroupDriver` when cgroup_driver is empty."""
+    readiness_interval_s: float = 5.0
+    """How often the agent re-checks that it can drive the node's cgroups (its readiness)."""
     apply: bool = True
     """Apply allocations (cpusets, data-path NIC); off: report only, Apply/Release refused."""
     timeslice_replicas: int = 1
@@ -96,7 +101,12 @@ class AgentConfig:
         parse_listen(self.listen, "listen")
         if self.metrics_listen:
             parse_listen(self.metrics_listen, "metrics_listen")
-        for name in ("poll_interval_s", "full_rediscovery_interval_s", "shutdown_grace_s"):
+        for name in (
+            "poll_interval_s",
+            "full_rediscovery_interval_s",
+            "shutdown_grace_s",
+            "readiness_interval_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_receive_message_bytes", "max_send_message_bytes"):
@@ -104,8 +114,10 @@ class AgentConfig:
                 raise ConfigError(f"{name} must be within 1 KiB..256 MiB, got {getattr(self, name)}")
         if not 1 <= self.max_concurrent_rpcs <= 10_000:
             raise ConfigError(f"max_concurrent_rpcs must be within 1..10000, got {self.max_concurrent_rpcs}")
-        if self.cgroup_driver not in ("systemd", "cgroupfs"):
-            raise ConfigError(f"cgroup_driver must be systemd or cgroupfs, got {self.cgroup_driver!r}")
+        if self.cgroup_driver not in ("", "systemd", "cgroupfs"):
+            raise ConfigError(
+                f"cgroup_driver must be systemd, cgroupfs or empty (detect), got {self.cgroup_driver!r}"
+            )
         self.reserved_cpu_set  # noqa: B018 (raises ConfigError when malformed)
         if self.cpuset_refresh_interval_s < 0:
             raise ConfigError(

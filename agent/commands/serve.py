@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,20 @@ import structlog
 
 from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver
 from agent.apply.nic import NicApplier, SriovError, set_num_vfs
+from agent.apply.readiness import ApplyGate, Readiness
 from agent.config import AgentConfig, ConfigError, load_config, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.metrics import AgentMetrics
 from agent.metrics_apply import ApplyMetrics, MeteredApplier
 from agent.metrics_inventory import NodeInventoryCollector
 from agent.node_labels import NodeLabeler
-from agent.podwatch import PodStatusResolver, PodWatcher, core_api, kubernetes_event_reporter
+from agent.podwatch import (
+    PodStatusResolver,
+    PodWatcher,
+    core_api,
+    kubernetes_event_reporter,
+    node_event_reporter,
+)
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
 from gedge_model.cli_support import configure_logging
@@ -49,6 +57,7 @@ _FLAG_KEYS = (
     "checkpoint",
     "cgroup_root",
     "cgroup_driver",
+    "kubelet_config",
     "apply",
     "kubeconfig",
     "device_plugin_dir",
@@ -108,7 +117,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-plugin-dir", metavar="PATH", help="kubelet's device plugin folder")
     parser.add_argument("--checkpoint", metavar="FILE", help="where the applier records what it applied")
     parser.add_argument("--cgroup-root", metavar="PATH", help="cgroup mount (default /sys/fs/cgroup)")
-    parser.add_argument("--cgroup-driver", choices=("systemd", "cgroupfs"), help="kubelet's cgroup driver")
+    parser.add_argument(
+        "--cgroup-driver",
+        choices=("systemd", "cgroupfs"),
+        help="kubelet's cgroup driver (default: from --kubelet-config, else the kubepods tree)",
+    )
+    parser.add_argument(
+        "--kubelet-config", metavar="FILE", help="kubelet's config file, read for cgroupDriver"
+    )
     parser.add_argument(
         "--apply",
         action=argparse.BooleanOptionalAction,
@@ -146,6 +162,8 @@ class NodeParts:
     watcher: PodWatcher | None = None
     plugins: DevicePluginManager | None = None
     labeler: NodeLabeler | None = None
+    gate: ApplyGate | None = None
+    """Whether the node's cgroups can be driven now (driver known, kubepods tree there and writable)."""
 
 
 def make_parts(config: AgentConfig, core: Any) -> NodeParts:
@@ -158,7 +176,8 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
     if not config.apply:
         return parts
     root, version = cgroup_hierarchy(Path(config.cgroup_root))
-    driver = CgroupDriver(config.cgroup_driver)
+    parts.gate = ApplyGate(config.cgroup_driver, Path(config.kubelet_config), root)
+    driver = parts.gate.refresh().driver or CgroupDriver.SYSTEMD
     if core is not None:
         parts.pod_status = PodStatusResolver(root, driver)
     else:
@@ -174,7 +193,33 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         reserve_unresolved=core is None,
     )
     parts.manager = parts.applier
+    parts.gate.add_listener(lambda readiness: follow_driver(parts, readiness))
     return parts
+
+
+def follow_driver(parts: NodeParts, readiness: Readiness) -> None:
+    """A driver found later (kubelet started after the agent) is the one the applier uses."""
+    if readiness.driver is None:
+        return
+    if parts.manager is not None:
+        parts.manager.driver = readiness.driver
+    if parts.pod_status is not None:
+        parts.pod_status.driver = readiness.driver
+
+
+async def watch_readiness(
+    parts: NodeParts, runtime: AgentRuntime, interval_s: float, stop: asyncio.Event
+) -> None:
+    """Re-check the node every `interval_s`; the readiness health follows (the probe's answer)."""
+    assert parts.gate is not None
+    while True:
+        readiness = await asyncio.to_thread(parts.gate.refresh)
+        await runtime.set_ready(readiness.ready)
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+            return
+        except TimeoutError:
+            pass
 
 
 def set_vf_counts(config: AgentConfig) -> None:
@@ -245,7 +290,10 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
             observer=parts.pod_status,
             reconcile_applier=applier.reconcile,
             on_new_containers=applier.refresh_shared_pool,
+            blocked=parts.gate.blocked if parts.gate is not None else None,
         )
+        if parts.gate is not None:
+            parts.gate.add_listener(readiness_reporter(parts, node))
         parts.watcher.start()
     parts.plugins = DevicePluginManager(
         lambda: store.current().state.topology,
@@ -266,6 +314,31 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
     parts.labeler.start(lambda: store.current().state.topology)
     store.add_listener(parts.labeler.on_snapshot)
     log.info("kubernetes parts started", node=node, pod_watch=parts.watcher is not None)
+
+
+def readiness_reporter(parts: NodeParts, node: str) -> Callable[[Readiness], None]:
+    """Every change of the node's readiness: an Event on the Node; back to ready, a pod resync."""
+    post = node_event_reporter(parts.core, node)
+    was_blocked = [False]
+
+    def changed(readiness: Readiness) -> None:
+        if not readiness.ready:
+            was_blocked[0] = True
+            post(readiness.reason, readiness.message, True)
+            return
+        if was_blocked[0]:
+            was_blocked[0] = False
+            post("AllocationsApplied", f"the agent can apply again: {readiness.message}", False)
+            if parts.watcher is not None:
+                try:
+                    parts.watcher.resync()
+                except Exception as exc:  # the watch's next round lists again
+                    log.warning("pod resync after readiness failed", error=str(exc))
+
+    current = parts.gate.current if parts.gate is not None else None
+    if current is not None and not current.ready:
+        changed(current)
+    return changed
 
 
 def stop_kubernetes_parts(parts: NodeParts) -> None:
@@ -311,6 +384,7 @@ async def serve(config: AgentConfig) -> int:
         pod_runtimes=parts.pod_runtimes,
         remote_apply=parts.core is None,
         reserved_pods=parts.manager.reserved_pod_uids if parts.manager is not None else None,
+        initially_ready=parts.gate is None or parts.gate.current.ready,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -335,6 +409,9 @@ async def serve(config: AgentConfig) -> int:
             raise
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
     refresher = None
+    readiness = None
+    if parts.gate is not None:
+        readiness = asyncio.create_task(watch_readiness(parts, runtime, config.readiness_interval_s, stop))
     if parts.core is not None:
         await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
     elif parts.manager is not None and config.cpuset_refresh_interval_s > 0:
@@ -345,6 +422,8 @@ async def serve(config: AgentConfig) -> int:
     log.info("shutting down", signal="SIGTERM/SIGINT")
     if refresher is not None:
         await refresher
+    if readiness is not None:
+        await readiness
     await asyncio.to_thread(stop_kubernetes_parts, parts)
     await runtime.stop()
     if metrics_server is not None:
