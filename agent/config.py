@@ -61,6 +61,9 @@ class AgentConfig:
     kubepods tree)."""
     kubelet_config: str = "/var/lib/kubelet/config.yaml"
     """kubelet's config file, read for `cgroupDriver` when cgroup_driver is empty."""
+    nri_socket: str = "/var/run/nri/nri.sock"
+    """The runtime's NRI socket: while it exists the agent is an NRI plugin and pinned containers get
+    their CPUs at creation; empty: off (the pod watch alone applies cpusets)."""
     readiness_interval_s: float = 5.0
     """How often the agent re-checks that it can drive the node's cgroups (its readiness)."""
     apply: bool = True

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +24,7 @@ from agent.metrics import AgentMetrics
 from agent.metrics_apply import ApplyMetrics, MeteredApplier
 from agent.metrics_inventory import NodeInventoryCollector
 from agent.node_labels import NodeLabeler
+from agent.nri import NriCpusets, run_sessions
 from agent.podwatch import (
     PodStatusResolver,
     PodWatcher,
@@ -63,6 +66,7 @@ _FLAG_KEYS = (
     "device_plugin_dir",
     "timeslice_replicas",
     "reserved_cpus",
+    "nri_socket",
 )
 
 
@@ -133,6 +137,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeslice-replicas", type=int, metavar="N")
     parser.add_argument(
+        "--nri-socket",
+        metavar="PATH",
+        help="the runtime's NRI socket (default /var/run/nri/nri.sock; '' turns NRI off)",
+    )
+    parser.add_argument(
         "--reserved-cpus", metavar="CPULIST", help="CPUs kept for the system, never pinned (e.g. 0,1)"
     )
     parser.set_defaults(run=run)
@@ -162,6 +171,10 @@ class NodeParts:
     watcher: PodWatcher | None = None
     plugins: DevicePluginManager | None = None
     labeler: NodeLabeler | None = None
+    nri: NriCpusets | None = None
+    """The NRI plugin's decisions, shared by its sessions; None when NRI is off or apply is off."""
+    nri_stop: threading.Event | None = None
+    nri_thread: threading.Thread | None = None
     gate: ApplyGate | None = None
     """Whether the node's cgroups can be driven now (driver known, kubepods tree there and writable)."""
 
@@ -193,8 +206,40 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         reserve_unresolved=core is None,
     )
     parts.manager = parts.applier
+    if config.nri_socket:
+        parts.nri = NriCpusets(
+            config.node_name or socket.gethostname(),
+            online_cpus=lambda: frozenset(),
+            reserved_cpus=config.reserved_cpu_set,
+            recorded=parts.applier.applied,
+        )
+        parts.applier.pinned_elsewhere = parts.nri.pinned_pods
     parts.gate.add_listener(lambda readiness: follow_driver(parts, readiness))
     return parts
+
+
+def start_nri(parts: NodeParts, runtime: AgentRuntime, config: AgentConfig) -> None:
+    """Serve NRI sessions from a thread while the socket exists (retried every readiness interval)."""
+    if parts.nri is None or runtime.store is None:
+        return
+    store = runtime.store
+    parts.nri.node_name = store.node_name
+    parts.nri.online_cpus = lambda: frozenset(store.current().state.topology.online_cpus)
+    parts.nri_stop = threading.Event()
+    parts.nri_thread = threading.Thread(
+        target=run_sessions,
+        args=(config.nri_socket, parts.nri, parts.nri_stop),
+        kwargs={"retry_s": config.readiness_interval_s},
+        name="nri",
+        daemon=True,
+    )
+    parts.nri_thread.start()
+
+
+def stop_nri(parts: NodeParts) -> None:
+    if parts.nri_stop is not None and parts.nri_thread is not None:
+        parts.nri_stop.set()
+        parts.nri_thread.join(15)
 
 
 def follow_driver(parts: NodeParts, readiness: Readiness) -> None:
@@ -408,6 +453,7 @@ async def serve(config: AgentConfig) -> int:
             await runtime.stop(0)
             raise
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
+    start_nri(parts, runtime, config)
     refresher = None
     readiness = None
     if parts.gate is not None:
@@ -425,6 +471,7 @@ async def serve(config: AgentConfig) -> int:
     if readiness is not None:
         await readiness
     await asyncio.to_thread(stop_kubernetes_parts, parts)
+    await asyncio.to_thread(stop_nri, parts)
     await runtime.stop()
     if metrics_server is not None:
         metrics_server.shutdown()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -56,6 +56,9 @@ class PodInfo:
     allocation: Allocation | None
     fault: str | None = None
     """Why the pod's allocation cannot be honoured (bad annotation, another node, another pod's uid)."""
+    accepted: bool = False
+    """Its CPUs passed the checks (a container was created on them, or it ran at synchronization):
+    only accepted pods hold CPUs."""
 
     @property
     def ref(self) -> str:
@@ -63,7 +66,12 @@ class PodInfo:
 
     @property
     def cpus(self) -> frozenset[int]:
+        """The CPUs the allocation names (held only once accepted)."""
         return frozenset(self.allocation.cpus) if self.allocation is not None else frozenset()
+
+    @property
+    def held(self) -> frozenset[int]:
+        return self.cpus if self.accepted else frozenset()
 
 
 def gpu_visible(allocation: Allocation, container: str) -> str | None:
@@ -117,7 +125,16 @@ class NriCpusets:
                 return api_pb2.SynchronizeResponse(more=True)
             pods, containers = self._sync_pods, self._sync_containers
             self._sync_pods, self._sync_containers = [], []
-            self._pods = {p.id: self._pod_info(p) for p in pods}
+            self._pods = {}
+            for sandbox in pods:
+                info = self._pod_info(sandbox)
+                if info.cpus and info.fault is None:
+                    try:
+                        self._check_pinned(info)
+                        info = replace(info, accepted=True)
+                    except NriRefusal as exc:
+                        log.warning("nri running pod not pinned", reason=str(exc))
+                self._pods[sandbox.id] = info
             self._containers = {
                 c.id: (c.pod_sandbox_id, c.name, c.linux.resources.cpu.cpus)
                 for c in containers
@@ -140,12 +157,13 @@ class NriCpusets:
         pod, container = request.pod, request.container
         with self._lock:
             info = self._pods.get(pod.id) or self._pod_info(pod)
-            self._pods[pod.id] = info
             adjust = api_pb2.ContainerAdjustment()
             if info.fault is not None:
                 raise NriRefusal(f"pod {info.ref}: {info.fault}")
             if info.cpus:
-                self._check_pinned(info)
+                if not info.accepted:
+                    self._check_pinned(info)
+                    info = replace(info, accepted=True)
                 cpus = format_cpu_list(info.cpus)
                 adjust.linux.resources.cpu.cpus = cpus
                 assert info.allocation is not None
@@ -154,6 +172,7 @@ class NriCpusets:
             else:
                 cpus = format_cpu_list(self._shared())
                 adjust.linux.resources.cpu.cpus = cpus
+            self._pods[pod.id] = info
             if info.allocation is not None:
                 visible = gpu_visible(info.allocation, container.name)
                 if visible is not None:
@@ -179,6 +198,11 @@ class NriCpusets:
             for cid in [c for c, (sandbox, _, _) in self._containers.items() if sandbox == request.pod.id]:
                 del self._containers[cid]
         return api_pb2.RemovePodSandboxResponse()
+
+    def pinned_pods(self) -> dict[str, frozenset[int]]:
+        """Pod uid -> CPUs of every pinned pod the runtime runs (what the cgroup applier must keep)."""
+        with self._lock:
+            return {p.uid: p.held for p in self._pods.values() if p.held}
 
     def pending_updates(self) -> list[api_pb2.ContainerUpdate]:
         """Updates that bring running containers to their cpuset now (after a pinned pod went); the
@@ -225,7 +249,7 @@ class NriCpusets:
         held: set[int] = set()
         for pod in self._pods.values():
             if pod.uid != skip_uid:
-                held |= pod.cpus
+                held |= pod.held
         for allocation in self.recorded():
             if allocation.pod_uid != skip_uid and allocation.node == self.node_name:
                 held.update(allocation.cpus)
@@ -243,7 +267,7 @@ class NriCpusets:
             if cid == exclude:
                 continue
             pod = self._pods.get(sandbox)
-            target = pod.cpus if pod is not None and pod.cpus else shared
+            target = pod.held if pod is not None and pod.held else shared
             try:
                 current = parse_cpu_list(have) if have else online
             except CpusetError:

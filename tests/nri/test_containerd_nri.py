@@ -235,3 +235,36 @@ def test_plugin_that_registers_late_pins_and_excludes_what_already_runs(runtime,
         assert cpus_of(plain_cgroup) == online - {pinned_cpu}
     finally:
         session.close()
+
+
+def test_gedge_agent_serve_is_the_nri_plugin(runtime, pods, online, tmp_path: Path) -> None:
+    """`gedge-agent serve --nri-socket`: the daemon registers with containerd and pins at creation."""
+    from tests.apply.helpers import make_v1_cgroup, v1_sandbox
+    from tests.grpc.agents import spawn_agent
+
+    with v1_sandbox("gtnri-") as cgroups:
+        make_v1_cgroup(cgroups / "kubepods")
+        agent = spawn_agent(
+            "/",
+            NODE,
+            "--nri-socket",
+            str(runtime.nri_socket),
+            "--cgroup-root",
+            str(cgroups),
+            "--cgroup-driver",
+            "cgroupfs",
+            "--checkpoint",
+            str(tmp_path / "checkpoint.json"),
+            "--no-netlink",
+            metrics_listen="",
+        )
+        try:
+            eventually(lambda: any("nri synchronized" in line for line in agent.log_lines))
+            pinned_cpu = max(online)
+            allocation = Allocation(str(uuid.uuid4()), "ml", "pinned", NODE, cpus=(pinned_cpu,))
+            sandbox, config = pods.run("pinned", allocation)
+            pinned = pods.container(sandbox, config)
+            assert cpus_of(pods.cgroup(allocation.pod_uid, pinned)) == {pinned_cpu}
+            assert agent.terminate(timeout=15) == 0
+        finally:
+            agent.kill()
