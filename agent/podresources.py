@@ -2,7 +2,8 @@
 
 kubelet names pods by namespace/name and lists, per container, the device ids
 each device plugin handed out. Three uses:
-- the device plugins count ids kubelet already gave a pod as served (an Allocate
+- the device plugins consider only pending pods kubelet already knows (the one it
+  is admitting) and count ids kubelet already gave a pod as served (an Allocate
   whose mark on the pod was lost to a restart is not handed out twice);
 - after a restart the agent compares every recorded allocation with kubelet's
   assignment and reports each pod where they differ (an Event on the pod);
@@ -167,7 +168,13 @@ def compare(
 
 
 class KubeletServedSource:
-    """A PendingPodSource whose pods also count as served the ids kubelet already assigned them."""
+    """A PendingPodSource narrowed by what kubelet knows.
+
+    kubelet adds a pod to its pod manager (what PodResources lists) before admitting it, and admits
+    pods one at a time: a pending pod kubelet does not know yet cannot be the one a device request
+    is for. So when kubelet knows any of the pending pods, only those are candidates, and ids kubelet
+    already gave a pod count as served. When it knows none (or does not answer), the annotations
+    alone decide, as without PodResources."""
 
     def __init__(self, source: PendingPodSource, client: PodResourcesClient) -> None:
         self.source = source
@@ -177,17 +184,16 @@ class KubeletServedSource:
         pods = self.source.pending_pods()
         if not pods or not self.client.available():
             return pods
-        out = []
+        known = []
         for pod in pods:
             try:
                 assigned = self.client.get(pod.namespace, pod.name)
             except PodResourcesError as exc:
-                log.warning(
-                    "kubelet assignment unknown; annotations alone decide", pod=pod.ref, error=str(exc)
-                )
+                log.warning("kubelet assignment unknown, annotations decide", pod=pod.ref, error=str(exc))
                 return pods
-            out.append(with_served(pod, assigned) if assigned is not None else pod)
-        return out
+            if assigned is not None:
+                known.append(with_served(pod, assigned))
+        return known or pods
 
     def mark_allocated(self, pod: PendingPod, resource: str, device_ids: Sequence[str]) -> None:
         self.source.mark_allocated(pod, resource, device_ids)

@@ -152,3 +152,18 @@ def test_ids_kubelet_already_gave_a_pod_are_not_handed_out_again(kubelet) -> Non
     assert ids == ("GPU-b",) and claim.pod.uid == "u1"
     source.mark_allocated(seen, GPU, ids)
     assert source.source.marked == [("ml/train", GPU, ["GPU-b"])]
+
+
+def test_of_two_racing_pods_only_the_one_kubelet_admits_is_a_candidate(kubelet) -> None:
+    """Both pods wait for a GPU of the same kind; kubelet knows only the newer one (it is admitting
+    it): GetPreferredAllocation steers to the newer pod's grant, not the older pod's by creation order."""
+    service, client = kubelet
+    older = PendingPod("u1", "ml", "older", allocation("u1", "older", ["GPU-a"]).to_annotation(), created=1.0)
+    newer = PendingPod("u2", "ml", "newer", allocation("u2", "newer", ["GPU-b"]).to_annotation(), created=2.0)
+    plain = KubeletServedSource(Pending([older, newer]), PodResourcesClient("/nonexistent/kubelet.sock"))
+    claim, ids = preferred(candidates(plain.pending_pods(), GPU, NODE), GPU, ["GPU-a", "GPU-b"], [], 1)
+    assert (claim.pod.name, ids) == ("older", ("GPU-a",))  # without kubelet's word: creation order
+    service.pods = [pod_resources("newer", {})]
+    source = KubeletServedSource(Pending([older, newer]), client)
+    claim, ids = preferred(candidates(source.pending_pods(), GPU, NODE), GPU, ["GPU-a", "GPU-b"], [], 1)
+    assert (claim.pod.name, ids) == ("newer", ("GPU-b",))
