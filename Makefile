@@ -15,13 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian packages the tests drive for real (Prometheus for the dashboards test,
-# hwloc for the discovery benchmark, systemd-analyze for the units).
+# hwloc for the discovery benchmark, systemd-analyze for the units, runc under
+# the e2e node's containerd).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
 	  command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	  command -v lstopo >/dev/null || missing="$$missing hwloc"; \
 	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	  command -v runc >/dev/null || missing="$$missing runc"; \
 	  if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi; \
@@ -37,6 +39,7 @@ lint: venv
 # ~/.cache/gedge-accel/controlplane (rebuilt only when the pins change).
 e2e-binaries:
 	tests/e2e/controlplane/build.sh >/dev/null
+	tests/e2e/node/build_containerd.sh >/dev/null
 
 test: venv system-deps lint e2e-binaries
 	$(BIN)/pytest -q -rs

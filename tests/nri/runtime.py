@@ -13,6 +13,7 @@ import importlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -28,12 +29,12 @@ from tests.conftest import REPO
 BUILD_SCRIPT = REPO / "tests/e2e/node/build_containerd.sh"
 MODULE_DIR = REPO / "tests/e2e/node/containerd"
 IMAGE = "localhost/gedge-test/pause:1"
-RUNC = "/usr/sbin/runc"
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
 
 
 def binary_dir() -> Path | None:
     """The built containerd binaries, or None when they are not built."""
-    if not BUILD_SCRIPT.exists():
+    if not BUILD_SCRIPT.exists() or not Path(RUNC).exists():
         return None
     out = subprocess.run([str(BUILD_SCRIPT), "--print-dir"], capture_output=True, text=True, check=False)
     directory = Path(out.stdout.strip()) if out.returncode == 0 else None
