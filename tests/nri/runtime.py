@@ -211,6 +211,8 @@ class Containerd:
             (self.dir / name).mkdir(parents=True, exist_ok=True)
         config = self.dir / "config.toml"
         config.write_text(CONFIG.format(d=self.dir, bin=self.bin, image=IMAGE, runc=RUNC))
+        for stale in (self.socket, self.nri_socket):
+            stale.unlink(missing_ok=True)
         self.log = self.dir / "containerd.log"
         env = {**os.environ, "PATH": f"{self.bin}:{os.environ.get('PATH', '')}"}
         self.process = subprocess.Popen(
