@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml
 
 # Debian packages the tests drive for real (Prometheus for the dashboards test,
 # hwloc for the discovery benchmark, systemd-analyze for the units, buildah and
-# debootstrap for `make image`, containerd and runc to run the image).
+# debootstrap for `make image`, containerd and runc to run the image and under the
+# e2e node's containerd).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
@@ -42,6 +43,7 @@ lint: venv
 # ~/.cache/gedge-accel/controlplane (rebuilt only when the pins change).
 e2e-binaries:
 	tests/e2e/controlplane/build.sh >/dev/null
+	tests/e2e/node/build_containerd.sh >/dev/null
 
 # The project image (Containerfile) as an OCI archive at build/gedge-accel-image.tar,
 # tagged gedge-accel:<version>, built by buildah without a Docker engine. With no

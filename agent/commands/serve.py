@@ -6,7 +6,10 @@ import argparse
 import asyncio
 import os
 import signal
+import socket
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,7 @@ import structlog
 from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver, nic
 from agent.apply.nic import DataRoute, NetlinkVfControl, NicApplier, SriovError, VfControl
 from agent.apply.nic.capability import CAP_NET_ADMIN, SriovGate, has_capability
+from agent.apply.readiness import ApplyGate, Readiness
 from agent.config import AgentConfig, ConfigError, load_config, parse_data_route, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.health import HealthMonitor, XidWatcher, kubernetes_node_events
@@ -23,7 +27,16 @@ from agent.metrics import AgentMetrics
 from agent.metrics_apply import ApplyMetrics, MeteredApplier
 from agent.metrics_inventory import NodeInventoryCollector
 from agent.node_labels import NodeLabeler
-from agent.podwatch import PodStatusResolver, PodWatcher, core_api, kubernetes_event_reporter
+from agent.nri import NriCpusets, run_sessions
+from agent.podresources import KubeletReconciler, KubeletServedSource, Mismatch, PodResourcesClient
+from agent.podwatch import (
+    PodStatusResolver,
+    PodWatcher,
+    core_api,
+    kubernetes_event_reporter,
+    node_event_reporter,
+)
+from agent.podwatch.pods import PodView
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
 from gedge_model.cli_support import configure_logging
@@ -52,12 +65,16 @@ _FLAG_KEYS = (
     "checkpoint",
     "cgroup_root",
     "cgroup_driver",
+    "kubelet_config",
     "apply",
     "kubeconfig",
     "device_plugin_dir",
     "timeslice_replicas",
     "sriov_vf_control",
     "health_interval_s",
+    "reserved_cpus",
+    "nri_socket",
+    "pod_resources_socket",
 )
 
 
@@ -112,7 +129,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-plugin-dir", metavar="PATH", help="kubelet's device plugin folder")
     parser.add_argument("--checkpoint", metavar="FILE", help="where the applier records what it applied")
     parser.add_argument("--cgroup-root", metavar="PATH", help="cgroup mount (default /sys/fs/cgroup)")
-    parser.add_argument("--cgroup-driver", choices=("systemd", "cgroupfs"), help="kubelet's cgroup driver")
+    parser.add_argument(
+        "--cgroup-driver",
+        choices=("systemd", "cgroupfs"),
+        help="kubelet's cgroup driver (default: from --kubelet-config, else the kubepods tree)",
+    )
+    parser.add_argument(
+        "--kubelet-config", metavar="FILE", help="kubelet's config file, read for cgroupDriver"
+    )
     parser.add_argument(
         "--apply",
         action=argparse.BooleanOptionalAction,
@@ -124,6 +148,19 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--sriov-vf-control", choices=("netlink", "off"), help="how VF settings are made (netlink)"
     )
     parser.add_argument("--health-interval-s", type=float, metavar="S", help="device health check period (1)")
+    parser.add_argument(
+        "--nri-socket",
+        metavar="PATH",
+        help="the runtime's NRI socket (default /var/run/nri/nri.sock; '' turns NRI off)",
+    )
+    parser.add_argument(
+        "--pod-resources-socket",
+        metavar="PATH",
+        help="kubelet's PodResources socket (default /var/lib/kubelet/pod-resources/kubelet.sock; '' off)",
+    )
+    parser.add_argument(
+        "--reserved-cpus", metavar="CPULIST", help="CPUs kept for the system, never pinned (e.g. 0,1)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -153,6 +190,12 @@ class NodeParts:
     watcher: PodWatcher | None = None
     plugins: DevicePluginManager | None = None
     labeler: NodeLabeler | None = None
+    nri: NriCpusets | None = None
+    """The NRI plugin's decisions, shared by its sessions; None when NRI is off or apply is off."""
+    nri_stop: threading.Event | None = None
+    nri_thread: threading.Thread | None = None
+    gate: ApplyGate | None = None
+    """Whether the node's cgroups can be driven now (driver known, kubepods tree there and writable)."""
 
 
 def make_vf_control(config: AgentConfig) -> VfControl | None:
@@ -188,7 +231,8 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
     if not config.apply:
         return parts
     root, version = cgroup_hierarchy(Path(config.cgroup_root))
-    driver = CgroupDriver(config.cgroup_driver)
+    parts.gate = ApplyGate(config.cgroup_driver, Path(config.kubelet_config), root)
+    driver = parts.gate.refresh().driver or CgroupDriver.SYSTEMD
     if core is not None:
         parts.pod_status = PodStatusResolver(root, driver)
     else:
@@ -205,10 +249,69 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
             host_netns=config.netns,
             routes=data_routes(config),
         ),
+        reserved_cpus=config.reserved_cpu_set,
         reserve_unresolved=core is None,
     )
     parts.manager = parts.applier
+    if config.nri_socket:
+        parts.nri = NriCpusets(
+            config.node_name or socket.gethostname(),
+            online_cpus=lambda: frozenset(),
+            reserved_cpus=config.reserved_cpu_set,
+            recorded=parts.applier.applied,
+        )
+        parts.applier.pinned_elsewhere = parts.nri.pinned_pods
+    parts.gate.add_listener(lambda readiness: follow_driver(parts, readiness))
     return parts
+
+
+def start_nri(parts: NodeParts, runtime: AgentRuntime, config: AgentConfig) -> None:
+    """Serve NRI sessions from a thread while the socket exists (retried every readiness interval)."""
+    if parts.nri is None or runtime.store is None:
+        return
+    store = runtime.store
+    parts.nri.node_name = store.node_name
+    parts.nri.online_cpus = lambda: frozenset(store.current().state.topology.online_cpus)
+    parts.nri_stop = threading.Event()
+    parts.nri_thread = threading.Thread(
+        target=run_sessions,
+        args=(config.nri_socket, parts.nri, parts.nri_stop),
+        kwargs={"retry_s": config.readiness_interval_s},
+        name="nri",
+        daemon=True,
+    )
+    parts.nri_thread.start()
+
+
+def stop_nri(parts: NodeParts) -> None:
+    if parts.nri_stop is not None and parts.nri_thread is not None:
+        parts.nri_stop.set()
+        parts.nri_thread.join(15)
+
+
+def follow_driver(parts: NodeParts, readiness: Readiness) -> None:
+    """A driver found later (kubelet started after the agent) is the one the applier uses."""
+    if readiness.driver is None:
+        return
+    if parts.manager is not None:
+        parts.manager.driver = readiness.driver
+    if parts.pod_status is not None:
+        parts.pod_status.driver = readiness.driver
+
+
+async def watch_readiness(
+    parts: NodeParts, runtime: AgentRuntime, interval_s: float, stop: asyncio.Event
+) -> None:
+    """Re-check the node every `interval_s`; the readiness health follows (the probe's answer)."""
+    assert parts.gate is not None
+    while True:
+        readiness = await asyncio.to_thread(parts.gate.refresh)
+        await runtime.set_ready(readiness.ready)
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+            return
+        except TimeoutError:
+            pass
 
 
 def set_vf_counts(config: AgentConfig) -> None:
@@ -323,8 +426,23 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
     store = runtime.store
     assert store is not None and parts.core is not None
     node = store.node_name
+    kubelet = PodResourcesClient(config.pod_resources_socket) if config.pod_resources_socket else None
     if parts.applier is not None:
         applier = parts.applier
+        reconcile_applier: Callable[[set[str]], object] = applier.reconcile
+        if kubelet is not None:
+            reporter = kubernetes_event_reporter(parts.core, node)
+            checker = KubeletReconciler(
+                kubelet,
+                lambda: known_allocations(applier.applied(), parts.pod_status),
+                lambda m: reporter(mismatch_view(m, node), "AllocationMismatch", m.message),
+            )
+
+            def reconcile_applier(live: set[str]) -> object:
+                report = applier.reconcile(live)
+                checker.check()
+                return report
+
         parts.watcher = PodWatcher(
             parts.core,
             node,
@@ -332,13 +450,19 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
             report=kubernetes_event_reporter(parts.core, node),
             on_change=lambda allocations: store.set_allocations(tuple(allocations)),
             observer=parts.pod_status,
-            reconcile_applier=applier.reconcile,
+            reconcile_applier=reconcile_applier,
             on_new_containers=applier.refresh_shared_pool,
+            blocked=parts.gate.blocked if parts.gate is not None else None,
         )
+        if parts.gate is not None:
+            parts.gate.add_listener(readiness_reporter(parts, node))
         parts.watcher.start()
+    pending: Any = KubernetesPendingPodSource(parts.core, node)
+    if kubelet is not None:
+        pending = KubeletServedSource(pending, kubelet)
     parts.plugins = DevicePluginManager(
         lambda: store.current().state.topology,
-        KubernetesPendingPodSource(parts.core, node),
+        pending,
         Path(config.device_plugin_dir),
         host_root=Path(config.root),
     )
@@ -355,6 +479,42 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
     parts.labeler.start(lambda: store.current().state.topology)
     store.add_listener(parts.labeler.on_snapshot)
     log.info("kubernetes parts started", node=node, pod_watch=parts.watcher is not None)
+
+
+def known_allocations(recorded: Any, pods: PodStatusResolver | None) -> tuple[Any, ...]:
+    """What the agent holds for each pod: its checkpointed allocation, else its pod's annotation."""
+    found = {a.pod_uid: a for a in (pods.allocations() if pods is not None else ())}
+    found.update({a.pod_uid: a for a in recorded})
+    return tuple(found.values())
+
+
+def mismatch_view(mismatch: Mismatch, node: str) -> PodView:
+    return PodView(mismatch.uid or "", mismatch.namespace, mismatch.name, node, None, False, None, 0)
+
+
+def readiness_reporter(parts: NodeParts, node: str) -> Callable[[Readiness], None]:
+    """Every change of the node's readiness: an Event on the Node; back to ready, a pod resync."""
+    post = node_event_reporter(parts.core, node)
+    was_blocked = [False]
+
+    def changed(readiness: Readiness) -> None:
+        if not readiness.ready:
+            was_blocked[0] = True
+            post(readiness.reason, readiness.message, True)
+            return
+        if was_blocked[0]:
+            was_blocked[0] = False
+            post("AllocationsApplied", f"the agent can apply again: {readiness.message}", False)
+            if parts.watcher is not None:
+                try:
+                    parts.watcher.resync()
+                except Exception as exc:  # the watch's next round lists again
+                    log.warning("pod resync after readiness failed", error=str(exc))
+
+    current = parts.gate.current if parts.gate is not None else None
+    if current is not None and not current.ready:
+        changed(current)
+    return changed
 
 
 def stop_kubernetes_parts(parts: NodeParts) -> None:
@@ -402,6 +562,7 @@ async def serve(config: AgentConfig) -> int:
         pod_runtimes=parts.pod_runtimes,
         remote_apply=parts.core is None,
         reserved_pods=parts.manager.reserved_pod_uids if parts.manager is not None else None,
+        initially_ready=parts.gate is None or parts.gate.current.ready,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -428,7 +589,11 @@ async def serve(config: AgentConfig) -> int:
     assert runtime.store is not None
     health = await asyncio.to_thread(start_health, config, runtime.store, metrics, parts.core)
     log_capabilities(config, parts, health)
+    start_nri(parts, runtime, config)
     refresher = None
+    readiness = None
+    if parts.gate is not None:
+        readiness = asyncio.create_task(watch_readiness(parts, runtime, config.readiness_interval_s, stop))
     if parts.core is not None:
         await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
     elif parts.manager is not None and config.cpuset_refresh_interval_s > 0:
@@ -439,8 +604,11 @@ async def serve(config: AgentConfig) -> int:
     log.info("shutting down", signal="SIGTERM/SIGINT")
     if refresher is not None:
         await refresher
+    if readiness is not None:
+        await readiness
     await asyncio.to_thread(stop_kubernetes_parts, parts)
     await asyncio.to_thread(health.stop)
+    await asyncio.to_thread(stop_nri, parts)
     await runtime.stop()
     if metrics_server is not None:
         metrics_server.shutdown()

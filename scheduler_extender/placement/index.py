@@ -103,6 +103,8 @@ class TopologyIndex:
     """Online CPU id -> its NUMA id."""
     vfio: tuple[VfioEntry, ...] = ()
     """Healthy vfio-pool VFs, by PCI address (not network entries: the engine's search never sees them)."""
+    reserved_cpus: frozenset[int] = frozenset()
+    """Online CPUs kept for the system: taken from the start, never granted."""
     structure: int = 0
     """Equal for topologies that differ only in names, UUIDs and addresses: placements in position
     terms carry over between them (the engine memoizes by it)."""
@@ -329,6 +331,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         numa = cpu.numa_node if cpu.numa_node is not None and cpu.numa_node >= 0 else NO_NUMA
         cores.setdefault(numa, {})[siblings] = None
     core_map = {numa: tuple(sorted(found, key=lambda c: c[0])) for numa, found in sorted(cores.items())}
+    reserved = frozenset(online) - topology.pinnable_cpus
 
     numa_order: dict[int, tuple[int, ...]] = {}
     for numa in core_map:
@@ -368,6 +371,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             for n in nets
         ),
         tuple(core_map.items()),
+        tuple(sorted(reserved)),
         tuple(numa_order.items()),
         tuple(
             sorted(
@@ -394,5 +398,6 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         gpu_class=gpu_class,
         vfio=tuple(sorted(vfio, key=lambda v: v.pci)),
         cpu_numa={cpu: numa for numa, found in core_map.items() for core in found for cpu in core},
+        reserved_cpus=reserved,
         structure=_structure_id(signature),
     )
