@@ -62,6 +62,8 @@ def attempt_to_dict(a: Attempt) -> dict[str, Any]:
             "message": clip(a.message),
             "exitCode": a.exit_code,
             "node": a.node,
+            "outputs": {"parameters": dict(a.outputs)} if a.outputs else None,
+            "endpoint": a.endpoint,
         }
     )
 
@@ -76,6 +78,10 @@ def task_to_dict(t: TaskStatus) -> dict[str, Any]:
             "finishedAt": format_time(t.finished_at),
             "message": clip(t.message),
             "nextAttemptAt": format_time(t.next_attempt_at),
+            "runtime": t.runtime,
+            "runtimeReason": clip(t.runtime_reason),
+            "outputs": {"parameters": dict(t.outputs)} if t.outputs else None,
+            "endpoint": t.endpoint,
         }
     )
 
@@ -130,7 +136,18 @@ def attempt_from_dict(raw: Any, where: str) -> Attempt:
         message=str(block.get("message", "")),
         exit_code=_int(block.get("exitCode"), f"{where}.exitCode", optional=True),
         node=block.get("node"),
+        outputs=_outputs(block.get("outputs"), f"{where}.outputs"),
+        endpoint=block.get("endpoint"),
     )
+
+
+def _outputs(raw: Any, where: str) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    parameters = _mapping(_mapping(raw, where).get("parameters") or {}, f"{where}.parameters")
+    if not all(isinstance(v, str) for v in parameters.values()):
+        raise StatusError(f"{where}.parameters: values must be strings")
+    return {str(k): v for k, v in parameters.items()}
 
 
 def task_from_dict(raw: Any, where: str) -> TaskStatus:
@@ -148,6 +165,8 @@ def task_from_dict(raw: Any, where: str) -> TaskStatus:
         finished_at=parse_time(block.get("finishedAt"), f"{where}.finishedAt"),
         message=str(block.get("message", "")),
         next_attempt_at=parse_time(block.get("nextAttemptAt"), f"{where}.nextAttemptAt"),
+        runtime=str(block.get("runtime", "")),
+        runtime_reason=str(block.get("runtimeReason", "")),
     )
 
 
