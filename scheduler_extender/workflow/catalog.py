@@ -60,6 +60,8 @@ class ModelSupport:
     framework: str
     versions: SpecifierSet
     formats: tuple[str, ...] = ()
+    text: str = ""
+    """The versions as written."""
 
     def takes(self, framework: str, version: str, fmt: str | None) -> bool:
         return (
@@ -70,7 +72,7 @@ class ModelSupport:
 
     def describe(self) -> str:
         formats = f" ({', '.join(self.formats)})" if self.formats else ""
-        return f"{self.framework}{self.versions or ' any version'}{formats}"
+        return f"{self.framework}{self.text or ' any version'}{formats}"
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,7 @@ def _models(raw: Any, where: str) -> tuple[ModelSupport, ...]:
         except InvalidSpecifier:
             raise CatalogError(f"{here}.versions: {text!r} is not a specifier like '>=2.0,<2.12'") from None
         formats = tuple(f.strip().lower() for f in _strings(item.get("formats"), f"{here}.formats"))
-        out.append(ModelSupport(framework.strip().lower(), versions, formats))
+        out.append(ModelSupport(framework.strip().lower(), versions, formats, text.replace(" ", "")))
     return tuple(out)
 
 

@@ -440,10 +440,8 @@ def _outputs(raw: Any, where: str, container: Mapping[str, Any]) -> tuple[Output
 
 
 def _workspace_mount(raw: Any, where: str) -> WorkspaceMount | None:
-    if raw is None or raw is False:
+    if raw is None:
         return None
-    if raw is True:
-        return WorkspaceMount(mount_path="")
     block = _mapping(raw, where)
     unknown = set(block) - {"mountPath", "subPath", "readOnly"}
     if unknown:
@@ -953,6 +951,8 @@ def api_object(
             task["runtime"] = ",".join(parsed.runtime)
         if isinstance(task.get("dependencies"), str):
             task["dependencies"] = list(parsed.predecessors)
+        if parsed.model is not None:
+            task["model"] = {**task["model"], "version": parsed.model.version}
         tasks.append(task)
     if spec.get("onExit"):
         spec["onExit"] = tasks.pop()
