@@ -73,6 +73,14 @@ def wrap_container(container: Mapping[str, Any], outputs: Sequence[OutputParamet
     return out
 
 
+def encode(values: Mapping[str, str]) -> str:
+    """A termination message as the wrapper writes it (for plans and tests of the reading side)."""
+    parts = [HEADER]
+    for name, value in values.items():
+        parts.append(f"{name} {len(value.encode())}\n{value}")
+    return "\n".join(parts) + "\n"
+
+
 def decode(message: str | None, outputs: Sequence[OutputParameter]) -> dict[str, str]:
     """The declared outputs' values from a termination message; OutputError names what is missing."""
     if not outputs:
