@@ -567,7 +567,7 @@ def _task(
         raise WorkflowSpecError(
             f"{where}.name: {name!r} must be lowercase letters, digits and '-' (at most 50 characters)"
         )
-    where = f"task {name!r}"
+    where = f"workflow {workflow!r}: task {name!r}" if workflow else f"task {name!r}"
     unknown = set(block) - _TASK_FIELDS
     if unknown:
         raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
@@ -607,7 +607,10 @@ def _task(
         runtime = from_annotation
     if runtime:
         annotations[ANNOTATION_RUNTIME] = ",".join(runtime)
-    validate_pod_request(name, container, annotations)
+    try:
+        validate_pod_request(name, container, annotations)
+    except WorkflowSpecError as exc:
+        raise WorkflowSpecError(f"workflow {workflow!r}: {exc}" if workflow else str(exc)) from None
     annotations.pop(ANNOTATION_RUNTIME, None)
     dependencies = _string_list(block.get("dependencies"), f"{where}.dependencies")
     depends_text = block.get("depends")
