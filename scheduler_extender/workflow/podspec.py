@@ -59,12 +59,12 @@ def runtime_choice(task: TaskSpec, catalog: Catalog | None) -> RuntimeChoice:
         return RuntimeChoice(task.runtime, "")
     if catalog is None:
         raise CompositionError(
-            f"task {task.name}: model {task.model.describe()} given but no runtime catalog"
+            f"task {task.name!r}.model: {task.model.describe()} given but no runtime catalog"
         )
     try:
         return choose_runtime(catalog, task.model.framework, task.model.version, task.model.format)
     except CompositionError as exc:
-        raise CompositionError(f"task {task.name}: {exc}") from None
+        raise CompositionError(f"task {task.name!r}.model: {exc}") from None
 
 
 def compose_task(
@@ -84,11 +84,17 @@ def compose_task(
 
 
 def check_runtimes(workflow: Workflow, catalog: Catalog | None) -> dict[str, RuntimeChoice]:
-    """Every task's runtime composes, before the first pod exists (nothing half-run); the choices."""
+    """Every task's runtime composes, before the first pod exists (nothing half-run); the choices.
+
+    CompositionError names the workflow, the task and its runtime or model.
+    """
     choices = {}
-    for task in workflow.spec.all_tasks():
-        choices[task.name] = runtime_choice(task, catalog)
-        compose_task(task, catalog, choices[task.name].runtime)
+    try:
+        for task in workflow.spec.all_tasks():
+            choices[task.name] = runtime_choice(task, catalog)
+            compose_task(task, catalog, choices[task.name].runtime)
+    except CompositionError as exc:
+        raise CompositionError(f"workflow {workflow.name!r}: {exc}") from None
     return choices
 
 

@@ -40,14 +40,18 @@ def test_dry_run_prints_the_pods_in_dependency_order():
     )
     assert result.returncode == 0, result.stderr
     pods = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    names = [p["metadata"]["name"] for p in pods]
+    names = [f"{p['kind']}/{p['metadata']['name']}" for p in pods]
     assert names == [
-        "resnet-edge-train-0",
-        "resnet-edge-validate-0",
-        "resnet-edge-verify-0",
-        "resnet-edge-serve-0",
-        "resnet-edge-cleanup-0",
-    ], "optimize is skipped by its when, report-failure omitted on success"
+        "Pod/resnet-edge-train-0",
+        "Pod/resnet-edge-validate-0",
+        "Pod/resnet-edge-verify-0",
+        "Deployment/resnet-edge-serve",
+        "Service/resnet-edge-serve",
+        "Pod/resnet-edge-cleanup-0",
+    ], "optimize is skipped by its when, report-failure omitted on success; serve is kept warm"
+    serve = pods[3]["spec"]["template"]["spec"]
+    assert serve["restartPolicy"] == "Always" and serve["schedulerName"] == "gedge-scheduler"
+    assert serve["containers"][0]["readinessProbe"] == {"tcpSocket": {"port": 8000}, "periodSeconds": 5}
     train = pods[0]
     assert train["metadata"]["namespace"] == "ml"
     assert train["spec"]["schedulerName"] == "gedge-scheduler"
