@@ -28,8 +28,8 @@ def _now() -> str:
 def _matches(obj: dict[str, Any], selector: str) -> bool:
     labels = obj["metadata"].get("labels") or {}
     for term in filter(None, selector.split(",")):
-        key, _, value = term.partition("=")
-        if labels.get(key) != value:
+        key, equals, value = term.partition("=")
+        if (equals and labels.get(key) != value) or (not equals and key not in labels):
             return False
     return True
 
@@ -49,6 +49,8 @@ class InMemoryApi:
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
         """Deployments, Services and PersistentVolumeClaims by (kind, namespace, name)."""
         self.replaced: list[tuple[str, str]] = []
+        self.collect_garbage = True
+        """Delete what a deleted Workflow owns, as Kubernetes' garbage collector does (off: none runs)."""
 
     def _next_rv(self) -> str:
         self._rv += 1
@@ -88,6 +90,8 @@ class InMemoryApi:
             if workflow is None:
                 raise NotFound(f"workflows {name} not found")
             uid = workflow["metadata"]["uid"]
+            if not self.collect_garbage:
+                return
             for key, obj in list(self.objects.items()):
                 if any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or []):
                     del self.objects[key]
@@ -104,6 +108,7 @@ class InMemoryApi:
             obj = self.workflows[(namespace, name)]
             obj["status"] = copy.deepcopy(status)
             obj["metadata"]["resourceVersion"] = self._next_rv()
+            self._cond.notify_all()
             return copy.deepcopy(obj)
 
     # pods
@@ -219,6 +224,7 @@ class InMemoryApi:
             if kind == "Service":
                 obj["spec"]["clusterIP"] = f"10.96.0.{len(self.objects) + 10}"
             self.objects[(kind, namespace, name)] = obj
+            self._cond.notify_all()
             return copy.deepcopy(obj)
 
     def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
@@ -246,6 +252,7 @@ class InMemoryApi:
             obj["status"] = current.get("status") or {}
             self.objects[(kind, namespace, name)] = obj
             self.replaced.append((kind, name))
+            self._cond.notify_all()
             return copy.deepcopy(obj)
 
     def _delete(self, kind: str, namespace: str, name: str) -> None:
@@ -321,6 +328,7 @@ class InMemoryApi:
                 "availableReplicas": count,
             }
             obj["metadata"]["resourceVersion"] = self._next_rv()
+            self._cond.notify_all()
 
 
 class MemoryKubelet:
