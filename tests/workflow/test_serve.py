@@ -123,8 +123,11 @@ def test_the_serve_step_is_running_until_every_replica_is_ready():
         thread.start()
         try:
             with api._cond:
-                assert api._cond.wait_for(lambda: _serve_attempt(api).get("phase") == "Pending", timeout=30)
-            assert _serve_attempt(api)["taskMessage"].startswith("0/2 replicas ready")
+                assert api._cond.wait_for(
+                    lambda: (_serve_attempt(api)["taskMessage"] or "").startswith("0/2 replicas ready"),
+                    timeout=30,
+                )
+            assert _serve_attempt(api)["phase"] == "Pending"
             api.rollout(NS, "resnet", ready=1)
             with api._cond:
                 assert api._cond.wait_for(lambda: _serve_attempt(api).get("phase") == "Running", timeout=30)
