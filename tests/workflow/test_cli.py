@@ -333,3 +333,30 @@ def test_controller_logs_json_with_levels_from_its_start(memory_cluster, capsys)
     assert lines[0]["event"] == "workflow controller starting" and lines[0]["level"] == "info"
     assert lines[0]["namespace"] == "ml" and "timestamp" in lines[0]
     assert lines[-1]["event"] == "workflow controller stopped"
+
+
+def test_dry_run_of_the_serve_pipeline_shows_outputs_workspace_and_chosen_runtimes():
+    example = REPO / "deploy" / "crds" / "examples" / "serve-pipeline.yaml"
+    result = _flow("run", str(example), "--dry-run", "--catalog", str(CATALOG))
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert [f"{o['kind']}/{o['metadata']['name']}" for o in objects] == [
+        "Pod/resnet-serve-train-0",
+        "Pod/resnet-serve-optimize-0",
+        "Deployment/resnet",
+        "Service/resnet",
+    ], "the when on train's accuracy is taken as true in a plan"
+    train = objects[0]
+    assert train["metadata"]["annotations"]["gedge.io/runtime"] == "tf2-py38-2.11,cuda-11.2,cudnn-8.2.1"
+    assert train["spec"]["containers"][0]["command"][:2] == ["/bin/sh", "-c"]
+    optimize = objects[1]["spec"]["containers"][0]
+    assert {"name": "MODEL_DIR", "value": "<tasks.train.outputs.parameters.model-dir>"} in optimize["env"]
+    template = objects[2]["spec"]["template"]
+    assert template["metadata"]["annotations"]["gedge.io/runtime"] == "tensorrt-8.6,cuda-11.8,cudnn-8.9"
+    assert template["spec"]["containers"][0]["args"][:2] == [
+        "--engine",
+        "<tasks.optimize.outputs.parameters.engine>",
+    ]
+    assert {"name": "gedge-workspace", "persistentVolumeClaim": {"claimName": "resnet-serve-workspace"}} in (
+        template["spec"]["volumes"]
+    )
