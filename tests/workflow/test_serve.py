@@ -267,3 +267,18 @@ def test_a_name_taken_by_something_else_is_refused_not_overwritten():
     assert status.phase == "Failed"
     assert "Deployment resnet exists and is not a gedge-flow serve" in status.tasks["serve"].message
     assert api.get_deployment(NS, "resnet")["metadata"]["labels"] == {"app": "theirs"}
+
+
+def test_logs_of_a_serve_step_come_from_its_newest_pod(monkeypatch, capsys):
+    api = InMemoryApi()
+    api.create_workflow(NS, _workflow("run-1"))
+    with MemoryKubelet(api, outputs=_model_path):
+        _run(api, "run-1")
+    template = api.get_deployment(NS, "resnet")["spec"]["template"]
+    api.create_pod(
+        NS, {"metadata": {**template["metadata"], "name": "resnet-abc-1"}, "spec": template["spec"]}
+    )
+    api.logs["resnet-abc-1"] = "serving on 8501\n"
+    monkeypatch.setattr("scheduler_extender.workflow.commands.logs.connect", lambda args: api)
+    assert cli.main(["logs", "run-1", "serve", "-n", NS]) == 0
+    assert capsys.readouterr().out.endswith("serving on 8501\n")
