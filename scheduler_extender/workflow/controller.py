@@ -367,7 +367,13 @@ class WorkflowController:
         choices = check_runtimes(workflow, self.catalog) if fresh else {}
         tasks = dict(status.tasks)
         for task in pending:
-            choice = choices.get(task.name) or runtime_choice(task, self.catalog)
+            choice = choices.get(task.name)
+            if choice is None:
+                # a workflow already under way: a task that cannot compose now fails when it starts
+                try:
+                    choice = runtime_choice(task, self.catalog)
+                except CompositionError:
+                    continue
             if choice.runtime:
                 tasks[task.name] = dataclasses.replace(
                     status.task(task.name), runtime=",".join(choice.runtime), runtime_reason=choice.reason
