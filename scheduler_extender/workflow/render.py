@@ -109,6 +109,8 @@ def progress_lines(
             continue
         task = status.task(name)
         detail = f" pod {pod}" if pod and phase in (dag.RUNNING, dag.PENDING) else ""
+        if task.endpoint:
+            detail = f" serving at {task.endpoint}" if phase == dag.SUCCEEDED else f" serve {pod}"
         message = f" - {task.message}" if task.message and phase != dag.SUCCEEDED else ""
         lines.append(f"{stamp} {SYMBOLS.get(phase, '?')} {name} {phase}{detail}{message}")
     return lines, current

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from scheduler_extender.workflow import cli
 from scheduler_extender.workflow.catalog import load_catalog_file
 from scheduler_extender.workflow.controller import ControllerConfig, WorkflowController, sweep_expired_serves
@@ -282,3 +284,27 @@ def test_logs_of_a_serve_step_come_from_its_newest_pod(monkeypatch, capsys):
     monkeypatch.setattr("scheduler_extender.workflow.commands.logs.connect", lambda args: api)
     assert cli.main(["logs", "run-1", "serve", "-n", NS]) == 0
     assert capsys.readouterr().out.endswith("serving on 8501\n")
+
+
+def test_run_shows_the_serve_endpoint_when_it_is_ready(monkeypatch, capsys, tmp_path):
+    api = InMemoryApi()
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump(_workflow("run-1")))
+    monkeypatch.setattr("scheduler_extender.workflow.commands.run.connect", lambda args: api)
+    with MemoryKubelet(api, outputs=_model_path):
+        assert (
+            cli.main(
+                [
+                    "run",
+                    str(path),
+                    "-n",
+                    NS,
+                    "--catalog",
+                    str(REPO / "deploy" / "runtime-catalog" / "runtime-catalog.yaml"),
+                ]
+            )
+            == 0
+        )
+    out = capsys.readouterr().out
+    assert "serve Succeeded serving at resnet.ml.svc:8501" in out
+    assert "serving at resnet.ml.svc:8501" in out.split("STEP", 1)[1], "and in the final tree"
