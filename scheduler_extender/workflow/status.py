@@ -6,6 +6,7 @@ the field, never silently reset (that could run a finished step again).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -62,7 +63,6 @@ def attempt_to_dict(a: Attempt) -> dict[str, Any]:
             "message": clip(a.message),
             "exitCode": a.exit_code,
             "node": a.node,
-            "outputs": {"parameters": dict(a.outputs)} if a.outputs else None,
             "endpoint": a.endpoint,
         }
     )
@@ -136,7 +136,6 @@ def attempt_from_dict(raw: Any, where: str) -> Attempt:
         message=str(block.get("message", "")),
         exit_code=_int(block.get("exitCode"), f"{where}.exitCode", optional=True),
         node=block.get("node"),
-        outputs=_outputs(block.get("outputs"), f"{where}.outputs"),
         endpoint=block.get("endpoint"),
     )
 
@@ -158,6 +157,10 @@ def task_from_dict(raw: Any, where: str) -> TaskStatus:
     attempts = tuple(attempt_from_dict(a, f"{where}.attempts[{i}]") for i, a in enumerate(attempts_raw))
     if [a.number for a in attempts] != sorted({a.number for a in attempts}):
         raise StatusError(f"{where}.attempts: numbers must increase ({[a.number for a in attempts]})")
+    outputs = _outputs(block.get("outputs"), f"{where}.outputs")
+    if outputs and attempts:
+        # kept once, on the task: they are the outputs of its last (succeeded) attempt
+        attempts = (*attempts[:-1], dataclasses.replace(attempts[-1], outputs=outputs))
     return TaskStatus(
         phase=_phase(block.get("phase", "Pending"), _TASK_PHASES, f"{where}.phase"),
         attempts=attempts,

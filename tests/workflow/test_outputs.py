@@ -262,3 +262,15 @@ spec:
     pod = build_pod(spec, spec.spec.on_exit, 0, catalog=None, status=status)
     assert pod["spec"]["containers"][0]["args"] == ["42"]
     assert dag.output_values(status) == {"tasks.a.outputs.parameters.v": "42"}
+
+
+def test_outputs_survive_the_status_round_trip_a_restarted_controller_reads():
+    from scheduler_extender.workflow.status import status_from_dict, status_to_dict
+
+    sim = workflow(PIPE, messages={"train": [HEADER + "\n", encode({"accuracy": "0.95", "model": "/ws/m"})]})
+    status = sim.run()
+    stored = status_to_dict(status)
+    assert stored["tasks"]["train"]["outputs"] == {"parameters": {"accuracy": "0.95", "model": "/ws/m"}}
+    assert all("outputs" not in a for a in stored["tasks"]["train"]["attempts"]), "kept once, on the task"
+    assert dag.output_values(status_from_dict(stored)) == dag.output_values(status)
+    assert status_to_dict(status_from_dict(stored)) == stored
