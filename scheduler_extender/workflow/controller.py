@@ -229,16 +229,20 @@ class WorkflowController:
         )
         watcher.start()
         written = status_to_dict(status) if workflow.raw_status else {}
+        serves_seen: dict[str, dag.PodObservation] = {}
         try:
             while not stop.is_set():
                 now = self.clock()
                 observations = {n: o for n, p in pods.items() if (o := pod_observation(p)) is not None}
-                observations.update(self._serve_observations(workflow, status))
+                observations.update(self._serve_observations(workflow, status, serves_seen))
                 status = dag.observe(workflow.spec, status, observations, now)
                 result = dag.step(workflow.spec, status, now, workflow=workflow.name, namespace=namespace)
                 status = result.status
                 for action in result.actions:
                     status = self._apply(workflow, status, action, pods, now)
+                if status.final:
+                    # before the final status: a controller stopped in between marks them again
+                    self._finish_serves(workflow, status)
                 body = status_to_dict(status)
                 if body != written:
                     try:
@@ -251,7 +255,6 @@ class WorkflowController:
                     if on_update is not None:
                         on_update(workflow, status)
                 if status.final:
-                    self._finish_serves(workflow, status)
                     return status
                 if result.actions:
                     continue
@@ -405,17 +408,28 @@ class WorkflowController:
         return out
 
     def _serve_observations(
-        self, workflow: Workflow, status: dag.WorkflowStatus
+        self, workflow: Workflow, status: dag.WorkflowStatus, seen: dict[str, dag.PodObservation]
     ) -> dict[str, dag.PodObservation]:
-        """Each live serve task's Deployment, read now (serve tasks are few; no watch needed)."""
+        """Each live serve task's Deployment, read now (serve tasks are few; no watch needed).
+
+        A Deployment that is gone (or another run's now) is left out: the engine ends that
+        attempt. One that cannot be read this time keeps what was last seen of it.
+        """
         out = {}
         for task in self._live_serves(workflow, status):
+            name = task.serve.name
             try:
-                deployment = self.api.get_deployment(workflow.namespace, task.serve.name)
+                deployment = self.api.get_deployment(workflow.namespace, name)
             except NotFound:
                 continue
+            except ApiError as exc:
+                log.warning("serve unreadable", serve=name, error=exc.message)
+                out[name] = seen.get(name) or dag.PodObservation(
+                    name, task.name, 0, "Pending", message=f"Deployment unreadable: {exc.message}"
+                )
+                continue
             if owned_by(deployment, workflow.uid) or workflow.uid is None:
-                out[task.serve.name] = serve_observation(task, deployment, workflow.namespace)
+                out[name] = seen[name] = serve_observation(task, deployment, workflow.namespace)
         return out
 
     def _apply_serve(

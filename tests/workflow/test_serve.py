@@ -308,3 +308,25 @@ def test_run_shows_the_serve_endpoint_when_it_is_ready(monkeypatch, capsys, tmp_
     out = capsys.readouterr().out
     assert "serve Succeeded serving at resnet.ml.svc:8501" in out
     assert "serving at resnet.ml.svc:8501" in out.split("STEP", 1)[1], "and in the final tree"
+
+
+def test_an_unreadable_deployment_is_waited_on_not_given_up():
+    from scheduler_extender.workflow.kube import ApiError
+
+    api = InMemoryApi()
+    api.create_workflow(NS, _workflow("run-1"))
+    real = api.get_deployment
+    failures = {"left": 3}
+
+    def flaky(namespace: str, name: str) -> dict[str, Any]:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ApiError(500, "etcdserver: request timed out")
+        return real(namespace, name)
+
+    api.get_deployment = flaky  # type: ignore[method-assign]
+    with MemoryKubelet(api, outputs=_model_path):
+        status = _run(api, "run-1")
+    assert failures["left"] == 0
+    assert status.phase == "Succeeded"
+    assert len(status.tasks["serve"].attempts) == 1 and status.tasks["serve"].attempts[0].phase == "Succeeded"
