@@ -327,7 +327,14 @@ def test_controller_logs_json_with_levels_from_its_start(memory_cluster, capsys)
     import signal
     import threading
 
-    threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGTERM)).start()
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stop_once_it_handles_sigterm() -> None:
+        while signal.getsignal(signal.SIGTERM) is before:
+            threading.Event().wait(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_once_it_handles_sigterm, daemon=True).start()
     assert cli.main(["controller", "-n", "ml", "--poll", "0.1"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert lines[0]["event"] == "workflow controller starting" and lines[0]["level"] == "info"
