@@ -297,8 +297,20 @@ def test_get_watch_shows_progress_until_the_workflow_ends(memory_cluster, capsys
 
     _diamond(memory_cluster)
     shown: list[str] = []
+    a_shown_running = threading.Event()
+
+    def show(text: str) -> None:
+        shown.append(text)
+        if "● a" in text:
+            a_shown_running.set()
+
+    def outcome(pod: dict) -> int | None:
+        # step a ends only once the watch has shown it running
+        held = pod["metadata"]["labels"]["gedge.io/task"] == "a" and not a_shown_running.is_set()
+        return None if held else 0
+
     stop = threading.Event()
-    with MemoryKubelet(memory_cluster, run_seconds=0.3):
+    with MemoryKubelet(memory_cluster, outcome=outcome, run_seconds=0.05):
         driver = threading.Thread(
             target=WorkflowController(
                 memory_cluster,
@@ -310,7 +322,7 @@ def test_get_watch_shows_progress_until_the_workflow_ends(memory_cluster, capsys
         )
         driver.start()
         try:
-            code = watch(memory_cluster, "ml", "shapes", "tree", 0.05, threading.Event(), shown.append)
+            code = watch(memory_cluster, "ml", "shapes", "tree", 0.05, threading.Event(), show)
         finally:
             stop.set()
             driver.join(timeout=10)
