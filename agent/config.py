@@ -47,6 +47,12 @@ class AgentConfig:
     max_send_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int = 100
     """Calls (watch streams included) served at once; more are refused with RESOURCE_EXHAUSTED."""
+    max_streams_per_connection: int = 32
+    """HTTP/2 streams one client connection may have open at once (gRPC max_concurrent_streams)."""
+    max_watch_streams_per_client: int = 8
+    """WatchNodeState streams one client address may hold; more are refused with RESOURCE_EXHAUSTED."""
+    max_connection_idle_s: float = 300.0
+    """A client connection with no call open this long is closed (the client reconnects when it needs)."""
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
     kubeconfig: str | None = None
@@ -92,6 +98,11 @@ class AgentConfig:
                 raise ConfigError(f"{name} must be within 1 KiB..256 MiB, got {getattr(self, name)}")
         if not 1 <= self.max_concurrent_rpcs <= 10_000:
             raise ConfigError(f"max_concurrent_rpcs must be within 1..10000, got {self.max_concurrent_rpcs}")
+        for name in ("max_streams_per_connection", "max_watch_streams_per_client"):
+            if not 1 <= getattr(self, name) <= 10_000:
+                raise ConfigError(f"{name} must be within 1..10000, got {getattr(self, name)}")
+        if self.max_connection_idle_s <= 0:
+            raise ConfigError(f"max_connection_idle_s must be positive, got {self.max_connection_idle_s}")
         if self.cgroup_driver not in ("systemd", "cgroupfs"):
             raise ConfigError(f"cgroup_driver must be systemd or cgroupfs, got {self.cgroup_driver!r}")
         if self.cpuset_refresh_interval_s < 0:

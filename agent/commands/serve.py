@@ -45,6 +45,9 @@ _FLAG_KEYS = (
     "max_send_message_bytes",
     "shutdown_grace_s",
     "max_concurrent_rpcs",
+    "max_streams_per_connection",
+    "max_watch_streams_per_client",
+    "max_connection_idle_s",
     "log_level",
     "checkpoint",
     "cgroup_root",
@@ -97,6 +100,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-receive-message-bytes", type=int, metavar="N")
     parser.add_argument("--max-send-message-bytes", type=int, metavar="N")
     parser.add_argument("--max-concurrent-rpcs", type=int, metavar="N", help="calls served at once (100)")
+    parser.add_argument(
+        "--max-streams-per-connection", type=int, metavar="N", help="open calls per client connection (32)"
+    )
+    parser.add_argument(
+        "--max-watch-streams-per-client", type=int, metavar="N", help="watch streams per client address (8)"
+    )
+    parser.add_argument(
+        "--max-connection-idle-s", type=float, metavar="S", help="close idle client connections (300)"
+    )
     parser.add_argument("--shutdown-grace-s", type=float, metavar="S")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument(

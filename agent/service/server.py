@@ -42,6 +42,9 @@ def server_options(config: AgentConfig) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # Bounds per client: streams on one connection, and connections left idle.
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", int(config.max_connection_idle_s * 1000)),
     ]
 
 
@@ -102,6 +105,7 @@ class AgentRuntime:
             pod_runtimes=self.pod_runtimes,
             remote_apply=self.remote_apply,
             reserved_pods=self.reserved_pods,
+            max_watch_streams_per_client=config.max_watch_streams_per_client,
         )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
         self._health = health.aio.HealthServicer()
