@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import structlog
-
 from scheduler_extender.workflow.catalog import (
     Catalog,
     CatalogError,
@@ -60,14 +58,11 @@ def load_catalog(args: argparse.Namespace, api: WorkflowApi | None) -> Catalog |
 
 
 def configure_logging(verbose: bool) -> None:
-    """Controller logs (structlog) go to stderr as JSON, and only when asked for, beside the progress view."""
-    import logging
+    """Controller logs go to stderr as JSON lines (the one pipeline of every command), info only when
+    asked for, beside the progress view."""
+    from gedge_model.cli_support import configure_logging as configure
 
-    structlog.configure(
-        processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.JSONRenderer()],
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO if verbose else logging.WARNING),
-    )
+    configure("info" if verbose else "warning")
 
 
 def fail(message: str) -> int:
