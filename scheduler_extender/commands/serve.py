@@ -25,7 +25,15 @@ from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
 from scheduler_extender.cache.cache import CacheOptions
-from scheduler_extender.http.app import MAX_BODY_BYTES, build_app, server_ssl_context, start_server, tune_gc
+from scheduler_extender.http.app import (
+    IDLE_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS_PER_CLIENT,
+    build_app,
+    server_ssl_context,
+    start_server,
+    tune_gc,
+)
 from scheduler_extender.node_source import NodeSource
 from scheduler_extender.verbs import Extender
 
@@ -70,6 +78,23 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="how long a bind's reservation lives unsettled",
     )
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N")
+    parser.add_argument(
+        "--body-timeout-s", type=float, default=10.0, metavar="S", help="time for a request body to arrive"
+    )
+    parser.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=IDLE_TIMEOUT_S,
+        metavar="S",
+        help="close a connection without a complete request this long",
+    )
+    parser.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=MAX_CONNECTIONS_PER_CLIENT,
+        metavar="N",
+        help="open connections from one client address",
+    )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     parser.set_defaults(run=run)
 
@@ -166,8 +191,17 @@ async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) 
             raise ValueError("--tls-cert and --tls-key go together")
         context = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
     registry = getattr(getattr(wiring.source, "metrics", None), "registry", None)
-    app = build_app(wiring.extender(), max_body=args.max_body_bytes, registry=registry)
-    runner, bound = await start_server(app, host, port, context)
+    app = build_app(
+        wiring.extender(), max_body=args.max_body_bytes, body_timeout_s=args.body_timeout_s, registry=registry
+    )
+    runner, bound = await start_server(
+        app,
+        host,
+        port,
+        context,
+        idle_timeout_s=args.idle_timeout_s,
+        max_connections_per_client=args.max_connections_per_client,
+    )
     log.info("serving", listen=f"{host}:{bound}", https=context is not None)
     tune_gc()
     refreeze = asyncio.get_running_loop().create_task(_refreeze_gc())
