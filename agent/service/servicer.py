@@ -17,6 +17,7 @@ from agent.metrics import AgentMetrics
 from agent.service.inventory import allocation_conflicts, device_inventory
 from agent.service.store import NodeStateStore, Snapshot
 from gedge_model import Allocation, ModelDecodeError, to_dict, to_json
+from gedge_model.codec import REPORT_VERSION
 from gedge_model.tls import peer_identities
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 
@@ -77,6 +78,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             topology_json=self._topology_text(snap) if with_topology else "",
             allocations_json=allocations_json(snap.state.allocations),
             reserved_pod_uids=sorted(snap.reserved),
+            report_version=REPORT_VERSION,
         )
 
     def _topology_text(self, snap: Snapshot) -> str:
