@@ -68,6 +68,9 @@ class AgentConfig:
     timeslice_replicas: int = 1
     sriov_numvfs: dict[str, int] = field(default_factory=dict)
     """PF netdev -> VF count, written to the PF's sriov_numvfs at start (before discovery)."""
+    reservation_ttl_s: float = 120.0
+    """Without Kubernetes: a reservation (an Apply without the pod's runtime) not attached within this
+    many seconds is released; 0: never."""
     cpuset_refresh_interval_s: float = 10.0
     """Without Kubernetes: how often every container's cpuset is re-derived (new containers start on
     all CPUs, the shared pool must not include pinned ones); 0: never."""
@@ -105,6 +108,8 @@ class AgentConfig:
             raise ConfigError(f"max_connection_idle_s must be positive, got {self.max_connection_idle_s}")
         if self.cgroup_driver not in ("systemd", "cgroupfs"):
             raise ConfigError(f"cgroup_driver must be systemd or cgroupfs, got {self.cgroup_driver!r}")
+        if self.reservation_ttl_s < 0:
+            raise ConfigError(f"reservation_ttl_s must be 0 (off) or positive, got {self.reservation_ttl_s}")
         if self.cpuset_refresh_interval_s < 0:
             raise ConfigError(
                 f"cpuset_refresh_interval_s must be 0 (off) or positive, got {self.cpuset_refresh_interval_s}"

@@ -48,6 +48,7 @@ _FLAG_KEYS = (
     "max_streams_per_connection",
     "max_watch_streams_per_client",
     "max_connection_idle_s",
+    "reservation_ttl_s",
     "log_level",
     "checkpoint",
     "cgroup_root",
@@ -127,6 +128,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="apply allocations (default); --no-apply reports only",
     )
     parser.add_argument("--timeslice-replicas", type=int, metavar="N")
+    parser.add_argument(
+        "--reservation-ttl-s",
+        type=float,
+        metavar="S",
+        help="without Kubernetes: release reservations not attached this long (120; 0: never)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -236,6 +243,25 @@ async def refresh_cpusets(
             log.warning("shared CPU pool refresh failed", error=str(exc))
 
 
+async def expire_reservations(
+    manager: ApplyManager, runtime: AgentRuntime, ttl_s: float, stop: asyncio.Event
+) -> None:
+    """Release reservations no Apply attached within `ttl_s` (checked every ttl_s/4, at most 10 s), so
+    one whose binder moved the pod, lost the answer or died is freed within 1.25 x ttl_s."""
+    period = min(ttl_s / 4, 10.0)
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), period)
+            return
+        except TimeoutError:
+            pass
+        try:
+            if await asyncio.to_thread(manager.expire_reservations, ttl_s):
+                await runtime.resync_allocations()
+        except ApplyError as exc:
+            log.warning("reservation expiry failed", error=str(exc))
+
+
 def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: AgentConfig) -> None:
     """The pod watch applies bound pods' allocations; device plugins advertise the node's devices."""
     store = runtime.store
@@ -342,6 +368,11 @@ async def serve(config: AgentConfig) -> int:
             raise
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
     refresher = None
+    expiry = None
+    if parts.core is None and parts.manager is not None and config.reservation_ttl_s > 0:
+        expiry = asyncio.create_task(
+            expire_reservations(parts.manager, runtime, config.reservation_ttl_s, stop)
+        )
     if parts.core is not None:
         await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
     elif parts.manager is not None and config.cpuset_refresh_interval_s > 0:
@@ -352,6 +383,8 @@ async def serve(config: AgentConfig) -> int:
     log.info("shutting down", signal="SIGTERM/SIGINT")
     if refresher is not None:
         await refresher
+    if expiry is not None:
+        await expiry
     await asyncio.to_thread(stop_kubernetes_parts, parts)
     await runtime.stop()
     if metrics_server is not None:

@@ -144,6 +144,15 @@ class AgentRuntime:
         )
         return self.port
 
+    async def resync_allocations(self) -> None:
+        """Publish what the applier records now (after a change made outside an RPC)."""
+        if self.store is None or self.applier is None:
+            return
+        applied = tuple(await asyncio.to_thread(self.applier.applied))
+        reserved = await asyncio.to_thread(self.reserved_pods) if self.reserved_pods else frozenset()
+        self.store.set_allocations(applied, reserved)
+        self.metrics.allocations.set(len(applied))
+
     def _observe(self, snap: Snapshot) -> None:
         self.metrics.generation.set(snap.state.generation)
 

@@ -27,6 +27,7 @@ from agent.apply import CgroupDriver, QosClass
 from agent.metrics import AgentMetrics
 from agent.service.servicer import NodeAgentService, client_key
 from agent.service.store import NodeStateStore
+from gedge_model import Allocation
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.placement.synthetic import edge_box
 from tests.apply.helpers import build_pod_cgroups, new_pod_uid, v1_sandbox
@@ -228,5 +229,45 @@ def test_watch_clients_killed_mid_stream_never_crash_the_agent(cgroup_root: Path
                 stub.ListAllocations(agent_pb2.ListAllocationsRequest(), timeout=20)
             assert closed == rounds
         assert agent.process.poll() is None
+    finally:
+        agent.kill()
+
+
+def test_a_reservation_whose_binder_never_comes_back_is_released(cgroup_root: Path, tmp_path: Path) -> None:
+    """A bind's Apply reserves; the binder dies before anyone attaches the pod. The agent releases the
+    reservation after --reservation-ttl-s, and its watchers see it go."""
+    agent = spawn_agent(
+        "/",
+        NODE,
+        "--cgroup-root",
+        str(cgroup_root),
+        "--cgroup-driver",
+        "cgroupfs",
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--no-netlink",
+        "--reservation-ttl-s",
+        "0.5",
+        metrics_listen="",
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{agent.port}") as channel:
+            stub = agent_pb2_grpc.NodeAgentStub(channel)
+            events = stub.WatchNodeState(agent_pb2.WatchNodeStateRequest(), timeout=60)
+            assert list(next(events).reserved_pod_uids) == []
+            uid = new_pod_uid()
+            allocation = Allocation(uid, "ml", "lost-bind", NODE)
+            reply = stub.Apply(agent_pb2.ApplyRequest(allocation_json=allocation.to_annotation()), timeout=20)
+            assert reply.reserved
+            seen = []
+            for event in events:
+                seen.append(list(event.reserved_pod_uids))
+                if not event.reserved_pod_uids:
+                    break
+            events.cancel()
+            assert seen == [[uid], []]
+            listed = stub.ListAllocations(agent_pb2.ListAllocationsRequest(), timeout=20)
+            assert listed.allocations_json == "[]"
+        assert any('"reservation expired"' in line and uid in line for line in agent.log_lines)
     finally:
         agent.kill()
