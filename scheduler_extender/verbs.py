@@ -164,6 +164,15 @@ class Extender:
         self._filtered: OrderedDict[str, tuple[tuple[Any, ...], int, dict[str, Outcome]]] = OrderedDict()
         self._memo_lock = threading.Lock()
         self.remembered = remembered if remembered is not None else RememberedRequests()
+        add_listener = getattr(source, "add_listener", None)
+        if add_listener is not None:
+            add_listener(self._on_report)
+
+    def _on_report(self, node: str, view: NodeView | None) -> None:
+        """Each node report settles the binds it now accounts for, at once, whether or not a filter
+        looks at the node: a pod released there soon after stops counting then, not after bound_ttl."""
+        if view is not None and view.state is not None:
+            self.cache.settle(node, {a.pod_uid for a in view.state.allocations})
 
     # -- filter / prioritize ------------------------------------------------------------------
 
@@ -320,38 +329,54 @@ class Extender:
         return self._request(pod)
 
     def choose(self, args: BindingArgs) -> Allocation | str:
-        """Pick the devices on args.node and reserve them, as one step; an error message if none fit."""
+        """Pick the devices on args.node and reserve them, as one step; an error message if none fit.
+
+        A pod held on another node (bound again elsewhere) gives that up first, here and, where
+        the binder can take a bind back, at that node's agent."""
+        held = self.cache.held_by(args.pod_uid)
+        if held is not None and held.node == args.node:
+            return held
         request = self._request_for(args)
         if isinstance(request, str):
             return request
-        with self.cache.lock:
-            held = self.cache.held_by(args.pod_uid)
-            if held is not None and held.node == args.node:
-                return held
-            if held is not None:
-                self.cache.release(args.pod_uid)
-            if not _checks_nodes(request):
-                allocation = Allocation(args.pod_uid, args.pod_namespace, args.pod_name, args.node)
-            else:
-                view = self.source.node(args.node)
-                if view is None:
-                    return f"pod {args.pod_label}: node {args.node}: no gedge agent reports this node"
-                if not view.fresh:
-                    return f"pod {args.pod_label}: node {args.node}: {view.reason or 'agent report is stale'}"
-                outcome = self._place(view, request, self._reserved(view))
-                if isinstance(outcome, Refusal):
-                    return f"pod {args.pod_label}: {outcome.reason}"
-                allocation = dataclasses.replace(
-                    outcome.allocation,
-                    pod_uid=args.pod_uid,
-                    namespace=args.pod_namespace,
-                    name=args.pod_name,
-                    node=args.node,
-                )
-            try:
-                self.cache.reserve(allocation)
-            except AssumeConflict as exc:
-                return f"pod {args.pod_label}: {exc}"
+        moved: Allocation | None = None
+        try:
+            with self.cache.lock:
+                held = self.cache.held_by(args.pod_uid)
+                if held is not None and held.node == args.node:
+                    return held
+                if held is not None:
+                    self.cache.release(args.pod_uid)
+                    moved = held
+                return self._choose_locked(args, request)
+        finally:
+            unbind = getattr(self.binder, "unbind", None)
+            if moved is not None and unbind is not None:
+                unbind(moved)
+
+    def _choose_locked(self, args: BindingArgs, request: PodRequest) -> Allocation | str:
+        if not _checks_nodes(request):
+            allocation = Allocation(args.pod_uid, args.pod_namespace, args.pod_name, args.node)
+        else:
+            view = self.source.node(args.node)
+            if view is None:
+                return f"pod {args.pod_label}: node {args.node}: no gedge agent reports this node"
+            if not view.fresh:
+                return f"pod {args.pod_label}: node {args.node}: {view.reason or 'agent report is stale'}"
+            outcome = self._place(view, request, self._reserved(view))
+            if isinstance(outcome, Refusal):
+                return f"pod {args.pod_label}: {outcome.reason}"
+            allocation = dataclasses.replace(
+                outcome.allocation,
+                pod_uid=args.pod_uid,
+                namespace=args.pod_namespace,
+                name=args.pod_name,
+                node=args.node,
+            )
+        try:
+            self.cache.reserve(allocation)
+        except AssumeConflict as exc:
+            return f"pod {args.pod_label}: {exc}"
         return allocation
 
     def bind(self, args: BindingArgs) -> dict[str, Any]:
