@@ -1,4 +1,4 @@
-"""The extender's HTTP(S) server (aiohttp): /filter, /prioritize, /bind, /preempt, /healthz, /metrics.
+"""The extender's HTTP(S) server (aiohttp): the four verbs, /healthz, /readyz (leader only), /metrics.
 
 kube-scheduler reads a reply body only with status 200, so verbs answer 200 with
 the `Error` field for anything about the pod or the cluster; a body that is not
@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from scheduler_extender.leader import AlwaysLeader, Leadership
 from scheduler_extender.verb_metrics import VerbMetrics
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import (
@@ -53,7 +54,7 @@ class ExtenderMetrics:
         )
         self.outcomes = Counter(
             "gedge_extender_requests_total",
-            "Requests by verb and outcome (ok, error: an Error in the reply, bad_request: 4xx)",
+            "Requests by verb and outcome (ok, error: an Error in the reply, bad_request: 4xx, standby: 503)",
             ["verb", "outcome"],
             registry=self.registry,
         )
@@ -66,6 +67,7 @@ POOL_KEY = web.AppKey("bind_pool", ThreadPoolExecutor)
 MAX_BODY_KEY = web.AppKey("max_body", int)
 VERB_POOL_KEY = web.AppKey("verb_pool", ThreadPoolExecutor)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
+LEADERSHIP_KEY = web.AppKey("leadership", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -121,6 +123,10 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
             started = time.perf_counter()
             outcome = "ok"
             try:
+                if not request.app[LEADERSHIP_KEY].is_leader():
+                    outcome = "standby"
+                    message = f"{name}: this extender replica is a standby; ask the leader"
+                    return _reply(on_error(message), status=503)
                 data = await asyncio.wait_for(request.read(), request.app[BODY_TIMEOUT_KEY])
                 loop = asyncio.get_running_loop()
                 raw = await loop.run_in_executor(request.app[VERB_POOL_KEY], decode_json, data)
@@ -199,6 +205,13 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
+async def _readyz(request: web.Request) -> web.Response:
+    """Ready only as the leader: the Service sends kube-scheduler to the leader alone."""
+    if request.app[LEADERSHIP_KEY].is_leader():
+        return web.Response(text="leader")
+    return web.Response(text="standby", status=503)
+
+
 async def _metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS_KEY].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -212,11 +225,13 @@ def build_app(
     verb_workers: int = 4,
     body_timeout_s: float = 10.0,
     registry: CollectorRegistry | None = None,
+    leadership: Leadership | None = None,
 ) -> web.Application:
     """The extender's routes; `body_timeout_s` bounds how long a request body may take to arrive."""
     app = web.Application(client_max_size=max_body)
     app[MAX_BODY_KEY] = max_body
     app[BODY_TIMEOUT_KEY] = body_timeout_s
+    app[LEADERSHIP_KEY] = leadership if leadership is not None else AlwaysLeader()
     app[LIMITS_KEY] = ClientLimits(MAX_CONNECTIONS_PER_CLIENT)
     app[EXTENDER_KEY] = extender
     app[METRICS_KEY] = ExtenderMetrics(registry)
@@ -236,6 +251,7 @@ def build_app(
     app.router.add_post("/bind", _bind)
     app.router.add_post("/preempt", _preempt)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
 
