@@ -133,7 +133,9 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
                 body = await body_handler(request, raw)
                 if isinstance(body, dict) and body.get("Error"):
                     outcome = "error"
-                return _reply(body)
+                # A NodeList-mode filter reply echoes megabytes of Node objects: encode it off the loop too.
+                text = await loop.run_in_executor(request.app[VERB_POOL_KEY], _dumps, body)
+                return web.Response(text=text, content_type="application/json")
             except WireError as exc:
                 outcome = "bad_request"
                 log.info("bad_request", verb=name, error=str(exc))
