@@ -52,6 +52,12 @@ class AgentConfig:
     max_send_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int = 100
     """Calls (watch streams included) served at once; more are refused with RESOURCE_EXHAUSTED."""
+    max_streams_per_connection: int = 32
+    """HTTP/2 streams one client connection may have open at once (gRPC max_concurrent_streams)."""
+    max_watch_streams_per_client: int = 8
+    """WatchNodeState streams one client address may hold; more are refused with RESOURCE_EXHAUSTED."""
+    max_connection_idle_s: float = 300.0
+    """A client connection with no call open this long is closed (the client reconnects when it needs)."""
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
     kubeconfig: str | None = None
@@ -92,6 +98,9 @@ class AgentConfig:
     reserved_cpus: str = ""
     """CPUs kept for the system as a Linux cpu list (`0,1` or `0-1`), as kubelet's reservedSystemCPUs:
     never pinned, always in the shared pool, reported to the extender so it never grants them."""
+    reservation_ttl_s: float = 120.0
+    """Without Kubernetes: a reservation (an Apply without the pod's runtime) not attached within this
+    many seconds is released; 0: never."""
     cpuset_refresh_interval_s: float = 10.0
     """Without Kubernetes: how often every container's cpuset is re-derived (new containers start on
     all CPUs, the shared pool must not include pinned ones); 0: never."""
@@ -135,11 +144,18 @@ class AgentConfig:
                 raise ConfigError(f"{name} must be within 1 KiB..256 MiB, got {getattr(self, name)}")
         if not 1 <= self.max_concurrent_rpcs <= 10_000:
             raise ConfigError(f"max_concurrent_rpcs must be within 1..10000, got {self.max_concurrent_rpcs}")
+        for name in ("max_streams_per_connection", "max_watch_streams_per_client"):
+            if not 1 <= getattr(self, name) <= 10_000:
+                raise ConfigError(f"{name} must be within 1..10000, got {getattr(self, name)}")
+        if self.max_connection_idle_s <= 0:
+            raise ConfigError(f"max_connection_idle_s must be positive, got {self.max_connection_idle_s}")
         if self.cgroup_driver not in ("", "systemd", "cgroupfs"):
             raise ConfigError(
                 f"cgroup_driver must be systemd, cgroupfs or empty (detect), got {self.cgroup_driver!r}"
             )
         self.reserved_cpu_set  # noqa: B018 (raises ConfigError when malformed)
+        if self.reservation_ttl_s < 0:
+            raise ConfigError(f"reservation_ttl_s must be 0 (off) or positive, got {self.reservation_ttl_s}")
         if self.cpuset_refresh_interval_s < 0:
             raise ConfigError(
                 f"cpuset_refresh_interval_s must be 0 (off) or positive, got {self.cpuset_refresh_interval_s}"

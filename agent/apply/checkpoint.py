@@ -63,6 +63,8 @@ class PodRecord:
     reserved: bool = False
     """Held but not yet attached: the pod's runtime was unknown when it was applied, so its CPUs are
     out of the shared pool and its devices taken, while its cgroups and NIC wait for the runtime."""
+    reserved_at: float | None = None
+    """Wall-clock seconds (epoch) the reservation was made; None in checkpoints from before it was kept."""
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,10 @@ _FLAG_KEYS = (
     "max_send_message_bytes",
     "shutdown_grace_s",
     "max_concurrent_rpcs",
+    "max_streams_per_connection",
+    "max_watch_streams_per_client",
+    "max_connection_idle_s",
+    "reservation_ttl_s",
     "log_level",
     "checkpoint",
     "cgroup_root",
@@ -119,6 +123,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-receive-message-bytes", type=int, metavar="N")
     parser.add_argument("--max-send-message-bytes", type=int, metavar="N")
     parser.add_argument("--max-concurrent-rpcs", type=int, metavar="N", help="calls served at once (100)")
+    parser.add_argument(
+        "--max-streams-per-connection", type=int, metavar="N", help="open calls per client connection (32)"
+    )
+    parser.add_argument(
+        "--max-watch-streams-per-client", type=int, metavar="N", help="watch streams per client address (8)"
+    )
+    parser.add_argument(
+        "--max-connection-idle-s", type=float, metavar="S", help="close idle client connections (300)"
+    )
     parser.add_argument("--shutdown-grace-s", type=float, metavar="S")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument(
@@ -160,6 +173,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--reserved-cpus", metavar="CPULIST", help="CPUs kept for the system, never pinned (e.g. 0,1)"
+    )
+    parser.add_argument(
+        "--reservation-ttl-s",
+        type=float,
+        metavar="S",
+        help="without Kubernetes: release reservations not attached this long (120; 0: never)",
     )
     parser.set_defaults(run=run)
 
@@ -421,6 +440,25 @@ async def refresh_cpusets(
             log.warning("shared CPU pool refresh failed", error=str(exc))
 
 
+async def expire_reservations(
+    manager: ApplyManager, runtime: AgentRuntime, ttl_s: float, stop: asyncio.Event
+) -> None:
+    """Release reservations no Apply attached within `ttl_s` (checked every ttl_s/4, at most 10 s), so
+    one whose binder moved the pod, lost the answer or died is freed within 1.25 x ttl_s."""
+    period = min(ttl_s / 4, 10.0)
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), period)
+            return
+        except TimeoutError:
+            pass
+        try:
+            if await asyncio.to_thread(manager.expire_reservations, ttl_s):
+                await runtime.resync_allocations()
+        except ApplyError as exc:
+            log.warning("reservation expiry failed", error=str(exc))
+
+
 def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: AgentConfig) -> None:
     """The pod watch applies bound pods' allocations; device plugins advertise the node's devices."""
     store = runtime.store
@@ -594,6 +632,11 @@ async def serve(config: AgentConfig) -> int:
     readiness = None
     if parts.gate is not None:
         readiness = asyncio.create_task(watch_readiness(parts, runtime, config.readiness_interval_s, stop))
+    expiry = None
+    if parts.core is None and parts.manager is not None and config.reservation_ttl_s > 0:
+        expiry = asyncio.create_task(
+            expire_reservations(parts.manager, runtime, config.reservation_ttl_s, stop)
+        )
     if parts.core is not None:
         await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
     elif parts.manager is not None and config.cpuset_refresh_interval_s > 0:
@@ -606,6 +649,8 @@ async def serve(config: AgentConfig) -> int:
         await refresher
     if readiness is not None:
         await readiness
+    if expiry is not None:
+        await expiry
     await asyncio.to_thread(stop_kubernetes_parts, parts)
     await asyncio.to_thread(health.stop)
     await asyncio.to_thread(stop_nri, parts)

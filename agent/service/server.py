@@ -45,6 +45,9 @@ def server_options(config: AgentConfig) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # Bounds per client: streams on one connection, and connections left idle.
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", int(config.max_connection_idle_s * 1000)),
     ]
 
 
@@ -114,6 +117,7 @@ class AgentRuntime:
             pod_runtimes=self.pod_runtimes,
             remote_apply=self.remote_apply,
             reserved_pods=self.reserved_pods,
+            max_watch_streams_per_client=config.max_watch_streams_per_client,
         )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
         self._health = health.aio.HealthServicer()
@@ -162,6 +166,15 @@ class AgentRuntime:
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
             await self._health.set(READINESS_SERVICE, status)
+
+    async def resync_allocations(self) -> None:
+        """Publish what the applier records now (after a change made outside an RPC)."""
+        if self.store is None or self.applier is None:
+            return
+        applied = tuple(await asyncio.to_thread(self.applier.applied))
+        reserved = await asyncio.to_thread(self.reserved_pods) if self.reserved_pods else frozenset()
+        self.store.set_allocations(applied, reserved)
+        self.metrics.allocations.set(len(applied))
 
     def _observe(self, snap: Snapshot) -> None:
         self.metrics.generation.set(snap.state.generation)

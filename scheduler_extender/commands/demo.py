@@ -207,6 +207,8 @@ class SandboxBinder:
         self._channel = grpc.insecure_channel(address)
         self._stub = agent_pb2_grpc.NodeAgentStub(self._channel)
         self._sandbox = sandbox
+        self.bound: Allocation | None = None
+        """The last allocation the agent applied (the extender stops holding it once reported)."""
 
     def bind(self, allocation: Allocation) -> None:
         request = agent_pb2.ApplyRequest(
@@ -219,6 +221,7 @@ class SandboxBinder:
                 f"pod {allocation.namespace}/{allocation.name}: agent on {allocation.node} did not apply: "
                 f"{exc.code().name}: {exc.details()}"
             ) from None
+        self.bound = allocation
 
     def release(self, pod_uid: str) -> None:
         self._stub.Release(agent_pb2.ReleaseRequest(pod_uid=pod_uid), timeout=10)
@@ -356,8 +359,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  POST /filter     -> {'passes ' if filtered['NodeNames'] else 'refused: '}{verdict}")
             print(f"  POST /prioritize -> {scores}")
             print(f"  POST /bind       -> {bound['Error'] or 'bound; the agent applied it over gRPC'}")
-            allocation = extender.cache.held_by(pod_uid)
-            if bound["Error"] or allocation is None:
+            allocation = binder.bound
+            if bound["Error"] or allocation is None or allocation.pod_uid != pod_uid:
                 return 1
             print()
             print(allocation_summary(allocation, topology))

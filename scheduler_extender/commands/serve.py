@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import signal
 import socket
 from collections.abc import Callable
@@ -25,7 +26,16 @@ from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
 from scheduler_extender.cache.cache import CacheOptions
-from scheduler_extender.http.app import MAX_BODY_BYTES, build_app, server_ssl_context, start_server, tune_gc
+from scheduler_extender.http.app import (
+    IDLE_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS_PER_CLIENT,
+    build_app,
+    server_ssl_context,
+    start_server,
+    tune_gc,
+)
+from scheduler_extender.leader import AlwaysLeader, Leadership, LeaseElection
 from scheduler_extender.node_source import NodeSource
 from scheduler_extender.verbs import Extender
 
@@ -70,6 +80,37 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="how long a bind's reservation lives unsettled",
     )
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N")
+    parser.add_argument(
+        "--body-timeout-s", type=float, default=10.0, metavar="S", help="time for a request body to arrive"
+    )
+    parser.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=IDLE_TIMEOUT_S,
+        metavar="S",
+        help="close a connection without a complete request this long",
+    )
+    parser.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=MAX_CONNECTIONS_PER_CLIENT,
+        metavar="N",
+        help="open connections from one client address",
+    )
+    parser.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="with Kubernetes: elect one leader among replicas on a Lease; only it is Ready and serves",
+    )
+    parser.add_argument(
+        "--leader-elect-lease",
+        metavar="NAMESPACE/NAME",
+        default=None,
+        help="the Lease (default: $POD_NAMESPACE or gedge-system, /gedge-extender)",
+    )
+    parser.add_argument(
+        "--leader-elect-identity", metavar="ID", default=None, help="this replica's name (default: hostname)"
+    )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     parser.set_defaults(run=run)
 
@@ -166,20 +207,57 @@ async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) 
             raise ValueError("--tls-cert and --tls-key go together")
         context = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
     registry = getattr(getattr(wiring.source, "metrics", None), "registry", None)
-    app = build_app(wiring.extender(), max_body=args.max_body_bytes, registry=registry)
-    runner, bound = await start_server(app, host, port, context)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    lost = False
+
+    def on_lost() -> None:
+        nonlocal lost
+        lost = True
+        loop.call_soon_threadsafe(stop.set)
+
+    leadership = leader_election(args, on_lost)
+    app = build_app(
+        wiring.extender(),
+        max_body=args.max_body_bytes,
+        body_timeout_s=args.body_timeout_s,
+        registry=registry,
+        leadership=leadership,
+    )
+    runner, bound = await start_server(
+        app,
+        host,
+        port,
+        context,
+        idle_timeout_s=args.idle_timeout_s,
+        max_connections_per_client=args.max_connections_per_client,
+    )
     log.info("serving", listen=f"{host}:{bound}", https=context is not None)
     tune_gc()
     refreeze = asyncio.get_running_loop().create_task(_refreeze_gc())
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
+    if isinstance(leadership, LeaseElection):
+        leadership.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting down", lost_lease=lost)
     refreeze.cancel()
     await runner.cleanup()
-    return 0
+    return 1 if lost else 0
+
+
+def leader_election(args: argparse.Namespace, on_lost: Callable[[], None]) -> Leadership:
+    """The Lease election when --leader-elect (Kubernetes only), else always the leader."""
+    if not args.leader_elect:
+        return AlwaysLeader()
+    if args.agents:
+        raise ValueError("--leader-elect needs Kubernetes (--kubeconfig or --in-cluster), not --agents")
+    lease = args.leader_elect_lease or f"{os.environ.get('POD_NAMESPACE') or 'gedge-system'}/gedge-extender"
+    namespace, sep, name = lease.partition("/")
+    if not sep or not namespace or not name:
+        raise ValueError(f"--leader-elect-lease {lease!r} is not NAMESPACE/NAME")
+    identity = args.leader_elect_identity or socket.gethostname()
+    return LeaseElection(name, namespace, identity, on_lost=on_lost)
 
 
 async def _refreeze_gc(period_s: float = 300.0) -> None:

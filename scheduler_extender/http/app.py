@@ -1,4 +1,4 @@
-"""The extender's HTTP(S) server (aiohttp): /filter, /prioritize, /bind, /preempt, /healthz, /metrics.
+"""The extender's HTTP(S) server (aiohttp): the four verbs, /healthz, /readyz (leader only), /metrics.
 
 kube-scheduler reads a reply body only with status 200, so verbs answer 200 with
 the `Error` field for anything about the pod or the cluster; a body that is not
@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from scheduler_extender.leader import AlwaysLeader, Leadership
 from scheduler_extender.verb_metrics import VerbMetrics
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import (
@@ -53,7 +54,7 @@ class ExtenderMetrics:
         )
         self.outcomes = Counter(
             "gedge_extender_requests_total",
-            "Requests by verb and outcome (ok, error: an Error in the reply, bad_request: 4xx)",
+            "Requests by verb and outcome (ok, error: an Error in the reply, bad_request: 4xx, standby: 503)",
             ["verb", "outcome"],
             registry=self.registry,
         )
@@ -64,6 +65,9 @@ EXTENDER_KEY = web.AppKey("extender", Extender)
 METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
 POOL_KEY = web.AppKey("bind_pool", ThreadPoolExecutor)
 MAX_BODY_KEY = web.AppKey("max_body", int)
+VERB_POOL_KEY = web.AppKey("verb_pool", ThreadPoolExecutor)
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
+LEADERSHIP_KEY = web.AppKey("leadership", object)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,12 +80,38 @@ def _reply(body: Any, status: int = 200) -> web.Response:
     return web.Response(text=_dumps(body), status=status, content_type="application/json")
 
 
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
+MAX_JSON_DEPTH = 64
+"""Deepest nesting a request body may have; a Node or Pod object is under 20 levels deep."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise WireError(f"request body is not JSON: {name} is not a JSON value")
+
+
+def decode_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value of a request body; WireError when it is not strict JSON or nests deeper than max_depth.
+
+    Strict: NaN and Infinity are refused. The depth is checked without recursion, so
+    nothing that handles the value later can run out of stack.
+    """
     try:
-        return json.loads(raw)
+        value = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, WireError):
+            raise
         raise WireError(f"request body is not JSON: {exc}") from None
+    except RecursionError:
+        raise WireError(f"request body nests deeper than {max_depth} levels") from None
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            raise WireError(f"request body nests deeper than {max_depth} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return value
 
 
 def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., Any]], Handler]:
@@ -93,15 +123,30 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
             started = time.perf_counter()
             outcome = "ok"
             try:
-                raw = await _json_body(request)
+                if not request.app[LEADERSHIP_KEY].is_leader():
+                    outcome = "standby"
+                    message = f"{name}: this extender replica is a standby; ask the leader"
+                    return _reply(on_error(message), status=503)
+                data = await asyncio.wait_for(request.read(), request.app[BODY_TIMEOUT_KEY])
+                loop = asyncio.get_running_loop()
+                raw = await loop.run_in_executor(request.app[VERB_POOL_KEY], decode_json, data)
                 body = await body_handler(request, raw)
                 if isinstance(body, dict) and body.get("Error"):
                     outcome = "error"
-                return _reply(body)
+                # A NodeList-mode filter reply echoes megabytes of Node objects: encode it off the loop too.
+                text = await loop.run_in_executor(request.app[VERB_POOL_KEY], _dumps, body)
+                return web.Response(text=text, content_type="application/json")
             except WireError as exc:
                 outcome = "bad_request"
                 log.info("bad_request", verb=name, error=str(exc))
                 return _reply(on_error(f"{name}: {exc}"), status=400)
+            except TimeoutError:
+                outcome = "bad_request"
+                message = f"{name}: request body not received within {request.app[BODY_TIMEOUT_KEY]} s"
+                log.info("bad_request", verb=name, error=message)
+                response = _reply(on_error(message), status=408)
+                response.force_close()
+                return response
             except web.HTTPRequestEntityTooLarge:
                 outcome = "bad_request"
                 message = f"{name}: request body is larger than {request.app[MAX_BODY_KEY]} bytes"
@@ -121,16 +166,22 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
     return wrap
 
 
+async def _off_loop(request: web.Request, work: Callable[[], Any]) -> Any:
+    """CPU-bound work (a verb over thousands of nodes) in the verb pool, so /healthz and the
+    cluster cache's streams keep their loop."""
+    return await asyncio.get_running_loop().run_in_executor(request.app[VERB_POOL_KEY], work)
+
+
 @_verb("filter", lambda message: encode_filter_result(None, error=message))
 async def _filter(request: web.Request, raw: Any) -> Any:
-    body = request.app[EXTENDER_KEY].filter(decode_extender_args(raw))
+    body = await _off_loop(request, lambda: request.app[EXTENDER_KEY].filter(decode_extender_args(raw)))
     request.app[METRICS_KEY].verbs.observe_filter(body)
     return body
 
 
 @_verb("prioritize", lambda message: {"Error": message})
 async def _prioritize(request: web.Request, raw: Any) -> Any:
-    return request.app[EXTENDER_KEY].prioritize(decode_extender_args(raw))
+    return await _off_loop(request, lambda: request.app[EXTENDER_KEY].prioritize(decode_extender_args(raw)))
 
 
 @_verb("bind", encode_binding_result)
@@ -149,11 +200,18 @@ async def _bind(request: web.Request, raw: Any) -> Any:
 
 @_verb("preempt", lambda message: {"NodeNameToMetaVictims": {}, "Error": message})
 async def _preempt(request: web.Request, raw: Any) -> Any:
-    return request.app[EXTENDER_KEY].preempt(decode_preemption_args(raw))
+    return await _off_loop(request, lambda: request.app[EXTENDER_KEY].preempt(decode_preemption_args(raw)))
 
 
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Ready only as the leader: the Service sends kube-scheduler to the leader alone."""
+    if request.app[LEADERSHIP_KEY].is_leader():
+        return web.Response(text="leader")
+    return web.Response(text="standby", status=503)
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -166,18 +224,28 @@ def build_app(
     *,
     max_body: int = MAX_BODY_BYTES,
     bind_workers: int = 8,
+    verb_workers: int = 4,
+    body_timeout_s: float = 10.0,
     registry: CollectorRegistry | None = None,
+    leadership: Leadership | None = None,
 ) -> web.Application:
+    """The extender's routes; `body_timeout_s` bounds how long a request body may take to arrive."""
     app = web.Application(client_max_size=max_body)
     app[MAX_BODY_KEY] = max_body
+    app[BODY_TIMEOUT_KEY] = body_timeout_s
+    app[LEADERSHIP_KEY] = leadership if leadership is not None else AlwaysLeader()
+    app[LIMITS_KEY] = ClientLimits(MAX_CONNECTIONS_PER_CLIENT)
     app[EXTENDER_KEY] = extender
     app[METRICS_KEY] = ExtenderMetrics(registry)
     app[METRICS_KEY].verbs.watch(extender)
     pool = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="bind")
     app[POOL_KEY] = pool
+    verb_pool = ThreadPoolExecutor(max_workers=verb_workers, thread_name_prefix="verb")
+    app[VERB_POOL_KEY] = verb_pool
 
     async def close_pool(app: web.Application) -> None:
         pool.shutdown(wait=True, cancel_futures=False)
+        verb_pool.shutdown(wait=True, cancel_futures=False)
 
     app.on_cleanup.append(close_pool)
     app.router.add_post("/filter", _filter)
@@ -185,6 +253,7 @@ def build_app(
     app.router.add_post("/bind", _bind)
     app.router.add_post("/preempt", _preempt)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
 
@@ -212,12 +281,83 @@ def server_ssl_context(cert: str, key: str, client_ca: str | None = None) -> ssl
     return context
 
 
+class ClientLimits:
+    """At most `max_per_client` open connections from one client address; more are reset at once."""
+
+    def __init__(self, max_per_client: int) -> None:
+        self.max_per_client = max_per_client
+        self.open: dict[str, int] = {}
+        self.refused = 0
+        self._hosts: dict[object, str] = {}
+
+    def install(self, server: web.Server) -> None:
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            peer = transport.get_extra_info("peername")
+            host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+            if self.open.get(host, 0) >= self.max_per_client:
+                self.refused += 1
+                log.warning(
+                    "connection_refused", client=host, open=self.open[host], limit=self.max_per_client
+                )
+                transport.abort()
+                return
+            self.open[host] = self.open.get(host, 0) + 1
+            self._hosts[handler] = host
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            lost(handler, exc)
+            host = self._hosts.pop(handler, None)
+            if host is not None:
+                left = self.open[host] - 1
+                if left:
+                    self.open[host] = left
+                else:
+                    del self.open[host]
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+
+LIMITS_KEY = web.AppKey("client_limits", ClientLimits)
+
+IDLE_TIMEOUT_S = 15.0
+"""A connection with no complete request (idle between requests, or headers half-sent) closes after this."""
+MAX_CONNECTIONS_PER_CLIENT = 64
+LINGER_S = 1.0
+"""After an early answer (408, 413), how long the rest of an unread body is drained before closing."""
+
+
 async def start_server(
-    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+    max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
 ) -> tuple[web.AppRunner, int]:
-    """Start listening; returns the runner and the bound port (port 0 picks a free one)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    """Start listening; returns the runner and the bound port (port 0 picks a free one).
+
+    Bounds per client: `max_connections_per_client` open connections per address;
+    a connection without a complete request for `idle_timeout_s` is closed; a body
+    slower than the app's body timeout is answered 408 and the connection closed
+    within LINGER_S.
+    """
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=idle_timeout_s,
+        lingering_time=LINGER_S,
+    )
     await runner.setup()
+    assert runner.server is not None
+    limits = app[LIMITS_KEY]
+    limits.max_per_client = max_connections_per_client
+    limits.install(runner.server)
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     return runner, int(runner.addresses[0][1])

@@ -100,7 +100,11 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
     assert service["spec"]["ports"][0]["port"] == int(match.group(3))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert f"--listen=0.0.0.0:{container['ports'][0]['containerPort']}" in container["args"]
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert "--leader-elect" in container["args"]
+    assert "--leader-elect-identity=$(POD_NAME)" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", "only the leader is Ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
@@ -125,3 +129,16 @@ def test_extender_rbac_is_exactly_what_it_calls() -> None:
     }
     assert needed <= granted
     assert not granted - needed, f"granted but never used: {sorted(granted - needed)}"
+    lease = next(d for d in _docs("extender-rbac.yaml") if d["kind"] == "Role")
+    assert lease["metadata"]["namespace"] == "gedge-system"
+    assert lease["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["gedge-extender"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = next(d for d in _docs("extender-rbac.yaml") if d["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == lease["metadata"]["name"]
