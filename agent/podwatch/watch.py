@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agent.apply.contract import AllocationApplier, ApplyError
 from agent.podwatch.decide import Action, Applied, Apply, Reject, Release, decide, reconcile
+from agent.podwatch.grant import DEFAULT_GRANTING_SCHEDULERS
 from agent.podwatch.pods import PodView, pod_view
 from gedge_model import Allocation
 
@@ -55,8 +56,10 @@ class PodWatcher:
         on_new_containers: Callable[[], object] | None = None,
         resync_s: int = 300,
         retry_s: float = 5.0,
+        schedulers: tuple[str, ...] = DEFAULT_GRANTING_SCHEDULERS,
     ) -> None:
         self._core = core_api
+        self.schedulers = frozenset(schedulers)
         self.node_name = node_name
         self._applier = applier
         self._report = report or (lambda pod, reason, message: None)
@@ -100,7 +103,7 @@ class PodWatcher:
         with self._lock:
             known = {a.pod_uid: self._applied.get(a.pod_uid, Applied(a)) for a in self._applier.applied()}
             self._applied = known
-            actions = reconcile(views, self.node_name, known)
+            actions = reconcile(views, self.node_name, known, self.schedulers)
         self._run(actions)
         self._containers = {v.uid: v.container_ids for v in views if v.container_ids and not v.finished}
 
@@ -124,7 +127,7 @@ class PodWatcher:
             self._observer.observe(pod)
             self._seen.add(pod.uid)
         with self._lock:
-            actions = decide(kind, pod, self.node_name, self._applied)
+            actions = decide(kind, pod, self.node_name, self._applied, self.schedulers)
         self._run(actions)
         if self._observer is not None and kind == "DELETED":
             self._observer.forget(pod.uid)
@@ -184,7 +187,7 @@ class PodWatcher:
                 return
             self._rejected[action.pod.uid] = action.pod.annotation or ""
         log.error("%s", action.message)
-        self._report(action.pod, "InvalidAllocation", action.message)
+        self._report(action.pod, action.reason, action.message)
 
     # -- the Kubernetes loop ----------------------------------------------------------------------
 
