@@ -14,6 +14,7 @@ import asyncio
 import gc
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -25,7 +26,15 @@ from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
 from scheduler_extender.cache.cache import CacheOptions
-from scheduler_extender.http.app import MAX_BODY_BYTES, build_app, server_ssl_context, start_server, tune_gc
+from scheduler_extender.http.app import (
+    MAX_BODY_BYTES,
+    METRICS_KEY,
+    ReloadingSslContext,
+    build_app,
+    build_metrics_app,
+    start_server,
+    tune_gc,
+)
 from scheduler_extender.node_source import NodeSource
 from scheduler_extender.verbs import Extender
 
@@ -34,10 +43,15 @@ log = structlog.get_logger("gedge.extender.serve")
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
+        "TLS is on unless --insecure: HTTPS for kube-scheduler, which must present a client certificate\n"
+        "from --tls-client-ca naming one of --tls-allowed-clients, and mTLS to every agent (--agent-tls-*).\n"
+        "/metrics and /healthz are also served plain on --metrics-listen.\n\n"
         "examples:\n"
-        "  gedge-extender serve --agents agents.yaml --listen 127.0.0.1:8888   # no Kubernetes\n"
-        "  gedge-extender serve --kubeconfig ~/.kube/config --listen 0.0.0.0:8888\n"
-        "  gedge-extender serve --in-cluster --listen 0.0.0.0:8888            # as deploy/scheduler runs it\n"
+        "  gedge-extender serve --agents agents.yaml --tls-cert pki/gedge-extender.pem \\\n"
+        "      --tls-key pki/gedge-extender.key --tls-client-ca pki/ca.pem --agent-tls-cert \\\n"
+        "      pki/gedge-extender.pem --agent-tls-key pki/gedge-extender.key --agent-tls-ca pki/ca.pem\n"
+        "  gedge-extender serve --in-cluster --tls-cert ... (as deploy/scheduler/extender.yaml runs it)\n"
+        "  gedge-extender serve --agents agents.yaml --listen 127.0.0.1:8888 --insecure   # plaintext\n"
         "agents.yaml is a list of {node: NAME, address: HOST:PORT}; all flags: docs/configuration.md."
     )
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -51,6 +65,30 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--tls-client-ca",
         metavar="FILE",
         help="require kube-scheduler to present a certificate this CA signed",
+    )
+    parser.add_argument(
+        "--tls-allowed-clients",
+        default="kube-scheduler",
+        metavar="NAMES",
+        help="comma-separated client certificate names allowed to call the verbs (kube-scheduler)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain HTTP without client authentication and plaintext gRPC to agents (warns at start)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default="0.0.0.0:9401",
+        help="plain HTTP /metrics and /healthz (default 0.0.0.0:9401; empty: none)",
+    )
+    parser.add_argument(
+        "--tls-reload-interval-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how often replaced --tls-* files are looked for (30)",
     )
     parser.add_argument("--agent-tls-cert", metavar="FILE", help="client certificate for the agents' mTLS")
     parser.add_argument("--agent-tls-key", metavar="FILE", help="its private key")
@@ -74,10 +112,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen {text!r} is not HOST:PORT")
+        raise ValueError(f"{flag} {text!r} is not HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -108,6 +146,30 @@ class Wiring:
         return Extender(
             self.source, self.binder, cache=self.cache, pod_reader=self.pod_reader, warn=self.warn
         )
+
+
+TLS_FLAGS = ("tls_cert", "tls_key", "tls_client_ca", "agent_tls_cert", "agent_tls_key", "agent_tls_ca")
+
+
+def check_tls_flags(args: argparse.Namespace) -> None:
+    """Every TLS flag, or --insecure and none; ValueError names what is missing or in conflict."""
+    given = [f"--{name.replace('_', '-')}" for name in TLS_FLAGS if getattr(args, name, None)]
+    missing = [f"--{name.replace('_', '-')}" for name in TLS_FLAGS if not getattr(args, name, None)]
+    if getattr(args, "insecure", False):
+        if given:
+            raise ValueError(f"--insecure (plaintext) and {', '.join(given)} exclude each other")
+        return
+    if missing:
+        raise ValueError(
+            f"TLS is required: missing {', '.join(missing)} (`gedge-agent certs` makes the files), "
+            "or --insecure for plaintext that anyone who reaches the port can call"
+        )
+    if not allowed_clients(args):
+        raise ValueError("--tls-allowed-clients is empty: name the client certificate(s) allowed to call")
+
+
+def allowed_clients(args: argparse.Namespace) -> frozenset[str]:
+    return frozenset(part.strip() for part in (args.tls_allowed_clients or "").split(",") if part.strip())
 
 
 def cache_options(args: argparse.Namespace) -> CacheOptions:
@@ -160,26 +222,56 @@ def kube_wiring(args: argparse.Namespace) -> Wiring:
 
 
 async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) -> int:
-    context = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise ValueError("--tls-cert and --tls-key go together")
-        context = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    reloading = None
+    if args.insecure:
+        log.warning(
+            "plain HTTP and plaintext gRPC (--insecure): anyone who reaches the port can call bind",
+            listen=args.listen,
+        )
+    else:
+        reloading = ReloadingSslContext(args.tls_cert, args.tls_key, args.tls_client_ca)
     registry = getattr(getattr(wiring.source, "metrics", None), "registry", None)
-    app = build_app(wiring.extender(), max_body=args.max_body_bytes, registry=registry)
-    runner, bound = await start_server(app, host, port, context)
-    log.info("serving", listen=f"{host}:{bound}", https=context is not None)
+    app = build_app(
+        wiring.extender(),
+        max_body=args.max_body_bytes,
+        registry=registry,
+        allowed_clients=frozenset() if args.insecure else allowed_clients(args),
+    )
+    runner, bound = await start_server(app, host, port, reloading.context if reloading else None)
+    log.info("serving", listen=f"{host}:{bound}", https=reloading is not None)
+    runners = [runner]
+    if args.metrics_listen:
+        metrics_host, metrics_port = parse_listen(args.metrics_listen, "--metrics-listen")
+        metrics_app = build_metrics_app(app[METRICS_KEY].registry)
+        metrics_runner, metrics_bound = await start_server(metrics_app, metrics_host, metrics_port)
+        runners.append(metrics_runner)
+        log.info("metrics serving", listen=f"{metrics_host}:{metrics_bound}")
     tune_gc()
-    refreeze = asyncio.get_running_loop().create_task(_refreeze_gc())
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(_refreeze_gc())]
+    if reloading is not None:
+        tasks.append(loop.create_task(_reload_tls(reloading, args.tls_reload_interval_s)))
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
-    refreeze.cancel()
-    await runner.cleanup()
+    for task in tasks:
+        task.cancel()
+    for each in reversed(runners):
+        await each.cleanup()
     return 0
+
+
+async def _reload_tls(reloading: ReloadingSslContext, period_s: float) -> None:
+    """Pick up replaced certificate files (cert-manager renews them in place) without a restart."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            if reloading.refresh():
+                log.info("TLS files reloaded", generation=reloading.files.generation)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("replaced TLS files not used; the old ones stay", error=str(exc))
 
 
 async def _refreeze_gc(period_s: float = 300.0) -> None:
@@ -192,7 +284,12 @@ async def _refreeze_gc(period_s: float = 300.0) -> None:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
+        check_tls_flags(args)
+        if args.tls_reload_interval_s <= 0:
+            raise ValueError(f"--tls-reload-interval-s must be positive, got {args.tls_reload_interval_s}")
         host, port = parse_listen(args.listen)
+        if args.metrics_listen:
+            parse_listen(args.metrics_listen, "--metrics-listen")
         wiring = agents_wiring(args) if args.agents else kube_wiring(args)
     except (ValueError, OSError, TlsConfigError) as exc:
         log.error("cannot start", error=str(exc))
