@@ -51,7 +51,10 @@ def test_scheduler_configuration_calls_our_verbs(name: str) -> None:
     for verb in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb"):
         assert f"/{extender[verb]}" in routes
     assert extender["nodeCacheCapable"] is True
-    assert extender["enableHTTPS"] is False
+    assert extender["enableHTTPS"] is True
+    assert extender["urlPrefix"].startswith("https://")
+    tls = extender["tlsConfig"]
+    assert {"certFile", "keyFile", "caFile"} <= set(tls), "kube-scheduler presents its client certificate"
     assert extender["weight"] >= 1
     assert re.fullmatch(r"\d+s", extender["httpTimeout"])
 
@@ -80,7 +83,7 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
     config = CONFIGS["second-scheduler"]
     assert [p["schedulerName"] for p in config["profiles"]] == ["gedge-scheduler"]
     url = config["extenders"][0]["urlPrefix"]
-    match = re.fullmatch(r"http://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)", url)
+    match = re.fullmatch(r"https://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)", url)
     assert match
     deployment, service = _docs("extender.yaml")
     assert (service["kind"], service["metadata"]["name"], service["metadata"]["namespace"]) == (
@@ -92,6 +95,9 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert f"--listen=0.0.0.0:{container['ports'][0]['containerPort']}" in container["args"]
     assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    for flag in ("--tls-cert=", "--tls-key=", "--tls-client-ca=", "--agent-tls-cert=", "--agent-tls-ca="):
+        assert any(arg.startswith(flag) for arg in container["args"]), flag
+    assert "--insecure" not in container["args"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 

@@ -104,7 +104,7 @@ def spawn_agent(
     metrics_listen: str = "127.0.0.1:0",
     env: dict[str, str] | None = None,
     prefix: list[str] | None = None,
-    timeout: float = 30.0,
+    timeout: float = 90.0,
 ) -> AgentProcess:
     """Start `gedge-agent serve` as documented and wait for its 'agent serving' log line.
 
