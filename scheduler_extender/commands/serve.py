@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from gedge_model.cli_support import configure_logging
-from gedge_model.tls import TlsConfigError, load_tls
+from gedge_model.tls import TlsConfigError, TlsFiles
 from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
@@ -177,8 +177,15 @@ def cache_options(args: argparse.Namespace) -> CacheOptions:
     given = [args.agent_tls_cert, args.agent_tls_key, args.agent_tls_ca]
     if any(given) and not all(given):
         raise ValueError("--agent-tls-cert, --agent-tls-key and --agent-tls-ca go together")
-    tls = load_tls(args.agent_tls_cert, args.agent_tls_key, args.agent_tls_ca) if all(given) else None
-    return CacheOptions(ttl_s=args.stale_after_s, tls=tls)
+    if not all(given):
+        return CacheOptions(ttl_s=args.stale_after_s)
+    files = TlsFiles(
+        args.agent_tls_cert,
+        args.agent_tls_key,
+        args.agent_tls_ca,
+        on_error=lambda error: log.error("replaced agent TLS files not used; old ones stay", error=error),
+    )
+    return CacheOptions(ttl_s=args.stale_after_s, tls=files.current(), tls_files=files)
 
 
 def agents_wiring(args: argparse.Namespace) -> Wiring:
