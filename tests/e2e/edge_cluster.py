@@ -59,7 +59,7 @@ SCHEDULER_ACCOUNT = "gedge-scheduler"
 EXTENDER_ACCOUNT = "gedge-extender"
 AGENT_ACCOUNT = "gedge-agent"
 AGENT_START_TIMEOUT = 60.0
-EXTENDER_START_TIMEOUT = 60.0
+EXTENDER_START_TIMEOUT = 120.0
 
 
 def manifests(path: Path, kinds: frozenset[str] | None = None) -> list[dict[str, Any]]:

@@ -101,13 +101,23 @@ def extender_core(control_plane, kube_api, policies, tmp_path_factory) -> k8s.Co
 
 
 @pytest.fixture(scope="module")
-def nodes(kube_api) -> tuple[str, str]:  # noqa: F811
+def nodes(kube_api) -> Iterator[tuple[str, str]]:  # noqa: F811
+    """Two nodes too small for any other test's pods, removed (with the agent pods on them) afterwards."""
     suffix = uuid.uuid4().hex[:6]
     names = (f"policy-a-{suffix}", f"policy-b-{suffix}")
     core = k8s.CoreV1Api(kube_api)
     for name in names:
-        register_node(core, node_object(name))
-    return names
+        register_node(core, node_object(name, cpu="100m", memory="64Mi", pods="4"))
+    try:
+        yield names
+    finally:
+        for pod in core.list_namespaced_pod(SYSTEM_NAMESPACE).items:
+            if pod.spec.node_name in names:
+                with contextlib.suppress(ApiException):
+                    core.delete_namespaced_pod(pod.metadata.name, SYSTEM_NAMESPACE, grace_period_seconds=0)
+        for name in names:
+            with contextlib.suppress(ApiException):
+                core.delete_node(name)
 
 
 def agent_kubeconfig(plane: ControlPlane, api: k8s.ApiClient, node: str, path: Path) -> Path:
