@@ -236,7 +236,12 @@ async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) 
             listen=args.listen,
         )
     else:
-        reloading = ReloadingSslContext(args.tls_cert, args.tls_key, args.tls_client_ca)
+        reloading = ReloadingSslContext(
+            args.tls_cert,
+            args.tls_key,
+            args.tls_client_ca,
+            on_error=lambda error: log.error("replaced TLS files not used; old ones stay", error=error),
+        )
     registry = getattr(getattr(wiring.source, "metrics", None), "registry", None)
     app = build_app(
         wiring.extender(),

@@ -274,10 +274,12 @@ class ReloadingSslContext:
     (clients move over during a CA rotation) until the next restart.
     """
 
-    def __init__(self, cert: str, key: str, client_ca: str) -> None:
+    def __init__(
+        self, cert: str, key: str, client_ca: str, on_error: Callable[[str], None] | None = None
+    ) -> None:
         from gedge_model.tls import TlsFiles
 
-        self.files = TlsFiles(cert, key, client_ca)
+        self.files = TlsFiles(cert, key, client_ca, on_error=on_error)
         self.context = server_ssl_context(cert, key, client_ca)
 
     def refresh(self) -> bool:

@@ -379,3 +379,27 @@ def test_serve_under_kubernetes_binds_and_rebuilds_after_restart(
             assert _stop(serve) == 0
         assert result["NodeNames"] == []
         assert "pinned CPUs" in result["FailedNodes"][node], result
+
+
+def test_serve_without_tls_files_or_insecure_names_what_is_missing(tmp_path: Path) -> None:
+    agents = tmp_path / "agents.yaml"
+    agents.write_text("[]\n")
+    result = subprocess.run(
+        [*CLI, "serve", "--agents", str(agents), "--listen", "127.0.0.1:0", "--tls-cert", "x.pem"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (
+        "TLS is required: missing --tls-key, --tls-client-ca, --agent-tls-cert, --agent-tls-key, "
+        "--agent-tls-ca" in result.stderr
+    )
+    both = subprocess.run(
+        [*CLI, "serve", "--agents", str(agents), "--insecure", "--tls-cert", "x.pem"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert both.returncode == 2
+    assert "--insecure (plaintext) and --tls-cert exclude each other" in both.stderr
