@@ -288,7 +288,12 @@ def _kube_serve(kubeconfig: Path) -> tuple[subprocess.Popen[str], str]:
         stdout=subprocess.DEVNULL,
         text=True,
     )
-    return serve, f"http://127.0.0.1:{_serving_port(serve, time.monotonic() + 120)}"
+    try:
+        return serve, f"http://127.0.0.1:{_serving_port(serve, time.monotonic() + 120)}"
+    except BaseException:
+        serve.kill()
+        serve.wait()
+        raise
 
 
 def _stop(serve: subprocess.Popen[str]) -> int:
