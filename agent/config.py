@@ -41,8 +41,10 @@ class AgentConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
-    tls_allowed_clients: tuple[str, ...] = ()
-    """Certificate names allowed to call; empty: any client with a certificate from the CA."""
+    tls_allowed_clients: tuple[str, ...] = ("gedge-extender",)
+    """Client certificate names allowed to call (another node's certificate is refused)."""
+    insecure: bool = False
+    """Plaintext gRPC, no client authentication; TLS (tls_cert, tls_key, tls_ca) is required otherwise."""
     poll_interval_s: float = 0.5
     full_rediscovery_interval_s: float = 30.0
     netlink: bool | None = None
@@ -101,6 +103,9 @@ class AgentConfig:
     reservation_ttl_s: float = 120.0
     """Without Kubernetes: a reservation (an Apply without the pod's runtime) not attached within this
     many seconds is released; 0: never."""
+    granting_schedulers: tuple[str, ...] = ("gedge-scheduler",)
+    """Under Kubernetes: schedulerName(s) whose pods' gedge.io/allocation is applied (profiles that call
+    the extender); a grant on any other pod is refused with a GrantMismatch Event."""
     cpuset_refresh_interval_s: float = 10.0
     """Without Kubernetes: how often every container's cpuset is re-derived (new containers start on
     all CPUs, the shared pool must not include pinned ones); 0: never."""
@@ -126,8 +131,10 @@ class AgentConfig:
     def validate(self) -> AgentConfig:
         if self.tls_enabled and not all((self.tls_cert, self.tls_key, self.tls_ca)):
             raise ConfigError("tls_cert, tls_key and tls_ca must be given together")
-        if self.tls_allowed_clients and not self.tls_enabled:
-            raise ConfigError("tls_allowed_clients needs TLS (tls_cert, tls_key, tls_ca)")
+        if self.insecure and self.tls_enabled:
+            raise ConfigError("insecure (plaintext) and tls_cert/tls_key/tls_ca exclude each other")
+        if self.tls_enabled and not self.tls_allowed_clients:
+            raise ConfigError("tls_allowed_clients is empty: name the client certificate(s) allowed to call")
         parse_listen(self.listen, "listen")
         if self.metrics_listen:
             parse_listen(self.metrics_listen, "metrics_listen")
@@ -142,6 +149,8 @@ class AgentConfig:
         for name in ("max_receive_message_bytes", "max_send_message_bytes"):
             if not 1024 <= getattr(self, name) <= 256 * 1024 * 1024:
                 raise ConfigError(f"{name} must be within 1 KiB..256 MiB, got {getattr(self, name)}")
+        if not self.granting_schedulers:
+            raise ConfigError("granting_schedulers is empty: no pod's allocation could be applied")
         if not 1 <= self.max_concurrent_rpcs <= 10_000:
             raise ConfigError(f"max_concurrent_rpcs must be within 1..10000, got {self.max_concurrent_rpcs}")
         for name in ("max_streams_per_connection", "max_watch_streams_per_client"):
@@ -185,6 +194,11 @@ class AgentConfig:
             raise ConfigError(f"timeslice_replicas must be at least 1, got {self.timeslice_replicas}")
         if not Path(self.root).is_dir():
             raise ConfigError(f"root {self.root!r} is not a directory")
+        if not self.insecure and not self.tls_enabled:
+            raise ConfigError(
+                "TLS is required: give tls_cert, tls_key and tls_ca (`gedge-agent certs` makes them), "
+                "or insecure for plaintext gRPC that any network peer can call"
+            )
         return self
 
 

@@ -121,7 +121,7 @@ class CheckpointStore:
     def save(self, data: CheckpointData) -> None:
         """Atomically replace the file; a temp file left by a crash mid-save is removed first."""
         folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.remove_stale_temps()
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=folder)
         try:

@@ -53,6 +53,7 @@ _FLAG_KEYS = (
     "tls_key",
     "tls_ca",
     "tls_allowed_clients",
+    "insecure",
     "poll_interval_s",
     "full_rediscovery_interval_s",
     "netlink",
@@ -79,6 +80,7 @@ _FLAG_KEYS = (
     "reserved_cpus",
     "nri_socket",
     "pod_resources_socket",
+    "granting_schedulers",
 )
 
 
@@ -88,11 +90,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "Every flag --some-key is the YAML key some_key and the variable GEDGE_AGENT_SOME_KEY.\n"
         "All settings with their defaults: docs/configuration.md.\n\n"
         "examples:\n"
-        "  gedge-agent serve --node-name edge-1                     # this machine, metrics on :9400\n"
+        "  gedge-agent certs --dir /etc/gedge/pki edge-1 gedge-extender   # a CA and two certificates\n"
+        "  gedge-agent serve --node-name edge-1 --tls-cert /etc/gedge/pki/edge-1.pem \\\n"
+        "      --tls-key /etc/gedge/pki/edge-1.key --tls-ca /etc/gedge/pki/ca.pem  # mTLS, metrics :9400\n"
         "  gedge-agent serve --config /etc/gedge/agent.yaml         # settings from a YAML file\n"
-        "  gedge-agent serve --root /tmp/snapshot --no-apply --listen 127.0.0.1:50051   # report only\n"
-        "  gedge-agent serve --tls-cert node.pem --tls-key node.key --tls-ca ca.pem \\\n"
-        "      --tls-allowed-clients gedge-extender                 # mTLS, one allowed client"
+        "  gedge-agent serve --root /tmp/snapshot --no-apply --listen 127.0.0.1:50051 --insecure  # plain"
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file with any of the settings below")
     parser.add_argument("--root", metavar="PATH", help="sysfs/procfs root to discover (default /)")
@@ -107,7 +109,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls-allowed-clients",
         metavar="NAMES",
-        help="comma-separated client certificate names allowed to call",
+        help="comma-separated client certificate names allowed to call (gedge-extender)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="plaintext gRPC without client authentication (warns at start); TLS is required otherwise",
     )
     parser.add_argument("--poll-interval-s", type=float, metavar="S", help="fingerprint check period (0.5)")
     parser.add_argument(
@@ -179,6 +187,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="S",
         help="without Kubernetes: release reservations not attached this long (120; 0: never)",
+    )
+    parser.add_argument(
+        "--granting-schedulers",
+        metavar="NAMES",
+        help="comma-separated schedulerNames whose pods' allocations are applied (gedge-scheduler)",
     )
     parser.set_defaults(run=run)
 
@@ -491,6 +504,7 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
             reconcile_applier=reconcile_applier,
             on_new_containers=applier.refresh_shared_pool,
             blocked=parts.gate.blocked if parts.gate is not None else None,
+            schedulers=config.granting_schedulers,
         )
         if parts.gate is not None:
             parts.gate.add_listener(readiness_reporter(parts, node))

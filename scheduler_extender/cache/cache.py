@@ -31,7 +31,13 @@ import structlog
 
 from gedge_model import Allocation, ModelDecodeError, NodeState, NodeTopology, from_dict, from_json
 from gedge_model.codec import REPORT_VERSION, UnknownFields
-from gedge_model.tls import TlsMaterial, channel_credentials, expect_peer_name_options, fetch_peer_names
+from gedge_model.tls import (
+    TlsFiles,
+    TlsMaterial,
+    channel_credentials,
+    expect_peer_name_options,
+    fetch_peer_names,
+)
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.cache.metrics import CacheMetrics
 from scheduler_extender.cache.targets import AgentTarget, load_agents_file
@@ -50,6 +56,12 @@ class CacheOptions:
     keepalive_timeout_s: float = 5.0
     tls: TlsMaterial | None = None
     """mTLS to every agent; each agent's certificate must carry its node's name."""
+    tls_files: TlsFiles | None = None
+    """Where `tls` came from: renewed files are used for every connection made after the renewal."""
+
+    def material(self) -> TlsMaterial | None:
+        """The client material to connect with now (the files' latest when they are known)."""
+        return self.tls_files.current() if self.tls_files is not None else self.tls
 
 
 class AgentRejected(Exception):
@@ -338,7 +350,9 @@ class ClusterCache:
         assert address is not None
         options = channel_options(self.options, node)
         if self.options.tls is not None:
-            channel = grpc.aio.secure_channel(address, channel_credentials(self.options.tls), options=options)
+            material = self.options.material()
+            assert material is not None
+            channel = grpc.aio.secure_channel(address, channel_credentials(material), options=options)
         else:
             channel = grpc.aio.insecure_channel(address, options=options)
         delivered = False
@@ -462,7 +476,9 @@ class ClusterCache:
         assert target.address is not None and self.options.tls is not None
         host, _, port = target.address.rpartition(":")
         try:
-            names = await asyncio.to_thread(fetch_peer_names, host.strip("[]"), int(port), self.options.tls)
+            material = self.options.material()
+            assert material is not None
+            names = await asyncio.to_thread(fetch_peer_names, host.strip("[]"), int(port), material)
         except ssl.SSLCertVerificationError as exc:
             return AgentRejected(
                 "untrusted", f"agent at {target.address}: certificate not trusted: {exc.verify_message}"

@@ -68,6 +68,8 @@ MAX_BODY_KEY = web.AppKey("max_body", int)
 VERB_POOL_KEY = web.AppKey("verb_pool", ThreadPoolExecutor)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
 LEADERSHIP_KEY = web.AppKey("leadership", object)
+ALLOWED_CLIENTS_KEY = web.AppKey("allowed_clients", frozenset)
+VERBS = frozenset({"/filter", "/prioritize", "/bind", "/preempt"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -219,6 +221,36 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def peer_names(request: web.Request) -> frozenset[str]:
+    """Common name and DNS names of the verified client certificate; empty without one (or without TLS)."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return frozenset()
+    names = {value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"}
+    names.update(value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS")
+    return frozenset(names)
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Verbs only for a client certificate that names an allowed client (kube-scheduler's)."""
+    allowed = request.app[ALLOWED_CLIENTS_KEY]
+    if allowed and request.path in VERBS:
+        names = peer_names(request)
+        if not names & allowed:
+            message = (
+                f"client certificate names {sorted(names)} are not among the allowed clients "
+                f"{sorted(allowed)}"
+                if names
+                else "a client certificate is required"
+            )
+            log.warning("client refused", path=request.path, peer=request.remote, peer_names=sorted(names))
+            request.app[METRICS_KEY].outcomes.labels(request.path.strip("/"), "forbidden").inc()
+            return _reply({"Error": message}, status=403)
+    return await handler(request)
+
+
 def build_app(
     extender: Extender,
     *,
@@ -228,9 +260,13 @@ def build_app(
     body_timeout_s: float = 10.0,
     registry: CollectorRegistry | None = None,
     leadership: Leadership | None = None,
+    allowed_clients: frozenset[str] = frozenset(),
 ) -> web.Application:
-    """The extender's routes; `body_timeout_s` bounds how long a request body may take to arrive."""
-    app = web.Application(client_max_size=max_body)
+    """The verbs, /healthz, /readyz (the leader only) and /metrics; `body_timeout_s` bounds how long a
+    request body may take to arrive. With `allowed_clients`, verbs answer 403 unless the TLS client
+    certificate names one of them (serve it with `server_ssl_context(..., client_ca)`)."""
+    app = web.Application(client_max_size=max_body, middlewares=[_authenticate])
+    app[ALLOWED_CLIENTS_KEY] = frozenset(allowed_clients)
     app[MAX_BODY_KEY] = max_body
     app[BODY_TIMEOUT_KEY] = body_timeout_s
     app[LEADERSHIP_KEY] = leadership if leadership is not None else AlwaysLeader()
@@ -268,6 +304,27 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+
+
+REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+
+
+async def _registry_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY_KEY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_metrics_app(registry: CollectorRegistry, leadership: Leadership | None = None) -> web.Application:
+    """/metrics, /healthz and /readyz alone, on a plain port that Prometheus and kubelet's probes reach
+    without a certificate."""
+    app = web.Application()
+    app[REGISTRY_KEY] = registry
+    app[LEADERSHIP_KEY] = leadership if leadership is not None else AlwaysLeader()
+    app[LIMITS_KEY] = ClientLimits(MAX_CONNECTIONS_PER_CLIENT)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _registry_metrics)
+    return app
 
 
 def server_ssl_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
@@ -328,6 +385,34 @@ IDLE_TIMEOUT_S = 15.0
 MAX_CONNECTIONS_PER_CLIENT = 64
 LINGER_S = 1.0
 """After an early answer (408, 413), how long the rest of an unread body is drained before closing."""
+
+
+class ReloadingSslContext:
+    """A server SSLContext whose certificate, key and client CA follow their files.
+
+    `refresh()` loads replaced files into the same context (new handshakes use
+    them, open connections keep theirs); a replacement that does not load leaves
+    the old material in use. A replaced client CA is trusted beside the old one
+    (clients move over during a CA rotation) until the next restart.
+    """
+
+    def __init__(
+        self, cert: str, key: str, client_ca: str, on_error: Callable[[str], None] | None = None
+    ) -> None:
+        from gedge_model.tls import TlsFiles
+
+        self.files = TlsFiles(cert, key, client_ca, on_error=on_error)
+        self.context = server_ssl_context(cert, key, client_ca)
+
+    def refresh(self) -> bool:
+        """True when replaced files were loaded."""
+        material = self.files.reload()
+        if material is None:
+            return False
+        cert, key, _ = self.files.paths
+        self.context.load_cert_chain(cert, key)
+        self.context.load_verify_locations(cadata=material.ca_pem.decode())
+        return True
 
 
 async def start_server(

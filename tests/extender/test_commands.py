@@ -115,6 +115,7 @@ def agent(tmp_path: Path) -> Iterator[tuple[str, int]]:
             "--no-apply",
             "--checkpoint",
             str(tmp_path / "checkpoint.json"),
+            "--insecure",
         ],
         env=env,
         stdout=subprocess.DEVNULL,
@@ -129,14 +130,16 @@ def agent(tmp_path: Path) -> Iterator[tuple[str, int]]:
 
 def _serving_port(process: subprocess.Popen[str], deadline: float) -> int:
     assert process.stderr is not None
+    seen: list[str] = []
     while time.monotonic() < deadline:
         line = process.stderr.readline()
         if not line:
             break
+        seen.append(line)
         record = json.loads(line)
         if record.get("event") == "serving":
             return int(record["listen"].rsplit(":", 1)[1])
-    raise AssertionError("serve never logged that it is serving")
+    raise AssertionError(f"serve never logged that it is serving: {''.join(seen)}")
 
 
 def test_serve_over_an_agents_file_answers_kube_scheduler_and_stops_on_sigterm(
@@ -146,7 +149,16 @@ def test_serve_over_an_agents_file_answers_kube_scheduler_and_stops_on_sigterm(
     agents = tmp_path / "agents.yaml"
     agents.write_text(yaml.safe_dump([{"node": node, "address": f"127.0.0.1:{port}"}]))
     serve = subprocess.Popen(
-        [*CLI, "serve", "--agents", str(agents), "--listen", "127.0.0.1:0"],
+        [
+            *CLI,
+            "serve",
+            "--agents",
+            str(agents),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--metrics-listen=",
+        ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -218,7 +230,22 @@ def test_place_asks_live_agents(
         },
     }
     pod_file.write_text(yaml.safe_dump(pinned))
-    assert main(["place", "--agents", str(agents), "--pod", str(pod_file), "--json"]) == 0
+    assert (
+        main(
+            [
+                "place",
+                "--agents",
+                str(agents),
+                "--pod",
+                str(pod_file),
+                "--json",
+                "--insecure",
+                "--wait-s",
+                "60",
+            ]
+        )
+        == 0
+    )
     allocation = Allocation.from_annotation(capsys.readouterr().out)
     assert allocation.node == node and len(allocation.cpus) == 1
 
@@ -227,7 +254,16 @@ def test_serve_refuses_a_bad_agents_file(tmp_path: Path) -> None:
     agents = tmp_path / "agents.yaml"
     agents.write_text("- node: Bad_Name\n  address: 127.0.0.1:1\n")
     result = subprocess.run(
-        [*CLI, "serve", "--agents", str(agents), "--listen", "127.0.0.1:0"],
+        [
+            *CLI,
+            "serve",
+            "--agents",
+            str(agents),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--metrics-listen=",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -238,12 +274,26 @@ def test_serve_refuses_a_bad_agents_file(tmp_path: Path) -> None:
 
 def _kube_serve(kubeconfig: Path) -> tuple[subprocess.Popen[str], str]:
     serve = subprocess.Popen(
-        [*CLI, "serve", "--kubeconfig", str(kubeconfig), "--listen", "127.0.0.1:0"],
+        [
+            *CLI,
+            "serve",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--metrics-listen=",
+        ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
     )
-    return serve, f"http://127.0.0.1:{_serving_port(serve, time.monotonic() + 30)}"
+    try:
+        return serve, f"http://127.0.0.1:{_serving_port(serve, time.monotonic() + 120)}"
+    except BaseException:
+        serve.kill()
+        serve.wait()
+        raise
 
 
 def _stop(serve: subprocess.Popen[str]) -> int:
@@ -334,3 +384,27 @@ def test_serve_under_kubernetes_binds_and_rebuilds_after_restart(
             assert _stop(serve) == 0
         assert result["NodeNames"] == []
         assert "pinned CPUs" in result["FailedNodes"][node], result
+
+
+def test_serve_without_tls_files_or_insecure_names_what_is_missing(tmp_path: Path) -> None:
+    agents = tmp_path / "agents.yaml"
+    agents.write_text("[]\n")
+    result = subprocess.run(
+        [*CLI, "serve", "--agents", str(agents), "--listen", "127.0.0.1:0", "--tls-cert", "x.pem"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (
+        "TLS is required: missing --tls-key, --tls-client-ca, --agent-tls-cert, --agent-tls-key, "
+        "--agent-tls-ca" in result.stderr
+    )
+    both = subprocess.run(
+        [*CLI, "serve", "--agents", str(agents), "--insecure", "--tls-cert", "x.pem"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert both.returncode == 2
+    assert "--insecure (plaintext) and --tls-cert exclude each other" in both.stderr

@@ -53,7 +53,10 @@ def test_scheduler_configuration_calls_our_verbs(name: str) -> None:
     for verb in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb"):
         assert f"/{extender[verb]}" in routes
     assert extender["nodeCacheCapable"] is True
-    assert extender["enableHTTPS"] is False
+    assert extender["enableHTTPS"] is True
+    assert extender["urlPrefix"].startswith("https://")
+    tls = extender["tlsConfig"]
+    assert {"certFile", "keyFile", "caFile"} <= set(tls), "kube-scheduler presents its client certificate"
     assert extender["weight"] >= 1
     assert re.fullmatch(r"\d+s", extender["httpTimeout"])
 
@@ -89,7 +92,7 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
     config = CONFIGS["second-scheduler"]
     assert [p["schedulerName"] for p in config["profiles"]] == ["gedge-scheduler"]
     url = config["extenders"][0]["urlPrefix"]
-    match = re.fullmatch(r"http://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)", url)
+    match = re.fullmatch(r"https://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)", url)
     assert match
     deployment, service = _docs("extender.yaml")
     assert (service["kind"], service["metadata"]["name"], service["metadata"]["namespace"]) == (
@@ -103,8 +106,11 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
     assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert "--leader-elect" in container["args"]
     assert "--leader-elect-identity=$(POD_NAME)" in container["args"]
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", "only the leader is Ready"
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, "the leader only"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for flag in ("--tls-cert=", "--tls-key=", "--tls-client-ca=", "--agent-tls-cert=", "--agent-tls-ca="):
+        assert any(arg.startswith(flag) for arg in container["args"]), flag
+    assert "--insecure" not in container["args"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 

@@ -266,7 +266,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         agents = {"ops-gpu": (free_port(), free_port()), "ops-snap": (free_port(), free_port())}
         cgroups = stack.exit.enter_context(v1_sandbox("gedge-ops-"))
         common = ["--cgroup-root", str(cgroups), "--cgroup-driver", "cgroupfs"]
-        common += ["--device-plugin-dir", str(tmp / "dp")]
+        common += ["--device-plugin-dir", str(tmp / "dp"), "--insecure"]
         gpu_grpc, gpu_metrics = agents["ops-gpu"]
         gpu = stack.spawn(
             "agent-gpu",
@@ -326,6 +326,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 f"127.0.0.1:{extender_port}",
                 "--stale-after-s",
                 "2",
+                "--insecure",
+                "--metrics-listen=",
             ],
         )
 

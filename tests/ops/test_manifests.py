@@ -17,7 +17,11 @@ DEPLOY = REPO / "deploy"
 KUBERNETES_VERSION = "1.31.0"
 NOT_API_OBJECTS = {"Kustomization", "KubeSchedulerConfiguration"}
 """Files that are configuration, not API objects; their own tests check them."""
-EXTERNAL_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+EXTERNAL_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
 """Kinds whose CRD another project ships; checked for their essential fields only."""
 
 
@@ -66,7 +70,12 @@ def test_manifest_is_valid(path: str, index: int, doc: dict[str, Any]) -> None:
     if kind in NOT_API_OBJECTS:
         return
     if (api_version, kind) in EXTERNAL_KINDS:
-        assert doc["spec"]["endpoints"], f"{path}#{index}: a ServiceMonitor needs endpoints"
+        if kind == "ServiceMonitor":
+            assert doc["spec"]["endpoints"], f"{path}#{index}: a ServiceMonitor needs endpoints"
+        elif kind == "Certificate":
+            assert doc["spec"]["secretName"] and doc["spec"]["issuerRef"]["name"], f"{path}#{index}"
+        else:
+            assert {"selfSigned", "ca"} & set(doc["spec"]), f"{path}#{index}: an Issuer needs a kind"
         return
     crd_schema = _crd_schemas().get((api_version, kind))
     if crd_schema is not None:

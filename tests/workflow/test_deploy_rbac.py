@@ -1,5 +1,6 @@
 """deploy/workflow's RBAC on a live kube-apiserver: the controller's service account can do what the
-controller does (through KubernetesWorkflowApi, as `gedge-flow controller` would) and nothing more."""
+controller does (through KubernetesWorkflowApi, as `gedge-flow controller` would), only in the namespaces
+it is given (one RoleBinding each, as deploy/workflow/rbac.yaml's for `default`), and nothing more."""
 
 from __future__ import annotations
 
@@ -47,8 +48,27 @@ def installed(control_plane, kube_api) -> None:  # noqa: F811
     _create_if_missing(kube_api, manifests(DEPLOY / "workflow" / "rbac.yaml"))
 
 
+def given_namespace(api: k8s.ApiClient, where: str) -> None:
+    """deploy/workflow/rbac.yaml's RoleBinding, copied into `where` as an operator does per namespace."""
+    (binding,) = [
+        d
+        for d in manifests(DEPLOY / "workflow" / "rbac.yaml")
+        if d["kind"] == "RoleBinding" and d["roleRef"]["kind"] == "ClusterRole"
+    ]
+    assert binding["metadata"]["namespace"] == "default"
+    binding["metadata"]["namespace"] = where
+    _create_if_missing(api, [binding])
+
+
 @pytest.fixture
-def controller_client(control_plane, kube_api, installed, tmp_path: Path) -> Iterator[k8s.ApiClient]:  # noqa: F811
+def controller_client(
+    control_plane,  # noqa: F811
+    kube_api,  # noqa: F811
+    installed,
+    namespace,  # noqa: F811
+    tmp_path: Path,
+) -> Iterator[k8s.ApiClient]:
+    given_namespace(kube_api, namespace)
     path = token_kubeconfig(control_plane, kube_api, ACCOUNT, tmp_path / "controller.kubeconfig")
     api = KubernetesWorkflowApi.from_kubeconfig(str(path))
     yield api._client
@@ -115,6 +135,12 @@ def test_the_controller_account_has_exactly_what_it_uses(controller_client, name
             sub,
         )
     assert allowed(controller_client, "get", "configmaps", "gedge-system", name="gedge-runtime-catalog")
+    # A namespace the controller was not given: nothing of the above.
+    for verb, resource, group, sub in GRANTED:
+        assert not allowed(controller_client, verb, resource, "kube-system", group=group, subresource=sub), (
+            verb,
+            resource,
+        )
     assert not allowed(controller_client, "get", "configmaps", "gedge-system", name="other")
     assert not allowed(controller_client, "get", "configmaps", namespace, name="gedge-runtime-catalog")
 
