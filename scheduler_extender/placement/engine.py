@@ -48,6 +48,7 @@ from gedge_model.allocation import (
     RESOURCE_SRIOV_VF,
     mig_resource_name,
 )
+from gedge_model.cpu_pool import pinnable_cpus
 from scheduler_extender.placement.index import (
     LEVELS,
     NO_NUMA,
@@ -141,6 +142,10 @@ class _Free:
     """NUMA id -> free CPUs of partly used cores."""
     shared_used: dict[int, int]
     """GPU pos -> time-slice replicas in use (pack/spread)."""
+    pinnable: int = 0
+    """CPUs pods may still pin on the whole node (gedge_model.cpu_pool's rule), whatever NUMA subset."""
+    unpinned: int = 0
+    """CPUs no pod has pinned on the whole node."""
     key: tuple[object, ...] = ()
     """All of the above in position terms: equal keys on equal structures mean equal placements."""
 
@@ -159,6 +164,8 @@ class _Free:
             cores={n: c for n, c in self.cores.items() if ok(n)},
             threads={n: t for n, t in self.threads.items() if ok(n)},
             shared_used=self.shared_used,
+            pinnable=self.pinnable,
+            unpinned=self.unpinned,
             key=(self.key, tuple(sorted(numas))),
         )
 
@@ -272,6 +279,8 @@ def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[All
                 partial.extend(c for c in core if c not in used_cpus)
         cores[numa] = full
         threads[numa] = partial
+    unpinned = sum(len(core) for found in cores.values() for core in found)
+    unpinned += sum(len(found) for found in threads.values())
     rdmas = [r for r in index.rdmas if r.ident not in rdma_used]
     gpus = index.gpus
     key = (
@@ -295,6 +304,8 @@ def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[All
         cores=cores,
         threads=threads,
         shared_used=shared_used,
+        pinnable=pinnable_cpus(unpinned),
+        unpinned=unpinned,
         key=key,
     )
 
@@ -422,7 +433,14 @@ def _shortfalls(request: PodRequest, free: _Free) -> list[str]:
     if needs.optional_vf and not free.vfs and not free.nics:
         out.append("a data-path NIC for gedge.io/communication (none)")
     if request.cpus:
-        check(request.cpus, free.cpu_count(), "pinned CPUs")
+        have = free.cpu_count()
+        if request.cpus > have:
+            out.append(f"{request.cpus} pinned CPUs ({have} free)")
+        elif request.cpus > free.pinnable:
+            out.append(
+                f"{request.cpus} pinned CPUs ({free.unpinned} free, "
+                f"{free.unpinned - free.pinnable} kept for the shared pool)"
+            )
     return out
 
 
@@ -499,24 +517,26 @@ class _Search:
             return []
         gpus, classes = self.index.gpus, self.index.gpu_class
         pairs, levels = self.priced.gpu_pairs, self.index.gpu_levels
-        group_free: dict[tuple[str, ...], int] = {}
-        for pos in pool:
-            group_free[gpus[pos].group] = group_free.get(gpus[pos].group, 0) + 1
-        frag_of = {p: group_free[gpus[p].group] for p in pool}
+        # what taking a GPU costs later requests: its closeness (SYS weight minus pair weight) to every
+        # other free GPU, so NVLink partners of busy GPUs and GPUs of emptier switches go first and
+        # whole NVLink pairs, cliques and switch groups stay free for larger pods
+        far = self.priced.far
+        frag_of = {p: sum(max(0.0, far - pairs[p][q]) for q in pool if q != p) for p in pool}
 
         def pick(ordered: tuple[int, ...], cost: float) -> _GpuPick:
             grants = tuple((RESOURCE_GPU, gpus[p].uuid, p) for p in ordered)
-            return _GpuPick(grants, ordered, float(sum(frag_of[p] for p in ordered)), cost)
+            inside = sum(max(0.0, far - pairs[a][b]) for a, b in combinations(ordered, 2))
+            return _GpuPick(grants, ordered, round(sum(frag_of[p] for p in ordered) - 2 * inside, 9), cost)
 
         if not self.aware:
             chosen = tuple(pool[:n])
             return [pick(chosen, self._pair_cost(chosen))]
         if n == 1:
-            seen_single: set[tuple[int, int]] = set()
+            seen_single: set[tuple[int, float]] = set()
             singles = []
             for p in pool:
-                if (classes[p], frag_of[p]) not in seen_single:
-                    seen_single.add((classes[p], frag_of[p]))
+                if (classes[p], round(frag_of[p], 9)) not in seen_single:
+                    seen_single.add((classes[p], round(frag_of[p], 9)))
                     singles.append(pick((p,), 0.0))
             return sorted(singles, key=lambda c: c.frag)
         if math.comb(len(pool), n) <= self.config.max_exhaustive:
@@ -543,7 +563,7 @@ class _Search:
                     max(classes[a], classes[b]),
                     cost,
                     levels[a][b] if limit else 0,
-                    frag_of[a] + frag_of[b],
+                    round(frag_of[a] + frag_of[b], 9),
                 )
                 if key2 not in seen:
                     seen.add(key2)
@@ -552,7 +572,7 @@ class _Search:
         for combo in candidates:
             pair_list = list(combinations(combo, 2))
             cost = sum(pairs[a][b] for a, b in pair_list)
-            frag = sum(frag_of[p] for p in combo)
+            frag = round(sum(frag_of[p] for p in combo), 9)
             # equal classes, pair cost, farthest pair and fragmentation: an equivalent choice
             key = (
                 tuple(sorted(classes[p] for p in combo)),
@@ -857,29 +877,120 @@ def _numa_ids(index: TopologyIndex) -> list[int]:
     return sorted(found - {NO_NUMA})
 
 
+MAX_NUMA_SUBSETS = 128
+"""Most NUMA-node sets `restricted` searches one by one; beyond it (more than 8 nodes, as kubelet's
+Topology Manager refuses), sets are grown from every node instead of enumerated."""
+MAX_REASONS = 3
+"""NUMA-node sets a refusal names; the rest are counted."""
+
+
+def _free_by_numa(
+    index: TopologyIndex, request: PodRequest, free: _Free
+) -> list[tuple[str, int, dict[int, int]]]:
+    """(what, units wanted, NUMA id -> free units) per resource the pod asks for; NO_NUMA aligns anywhere."""
+    needs = _needs(request)
+
+    def count(numas: Iterable[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for numa in numas:
+            out[numa] = out.get(numa, 0) + 1
+        return out
+
+    gpus = index.gpus
+    wanted = [
+        (RESOURCE_GPU, request.gpus, count(gpus[p].numa for p in free.whole)),
+        (
+            RESOURCE_GPU_SHARED,
+            request.gpu_shared,
+            count(gpus[p].numa for p, ids in free.replicas.items() for _ in ids),
+        ),
+        (RESOURCE_SRIOV_VF, needs.vfs, count(g.numa for g, members in free.vfs for _ in members)),
+        (RESOURCE_RDMA, needs.rdmas, count(r.numa for r in free.rdmas)),
+        ("pinned CPUs", request.cpus, {n: free.cpu_count(n) for n in free.cores}),
+    ]
+    wanted += [
+        (mig_resource_name(profile), n, count(gpus[p].numa for p, _ in free.migs.get(profile, ())))
+        for profile, n in request.mig
+    ]
+    return [(what, n, by_numa) for what, n, by_numa in wanted if n > 0]
+
+
+def _numa_subsets(
+    search: _Search, free: _Free, numas: list[int], width: int
+) -> tuple[list[tuple[int, ...]], str | None]:
+    """The NUMA-node sets of `width` nodes to search, or why none of them can hold the request
+    (checked when there are more sets than a refusal names).
+
+    Every set while there are at most MAX_NUMA_SUBSETS; else one set grown from
+    each node, adding the node that covers most of what is still missing (nearest
+    by SLIT on ties), plus the `width` nodes with the most free units.
+    """
+    wanted = _free_by_numa(search.index, search.request, free)
+    every = math.comb(len(numas), width)
+    for what, n, by_numa in wanted if every > MAX_REASONS else ():
+        anywhere = by_numa.get(NO_NUMA, 0)
+        top = sorted((c for numa, c in by_numa.items() if numa != NO_NUMA), reverse=True)[:width]
+        if anywhere + sum(top) < n:
+            nodes = "NUMA node holds" if width == 1 else f"{width} NUMA nodes hold"
+            return [], f"no {nodes} {n} {what} (at most {anywhere + sum(top)} free on {width})"
+    if every <= MAX_NUMA_SUBSETS:
+        return [tuple(c) for c in combinations(numas, width)], None
+
+    def missing(chosen: Iterable[int]) -> float:
+        chosen = tuple(chosen)
+        return sum(
+            max(0, n - by_numa.get(NO_NUMA, 0) - sum(by_numa.get(m, 0) for m in chosen)) / n
+            for _, n, by_numa in wanted
+        )
+
+    order = search.index.numa_order
+    subsets: dict[tuple[int, ...], None] = {}
+    for seed in numas:
+        rank = {m: i for i, m in enumerate(order.get(seed, ()))}
+        chosen = [seed]
+        while len(chosen) < width:
+            rest = [m for m in numas if m not in chosen]
+            chosen.append(min(rest, key=lambda m: (missing((*chosen, m)), rank.get(m, len(rank)), m)))
+        subsets[tuple(sorted(chosen))] = None
+    richest = sorted(numas, key=lambda m: (missing((m,)), m))[:width]
+    subsets[tuple(sorted(richest))] = None
+    return list(subsets), None
+
+
 def _search_within(search: _Search, free: _Free, span: int) -> tuple[_Choice | None, list[str]]:
     """Best choice whose devices and CPUs lie on at most `span` NUMA nodes; else what each set lacks.
 
     The unconstrained best is tried first: when it already lies within `span`
     nodes it is also the best of the constrained set, and one search suffices.
+    The reasons name at most MAX_REASONS sets.
     """
     unconstrained = search.best(free, checked=True)
     if unconstrained is not None and unconstrained.span <= span:
         return unconstrained, []
     numas = _numa_ids(search.index)
+    width = min(span, len(numas))
+    subsets, hopeless = _numa_subsets(search, free, numas, width) if numas else ([()], None)
+    if hopeless is not None:
+        return None, [hopeless]
     best: _Choice | None = None
     lacks: list[str] = []
-    for subset in combinations(numas, min(span, len(numas))) if numas else [()]:
+    untold = 0
+    for subset in subsets:
         allowed = free.within(search.index, frozenset(subset))
-        choice = search.best(allowed)
+        short = _shortfalls(search.request, allowed)
+        choice = None if short else search.best(allowed, checked=True)
         if choice is not None and choice.span <= span and choice.better_than(best):
             best = choice
         elif choice is None:
-            short = _shortfalls(search.request, allowed)
+            if len(lacks) >= MAX_REASONS:
+                untold += 1
+                continue
             where = "+".join(f"node{n}" for n in subset) or "node"
             if not short and search.switch_limit is not None:
                 short = [f"no free network device within {LEVELS[search.switch_limit].value} of a free GPU"]
             lacks.append(f"{where}: " + ("; ".join(short) if short else "no aligned combination"))
+    if best is None and untold:
+        lacks.append(f"{untold} more NUMA node set(s) likewise")
     return best, lacks
 
 

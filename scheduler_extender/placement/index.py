@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from gedge_model import DeviceKind, Level, NodeTopology, pci_distance
+from gedge_model.distance import nvlink_weight
 
 LEVELS: tuple[Level, ...] = tuple(Level)
 """Levels by ordinal, closest first: the engine stores ordinals and compares them."""
 ORDINAL: Mapping[Level, int] = {level: i for i, level in enumerate(LEVELS)}
+NV = ORDINAL[Level.NV]
 PHB = ORDINAL[Level.PHB]
 SYS = ORDINAL[Level.SYS]
 NO_NUMA = -1
@@ -81,6 +83,8 @@ class TopologyIndex:
     gpu_by_uuid: Mapping[str, int]
     gpu_by_mig: Mapping[str, int]
     accelerator_kinds: frozenset[str]
+    gpu_links: tuple[tuple[int, ...], ...] = ()
+    """GPU-to-GPU NVLink counts by position (0 where not NVLinked): more links weigh less."""
     gpu_class: tuple[int, ...] = ()
     """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
     cpu_numa: Mapping[int, int] = field(default_factory=dict)
@@ -115,8 +119,15 @@ class Priced:
 def priced(index: TopologyIndex, weights: tuple[float, ...]) -> Priced:
     hit = index.priced.get(weights)
     if hit is None:
+        by_level = dict(zip(LEVELS, weights, strict=True))
         hit = Priced(
-            gpu_pairs=tuple(tuple(weights[lv] for lv in row) for row in index.gpu_levels),
+            gpu_pairs=tuple(
+                tuple(
+                    nvlink_weight(by_level, links) if lv == NV else weights[lv]
+                    for lv, links in zip(row, link_row, strict=True)
+                )
+                for row, link_row in zip(index.gpu_levels, index.gpu_links, strict=True)
+            ),
             net_rows=tuple(tuple(weights[lv] for lv in n.gpu_levels) for n in index.nets),
             near=weights[PHB],
             far=weights[SYS],
@@ -178,6 +189,34 @@ def _group(topology: NodeTopology, address: str) -> tuple[str, ...]:
     return (device.host_bridge, *device.bridges[:-1]) if device.bridges else (device.host_bridge,)
 
 
+def _cores(topology: NodeTopology) -> dict[int, tuple[tuple[int, ...], ...]]:
+    """NUMA id -> cores: every online CPU in exactly one core, with its online siblings on its own node.
+
+    A VM may put SMT siblings on different NUMA nodes (`-numa node,cpus=0,2
+    -numa node,cpus=1,3` with threads=2): each CPU then counts once, on its own
+    node, as a core of its own there. Sibling lists that disagree between CPUs
+    never let a CPU into two cores.
+    """
+    numa_of = {
+        c.id: c.numa_node if c.numa_node is not None and c.numa_node >= 0 else NO_NUMA
+        for c in topology.cpus
+        if c.online
+    }
+    siblings_of = {c.id: c.thread_siblings or (c.id,) for c in topology.cpus if c.online}
+    placed: set[int] = set()
+    cores: dict[int, list[tuple[int, ...]]] = {}
+    for cpu in sorted(numa_of):
+        if cpu in placed:
+            continue
+        numa = numa_of[cpu]
+        core = tuple(
+            sorted({cpu} | {s for s in siblings_of[cpu] if s not in placed and numa_of.get(s) == numa})
+        )
+        placed.update(core)
+        cores.setdefault(numa, []).append(core)
+    return {numa: tuple(sorted(found, key=lambda c: c[0])) for numa, found in sorted(cores.items())}
+
+
 def build_index(topology: NodeTopology) -> TopologyIndex:
     gpus_sorted = sorted(topology.gpus, key=lambda g: (g.index, g.pci_address))
     gpus = tuple(
@@ -200,7 +239,9 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         )
         for pos, gpu in enumerate(gpus_sorted)
     )
-    gpu_levels = tuple(tuple(ORDINAL[pci_distance(topology, a.pci, b.pci).level] for b in gpus) for a in gpus)
+    gpu_distances = [[pci_distance(topology, a.pci, b.pci) for b in gpus] for a in gpus]
+    gpu_levels = tuple(tuple(ORDINAL[d.level] for d in row) for row in gpu_distances)
+    gpu_links = tuple(tuple(d.nvlinks for d in row) for row in gpu_distances)
 
     def levels_to_gpus(address: str) -> tuple[int, ...]:
         return tuple(ORDINAL[pci_distance(topology, g.pci, address).level] for g in gpus)
@@ -251,15 +292,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         classes.setdefault((g.numa, tuple(n.gpu_levels[g.pos] for n in nets)), len(classes)) for g in gpus
     )
 
-    cores: dict[int, dict[tuple[int, ...], None]] = {}
-    online = {c.id for c in topology.cpus if c.online}
-    for cpu in sorted(topology.cpus, key=lambda c: c.id):
-        if not cpu.online:
-            continue
-        siblings = tuple(sorted(s for s in (cpu.thread_siblings or (cpu.id,)) if s in online)) or (cpu.id,)
-        numa = cpu.numa_node if cpu.numa_node is not None and cpu.numa_node >= 0 else NO_NUMA
-        cores.setdefault(numa, {})[siblings] = None
-    core_map = {numa: tuple(sorted(found, key=lambda c: c[0])) for numa, found in sorted(cores.items())}
+    core_map = _cores(topology)
 
     numa_order: dict[int, tuple[int, ...]] = {}
     for numa in core_map:
@@ -280,6 +313,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             for g in gpus
         ),
         gpu_levels,
+        gpu_links,
         tuple(
             (
                 n.kind,
@@ -303,6 +337,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         node=topology.node_name,
         gpus=gpus,
         gpu_levels=gpu_levels,
+        gpu_links=gpu_links,
         vf_groups=tuple(vf_groups),
         rdmas=rdmas,
         nics=nics,
