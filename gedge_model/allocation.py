@@ -26,11 +26,11 @@ MIG_ATTRIBUTES = ("+me.all", "+me", "+gfx", "-me")
 """Suffixes NVML gives GPU-instance profile variants (pynvml's *_SLICE_ALL_ME, *_SLICE_REV1, *_SLICE_GFX,
 *_SLICE_NO_ME): all media engines, one media engine, graphics, no media engine."""
 _ATTRIBUTE = "|".join(re.escape(a) for a in MIG_ATTRIBUTES)
-_MIG_PROFILE = re.compile(rf"^(?:[0-9]+c\.)?[0-9]+g\.[0-9]+gb(?:{_ATTRIBUTE})*$")
-"""NVML's profile names: `1g.10gb`, `1g.24gb+gfx`, `1g.24gb-me`, `1c.3g.20gb` (a compute instance)."""
+_MIG_PROFILE = re.compile(rf"^[0-9]+g\.[0-9]+gb(?:{_ATTRIBUTE})*$")
+"""NVML's GPU-instance profile names: `1g.10gb`, `1g.24gb+gfx`, `1g.24gb-me`, `1g.24gb+me.all`."""
 _RESOURCE_ATTRIBUTES = tuple(a.replace("+", ".") for a in MIG_ATTRIBUTES)
 _MIG_RESOURCE_SUFFIX = re.compile(
-    r"^(?:[0-9]+c\.)?[0-9]+g\.[0-9]+gb(?:" + "|".join(re.escape(a) for a in _RESOURCE_ATTRIBUTES) + ")*$"
+    r"^[0-9]+g\.[0-9]+gb(?:" + "|".join(re.escape(a) for a in _RESOURCE_ATTRIBUTES) + ")*$"
 )
 
 
@@ -54,7 +54,7 @@ def mig_resource_name(profile: str) -> str:
 def mig_profile_name(resource: str) -> str:
     """Inverse of `mig_resource_name`: `gedge.io/mig-1g.24gb.gfx` -> `1g.24gb+gfx`."""
     suffix = resource.removeprefix(RESOURCE_MIG_PREFIX)
-    match = re.match(r"^(?:[0-9]+c\.)?[0-9]+g\.[0-9]+gb", suffix)
+    match = re.match(r"^[0-9]+g\.[0-9]+gb", suffix)
     if match is None:
         return suffix
     base, rest = match.group(0), suffix[match.end() :]
