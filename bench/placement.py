@@ -559,7 +559,7 @@ def our_pick(topology: NodeTopology, busy: Iterable[int], size: int) -> list[int
     return sorted(index[d.id] for d in outcome.allocation.devices)
 
 
-def against_gpuallocator(seed: int, picks: int = 60, fills: int = 20) -> None:
+def against_gpuallocator(seed: int, picks: int = 150, fills: int = 20) -> None:
     """Single picks from seeded free sets and fills of an empty node: ours against go-gpuallocator's
     best-effort policy, each set scored by its pair score (higher is closer) and by our cost (lower)."""
     binary = gpuallocator_binary()
@@ -572,7 +572,7 @@ def against_gpuallocator(seed: int, picks: int = 60, fills: int = 20) -> None:
     )
     print(
         f"{'topology':38s} {'picks':>6s} {'worse by score':>15s} {'worse by cost':>14s} "
-        f"{'better by score':>16s} "
+        f"{'better by score':>16s} {'theirs short':>13s} "
         f"{'fill score ours/theirs':>23s} {'fill cost ours/theirs':>22s} {'fill NV sets':>13s}"
     )
     for name, topology in gpu_pick_topologies():
@@ -603,10 +603,13 @@ def against_gpuallocator(seed: int, picks: int = 60, fills: int = 20) -> None:
         def cost(chosen: list[int], weight: list[list[float]] = weight) -> float:
             return sum(weight[a][b] for a, b in combinations(chosen, 2))
 
-        worse_score = worse_cost = better_score = 0
+        worse_score = worse_cost = better_score = short = 0
         for query, theirs in zip(queries[:picks], result["picks"], strict=True):
             ours = our_pick(topology, [i for i in range(n) if i not in query["available"]], query["size"])
-            assert ours is not None and len(theirs) == query["size"]
+            assert ours is not None and len(ours) == query["size"]
+            if len(theirs) != query["size"]:
+                short += 1  # go-gpuallocator handed back fewer GPUs than asked (nil padding)
+                continue
             worse_score += score(ours) < score(theirs)
             better_score += score(ours) > score(theirs)
             worse_cost += cost(ours) > cost(theirs) + 1e-9
@@ -635,7 +638,7 @@ def against_gpuallocator(seed: int, picks: int = 60, fills: int = 20) -> None:
                         for a, b in combinations(theirs, 2)
                     )
         print(
-            f"{name:38s} {picks:>6d} {worse_score:>15d} {worse_cost:>14d} {better_score:>16d} "
+            f"{name:38s} {picks:>6d} {worse_score:>15d} {worse_cost:>14d} {better_score:>16d} {short:>13d} "
             f"{f'{totals[0]}/{totals[1]}':>23s} {f'{totals[2]:.1f}/{totals[3]:.1f}':>22s} "
             f"{f'{totals[4]}/{totals[5]}':>13s}"
         )

@@ -118,7 +118,10 @@ func fill(policy gpuallocator.Policy, devices []*gpuallocator.Device, available,
 func indexesOf(picked []*gpuallocator.Device) []int {
 	indexes := []int{}
 	for _, d := range picked {
-		indexes = append(indexes, d.Index)
+		// the policy pads partitions with nil devices and may hand such padding back
+		if d != nil {
+			indexes = append(indexes, d.Index)
+		}
 	}
 	sort.Ints(indexes)
 	return indexes

@@ -349,6 +349,8 @@ class _GpuPick:
     """Distinct physical GPUs, ascending."""
     frag: float
     pair_cost: float
+    pcie: float = 0.0
+    """Weight of the PCIe paths below the GPU pairs: among equal costs, NVLink sets on one switch first."""
 
 
 @dataclass(frozen=True)
@@ -371,7 +373,8 @@ class _Choice:
             return True
         if self.cost > other.cost + _EPS:
             return False
-        return (self.span, self.remote, self.frag) < (other.span, other.remote, other.frag)
+        mine = (self.span, self.remote, self.pick.pcie, self.frag)
+        return mine < (other.span, other.remote, other.pick.pcie, other.frag)
 
     def worst(self, index: TopologyIndex) -> int:
         """The farthest level among the pairs the cost counts."""
@@ -492,7 +495,7 @@ class _Search:
         classes = self.index.gpu_class
         seen: set[tuple[object, ...]] = set()
         out = []
-        for pick in sorted(picks, key=lambda p: (p.pair_cost, p.frag)):
+        for pick in sorted(picks, key=lambda p: (p.pair_cost, p.pcie, p.frag)):
             key = (tuple(sorted(classes[g] for g in pick.gpus)), round(pick.pair_cost, 9), pick.frag)
             if key not in seen:
                 seen.add(key)
@@ -517,6 +520,7 @@ class _Search:
             return []
         gpus, classes = self.index.gpus, self.index.gpu_class
         pairs, levels = self.priced.gpu_pairs, self.index.gpu_levels
+        pcie = self.priced.gpu_pcie_pairs
         # what taking a GPU costs later requests: its closeness (SYS weight minus pair weight) to every
         # other free GPU, so NVLink partners of busy GPUs and GPUs of emptier switches go first and
         # whole NVLink pairs, cliques and switch groups stay free for larger pods
@@ -526,7 +530,9 @@ class _Search:
         def pick(ordered: tuple[int, ...], cost: float) -> _GpuPick:
             grants = tuple((RESOURCE_GPU, gpus[p].uuid, p) for p in ordered)
             inside = sum(max(0.0, far - pairs[a][b]) for a, b in combinations(ordered, 2))
-            return _GpuPick(grants, ordered, round(sum(frag_of[p] for p in ordered) - 2 * inside, 9), cost)
+            frag = round(sum(frag_of[p] for p in ordered) - 2 * inside, 9)
+            below = round(sum(pcie[a][b] for a, b in combinations(ordered, 2)), 9)
+            return _GpuPick(grants, ordered, frag, cost, below)
 
         if not self.aware:
             chosen = tuple(pool[:n])
@@ -547,7 +553,15 @@ class _Search:
                 chosen = [seed]
                 rest = [p for p in pool if p != seed]
                 while len(chosen) < n:
-                    best = min(rest, key=lambda p: (sum(pairs[p][c] for c in chosen), frag_of[p], p))
+                    best = min(
+                        rest,
+                        key=lambda p: (
+                            sum(pairs[p][c] for c in chosen),
+                            sum(pcie[p][c] for c in chosen),
+                            frag_of[p],
+                            p,
+                        ),
+                    )
                     chosen.append(best)
                     rest.remove(best)
                 grown[tuple(sorted(chosen))] = None
@@ -563,12 +577,13 @@ class _Search:
                     max(classes[a], classes[b]),
                     cost,
                     levels[a][b] if limit else 0,
+                    pcie[a][b],
                     round(frag_of[a] + frag_of[b], 9),
                 )
                 if key2 not in seen:
                     seen.add(key2)
                     out.append(pick((a, b), cost))
-            return sorted(out, key=lambda c: (c.pair_cost, c.frag))
+            return sorted(out, key=lambda c: (c.pair_cost, c.pcie, c.frag))
         for combo in candidates:
             pair_list = list(combinations(combo, 2))
             cost = sum(pairs[a][b] for a, b in pair_list)
@@ -578,12 +593,13 @@ class _Search:
                 tuple(sorted(classes[p] for p in combo)),
                 round(cost, 9),
                 max(levels[a][b] for a, b in pair_list),
+                round(sum(pcie[a][b] for a, b in pair_list), 9),
                 frag,
             )
             if key not in seen:
                 seen.add(key)
                 out.append(pick(combo, cost))
-        return sorted(out, key=lambda c: (c.pair_cost, c.frag))
+        return sorted(out, key=lambda c: (c.pair_cost, c.pcie, c.frag))
 
     def _extend(
         self, base: _GpuPick, units: list[tuple[str, str, int]], count: int, rank: Mapping[int, int]

@@ -85,6 +85,8 @@ class TopologyIndex:
     accelerator_kinds: frozenset[str]
     gpu_links: tuple[tuple[int, ...], ...] = ()
     """GPU-to-GPU NVLink counts by position (0 where not NVLinked): more links weigh less."""
+    gpu_pcie: tuple[tuple[int, ...], ...] = ()
+    """GPU-to-GPU level ordinals of the PCIe path alone (NVLink left out): ties between NVLink sets."""
     gpu_class: tuple[int, ...] = ()
     """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
     cpu_numa: Mapping[int, int] = field(default_factory=dict)
@@ -108,6 +110,8 @@ class Priced:
     """The index's levels turned into weights for one weight table."""
 
     gpu_pairs: tuple[tuple[float, ...], ...]
+    gpu_pcie_pairs: tuple[tuple[float, ...], ...]
+    """Weights of the PCIe paths alone, NVLink left out."""
     net_rows: tuple[tuple[float, ...], ...]
     """By NetEntry.slot: weight to every GPU."""
     near: float
@@ -128,6 +132,7 @@ def priced(index: TopologyIndex, weights: tuple[float, ...]) -> Priced:
                 )
                 for row, link_row in zip(index.gpu_levels, index.gpu_links, strict=True)
             ),
+            gpu_pcie_pairs=tuple(tuple(weights[lv] for lv in row) for row in index.gpu_pcie),
             net_rows=tuple(tuple(weights[lv] for lv in n.gpu_levels) for n in index.nets),
             near=weights[PHB],
             far=weights[SYS],
@@ -242,6 +247,10 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
     gpu_distances = [[pci_distance(topology, a.pci, b.pci) for b in gpus] for a in gpus]
     gpu_levels = tuple(tuple(ORDINAL[d.level] for d in row) for row in gpu_distances)
     gpu_links = tuple(tuple(d.nvlinks for d in row) for row in gpu_distances)
+    gpu_pcie = gpu_levels
+    if any(any(row) for row in gpu_links):
+        plain = replace(topology, gpus=tuple(replace(g, nvlinks=()) for g in topology.gpus))
+        gpu_pcie = tuple(tuple(ORDINAL[pci_distance(plain, a.pci, b.pci).level] for b in gpus) for a in gpus)
 
     def levels_to_gpus(address: str) -> tuple[int, ...]:
         return tuple(ORDINAL[pci_distance(topology, g.pci, address).level] for g in gpus)
@@ -314,6 +323,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         ),
         gpu_levels,
         gpu_links,
+        gpu_pcie,
         tuple(
             (
                 n.kind,
@@ -338,6 +348,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         gpus=gpus,
         gpu_levels=gpu_levels,
         gpu_links=gpu_links,
+        gpu_pcie=gpu_pcie,
         vf_groups=tuple(vf_groups),
         rdmas=rdmas,
         nics=nics,
