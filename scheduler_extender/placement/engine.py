@@ -18,8 +18,8 @@ Decisions worth knowing:
   no free instance is refused, naming the profile.
 - Policies follow kubelet's Topology Manager: `restricted` admits only an
   allocation whose NUMA span is the narrowest the node's capacity allows for
-  the request; `single-numa` puts every device and CPU on one NUMA node;
-  `same-switch` is single-numa plus every GPU<->network-device pair (and
+  the request; `single-numa` (kubelet's `single-numa-node`) puts every device
+  and CPU on one NUMA node; `same-switch` is single-numa plus every GPU<->network-device pair (and
   GPU<->GPU pair unless NVLinked) at `PlacementConfig.same_switch_level` (PXB
   by default: one switch hierarchy below the host bridge, which is how
   DGX-class machines wire GPU and NIC) or closer. Devices with an unknown NUMA
@@ -27,8 +27,18 @@ Decisions worth knowing:
 - Node structure memo: plans are kept by (structure, free set, pod shape,
   config), so nodes of one hardware kind in one state share one search; the
   device ids come from each node's own index.
-- `topology_aware` false: first free devices and CPUs in id order, still
-  exclusive and still priced.
+- `topology_aware` false (a pod opting out; alignment is the default): first
+  free devices and CPUs in id order, still exclusive and still priced.
+- Pinned CPUs: gedge_model.cpu_pool's rule, the one the agent applies, so the
+  shared pool keeps a CPU; each CPU counts once, on its own NUMA node, as a core
+  with its siblings of that node only.
+- NVLink pairs weigh less the more links they have (gedge_model.distance.
+  nvlink_weight); among equal costs the closer PCIe path below NVLink wins, then
+  the set that leaves free GPUs closest to each other (NVLink partners of busy
+  GPUs go first, whole pairs and switch groups stay free).
+- `restricted` past MAX_NUMA_SUBSETS NUMA-node sets (more than 8 nodes) grows
+  sets from each node instead of enumerating them; a refusal names at most
+  MAX_REASONS sets.
 """
 
 from __future__ import annotations
@@ -496,7 +506,12 @@ class _Search:
         seen: set[tuple[object, ...]] = set()
         out = []
         for pick in sorted(picks, key=lambda p: (p.pair_cost, p.pcie, p.frag)):
-            key = (tuple(sorted(classes[g] for g in pick.gpus)), round(pick.pair_cost, 9), pick.frag)
+            key = (
+                tuple(sorted(classes[g] for g in pick.gpus)),
+                round(pick.pair_cost, 9),
+                pick.pcie,
+                pick.frag,
+            )
             if key not in seen:
                 seen.add(key)
                 out.append(pick)
