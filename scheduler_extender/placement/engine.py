@@ -126,6 +126,14 @@ class Placement:
     stranded: int = 0
     """Free accelerators (GPUs, MIG instances, RDMA devices) of kinds the pod does not use: a pod
     taking CPUs or VFs on such a node may leave them unusable, so packing prefers nodes with fewer."""
+    level_cost: float | None = None
+    """The cost with every NVLink pair at the plain NV weight, whatever its link count: what
+    score_nodes ranks nodes by (None: `cost`), so link counts choose GPUs inside a node but do not
+    pull pods off a node that packing would fill."""
+
+    @property
+    def rank_cost(self) -> float:
+        return self.cost if self.level_cost is None else self.level_cost
 
 
 @dataclass(frozen=True)
@@ -1047,7 +1055,8 @@ def place(
         _plans[key] = plan
     if isinstance(plan, str):
         return Refusal(f"node {state.node_name}: {plan}")
-    return Placement(_materialize(index, state, request, plan), plan.cost, plan.leftover, plan.stranded)
+    allocation = _materialize(index, state, request, plan)
+    return Placement(allocation, plan.cost, plan.leftover, plan.stranded, plan.level_cost)
 
 
 MAX_PLANS = 32_768
@@ -1073,6 +1082,7 @@ class _Plan:
     network: tuple[str, int, int] | None
     leftover: int
     stranded: int
+    level_cost: float
 
 
 def _plan(index: TopologyIndex, free: _Free, request: PodRequest, config: PlacementConfig) -> _Plan | str:
@@ -1121,11 +1131,19 @@ def _plan(index: TopologyIndex, free: _Free, request: PodRequest, config: Placem
         cpus=choice.cpus,
         numa_nodes=tuple(sorted(numas - {NO_NUMA})),
         cost=round(choice.cost, 6),
+        level_cost=round(choice.cost + _link_bonus(search, choice.pick.gpus), 6),
         worst=LEVELS[choice.worst(index)].value,
         network=network,
         leftover=_leftover(request, free, choice),
         stranded=_stranded(request, free),
     )
+
+
+def _link_bonus(search: _Search, gpus: Sequence[int]) -> float:
+    """What the GPU pairs' link counts took off the cost (plain NV weight minus each pair's weight)."""
+    levels, pairs = search.index.gpu_levels, search.priced.gpu_pairs
+    nv, base = ORDINAL[Level.NV], search.config.weight_by_ordinal[ORDINAL[Level.NV]]
+    return sum(base - pairs[a][b] for a, b in combinations(gpus, 2) if levels[a][b] == nv)
 
 
 def _stranded(request: PodRequest, free: _Free) -> int:
@@ -1212,6 +1230,9 @@ def score_nodes(
 ) -> dict[str, int]:
     """0..10 per node: the lowest-cost nodes score 10 or 9, the rest 8..0 linearly by cost.
 
+    Cost here is `Placement.rank_cost`: NVLink pairs at the plain NV weight, so
+    a node with more links per pair does not outrank one packing would fill.
+
     Among the lowest-cost nodes, 10 goes to those stranding the fewest
     accelerators the pod does not use, then by the pack/spread strategy: pack
     prefers the fewest free units of the pod's resource left (filling started
@@ -1220,7 +1241,7 @@ def score_nodes(
     """
     if not placements:
         return {}
-    costs = {name: p.cost for name, p in placements.items()}
+    costs = {name: p.rank_cost for name, p in placements.items()}
     low, high = min(costs.values()), max(costs.values())
     sign = 1 if config.node_strategy == "pack" else -1
 

@@ -11,6 +11,7 @@ from agent.deviceplugin.devices import plugin_devices
 from agent.discovery import NvmlGpuSource, discover
 from gedge_model import (
     Allocation,
+    DeviceGrant,
     Distance,
     Gpu,
     Level,
@@ -28,6 +29,7 @@ from scheduler_extender.placement import (
     free_capacity,
     parse_pod_request,
     place,
+    score_nodes,
 )
 from scheduler_extender.placement.synthetic import cpus_and_numa
 from tests.discovery.fake_nvml import FakeMigDevice, FakeProfile
@@ -277,3 +279,18 @@ def test_pairs_of_the_nvlinked_box_are_what_the_model_says():
         for a, b in combinations(topology.gpus, 2)
     }
     assert levels[(0, 2)] == "NV12" and levels[(0, 1)] == "NODE" and levels[(0, 4)] == "SYS"
+
+
+def test_link_counts_choose_gpus_inside_a_node_but_packing_chooses_the_node():
+    many = nvlinked_box("nv12", (0, 0, 0, 0), {(0, 1): 12, (2, 3): 12})
+    few = nvlinked_box("nv4", (0, 0, 0, 0), {(0, 1): 4, (2, 3): 4})
+    gpus = sorted(few.gpus, key=lambda g: g.index)
+    started = NodeState(
+        few, (Allocation("u0", "ml", "p0", "nv4", (DeviceGrant("gedge.io/gpu", gpus[0].uuid),)),)
+    )
+    ask = request(gpus=2)
+    placements = {"nv12": placed(place(NodeState(many), ask)), "nv4": placed(place(started, ask))}
+    assert placements["nv12"].cost < placements["nv4"].cost
+    assert placements["nv12"].rank_cost == placements["nv4"].rank_cost
+    assert score_nodes(placements) == {"nv4": 10, "nv12": 9}
+    assert gpu_indexes(few, placements["nv4"].allocation) == (2, 3)
