@@ -24,10 +24,18 @@ NODE 4, SYS 5), share of pods at the best level (the worst pair level the
 engine reaches for that pod on an empty node of the same kind), and mean cost.
 Then: pods placed before the first refusal when filling the empty cluster with
 20 seeded traces; totals under churn over more seeds; the time of one place()
-call searching and answered from the memo. Goal: within 1% of the optimum's
-cost, never fewer pods placed than (a) or (b).
+call searching and answered from the memo. Then GPU sets against NVIDIA's
+go-gpuallocator best-effort policy (built from its Go module v0.6.0 by the
+harness in bench/gpuallocator; skipped without a Go toolchain): single picks
+from seeded free sets and fills of an empty node, on NVSwitch, NVLink pairs,
+pairs across switches, a hybrid cube mesh (NV1/NV2), PCIe only and 16 GPUs,
+each set scored by go-gpuallocator's pair score and by our cost; and
+`restricted` on 16 to 32 NUMA nodes (time and answer size). Goal: within 1% of
+the optimum's cost, never fewer pods placed than (a) or (b), never a worse GPU
+set than go-gpuallocator.
 
     .venv/bin/python bench/placement.py [--pods 600] [--small-pods 160] [--seed 7] [--fills 20] [--churn 6]
+        [--gpu-picks 150] [--gpu-fills 20]
 """
 
 from __future__ import annotations
@@ -708,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--fills", type=int, default=20)
     parser.add_argument("--churn", type=int, default=6)
+    parser.add_argument("--gpu-picks", type=int, default=150, help="free sets per GPU topology")
+    parser.add_argument("--gpu-fills", type=int, default=20, help="fills per GPU topology")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     strategies: list[tuple[str, Strategy]] = [
@@ -772,7 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     small_runs = [run(name, s, small, small_pods, args.seed, with_optimum=True) for name, s in strategies]
     report("small cluster vs exact optimum", small_runs, optimum=True)
 
-    against_gpuallocator(args.seed)
+    against_gpuallocator(args.seed, args.gpu_picks, args.gpu_fills)
     many_numa_nodes()
 
     ours_mixed, ours_small = runs[0], small_runs[0]
