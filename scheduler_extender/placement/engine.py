@@ -572,9 +572,12 @@ class _Search:
             candidates: Iterable[tuple[int, ...]] = combinations(pool, n)
         else:
             grown: dict[tuple[int, ...], None] = {}
-            for seed in pool:
-                chosen = [seed]
-                rest = [p for p in pool if p != seed]
+            # grown from every GPU and every pair: a set of NVLink pairs joined across PCIe is then
+            # reached from either of its pairs, not only from the GPU nearest to everything
+            seeds = [[p] for p in pool] + [list(pair) for pair in combinations(pool, 2)]
+            for seed in seeds:
+                chosen = list(seed)
+                rest = [p for p in pool if p not in seed]
                 while len(chosen) < n:
                     best = min(
                         rest,
