@@ -41,6 +41,7 @@ from agent.apply.contract import ApplyError
 from agent.apply.cpuset import Cpuset, format_cpu_list
 from agent.apply.nic.applier import NicApplier, NicError
 from gedge_model import Allocation
+from gedge_model.cpu_pool import pinnable_cpus
 
 log = structlog.get_logger(__name__)
 
@@ -347,7 +348,8 @@ class ApplyManager:
             taken = cpus & others
             if taken:
                 raise ApplyError(f"pod {uid}: cpus {format_cpu_list(taken)} are exclusive to another pod")
-            if not allowed.cpus - others - cpus:
+            unpinned = allowed.cpus - others
+            if len(cpus) > pinnable_cpus(len(unpinned), len(unpinned & self.reserved_cpus)):
                 raise ApplyError(f"pod {uid}: pinning cpus {format_cpu_list(cpus)} empties the shared pool")
         bad_numa = set(allocation.numa_nodes) - allowed.mems
         if bad_numa:

@@ -41,6 +41,9 @@ ANNOTATION_CPU_PINNING = "gedge.io/cpu-pinning"
 RESOURCE_CPU = "cpu"
 
 POLICIES = ("best-effort", "restricted", "single-numa", "same-switch")
+"""Policies as the engine names them."""
+POLICY_ALIASES = {"single-numa-node": "single-numa"}
+"""Accepted spellings: kubelet's Topology Manager name for single-numa."""
 COMMUNICATION_KINDS = ("SRIOV", "RDMA")
 COMPUTE_KINDS = ("GPU", "FPGA", "ASIC")
 MAX_ANNOTATION_LENGTH = 4096
@@ -87,7 +90,8 @@ class PodRequest:
     cpus: int = 0
     """Exclusive CPUs; non-zero only with cpu_pinning."""
     cpu_pinning: bool = False
-    topology_aware: bool = False
+    topology_aware: bool = True
+    """Best-effort alignment is the default; gedge.io/topology-aware "false" opts out (first free)."""
     policy: str = "best-effort"
     communication: tuple[str, ...] = ()
     compute: tuple[str, ...] = ()
@@ -165,13 +169,12 @@ def parse_pod_request(pod: Mapping[str, Any]) -> PodRequest:
     pinning = _boolean(annotations, ANNOTATION_CPU_PINNING, label, default=False)
     cpus = _pinned_cpus(spec, label) if pinning else 0
 
-    policy_given = ANNOTATION_TOPOLOGY_POLICY in annotations
     policy = _text(annotations, ANNOTATION_TOPOLOGY_POLICY, label, default="best-effort")
+    policy = POLICY_ALIASES.get(policy, policy)
     if policy not in POLICIES:
-        raise RequestError(
-            label, ANNOTATION_TOPOLOGY_POLICY, f"{policy!r} is not one of {', '.join(POLICIES)}"
-        )
-    aware = _boolean(annotations, ANNOTATION_TOPOLOGY_AWARE, label, default=policy_given)
+        accepted = ", ".join((*POLICIES, *POLICY_ALIASES))
+        raise RequestError(label, ANNOTATION_TOPOLOGY_POLICY, f"{policy!r} is not one of {accepted}")
+    aware = _boolean(annotations, ANNOTATION_TOPOLOGY_AWARE, label, default=True)
     if not aware and policy != "best-effort":
         raise RequestError(
             label,

@@ -195,7 +195,8 @@ def test_bind_reserves_the_runtime_attaches_and_release_frees(scene: Scene) -> N
     late = scene.start_container(new_pod_uid(), QosClass.BESTEFFORT, new_container_id())
     wait_for(lambda: affinity(late) == every_cpu - cpus, "the shared pool refresh to reach a new container")
 
-    rival = pod("rival", uid=new_pod_uid(), limits={"cpu": str(len(every_cpu))}, annotations=PINNED)
+    # every CPU the shared pool can spare (it keeps one): no room while the trainer holds its CPU
+    rival = pod("rival", uid=new_pod_uid(), limits={"cpu": str(len(every_cpu) - 1)}, annotations=PINNED)
     _, result = scene.post(f"{scene.url}/filter", {"Pod": rival, "Nodes": None, "NodeNames": [NODE]})
     assert result["NodeNames"] == [] and NODE in result["FailedNodes"], result
     taken = Allocation(rival["metadata"]["uid"], "ml", "rival", NODE, cpus=tuple(cpus))
@@ -229,21 +230,23 @@ def test_bind_reserves_the_runtime_attaches_and_release_frees(scene: Scene) -> N
     assert scene.agent.terminate() == 0
 
 
-def test_bind_of_a_pod_whose_cpus_would_empty_the_shared_pool_fails_and_holds_nothing(scene: Scene) -> None:
+def test_a_pod_whose_cpus_would_empty_the_shared_pool_fails_filter_and_bind_and_holds_nothing(
+    scene: Scene,
+) -> None:
     other = scene.start_container(new_pod_uid(), QosClass.BURSTABLE, new_container_id())
     every_cpu = affinity(other)
     greedy = pod("greedy", uid=new_pod_uid(), limits={"cpu": str(len(every_cpu))}, annotations=PINNED)
     uid = greedy["metadata"]["uid"]
 
-    def filtered() -> bool:
+    def refused() -> bool:
         _, result = scene.post(f"{scene.url}/filter", {"Pod": greedy, "Nodes": None, "NodeNames": [NODE]})
-        return result["NodeNames"] == [NODE]
+        return "kept for the shared pool" in (result.get("FailedNodes") or {}).get(NODE, "")
 
-    wait_for(filtered, "the extender to hold the agent's report")
+    wait_for(refused, "the extender to refuse the node by the agent's shared-pool rule")
     _, bound = scene.post(
         f"{scene.url}/bind", {"PodName": "greedy", "PodNamespace": "ml", "PodUID": uid, "Node": NODE}
     )
-    assert "pod ml/greedy" in bound["Error"] and "empties the shared pool" in bound["Error"], bound
+    assert "pod ml/greedy" in bound["Error"] and "kept for the shared pool" in bound["Error"], bound
     assert scene.listed() == ([], [])
     assert affinity(other) == every_cpu
 
