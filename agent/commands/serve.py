@@ -285,7 +285,9 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         reserve_unresolved=core is None,
     )
     parts.manager = parts.applier
-    if config.nri_socket:
+    # The runtime's NRI socket belongs to the node whose root is /: an agent over a sysfs snapshot
+    # (a test box, a replay) never joins the machine's runtime.
+    if config.nri_socket and os.path.realpath(config.root) == "/":
         parts.nri = NriCpusets(
             config.node_name or socket.gethostname(),
             online_cpus=lambda: frozenset(),
@@ -477,7 +479,10 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
     store = runtime.store
     assert store is not None and parts.core is not None
     node = store.node_name
-    kubelet = PodResourcesClient(config.pod_resources_socket) if config.pod_resources_socket else None
+    own_node = os.path.realpath(config.root) == "/"
+    kubelet = (
+        PodResourcesClient(config.pod_resources_socket) if config.pod_resources_socket and own_node else None
+    )
     if parts.applier is not None:
         applier = parts.applier
         reconcile_applier: Callable[[set[str]], object] = applier.reconcile

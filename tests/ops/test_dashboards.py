@@ -433,11 +433,8 @@ def drive_extender(url: str, fake: Any, deadline: float) -> None:
 
     placed = [
         pod("pair-rdma", limits={"gedge.io/gpu": "2", "gedge.io/rdma": "1"}, annotations=aware),
-        pod(
-            "gpu-vf",
-            limits={"gedge.io/gpu": "1"},
-            annotations={**aware, "gedge.io/communication": '["SRIOV"]'},
-        ),
+        # (the synthetic box's PFs are not in this network namespace: its VFs are never offered)
+        pod("gpu-rdma", limits={"gedge.io/gpu": "1", "gedge.io/rdma": "1"}, annotations=aware),
         pod("mig", limits={"gedge.io/mig-1g.10gb": "1"}),
         pod("shared", limits={"gedge.io/gpu-shared": "1"}),
         pod(
