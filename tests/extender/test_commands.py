@@ -17,7 +17,6 @@ import yaml
 
 from gedge_model import Allocation, NodeState, to_json
 from scheduler_extender.cli import main
-from scheduler_extender.commands.demo import free_port
 from scheduler_extender.placement.synthetic import dgx_like, edge_box
 from tests.extender.servers import post
 
@@ -97,35 +96,23 @@ def test_place_explains_bad_input(
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A real gedge-agent serving this machine over gRPC, report-only."""
-    port = free_port()
-    env = dict(os.environ, GEDGE_AGENT_DEVICE_PLUGIN_DIR=str(tmp_path / "dp"))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "serve",
-            "--node-name",
-            "extender-test-node",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--metrics-listen",
-            "",
-            "--no-apply",
-            "--checkpoint",
-            str(tmp_path / "checkpoint.json"),
-            "--insecure",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    """A real gedge-agent serving this machine over gRPC, report-only; yielded once it serves."""
+    from tests.grpc.agents import spawn_agent
+
+    process = spawn_agent(
+        "/",
+        "extender-test-node",
+        "--no-apply",
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--device-plugin-dir",
+        str(tmp_path / "dp"),
+        metrics_listen="",
     )
     try:
-        yield "extender-test-node", port
+        yield "extender-test-node", process.port
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        process.terminate(timeout=20)
 
 
 def _serving_port(process: subprocess.Popen[str], deadline: float) -> int:
