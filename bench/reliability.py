@@ -334,7 +334,19 @@ def extender_fuzz(seed: int, count: int) -> tuple[Row, Row]:
 
 def spawn_extender(agents_file: Path) -> tuple[subprocess.Popen[str], int]:
     process = subprocess.Popen(
-        [*CLI, "serve", "--agents", str(agents_file), "--listen", "127.0.0.1:0", "--reserve-ttl-s", "5"],
+        [
+            *CLI,
+            "serve",
+            "--agents",
+            str(agents_file),
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "",
+            "--insecure",
+            "--reserve-ttl-s",
+            "5",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

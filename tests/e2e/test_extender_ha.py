@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -46,12 +47,12 @@ def _get(url: str) -> int:
         return 0
 
 
-def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
+def _post(url: str, body: dict[str, Any], context: ssl.SSLContext | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
+        with urllib.request.urlopen(request, timeout=10, context=context) as reply:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
@@ -62,7 +63,9 @@ def _post(url: str, body: dict[str, Any]) -> tuple[int, Any]:
 class Replica:
     def __init__(self, cluster: EdgeCluster, index: int, kubeconfig: Path) -> None:
         self.port = free_port()
+        self.metrics_port = free_port()
         self.name = f"extender-{index}"
+        self.context = cluster.scheduler_context()
         self.process = ManagedProcess(
             f"gedge-extender {self.name}",
             [
@@ -70,6 +73,11 @@ class Replica:
                 "serve",
                 f"--kubeconfig={kubeconfig}",
                 f"--listen=127.0.0.1:{self.port}",
+                f"--metrics-listen=127.0.0.1:{self.metrics_port}",
+                *cluster.tls_flags("gedge-extender"),
+                f"--tls-client-ca={cluster.pki / 'ca.pem'}",
+                *cluster.tls_flags("gedge-extender", "--agent-tls"),
+                f"--agent-tls-ca={cluster.pki / 'ca.pem'}",
                 "--leader-elect",
                 "--leader-elect-lease=gedge-system/gedge-extender",
                 f"--leader-elect-identity={self.name}",
@@ -80,10 +88,16 @@ class Replica:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The verbs: HTTPS, kube-scheduler's client certificate required."""
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def probe_url(self) -> str:
+        """/healthz and /readyz, on the plain metrics port kubelet probes."""
+        return f"http://127.0.0.1:{self.metrics_port}"
 
     def ready(self) -> bool:
-        return self.process.running and _get(f"{self.url}/readyz") == 200
+        return self.process.running and _get(f"{self.probe_url}/readyz") == 200
 
 
 def test_the_standby_takes_over_when_the_leader_dies_mid_load(
@@ -96,7 +110,7 @@ def test_the_standby_takes_over_when_the_leader_dies_mid_load(
     replicas = [Replica(edge_cluster, i, kubeconfig) for i in range(2)]
     try:
         deadline = time.monotonic() + 60
-        while not all(_get(f"{r.url}/healthz") == 200 for r in replicas) or not any(
+        while not all(_get(f"{r.probe_url}/healthz") == 200 for r in replicas) or not any(
             r.ready() for r in replicas
         ):
             assert time.monotonic() < deadline, "no replica became the leader"
@@ -104,7 +118,7 @@ def test_the_standby_takes_over_when_the_leader_dies_mid_load(
             time.sleep(0.2)
         leader = next(r for r in replicas if r.ready())
         standby = next(r for r in replicas if r is not leader)
-        assert _get(f"{standby.url}/readyz") == 503 and _get(f"{standby.url}/healthz") == 200
+        assert _get(f"{standby.probe_url}/readyz") == 503 and _get(f"{standby.probe_url}/healthz") == 200
 
         gpu_nodes = sorted(n for n, node in edge_cluster.nodes.items() if node.resources.get("gedge.io/gpu"))
         capacity = sum(edge_cluster.nodes[n].resources["gedge.io/gpu"] for n in gpu_nodes)
@@ -127,13 +141,15 @@ def test_the_standby_takes_over_when_the_leader_dies_mid_load(
             if replica is None:
                 return "retry"
             body = {"Pod": kube_api.sanitize_for_serialization(pod), "Nodes": None, "NodeNames": gpu_nodes}
-            status, result = _post(f"{replica.url}/filter", body)
+            status, result = _post(f"{replica.url}/filter", body, replica.context)
             if status != 200 or result.get("Error") or result.get("FailedAndUnresolvableNodes"):
                 return "retry"
             if not result.get("NodeNames"):
                 return "no-fit"
             binding = {"PodName": name, "PodNamespace": namespace, "PodUID": pod.metadata.uid}
-            status, result = _post(f"{replica.url}/bind", {**binding, "Node": result["NodeNames"][0]})
+            status, result = _post(
+                f"{replica.url}/bind", {**binding, "Node": result["NodeNames"][0]}, replica.context
+            )
             return "bound" if status == 200 and result == {"Error": ""} else "retry"
 
         killed_at: float | None = None

@@ -14,9 +14,12 @@ from agent.commands.serve import data_routes, sriov_gate
 from agent.config import DEFAULT_SKIP_XIDS, AgentConfig, ConfigError, load_config
 from gedge_model import NetInterface, NodeTopology, VirtualFunction
 
+PLAIN = {"GEDGE_AGENT_INSECURE": "true"}
+"""TLS is not what these tests are about."""
+
 
 def test_defaults_and_every_source_form(tmp_path: Path) -> None:
-    config = load_config(environ={})
+    config = load_config(environ=PLAIN)
     assert (config.sriov_vf_control, config.data_routes, config.health_interval_s) == ("netlink", (), 1.0)
     assert config.gpu_health and config.gpu_health_skip_xids == DEFAULT_SKIP_XIDS == (13, 31, 43, 45, 68, 109)
     file = tmp_path / "agent.yaml"
@@ -24,12 +27,16 @@ def test_defaults_and_every_source_form(tmp_path: Path) -> None:
         "data_routes: ['10.20.0.0/16 via 10.9.0.1', 'fd00::/64']\ngpu_health_skip_xids: [13]\n"
         "sriov_vf_control: 'off'\nhealth_interval_s: 0\n"
     )
-    config = load_config(config_file=file, environ={"GEDGE_AGENT_GPU_HEALTH": "false"})
+    config = load_config(config_file=file, environ={**PLAIN, "GEDGE_AGENT_GPU_HEALTH": "false"})
     assert config.data_routes == ("10.20.0.0/16 via 10.9.0.1", "fd00::/64")
     assert (config.gpu_health_skip_xids, config.sriov_vf_control, config.gpu_health) == ((13,), "off", False)
     assert data_routes(config) == (DataRoute("10.20.0.0/16", "10.9.0.1"), DataRoute("fd00::/64"))
     env = load_config(
-        environ={"GEDGE_AGENT_GPU_HEALTH_SKIP_XIDS": "13, 31", "GEDGE_AGENT_DATA_ROUTES": "10.0.0.0/8"}
+        environ={
+            **PLAIN,
+            "GEDGE_AGENT_GPU_HEALTH_SKIP_XIDS": "13, 31",
+            "GEDGE_AGENT_DATA_ROUTES": "10.0.0.0/8",
+        }
     )
     assert (env.gpu_health_skip_xids, env.data_routes) == ((13, 31), ("10.0.0.0/8",))
 
