@@ -40,7 +40,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cgroup-driver",
         choices=("systemd", "cgroupfs"),
-        help="kubelet's cgroup driver (default: as the kubepods tree shows)",
+        help="kubelet's cgroup driver (default: cgroup_driver of --config, else as the kubepods tree shows)",
     )
     parser.add_argument("--device-plugin-dir", metavar="PATH", help="kubelet's device plugin folder")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
@@ -63,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
         except CgroupError as exc:
             print(f"gedge-agent uninstall: {exc}; the checkpoint {checkpoint} is kept", file=sys.stderr)
             return 1
-        driver = CgroupDriver(args.cgroup_driver) if args.cgroup_driver else detected
+        chosen = args.cgroup_driver or config.cgroup_driver
+        driver = CgroupDriver(chosen) if chosen else detected
         manager = ApplyManager(
             cgroup_root=root,
             cgroup_driver=driver,
