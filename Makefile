@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint venv system-deps e2e-binaries
+.PHONY: demo test lint venv system-deps e2e-binaries image
 
 venv: $(VENV)/.installed
 
@@ -15,7 +15,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian packages the tests drive for real (Prometheus for the dashboards test,
-# hwloc for the discovery benchmark, systemd-analyze for the units; runc, the CNI
+# hwloc for the discovery benchmark, systemd-analyze for the units, buildah and
+# debootstrap for `make image`, containerd and runc to run the image; the CNI
 # plugins, iptables and a static busybox for the e2e tests' real node).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
@@ -23,6 +24,9 @@ system-deps:
 	  command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	  command -v lstopo >/dev/null || missing="$$missing hwloc"; \
 	  command -v systemd-analyze >/dev/null || missing="$$missing systemd"; \
+	  command -v buildah >/dev/null || missing="$$missing buildah"; \
+	  command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	  command -v containerd >/dev/null || missing="$$missing containerd"; \
 	  command -v runc >/dev/null || missing="$$missing runc"; \
 	  [ -x /usr/lib/cni/bridge ] || missing="$$missing containernetworking-plugins"; \
 	  command -v iptables >/dev/null || missing="$$missing iptables"; \
@@ -45,7 +49,14 @@ e2e-binaries:
 	tests/e2e/controlplane/build.sh >/dev/null
 	tests/e2e/node/build_containerd.sh >/dev/null
 
-test: venv system-deps lint e2e-binaries
+# The project image (Containerfile) as an OCI archive at build/gedge-accel-image.tar,
+# tagged gedge-accel:<version>, built by buildah without a Docker engine. With no
+# BASE_IMAGE the base is made from Debian packages and cached; where a registry is
+# reachable: make image BASE_IMAGE=python:3.11-slim-bookworm
+image:
+	BASE_IMAGE="$(BASE_IMAGE)" image/build.sh
+
+test: venv system-deps lint e2e-binaries image
 	$(BIN)/pytest -q -rs
 
 demo: venv

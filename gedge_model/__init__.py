@@ -15,6 +15,8 @@ from gedge_model.distance import (
 from gedge_model.state import NodeState
 from gedge_model.topology import (
     Accelerator,
+    AmdGpu,
+    CardStack,
     Cpu,
     DeviceKind,
     Gpu,
@@ -28,6 +30,7 @@ from gedge_model.topology import (
     PciDevice,
     RdmaDevice,
     VirtualFunction,
+    XgmiLink,
 )
 
 __all__ = [
@@ -35,6 +38,8 @@ __all__ = [
     "DEFAULT_WEIGHTS",
     "Accelerator",
     "Allocation",
+    "AmdGpu",
+    "CardStack",
     "Cpu",
     "DeviceGrant",
     "DeviceKind",
@@ -55,6 +60,7 @@ __all__ = [
     "PciDevice",
     "RdmaDevice",
     "VirtualFunction",
+    "XgmiLink",
     "distance_matrix",
     "endpoint_distance",
     "endpoints",

@@ -18,6 +18,11 @@ RESOURCE_GPU_SHARED = "gedge.io/gpu-shared"
 RESOURCE_MIG_PREFIX = "gedge.io/mig-"
 RESOURCE_SRIOV_VF = "gedge.io/sriov-vf"
 RESOURCE_RDMA = "gedge.io/rdma"
+RESOURCE_AMD_GPU = "gedge.io/amd-gpu"
+RESOURCE_FPGA = "gedge.io/fpga"
+RESOURCE_ASIC = "gedge.io/asic"
+CARD_RESOURCES = (RESOURCE_AMD_GPU, RESOURCE_FPGA, RESOURCE_ASIC)
+"""Whole cards granted by PCI address and placed by distance like whole NVIDIA GPUs."""
 
 _PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
@@ -41,7 +46,7 @@ def mig_profile_name(resource: str) -> str:
 
 
 def is_known_resource(name: str) -> bool:
-    if name in (RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_SRIOV_VF, RESOURCE_RDMA):
+    if name in (RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_SRIOV_VF, RESOURCE_RDMA, *CARD_RESOURCES):
         return True
     return name.startswith(RESOURCE_MIG_PREFIX) and bool(
         _MIG_RESOURCE_SUFFIX.match(name[len(RESOURCE_MIG_PREFIX) :])
@@ -65,7 +70,8 @@ class DeviceGrant:
     """One device-plugin device given to the pod.
 
     `id` is what the device plugin advertises to kubelet: a GPU UUID, a MIG UUID,
-    `<gpu uuid>::<replica>` for a time-slice, a VF's PCI address, an RDMA device name.
+    `<gpu uuid>::<replica>` for a time-slice, a VF's PCI address, an RDMA device name,
+    an AMD GPU's or FPGA/ASIC card's PCI address.
     """
 
     resource: str

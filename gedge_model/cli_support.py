@@ -8,11 +8,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Mapping
 
 import structlog
+
+
+def project_version() -> str:
+    """The installed distribution's version (pyproject.toml `version`), or "unknown" when run uninstalled."""
+    try:
+        return importlib.metadata.version("gedge-accel")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def run_lazy_cli(
@@ -32,6 +41,7 @@ def run_lazy_cli(
         epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {project_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, summary in commands.items():
         if name == chosen:

@@ -46,14 +46,25 @@ DEFAULT_WEIGHTS: Mapping[Level, float] = {
 }
 
 
+XGMI_LABEL = "XGMI"
+
+
 @dataclass(frozen=True)
 class Distance:
+    """A level; for NV, the bonded NVLink count, or `xgmi` for AMD GPUs linked in one XGMI hive.
+
+    XGMI is the NV level (same weight): a bonded GPU-GPU link, printed `XGMI` as rocm-smi does.
+    """
+
     level: Level
     nvlinks: int = 0
+    xgmi: bool = False
 
     @property
     def label(self) -> str:
-        return f"NV{self.nvlinks}" if self.level is Level.NV else self.level.value
+        if self.level is not Level.NV:
+            return self.level.value
+        return XGMI_LABEL if self.xgmi else f"NV{self.nvlinks}"
 
     def weight(self, weights: Mapping[Level, float] = DEFAULT_WEIGHTS) -> float:
         return weights[self.level]
@@ -62,6 +73,8 @@ class Distance:
     def parse(cls, label: str) -> Distance:
         """Inverse of `label`; raises ValueError naming the bad label."""
         text = label.strip().upper()
+        if text == XGMI_LABEL:
+            return cls(Level.NV, xgmi=True)
         if text.startswith("NV") and text[2:].isdigit():
             return cls(Level.NV, int(text[2:]))
         try:
@@ -93,6 +106,9 @@ class Endpoint:
     numa_node: int | None
 
 
+XGMI_LEGEND = "Connection traversing AMD Infinity Fabric (XGMI) links between GPUs of one hive"
+
+
 def cpu_endpoint_label(numa_node: int) -> str:
     return f"CPU{numa_node}"
 
@@ -110,7 +126,24 @@ def endpoints(topology: NodeTopology) -> tuple[Endpoint, ...]:
         result.append(
             Endpoint(f"GPU{gpu.index}", DeviceKind.GPU, gpu.uuid, gpu.pci_address, numa_of(gpu.pci_address))
         )
+    # AMD GPUs follow, numbered on from the NVIDIA ones (on an AMD-only node: rocm-smi's GPU[i])
+    offset = max((g.index + 1 for g in topology.gpus), default=0)
+    nvidia = set(gpu_addresses)
+    for amd in sorted(topology.amd_gpus, key=lambda g: g.index):
+        if amd.pci_address in nvidia:
+            continue
+        gpu_addresses.add(amd.pci_address)
+        result.append(
+            Endpoint(
+                f"GPU{offset + amd.index}",
+                DeviceKind.GPU,
+                amd.device_id,
+                amd.pci_address,
+                numa_of(amd.pci_address),
+            )
+        )
     counters: dict[DeviceKind, int] = {DeviceKind.GPU: len(result)}
+    companions = {f for acc in topology.accelerators for f in acc.functions}
 
     def add(kind: DeviceKind, name: str, address: str) -> None:
         n = counters.get(kind, 0)
@@ -118,7 +151,7 @@ def endpoints(topology: NodeTopology) -> tuple[Endpoint, ...]:
         result.append(Endpoint(f"{kind.value}{n}", kind, name, address, numa_of(address)))
 
     for acc in sorted(topology.accelerators, key=lambda a: a.pci_address):
-        if acc.pci_address not in gpu_addresses:
+        if acc.pci_address not in gpu_addresses and acc.pci_address not in companions:
             add(acc.kind, acc.pci_address, acc.pci_address)
     for nic in sorted(topology.interfaces, key=lambda i: i.pci_address):
         if nic.physfn is None:
@@ -142,6 +175,8 @@ def pci_distance(topology: NodeTopology, a: str, b: str) -> Distance:
     links = nvlink_count(topology, a, b)
     if links:
         return Distance(Level.NV, links)
+    if xgmi_linked(topology, a, b):
+        return Distance(Level.NV, xgmi=True)
     dev_a, dev_b = topology.pci(a), topology.pci(b)
     if dev_a is None or dev_b is None:
         return Distance(Level.SYS)
@@ -199,6 +234,12 @@ def nvlink_count(topology: NodeTopology, a: str, b: str) -> int:
     if gpu is None:
         return 0
     return sum(link.links for link in gpu.nvlinks if link.peer_pci_address == b)
+
+
+def xgmi_linked(topology: NodeTopology, a: str, b: str) -> bool:
+    """Whether KFD reports an XGMI io_link between the AMD GPUs at PCI addresses a and b."""
+    gpu = topology.amd_gpu_by_pci(a)
+    return gpu is not None and any(link.peer_pci_address == b for link in gpu.xgmi_links)
 
 
 def endpoint_distance(topology: NodeTopology, a: Endpoint, b: Endpoint) -> Distance:

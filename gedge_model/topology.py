@@ -116,14 +116,47 @@ class NvmeDevice:
     model: str | None = None
 
 
+class CardStack(StrEnum):
+    """The driver stack that hands an FPGA/ASIC card to user space, named after its device nodes."""
+
+    DFL = "dfl"
+    """Linux DFL (Intel FPGA PAC, Stratix 10, Agilex): /dev/dfl-port.N."""
+    OPAE = "opae"
+    """Intel's out-of-tree OPAE driver: /dev/intel-fpga-port.N."""
+    XRT = "xrt"
+    """Xilinx/AMD XRT (Alveo): the user function's /dev/dri/renderDN plus /dev/xclmgmtN."""
+    VFIO = "vfio"
+    """Any card bound to vfio-pci: /dev/vfio/<iommu group> plus /dev/vfio/vfio."""
+
+
 @dataclass(frozen=True)
 class Accelerator:
-    """A PCI function that computes: GPU/display controller, processing accelerator, FPGA."""
+    """A PCI function that computes: GPU/display controller, processing accelerator, FPGA.
+
+    FPGA and ASIC cards whose vendor stack is found (`stack`) are allocatable as
+    `gedge.io/fpga` / `gedge.io/asic` under their PCI address; `device_nodes` are
+    the /dev paths a container needs, `functions` the card's other PCI functions
+    (an Alveo's management function) that go with it.
+    """
 
     pci_address: str
     kind: DeviceKind
     vendor_id: int
     device_id: int
+    stack: CardStack | None = None
+    device_nodes: tuple[str, ...] = ()
+    functions: tuple[str, ...] = ()
+    driver: str | None = None
+    missing_nodes: tuple[str, ...] = ()
+    """Of `device_nodes`, those the node's /dev lacks: the card cannot be given until they appear."""
+
+    @property
+    def allocatable(self) -> bool:
+        return (
+            self.stack is not None
+            and self.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
+            and not self.missing_nodes
+        )
 
 
 @dataclass(frozen=True)
@@ -171,6 +204,56 @@ class Gpu:
 
 
 @dataclass(frozen=True)
+class XgmiLink:
+    """A KFD io_link of type XGMI from one AMD GPU to another of its hive."""
+
+    peer_pci_address: str
+    weight: int = 15
+    """KFD's link weight: 15 per hop inside the hive (rocm-smi's "Weight between two GPUs")."""
+
+
+@dataclass(frozen=True)
+class AmdGpu:
+    """An AMD GPU as ROCm's KFD topology shows it (/sys/class/kfd/kfd/topology/nodes/N).
+
+    `index` numbers the KFD GPU nodes in node order, as rocm-smi's GPU[i];
+    `render_minor` is N of /dev/dri/renderDN; `hive_id` is the XGMI hive (hex, None alone).
+    """
+
+    index: int
+    pci_address: str
+    kfd_node: int
+    gpu_id: int
+    name: str = ""
+    gfx_target_version: int | None = None
+    render_minor: int | None = None
+    unique_id: str | None = None
+    hive_id: str | None = None
+    xgmi_links: tuple[XgmiLink, ...] = ()
+    missing_nodes: tuple[str, ...] = ()
+    """Of /dev/kfd and the render node, those the node's /dev lacks."""
+    partition: int | None = None
+    """Set when the PCI function shows as several KFD nodes (an MI300X in DPX/CPX compute
+    partition mode): this node's place among them, in node order."""
+
+    @property
+    def device_id(self) -> str:
+        """The device plugin's id: the PCI address, `<address>::<partition>` for a partition."""
+        return self.pci_address if self.partition is None else f"{self.pci_address}::{self.partition}"
+
+    @property
+    def device_nodes(self) -> tuple[str, ...]:
+        """What a container needs: /dev/kfd and the GPU's render node (empty when its number is unknown)."""
+        if self.render_minor is None:
+            return ()
+        return ("/dev/kfd", f"/dev/dri/renderD{self.render_minor}")
+
+    @property
+    def allocatable(self) -> bool:
+        return self.render_minor is not None and not self.missing_nodes
+
+
+@dataclass(frozen=True)
 class NodeTopology:
     node_name: str
     cpus: tuple[Cpu, ...] = ()
@@ -181,6 +264,7 @@ class NodeTopology:
     nvme_devices: tuple[NvmeDevice, ...] = ()
     accelerators: tuple[Accelerator, ...] = ()
     gpus: tuple[Gpu, ...] = ()
+    amd_gpus: tuple[AmdGpu, ...] = ()
     reserved_cpus: tuple[int, ...] = ()
     """CPUs kept for the system (kubelet's reservedSystemCPUs, the agent's `reserved_cpus`): never
     pinned, always in the shared pool. Ascending."""
@@ -194,6 +278,22 @@ class NodeTopology:
 
     def gpu_by_pci(self, address: str) -> Gpu | None:
         return self._gpu_by_pci.get(address)
+
+    def amd_gpu_by_pci(self, address: str) -> AmdGpu | None:
+        return self._amd_by_pci.get(address)
+
+    @property
+    def cards(self) -> tuple[Accelerator, ...]:
+        """Allocatable FPGA and ASIC cards, by PCI address."""
+        return tuple(sorted((a for a in self.accelerators if a.allocatable), key=lambda a: a.pci_address))
+
+    @cached_property
+    def _amd_by_pci(self) -> dict[str, AmdGpu]:
+        """The first KFD node of each PCI function (its first partition)."""
+        found: dict[str, AmdGpu] = {}
+        for gpu in sorted(self.amd_gpus, key=lambda g: g.index):
+            found.setdefault(gpu.pci_address, gpu)
+        return found
 
     @cached_property
     def _pci_by_address(self) -> dict[str, PciDevice]:

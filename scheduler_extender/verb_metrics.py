@@ -19,7 +19,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gedge_model import Allocation, NodeTopology
-from gedge_model.allocation import RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_MIG_PREFIX
+from gedge_model.allocation import CARD_RESOURCES, RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_MIG_PREFIX
 from gedge_model.distance import Endpoint, Level, endpoint_distance
 from gedge_model.driver import ANNOTATION_MIN_DRIVER
 from gedge_model.topology import DeviceKind
@@ -30,6 +30,9 @@ REFUSAL_CLASSES = (
     "insufficient-mig",
     "insufficient-vf",
     "insufficient-rdma",
+    "insufficient-amd-gpu",
+    "insufficient-fpga",
+    "insufficient-asic",
     "insufficient-nic",
     "insufficient-cpu",
     "missing-accelerator",
@@ -62,6 +65,9 @@ _SHORTFALLS = (
     (RESOURCE_MIG_PREFIX, "insufficient-mig"),
     ("gedge.io/sriov-vf (", "insufficient-vf"),
     ("gedge.io/rdma (", "insufficient-rdma"),
+    ("gedge.io/amd-gpu (", "insufficient-amd-gpu"),
+    ("gedge.io/fpga (", "insufficient-fpga"),
+    ("gedge.io/asic (", "insufficient-asic"),
     ("a data-path NIC", "insufficient-nic"),
     ("pinned CPUs (", "insufficient-cpu"),
 )
@@ -109,7 +115,10 @@ def bind_failure_class(error: str) -> str:
 
 
 def _gpu_resource(resource: str) -> bool:
-    return resource in (RESOURCE_GPU, RESOURCE_GPU_SHARED) or resource.startswith(RESOURCE_MIG_PREFIX)
+    """The compute side of a pair: NVIDIA GPUs, MIG, AMD GPUs and FPGA/ASIC cards alike."""
+    return resource in (RESOURCE_GPU, RESOURCE_GPU_SHARED, *CARD_RESOURCES) or resource.startswith(
+        RESOURCE_MIG_PREFIX
+    )
 
 
 def allocation_pairs(topology: NodeTopology, allocation: Allocation) -> list[tuple[str, Level]]:

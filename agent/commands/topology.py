@@ -13,7 +13,7 @@ import yaml
 from agent.discovery import discover
 from agent.discovery.sysfs import format_cpulist
 from gedge_model import DEFAULT_WEIGHTS, DeviceKind, Endpoint, Level, NodeTopology, distance_matrix, to_json
-from gedge_model.distance import LEGEND, parse_weights
+from gedge_model.distance import LEGEND, XGMI_LABEL, XGMI_LEGEND, parse_weights
 
 _LEGEND_ORDER = (Level.X, Level.SYS, Level.NODE, Level.PHB, Level.PXB, Level.PIX, Level.NV)
 
@@ -86,7 +86,7 @@ def render(topology: NodeTopology, weights: Mapping[Level, float] = DEFAULT_WEIG
         [
             *render_matrix(topology),
             "",
-            *_legend(weights),
+            *_legend(weights, xgmi=any(g.xgmi_links for g in topology.amd_gpus)),
             "",
             *_device_legend(topology),
             *_summary(topology),
@@ -129,11 +129,13 @@ def _affinity(topology: NodeTopology, point: Endpoint) -> tuple[str, str]:
     return format_cpulist(local) or "N/A", "N/A"
 
 
-def _legend(weights: Mapping[Level, float]) -> list[str]:
+def _legend(weights: Mapping[Level, float], xgmi: bool = False) -> list[str]:
     lines = ["Legend:", ""]
     for level in _LEGEND_ORDER:
         name = "NV#" if level is Level.NV else level.value
         lines.append(f"  {name:<4} = {LEGEND[level]} (weight {weights[level]:g})")
+    if xgmi:
+        lines.append(f"  {XGMI_LABEL} = {XGMI_LEGEND} (weight {weights[Level.NV]:g}, as NV#)")
     return lines
 
 
@@ -142,11 +144,30 @@ def _device_legend(topology: NodeTopology) -> list[str]:
     if not points:
         return []
     lines = ["Devices:", ""]
+    cards = {a.pci_address: a for a in topology.accelerators}
+    amd_by_id = {g.device_id: g for g in topology.amd_gpus}
     for p in points:
         gpu = topology.gpu_by_pci(p.pci_address) if p.kind is DeviceKind.GPU and p.pci_address else None
+        amd = amd_by_id.get(p.name) if p.kind is DeviceKind.GPU else None
+        card = cards.get(p.pci_address or "")
         what = f"{gpu.name} {gpu.uuid}" if gpu is not None else p.name
         if gpu is not None and gpu.mig_current:
             what += f" MIG ({len(gpu.mig_instances)} instances)"
+        if amd is not None:
+            what = f"AMD {amd.name or 'GPU'} (KFD node {amd.kfd_node}"
+            what += f", partition {amd.partition}" if amd.partition is not None else ""
+            what += f", hive {amd.hive_id})" if amd.hive_id else ")"
+            what += " gedge.io/amd-gpu " + " ".join(amd.device_nodes)
+            if not amd.allocatable:
+                what += f" (not allocatable: missing {' '.join(amd.missing_nodes) or 'render node'})"
+        elif card is not None and card.kind in (DeviceKind.FPGA, DeviceKind.ASIC):
+            what = f"{card.vendor_id:04x}:{card.device_id:04x} driver {card.driver or 'none'}"
+            if card.stack is not None:
+                what += f" {card.stack} gedge.io/{card.kind.value.lower()} {' '.join(card.device_nodes)}"
+            if card.missing_nodes:
+                what += f" (not allocatable: missing {' '.join(card.missing_nodes)})"
+            elif card.stack is None:
+                what += " (no known device nodes: not allocatable)"
         lines.append(f"  {p.label}: {what} ({p.pci_address})")
     lines.append("")
     return lines
@@ -161,7 +182,10 @@ def _summary(topology: NodeTopology) -> list[str]:
         f"  CPUs: {len(online)} online ({format_cpulist(online) or '-'}), "
         f"{len(offline)} offline ({format_cpulist(offline) or '-'})",
         f"  NUMA nodes: {len(nodes)} ({format_cpulist(nodes) or '-'})",
-        f"  PCI devices: {len(topology.pci_devices)}; GPUs: {len(topology.gpus)}; "
+        f"  PCI devices: {len(topology.pci_devices)}; GPUs: {len(topology.gpus)}"
+        + (f" NVIDIA, {len(topology.amd_gpus)} AMD" if topology.amd_gpus else "")
+        + (f"; FPGA/ASIC cards: {len(topology.cards)}" if topology.cards else "")
+        + "; "
         f"network interfaces: {len(topology.interfaces)}; RDMA: {len(topology.rdma_devices)}; "
         f"NVMe: {len(topology.nvme_devices)}",
         f"  Warnings: {len(topology.warnings)}",

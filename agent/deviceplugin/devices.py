@@ -13,8 +13,11 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from gedge_model import Gpu, NodeTopology
+from gedge_model import DeviceKind, Gpu, NodeTopology
 from gedge_model.allocation import (
+    RESOURCE_AMD_GPU,
+    RESOURCE_ASIC,
+    RESOURCE_FPGA,
     RESOURCE_GPU,
     RESOURCE_GPU_SHARED,
     RESOURCE_RDMA,
@@ -64,8 +67,43 @@ class PluginDevice:
     gpu: GpuRef | None = None
     mig: MigRef | None = None
     pci_address: str | None = None
-    """The VF's or RDMA device's PCI function."""
+    """The VF's, RDMA device's, AMD GPU's or card's PCI function."""
     rdma_name: str | None = None
+    device_nodes: tuple[str, ...] = ()
+    """/dev paths a container gets for an AMD GPU or an FPGA/ASIC card (all must exist at Allocate)."""
+
+
+CARD_RESOURCE = {DeviceKind.FPGA: RESOURCE_FPGA, DeviceKind.ASIC: RESOURCE_ASIC}
+
+
+def _card_devices(topology: NodeTopology) -> list[PluginDevice]:
+    """AMD GPUs (/dev/kfd and the GPU's render node) and FPGA/ASIC cards (their stack's nodes)."""
+    out = []
+    for amd in topology.amd_gpus:
+        if not amd.allocatable:
+            continue  # discovery warned: no render node known, or its device nodes are missing
+        nodes = amd.device_nodes
+        numa = _numa(topology, amd.pci_address)
+        out.append(
+            PluginDevice(
+                RESOURCE_AMD_GPU,
+                amd.device_id,
+                numa_node=numa,
+                pci_address=amd.pci_address,
+                device_nodes=nodes,
+            )
+        )
+    for card in topology.cards:
+        out.append(
+            PluginDevice(
+                CARD_RESOURCE[card.kind],
+                card.pci_address,
+                numa_node=_numa(topology, card.pci_address),
+                pci_address=card.pci_address,
+                device_nodes=card.device_nodes,
+            )
+        )
+    return out
 
 
 def timeslice_id(gpu_uuid: str, replica: int) -> str:
@@ -128,6 +166,7 @@ def plugin_devices(
             found.append(
                 PluginDevice(RESOURCE_SRIOV_VF, vf.pci_address, numa_node=numa, pci_address=vf.pci_address)
             )
+    found += _card_devices(topology)
     for rdma in topology.rdma_devices:
         found.append(
             PluginDevice(

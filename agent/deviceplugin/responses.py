@@ -2,7 +2,10 @@
 
 GPUs follow NVIDIA's device plugin (NVIDIA_VISIBLE_DEVICES with GPU or MIG
 UUIDs plus /dev/nvidia* specs), VFs and RDMA devices follow the SR-IOV device
-plugin (PCIDEVICE_<RESOURCE> with PCI addresses, /dev/infiniband nodes).
+plugin (PCIDEVICE_<RESOURCE> with PCI addresses, /dev/infiniband nodes). AMD GPUs
+and FPGA/ASIC cards get PCIDEVICE_<RESOURCE> and exactly their own device nodes
+(/dev/kfd and the GPU's /dev/dri/renderDN, as ROCm's device plugin does; the
+card's DFL/OPAE port, XRT render and management nodes, or VFIO group).
 """
 
 from __future__ import annotations
@@ -89,6 +92,17 @@ def _rdma_response(
     )
 
 
+def _nodes_response(
+    resource: str, devices: Sequence[PluginDevice], host: HostDevices
+) -> api_pb2.ContainerAllocateResponse:
+    paths = [
+        _required(host, path, f"{resource} {device.id}") for device in devices for path in device.device_nodes
+    ]
+    return api_pb2.ContainerAllocateResponse(
+        envs=_pci_env(resource, devices), devices=[_spec(p) for p in dict.fromkeys(paths)]
+    )
+
+
 def container_response(
     resource: str, devices: Sequence[PluginDevice], host: HostDevices
 ) -> api_pb2.ContainerAllocateResponse:
@@ -97,4 +111,6 @@ def container_response(
         return _gpu_response(devices, host)
     if any(d.rdma_name is not None for d in devices):
         return _rdma_response(resource, devices, host)
+    if any(d.device_nodes for d in devices):
+        return _nodes_response(resource, devices, host)
     return api_pb2.ContainerAllocateResponse(envs=_pci_env(resource, devices))

@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from agent.discovery.accelerators import find_accelerators
+from agent.discovery.amd import read_amd_gpus
+from agent.discovery.cards import with_cards
 from agent.discovery.cpus import read_cpus
 from agent.discovery.net import read_interfaces, read_nvme, read_rdma
 from agent.discovery.nvml import GpuSource, NvmlGpuSource
@@ -58,8 +60,9 @@ def discover(
         interfaces=interfaces,
         rdma_devices=read_rdma(fs, by_address, interfaces),
         nvme_devices=read_nvme(fs, by_address),
-        accelerators=find_accelerators(pci),
+        accelerators=with_cards(fs, find_accelerators(pci), by_address, paths),
         gpus=gpus,
+        amd_gpus=read_amd_gpus(fs, by_address, paths),
         reserved_cpus=reserved,
         warnings=tuple(fs.warnings),
     )

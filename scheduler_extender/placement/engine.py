@@ -29,6 +29,10 @@ Decisions worth knowing:
   device ids come from each node's own index.
 - `topology_aware` false: first free devices and CPUs in id order, still
   exclusive and still priced.
+- Whole cards (`gedge.io/amd-gpu`, `fpga`, `asic`) sit in the index's device
+  list beside the NVIDIA GPUs and are priced by the same pair distances (XGMI at
+  the NV level): the first kind a pod asks for is chosen like whole GPUs, every
+  further kind grows greedily nearest to the devices already chosen.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from itertools import combinations
 
 from gedge_model import DEFAULT_WEIGHTS, Allocation, DeviceGrant, Level, NetworkGrant, NodeState
 from gedge_model.allocation import (
+    CARD_RESOURCES,
     RESOURCE_GPU,
     RESOURCE_GPU_SHARED,
     RESOURCE_MIG_PREFIX,
@@ -130,6 +135,9 @@ class _Free:
     """The node's free devices and CPUs, by kind; filtered copies serve the NUMA-bound policies."""
 
     whole: list[int]
+    """Free whole NVIDIA GPUs (positions)."""
+    cards: dict[str, list[int]]
+    """Card resource (gedge.io/amd-gpu, fpga, asic) -> free positions in the index's device list."""
     replicas: dict[int, list[str]]
     migs: dict[str, list[tuple[int, str]]]
     vfs: list[tuple[NetEntry, list[str]]]
@@ -151,6 +159,7 @@ class _Free:
         gpus = index.gpus
         return _Free(
             whole=[p for p in self.whole if ok(gpus[p].numa)],
+            cards={r: [p for p in ps if ok(gpus[p].numa)] for r, ps in self.cards.items()},
             replicas={p: ids for p, ids in self.replicas.items() if ok(gpus[p].numa)},
             migs={k: [(p, u) for p, u in v if ok(gpus[p].numa)] for k, v in self.migs.items()},
             vfs=[(g, m) for g, m in self.vfs if ok(g.numa)],
@@ -234,9 +243,14 @@ def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[All
             mig_busy.update(index.gpu_by_mig[i] for i in ids if i in index.gpu_by_mig)
 
     whole: list[int] = []
+    cards: dict[str, list[int]] = {}
     replicas: dict[int, list[str]] = {}
     migs: dict[str, list[tuple[int, str]]] = {}
     for gpu in index.gpus:
+        if gpu.resource != RESOURCE_GPU:
+            if gpu.uuid not in used.get(gpu.resource, ()):
+                cards.setdefault(gpu.resource, []).append(gpu.pos)
+            continue
         if gpu.mig_mode:
             for uuid, profile in gpu.migs:
                 if uuid not in mig_used:
@@ -277,6 +291,7 @@ def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[All
     gpus = index.gpus
     key = (
         tuple(whole),
+        tuple(sorted((r, tuple(ps)) for r, ps in cards.items())),
         tuple((pos, tuple(gpus[pos].replica_ids.index(r) for r in ids)) for pos, ids in replicas.items()),
         tuple(
             (profile, tuple((pos, [u for u, _ in gpus[pos].migs].index(uuid)) for pos, uuid in found))
@@ -288,6 +303,7 @@ def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[All
     )
     return _Free(
         whole=whole,
+        cards=cards,
         replicas=replicas,
         migs=migs,
         vfs=vfs,
@@ -309,8 +325,11 @@ def free_capacity(state: NodeState, reserved: Iterable[Allocation] = ()) -> Mapp
     index = topology_index(state.topology)
     free = _free(index, state, reserved)
     out: dict[str, int] = {}
-    if index.gpus:
+    if any(g.resource == RESOURCE_GPU for g in index.gpus):
         out[RESOURCE_GPU] = len(free.whole)
+    for gpu in index.gpus:
+        if gpu.resource != RESOURCE_GPU:
+            out[gpu.resource] = len(free.cards.get(gpu.resource, ()))
     if any(g.replica_ids for g in index.gpus):
         out[RESOURCE_GPU_SHARED] = free.free_replicas()
     for gpu in index.gpus:
@@ -395,6 +414,7 @@ def _describe(request: PodRequest) -> str:
     if request.gpu_shared:
         parts.append(f"{request.gpu_shared} {RESOURCE_GPU_SHARED}")
     parts += [f"{n} {mig_resource_name(p)}" for p, n in request.mig]
+    parts += [f"{n} {resource}" for resource, n in request.cards]
     needs = _needs(request)
     if needs.vfs:
         parts.append(f"{needs.vfs} {RESOURCE_SRIOV_VF}")
@@ -418,6 +438,8 @@ def _shortfalls(request: PodRequest, free: _Free) -> list[str]:
     check(request.gpu_shared, free.free_replicas(), RESOURCE_GPU_SHARED)
     for profile, n in request.mig:
         check(n, len(free.migs.get(profile, ())), mig_resource_name(profile))
+    for resource, n in request.cards:
+        check(n, len(free.cards.get(resource, ())), resource)
     check(needs.vfs, free.free_vfs(), RESOURCE_SRIOV_VF)
     check(needs.rdmas, len(free.rdmas), RESOURCE_RDMA)
     if needs.optional_vf and not free.vfs and not free.nics:
@@ -447,7 +469,7 @@ class _Search:
         request = self.request
         picks = [_GpuPick((), (), 0.0, 0.0)]
         if request.gpus:
-            picks = self._whole(free)
+            picks = self._whole(free.whole, request.gpus, RESOURCE_GPU)
         if request.gpu_shared:
             units = [(RESOURCE_GPU_SHARED, rid, pos) for pos, ids in free.replicas.items() for rid in ids]
             rank = self._replica_rank(free)
@@ -466,7 +488,16 @@ class _Search:
             for profile, count in request.mig:
                 units = [(mig_resource_name(profile), uuid, pos) for pos, uuid in free.migs.get(profile, ())]
                 picks = [ext for pick in picks for ext in self._extend(pick, units, count, left)]
-        if len(picks) > 1 and (request.gpu_shared or request.mig):
+        for resource, count in request.cards:
+            if not picks:
+                break
+            pool = free.cards.get(resource, [])
+            if not picks[0].gpus:
+                picks = self._whole(pool, count, resource)
+                continue
+            units = [(resource, self.index.gpus[pos].uuid, pos) for pos in pool]
+            picks = [ext for pick in picks for ext in self._extend(pick, units, count, {})]
+        if len(picks) > 1 and (request.gpu_shared or request.mig or request.cards):
             picks = self._distinct(picks)
         return picks
 
@@ -492,10 +523,9 @@ class _Search:
         pairs = self.priced.gpu_pairs
         return sum(pairs[a][b] for a, b in combinations(gpus, 2))
 
-    def _whole(self, free: _Free) -> list[_GpuPick]:
-        """Whole-GPU sets: every combination while few (else grown from each seed), one per class."""
-        n = self.request.gpus
-        pool = free.whole
+    def _whole(self, pool: list[int], n: int, resource: str) -> list[_GpuPick]:
+        """Sets of n whole devices from `pool` (NVIDIA GPUs or one card resource): every combination
+        while few (else grown from each seed), one per class."""
         if len(pool) < n:
             return []
         gpus, classes = self.index.gpus, self.index.gpu_class
@@ -506,7 +536,7 @@ class _Search:
         frag_of = {p: group_free[gpus[p].group] for p in pool}
 
         def pick(ordered: tuple[int, ...], cost: float) -> _GpuPick:
-            grants = tuple((RESOURCE_GPU, gpus[p].uuid, p) for p in ordered)
+            grants = tuple((resource, gpus[p].uuid, p) for p in ordered)
             return _GpuPick(grants, ordered, float(sum(frag_of[p] for p in ordered)), cost)
 
         if not self.aware:
@@ -837,7 +867,10 @@ def _narrowest_span(index: TopologyIndex, request: PodRequest) -> int:
         return out
 
     spans = [
-        _min_span(per_numa(g.numa for g in index.gpus if not g.mig_mode), request.gpus),
+        _min_span(
+            per_numa(g.numa for g in index.gpus if g.resource == RESOURCE_GPU and not g.mig_mode),
+            request.gpus,
+        ),
         _min_span(per_numa(g.numa for g in index.gpus for _ in g.replica_ids), request.gpu_shared),
         _min_span(per_numa(g.numa for g in index.vf_groups for _ in g.members), needs.vfs),
         _min_span(per_numa(r.numa for r in index.rdmas), needs.rdmas),
@@ -850,6 +883,8 @@ def _narrowest_span(index: TopologyIndex, request: PodRequest) -> int:
             request.cpus,
         ),
     ]
+    for resource, count in request.cards:
+        spans.append(_min_span(per_numa(g.numa for g in index.gpus if g.resource == resource), count))
     for profile, count in request.mig:
         spans.append(
             _min_span(per_numa(g.numa for g in index.gpus for _, p in g.migs if p == profile), count)
@@ -945,7 +980,8 @@ def _plan(index: TopologyIndex, free: _Free, request: PodRequest, config: Placem
             return f"needs an {kind} (gedge.io/compute), none on this node"
     short = _shortfalls(request, free)
     if short:
-        return "needs " + "; ".join(short)
+        unusable = [index.unusable[r] for r, _ in request.cards if r in index.unusable]
+        return "needs " + "; ".join(short) + "".join(f" (not allocatable: {why})" for why in unusable)
     search = _Search(index, request, config)
     policy = request.policy if request.topology_aware else "best-effort"
     if policy == "best-effort":
@@ -965,7 +1001,7 @@ def _plan(index: TopologyIndex, free: _Free, request: PodRequest, config: Placem
     gpus = index.gpus
     devices: list[tuple[str, int, int]] = []
     for resource, device_id, pos in choice.pick.grants:
-        if resource == RESOURCE_GPU:
+        if resource == RESOURCE_GPU or resource in CARD_RESOURCES:
             devices.append((resource, pos, -1))
         elif resource == RESOURCE_GPU_SHARED:
             devices.append((resource, pos, gpus[pos].replica_ids.index(device_id)))
@@ -998,6 +1034,8 @@ def _stranded(request: PodRequest, free: _Free) -> int:
         count += len(free.whole) + sum(len(v) for v in free.migs.values())
     if not _needs(request).rdmas:
         count += len(free.rdmas)
+    wanted = {resource for resource, _ in request.cards}
+    count += sum(len(ps) for resource, ps in free.cards.items() if resource not in wanted)
     return count
 
 
@@ -1008,6 +1046,8 @@ def _leftover(request: PodRequest, free: _Free, choice: _Choice) -> int:
         return free.free_replicas() - request.gpu_shared
     if request.mig:
         return sum(len(free.migs.get(p, ())) - n for p, n in request.mig)
+    if request.cards:
+        return sum(len(free.cards.get(r, ())) - n for r, n in request.cards)
     if choice.vfs:
         return free.free_vfs() - len(choice.vfs)
     if choice.rdmas:
@@ -1028,7 +1068,7 @@ def _grant(index: TopologyIndex, ref: tuple[str, int, int]) -> DeviceGrant:
             found = DeviceGrant(resource, rdma.ident, rdma.pci, None if rdma.numa == NO_NUMA else rdma.numa)
         else:
             gpu = index.gpus[owner]
-            if resource == RESOURCE_GPU:
+            if resource == RESOURCE_GPU or resource in CARD_RESOURCES:
                 device_id = gpu.uuid
             elif resource == RESOURCE_GPU_SHARED:
                 device_id = gpu.replica_ids[member]

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from gedge_model import DeviceKind, Level, NodeTopology, pci_distance
+from gedge_model.allocation import RESOURCE_AMD_GPU, RESOURCE_ASIC, RESOURCE_FPGA, RESOURCE_GPU
 
 LEVELS: tuple[Level, ...] = tuple(Level)
 """Levels by ordinal, closest first: the engine stores ordinals and compares them."""
@@ -43,6 +44,9 @@ class GpuEntry:
     """(instance uuid, profile) of existing MIG instances, in placement order."""
     group: tuple[str, ...]
     """The PCIe switch (or host bridge) the GPU hangs off: GPUs sharing it fragment together."""
+    resource: str = RESOURCE_GPU
+    """gedge.io/gpu for NVIDIA GPUs; whole cards (AMD GPUs, FPGA, ASIC) sit in the same list, placed
+    by the same distances, under their own resource and granted by `uuid` (their PCI address)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,8 @@ class TopologyIndex:
     gpu_by_uuid: Mapping[str, int]
     gpu_by_mig: Mapping[str, int]
     accelerator_kinds: frozenset[str]
+    unusable: Mapping[str, str] = field(default_factory=dict)
+    """Card resource -> why the node has such devices it cannot give (device nodes missing, ...)."""
     gpu_class: tuple[int, ...] = ()
     """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
     cpu_numa: Mapping[int, int] = field(default_factory=dict)
@@ -202,6 +208,41 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         )
         for pos, gpu in enumerate(gpus_sorted)
     )
+    card_addresses = [
+        (RESOURCE_AMD_GPU, g.device_id, g.pci_address)
+        for g in sorted(topology.amd_gpus, key=lambda g: g.index)
+        if g.allocatable
+    ]
+    card_addresses += [
+        (RESOURCE_FPGA if c.kind is DeviceKind.FPGA else RESOURCE_ASIC, c.pci_address, c.pci_address)
+        for c in topology.cards
+    ]
+    unusable: dict[str, list[str]] = {}
+    for amd in topology.amd_gpus:
+        if not amd.allocatable:
+            why = f"lacks {', '.join(amd.missing_nodes)}" if amd.missing_nodes else "has no render node"
+            unusable.setdefault(RESOURCE_AMD_GPU, []).append(f"AMD GPU {amd.pci_address} {why}")
+    for acc in topology.accelerators:
+        if acc.stack is not None and acc.missing_nodes:
+            resource = RESOURCE_FPGA if acc.kind is DeviceKind.FPGA else RESOURCE_ASIC
+            unusable.setdefault(resource, []).append(
+                f"{acc.kind.value} {acc.pci_address} lacks {', '.join(acc.missing_nodes)}"
+            )
+    first_card = len(gpus)
+    gpus += tuple(
+        GpuEntry(
+            pos=first_card + i,
+            uuid=device_id,
+            pci=address,
+            numa=_numa(topology, address),
+            mig_mode=False,
+            replica_ids=(),
+            migs=(),
+            group=_group(topology, address),
+            resource=resource,
+        )
+        for i, (resource, device_id, address) in enumerate(card_addresses)
+    )
     gpu_levels = tuple(tuple(ORDINAL[pci_distance(topology, a.pci, b.pci).level] for b in gpus) for a in gpus)
 
     def levels_to_gpus(address: str) -> tuple[int, ...]:
@@ -250,7 +291,8 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
     nets = (*vf_groups, *rdmas, *nics)
     classes: dict[tuple[int, tuple[int, ...]], int] = {}
     gpu_class = tuple(
-        classes.setdefault((g.numa, tuple(n.gpu_levels[g.pos] for n in nets)), len(classes)) for g in gpus
+        classes.setdefault((g.resource, g.numa, tuple(n.gpu_levels[g.pos] for n in nets)), len(classes))
+        for g in gpus
     )
 
     cores: dict[int, dict[tuple[int, ...], None]] = {}
@@ -279,7 +321,14 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
 
     signature = (
         tuple(
-            (g.numa, g.mig_mode, len(g.replica_ids), tuple(p for _, p in g.migs), canonical(g.group))
+            (
+                g.resource,
+                g.numa,
+                g.mig_mode,
+                len(g.replica_ids),
+                tuple(p for _, p in g.migs),
+                canonical(g.group),
+            )
             for g in gpus
         ),
         gpu_levels,
@@ -302,6 +351,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
                 a.kind.value for a in topology.accelerators if a.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
             )
         ),
+        tuple(sorted((r, tuple(why)) for r, why in unusable.items())),
     )
     return TopologyIndex(
         node=topology.node_name,
@@ -317,6 +367,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         accelerator_kinds=frozenset(
             a.kind.value for a in topology.accelerators if a.kind in (DeviceKind.FPGA, DeviceKind.ASIC)
         ),
+        unusable={resource: "; ".join(why) for resource, why in unusable.items()},
         gpu_class=gpu_class,
         cpu_numa={cpu: numa for numa, found in core_map.items() for core in found for cpu in core},
         reserved_cpus=reserved,

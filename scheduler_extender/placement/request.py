@@ -18,6 +18,8 @@ from typing import Any
 from kubernetes.utils import parse_quantity
 
 from gedge_model.allocation import (
+    CARD_RESOURCES,
+    RESOURCE_AMD_GPU,
     RESOURCE_GPU,
     RESOURCE_GPU_SHARED,
     RESOURCE_MIG_PREFIX,
@@ -64,6 +66,8 @@ class PodRequest:
     """(profile like "1g.10gb", count), sorted by profile."""
     sriov_vfs: int = 0
     rdma: int = 0
+    cards: tuple[tuple[str, int], ...] = ()
+    """(resource, count) of whole AMD GPUs, FPGA and ASIC cards (`gedge.io/amd-gpu`, ...), sorted."""
     cpus: int = 0
     """Exclusive CPUs; non-zero only with cpu_pinning."""
     cpu_pinning: bool = False
@@ -83,6 +87,7 @@ class PodRequest:
             or self.mig
             or self.sriov_vfs
             or self.rdma
+            or self.cards
             or self.cpus
             or self.communication
             or self.compute
@@ -101,6 +106,7 @@ class PodRequest:
             self.mig,
             self.sriov_vfs,
             self.rdma,
+            self.cards,
             self.cpus,
             self.cpu_pinning,
             self.topology_aware,
@@ -163,12 +169,13 @@ def parse_pod_request(pod: Mapping[str, Any]) -> PodRequest:
 
     gpus = counts.get(RESOURCE_GPU, 0)
     shared = counts.get(RESOURCE_GPU_SHARED, 0)
-    if "GPU" in compute and not (gpus or shared or mig):
+    cards = tuple(sorted((r, counts[r]) for r in CARD_RESOURCES if counts.get(r, 0) > 0))
+    if "GPU" in compute and not (gpus or shared or mig or counts.get(RESOURCE_AMD_GPU, 0)):
         raise RequestError(
             label,
             ANNOTATION_COMPUTE,
             f"lists GPU but the pod requests none of {RESOURCE_GPU}, {RESOURCE_GPU_SHARED}, "
-            f"{RESOURCE_MIG_PREFIX}*",
+            f"{RESOURCE_MIG_PREFIX}*, {RESOURCE_AMD_GPU}",
         )
 
     return PodRequest(
@@ -180,6 +187,7 @@ def parse_pod_request(pod: Mapping[str, Any]) -> PodRequest:
         mig=mig,
         sriov_vfs=counts.get(RESOURCE_SRIOV_VF, 0),
         rdma=counts.get(RESOURCE_RDMA, 0),
+        cards=cards,
         cpus=cpus,
         cpu_pinning=pinning,
         topology_aware=aware,

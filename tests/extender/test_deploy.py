@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from gedge_model.allocation import (
+    CARD_RESOURCES,
     RESOURCE_GPU,
     RESOURCE_GPU_SHARED,
     RESOURCE_MIG_PREFIX,
@@ -70,7 +71,9 @@ def test_replacement_manages_every_gedge_resource_and_the_in_tree_fit_ignores_th
     assert len(names) == len(set(names))
     assert all(m["ignoredByScheduler"] is True for m in managed)
     assert all(is_known_resource(n) for n in names)
-    assert {RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_SRIOV_VF, RESOURCE_RDMA} <= set(names)
+    assert {RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_SRIOV_VF, RESOURCE_RDMA, *CARD_RESOURCES} <= set(
+        names
+    )
     migs = {n.removeprefix(RESOURCE_MIG_PREFIX) for n in names if n.startswith(RESOURCE_MIG_PREFIX)}
     for profile in ("1g.5gb", "1g.10gb", "3g.40gb", "7g.80gb", "1g.10gb.me", "2g.12gb", "7g.141gb"):
         assert profile in migs, f"MIG profile {profile} (A30/A100/H100/H200) is not managed"
