@@ -522,6 +522,18 @@ state = '{state}'
         self.kubelet.wait_until(ready, READY_TIMEOUT, f"reported Node {self.name} Ready")
         return found[0]
 
+    def registrations(self, resource: str) -> int:
+        """How many times this kubelet process registered a device plugin for `resource` (its
+        kubelet_device_plugin_registration_total metric; 0 right after a restart)."""
+        url = f"https://{self.ip}:{self.kubelet_port}/metrics"
+        with urllib.request.urlopen(url, context=self.kubelet_tls(), timeout=10) as reply:
+            text = reply.read().decode()
+        total = 0
+        for line in text.splitlines():
+            if line.startswith("kubelet_device_plugin_registration_total{") and f'"{resource}"' in line:
+                total += int(float(line.rsplit(" ", 1)[1]))
+        return total
+
     def kubelet_tls(self) -> ssl.SSLContext:
         """An admin TLS context trusted by kubelet (for its /pods or /metrics)."""
         assert self.plane.ca is not None
