@@ -134,7 +134,11 @@ def test_kubelet_restart_keeps_pods_devices_and_plugins(
     gpu_node.agent.process.wait_until(
         lambda: node.registrations(RESOURCE_GPU) >= 1, 120, "re-registered with the new kubelet"
     )
-    assert node.node().status.allocatable[RESOURCE_GPU] == "8"
+    wait_for(
+        lambda: node.node().status.allocatable.get(RESOURCE_GPU),
+        lambda count: count == "8",
+        describe=lambda count: f"{RESOURCE_GPU} allocatable {count} after the kubelet restart",
+    )
     after = core.read_namespaced_pod("before", namespace)
     assert after.status.phase == "Running"
     assert after.status.container_statuses[0].restart_count == 0
