@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from agent.apply.cgroups import remove_cgroup_tree
 from tests.e2e.cluster_objects import wait_for
@@ -625,13 +626,20 @@ def running(core: k8s.CoreV1Api, namespace: str, name: str, timeout: float = 120
     return core.read_namespaced_pod(name, namespace)
 
 
+def _log(core: k8s.CoreV1Api, namespace: str, name: str) -> str:
+    """The pod's log; empty while kubelet does not serve it (404: a restarted kubelet that has not
+    taken the pod back yet)."""
+    try:
+        return core.read_namespaced_pod_log(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return ""
+        raise
+
+
 def report(core: k8s.CoreV1Api, namespace: str, name: str) -> dict[str, str]:
     """KEY=VALUE lines the pod printed (through the API server, from the real kubelet), once complete."""
-    log = wait_for(
-        lambda: core.read_namespaced_pod_log(name, namespace),
-        lambda text: "END" in text.split(),
-        describe=str,
-    )
+    log = wait_for(lambda: _log(core, namespace, name), lambda text: "END" in text.split(), describe=str)
     return dict(line.split("=", 1) for line in log.splitlines() if "=" in line)
 
 
