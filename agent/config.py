@@ -64,6 +64,9 @@ class AgentConfig:
     nri_socket: str = "/var/run/nri/nri.sock"
     """The runtime's NRI socket: while it exists the agent is an NRI plugin and pinned containers get
     their CPUs at creation; empty: off (the pod watch alone applies cpusets)."""
+    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    """kubelet's PodResources API: what kubelet really assigned (device plugins, restart checks);
+    empty: not asked."""
     readiness_interval_s: float = 5.0
     """How often the agent re-checks that it can drive the node's cgroups (its readiness)."""
     apply: bool = True

@@ -25,6 +25,7 @@ from agent.metrics_apply import ApplyMetrics, MeteredApplier
 from agent.metrics_inventory import NodeInventoryCollector
 from agent.node_labels import NodeLabeler
 from agent.nri import NriCpusets, run_sessions
+from agent.podresources import KubeletReconciler, KubeletServedSource, Mismatch, PodResourcesClient
 from agent.podwatch import (
     PodStatusResolver,
     PodWatcher,
@@ -32,6 +33,7 @@ from agent.podwatch import (
     kubernetes_event_reporter,
     node_event_reporter,
 )
+from agent.podwatch.pods import PodView
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
 from gedge_model.cli_support import configure_logging
@@ -67,6 +69,7 @@ _FLAG_KEYS = (
     "timeslice_replicas",
     "reserved_cpus",
     "nri_socket",
+    "pod_resources_socket",
 )
 
 
@@ -140,6 +143,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--nri-socket",
         metavar="PATH",
         help="the runtime's NRI socket (default /var/run/nri/nri.sock; '' turns NRI off)",
+    )
+    parser.add_argument(
+        "--pod-resources-socket",
+        metavar="PATH",
+        help="kubelet's PodResources socket (default /var/lib/kubelet/pod-resources/kubelet.sock; '' off)",
     )
     parser.add_argument(
         "--reserved-cpus", metavar="CPULIST", help="CPUs kept for the system, never pinned (e.g. 0,1)"
@@ -324,8 +332,23 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
     store = runtime.store
     assert store is not None and parts.core is not None
     node = store.node_name
+    kubelet = PodResourcesClient(config.pod_resources_socket) if config.pod_resources_socket else None
     if parts.applier is not None:
         applier = parts.applier
+        reconcile_applier: Callable[[set[str]], object] = applier.reconcile
+        if kubelet is not None:
+            reporter = kubernetes_event_reporter(parts.core, node)
+            checker = KubeletReconciler(
+                kubelet,
+                lambda: known_allocations(applier.applied(), parts.pod_status),
+                lambda m: reporter(mismatch_view(m, node), "AllocationMismatch", m.message),
+            )
+
+            def reconcile_applier(live: set[str]) -> object:
+                report = applier.reconcile(live)
+                checker.check()
+                return report
+
         parts.watcher = PodWatcher(
             parts.core,
             node,
@@ -333,16 +356,19 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
             report=kubernetes_event_reporter(parts.core, node),
             on_change=lambda allocations: store.set_allocations(tuple(allocations)),
             observer=parts.pod_status,
-            reconcile_applier=applier.reconcile,
+            reconcile_applier=reconcile_applier,
             on_new_containers=applier.refresh_shared_pool,
             blocked=parts.gate.blocked if parts.gate is not None else None,
         )
         if parts.gate is not None:
             parts.gate.add_listener(readiness_reporter(parts, node))
         parts.watcher.start()
+    pending: Any = KubernetesPendingPodSource(parts.core, node)
+    if kubelet is not None:
+        pending = KubeletServedSource(pending, kubelet)
     parts.plugins = DevicePluginManager(
         lambda: store.current().state.topology,
-        KubernetesPendingPodSource(parts.core, node),
+        pending,
         Path(config.device_plugin_dir),
         host_root=Path(config.root),
     )
@@ -359,6 +385,17 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
     parts.labeler.start(lambda: store.current().state.topology)
     store.add_listener(parts.labeler.on_snapshot)
     log.info("kubernetes parts started", node=node, pod_watch=parts.watcher is not None)
+
+
+def known_allocations(recorded: Any, pods: PodStatusResolver | None) -> tuple[Any, ...]:
+    """What the agent holds for each pod: its checkpointed allocation, else its pod's annotation."""
+    found = {a.pod_uid: a for a in (pods.allocations() if pods is not None else ())}
+    found.update({a.pod_uid: a for a in recorded})
+    return tuple(found.values())
+
+
+def mismatch_view(mismatch: Mismatch, node: str) -> PodView:
+    return PodView(mismatch.uid or "", mismatch.namespace, mismatch.name, node, None, False, None, 0)
 
 
 def readiness_reporter(parts: NodeParts, node: str) -> Callable[[Readiness], None]:

@@ -248,6 +248,10 @@ def start_agent(root: str, node: str, port: int, workdir: Path, cgroup_root: Pat
         str(cgroup_root),
         "--cgroup-driver",
         "cgroupfs",
+        "--nri-socket",
+        "",
+        "--pod-resources-socket",
+        "",
         "--log-level",
         "warning",
     ]

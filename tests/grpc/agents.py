@@ -94,6 +94,9 @@ class AgentProcess:
             self.process.wait(10)
 
 
+ISOLATED = {"GEDGE_AGENT_NRI_SOCKET": "", "GEDGE_AGENT_POD_RESOURCES_SOCKET": ""}
+
+
 def spawn_agent(
     root: str | Path,
     node_name: str,
@@ -124,7 +127,8 @@ def spawn_agent(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **(env or {})},
+        # a test agent never joins the machine's container runtime or kubelet unless told to
+        env={**os.environ, **ISOLATED, **(env or {})},
     )
     lines: list[str] = []
     port: int | None = None
