@@ -11,6 +11,7 @@ COMMANDS: dict[str, str] = {
     "serve": "run the node agent: gRPC service, metrics, device plugins and appliers",
     "bench": "measure the acceleration on this node (data path, CPU pinning)",
     "certs": "make a CA and TLS certificates for agents and the extender (nodes without Kubernetes)",
+    "uninstall": "give the node back: release every recorded allocation, remove checkpoint and sockets",
 }
 
 EPILOG = """examples:
@@ -21,6 +22,7 @@ EPILOG = """examples:
   gedge-agent serve --node-name edge-1 --tls-cert /etc/gedge/pki/edge-1.pem \
       --tls-key /etc/gedge/pki/edge-1.key --tls-ca /etc/gedge/pki/ca.pem
   gedge-agent bench datapath --short
+  gedge-agent uninstall --config /etc/gedge/agent.yaml   # after the agent's DaemonSet is deleted
 """
 
 

@@ -14,7 +14,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-KUBERNETES_VERSION = "1.31.0"
+KUBERNETES_VERSION = "1.37.0"
 NOT_API_OBJECTS = {"Kustomization", "KubeSchedulerConfiguration"}
 """Files that are configuration, not API objects; their own tests check them."""
 EXTERNAL_KINDS = {
@@ -96,7 +96,7 @@ def test_daemonset_mounts_what_the_agent_writes() -> None:
     daemonset = next(doc for _, _, doc in DOCUMENTS if doc["kind"] == "DaemonSet")
     pod = daemonset["spec"]["template"]["spec"]
     host_paths = {v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    assert {"/sys", "/sys/fs/cgroup", "/var/lib/kubelet/device-plugins", "/var/run/netns"} <= host_paths
+    assert {"/sys", "/sys/fs/cgroup", "/var/lib/kubelet/device-plugins", "/run/netns"} <= host_paths
     assert pod["hostNetwork"] and pod["hostPID"]
     assert {"operator": "Exists"} in pod["tolerations"]
     assert pod["containers"][0]["resources"]["limits"]["memory"]
@@ -123,7 +123,9 @@ def test_kustomization_lists_every_manifest() -> None:
     listed = {str((DEPLOY / r).resolve()) for r in kustomization["resources"]}
     for resource in kustomization["resources"]:
         assert (DEPLOY / resource).exists(), f"kustomization lists missing {resource}"
-    optional = {DEPLOY / "prometheus" / "servicemonitor.yaml"}
+    # Applied on their own: the ServiceMonitor with the Prometheus Operator, the uninstall
+    # DaemonSet after `kubectl delete -k deploy/`.
+    optional = {DEPLOY / "prometheus" / "servicemonitor.yaml", DEPLOY / "uninstall" / "agent-uninstall.yaml"}
     for path, _, doc in DOCUMENTS:
         full = REPO / path
         if doc["kind"] in NOT_API_OBJECTS or full in optional or "examples" in full.parts:

@@ -10,12 +10,18 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from pyroute2 import IPRoute
+from pyroute2 import config as pyroute2_config
 from pyroute2.netlink.exceptions import NetlinkError
 
 NETNS_RUN_DIR = "/var/run/netns"
 CLONE_NEWNET = 0x40000000
 NETLINK_ROUTE = 0
 _libc = ctypes.CDLL(None, use_errno=True)
+
+# IPRoute(netns=...) forks a child that opens the socket in the namespace, and SIGTERMs it when it
+# lingers. A forked child keeps the daemon's SIGTERM handler and asyncio's signal wakeup fd, so that
+# SIGTERM reached the daemon's own loop and shut the agent down. The child resets SIGTERM first.
+pyroute2_config.disable_mp_signal = True
 
 
 class NetnsError(RuntimeError):

@@ -43,7 +43,8 @@ if complete; then
 fi
 
 mkdir -p "$cache_root"
-exec 9>"$cache_root/.build.lock"
+# One lock per pin set: builds of other pins (another checkout) do not wait on this one.
+exec 9>"$cache_root/.build-$pin_hash.lock"
 flock 9
 if complete; then
   echo "$out"
