@@ -96,9 +96,10 @@ class ResourcePlugin(api_pb2_grpc.DevicePluginServicer):
         api_pb2_grpc.add_DevicePluginServicer_to_server(self, server)
         # The socket is born in a private folder (0700) and moved into place once it is 0600: under any
         # umask no one else can connect to it, not even for a moment.
-        staging = Path(tempfile.mkdtemp(prefix=".gedge-", dir=self.socket_path.parent))
+        # Short names: a unix socket's path is bounded (108 bytes) where it is bound, not where it lands.
+        staging = Path(tempfile.mkdtemp(prefix=".g", dir=self.socket_path.parent))
         try:
-            born = staging / self.socket_path.name
+            born = staging / "s"
             server.add_insecure_port(f"unix:{born}")
             server.start()
             os.chmod(born, 0o600)

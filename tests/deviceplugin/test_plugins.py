@@ -312,7 +312,7 @@ def test_sockets_are_born_private_under_umask_0(kubelet, topology, pods, plugin_
         got = kubelet.wait_registrations(len(RESOURCES))
         modes = {r.endpoint: stat.S_IMODE((plugin_dir / r.endpoint).stat().st_mode) for r in got.values()}
         assert set(modes.values()) == {0o600}, modes
-        assert not [p.name for p in plugin_dir.iterdir() if p.name.startswith(".gedge-")]
+        assert not [p.name for p in plugin_dir.iterdir() if p.name.startswith(".g")]
     finally:
         running.stop()
 
