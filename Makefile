@@ -16,7 +16,8 @@ $(VENV)/.installed: pyproject.toml
 
 # Debian packages the tests drive for real (Prometheus for the dashboards test,
 # hwloc for the discovery benchmark, systemd-analyze for the units, buildah and
-# debootstrap for `make image`, containerd and runc to run the image).
+# debootstrap for `make image`, containerd and runc to run the image; the CNI
+# plugins, iptables and a static busybox for the e2e tests' real node).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \
@@ -27,6 +28,9 @@ system-deps:
 	  command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
 	  command -v containerd >/dev/null || missing="$$missing containerd"; \
 	  command -v runc >/dev/null || missing="$$missing runc"; \
+	  [ -x /usr/lib/cni/bridge ] || missing="$$missing containernetworking-plugins"; \
+	  command -v iptables >/dev/null || missing="$$missing iptables"; \
+	  dpkg-query -W busybox-static >/dev/null 2>&1 || missing="$$missing busybox-static"; \
 	  if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  fi; \
@@ -37,11 +41,13 @@ lint: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m protos.generate --check
 
-# etcd, kube-apiserver and kube-scheduler for the e2e tests, built from their Go
-# modules at the versions pinned in tests/e2e/controlplane and cached under
-# ~/.cache/gedge-accel/controlplane (rebuilt only when the pins change).
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet
+# (tests/e2e/controlplane), containerd, ctr and the runc shim (tests/e2e/node) for
+# the e2e tests, built from their Go modules at the pinned versions and cached
+# under ~/.cache/gedge-accel (rebuilt only when the pins change).
 e2e-binaries:
 	tests/e2e/controlplane/build.sh >/dev/null
+	tests/e2e/node/build_containerd.sh >/dev/null
 
 # The project image (Containerfile) as an OCI archive at build/gedge-accel-image.tar,
 # tagged gedge-accel:<version>, built by buildah without a Docker engine. With no

@@ -10,6 +10,7 @@ COMMANDS: dict[str, str] = {
     "topology": "print this node's topology and resource distance matrix (nvidia-smi topo -m layout)",
     "serve": "run the node agent: gRPC service, metrics, device plugins and appliers",
     "bench": "measure the acceleration on this node (data path, CPU pinning)",
+    "uninstall": "give the node back: release every recorded allocation, remove checkpoint and sockets",
 }
 
 EPILOG = """examples:
@@ -18,6 +19,7 @@ EPILOG = """examples:
   gedge-agent topology --root /tmp/snapshot # an unpacked sysfs snapshot instead of /
   gedge-agent serve --root / --node-name edge-1 --listen 0.0.0.0:50051 --metrics-listen 0.0.0.0:9400
   gedge-agent bench datapath --short
+  gedge-agent uninstall --config /etc/gedge/agent.yaml   # after the agent's DaemonSet is deleted
 """
 
 

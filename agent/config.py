@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from agent.apply.cpuset import CpusetError, parse_cpu_list
 from gedge_model.allocation import valid_ifname
 
 ENV_PREFIX = "GEDGE_AGENT_"
@@ -55,13 +56,24 @@ class AgentConfig:
     checkpoint: str = "/var/lib/gedge-agent/checkpoint.json"
     cgroup_root: str = "/sys/fs/cgroup"
     """The cgroup mount; on cgroup v1 its cpuset/ hierarchy is used."""
-    cgroup_driver: str = "systemd"
-    """kubelet's cgroup driver: systemd or cgroupfs."""
+    cgroup_driver: str = ""
+    """kubelet's cgroup driver: systemd or cgroupfs; empty: detected (kubelet_config, then the
+    kubepods tree)."""
+    kubelet_config: str = "/var/lib/kubelet/config.yaml"
+    """kubelet's config file, read for `cgroupDriver` when cgroup_driver is empty."""
+    nri_socket: str = "/var/run/nri/nri.sock"
+    """The runtime's NRI socket: while it exists the agent is an NRI plugin and pinned containers get
+    their CPUs at creation; empty: off (the pod watch alone applies cpusets)."""
+    readiness_interval_s: float = 5.0
+    """How often the agent re-checks that it can drive the node's cgroups (its readiness)."""
     apply: bool = True
     """Apply allocations (cpusets, data-path NIC); off: report only, Apply/Release refused."""
     timeslice_replicas: int = 1
     sriov_numvfs: dict[str, int] = field(default_factory=dict)
     """PF netdev -> VF count, written to the PF's sriov_numvfs at start (before discovery)."""
+    reserved_cpus: str = ""
+    """CPUs kept for the system as a Linux cpu list (`0,1` or `0-1`), as kubelet's reservedSystemCPUs:
+    never pinned, always in the shared pool, reported to the extender so it never grants them."""
     cpuset_refresh_interval_s: float = 10.0
     """Without Kubernetes: how often every container's cpuset is re-derived (new containers start on
     all CPUs, the shared pool must not include pinned ones); 0: never."""
@@ -69,6 +81,14 @@ class AgentConfig:
     @property
     def tls_enabled(self) -> bool:
         return any((self.tls_cert, self.tls_key, self.tls_ca))
+
+    @property
+    def reserved_cpu_set(self) -> frozenset[int]:
+        """`reserved_cpus` as CPU ids; ConfigError when it is not a cpu list."""
+        try:
+            return parse_cpu_list(self.reserved_cpus, what="reserved_cpus")
+        except CpusetError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def netlink_enabled(self) -> bool:
@@ -84,7 +104,12 @@ class AgentConfig:
         parse_listen(self.listen, "listen")
         if self.metrics_listen:
             parse_listen(self.metrics_listen, "metrics_listen")
-        for name in ("poll_interval_s", "full_rediscovery_interval_s", "shutdown_grace_s"):
+        for name in (
+            "poll_interval_s",
+            "full_rediscovery_interval_s",
+            "shutdown_grace_s",
+            "readiness_interval_s",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_receive_message_bytes", "max_send_message_bytes"):
@@ -92,8 +117,11 @@ class AgentConfig:
                 raise ConfigError(f"{name} must be within 1 KiB..256 MiB, got {getattr(self, name)}")
         if not 1 <= self.max_concurrent_rpcs <= 10_000:
             raise ConfigError(f"max_concurrent_rpcs must be within 1..10000, got {self.max_concurrent_rpcs}")
-        if self.cgroup_driver not in ("systemd", "cgroupfs"):
-            raise ConfigError(f"cgroup_driver must be systemd or cgroupfs, got {self.cgroup_driver!r}")
+        if self.cgroup_driver not in ("", "systemd", "cgroupfs"):
+            raise ConfigError(
+                f"cgroup_driver must be systemd, cgroupfs or empty (detect), got {self.cgroup_driver!r}"
+            )
+        self.reserved_cpu_set  # noqa: B018 (raises ConfigError when malformed)
         if self.cpuset_refresh_interval_s < 0:
             raise ConfigError(
                 f"cpuset_refresh_interval_s must be 0 (off) or positive, got {self.cpuset_refresh_interval_s}"

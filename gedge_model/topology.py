@@ -265,6 +265,9 @@ class NodeTopology:
     accelerators: tuple[Accelerator, ...] = ()
     gpus: tuple[Gpu, ...] = ()
     amd_gpus: tuple[AmdGpu, ...] = ()
+    reserved_cpus: tuple[int, ...] = ()
+    """CPUs kept for the system (kubelet's reservedSystemCPUs, the agent's `reserved_cpus`): never
+    pinned, always in the shared pool. Ascending."""
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
     def pci(self, address: str) -> PciDevice | None:
@@ -307,6 +310,11 @@ class NodeTopology:
     @property
     def online_cpus(self) -> tuple[int, ...]:
         return tuple(c.id for c in self.cpus if c.online)
+
+    @property
+    def pinnable_cpus(self) -> frozenset[int]:
+        """Online CPUs a pod may get exclusively: every online CPU but the reserved ones."""
+        return frozenset(self.online_cpus) - frozenset(self.reserved_cpus)
 
     @property
     def driver_version(self) -> str | None:

@@ -16,7 +16,7 @@ of the same allocation, once the runtime is known, attaches cgroups and NIC.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -96,6 +96,7 @@ class ApplyManager:
         reserved_cpus: Iterable[int] = (),
         reserve_unresolved: bool = False,
         on_step: Callable[[str], None] | None = None,
+        pinned_elsewhere: Callable[[], Mapping[str, frozenset[int]]] | None = None,
     ) -> None:
         self.cgroup_root = cgroup_root
         self.driver = cgroup_driver
@@ -106,6 +107,9 @@ class ApplyManager:
         self.reserved_cpus = frozenset(reserved_cpus)
         self.reserve_unresolved = reserve_unresolved
         self.on_step = on_step or _noop
+        self.pinned_elsewhere = pinned_elsewhere
+        """Pods pinned by the runtime at creation (NRI) that the checkpoint may not hold yet: pod uid ->
+        CPUs. Converging keeps them on those CPUs and off the shared pool."""
         self._lock = threading.RLock()
 
     # -- contract ---------------------------------------------------------------------------------
@@ -317,6 +321,8 @@ class ApplyManager:
             if reserved:
                 raise ApplyError(f"pod {uid}: cpus {format_cpu_list(reserved)} are reserved for the system")
             others = {c for p in data.pods if p.allocation.pod_uid != uid for c in p.allocation.cpus}
+            if self.pinned_elsewhere is not None:
+                others |= {c for pod, held in self.pinned_elsewhere().items() if pod != uid for c in held}
             taken = cpus & others
             if taken:
                 raise ApplyError(f"pod {uid}: cpus {format_cpu_list(taken)} are exclusive to another pod")
@@ -347,6 +353,10 @@ class ApplyManager:
             for p in data.pods
             if p.allocation.cpus
         }
+        if self.pinned_elsewhere is not None:
+            for uid, cpus in self.pinned_elsewhere().items():
+                if uid not in pinned and cpus:
+                    pinned[uid] = Cpuset(frozenset(cpus), allowed.mems)
         exclusive = frozenset(c for s in pinned.values() for c in s.cpus)
         shared = Cpuset(allowed.cpus - exclusive, allowed.mems)
         return {

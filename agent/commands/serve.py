@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import socket
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,13 +17,21 @@ import structlog
 
 from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver
 from agent.apply.nic import NicApplier, SriovError, set_num_vfs
+from agent.apply.readiness import ApplyGate, Readiness
 from agent.config import AgentConfig, ConfigError, load_config, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.metrics import AgentMetrics
 from agent.metrics_apply import ApplyMetrics, MeteredApplier
 from agent.metrics_inventory import NodeInventoryCollector
 from agent.node_labels import NodeLabeler
-from agent.podwatch import PodStatusResolver, PodWatcher, core_api, kubernetes_event_reporter
+from agent.nri import NriCpusets, run_sessions
+from agent.podwatch import (
+    PodStatusResolver,
+    PodWatcher,
+    core_api,
+    kubernetes_event_reporter,
+    node_event_reporter,
+)
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
 from gedge_model.cli_support import configure_logging
@@ -49,10 +60,13 @@ _FLAG_KEYS = (
     "checkpoint",
     "cgroup_root",
     "cgroup_driver",
+    "kubelet_config",
     "apply",
     "kubeconfig",
     "device_plugin_dir",
     "timeslice_replicas",
+    "reserved_cpus",
+    "nri_socket",
 )
 
 
@@ -107,7 +121,14 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device-plugin-dir", metavar="PATH", help="kubelet's device plugin folder")
     parser.add_argument("--checkpoint", metavar="FILE", help="where the applier records what it applied")
     parser.add_argument("--cgroup-root", metavar="PATH", help="cgroup mount (default /sys/fs/cgroup)")
-    parser.add_argument("--cgroup-driver", choices=("systemd", "cgroupfs"), help="kubelet's cgroup driver")
+    parser.add_argument(
+        "--cgroup-driver",
+        choices=("systemd", "cgroupfs"),
+        help="kubelet's cgroup driver (default: from --kubelet-config, else the kubepods tree)",
+    )
+    parser.add_argument(
+        "--kubelet-config", metavar="FILE", help="kubelet's config file, read for cgroupDriver"
+    )
     parser.add_argument(
         "--apply",
         action=argparse.BooleanOptionalAction,
@@ -115,6 +136,14 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="apply allocations (default); --no-apply reports only",
     )
     parser.add_argument("--timeslice-replicas", type=int, metavar="N")
+    parser.add_argument(
+        "--nri-socket",
+        metavar="PATH",
+        help="the runtime's NRI socket (default /var/run/nri/nri.sock; '' turns NRI off)",
+    )
+    parser.add_argument(
+        "--reserved-cpus", metavar="CPULIST", help="CPUs kept for the system, never pinned (e.g. 0,1)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -142,6 +171,12 @@ class NodeParts:
     watcher: PodWatcher | None = None
     plugins: DevicePluginManager | None = None
     labeler: NodeLabeler | None = None
+    nri: NriCpusets | None = None
+    """The NRI plugin's decisions, shared by its sessions; None when NRI is off or apply is off."""
+    nri_stop: threading.Event | None = None
+    nri_thread: threading.Thread | None = None
+    gate: ApplyGate | None = None
+    """Whether the node's cgroups can be driven now (driver known, kubepods tree there and writable)."""
 
 
 def make_parts(config: AgentConfig, core: Any) -> NodeParts:
@@ -154,7 +189,8 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
     if not config.apply:
         return parts
     root, version = cgroup_hierarchy(Path(config.cgroup_root))
-    driver = CgroupDriver(config.cgroup_driver)
+    parts.gate = ApplyGate(config.cgroup_driver, Path(config.kubelet_config), root)
+    driver = parts.gate.refresh().driver or CgroupDriver.SYSTEMD
     if core is not None:
         parts.pod_status = PodStatusResolver(root, driver)
     else:
@@ -166,10 +202,69 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         checkpoint_path=Path(config.checkpoint),
         resolver=parts.pod_status or parts.pod_runtimes,
         nic=NicApplier(sysfs_root=Path(config.root), host_netns=config.netns),
+        reserved_cpus=config.reserved_cpu_set,
         reserve_unresolved=core is None,
     )
     parts.manager = parts.applier
+    if config.nri_socket:
+        parts.nri = NriCpusets(
+            config.node_name or socket.gethostname(),
+            online_cpus=lambda: frozenset(),
+            reserved_cpus=config.reserved_cpu_set,
+            recorded=parts.applier.applied,
+        )
+        parts.applier.pinned_elsewhere = parts.nri.pinned_pods
+    parts.gate.add_listener(lambda readiness: follow_driver(parts, readiness))
     return parts
+
+
+def start_nri(parts: NodeParts, runtime: AgentRuntime, config: AgentConfig) -> None:
+    """Serve NRI sessions from a thread while the socket exists (retried every readiness interval)."""
+    if parts.nri is None or runtime.store is None:
+        return
+    store = runtime.store
+    parts.nri.node_name = store.node_name
+    parts.nri.online_cpus = lambda: frozenset(store.current().state.topology.online_cpus)
+    parts.nri_stop = threading.Event()
+    parts.nri_thread = threading.Thread(
+        target=run_sessions,
+        args=(config.nri_socket, parts.nri, parts.nri_stop),
+        kwargs={"retry_s": config.readiness_interval_s},
+        name="nri",
+        daemon=True,
+    )
+    parts.nri_thread.start()
+
+
+def stop_nri(parts: NodeParts) -> None:
+    if parts.nri_stop is not None and parts.nri_thread is not None:
+        parts.nri_stop.set()
+        parts.nri_thread.join(15)
+
+
+def follow_driver(parts: NodeParts, readiness: Readiness) -> None:
+    """A driver found later (kubelet started after the agent) is the one the applier uses."""
+    if readiness.driver is None:
+        return
+    if parts.manager is not None:
+        parts.manager.driver = readiness.driver
+    if parts.pod_status is not None:
+        parts.pod_status.driver = readiness.driver
+
+
+async def watch_readiness(
+    parts: NodeParts, runtime: AgentRuntime, interval_s: float, stop: asyncio.Event
+) -> None:
+    """Re-check the node every `interval_s`; the readiness health follows (the probe's answer)."""
+    assert parts.gate is not None
+    while True:
+        readiness = await asyncio.to_thread(parts.gate.refresh)
+        await runtime.set_ready(readiness.ready)
+        try:
+            await asyncio.wait_for(stop.wait(), interval_s)
+            return
+        except TimeoutError:
+            pass
 
 
 def set_vf_counts(config: AgentConfig) -> None:
@@ -240,7 +335,10 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
             observer=parts.pod_status,
             reconcile_applier=applier.reconcile,
             on_new_containers=applier.refresh_shared_pool,
+            blocked=parts.gate.blocked if parts.gate is not None else None,
         )
+        if parts.gate is not None:
+            parts.gate.add_listener(readiness_reporter(parts, node))
         parts.watcher.start()
     parts.plugins = DevicePluginManager(
         lambda: store.current().state.topology,
@@ -261,6 +359,31 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
     parts.labeler.start(lambda: store.current().state.topology)
     store.add_listener(parts.labeler.on_snapshot)
     log.info("kubernetes parts started", node=node, pod_watch=parts.watcher is not None)
+
+
+def readiness_reporter(parts: NodeParts, node: str) -> Callable[[Readiness], None]:
+    """Every change of the node's readiness: an Event on the Node; back to ready, a pod resync."""
+    post = node_event_reporter(parts.core, node)
+    was_blocked = [False]
+
+    def changed(readiness: Readiness) -> None:
+        if not readiness.ready:
+            was_blocked[0] = True
+            post(readiness.reason, readiness.message, True)
+            return
+        if was_blocked[0]:
+            was_blocked[0] = False
+            post("AllocationsApplied", f"the agent can apply again: {readiness.message}", False)
+            if parts.watcher is not None:
+                try:
+                    parts.watcher.resync()
+                except Exception as exc:  # the watch's next round lists again
+                    log.warning("pod resync after readiness failed", error=str(exc))
+
+    current = parts.gate.current if parts.gate is not None else None
+    if current is not None and not current.ready:
+        changed(current)
+    return changed
 
 
 def stop_kubernetes_parts(parts: NodeParts) -> None:
@@ -306,6 +429,7 @@ async def serve(config: AgentConfig) -> int:
         pod_runtimes=parts.pod_runtimes,
         remote_apply=parts.core is None,
         reserved_pods=parts.manager.reserved_pod_uids if parts.manager is not None else None,
+        initially_ready=parts.gate is None or parts.gate.current.ready,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -329,7 +453,11 @@ async def serve(config: AgentConfig) -> int:
             await runtime.stop(0)
             raise
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
+    start_nri(parts, runtime, config)
     refresher = None
+    readiness = None
+    if parts.gate is not None:
+        readiness = asyncio.create_task(watch_readiness(parts, runtime, config.readiness_interval_s, stop))
     if parts.core is not None:
         await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
     elif parts.manager is not None and config.cpuset_refresh_interval_s > 0:
@@ -340,7 +468,10 @@ async def serve(config: AgentConfig) -> int:
     log.info("shutting down", signal="SIGTERM/SIGINT")
     if refresher is not None:
         await refresher
+    if readiness is not None:
+        await readiness
     await asyncio.to_thread(stop_kubernetes_parts, parts)
+    await asyncio.to_thread(stop_nri, parts)
     await runtime.stop()
     if metrics_server is not None:
         metrics_server.shutdown()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 from agent.discovery.accelerators import find_accelerators
@@ -24,6 +24,7 @@ def discover(
     node_name: str | None = None,
     gpu_source: GpuSource | None = None,
     timeslice_replicas: int | Mapping[str, int] | None = None,
+    reserved_cpus: Iterable[int] = (),
 ) -> NodeTopology:
     """Discover the node under `root`; odd input never raises, problems land in `warnings`.
 
@@ -31,6 +32,8 @@ def discover(
     a snapshot has no driver to ask). `timeslice_replicas` is the sharing
     configuration: one count for every GPU, or counts by GPU UUID or index.
     A bad replica count is a configuration error and raises ValueError.
+    `reserved_cpus` (the agent's `reserved_cpus`) is reported as given; one that is not an online
+    CPU here is a warning.
     """
     _check_replicas(timeslice_replicas)
     fs = SysfsTree(root)
@@ -44,6 +47,11 @@ def discover(
     gpus = gpu_source.gpus(fs.warn) if gpu_source is not None else ()
     gpus = _joined_to_sysfs(fs, gpus, by_address)
     gpus = _with_replicas(fs, gpus, timeslice_replicas)
+    reserved = tuple(sorted(set(reserved_cpus)))
+    online = {c.id for c in inventory.cpus if c.online}
+    missing = [c for c in reserved if c not in online]
+    if missing:
+        fs.warn(f"reserved_cpus: CPU(s) {missing} are not online on this node")
     return NodeTopology(
         node_name=node_name or _hostname(fs),
         cpus=inventory.cpus,
@@ -55,6 +63,7 @@ def discover(
         accelerators=with_cards(fs, find_accelerators(pci), by_address, paths),
         gpus=gpus,
         amd_gpus=read_amd_gpus(fs, by_address, paths),
+        reserved_cpus=reserved,
         warnings=tuple(fs.warnings),
     )
 

@@ -4,7 +4,7 @@ from agent.podwatch.cluster import core_api
 from agent.podwatch.decide import Applied, Apply, Reject, Release, decide, reconcile
 from agent.podwatch.pods import PodView, pod_view
 from agent.podwatch.resolver import PodStatusResolver
-from agent.podwatch.watch import PodWatcher, kubernetes_event_reporter
+from agent.podwatch.watch import PodWatcher, kubernetes_event_reporter, node_event_reporter
 
 __all__ = [
     "Applied",
@@ -17,6 +17,7 @@ __all__ = [
     "core_api",
     "decide",
     "kubernetes_event_reporter",
+    "node_event_reporter",
     "pod_view",
     "reconcile",
 ]

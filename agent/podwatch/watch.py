@@ -53,6 +53,7 @@ class PodWatcher:
         observer: PodObserver | None = None,
         reconcile_applier: Callable[[set[str]], object] | None = None,
         on_new_containers: Callable[[], object] | None = None,
+        blocked: Callable[[], str | None] | None = None,
         resync_s: int = 300,
         retry_s: float = 5.0,
     ) -> None:
@@ -65,6 +66,9 @@ class PodWatcher:
         self._reconcile_applier = reconcile_applier
         self._seen: set[str] = set()
         self._on_new_containers = on_new_containers
+        self._blocked = blocked or (lambda: None)
+        self._blocked_reported: dict[str, str] = {}
+        self._round_lock = threading.RLock()
         self._containers: dict[str, tuple[str, ...]] = {}
         self._resync_s = resync_s
         self._retry_s = retry_s
@@ -94,15 +98,29 @@ class PodWatcher:
         """
         views = [pod_view(p) for p in pods]
         live = {v.uid for v in views if v.node_name == self.node_name and not v.finished}
-        self._observe_all(views)
-        if self._reconcile_applier is not None:
-            self._reconcile_applier(live)
-        with self._lock:
-            known = {a.pod_uid: self._applied.get(a.pod_uid, Applied(a)) for a in self._applier.applied()}
-            self._applied = known
-            actions = reconcile(views, self.node_name, known)
-        self._run(actions)
-        self._containers = {v.uid: v.container_ids for v in views if v.container_ids and not v.finished}
+        with self._round_lock:
+            self._observe_all(views)
+            blocked = self._blocked()
+            if blocked is not None:
+                # the applier cannot touch the node: nothing is reconciled, every pod waiting is told
+                self._run_blocked(reconcile(views, self.node_name, {}), blocked)
+            else:
+                self._blocked_reported.clear()
+                if self._reconcile_applier is not None:
+                    self._reconcile_applier(live)
+                with self._lock:
+                    known = {
+                        a.pod_uid: self._applied.get(a.pod_uid, Applied(a)) for a in self._applier.applied()
+                    }
+                    self._applied = known
+                    actions = reconcile(views, self.node_name, known)
+                self._run(actions)
+            self._containers = {v.uid: v.container_ids for v in views if v.container_ids and not v.finished}
+
+    def resync(self) -> None:
+        """List this node's pods and reconcile now (the node became ready to apply)."""
+        listed = self._core.list_pod_for_all_namespaces(field_selector=self.field_selector)
+        self.start_from(listed.items)
 
     def _observe_all(self, views: list[PodView]) -> None:
         if self._observer is None:
@@ -120,16 +138,36 @@ class PodWatcher:
         if kind not in ("ADDED", "MODIFIED", "DELETED"):
             return
         pod = pod_view(event["object"])
-        if self._observer is not None and kind != "DELETED":
-            self._observer.observe(pod)
-            self._seen.add(pod.uid)
-        with self._lock:
-            actions = decide(kind, pod, self.node_name, self._applied)
-        self._run(actions)
-        if self._observer is not None and kind == "DELETED":
-            self._observer.forget(pod.uid)
-            self._seen.discard(pod.uid)
-        self._track_containers(kind, pod)
+        with self._round_lock:
+            if self._observer is not None and kind != "DELETED":
+                self._observer.observe(pod)
+                self._seen.add(pod.uid)
+            with self._lock:
+                actions = decide(kind, pod, self.node_name, self._applied)
+            blocked = self._blocked()
+            if blocked is None:
+                self._run(actions)
+            else:
+                self._run_blocked(actions, blocked)
+            if self._observer is not None and kind == "DELETED":
+                self._observer.forget(pod.uid)
+                self._seen.discard(pod.uid)
+            if blocked is None:
+                self._track_containers(kind, pod)
+
+    def _run_blocked(self, actions: list[Action], reason: str) -> None:
+        """While the node cannot be driven: each pod waiting for its allocation gets one Event per
+        reason; releases wait for the resync that follows readiness (the checkpoint keeps them)."""
+        for action in actions:
+            if isinstance(action, Reject):
+                self._reject(action)
+            elif isinstance(action, Apply):
+                uid = action.allocation.pod_uid
+                if self._blocked_reported.get(uid) == reason:
+                    continue
+                self._blocked_reported[uid] = reason
+                log.warning("allocation of %s not applied: %s", action.pod, reason)
+                self._report(_view_of(action), "AllocationNotApplied", f"node cannot apply: {reason}")
 
     def _track_containers(self, kind: str, pod: PodView) -> None:
         """New containers of any pod start on every CPU; tell the applier so pinned CPUs stay exclusive."""
@@ -211,7 +249,12 @@ class PodWatcher:
                 if isinstance(exc, ApiException) and exc.status == 410:
                     log.info("pod watch on %s expired; listing again", self.node_name)
                     continue
-                log.warning("pod watch on %s: %s; listing again soon", self.node_name, exc, exc_info=True)
+                log.warning(
+                    "pod watch on %s: %s; listing again soon",
+                    self.node_name,
+                    exc,
+                    exc_info=not isinstance(exc, ApplyError),
+                )
                 self._stop.wait(self._retry_s)
 
     def _round(self) -> None:
@@ -237,6 +280,32 @@ class PodWatcher:
 def _view_of(action: Apply) -> PodView:
     a = action.allocation
     return PodView(a.pod_uid, a.namespace, a.name, a.node, None, False, None, 0, action.container_ids)
+
+
+def node_event_reporter(core_api: Any, node_name: str) -> Callable[[str, str, bool], None]:
+    """(reason, message, warning): an Event on this node's Node object (namespace default)."""
+
+    def report(reason: str, message: str, warning: bool) -> None:
+        now = datetime.datetime.now(datetime.UTC)
+        event = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{node_name}.", namespace="default"),
+            involved_object=k8s.V1ObjectReference(
+                kind="Node", api_version="v1", name=node_name, uid=node_name
+            ),
+            reason=reason,
+            message=message[:1024],
+            type="Warning" if warning else "Normal",
+            source=k8s.V1EventSource(component="gedge-agent", host=node_name),
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            core_api.create_namespaced_event("default", event)
+        except ApiException as exc:
+            log.warning("could not record event %s on node %s: %s", reason, node_name, exc)
+
+    return report
 
 
 def kubernetes_event_reporter(core_api: Any, node_name: str) -> EventReporter:

@@ -28,6 +28,9 @@ from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 log = structlog.get_logger("gedge.agent.server")
 
 SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["NodeAgent"].full_name
+READINESS_SERVICE = "readiness"
+"""Health service name that is SERVING only while the agent can apply allocations on its node (the
+DaemonSet's readiness probe asks it); "" stays SERVING while the process serves (liveness)."""
 
 
 def server_options(config: AgentConfig) -> list[tuple[str, int]]:
@@ -48,8 +51,15 @@ def server_options(config: AgentConfig) -> list[tuple[str, int]]:
 def default_discover(config: AgentConfig) -> Callable[[], NodeTopology]:
     from agent.discovery import discover
 
+    reserved = config.reserved_cpu_set
+
     def run() -> NodeTopology:
-        return discover(config.root, node_name=config.node_name, timeslice_replicas=config.timeslice_replicas)
+        return discover(
+            config.root,
+            node_name=config.node_name,
+            timeslice_replicas=config.timeslice_replicas,
+            reserved_cpus=reserved,
+        )
 
     return run
 
@@ -67,6 +77,8 @@ class AgentRuntime:
     """Apply/Release over gRPC; off where the pod watch applies (Kubernetes)."""
     reserved_pods: Callable[[], frozenset[str]] | None = None
     """Which applied pods are only reserved (runtime not known yet); None: the applier never reserves."""
+    initially_ready: bool = True
+    """The READINESS_SERVICE health at start (the caller updates it with set_ready)."""
     store: NodeStateStore | None = None
     port: int = 0
     _server: grpc.aio.Server | None = None
@@ -115,6 +127,7 @@ class AgentRuntime:
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.set_ready(self.initially_ready)
 
         self._changes = ChangeDetector(
             config.root,
@@ -139,6 +152,16 @@ class AgentRuntime:
             generation=self.store.current().state.generation,
         )
         return self.port
+
+    async def set_ready(self, ready: bool) -> None:
+        """Whether the agent can apply on its node: the READINESS_SERVICE health status."""
+        if self._health is not None:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ready
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await self._health.set(READINESS_SERVICE, status)
 
     def _observe(self, snap: Snapshot) -> None:
         self.metrics.generation.set(snap.state.generation)

@@ -227,6 +227,7 @@ def _free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allocation]
 
 def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allocation]) -> _Free:
     used, used_cpus = _used(state, reserved)
+    used_cpus |= index.reserved_cpus
     whole_used = used.get(RESOURCE_GPU, set())
     shared_ids = used.get(RESOURCE_GPU_SHARED, set())
     shared_used: dict[int, int] = {}
@@ -874,7 +875,12 @@ def _narrowest_span(index: TopologyIndex, request: PodRequest) -> int:
         _min_span(per_numa(g.numa for g in index.vf_groups for _ in g.members), needs.vfs),
         _min_span(per_numa(r.numa for r in index.rdmas), needs.rdmas),
         _min_span(
-            {n: sum(len(c) for c in cores) for n, cores in index.cores.items() if n != NO_NUMA}, request.cpus
+            {
+                n: sum(len(set(c) - index.reserved_cpus) for c in cores)
+                for n, cores in index.cores.items()
+                if n != NO_NUMA
+            },
+            request.cpus,
         ),
     ]
     for resource, count in request.cards:

@@ -81,8 +81,9 @@ def optimum_cost(
     optional = bool(request.communication) and vfs_needed == 0
 
     free_by_numa: dict[int | None, int] = {}
+    pinnable = topology.pinnable_cpus
     for cpu in topology.cpus:
-        if cpu.online and cpu.id not in used_cpus:
+        if cpu.id in pinnable and cpu.id not in used_cpus:
             key = cpu.numa_node if cpu.numa_node is not None and cpu.numa_node >= 0 else None
             free_by_numa[key] = free_by_numa.get(key, 0) + 1
     cpu_sets: list[tuple[int | None, ...]] = [()]

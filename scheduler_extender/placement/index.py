@@ -91,6 +91,8 @@ class TopologyIndex:
     """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
     cpu_numa: Mapping[int, int] = field(default_factory=dict)
     """Online CPU id -> its NUMA id."""
+    reserved_cpus: frozenset[int] = frozenset()
+    """Online CPUs kept for the system: taken from the start, never granted."""
     structure: int = 0
     """Equal for topologies that differ only in names, UUIDs and addresses: placements in position
     terms carry over between them (the engine memoizes by it)."""
@@ -302,6 +304,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         numa = cpu.numa_node if cpu.numa_node is not None and cpu.numa_node >= 0 else NO_NUMA
         cores.setdefault(numa, {})[siblings] = None
     core_map = {numa: tuple(sorted(found, key=lambda c: c[0])) for numa, found in sorted(cores.items())}
+    reserved = frozenset(online) - topology.pinnable_cpus
 
     numa_order: dict[int, tuple[int, ...]] = {}
     for numa in core_map:
@@ -341,6 +344,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             for n in nets
         ),
         tuple(core_map.items()),
+        tuple(sorted(reserved)),
         tuple(numa_order.items()),
         tuple(
             sorted(
@@ -366,5 +370,6 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         unusable={resource: "; ".join(why) for resource, why in unusable.items()},
         gpu_class=gpu_class,
         cpu_numa={cpu: numa for numa, found in core_map.items() for core in found for cpu in core},
+        reserved_cpus=reserved,
         structure=_structure_id(signature),
     )

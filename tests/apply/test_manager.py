@@ -384,3 +384,19 @@ def test_wrong_cgroup_root_is_a_clear_error(tmp_path: Path) -> None:
         manager.reconcile(set())
     with pytest.raises(ApplyError, match=message):
         manager.refresh_shared_pool()
+
+
+def test_pods_pinned_by_the_runtime_stay_pinned_when_cpusets_converge(node: Node) -> None:
+    """A pod NRI pinned at creation, not yet in the checkpoint: converging keeps it on its CPU and
+    every other container off it, instead of widening it to the shared pool."""
+    nri_pinned = node.add_pod(QosClass.GUARANTEED, with_netns=False)
+    other = node.add_pod(QosClass.BURSTABLE, with_netns=False)
+    held = {nri_pinned: frozenset({1})}
+    manager = node.manager(pinned_elsewhere=lambda: held)
+    manager.refresh_shared_pool()
+    assert (node.affinity(nri_pinned), node.affinity(other)) == ({1}, {0})
+    with pytest.raises(ApplyError, match="cpus 1 are exclusive to another pod"):
+        manager.apply(pinned(other, (1,)))
+    held.clear()  # the pod went
+    manager.refresh_shared_pool()
+    assert node.affinity(other) == {0, 1}

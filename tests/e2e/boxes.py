@@ -84,3 +84,18 @@ def gpu_box(root: Path, model: str, driver: str | None = None) -> Box:
 def box_topology(box: Box, node_name: str) -> NodeTopology:
     """What the agent on this box discovers (same reader, same NVML stand-in)."""
     return discover(box.root, node_name=node_name, gpu_source=NvmlGpuSource(box.nvml))
+
+
+def write_driver_view(box: Box) -> dict[str, int]:
+    """What NVIDIA's driver shows of the box under its root: /proc/driver/nvidia/gpus/<pci>/information
+    (Device Minor i for the i-th GPU) and dev/nvidiactl, dev/nvidia<i>. Returns GPU PCI address -> minor."""
+    minors = {address: i for i, address in enumerate(box.gpu_addresses)}
+    dev = box.root / "dev"
+    dev.mkdir(parents=True, exist_ok=True)
+    (dev / "nvidiactl").touch()
+    for address, minor in minors.items():
+        info = box.root / "proc/driver/nvidia/gpus" / address.lower() / "information"
+        info.parent.mkdir(parents=True, exist_ok=True)
+        info.write_text(f"Model: NVIDIA stand-in\nDevice Minor: {minor}\n")
+        (dev / f"nvidia{minor}").touch()
+    return minors

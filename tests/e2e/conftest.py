@@ -34,7 +34,14 @@ When they are missing the e2e tests fail under CI=true and are skipped otherwise
 Logs of every process are under `control_plane.log_dir`; a failing readiness
 wait puts the log tail in the error.
 
-No kubelet, controller-manager or kube-proxy runs: pods are bound but not run
+- `real_node` (per module) -> tests.e2e.real_node.RealNode: containerd 2 + CNI + a
+  real kubelet on this machine joined to the control plane as Node `gedge-node`
+  (tainted gedge.io/e2e-real-node:NoSchedule, so only pods that tolerate it land
+  there), plus kube-controller-manager (DaemonSets, Deployments). Its pods run
+  tests.e2e.real_node.WORKLOAD_IMAGE for real; stopping it undoes every host
+  change, and a change left behind fails the module.
+
+Besides `real_node`, no kubelet, controller-manager or kube-proxy runs: pods are bound but not run
 (use tests.e2e.kubelet.KubeletStandIn to move their phases), namespaces are
 never finalized, and no service account token controller exists (the
 ServiceAccount admission plugin is off, so pods need no token).
@@ -56,6 +63,8 @@ from tests.e2e.cluster_objects import wait_for
 from tests.e2e.control_plane import ControlPlane, binary_dir, missing_binaries
 from tests.e2e.edge_cluster import DEPLOY, EdgeCluster, NodeSpec, manifests
 from tests.e2e.kubelet import KubeletStandIn
+from tests.e2e.real_node import RealNode, missing_parts
+from tests.e2e.real_node import binary_dir as node_binary_dir
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -92,6 +101,30 @@ def control_plane(e2e_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         yield plane
     finally:
         plane.stop()
+
+
+@pytest.fixture(scope="module")
+def real_node(
+    control_plane: ControlPlane, kube_api: k8s.ApiClient, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RealNode]:
+    """A real node (containerd, CNI, kubelet) for the tests of one module; see the module docstring."""
+    missing = missing_parts(node_binary_dir())
+    if missing:
+        message = f"a real node needs {missing}: run `make e2e-binaries system-deps`"
+        if _in_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+    control_plane.start_controller_manager()
+    node = RealNode(control_plane, tmp_path_factory.mktemp("real-node")).start()
+    try:
+        yield node
+    finally:
+        left = node.stop()
+        with contextlib.suppress(ApiException):
+            k8s.CoreV1Api(kube_api).delete_node(node.name)
+        control_plane.stop_controller_manager()
+        if left:
+            pytest.fail(f"the real node left host changes behind: {left}")
 
 
 @pytest.fixture(scope="session")

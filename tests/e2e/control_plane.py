@@ -1,4 +1,4 @@
-"""A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-scheduler.
+"""A real Kubernetes control plane on loopback: etcd, kube-apiserver, kube-scheduler, kube-controller-manager.
 
 The binaries come from controlplane/build.sh (pinned, cached outside the
 repository). Everything a run needs is made fresh under one work directory:
@@ -33,7 +33,17 @@ from tests.e2e.processes import HarnessError, ManagedProcess, free_port
 
 HERE = Path(__file__).resolve().parent
 BUILD_SCRIPT = HERE / "controlplane" / "build.sh"
-BINARIES = ("etcd", "kube-apiserver", "kube-scheduler")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
+KUBERNETES_VERSION = "v1.37.2"
+"""The release controlplane/kube/go.mod pins (and deploy/'s image tags follow)."""
+CONTROLLERS = (
+    "daemonset-controller",
+    "deployment-controller",
+    "replicaset-controller",
+    "garbage-collector-controller",
+)
+"""What kube-controller-manager runs: workloads only. No node lifecycle controller: the stand-in
+nodes never renew a Lease and must not be tainted unreachable."""
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 READY_TIMEOUT = 120.0
@@ -94,6 +104,7 @@ class ControlPlane:
         self.etcd: ManagedProcess | None = None
         self.apiserver: ManagedProcess | None = None
         self.schedulers: list[ManagedProcess] = []
+        self.controller_manager: ManagedProcess | None = None
         self.apiserver_port = 0
         self.ca: CertificateAuthority | None = None
         self.admin: KeyPair | None = None
@@ -117,7 +128,7 @@ class ControlPlane:
         return self
 
     def stop(self) -> None:
-        for process in (*self.schedulers, self.apiserver, self.etcd):
+        for process in (self.controller_manager, *self.schedulers, self.apiserver, self.etcd):
             if process is not None:
                 process.stop()
 
@@ -141,6 +152,9 @@ class ControlPlane:
         self.admin = ca.issue("gedge-e2e-admin", organizations=("system:masters",), client=True)
         self.scheduler_client = ca.issue("system:kube-scheduler", client=True)
         self.scheduler_serving = ca.issue("kube-scheduler", ips=("127.0.0.1",), server=True)
+        self.controller_manager_client = ca.issue("system:kube-controller-manager", client=True)
+        self.controller_manager_serving = ca.issue("kube-controller-manager", ips=("127.0.0.1",), server=True)
+        self.kubelet_client = ca.issue("kube-apiserver-kubelet-client", client=True)
         self.service_account = service_account_key(self.pki_dir)
 
     def _start_on_free_ports(
@@ -209,6 +223,12 @@ class ControlPlane:
         self.scheduler_kubeconfig.write_text(
             kubeconfig_text(self.server, self.ca.cert, self.scheduler_client, "system:kube-scheduler")
         )
+        self.controller_manager_kubeconfig = self.workdir / "controller-manager.kubeconfig"
+        self.controller_manager_kubeconfig.write_text(
+            kubeconfig_text(
+                self.server, self.ca.cert, self.controller_manager_client, "system:kube-controller-manager"
+            )
+        )
 
     def _apiserver_process(self, attempt: int) -> ManagedProcess:
         assert self.ca is not None
@@ -221,6 +241,9 @@ class ControlPlane:
                 str(self.bin_dir / "kube-apiserver"),
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                # 1.37 refuses a loopback advertise address while it keeps the `kubernetes`
+                # Service's endpoints itself; nothing here reaches the API through that Service.
+                "--endpoint-reconciler-type=none",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={self.apiserver_serving.cert}",
@@ -239,6 +262,11 @@ class ControlPlane:
                 # and no node lifecycle controller would lift the not-ready taint from new nodes.
                 "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
                 "--allow-privileged=true",
+                # Logs and exec of pods on a real kubelet (tests/e2e/real_node.py).
+                "--kubelet-preferred-address-types=InternalIP",
+                f"--kubelet-client-certificate={self.kubelet_client.cert}",
+                f"--kubelet-client-key={self.kubelet_client.key}",
+                f"--kubelet-certificate-authority={self.ca.cert}",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -296,10 +324,10 @@ class ControlPlane:
             self.log_dir / f"{name}.log",
         ).start()
         self.schedulers.append(scheduler)
-        scheduler.wait_until(lambda: self._scheduler_healthy(port), READY_TIMEOUT, "answered /healthz")
+        scheduler.wait_until(lambda: self._healthz(port), READY_TIMEOUT, "answered /healthz")
         return scheduler
 
-    def _scheduler_healthy(self, port: int) -> bool:
+    def _healthz(self, port: int) -> bool:
         assert self.ca is not None
         context = ssl.create_default_context(cafile=str(self.ca.cert))
         with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=5) as reply:
@@ -309,6 +337,47 @@ class ControlPlane:
         scheduler.stop()
         if scheduler in self.schedulers:
             self.schedulers.remove(scheduler)
+
+    # -- controller manager ----------------------------------------------------------------------
+
+    def start_controller_manager(self, controllers: tuple[str, ...] = CONTROLLERS) -> ManagedProcess:
+        """Run kube-controller-manager (`controllers` only) as system:kube-controller-manager; idempotent.
+
+        DaemonSets, Deployments and ReplicaSets get pods, owners' garbage is
+        collected. Each controller acts with the manager's own identity.
+        """
+        if self.controller_manager is not None and self.controller_manager.running:
+            return self.controller_manager
+        assert self.ca is not None
+        kubeconfig = self.controller_manager_kubeconfig
+        port = free_port()
+        self.controller_manager = ManagedProcess(
+            "kube-controller-manager",
+            [
+                str(self.bin_dir / "kube-controller-manager"),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                f"--controllers={','.join(controllers)}",
+                "--leader-elect=false",
+                "--use-service-account-credentials=false",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={port}",
+                f"--tls-cert-file={self.controller_manager_serving.cert}",
+                f"--tls-private-key-file={self.controller_manager_serving.key}",
+                f"--root-ca-file={self.ca.cert}",
+                f"--service-account-private-key-file={self.service_account.key}",
+                "--v=1",
+            ],
+            self.log_dir / "kube-controller-manager.log",
+        ).start()
+        self.controller_manager.wait_until(lambda: self._healthz(port), READY_TIMEOUT, "answered /healthz")
+        return self.controller_manager
+
+    def stop_controller_manager(self) -> None:
+        if self.controller_manager is not None:
+            self.controller_manager.stop()
+            self.controller_manager = None
 
     # -- clients ---------------------------------------------------------------------------------
 

@@ -260,6 +260,9 @@ class EdgeCluster:
             return reply.status == 200
 
     def _extender_sees_every_node(self) -> bool:
+        return self.extender_judges(sorted(self.nodes))
+
+    def extender_judges(self, node_names: list[str]) -> bool:
         """Ask /filter, as kube-scheduler would, about a one-GPU pod: no node may be unresolvable.
 
         Until the extender has an agent's report it puts that node among the
@@ -275,7 +278,7 @@ class EdgeCluster:
                 "spec": {"containers": [{"name": "probe", "resources": {"requests": gpu, "limits": gpu}}]},
             },
             "Nodes": None,
-            "NodeNames": sorted(self.nodes),
+            "NodeNames": node_names,
         }
         request = urllib.request.Request(
             f"{self.extender_url}/filter",
@@ -285,7 +288,7 @@ class EdgeCluster:
         with urllib.request.urlopen(request, timeout=5) as reply:
             result = json.loads(reply.read())
         judged = set(result.get("NodeNames") or ()) | set(result.get("FailedNodes") or ())
-        return not result.get("FailedAndUnresolvableNodes") and judged == set(self.nodes)
+        return not result.get("FailedAndUnresolvableNodes") and judged == set(node_names)
 
     def kill_extender(self) -> None:
         """SIGKILL: no chance to flush or hand anything over, as in a crash."""

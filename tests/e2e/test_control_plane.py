@@ -10,7 +10,7 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.cluster_objects import node_object, pause_pod, register_node, scheduling_state, wait_for
-from tests.e2e.control_plane import ControlPlane
+from tests.e2e.control_plane import KUBERNETES_VERSION, ControlPlane
 from tests.e2e.kubelet import EXIT_CODE_ENV, KubeletStandIn
 
 PLAIN_SCHEDULER = "gedge-e2e-plain"
@@ -22,7 +22,7 @@ def test_api_server_serves_the_admin_and_denies_the_scheduler_what_rbac_forbids(
     names = {ns.metadata.name for ns in k8s.CoreV1Api(kube_api).list_namespace().items}
     assert {"default", "kube-system"} <= names
     version = k8s.VersionApi(kube_api).get_code()
-    assert version.git_version.startswith("v1.")
+    assert version.git_version == KUBERNETES_VERSION
 
     scheduler_api = k8s_config.new_client_from_config(config_file=str(control_plane.scheduler_kubeconfig))
     with pytest.raises(ApiException) as denied:

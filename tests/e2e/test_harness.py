@@ -11,7 +11,7 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from tests.e2e.cluster_objects import wait_for
-from tests.e2e.control_plane import ControlPlane
+from tests.e2e.control_plane import KUBERNETES_VERSION, ControlPlane
 from tests.e2e.controlplane.pin import staging_version
 from tests.e2e.edge_cluster import DEPLOY, SCHEDULER_CONFIG, deploy_scheduler_configuration, manifests
 
@@ -36,6 +36,36 @@ def test_every_k8s_module_is_replaced_by_the_staging_release_of_the_pinned_kuber
     assert required_staging <= set(replaces)
     assert {target for target, _ in replaces.values()} == set(replaces), "each module replaced by itself"
     assert {version for _, version in replaces.values()} == {staged}
+
+
+def test_kube_module_pins_the_tested_kubernetes_and_builds_the_node_commands() -> None:
+    gomod = (CONTROLPLANE / "kube" / "go.mod").read_text()
+    assert _requires(gomod)["k8s.io/kubernetes"] == KUBERNETES_VERSION
+    tools = set(re.findall(r"^\s+k8s\.io/kubernetes/cmd/(\S+)$", gomod, re.MULTILINE))
+    assert tools == {"kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet"}
+
+
+def test_deploy_kubernetes_images_follow_the_tested_version() -> None:
+    images = [
+        container["image"]
+        for path in sorted(DEPLOY.rglob("*.yaml"))
+        for doc in manifests(path)
+        if isinstance(doc, dict) and doc.get("kind") in ("Deployment", "DaemonSet")
+        for container in doc["spec"]["template"]["spec"]["containers"]
+        if container["image"].startswith("registry.k8s.io/")
+    ]
+    assert images, "deploy/ runs kube-scheduler from registry.k8s.io"
+    assert {image.rpartition(":")[2] for image in images} == {KUBERNETES_VERSION}
+
+
+def test_agent_sees_pod_network_namespaces_through_run_netns_itself() -> None:
+    daemonset = next(d for d in manifests(DEPLOY / "agent" / "daemonset.yaml") if d["kind"] == "DaemonSet")
+    spec = daemonset["spec"]["template"]["spec"]
+    volume = next(v for v in spec["volumes"] if v["name"] == "netns")
+    mount = next(m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "netns")
+    assert volume["hostPath"]["path"] == "/run/netns"
+    assert mount["mountPath"] == "/run/netns"
+    assert mount["mountPropagation"] == "HostToContainer"
 
 
 def test_staging_version_follows_the_kubernetes_minor_and_patch() -> None:

@@ -74,3 +74,14 @@ def test_listen_forms() -> None:
     assert parse_listen("[::1]:7") == ("::1", 7)
     assert grpc_address("[::1]:7") == "[::1]:7"
     assert AgentConfig(root="/", netlink=None).netlink_enabled
+
+
+def test_reserved_cpus_is_a_cpu_list_from_any_source(tmp_path: Path) -> None:
+    file = tmp_path / "agent.yaml"
+    file.write_text("reserved_cpus: 0,2-3\n")
+    assert load_config(config_file=file, environ={}).reserved_cpu_set == frozenset({0, 2, 3})
+    from_env = load_config(environ={"GEDGE_AGENT_RESERVED_CPUS": "1"})
+    assert from_env.reserved_cpu_set == frozenset({1})
+    assert load_config(environ={}).reserved_cpu_set == frozenset()
+    with pytest.raises(ConfigError, match=r"reserved_cpus: '0-x' is not a Linux cpu list"):
+        load_config(flags={"reserved_cpus": "0-x"}, environ={})

@@ -193,3 +193,47 @@ def test_reserved_devices_count_as_used_in_the_reported_state(
     finally:
         channel.close()
         agent_host.stop_agent(runtime)
+
+
+def test_daemon_is_not_ready_while_it_cannot_drive_cgroups_and_becomes_ready_with_kubelet(
+    cgroup_root: Path, tmp_path: Path
+) -> None:
+    """No kubepods tree and no kubelet config: alive but not ready, one error line naming the cause
+    (no traceback); the tree appearing (kubelet started) makes it ready with the driver it shows."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from agent.service.server import READINESS_SERVICE
+    from tests.apply.helpers import make_v1_cgroup
+
+    agent = spawn_agent(
+        "/",
+        NODE,
+        "--cgroup-root",
+        str(cgroup_root),
+        "--kubelet-config",
+        str(tmp_path / "absent-kubelet-config.yaml"),
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--no-netlink",
+        metrics_listen="",
+        env={"GEDGE_AGENT_READINESS_INTERVAL_S": "0.1"},
+    )
+    try:
+        health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{agent.port}"))
+        ask = health_pb2.HealthCheckRequest
+        assert health.Check(ask(service=""), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
+        statuses = health.Watch(ask(service=READINESS_SERVICE), timeout=60)
+        assert next(statuses).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        make_v1_cgroup(cgroup_root / "kubepods")
+        assert next(statuses).status == health_pb2.HealthCheckResponse.SERVING
+        statuses.cancel()
+        assert agent.terminate(timeout=15) == 0
+    finally:
+        agent.kill()
+    records = [json.loads(line) for line in agent.log_lines if line.startswith("{")]
+    blocked = [r for r in records if r["event"] == "cannot apply allocations on this node"]
+    assert len(blocked) == 1 and blocked[0]["reason"] == "CgroupDriverUnknown"
+    assert "no kubepods.slice or kubepods cgroup under" in blocked[0]["error"]
+    ready = [r for r in records if r["event"] == "cgroups ready"]
+    assert len(ready) == 1 and ready[0]["driver"] == "cgroupfs"
+    assert not any("Traceback" in line for line in agent.log_lines)

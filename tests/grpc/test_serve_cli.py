@@ -10,7 +10,9 @@ from pathlib import Path
 
 import grpc
 
+from gedge_model import NodeTopology, from_json
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
+from tests.discovery.sysfs_builder import SysfsBuilder
 from tests.grpc.agents import REPO, spawn_agent
 from tests.grpc.certs import TestCa
 
@@ -66,6 +68,25 @@ def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=60,
     )
+
+
+def test_reserved_cpus_are_reported_to_the_extender(tmp_path: Path) -> None:
+    sysfs = SysfsBuilder(tmp_path / "root")
+    for cpu in range(4):
+        sysfs.cpu(cpu, core=cpu)
+    sysfs.cpus_online(range(4))
+    agent = spawn_agent(sysfs.root, "edge-reserved", "--reserved-cpus", "0,1,7", metrics_listen="")
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{agent.port}")
+        reply = agent_pb2_grpc.NodeAgentStub(channel).GetNodeState(
+            agent_pb2.GetNodeStateRequest(), timeout=10
+        )
+    finally:
+        agent.terminate()
+    topology = from_json(NodeTopology, reply.state.topology_json)
+    assert topology.reserved_cpus == (0, 1, 7)
+    assert topology.pinnable_cpus == frozenset({2, 3})
+    assert "reserved_cpus: CPU(s) [7] are not online on this node" in topology.warnings
 
 
 def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:

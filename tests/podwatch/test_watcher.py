@@ -139,3 +139,51 @@ def test_new_containers_of_any_pod_trigger_a_shared_pool_refresh(applier):
     watcher.handle_event(event("DELETED", pod("u1", annotation="", containers=2, started=2)))
 
     assert refreshes == ["refresh", "refresh"]
+
+
+class PodList:
+    """The one API call `resync` makes, over a fixed list of real V1Pod objects."""
+
+    def __init__(self, pods) -> None:
+        self.pods = pods
+        self.selectors: list[str] = []
+
+    def list_pod_for_all_namespaces(self, field_selector: str):
+        from kubernetes import client as k8s
+
+        self.selectors.append(field_selector)
+        return k8s.V1PodList(items=list(self.pods), metadata=k8s.V1ListMeta(resource_version="7"))
+
+
+def test_blocked_node_touches_nothing_tells_each_pod_once_then_applies_when_ready(applier, reports):
+    applier.held = {"gone": allocation("gone", "gone")}
+    blocked = ["kubelet's cgroup driver is unknown: no kubepods cgroup"]
+    reconciled: list[set[str]] = []
+    pods = [pod("u1", started=1, phase="Running"), pod("bad", "bad", annotation="{not json")]
+    api = PodList(pods)
+    watcher = PodWatcher(
+        api,
+        NODE,
+        applier,
+        report=lambda p, reason, message: reports.append((p.ref, reason, message)),
+        reconcile_applier=reconciled.append,
+        blocked=lambda: blocked[0],
+    )
+    watcher.start_from(pods)
+    watcher.handle_event(event("MODIFIED", pod("u1", started=1, phase="Running")))
+    watcher.handle_event(event("ADDED", pod("u2", "second", started=1)))
+    watcher.start_from(pods)  # the next round lists again: still one Event per pod and reason
+
+    assert applier.calls == [] and reconciled == []
+    not_applied = [(ref, message) for ref, reason, message in reports if reason == "AllocationNotApplied"]
+    assert not_applied == [
+        ("ml/trainer", f"node cannot apply: {blocked[0]}"),
+        ("ml/second", f"node cannot apply: {blocked[0]}"),
+    ]
+    assert [reason for _, reason, _ in reports].count("InvalidAllocation") == 1
+
+    blocked[0] = None
+    watcher.resync()
+    assert api.selectors == [f"spec.nodeName={NODE}"]
+    assert reconciled == [{"u1", "bad"}]
+    assert sorted(applier.calls) == [("apply", "u1"), ("release", "gone")]

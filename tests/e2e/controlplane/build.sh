@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds etcd, kube-apiserver and kube-scheduler at the versions pinned in
+# Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+# kubelet at the versions pinned in
 # kube/go.mod and etcd/go.mod (written by pin.py) and caches them outside the
 # repository, keyed by a hash of the pins, this script and the Go toolchain:
 # a fresh clone on the same machine reuses them; a new pin builds afresh.
@@ -23,7 +24,8 @@ pin_hash="$(
   } | sha256sum | cut -c1-16
 )"
 out="$cache_root/$pin_hash"
-binaries=(etcd kube-apiserver kube-scheduler)
+kube_commands=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+binaries=(etcd "${kube_commands[@]}")
 
 if [ "${1:-}" = "--print-dir" ]; then
   echo "$out"
@@ -41,7 +43,8 @@ if complete; then
 fi
 
 mkdir -p "$cache_root"
-exec 9>"$cache_root/.build.lock"
+# One lock per pin set: builds of other pins (another checkout) do not wait on this one.
+exec 9>"$cache_root/.build-$pin_hash.lock"
 flock 9
 if complete; then
   echo "$out"
@@ -60,9 +63,9 @@ version_pkg=k8s.io/component-base/version
 kube_ldflags="-s -w -X $version_pkg.gitVersion=$kube_version -X $version_pkg.gitMajor=1"
 kube_ldflags="$kube_ldflags -X $version_pkg.gitMinor=$minor -X $version_pkg.gitTreeState=clean"
 
-echo "build.sh: kube-apiserver, kube-scheduler $kube_version -> $out" >&2
+echo "build.sh: ${kube_commands[*]} $kube_version -> $out" >&2
 (cd "$here/kube" && "$go_bin" build -trimpath -ldflags="$kube_ldflags" -o "$staging/" \
-  k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-scheduler)
+  "${kube_commands[@]/#/k8s.io/kubernetes/cmd/}")
 
 etcd_version="$(cd "$here/etcd" && "$go_bin" list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3)"
 echo "build.sh: etcd $etcd_version -> $out" >&2

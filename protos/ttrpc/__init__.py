@@ -1,0 +1,1 @@
+"""ttrpc envelope messages and their generated code."""
