@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -20,10 +20,12 @@ from gedge_model import Allocation, NodeState
 from gedge_model.driver import ANNOTATION_MIN_DRIVER, DriverVersionError, parse_driver_version
 from scheduler_extender.bind.assume import AssumeCache, AssumeConflict
 from scheduler_extender.bind.binder import Binder, BindError
-from scheduler_extender.node_source import NodeSource, NodeView
+from scheduler_extender.node_source import NodeSource, NodeView, ObservableNodeSource
 from scheduler_extender.placement.engine import Placement, PlacementConfig, Refusal, place, score_nodes
 from scheduler_extender.placement.request import PodRequest, RequestError, parse_pod_request
 from scheduler_extender.wire import (
+    MAX_EXTENDER_PRIORITY,
+    MIN_EXTENDER_PRIORITY,
     BindingArgs,
     ExtenderArgs,
     NodeVictims,
@@ -76,6 +78,113 @@ _MemoEntry = tuple[NodeState, int, Outcome]
 """(the node state placed on, the assume-cache version of the node then, the outcome)."""
 
 
+_ScoreKey = tuple[float, int, int]
+"""What score_nodes reads of a placement: (cost, stranded, leftover)."""
+
+
+def _score_key(placement: Placement) -> _ScoreKey:
+    return (placement.cost, placement.stranded, placement.leftover)
+
+
+class _ShapeTable:
+    """Every answer for one pod shape, kept across requests and brought up to date by the nodes that
+    changed since (source listener, assume cache log), so a request costs set operations over its
+    names, not a placement per node.
+
+    `covered`: nodes whose answer is in `passed`, `failed` or `unknown` and stays right until the
+    node changes. Nodes whose view can turn stale by time alone are never covered: each request
+    looks at them afresh.
+    """
+
+    __slots__ = (
+        "assume_seq",
+        "covered",
+        "entries",
+        "failed",
+        "key_count",
+        "key_rep",
+        "keys",
+        "passed",
+        "source_pos",
+        "unknown",
+    )
+
+    def __init__(self, source_pos: int, assume_seq: int) -> None:
+        self.entries: dict[str, _MemoEntry] = {}
+        self.passed: dict[str, Placement] = {}
+        self.keys: dict[str, _ScoreKey] = {}
+        self.key_count: dict[_ScoreKey, int] = {}
+        self.key_rep: dict[_ScoreKey, Placement] = {}
+        """One placement per distinct score key held: what score_nodes is run over."""
+        self.failed: dict[str, str] = {}
+        self.unknown: dict[str, str] = {}
+        self.covered: set[str] = set()
+        self.source_pos = source_pos
+        self.assume_seq = assume_seq
+
+    def reset(self, source_pos: int, assume_seq: int) -> None:
+        self.__init__(source_pos, assume_seq)  # type: ignore[misc]
+
+    def add(self, name: str, outcome: Outcome) -> None:
+        self.covered.add(name)
+        if outcome.__class__ is Placement:
+            self.passed[name] = outcome  # type: ignore[assignment]
+            key = self.keys[name] = _score_key(outcome)  # type: ignore[arg-type]
+            self.key_count[key] = self.key_count.get(key, 0) + 1
+            self.key_rep.setdefault(key, outcome)  # type: ignore[arg-type]
+        else:
+            self.failed[name] = outcome.reason  # type: ignore[union-attr]
+
+    def forget(self, names: Iterable[str]) -> None:
+        covered = self.covered
+        for name in names:
+            if name not in covered:
+                continue
+            covered.discard(name)
+            if self.passed.pop(name, None) is not None:
+                key = self.keys.pop(name)
+                left = self.key_count[key] - 1
+                if left:
+                    self.key_count[key] = left
+                else:
+                    del self.key_count[key]
+                    del self.key_rep[key]
+            self.failed.pop(name, None)
+            self.unknown.pop(name, None)
+
+
+class _Answer:
+    """One request's outcomes, from a table (`table`) plus nodes looked at afresh (`extra_*`)."""
+
+    __slots__ = ("extra_passed", "failed", "names", "table", "unresolvable")
+
+    def __init__(
+        self,
+        names: set[str],
+        table: _ShapeTable | None,
+        extra_passed: dict[str, Placement],
+        failed: dict[str, str],
+        unresolvable: dict[str, str],
+    ) -> None:
+        self.names = names
+        self.table = table
+        self.extra_passed = extra_passed
+        self.failed = failed
+        self.unresolvable = unresolvable
+
+    def passed_names(self, candidates: Sequence[str]) -> list[str]:
+        """The candidates that passed, in the caller's order."""
+        known = self.table.passed if self.table is not None else {}
+        extra = self.extra_passed
+        if extra:
+            return [n for n in candidates if n in known or n in extra]
+        return [n for n in candidates if n in known]
+
+    def placements(self, candidates: Sequence[str]) -> dict[str, Placement]:
+        known = {**self.table.passed, **self.extra_passed} if self.table is not None else self.extra_passed
+        return {n: known[n] for n in candidates if n in known}
+
+
 class Extender:
     """Thread-safe: the HTTP layer runs filter/prioritize on its loop and bind in worker threads."""
 
@@ -106,6 +215,14 @@ class Extender:
         self._pods: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self._pods_limit = remembered_pods
         self._pods_lock = threading.Lock()
+        self._tables: OrderedDict[tuple[Any, ...], _ShapeTable] = OrderedDict()
+        self._tables_lock = threading.Lock()
+        self._node_log: list[str] = []
+        self._node_log_base = 0
+        self._node_log_lock = threading.Lock()
+        self._observed = isinstance(source, ObservableNodeSource)
+        if self._observed:
+            source.add_listener(self._node_changed)  # type: ignore[attr-defined]
 
     # -- filter / prioritize ------------------------------------------------------------------
 
@@ -117,6 +234,15 @@ class Extender:
         self._remember(args.pod)
         if not _checks_nodes(request):
             return encode_filter_result(args, passed=candidates)
+        if self._observed:
+            with self._tables_lock:
+                answer = self._answer(candidates, request)
+                passed = answer.passed_names(candidates)
+            if not passed:
+                log.info("filter_refused", pod=args.pod_label, nodes=len(candidates))
+            return encode_filter_result(
+                args, passed=passed, failed=answer.failed, unresolvable=answer.unresolvable
+            )
         seq = self.cache.sequence()
         outcomes, unresolvable = self._evaluate(candidates, request)
         passed = [name for name, outcome in outcomes.items() if outcome.__class__ is Placement]
@@ -139,6 +265,9 @@ class Extender:
             return encode_host_priorities(dict.fromkeys(candidates, 0))
         if not request.wants_placement():
             return encode_host_priorities(dict.fromkeys(candidates, 0))
+        if self._observed:
+            with self._tables_lock:
+                return self._priorities(self._answer(candidates, request), candidates)
         outcomes = self._filtered_outcomes(request)
         if outcomes is None or not outcomes.keys() >= frozenset(candidates):
             outcomes, _ = self._evaluate(candidates, request)
@@ -166,6 +295,127 @@ class Extender:
             if self._warn is not None:
                 self._warn(pod, "InvalidAccelerationRequest", message)
             return message
+
+    # -- per-shape tables (sources that announce changes) ----------------------------------------
+
+    LOG_LIMIT = 100_000
+    """Node changes kept for the tables; a table further behind starts over."""
+
+    def _node_changed(self, name: str, view: NodeView | None) -> None:
+        with self._node_log_lock:
+            self._node_log.append(name)
+            if len(self._node_log) > self.LOG_LIMIT:
+                drop = len(self._node_log) // 2
+                del self._node_log[:drop]
+                self._node_log_base += drop
+
+    def _node_log_position(self) -> int:
+        with self._node_log_lock:
+            return self._node_log_base + len(self._node_log)
+
+    def _sync(self, table: _ShapeTable) -> None:
+        """Forget the table's answers for nodes changed since it was last used."""
+        with self._node_log_lock:
+            base, end = self._node_log_base, self._node_log_base + len(self._node_log)
+            changed = None if table.source_pos < base else self._node_log[table.source_pos - base :]
+        assumed = self.cache.changes_since(table.assume_seq)
+        if changed is None or assumed is None:
+            table.reset(end, self.cache.sequence())
+            return
+        nodes, table.assume_seq = assumed
+        table.source_pos = end
+        if changed or nodes:
+            table.forget([*changed, *nodes])
+
+    def _table(self, request: PodRequest) -> _ShapeTable:
+        shape = _memo_key(request)
+        table = self._tables.get(shape)
+        if table is None:
+            table = self._tables[shape] = _ShapeTable(self._node_log_position(), self.cache.sequence())
+            while len(self._tables) > self.MAX_SHAPES:
+                self._tables.popitem(last=False)
+        else:
+            self._tables.move_to_end(shape)
+        return table
+
+    def _answer(self, candidates: tuple[str, ...], request: PodRequest) -> _Answer:
+        """Outcomes on `candidates` from the shape's table, placing only on nodes new to it or changed.
+
+        Holds the table lock until the caller is done reading the answer: call within `_tables_lock`.
+        """
+        names = set(candidates)
+        own = self.cache.held_by(request.uid) if request.uid else None
+        if own is not None:
+            # A pod that holds devices already: its own hold must not count against it (see _evaluate).
+            outcomes, unresolvable = self._evaluate(candidates, request)
+            passed = {n: o for n, o in outcomes.items() if o.__class__ is Placement}
+            failed = {n: o.reason for n, o in outcomes.items() if o.__class__ is Refusal}
+            return _Answer(names, None, passed, failed, unresolvable)  # type: ignore[arg-type]
+        table = self._table(request)
+        self._sync(table)
+        extra_passed: dict[str, Placement] = {}
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        for name in names - table.covered:
+            view = self.source.node(name)
+            if view is None:
+                table.unknown[name] = f"node {name}: no gedge agent reports this node"
+                table.covered.add(name)
+                continue
+            if not view.fresh:
+                unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"
+                continue
+            outcome = self._memo_place(table, name, view, request)
+            if view.fresh_until is None:
+                table.add(name, outcome)
+            elif outcome.__class__ is Placement:
+                extra_passed[name] = outcome  # type: ignore[assignment]
+            else:
+                failed[name] = outcome.reason  # type: ignore[union-attr]
+        refused, unknown = table.failed, table.unknown
+        if refused:
+            failed.update({n: refused[n] for n in (refused.keys() & names)})
+        if unknown:
+            unresolvable.update({n: unknown[n] for n in (unknown.keys() & names)})
+        return _Answer(names, table, extra_passed, failed, unresolvable)
+
+    def _memo_place(self, table: _ShapeTable, name: str, view: NodeView, request: PodRequest) -> Outcome:
+        state, version = view.state, self.cache.version(name)
+        entry = table.entries.get(name)
+        if entry is not None and entry[0] is state and entry[1] == version:
+            return entry[2]
+        outcome = self._place(view, request, self._reserved(view))
+        table.entries[name] = (state, self.cache.version(name), outcome)
+        return outcome
+
+    def _priorities(self, answer: _Answer, candidates: tuple[str, ...]) -> list[dict[str, Any]]:
+        """HostPriorityList over `candidates`: score_nodes of the passed ones, 0 for the rest.
+
+        score_nodes reads a placement's cost, stranded and leftover only, and compares nodes by
+        extremes, so it runs over one placement per distinct (cost, stranded, leftover) the table
+        holds, not one per node.
+        """
+        table = answer.table
+        if table is None:
+            placements = answer.placements(candidates)
+            scores = score_nodes(placements, self.config) if placements else {}
+            return encode_host_priorities({name: scores.get(name, 0) for name in candidates})
+        keys: Mapping[str, _ScoreKey] = table.keys
+        reps = table.key_rep
+        if answer.extra_passed:
+            extra = {n: _score_key(p) for n, p in answer.extra_passed.items()}
+            keys = {**keys, **extra}
+            reps = {**reps, **{_score_key(p): p for p in answer.extra_passed.values()}}
+        distinct = set(map(keys.get, candidates))
+        distinct.discard(None)  # type: ignore[arg-type]
+        labelled = {repr(key): reps[key] for key in distinct}
+        low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
+        score_of = {
+            _score_key(labelled[label]): min(high, max(low, score))
+            for label, score in (score_nodes(labelled, self.config) if labelled else {}).items()
+        }
+        key_of = keys.get
+        return [{"Host": n, "Score": score_of.get(key_of(n), 0)} for n in candidates]  # type: ignore[arg-type]
 
     def _evaluate(
         self, candidates: Iterable[str], request: PodRequest

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -63,25 +63,43 @@ class ExtenderMetrics:
 EXTENDER_KEY = web.AppKey("extender", Extender)
 METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
 POOL_KEY = web.AppKey("bind_pool", ThreadPoolExecutor)
+PLACE_POOL_KEY = web.AppKey("place_pool", ThreadPoolExecutor)
 MAX_BODY_KEY = web.AppKey("max_body", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
 
 
 def _reply(body: Any, status: int = 200) -> web.Response:
-    return web.Response(text=_dumps(body), status=status, content_type="application/json")
+    data = body if isinstance(body, bytes) else _dumps(body)
+    return web.Response(body=data, status=status, content_type="application/json")
 
 
-async def _json_body(request: web.Request) -> Any:
-    raw = await request.read()
+def _loads(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise WireError(f"request body is not JSON: {exc}") from None
+
+
+class _Encoded(bytes):
+    """A reply body encoded off the event loop; `error` says whether it carries an Error."""
+
+    error: bool = False
+
+
+def _encoded(body: Any) -> _Encoded:
+    data = _Encoded(_dumps(body))
+    data.error = bool(isinstance(body, dict) and body.get("Error"))
+    return data
+
+
+async def _off_loop(request: web.Request, work: Callable[[], Any]) -> Any:
+    """Run decode, placement and encode in the placement thread: /healthz never waits behind them."""
+    return await asyncio.get_running_loop().run_in_executor(request.app[PLACE_POOL_KEY], work)
 
 
 def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., Any]], Handler]:
@@ -93,9 +111,9 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
             started = time.perf_counter()
             outcome = "ok"
             try:
-                raw = await _json_body(request)
+                raw = await request.read()
                 body = await body_handler(request, raw)
-                if isinstance(body, dict) and body.get("Error"):
+                if body.error if isinstance(body, _Encoded) else isinstance(body, dict) and body.get("Error"):
                     outcome = "error"
                 return _reply(body)
             except WireError as exc:
@@ -122,20 +140,26 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
 
 
 @_verb("filter", lambda message: encode_filter_result(None, error=message))
-async def _filter(request: web.Request, raw: Any) -> Any:
-    body = request.app[EXTENDER_KEY].filter(decode_extender_args(raw))
-    request.app[METRICS_KEY].verbs.observe_filter(body)
-    return body
+async def _filter(request: web.Request, raw: bytes) -> Any:
+    extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY]
+
+    def work() -> _Encoded:
+        body = extender.filter(decode_extender_args(_loads(raw)))
+        metrics.verbs.observe_filter(body)
+        return _encoded(body)
+
+    return await _off_loop(request, work)
 
 
 @_verb("prioritize", lambda message: {"Error": message})
-async def _prioritize(request: web.Request, raw: Any) -> Any:
-    return request.app[EXTENDER_KEY].prioritize(decode_extender_args(raw))
+async def _prioritize(request: web.Request, raw: bytes) -> Any:
+    extender = request.app[EXTENDER_KEY]
+    return await _off_loop(request, lambda: _encoded(extender.prioritize(decode_extender_args(_loads(raw)))))
 
 
 @_verb("bind", encode_binding_result)
-async def _bind(request: web.Request, raw: Any) -> Any:
-    args = decode_binding_args(raw)
+async def _bind(request: web.Request, raw: bytes) -> Any:
+    args = decode_binding_args(_loads(raw))
     extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY].verbs
     if extender.cache.held_by(args.pod_uid) is not None:
         metrics.bind_retries.inc()
@@ -148,8 +172,9 @@ async def _bind(request: web.Request, raw: Any) -> Any:
 
 
 @_verb("preempt", lambda message: {"NodeNameToMetaVictims": {}, "Error": message})
-async def _preempt(request: web.Request, raw: Any) -> Any:
-    return request.app[EXTENDER_KEY].preempt(decode_preemption_args(raw))
+async def _preempt(request: web.Request, raw: bytes) -> Any:
+    extender = request.app[EXTENDER_KEY]
+    return await _off_loop(request, lambda: _encoded(extender.preempt(decode_preemption_args(_loads(raw)))))
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -175,9 +200,13 @@ def build_app(
     app[METRICS_KEY].verbs.watch(extender)
     pool = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="bind")
     app[POOL_KEY] = pool
+    # One thread: placement is CPU work under the GIL, more threads would only interleave it.
+    place_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="place")
+    app[PLACE_POOL_KEY] = place_pool
 
     async def close_pool(app: web.Application) -> None:
         pool.shutdown(wait=True, cancel_futures=False)
+        place_pool.shutdown(wait=True, cancel_futures=False)
 
     app.on_cleanup.append(close_pool)
     app.router.add_post("/filter", _filter)
