@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import structlog
 
 from gedge_model import Allocation, NodeState
@@ -86,6 +87,10 @@ def _score_key(placement: Placement) -> _ScoreKey:
     return (placement.cost, placement.stranded, placement.leftover)
 
 
+def _fragment(name: str, score: int) -> bytes:
+    return b'{"Host":%s,"Score":%d}' % (orjson.dumps(name), score)
+
+
 class _ShapeTable:
     """Every answer for one pod shape, kept across requests and brought up to date by the nodes that
     changed since (source listener, assume cache log), so a request costs set operations over its
@@ -101,11 +106,15 @@ class _ShapeTable:
         "covered",
         "entries",
         "failed",
+        "fragments",
         "key_count",
         "key_rep",
         "keys",
         "passed",
+        "pending",
+        "score_of",
         "source_pos",
+        "stale",
         "unknown",
     )
 
@@ -116,6 +125,14 @@ class _ShapeTable:
         self.key_count: dict[_ScoreKey, int] = {}
         self.key_rep: dict[_ScoreKey, Placement] = {}
         """One placement per distinct score key held: what score_nodes is run over."""
+        self.score_of: dict[_ScoreKey, int] | None = None
+        """score_nodes over every passed node, by score key (None: not built yet)."""
+        self.stale = False
+        """The distinct score keys changed since `score_of` was built."""
+        self.fragments: dict[str, bytes] = {}
+        """Per passed node its encoded HostPriority under `score_of`: the whole-table reply is their join."""
+        self.pending: set[str] = set()
+        """Passed nodes whose fragment waits for `score_of` to be brought up to date."""
         self.failed: dict[str, str] = {}
         self.unknown: dict[str, str] = {}
         self.covered: set[str] = set()
@@ -125,13 +142,45 @@ class _ShapeTable:
     def reset(self, source_pos: int, assume_seq: int) -> None:
         self.__init__(source_pos, assume_seq)  # type: ignore[misc]
 
+    def priorities_json(self, config: PlacementConfig) -> bytes:
+        """The HostPriorityList of every passed node, encoded.
+
+        Scores come from score_nodes over one placement per distinct score key; a node's encoded
+        entry is made again only when its own placement or its key's score changed.
+        """
+        keys = self.keys
+        if self.score_of is None or self.stale:
+            reps = {repr(key): p for key, p in self.key_rep.items()}
+            low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
+            fresh = {
+                _score_key(reps[label]): min(high, max(low, score))
+                for label, score in (score_nodes(reps, config) if reps else {}).items()
+            }
+            old = self.score_of or {}
+            changed = {key for key, score in fresh.items() if old.get(key) != score}
+            self.score_of, self.stale = fresh, False
+            if changed:
+                self.pending.update(name for name in self.fragments if keys[name] in changed)
+        if self.pending:
+            score_of, fragments = self.score_of, self.fragments
+            for name in self.pending:
+                fragments[name] = _fragment(name, score_of[keys[name]])
+            self.pending.clear()
+        return b"[" + b",".join(self.fragments.values()) + b"]"
+
     def add(self, name: str, outcome: Outcome) -> None:
         self.covered.add(name)
         if outcome.__class__ is Placement:
             self.passed[name] = outcome  # type: ignore[assignment]
             key = self.keys[name] = _score_key(outcome)  # type: ignore[arg-type]
             self.key_count[key] = self.key_count.get(key, 0) + 1
-            self.key_rep.setdefault(key, outcome)  # type: ignore[arg-type]
+            if key not in self.key_rep:
+                self.key_rep[key] = outcome  # type: ignore[assignment]
+                self.stale = True
+            if self.score_of is None or self.stale:
+                self.pending.add(name)
+            else:
+                self.fragments[name] = _fragment(name, self.score_of[key])
         else:
             self.failed[name] = outcome.reason  # type: ignore[union-attr]
 
@@ -144,11 +193,14 @@ class _ShapeTable:
             if self.passed.pop(name, None) is not None:
                 key = self.keys.pop(name)
                 left = self.key_count[key] - 1
+                self.fragments.pop(name, None)
+                self.pending.discard(name)
                 if left:
                     self.key_count[key] = left
                 else:
                     del self.key_count[key]
                     del self.key_rep[key]
+                    self.stale = True
             self.failed.pop(name, None)
             self.unknown.pop(name, None)
 
@@ -274,6 +326,28 @@ class Extender:
         placements = {name: o for name in candidates if (o := outcomes.get(name)).__class__ is Placement}
         scores = score_nodes(placements, self.config) if placements else {}
         return encode_host_priorities({name: scores.get(name, 0) for name in candidates})
+
+    def prioritize_json(self, args: ExtenderArgs) -> bytes:
+        """`prioritize`, encoded. When the candidates are exactly the nodes the pod's shape passes
+        (kube-scheduler scoring every node), the reply is the shape table's, in its order."""
+        candidates = args.candidates
+        if self._observed:
+            try:
+                request = parse_pod_request(args.pod)
+            except RequestError:
+                request = None
+            if request is not None and request.wants_placement():
+                with self._tables_lock:
+                    answer = self._answer(candidates, request)
+                    table = answer.table
+                    if (
+                        table is not None
+                        and not answer.extra_passed
+                        and len(answer.names) == len(table.passed)
+                        and table.passed.keys() == answer.names
+                    ):
+                        return table.priorities_json(self.config)
+        return orjson.dumps(self.prioritize(args))
 
     def _filtered_outcomes(self, request: PodRequest) -> dict[str, Outcome] | None:
         """What filter found for this pod moments ago, if no bind changed any node since."""

@@ -154,7 +154,9 @@ async def _filter(request: web.Request, raw: bytes) -> Any:
 @_verb("prioritize", lambda message: {"Error": message})
 async def _prioritize(request: web.Request, raw: bytes) -> Any:
     extender = request.app[EXTENDER_KEY]
-    return await _off_loop(request, lambda: _encoded(extender.prioritize(decode_extender_args(_loads(raw)))))
+    return await _off_loop(
+        request, lambda: _Encoded(extender.prioritize_json(decode_extender_args(_loads(raw))))
+    )
 
 
 @_verb("bind", encode_binding_result)

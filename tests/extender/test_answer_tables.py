@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 import pytest
 
 from gedge_model import NodeState
@@ -93,6 +94,10 @@ def test_kept_answers_equal_fresh_placement_and_follow_binds() -> None:
             continue
         scores = kept.prioritize(args(spec, passed))
         assert scores == fresh.prioritize(args(spec, passed))
+        # The encoded reply (the whole shape table's when every passed node is asked about) agrees.
+        by_host = {s["Host"]: s["Score"] for s in scores}
+        encoded = orjson.loads(kept.prioritize_json(args(spec, passed)))
+        assert {s["Host"]: s["Score"] for s in encoded} == by_host and len(encoded) == len(passed)
         best = max(scores, key=lambda s: (s["Score"], s["Host"]))["Host"]
         assert bind(kept, spec, best) == {"Error": ""}
         assert bind(fresh, spec, best) == {"Error": ""}
