@@ -208,7 +208,7 @@ class _ShapeTable:
 class _Answer:
     """One request's outcomes, from a table (`table`) plus nodes looked at afresh (`extra_*`)."""
 
-    __slots__ = ("extra_passed", "failed", "names", "table", "unresolvable")
+    __slots__ = ("extra_passed", "failed", "names", "table", "unresolvable", "whole")
 
     def __init__(
         self,
@@ -217,7 +217,10 @@ class _Answer:
         extra_passed: dict[str, Placement],
         failed: dict[str, str],
         unresolvable: dict[str, str],
+        whole: bool = False,
     ) -> None:
+        self.whole = whole
+        """The candidates are exactly the nodes the table covers: its answers are the reply as is."""
         self.names = names
         self.table = table
         self.extra_passed = extra_passed
@@ -225,8 +228,10 @@ class _Answer:
         self.unresolvable = unresolvable
 
     def passed_names(self, candidates: Sequence[str]) -> list[str]:
-        """The candidates that passed, in the caller's order."""
+        """The candidates that passed, in the caller's order (the table's, when `whole`)."""
         known = self.table.passed if self.table is not None else {}
+        if self.whole:
+            return list(known)
         extra = self.extra_passed
         if extra:
             return [n for n in candidates if n in known or n in extra]
@@ -387,19 +392,22 @@ class Extender:
         with self._node_log_lock:
             return self._node_log_base + len(self._node_log)
 
-    def _sync(self, table: _ShapeTable) -> None:
-        """Forget the table's answers for nodes changed since it was last used."""
+    def _sync(self, table: _ShapeTable) -> list[str]:
+        """Forget the table's answers for nodes changed since it was last used; returns those it had."""
         with self._node_log_lock:
             base, end = self._node_log_base, self._node_log_base + len(self._node_log)
             changed = None if table.source_pos < base else self._node_log[table.source_pos - base :]
         assumed = self.cache.changes_since(table.assume_seq)
         if changed is None or assumed is None:
             table.reset(end, self.cache.sequence())
-            return
+            return []
         nodes, table.assume_seq = assumed
         table.source_pos = end
-        if changed or nodes:
-            table.forget([*changed, *nodes])
+        if not changed and not nodes:
+            return []
+        had = [name for name in {*changed, *nodes} if name in table.covered]
+        table.forget(had)
+        return had
 
     def _table(self, request: PodRequest) -> _ShapeTable:
         shape = _memo_key(request)
@@ -417,41 +425,83 @@ class Extender:
 
         Holds the table lock until the caller is done reading the answer: call within `_tables_lock`.
         """
-        names = set(candidates)
         own = self.cache.held_by(request.uid) if request.uid else None
         if own is not None:
+            names = set(candidates)
             # A pod that holds devices already: its own hold must not count against it (see _evaluate).
             outcomes, unresolvable = self._evaluate(candidates, request)
             passed = {n: o for n, o in outcomes.items() if o.__class__ is Placement}
             failed = {n: o.reason for n, o in outcomes.items() if o.__class__ is Refusal}
             return _Answer(names, None, passed, failed, unresolvable)  # type: ignore[arg-type]
         table = self._table(request)
-        self._sync(table)
         extra_passed: dict[str, Placement] = {}
         failed: dict[str, str] = {}
         unresolvable: dict[str, str] = {}
-        for name in names - table.covered:
-            view = self.source.node(name)
-            if view is None:
-                table.unknown[name] = f"node {name}: no gedge agent reports this node"
-                table.covered.add(name)
-                continue
-            if not view.fresh:
-                unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"
-                continue
-            outcome = self._memo_place(table, name, view, request)
-            if view.fresh_until is None:
-                table.add(name, outcome)
-            elif outcome.__class__ is Placement:
-                extra_passed[name] = outcome  # type: ignore[assignment]
-            else:
-                failed[name] = outcome.reason  # type: ignore[union-attr]
+        # Nodes that changed since are judged again at once (a bind changes one), so that a
+        # request for every node still finds the table whole.
+        judged = self._sync(table)
+        for name in judged:
+            self._judge(table, name, request, extra_passed, failed, unresolvable)
+        covered = table.covered
+        if (
+            not extra_passed
+            and not failed
+            and not unresolvable
+            and len(candidates) == len(covered)
+            and covered.issuperset(candidates)
+        ):
+            # Every node the table covers, as kube-scheduler asks with percentageOfNodesToScore 100:
+            # no set of the candidates is built, the table's answers are the reply.
+            return _Answer(covered, table, {}, table.failed, dict(table.unknown), whole=True)
+        passed = table.passed
+        if (
+            not extra_passed
+            and not failed
+            and not unresolvable
+            and len(candidates) == len(passed)
+            and all(map(passed.__contains__, candidates))
+        ):
+            # Exactly the nodes that passed, as kube-scheduler's prioritize after a whole filter.
+            return _Answer(passed.keys(), table, {}, {}, {})  # type: ignore[arg-type]
+        names = set(candidates)
+        for name in names - covered - set(judged):
+            self._judge(table, name, request, extra_passed, failed, unresolvable)
+        extra_passed = {n: p for n, p in extra_passed.items() if n in names}
+        failed = {n: r for n, r in failed.items() if n in names}
+        unresolvable = {n: r for n, r in unresolvable.items() if n in names}
         refused, unknown = table.failed, table.unknown
         if refused:
             failed.update({n: refused[n] for n in (refused.keys() & names)})
         if unknown:
             unresolvable.update({n: unknown[n] for n in (unknown.keys() & names)})
         return _Answer(names, table, extra_passed, failed, unresolvable)
+
+    def _judge(
+        self,
+        table: _ShapeTable,
+        name: str,
+        request: PodRequest,
+        extra_passed: dict[str, Placement],
+        failed: dict[str, str],
+        unresolvable: dict[str, str],
+    ) -> None:
+        """Judge one node: into the table when its view can only change by announcement, else into
+        this request's own answers."""
+        view = self.source.node(name)
+        if view is None:
+            table.unknown[name] = f"node {name}: no gedge agent reports this node"
+            table.covered.add(name)
+            return
+        if not view.fresh:
+            unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"
+            return
+        outcome = self._memo_place(table, name, view, request)
+        if view.fresh_until is None:
+            table.add(name, outcome)
+        elif outcome.__class__ is Placement:
+            extra_passed[name] = outcome  # type: ignore[assignment]
+        else:
+            failed[name] = outcome.reason  # type: ignore[union-attr]
 
     def _memo_place(self, table: _ShapeTable, name: str, view: NodeView, request: PodRequest) -> Outcome:
         state, version = view.state, self.cache.version(name)
