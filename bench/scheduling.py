@@ -38,7 +38,6 @@ import concurrent.futures
 import http.client
 import multiprocessing
 import os
-import socket
 import ssl
 import sys
 import tempfile
@@ -93,29 +92,51 @@ class Api:
             raise RuntimeError(f"{method} {path}: {response.status} {payload[:300]!r}")
         return orjson.loads(payload) if payload else None
 
-    def watch_binds(self, namespace: str, seen: dict[str, float]) -> http.client.HTTPSConnection:
+    def watch_binds(self, namespace: str, seen: dict[str, float]) -> threading.Event:
         """Record in `seen` when each pod of `namespace` is first seen with spec.nodeName.
 
-        The watch is open when this returns; closing the returned connection ends it.
+        The watch is open when this returns; setting the returned event ends it. A watch the API
+        server closes (it drops watchers that read too slowly) is resumed from a fresh list, whose
+        newly bound pods count as bound when listed.
         """
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context)
-        conn.request("GET", f"/api/v1/namespaces/{namespace}/pods?watch=1")
-        response = conn.getresponse()
-        if response.status != 200:
-            raise RuntimeError(f"watch pods of {namespace}: {response.status}")
+        stop = threading.Event()
+        path = f"/api/v1/namespaces/{namespace}/pods"
 
-        def follow() -> None:
-            try:
-                while line := response.readline():
-                    obj = orjson.loads(line).get("object") or {}
-                    name = (obj.get("metadata") or {}).get("name")
-                    if name and (obj.get("spec") or {}).get("nodeName") and name not in seen:
-                        seen[name] = time.perf_counter()
-            except Exception:
-                return
+        def note(obj: dict[str, Any]) -> None:
+            name = (obj.get("metadata") or {}).get("name")
+            if name and (obj.get("spec") or {}).get("nodeName") and name not in seen:
+                seen[name] = time.perf_counter()
 
-        threading.Thread(target=follow, daemon=True).start()
-        return conn
+        def open_watch(version: str) -> http.client.HTTPResponse:
+            conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=2)
+            conn.request("GET", f"{path}?watch=1&resourceVersion={version}&allowWatchBookmarks=true")
+            response = conn.getresponse()
+            if response.status != 200:
+                raise RuntimeError(f"watch pods of {namespace}: {response.status}")
+            return response
+
+        listed = self.call("GET", path)
+        first = open_watch(listed["metadata"]["resourceVersion"])
+
+        def follow(response: http.client.HTTPResponse) -> None:
+            while not stop.is_set():
+                try:
+                    while not stop.is_set() and (line := response.readline()):
+                        event = orjson.loads(line)
+                        if event.get("type") != "BOOKMARK":
+                            note(event.get("object") or {})
+                except (OSError, ValueError, http.client.HTTPException):
+                    pass  # quiet for 2 s, or closed by the API server: list and watch again
+                response.close()
+                if stop.is_set():
+                    return
+                relisted = self.call("GET", path)
+                for item in relisted["items"]:
+                    note(item)
+                response = open_watch(relisted["metadata"]["resourceVersion"])
+
+        threading.Thread(target=follow, args=(first,), daemon=True).start()
+        return stop
 
 
 def node_body(name: str, state: NodeState) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -241,7 +262,7 @@ def run(
     scheduler = plane.start_scheduler(configuration, name=f"kube-scheduler-{namespace}")
     seen: dict[str, float] = {}
     created: dict[str, float] = {}
-    watch = api.watch_binds(namespace, seen)
+    stop_watch = api.watch_binds(namespace, seen)
     try:
         started = time.perf_counter()
 
@@ -257,9 +278,7 @@ def run(
             time.sleep(0.2)
         finished = max(seen.values(), default=time.perf_counter())
     finally:
-        if watch.sock is not None:
-            watch.sock.shutdown(socket.SHUT_RDWR)
-        watch.close()
+        stop_watch.set()
         plane.stop_scheduler(scheduler)
     listed = api.call("GET", f"/api/v1/namespaces/{namespace}/pods")["items"]
     placed = best_level = 0
