@@ -107,7 +107,7 @@ class _ShapeTable:
         "entries",
         "failed",
         "fragments",
-        "key_count",
+        "key_names",
         "key_rep",
         "keys",
         "passed",
@@ -122,7 +122,7 @@ class _ShapeTable:
         self.entries: dict[str, _MemoEntry] = {}
         self.passed: dict[str, Placement] = {}
         self.keys: dict[str, _ScoreKey] = {}
-        self.key_count: dict[_ScoreKey, int] = {}
+        self.key_names: dict[_ScoreKey, set[str]] = {}
         self.key_rep: dict[_ScoreKey, Placement] = {}
         """One placement per distinct score key held: what score_nodes is run over."""
         self.score_of: dict[_ScoreKey, int] | None = None
@@ -159,8 +159,8 @@ class _ShapeTable:
             old = self.score_of or {}
             changed = {key for key, score in fresh.items() if old.get(key) != score}
             self.score_of, self.stale = fresh, False
-            if changed:
-                self.pending.update(name for name in self.fragments if keys[name] in changed)
+            for key in changed:
+                self.pending.update(self.key_names.get(key, ()))
         if self.pending:
             score_of, fragments = self.score_of, self.fragments
             for name in self.pending:
@@ -173,7 +173,7 @@ class _ShapeTable:
         if outcome.__class__ is Placement:
             self.passed[name] = outcome  # type: ignore[assignment]
             key = self.keys[name] = _score_key(outcome)  # type: ignore[arg-type]
-            self.key_count[key] = self.key_count.get(key, 0) + 1
+            self.key_names.setdefault(key, set()).add(name)
             if key not in self.key_rep:
                 self.key_rep[key] = outcome  # type: ignore[assignment]
                 self.stale = True
@@ -192,13 +192,12 @@ class _ShapeTable:
             covered.discard(name)
             if self.passed.pop(name, None) is not None:
                 key = self.keys.pop(name)
-                left = self.key_count[key] - 1
+                holders = self.key_names[key]
+                holders.discard(name)
                 self.fragments.pop(name, None)
                 self.pending.discard(name)
-                if left:
-                    self.key_count[key] = left
-                else:
-                    del self.key_count[key]
+                if not holders:
+                    del self.key_names[key]
                     del self.key_rep[key]
                     self.stale = True
             self.failed.pop(name, None)
