@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 
 # Debian packages the tests drive for real (Prometheus for the dashboards test,
 # hwloc for the discovery benchmark, systemd-analyze for the units, buildah and
-# debootstrap for `make image`, containerd and runc to run the image; the CNI
-# plugins, iptables and a static busybox for the e2e tests' real node).
+# debootstrap for `make image`, containerd and runc to run the image and under the
+# e2e node's containerd; the CNI plugins, iptables and a static busybox for the e2e
+# tests' real node).
 system-deps:
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=""; \

@@ -8,6 +8,7 @@ an error naming the key and where it came from.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ from agent.apply.cpuset import CpusetError, parse_cpu_list
 from gedge_model.allocation import valid_ifname
 
 ENV_PREFIX = "GEDGE_AGENT_"
+DEFAULT_SKIP_XIDS = (13, 31, 43, 45, 68, 109)
+"""Application-caused Xids NVIDIA's device plugin leaves out of its health check."""
+SRIOV_VF_CONTROLS = ("netlink", "off")
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
@@ -37,8 +41,10 @@ class AgentConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None
-    tls_allowed_clients: tuple[str, ...] = ()
-    """Certificate names allowed to call; empty: any client with a certificate from the CA."""
+    tls_allowed_clients: tuple[str, ...] = ("gedge-extender",)
+    """Client certificate names allowed to call (another node's certificate is refused)."""
+    insecure: bool = False
+    """Plaintext gRPC, no client authentication; TLS (tls_cert, tls_key, tls_ca) is required otherwise."""
     poll_interval_s: float = 0.5
     full_rediscovery_interval_s: float = 30.0
     netlink: bool | None = None
@@ -48,6 +54,12 @@ class AgentConfig:
     max_send_message_bytes: int = 16 * 1024 * 1024
     max_concurrent_rpcs: int = 100
     """Calls (watch streams included) served at once; more are refused with RESOURCE_EXHAUSTED."""
+    max_streams_per_connection: int = 32
+    """HTTP/2 streams one client connection may have open at once (gRPC max_concurrent_streams)."""
+    max_watch_streams_per_client: int = 8
+    """WatchNodeState streams one client address may hold; more are refused with RESOURCE_EXHAUSTED."""
+    max_connection_idle_s: float = 300.0
+    """A client connection with no call open this long is closed (the client reconnects when it needs)."""
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
     kubeconfig: str | None = None
@@ -64,6 +76,9 @@ class AgentConfig:
     nri_socket: str = "/var/run/nri/nri.sock"
     """The runtime's NRI socket: while it exists the agent is an NRI plugin and pinned containers get
     their CPUs at creation; empty: off (the pod watch alone applies cpusets)."""
+    pod_resources_socket: str = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    """kubelet's PodResources API: what kubelet really assigned (device plugins, restart checks);
+    empty: not asked."""
     readiness_interval_s: float = 5.0
     """How often the agent re-checks that it can drive the node's cgroups (its readiness)."""
     apply: bool = True
@@ -71,9 +86,26 @@ class AgentConfig:
     timeslice_replicas: int = 1
     sriov_numvfs: dict[str, int] = field(default_factory=dict)
     """PF netdev -> VF count, written to the PF's sriov_numvfs at start (before discovery)."""
+    sriov_vf_control: str = "netlink"
+    """How VF settings (MAC, VLAN, trust, spoofchk, rate) are made: netlink on the PF, or off (no VF is
+    offered as a data-path NIC)."""
+    data_routes: tuple[str, ...] = ()
+    """Routes every data-path interface gets in the pod: `DST` or `DST via GATEWAY` (CIDR, address)."""
+    health_interval_s: float = 1.0
+    """How often advertised devices are checked (PCI function still in sysfs, NIC link up); 0: never."""
+    gpu_health: bool = True
+    """Watch NVML for critical Xid events and report the GPU Unhealthy."""
+    gpu_health_skip_xids: tuple[int, ...] = DEFAULT_SKIP_XIDS
+    """Xids that do not make a GPU unhealthy (application errors, as NVIDIA's device plugin skips)."""
     reserved_cpus: str = ""
     """CPUs kept for the system as a Linux cpu list (`0,1` or `0-1`), as kubelet's reservedSystemCPUs:
     never pinned, always in the shared pool, reported to the extender so it never grants them."""
+    reservation_ttl_s: float = 120.0
+    """Without Kubernetes: a reservation (an Apply without the pod's runtime) not attached within this
+    many seconds is released; 0: never."""
+    granting_schedulers: tuple[str, ...] = ("gedge-scheduler",)
+    """Under Kubernetes: schedulerName(s) whose pods' gedge.io/allocation is applied (profiles that call
+    the extender); a grant on any other pod is refused with a GrantMismatch Event."""
     cpuset_refresh_interval_s: float = 10.0
     """Without Kubernetes: how often every container's cpuset is re-derived (new containers start on
     all CPUs, the shared pool must not include pinned ones); 0: never."""
@@ -99,8 +131,10 @@ class AgentConfig:
     def validate(self) -> AgentConfig:
         if self.tls_enabled and not all((self.tls_cert, self.tls_key, self.tls_ca)):
             raise ConfigError("tls_cert, tls_key and tls_ca must be given together")
-        if self.tls_allowed_clients and not self.tls_enabled:
-            raise ConfigError("tls_allowed_clients needs TLS (tls_cert, tls_key, tls_ca)")
+        if self.insecure and self.tls_enabled:
+            raise ConfigError("insecure (plaintext) and tls_cert/tls_key/tls_ca exclude each other")
+        if self.tls_enabled and not self.tls_allowed_clients:
+            raise ConfigError("tls_allowed_clients is empty: name the client certificate(s) allowed to call")
         parse_listen(self.listen, "listen")
         if self.metrics_listen:
             parse_listen(self.metrics_listen, "metrics_listen")
@@ -115,13 +149,22 @@ class AgentConfig:
         for name in ("max_receive_message_bytes", "max_send_message_bytes"):
             if not 1024 <= getattr(self, name) <= 256 * 1024 * 1024:
                 raise ConfigError(f"{name} must be within 1 KiB..256 MiB, got {getattr(self, name)}")
+        if not self.granting_schedulers:
+            raise ConfigError("granting_schedulers is empty: no pod's allocation could be applied")
         if not 1 <= self.max_concurrent_rpcs <= 10_000:
             raise ConfigError(f"max_concurrent_rpcs must be within 1..10000, got {self.max_concurrent_rpcs}")
+        for name in ("max_streams_per_connection", "max_watch_streams_per_client"):
+            if not 1 <= getattr(self, name) <= 10_000:
+                raise ConfigError(f"{name} must be within 1..10000, got {getattr(self, name)}")
+        if self.max_connection_idle_s <= 0:
+            raise ConfigError(f"max_connection_idle_s must be positive, got {self.max_connection_idle_s}")
         if self.cgroup_driver not in ("", "systemd", "cgroupfs"):
             raise ConfigError(
                 f"cgroup_driver must be systemd, cgroupfs or empty (detect), got {self.cgroup_driver!r}"
             )
         self.reserved_cpu_set  # noqa: B018 (raises ConfigError when malformed)
+        if self.reservation_ttl_s < 0:
+            raise ConfigError(f"reservation_ttl_s must be 0 (off) or positive, got {self.reservation_ttl_s}")
         if self.cpuset_refresh_interval_s < 0:
             raise ConfigError(
                 f"cpuset_refresh_interval_s must be 0 (off) or positive, got {self.cpuset_refresh_interval_s}"
@@ -135,10 +178,27 @@ class AgentConfig:
             raise ConfigError(
                 f"sriov_numvfs (PFs {sorted(self.sriov_numvfs)}) changes the node; it needs apply on"
             )
+        if self.sriov_vf_control not in SRIOV_VF_CONTROLS:
+            raise ConfigError(
+                f"sriov_vf_control must be one of {list(SRIOV_VF_CONTROLS)}, got {self.sriov_vf_control!r}"
+            )
+        for text in self.data_routes:
+            parse_data_route(text)
+        if self.health_interval_s < 0:
+            raise ConfigError(f"health_interval_s must be 0 (off) or positive, got {self.health_interval_s}")
+        if any(x < 0 for x in self.gpu_health_skip_xids):
+            raise ConfigError(
+                f"gpu_health_skip_xids must be Xid numbers, got {list(self.gpu_health_skip_xids)}"
+            )
         if self.timeslice_replicas < 1:
             raise ConfigError(f"timeslice_replicas must be at least 1, got {self.timeslice_replicas}")
         if not Path(self.root).is_dir():
             raise ConfigError(f"root {self.root!r} is not a directory")
+        if not self.insecure and not self.tls_enabled:
+            raise ConfigError(
+                "TLS is required: give tls_cert, tls_key and tls_ca (`gedge-agent certs` makes them), "
+                "or insecure for plaintext gRPC that any network peer can call"
+            )
         return self
 
 
@@ -149,6 +209,21 @@ def parse_listen(text: str, key: str = "listen") -> tuple[str, int]:
         raise ConfigError(f"{key}: {text!r} is not HOST:PORT")
     host = host.strip("[]") or "0.0.0.0"
     return host, int(port_text)
+
+
+def parse_data_route(text: str) -> tuple[str, str | None]:
+    """`DST` or `DST via GATEWAY` -> (network, gateway); ConfigError naming data_routes otherwise."""
+    parts = text.split()
+    if len(parts) not in (1, 3) or (len(parts) == 3 and parts[1] != "via"):
+        raise ConfigError(f"data_routes: {text!r} is not 'DST' or 'DST via GATEWAY'")
+    try:
+        network = ipaddress.ip_network(parts[0], strict=True)
+        gateway = ipaddress.ip_address(parts[2]) if len(parts) == 3 else None
+    except ValueError as exc:
+        raise ConfigError(f"data_routes: {text!r}: {exc}") from None
+    if gateway is not None and gateway.version != network.version:
+        raise ConfigError(f"data_routes: {text!r}: gateway and destination are of different IP versions")
+    return str(network), None if gateway is None else str(gateway)
 
 
 def grpc_address(text: str) -> str:
@@ -193,6 +268,12 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if isinstance(value, str):
                 return tuple(part.strip() for part in value.split(",") if part.strip())
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise TypeError
+        if target == "tuple[int, ...]":
+            if isinstance(value, str):
+                return tuple(int(part) for part in value.split(",") if part.strip())
+            if isinstance(value, list) and all(type(v) is int for v in value):
                 return tuple(value)
             raise TypeError
     except (TypeError, ValueError):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -45,3 +47,25 @@ class AgentMetrics:
             "Calls refused because the client certificate names no allowed client",
             registry=r,
         )
+        self.unhealthy_devices = Gauge(
+            "gedge_agent_unhealthy_devices",
+            "1 for each PCI function the agent found unhealthy (Xid, vanished, link down), with why",
+            ["pci_address", "reason"],
+            registry=r,
+        )
+        self.health_transitions = Counter(
+            "gedge_agent_device_health_transitions_total",
+            "Devices that turned unhealthy or recovered",
+            ["to"],
+            registry=r,
+        )
+
+    def record_health(self, unhealthy: Mapping[str, str], added: int, recovered: int) -> None:
+        """Set the unhealthy-device gauge to exactly `unhealthy` (PCI address -> reason)."""
+        self.unhealthy_devices.clear()
+        for address, reason in unhealthy.items():
+            self.unhealthy_devices.labels(address, reason).set(1)
+        if added:
+            self.health_transitions.labels("unhealthy").inc(added)
+        if recovered:
+            self.health_transitions.labels("healthy").inc(recovered)

@@ -21,12 +21,13 @@ from gedge_model.allocation import RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_M
 _KIND_OF_RESOURCE = {
     RESOURCE_GPU: "gpu",
     "gedge.io/sriov-vf": "vf",
+    "gedge.io/sriov-vf-vfio": "vf-vfio",
     "gedge.io/rdma": "rdma",
 }
 
 
 def device_kind(resource: str) -> str:
-    """gpu, mig, vf or rdma: the kind label of a device-plugin resource."""
+    """gpu, mig, vf, vf-vfio or rdma: the kind label of a device-plugin resource."""
     if resource.startswith(RESOURCE_MIG_PREFIX):
         return "mig"
     return _KIND_OF_RESOURCE.get(resource, resource.removeprefix("gedge.io/"))

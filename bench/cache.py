@@ -70,6 +70,7 @@ def worker(first: int, count: int, topology_files: list[str]) -> None:
                 netlink=False,
                 poll_interval_s=3600,
                 full_rediscovery_interval_s=7200,
+                insecure=True,
             )
             runtime = AgentRuntime(config=config, applier=None, discover=lambda t=topology: t)
             await runtime.start()

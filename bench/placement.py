@@ -24,16 +24,27 @@ NODE 4, SYS 5), share of pods at the best level (the worst pair level the
 engine reaches for that pod on an empty node of the same kind), and mean cost.
 Then: pods placed before the first refusal when filling the empty cluster with
 20 seeded traces; totals under churn over more seeds; the time of one place()
-call searching and answered from the memo. Goal: within 1% of the optimum's
-cost, never fewer pods placed than (a) or (b).
+call searching and answered from the memo. Then GPU sets against NVIDIA's
+go-gpuallocator best-effort policy (built from its Go module v0.6.0 by the
+harness in bench/gpuallocator; skipped without a Go toolchain): single picks
+from seeded free sets and fills of an empty node, on NVSwitch, NVLink pairs,
+pairs across switches, a hybrid cube mesh (NV1/NV2), PCIe only and 16 GPUs,
+each set scored by go-gpuallocator's pair score and by our cost; and
+`restricted` on 16 to 32 NUMA nodes (time and answer size). Goal: within 1% of
+the optimum's cost, never fewer pods placed than (a) or (b), never a worse GPU
+set than go-gpuallocator.
 
     .venv/bin/python bench/placement.py [--pods 600] [--small-pods 160] [--seed 7] [--fills 20] [--churn 6]
+        [--gpu-picks 150] [--gpu-fills 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
@@ -51,6 +62,7 @@ from gedge_model import (  # noqa: E402
     Level,
     NodeState,
     NodeTopology,
+    NvLink,
     pci_distance,
 )
 from gedge_model.allocation import mig_resource_name  # noqa: E402
@@ -63,7 +75,12 @@ from scheduler_extender.placement import (  # noqa: E402
 )
 from scheduler_extender.placement.engine import forget_plans  # noqa: E402
 from scheduler_extender.placement.exact import optimum_cost  # noqa: E402
-from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation  # noqa: E402
+from scheduler_extender.placement.synthetic import (  # noqa: E402
+    cpus_and_numa,
+    dgx_like,
+    edge_box,
+    pcie_workstation,
+)
 
 LEVEL_ORDER = list(Level)
 LIFETIME = (10, 60)
@@ -307,13 +324,14 @@ def price(topology: NodeTopology, allocation: Allocation) -> Pricing:
         own = numa_of(address)
         return Level.PHB if own is None or own == numa else Level.SYS
 
-    levels: list[Level] = [pci_distance(topology, a, b).level for a, b in combinations(gpus, 2)]
+    pairs = [pci_distance(topology, a, b) for a, b in combinations(gpus, 2)]
+    levels: list[Level] = [d.level for d in pairs]
     gpu_nic = [pci_distance(topology, g, n).level for g in gpus for n in nets]
     gpu_cpu = [to_cpu(g, m) for g in gpus for m in numas]
     net_cpu = [to_cpu(n, m) for n in nets for m in numas]
     levels += gpu_nic + gpu_cpu + net_cpu
     return Pricing(
-        cost=sum(w[lv] for lv in levels),
+        cost=sum(d.weight(w) for d in pairs) + sum(w[lv] for lv in gpu_nic + gpu_cpu + net_cpu),
         worst=max((LEVEL_ORDER.index(lv) for lv in levels), default=0),
         gpu_nic=[w[lv] for lv in gpu_nic],
         gpu_cpu=[w[lv] for lv in gpu_cpu],
@@ -461,6 +479,211 @@ def fill(strategy: Strategy, cluster: list[NodeTopology], pods: list[TracePod], 
     return len(pods)
 
 
+# -- against NVIDIA's go-gpuallocator (k8s-device-plugin's GetPreferredAllocation) ---------------------------
+
+GPUALLOCATOR = REPO / "bench" / "gpuallocator"
+NVML_P2P = {Level.PIX: 5, Level.PXB: 4, Level.PHB: 3, Level.NODE: 2, Level.SYS: 1}
+"""Our PCIe levels as go-gpuallocator's P2PLinkType (single switch .. cross CPU); n NVLinks are 6 + n."""
+
+
+def gpuallocator_binary() -> Path | None:
+    """The Go harness over go-gpuallocator v0.6.0, built into build/ when its sources change (None: no Go)."""
+    go = shutil.which("go")
+    if go is None:
+        return None
+    binary = REPO / "build" / "gpuallocator"
+    sources = [GPUALLOCATOR / name for name in ("main.go", "go.mod", "go.sum")]
+    if not binary.exists() or binary.stat().st_mtime < max(p.stat().st_mtime for p in sources):
+        binary.parent.mkdir(exist_ok=True)
+        built = subprocess.run(
+            [go, "build", "-o", str(binary), "."], cwd=GPUALLOCATOR, capture_output=True, text=True
+        )
+        if built.returncode:
+            print(f"go-gpuallocator harness did not build: {built.stderr.strip()[-400:]}")
+            return None
+    return binary
+
+
+def with_nvlinks(topology: NodeTopology, links: dict[tuple[int, int], int]) -> NodeTopology:
+    """The topology with exactly these NVLinks ((GPU index, GPU index) -> link count)."""
+    gpus = sorted(topology.gpus, key=lambda g: g.index)
+    address = {g.index: g.pci_address for g in gpus}
+    rebuilt = []
+    for gpu in gpus:
+        peers = tuple(
+            NvLink(address[b if a == gpu.index else a], n)
+            for (a, b), n in links.items()
+            if gpu.index in (a, b)
+        )
+        rebuilt.append(replace(gpu, nvlinks=peers))
+    return replace(topology, gpus=tuple(rebuilt))
+
+
+def gpu_pick_topologies() -> list[tuple[str, NodeTopology]]:
+    plain = dgx_like("g-plain", nvlink="none", vfs_per_nic=1)
+    cube = {(0, 1): 1, (0, 2): 1, (0, 3): 2, (1, 2): 2, (1, 3): 1, (2, 3): 1}
+    cube |= {(a + 4, b + 4): n for (a, b), n in cube.items()}
+    cube |= {(i, i + 4): 2 if i % 2 == 0 else 1 for i in range(4)}
+    return [
+        ("NVSwitch, NV12 every pair", dgx_like("g-nvs", vfs_per_nic=1)),
+        ("NV4 pairs under one switch", dgx_like("g-pairs", nvlink="pairs", vfs_per_nic=1)),
+        (
+            "NV12 pairs across switches (#1193)",
+            with_nvlinks(plain, {(0, 2): 12, (1, 3): 12, (4, 6): 12, (5, 7): 12}),
+        ),
+        ("hybrid cube mesh, NV1/NV2", with_nvlinks(plain, cube)),
+        ("PCIe only, two sockets", pcie_workstation("g-ws", gpus_per_socket=4)),
+        ("16 GPUs, NV4 pairs", dgx_like("g-16", gpus=16, nvlink="pairs", vfs_per_nic=1)),
+    ]
+
+
+def p2p_links(topology: NodeTopology) -> list[tuple[int, int, list[int]]]:
+    plain = replace(topology, gpus=tuple(replace(g, nvlinks=()) for g in topology.gpus))
+    gpus = sorted(topology.gpus, key=lambda g: g.index)
+    out = []
+    for i, j in combinations(range(len(gpus)), 2):
+        a, b = gpus[i].pci_address, gpus[j].pci_address
+        types = [NVML_P2P[pci_distance(plain, a, b).level]]
+        nv = pci_distance(topology, a, b)
+        if nv.level is Level.NV:
+            types.append(6 + min(nv.nvlinks, 18))
+        out.append((i, j, types))
+    return out
+
+
+def our_pick(topology: NodeTopology, busy: Iterable[int], size: int) -> list[int] | None:
+    gpus = sorted(topology.gpus, key=lambda g: g.index)
+    held = Allocation(
+        "busy",
+        "bench",
+        "busy",
+        topology.node_name,
+        tuple(DeviceGrant("gedge.io/gpu", gpus[i].uuid) for i in busy),
+    )
+    outcome = place(NodeState(topology, (held,)), PodRequest("bench", "p", "p", gpus=size))
+    if not isinstance(outcome, Placement):
+        return None
+    index = {g.uuid: g.index for g in gpus}
+    return sorted(index[d.id] for d in outcome.allocation.devices)
+
+
+def against_gpuallocator(seed: int, picks: int = 150, fills: int = 20) -> None:
+    """Single picks from seeded free sets and fills of an empty node: ours against go-gpuallocator's
+    best-effort policy, each set scored by its pair score (higher is closer) and by our cost (lower)."""
+    binary = gpuallocator_binary()
+    if binary is None:
+        print("\nagainst go-gpuallocator: skipped (no Go toolchain to build bench/gpuallocator)")
+        return
+    print(
+        "\nGPU sets against NVIDIA's go-gpuallocator v0.6.0 best-effort policy (k8s-device-plugin's "
+        "GetPreferredAllocation), same free sets; score = its pair score (higher closer), cost = ours"
+    )
+    print(
+        f"{'topology':38s} {'picks':>6s} {'worse by score':>15s} {'worse by cost':>14s} "
+        f"{'better by score':>16s} {'theirs short':>13s} "
+        f"{'fill score ours/theirs':>23s} {'fill cost ours/theirs':>22s} {'fill NV sets':>13s}"
+    )
+    for name, topology in gpu_pick_topologies():
+        rng = random.Random(f"{seed}-{name}")
+        gpus = sorted(topology.gpus, key=lambda g: g.index)
+        n = len(gpus)
+        queries = []
+        for _ in range(picks):
+            busy = sorted(rng.sample(range(n), rng.randint(0, n - 1)))
+            free = [i for i in range(n) if i not in busy]
+            queries.append({"available": free, "required": [], "size": rng.randint(1, min(4, len(free)))})
+        sequences = [[rng.choice([1, 1, 2, 2, 4]) for _ in range(n)] for _ in range(fills)]
+        queries += [{"available": list(range(n)), "fill": sizes} for sizes in sequences]
+        answer = subprocess.run(
+            [str(binary)],
+            input=json.dumps({"gpus": n, "links": p2p_links(topology), "queries": queries}),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result = json.loads(answer.stdout)
+        pair_score = result["scores"]
+        weight = [[pci_distance(topology, a.pci_address, b.pci_address).weight() for b in gpus] for a in gpus]
+
+        def score(chosen: list[int], pair_score: list[list[int]] = pair_score) -> int:
+            return sum(pair_score[a][b] for a, b in combinations(chosen, 2))
+
+        def cost(chosen: list[int], weight: list[list[float]] = weight) -> float:
+            return sum(weight[a][b] for a, b in combinations(chosen, 2))
+
+        worse_score = worse_cost = better_score = short = 0
+        for query, theirs in zip(queries[:picks], result["picks"], strict=True):
+            ours = our_pick(topology, [i for i in range(n) if i not in query["available"]], query["size"])
+            assert ours is not None and len(ours) == query["size"]
+            if len(theirs) != query["size"]:
+                short += 1  # go-gpuallocator handed back fewer GPUs than asked (nil padding)
+                continue
+            worse_score += score(ours) < score(theirs)
+            better_score += score(ours) > score(theirs)
+            worse_cost += cost(ours) > cost(theirs) + 1e-9
+        totals = [0, 0, 0.0, 0.0, 0, 0]
+        for sizes, their_steps in zip(sequences, result["fills"], strict=True):
+            busy: list[int] = []
+            for step, size in enumerate(sizes):
+                ours = our_pick(topology, busy, size)
+                if ours is None:
+                    break
+                busy += ours
+                theirs = their_steps[step] if step < len(their_steps) else None
+                if theirs is None:
+                    break
+                totals[0] += score(ours)
+                totals[1] += score(theirs)
+                totals[2] += cost(ours)
+                totals[3] += cost(theirs)
+                if size > 1:
+                    totals[4] += all(
+                        pci_distance(topology, gpus[a].pci_address, gpus[b].pci_address).level is Level.NV
+                        for a, b in combinations(ours, 2)
+                    )
+                    totals[5] += all(
+                        pci_distance(topology, gpus[a].pci_address, gpus[b].pci_address).level is Level.NV
+                        for a, b in combinations(theirs, 2)
+                    )
+        print(
+            f"{name:38s} {picks:>6d} {worse_score:>15d} {worse_cost:>14d} {better_score:>16d} {short:>13d} "
+            f"{f'{totals[0]}/{totals[1]}':>23s} {f'{totals[2]:.1f}/{totals[3]:.1f}':>22s} "
+            f"{f'{totals[4]}/{totals[5]}':>13s}"
+        )
+
+
+def many_numa_nodes() -> None:
+    """`restricted` on machines past kubelet's 8-NUMA-node limit: the time and size of an answer."""
+    print("\nrestricted on many NUMA nodes (4 CPUs each, one CPU of each pinned; a pod pins 32):")
+    for count in (16, 20, 32):
+        cpus, numa = cpus_and_numa(count, 4, threads=1)
+        topology = NodeTopology(f"numa-{count}", cpus, numa)
+        held = Allocation(
+            "held",
+            "bench",
+            "held",
+            topology.node_name,
+            (),
+            tuple(next(c.id for c in cpus if c.numa_node == n) for n in range(count)),
+        )
+        rows = []
+        for label, state in (("refused", NodeState(topology, (held,))), ("placed", NodeState(topology))):
+            forget_plans()
+            t0 = time.perf_counter()
+            outcome = place(
+                state, PodRequest("bench", "p", "p", cpus=32, cpu_pinning=True, policy="restricted")
+            )
+            took = time.perf_counter() - t0
+            size = (
+                len(outcome.reason)
+                if not isinstance(outcome, Placement)
+                else len(outcome.allocation.to_annotation())
+            )
+            kind = "placed" if isinstance(outcome, Placement) else "refused"
+            rows.append(f"{label}: {kind} in {1000 * took:.1f} ms, {size} bytes")
+        print(f"  {count} NUMA nodes: " + "; ".join(rows))
+
+
 def mean(values: list[float]) -> str:
     return f"{sum(values) / len(values):.3f}" if values else "-"
 
@@ -493,6 +716,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--fills", type=int, default=20)
     parser.add_argument("--churn", type=int, default=6)
+    parser.add_argument("--gpu-picks", type=int, default=150, help="free sets per GPU topology")
+    parser.add_argument("--gpu-fills", type=int, default=20, help="fills per GPU topology")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     strategies: list[tuple[str, Strategy]] = [
@@ -556,6 +781,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     small_runs = [run(name, s, small, small_pods, args.seed, with_optimum=True) for name, s in strategies]
     report("small cluster vs exact optimum", small_runs, optimum=True)
+
+    against_gpuallocator(args.seed, args.gpu_picks, args.gpu_fills)
+    many_numa_nodes()
 
     ours_mixed, ours_small = runs[0], small_runs[0]
     gap = ours_small.cost_at_optimum_pods / ours_small.optimum_cost - 1 if ours_small.optimum_cost else 0.0

@@ -17,6 +17,8 @@ RESOURCE_GPU = "gedge.io/gpu"
 RESOURCE_GPU_SHARED = "gedge.io/gpu-shared"
 RESOURCE_MIG_PREFIX = "gedge.io/mig-"
 RESOURCE_SRIOV_VF = "gedge.io/sriov-vf"
+RESOURCE_SRIOV_VF_VFIO = "gedge.io/sriov-vf-vfio"
+"""VFs bound to vfio-pci or a DPDK uio driver: a PCI device for the pod, never its data-path NIC."""
 RESOURCE_RDMA = "gedge.io/rdma"
 RESOURCE_AMD_GPU = "gedge.io/amd-gpu"
 RESOURCE_FPGA = "gedge.io/fpga"
@@ -27,26 +29,57 @@ CARD_RESOURCES = (RESOURCE_AMD_GPU, RESOURCE_FPGA, RESOURCE_ASIC)
 _PCI_ADDRESS = re.compile(r"^[0-9a-f]{4,8}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 _MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-_MIG_RESOURCE_SUFFIX = re.compile(r"^[0-9]+g\.[0-9]+gb(\.me)?$")
+MIG_ATTRIBUTES = ("+me.all", "+me", "+gfx", "-me")
+"""Suffixes NVML gives GPU-instance profile variants (pynvml's *_SLICE_ALL_ME, *_SLICE_REV1, *_SLICE_GFX,
+*_SLICE_NO_ME): all media engines, one media engine, graphics, no media engine."""
+_ATTRIBUTE = "|".join(re.escape(a) for a in MIG_ATTRIBUTES)
+_MIG_PROFILE = re.compile(rf"^[0-9]+g\.[0-9]+gb(?:{_ATTRIBUTE})*$")
+"""NVML's GPU-instance profile names: `1g.10gb`, `1g.24gb+gfx`, `1g.24gb-me`, `1g.24gb+me.all`."""
+_RESOURCE_ATTRIBUTES = tuple(a.replace("+", ".") for a in MIG_ATTRIBUTES)
+_MIG_RESOURCE_SUFFIX = re.compile(
+    r"^[0-9]+g\.[0-9]+gb(?:" + "|".join(re.escape(a) for a in _RESOURCE_ATTRIBUTES) + ")*$"
+)
+
+
+def is_mig_profile(profile: str) -> bool:
+    """Whether `profile` is a MIG profile name NVML reports (and so has a resource name)."""
+    return bool(_MIG_PROFILE.match(profile))
 
 
 def mig_resource_name(profile: str) -> str:
-    """NVIDIA's MIG profile name as an extended resource name.
+    """NVIDIA's MIG profile name as an extended resource name: one rule for every profile NVML reports.
 
-    `+` (as in `1g.10gb+me`) is not legal in a Kubernetes resource name, so it
-    becomes `.`: `gedge.io/mig-1g.10gb.me`, the way NVIDIA's device plugin names it.
+    `+` is not legal in a Kubernetes resource name, so each `+attribute` becomes
+    `.attribute` (`1g.10gb+me` -> `gedge.io/mig-1g.10gb.me`, `1g.24gb+gfx` ->
+    `gedge.io/mig-1g.24gb.gfx`, `1g.24gb+me.all` -> `gedge.io/mig-1g.24gb.me.all`),
+    the way NVIDIA's device plugin names them; `-me` stays. A name outside NVML's
+    grammar (`is_mig_profile`) gives a name `is_known_resource` refuses.
     """
     return RESOURCE_MIG_PREFIX + profile.replace("+", ".")
 
 
 def mig_profile_name(resource: str) -> str:
-    """Inverse of `mig_resource_name`: `gedge.io/mig-1g.10gb.me` -> `1g.10gb+me`."""
+    """Inverse of `mig_resource_name`: `gedge.io/mig-1g.24gb.gfx` -> `1g.24gb+gfx`."""
     suffix = resource.removeprefix(RESOURCE_MIG_PREFIX)
-    return suffix.removesuffix(".me") + "+me" if suffix.endswith(".me") else suffix
+    match = re.match(r"^[0-9]+g\.[0-9]+gb", suffix)
+    if match is None:
+        return suffix
+    base, rest = match.group(0), suffix[match.end() :]
+    attributes = re.findall("|".join(re.escape(a) for a in _RESOURCE_ATTRIBUTES), rest)
+    if "".join(attributes) != rest:
+        return suffix
+    return base + "".join("+" + a[1:] if a.startswith(".") else a for a in attributes)
 
 
 def is_known_resource(name: str) -> bool:
-    if name in (RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_SRIOV_VF, RESOURCE_RDMA, *CARD_RESOURCES):
+    if name in (
+        RESOURCE_GPU,
+        RESOURCE_GPU_SHARED,
+        RESOURCE_SRIOV_VF,
+        RESOURCE_SRIOV_VF_VFIO,
+        RESOURCE_RDMA,
+        *CARD_RESOURCES,
+    ):
         return True
     return name.startswith(RESOURCE_MIG_PREFIX) and bool(
         _MIG_RESOURCE_SUFFIX.match(name[len(RESOURCE_MIG_PREFIX) :])

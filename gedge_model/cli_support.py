@@ -12,6 +12,7 @@ import importlib.metadata
 import logging
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
@@ -71,17 +72,41 @@ class _Stderr:
 
 
 def configure_logging(level: str, *, cache: bool = True) -> None:
-    """structlog JSON lines on stderr, one object per event."""
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    """One pipeline for every log line: structlog events and stdlib records (gRPC, aiohttp, the
+    kubernetes client, our own `logging` users) both go through structlog's ProcessorFormatter to
+    one stderr handler, so each line is one JSON object with `level`, `timestamp` and `logger`,
+    written in one write under the handler's lock (lines of concurrent threads never tear)."""
+    numeric = logging.getLevelName(level.upper())
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.PositionalArgumentsFormatter()],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(default=str),
+        ],
+    )
+    handler = logging.StreamHandler(_Stderr())  # type: ignore[arg-type]
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(numeric)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(_Stderr()),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=cache,
     )

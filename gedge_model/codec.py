@@ -1,8 +1,13 @@
-"""JSON <-> model dataclasses, strict: the wire form of the one model.
+"""JSON <-> model dataclasses: the wire form of the one model.
 
 The agent sends its topology as this JSON inside the gRPC messages and the
 extender decodes it back into the same frozen dataclasses, so there is never a
 second, hand-kept copy of the model. Decoding names the field at fault.
+
+Strict by default (user input, checkpoints): an unknown field is an error. A
+reader of another component's reports passes `unknown`, which is told of each
+unknown field (path, names) while decoding goes on without them, so a newer
+agent's additions never make an older extender refuse the node (rolling upgrades).
 """
 
 from __future__ import annotations
@@ -11,11 +16,16 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Callable
 from enum import Enum
 from functools import cache
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+REPORT_VERSION = 1
+"""The format version of the agent's reports (NodeStateEvent.report_version); bump when fields are added."""
+UnknownFields = Callable[[str, list[str]], None]
+"""(path of the object, sorted unknown field names) for each object that has some."""
 
 
 class ModelDecodeError(ValueError):
@@ -38,16 +48,19 @@ def to_json(obj: Any, *, indent: int | None = None) -> str:
     return json.dumps(to_dict(obj), indent=indent, sort_keys=indent is not None)
 
 
-def from_json(cls: type[T], text: str | bytes) -> T:
+def from_json(cls: type[T], text: str | bytes, *, unknown: UnknownFields | None = None) -> T:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ModelDecodeError(f"{cls.__name__}: not JSON: {exc}") from None
-    return from_dict(cls, raw)
+    except RecursionError:
+        raise ModelDecodeError(f"{cls.__name__}: JSON nested too deep") from None
+    return from_dict(cls, raw, unknown=unknown)
 
 
-def from_dict(cls: type[T], raw: Any, path: str | None = None) -> T:
-    return _decode(cls, raw, path or cls.__name__)
+def from_dict(cls: type[T], raw: Any, path: str | None = None, *, unknown: UnknownFields | None = None) -> T:
+    """`unknown` None: strict; else unknown fields are reported to it and skipped."""
+    return _decode(cls, raw, path or cls.__name__, unknown)
 
 
 @cache
@@ -55,7 +68,7 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _decode(tp: Any, raw: Any, path: str) -> Any:
+def _decode(tp: Any, raw: Any, path: str, unknown: UnknownFields | None = None) -> Any:
     origin = typing.get_origin(tp)
     if tp is Any:
         return raw
@@ -68,7 +81,7 @@ def _decode(tp: Any, raw: Any, path: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _decode(arg, raw, path)
+                return _decode(arg, raw, path, unknown)
             except ModelDecodeError as exc:
                 errors.append(str(exc))
         raise ModelDecodeError(errors[0] if len(errors) == 1 else f"{path}: no variant fits: {errors}")
@@ -77,27 +90,34 @@ def _decode(tp: Any, raw: Any, path: str) -> Any:
         if not isinstance(raw, list | tuple):
             raise ModelDecodeError(f"{path}: expected a list, got {type(raw).__name__}")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_decode(args[0], v, f"{path}[{i}]") for i, v in enumerate(raw))
+            return tuple(_decode(args[0], v, f"{path}[{i}]", unknown) for i, v in enumerate(raw))
         if len(args) != len(raw):
             raise ModelDecodeError(f"{path}: expected {len(args)} items, got {len(raw)}")
-        return tuple(_decode(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(args, raw, strict=True)))
+        return tuple(
+            _decode(a, v, f"{path}[{i}]", unknown) for i, (a, v) in enumerate(zip(args, raw, strict=True))
+        )
     if origin is dict:
         key_t, val_t = typing.get_args(tp)
         if not isinstance(raw, dict):
             raise ModelDecodeError(f"{path}: expected an object, got {type(raw).__name__}")
-        return {_decode(key_t, k, f"{path}.{k}"): _decode(val_t, v, f"{path}.{k}") for k, v in raw.items()}
+        return {
+            _decode(key_t, k, f"{path}.{k}", unknown): _decode(val_t, v, f"{path}.{k}", unknown)
+            for k, v in raw.items()
+        }
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(raw, dict):
             raise ModelDecodeError(f"{path}: expected an object, got {type(raw).__name__}")
         hints = _hints(tp)
         fields = {f.name: f for f in dataclasses.fields(tp)}
-        unknown = set(raw) - set(fields)
-        if unknown:
-            raise ModelDecodeError(f"{path}: unknown field(s) {sorted(unknown)}")
+        extra = set(raw) - set(fields)
+        if extra:
+            if unknown is None:
+                raise ModelDecodeError(f"{path}: unknown field(s) {sorted(extra)}")
+            unknown(path, sorted(map(str, extra)))
         kwargs = {}
         for name, f in fields.items():
             if name in raw:
-                kwargs[name] = _decode(hints[name], raw[name], f"{path}.{name}")
+                kwargs[name] = _decode(hints[name], raw[name], f"{path}.{name}", unknown)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ModelDecodeError(f"{path}: missing field {name!r}")
         try:

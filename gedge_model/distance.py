@@ -49,6 +49,19 @@ DEFAULT_WEIGHTS: Mapping[Level, float] = {
 XGMI_LABEL = "XGMI"
 
 
+def nvlink_weight(weights: Mapping[Level, float], links: int) -> float:
+    """Weight of a GPU pair bonded by `links` NVLinks: more links, more bandwidth, closer.
+
+    NV1 weighs `weights[NV]`; each added link lowers it towards half that,
+    `weights[NV] * (1 + 1/links) / 2` (NV2 0.75, NV4 0.625, NV12 0.54 of it), so
+    every NVLink pair stays closer than any PCIe path. An unknown count (0) weighs as NV1.
+    """
+    base = weights[Level.NV]
+    if links <= 1:
+        return base
+    return base * (1 + 1 / links) / 2
+
+
 @dataclass(frozen=True)
 class Distance:
     """A level; for NV, the bonded NVLink count, or `xgmi` for AMD GPUs linked in one XGMI hive.
@@ -67,6 +80,9 @@ class Distance:
         return XGMI_LABEL if self.xgmi else f"NV{self.nvlinks}"
 
     def weight(self, weights: Mapping[Level, float] = DEFAULT_WEIGHTS) -> float:
+        """The level's weight; an NVLink pair's shrinks with its link count (`nvlink_weight`)."""
+        if self.level is Level.NV:
+            return nvlink_weight(weights, self.nvlinks)
         return weights[self.level]
 
     @classmethod

@@ -12,7 +12,8 @@ import os
 import socket
 import ssl
 import tempfile
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,75 @@ def load_tls(cert: str | Path, key: str | Path, ca: str | Path) -> TlsMaterial:
     return TlsMaterial(cert_pem, key_pem, ca_pem)
 
 
+def _fingerprint(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class TlsFiles:
+    """Cert, key and CA files that may be replaced while serving (cert-manager, `gedge-agent certs`).
+
+    `current()` re-reads the files when any of them changed (a new inode, size or
+    mtime: an in-place write or a symlink swap as kubelet does for Secret volumes).
+    A replacement that does not load, or that `check` refuses, is logged by the
+    caller through `on_error` and the previous material stays in use.
+    """
+
+    def __init__(
+        self,
+        cert: str | Path,
+        key: str | Path,
+        ca: str | Path,
+        *,
+        check: Callable[[TlsMaterial], None] | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self.paths = (Path(cert), Path(key), Path(ca))
+        self._check = check
+        self._on_error = on_error
+        self._lock = threading.Lock()
+        self._seen = self._fingerprints()
+        self._material = self._load()
+        self.generation = 1
+        """How many different materials were loaded (1: the first one)."""
+
+    def _fingerprints(self) -> tuple[object, ...]:
+        return tuple(_fingerprint(p) for p in self.paths)
+
+    def _load(self) -> TlsMaterial:
+        material = load_tls(*self.paths)
+        if self._check is not None:
+            self._check(material)
+        return material
+
+    def reload(self) -> TlsMaterial | None:
+        """The new material if the files changed and load; None when unchanged or not usable."""
+        with self._lock:
+            seen = self._fingerprints()
+            if seen == self._seen:
+                return None
+            self._seen = seen
+            try:
+                material = self._load()
+            except TlsConfigError as exc:
+                if self._on_error is not None:
+                    self._on_error(str(exc))
+                return None
+            if material == self._material:
+                return None
+            self._material = material
+            self.generation += 1
+            return material
+
+    def current(self) -> TlsMaterial:
+        """The latest usable material (reloaded first if the files changed)."""
+        self.reload()
+        return self._material
+
+
 def _read_pem(path: Path, label: str) -> bytes:
     try:
         size = path.stat().st_size
@@ -81,6 +151,23 @@ def server_credentials(material: TlsMaterial, *, require_client_cert: bool = Tru
         [(material.key_pem, material.cert_pem)],
         root_certificates=material.ca_pem,
         require_client_auth=require_client_cert,
+    )
+
+
+def reloading_server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
+    """Server credentials that pick up replaced files at the next handshake; client certificates required."""
+
+    def configuration(material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(material.key_pem, material.cert_pem)], root_certificates=material.ca_pem
+        )
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        material = files.reload()
+        return configuration(material) if material is not None else None
+
+    return grpc.dynamic_ssl_server_credentials(
+        configuration(files.current()), fetch, require_client_authentication=True
     )
 
 

@@ -80,11 +80,40 @@ class PciDevice:
         return self.base_class == 0x06
 
 
+DPDK_DRIVERS = frozenset({"vfio-pci", "uio_pci_generic", "igb_uio"})
+"""Userspace-I/O drivers: a VF bound to one has no kernel netdev and is handed out as a PCI device."""
+HOLDING_DRIVERS = frozenset({"pci-stub"})
+"""Drivers that only hold a function away from others: such a VF serves no pool."""
+
+
+class VfPool(StrEnum):
+    """Which pool a VF serves, from the driver it is bound to (discovered, never configured)."""
+
+    NETDEV = "netdev"
+    """A kernel network driver (iavf, mlx5_core, ...): the pod's data-path NIC."""
+    VFIO = "vfio"
+    """A userspace-I/O driver (vfio-pci, DPDK's uio drivers): a PCI device for the pod."""
+
+
 @dataclass(frozen=True)
 class VirtualFunction:
     index: int
     pci_address: str
     netdev: str | None = None
+    """Its netdev in the host namespace; None while it sits in a pod's namespace, or when it has none."""
+    driver: str | None = None
+    """The driver the VF is bound to (sysfs `driver` link); None: unbound."""
+
+    @property
+    def pool(self) -> VfPool | None:
+        """NETDEV, VFIO, or None for a VF that serves no pool (no driver: nothing can use it)."""
+        if self.driver in DPDK_DRIVERS:
+            return VfPool.VFIO
+        if self.driver in HOLDING_DRIVERS:
+            return None
+        if self.driver is not None or self.netdev is not None:
+            return VfPool.NETDEV
+        return None
 
 
 @dataclass(frozen=True)
@@ -254,6 +283,15 @@ class AmdGpu:
 
 
 @dataclass(frozen=True)
+class DeviceHealth:
+    """A device the agent found unhealthy; absent from `NodeTopology.unhealthy` means healthy."""
+
+    pci_address: str
+    reason: str
+    """Why, for people: `xid 79`, `vanished from sysfs`, `link down on ens1f0`."""
+
+
+@dataclass(frozen=True)
 class NodeTopology:
     node_name: str
     cpus: tuple[Cpu, ...] = ()
@@ -265,6 +303,8 @@ class NodeTopology:
     accelerators: tuple[Accelerator, ...] = ()
     gpus: tuple[Gpu, ...] = ()
     amd_gpus: tuple[AmdGpu, ...] = ()
+    unhealthy: tuple[DeviceHealth, ...] = ()
+    """PCI functions (GPUs, VFs, NICs, RDMA devices) found unhealthy; never granted, reported to kubelet."""
     reserved_cpus: tuple[int, ...] = ()
     """CPUs kept for the system (kubelet's reservedSystemCPUs, the agent's `reserved_cpus`): never
     pinned, always in the shared pool. Ascending."""
@@ -294,6 +334,14 @@ class NodeTopology:
         for gpu in sorted(self.amd_gpus, key=lambda g: g.index):
             found.setdefault(gpu.pci_address, gpu)
         return found
+
+    def health_of(self, address: str) -> str | None:
+        """Why the PCI function at `address` is unhealthy, or None when it is healthy."""
+        return self._unhealthy_by_address.get(address)
+
+    @cached_property
+    def _unhealthy_by_address(self) -> dict[str, str]:
+        return {d.pci_address: d.reason for d in self.unhealthy}
 
     @cached_property
     def _pci_by_address(self) -> dict[str, PciDevice]:

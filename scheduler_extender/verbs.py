@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -73,6 +74,65 @@ def _checks_nodes(request: PodRequest) -> bool:
 
 def _memo_key(request: PodRequest) -> tuple[Any, ...]:
     return (request.shape, request.min_driver)
+
+
+class RememberedRequests:
+    """What filter learnt of each pod that a later bind needs (its parsed request), bounded in count,
+    bytes and time: the oldest go first past `max_pods` or `max_bytes`, any older than `ttl_s` on
+    access. The pod itself (up to megabytes of JSON) is never kept."""
+
+    def __init__(
+        self,
+        max_pods: int = 10_000,
+        max_bytes: int = 16 * 1024 * 1024,
+        ttl_s: float = 300.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_pods, self.max_bytes, self.ttl_s = max_pods, max_bytes, ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[PodRequest, int, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.bytes = 0
+
+    @staticmethod
+    def size(request: PodRequest) -> int:
+        """Bytes an entry is counted as: its strings plus a fixed overhead."""
+        strings = (request.namespace, request.name, request.uid, request.min_driver or "", *request.runtime)
+        return 512 + sum(len(text) for text in strings)
+
+    def put(self, request: PodRequest) -> None:
+        size = self.size(request)
+        with self._lock:
+            self._drop(request.uid)
+            if size > self.max_bytes:
+                return
+            self._entries[request.uid] = (request, size, self._clock() + self.ttl_s)
+            self.bytes += size
+            while len(self._entries) > self.max_pods or self.bytes > self.max_bytes:
+                self._drop(next(iter(self._entries)))
+
+    def get(self, uid: str) -> PodRequest | None:
+        with self._lock:
+            now = self._clock()
+            while self._entries:
+                oldest = next(iter(self._entries))
+                if self._entries[oldest][2] > now:
+                    break
+                self._drop(oldest)
+            entry = self._entries.get(uid)
+            return entry[0] if entry else None
+
+    def pop(self, uid: str) -> None:
+        with self._lock:
+            self._drop(uid)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _drop(self, uid: str) -> None:
+        entry = self._entries.pop(uid, None)
+        if entry is not None:
+            self.bytes -= entry[1]
 
 
 _MemoEntry = tuple[NodeState, int, Outcome]
@@ -257,7 +317,7 @@ class Extender:
         config: PlacementConfig | None = None,
         pod_reader: PodReader | None = None,
         warn: Warner | None = None,
-        remembered_pods: int = 10_000,
+        remembered: RememberedRequests | None = None,
     ) -> None:
         self.source = source
         self.binder = binder
@@ -268,9 +328,7 @@ class Extender:
         self._memo: OrderedDict[tuple[Any, ...], dict[str, _MemoEntry]] = OrderedDict()
         self._filtered: OrderedDict[str, tuple[tuple[Any, ...], int, dict[str, Outcome]]] = OrderedDict()
         self._memo_lock = threading.Lock()
-        self._pods: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        self._pods_limit = remembered_pods
-        self._pods_lock = threading.Lock()
+        self.remembered = remembered if remembered is not None else RememberedRequests()
         self._tables: OrderedDict[tuple[Any, ...], _ShapeTable] = OrderedDict()
         self._tables_lock = threading.Lock()
         self._node_log: list[str] = []
@@ -279,6 +337,15 @@ class Extender:
         self._observed = isinstance(source, ObservableNodeSource)
         if self._observed:
             source.add_listener(self._node_changed)  # type: ignore[attr-defined]
+        add_listener = getattr(source, "add_listener", None)
+        if add_listener is not None:
+            add_listener(self._on_report)
+
+    def _on_report(self, node: str, view: NodeView | None) -> None:
+        """Each node report settles the binds it now accounts for, at once, whether or not a filter
+        looks at the node: a pod released there soon after stops counting then, not after bound_ttl."""
+        if view is not None and view.state is not None:
+            self.cache.settle(node, {a.pod_uid for a in view.state.allocations})
 
     # -- filter / prioritize ------------------------------------------------------------------
 
@@ -287,7 +354,8 @@ class Extender:
         if isinstance(request, str):
             return encode_filter_result(args, error=request)
         candidates = args.candidates
-        self._remember(args.pod)
+        if request.uid:
+            self.remembered.put(request)
         if not _checks_nodes(request):
             return encode_filter_result(args, passed=candidates)
         if self._observed:
@@ -618,66 +686,70 @@ class Extender:
 
     # -- bind ---------------------------------------------------------------------------------
 
-    def _remember(self, pod: dict[str, Any]) -> None:
-        uid = _pod_identity(pod)[0]
-        if not uid:
-            return
-        with self._pods_lock:
-            self._pods[uid] = pod
-            self._pods.move_to_end(uid)
-            while len(self._pods) > self._pods_limit:
-                self._pods.popitem(last=False)
-
-    def _pod_for(self, args: BindingArgs) -> dict[str, Any] | str:
-        with self._pods_lock:
-            pod = self._pods.get(args.pod_uid)
-        if pod is None and self._pod_reader is not None:
-            try:
-                pod = self._pod_reader(args.pod_namespace, args.pod_name)
-            except Exception as exc:
-                return f"pod {args.pod_label}: cannot read it from the API server: {exc}"
-        if pod is None:
+    def _request_for(self, args: BindingArgs) -> PodRequest | str:
+        """The request filter parsed for this pod, else the pod read from the API server and parsed."""
+        request = self.remembered.get(args.pod_uid)
+        if request is not None:
+            return request
+        if self._pod_reader is None:
             return f"pod {args.pod_label} ({args.pod_uid}): never seen in filter, and no API server to ask"
+        try:
+            pod = self._pod_reader(args.pod_namespace, args.pod_name)
+        except Exception as exc:
+            return f"pod {args.pod_label}: cannot read it from the API server: {exc}"
         if _pod_identity(pod)[0] != args.pod_uid:
             return f"pod {args.pod_label}: UID is {_pod_identity(pod)[0]}, bind asked for {args.pod_uid}"
-        return pod
+        return self._request(pod)
 
     def choose(self, args: BindingArgs) -> Allocation | str:
-        """Pick the devices on args.node and reserve them, as one step; an error message if none fit."""
-        pod = self._pod_for(args)
-        if isinstance(pod, str):
-            return pod
-        request = self._request(pod)
+        """Pick the devices on args.node and reserve them, as one step; an error message if none fit.
+
+        A pod held on another node (bound again elsewhere) gives that up first, here and, where
+        the binder can take a bind back, at that node's agent."""
+        held = self.cache.held_by(args.pod_uid)
+        if held is not None and held.node == args.node:
+            return held
+        request = self._request_for(args)
         if isinstance(request, str):
             return request
-        with self.cache.lock:
-            held = self.cache.held_by(args.pod_uid)
-            if held is not None and held.node == args.node:
-                return held
-            if held is not None:
-                self.cache.release(args.pod_uid)
-            if not _checks_nodes(request):
-                allocation = Allocation(args.pod_uid, args.pod_namespace, args.pod_name, args.node)
-            else:
-                view = self.source.node(args.node)
-                if view is None:
-                    return f"pod {args.pod_label}: node {args.node}: no gedge agent reports this node"
-                if not view.fresh:
-                    return f"pod {args.pod_label}: node {args.node}: {view.reason or 'agent report is stale'}"
-                outcome = self._place(view, request, self._reserved(view))
-                if isinstance(outcome, Refusal):
-                    return f"pod {args.pod_label}: {outcome.reason}"
-                allocation = dataclasses.replace(
-                    outcome.allocation,
-                    pod_uid=args.pod_uid,
-                    namespace=args.pod_namespace,
-                    name=args.pod_name,
-                    node=args.node,
-                )
-            try:
-                self.cache.reserve(allocation)
-            except AssumeConflict as exc:
-                return f"pod {args.pod_label}: {exc}"
+        moved: Allocation | None = None
+        try:
+            with self.cache.lock:
+                held = self.cache.held_by(args.pod_uid)
+                if held is not None and held.node == args.node:
+                    return held
+                if held is not None:
+                    self.cache.release(args.pod_uid)
+                    moved = held
+                return self._choose_locked(args, request)
+        finally:
+            unbind = getattr(self.binder, "unbind", None)
+            if moved is not None and unbind is not None:
+                unbind(moved)
+
+    def _choose_locked(self, args: BindingArgs, request: PodRequest) -> Allocation | str:
+        if not _checks_nodes(request):
+            allocation = Allocation(args.pod_uid, args.pod_namespace, args.pod_name, args.node)
+        else:
+            view = self.source.node(args.node)
+            if view is None:
+                return f"pod {args.pod_label}: node {args.node}: no gedge agent reports this node"
+            if not view.fresh:
+                return f"pod {args.pod_label}: node {args.node}: {view.reason or 'agent report is stale'}"
+            outcome = self._place(view, request, self._reserved(view))
+            if isinstance(outcome, Refusal):
+                return f"pod {args.pod_label}: {outcome.reason}"
+            allocation = dataclasses.replace(
+                outcome.allocation,
+                pod_uid=args.pod_uid,
+                namespace=args.pod_namespace,
+                name=args.pod_name,
+                node=args.node,
+            )
+        try:
+            self.cache.reserve(allocation)
+        except AssumeConflict as exc:
+            return f"pod {args.pod_label}: {exc}"
         return allocation
 
     def bind(self, args: BindingArgs) -> dict[str, Any]:
@@ -696,8 +768,7 @@ class Extender:
             log.exception("bind_failed", pod=args.pod_label, node=args.node)
             return encode_binding_result(f"pod {args.pod_label}: bind failed: {type(exc).__name__}: {exc}")
         self.cache.commit(args.pod_uid)
-        with self._pods_lock:
-            self._pods.pop(args.pod_uid, None)
+        self.remembered.pop(args.pod_uid)
         log.info(
             "bound",
             pod=args.pod_label,

@@ -63,6 +63,8 @@ class PodRecord:
     reserved: bool = False
     """Held but not yet attached: the pod's runtime was unknown when it was applied, so its CPUs are
     out of the shared pool and its devices taken, while its cgroups and NIC wait for the runtime."""
+    reserved_at: float | None = None
+    """Wall-clock seconds (epoch) the reservation was made; None in checkpoints from before it was kept."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class CheckpointStore:
     def save(self, data: CheckpointData) -> None:
         """Atomically replace the file; a temp file left by a crash mid-save is removed first."""
         folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.remove_stale_temps()
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=folder)
         try:

@@ -16,6 +16,7 @@ of the same allocation, once the runtime is known, attaches cgroups and NIC.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from agent.apply.contract import ApplyError
 from agent.apply.cpuset import Cpuset, format_cpu_list
 from agent.apply.nic.applier import NicApplier, NicError
 from gedge_model import Allocation
+from gedge_model.cpu_pool import pinnable_cpus
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +99,10 @@ class ApplyManager:
         reserve_unresolved: bool = False,
         on_step: Callable[[str], None] | None = None,
         pinned_elsewhere: Callable[[], Mapping[str, frozenset[int]]] | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
+        self._started = clock()
         self.cgroup_root = cgroup_root
         self.driver = cgroup_driver
         self.tree = CpusetTree(cgroup_root, cgroup_version)
@@ -153,7 +158,8 @@ class ApplyManager:
     def _reserve(self, allocation: Allocation, data: CheckpointData) -> None:
         """Hold the allocation for a pod whose runtime is not known yet: recorded, CPUs exclusive."""
         self._validate(allocation, None, data)
-        self._write_ahead(PodRecord(allocation=allocation, reserved=True), data, None)
+        record = PodRecord(allocation=allocation, reserved=True, reserved_at=self._clock())
+        self._write_ahead(record, data, None)
         log.info("reserved", pod=allocation.pod_uid, cpus=format_cpu_list(allocation.cpus))
 
     def _write_ahead(self, record: PodRecord, data: CheckpointData, existing: PodRecord | None) -> None:
@@ -178,6 +184,22 @@ class ApplyManager:
             except (CgroupError, NicError) as exc:
                 raise ApplyError(f"pod {pod_uid}: release: {exc}") from None
             log.info("released", pod=pod_uid)
+
+    def expire_reservations(self, ttl_s: float) -> tuple[str, ...]:
+        """Release every reservation older than `ttl_s` seconds that no Apply with the pod's runtime
+        attached: its binder moved the pod elsewhere, lost the answer, or died. Returns their pod UIDs.
+        A reservation recorded without a time counts from this manager's start."""
+        now = self._clock()
+        with self._lock:
+            stale = [
+                p.allocation.pod_uid
+                for p in self._load().pods
+                if p.reserved and now - (self._started if p.reserved_at is None else p.reserved_at) > ttl_s
+            ]
+            for uid in stale:
+                self.release(uid)
+                log.info("reservation expired", pod=uid, ttl_s=ttl_s)
+        return tuple(stale)
 
     def applied(self) -> tuple[Allocation, ...]:
         """Every recorded allocation, reserved ones included: their CPUs and devices are taken."""
@@ -326,7 +348,8 @@ class ApplyManager:
             taken = cpus & others
             if taken:
                 raise ApplyError(f"pod {uid}: cpus {format_cpu_list(taken)} are exclusive to another pod")
-            if not allowed.cpus - others - cpus:
+            unpinned = allowed.cpus - others
+            if len(cpus) > pinnable_cpus(len(unpinned), len(unpinned & self.reserved_cpus)):
                 raise ApplyError(f"pod {uid}: pinning cpus {format_cpu_list(cpus)} empties the shared pool")
         bad_numa = set(allocation.numa_nodes) - allowed.mems
         if bad_numa:

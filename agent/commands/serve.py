@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import socket
 import sys
@@ -15,16 +16,19 @@ from typing import Any
 
 import structlog
 
-from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver
-from agent.apply.nic import NicApplier, SriovError, set_num_vfs
+from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver, nic
+from agent.apply.nic import DataRoute, NetlinkVfControl, NicApplier, SriovError, VfControl
+from agent.apply.nic.capability import CAP_NET_ADMIN, SriovGate, has_capability
 from agent.apply.readiness import ApplyGate, Readiness
-from agent.config import AgentConfig, ConfigError, load_config, parse_listen
+from agent.config import AgentConfig, ConfigError, load_config, parse_data_route, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
+from agent.health import HealthMonitor, XidWatcher, kubernetes_node_events
 from agent.metrics import AgentMetrics
 from agent.metrics_apply import ApplyMetrics, MeteredApplier
 from agent.metrics_inventory import NodeInventoryCollector
 from agent.node_labels import NodeLabeler
 from agent.nri import NriCpusets, run_sessions
+from agent.podresources import KubeletReconciler, KubeletServedSource, Mismatch, PodResourcesClient
 from agent.podwatch import (
     PodStatusResolver,
     PodWatcher,
@@ -32,6 +36,7 @@ from agent.podwatch import (
     kubernetes_event_reporter,
     node_event_reporter,
 )
+from agent.podwatch.pods import PodView
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
 from gedge_model.cli_support import configure_logging
@@ -48,6 +53,7 @@ _FLAG_KEYS = (
     "tls_key",
     "tls_ca",
     "tls_allowed_clients",
+    "insecure",
     "poll_interval_s",
     "full_rediscovery_interval_s",
     "netlink",
@@ -56,6 +62,10 @@ _FLAG_KEYS = (
     "max_send_message_bytes",
     "shutdown_grace_s",
     "max_concurrent_rpcs",
+    "max_streams_per_connection",
+    "max_watch_streams_per_client",
+    "max_connection_idle_s",
+    "reservation_ttl_s",
     "log_level",
     "checkpoint",
     "cgroup_root",
@@ -65,8 +75,12 @@ _FLAG_KEYS = (
     "kubeconfig",
     "device_plugin_dir",
     "timeslice_replicas",
+    "sriov_vf_control",
+    "health_interval_s",
     "reserved_cpus",
     "nri_socket",
+    "pod_resources_socket",
+    "granting_schedulers",
 )
 
 
@@ -76,11 +90,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "Every flag --some-key is the YAML key some_key and the variable GEDGE_AGENT_SOME_KEY.\n"
         "All settings with their defaults: docs/configuration.md.\n\n"
         "examples:\n"
-        "  gedge-agent serve --node-name edge-1                     # this machine, metrics on :9400\n"
+        "  gedge-agent certs --dir /etc/gedge/pki edge-1 gedge-extender   # a CA and two certificates\n"
+        "  gedge-agent serve --node-name edge-1 --tls-cert /etc/gedge/pki/edge-1.pem \\\n"
+        "      --tls-key /etc/gedge/pki/edge-1.key --tls-ca /etc/gedge/pki/ca.pem  # mTLS, metrics :9400\n"
         "  gedge-agent serve --config /etc/gedge/agent.yaml         # settings from a YAML file\n"
-        "  gedge-agent serve --root /tmp/snapshot --no-apply --listen 127.0.0.1:50051   # report only\n"
-        "  gedge-agent serve --tls-cert node.pem --tls-key node.key --tls-ca ca.pem \\\n"
-        "      --tls-allowed-clients gedge-extender                 # mTLS, one allowed client"
+        "  gedge-agent serve --root /tmp/snapshot --no-apply --listen 127.0.0.1:50051 --insecure  # plain"
     )
     parser.add_argument("--config", metavar="FILE", help="YAML file with any of the settings below")
     parser.add_argument("--root", metavar="PATH", help="sysfs/procfs root to discover (default /)")
@@ -95,7 +109,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tls-allowed-clients",
         metavar="NAMES",
-        help="comma-separated client certificate names allowed to call",
+        help="comma-separated client certificate names allowed to call (gedge-extender)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="plaintext gRPC without client authentication (warns at start); TLS is required otherwise",
     )
     parser.add_argument("--poll-interval-s", type=float, metavar="S", help="fingerprint check period (0.5)")
     parser.add_argument(
@@ -111,6 +131,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-receive-message-bytes", type=int, metavar="N")
     parser.add_argument("--max-send-message-bytes", type=int, metavar="N")
     parser.add_argument("--max-concurrent-rpcs", type=int, metavar="N", help="calls served at once (100)")
+    parser.add_argument(
+        "--max-streams-per-connection", type=int, metavar="N", help="open calls per client connection (32)"
+    )
+    parser.add_argument(
+        "--max-watch-streams-per-client", type=int, metavar="N", help="watch streams per client address (8)"
+    )
+    parser.add_argument(
+        "--max-connection-idle-s", type=float, metavar="S", help="close idle client connections (300)"
+    )
     parser.add_argument("--shutdown-grace-s", type=float, metavar="S")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument(
@@ -137,12 +166,32 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeslice-replicas", type=int, metavar="N")
     parser.add_argument(
+        "--sriov-vf-control", choices=("netlink", "off"), help="how VF settings are made (netlink)"
+    )
+    parser.add_argument("--health-interval-s", type=float, metavar="S", help="device health check period (1)")
+    parser.add_argument(
         "--nri-socket",
         metavar="PATH",
         help="the runtime's NRI socket (default /var/run/nri/nri.sock; '' turns NRI off)",
     )
     parser.add_argument(
+        "--pod-resources-socket",
+        metavar="PATH",
+        help="kubelet's PodResources socket (default /var/lib/kubelet/pod-resources/kubelet.sock; '' off)",
+    )
+    parser.add_argument(
         "--reserved-cpus", metavar="CPULIST", help="CPUs kept for the system, never pinned (e.g. 0,1)"
+    )
+    parser.add_argument(
+        "--reservation-ttl-s",
+        type=float,
+        metavar="S",
+        help="without Kubernetes: release reservations not attached this long (120; 0: never)",
+    )
+    parser.add_argument(
+        "--granting-schedulers",
+        metavar="NAMES",
+        help="comma-separated schedulerNames whose pods' allocations are applied (gedge-scheduler)",
     )
     parser.set_defaults(run=run)
 
@@ -161,6 +210,8 @@ class NodeParts:
     and the device plugins."""
 
     applier: ApplyManager | None = None
+    sriov: SriovGate | None = None
+    """Which PFs' kernel-netdev VFs are offered; applied to every discovered topology."""
     pod_runtimes: StaticPodResolver | None = None
     """Without Kubernetes: where pods run, as Apply callers say."""
     pod_status: PodStatusResolver | None = None
@@ -179,13 +230,36 @@ class NodeParts:
     """Whether the node's cgroups can be driven now (driver known, kubepods tree there and writable)."""
 
 
+def make_vf_control(config: AgentConfig) -> VfControl | None:
+    """The VF control `sriov_vf_control` names: netlink on the PF (in `netns` when set), or None."""
+    if config.sriov_vf_control == "off":
+        return None
+    return NetlinkVfControl(host_netns=config.netns)
+
+
+def data_routes(config: AgentConfig) -> tuple[DataRoute, ...]:
+    return tuple(DataRoute(*parse_data_route(text)) for text in config.data_routes)
+
+
+def sriov_gate(config: AgentConfig, vf_control: VfControl | None) -> SriovGate:
+    """What keeps VFs that would fail every pod out of the report; the node-wide reason, if any."""
+    if not config.apply:
+        return SriovGate(None, "apply is off (--no-apply): nothing would configure a VF")
+    if vf_control is None:
+        return SriovGate(None, "sriov_vf_control is off")
+    if os.path.realpath(config.root) == "/" and not has_capability(CAP_NET_ADMIN):
+        return SriovGate(None, "the agent lacks CAP_NET_ADMIN: VF settings cannot be made")
+    return SriovGate(vf_control)
+
+
 def make_parts(config: AgentConfig, core: Any) -> NodeParts:
     """ApplyManager over the node's cgroups and netlink, told where pods run by the pod watch under
     Kubernetes (`core` set) or by Apply callers without it. --no-apply: report only.
 
     Without Kubernetes an Apply that does not say where the pod runs (a bind: the binder cannot know)
     reserves the allocation; the Apply that brings the runtime attaches it."""
-    parts = NodeParts(core=core)
+    vf_control = make_vf_control(config) if config.apply else None
+    parts = NodeParts(core=core, sriov=sriov_gate(config, vf_control))
     if not config.apply:
         return parts
     root, version = cgroup_hierarchy(Path(config.cgroup_root))
@@ -201,12 +275,19 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         cgroup_version=version,
         checkpoint_path=Path(config.checkpoint),
         resolver=parts.pod_status or parts.pod_runtimes,
-        nic=NicApplier(sysfs_root=Path(config.root), host_netns=config.netns),
+        nic=NicApplier(
+            sysfs_root=Path(config.root),
+            vf_control=vf_control,
+            host_netns=config.netns,
+            routes=data_routes(config),
+        ),
         reserved_cpus=config.reserved_cpu_set,
         reserve_unresolved=core is None,
     )
     parts.manager = parts.applier
-    if config.nri_socket:
+    # The runtime's NRI socket belongs to the node whose root is /: an agent over a sysfs snapshot
+    # (a test box, a replay) never joins the machine's runtime.
+    if config.nri_socket and os.path.realpath(config.root) == "/":
         parts.nri = NriCpusets(
             config.node_name or socket.gethostname(),
             online_cpus=lambda: frozenset(),
@@ -268,24 +349,79 @@ async def watch_readiness(
 
 
 def set_vf_counts(config: AgentConfig) -> None:
-    """Give each configured PF its VF count, before discovery so the VFs are reported.
+    """Give each configured PF its VF count, before discovery so the VFs are reported."""
+    try:
+        changed = nic.set_vf_counts(Path(config.root), config.sriov_numvfs)
+    except SriovError as exc:
+        raise ConfigError(f"sriov_numvfs: {exc}") from None
+    for pf, was_changed in changed.items():
+        log.info("sriov_numvfs set", pf=pf, vfs=config.sriov_numvfs[pf], changed=was_changed)
 
-    Every PF is checked (an SR-IOV PF that supports the count) before any is changed."""
-    root = Path(config.root)
-    for pf, count in sorted(config.sriov_numvfs.items()):
-        device = root / "sys/class/net" / pf / "device"
-        try:
-            total = int((device / "sriov_totalvfs").read_text())
-        except (OSError, ValueError) as exc:
-            raise ConfigError(f"sriov_numvfs: {pf} is not an SR-IOV PF ({device}): {exc}") from None
-        if count > total:
-            raise ConfigError(f"sriov_numvfs: {pf}: {count} VFs requested, the device supports 0..{total}")
-    for pf, count in sorted(config.sriov_numvfs.items()):
-        try:
-            changed = set_num_vfs(root, pf, count)
-        except SriovError as exc:
-            raise ConfigError(f"sriov_numvfs: {exc}") from None
-        log.info("sriov_numvfs set", pf=pf, vfs=count, changed=changed)
+
+@dataclass
+class Health:
+    monitor: HealthMonitor
+    xid: XidWatcher | None
+    gpu: str
+    """What GPU health watching does here: `watching Xid events`, or why not."""
+
+    def stop(self) -> None:
+        if self.xid is not None:
+            self.xid.stop()
+        self.monitor.stop()
+
+
+def start_health(config: AgentConfig, store: Any, metrics: AgentMetrics, core: Any) -> Health:
+    """Poll vanished devices and NIC links, watch NVML Xid events; changes go into the node state,
+    the metrics and, under Kubernetes, Node events."""
+    events = kubernetes_node_events(core, store.node_name) if core is not None else None
+
+    def changed(added, recovered) -> None:
+        metrics.record_health(monitor.unhealthy, len(added), len(recovered))
+        if events is not None:
+            events(added, recovered)
+
+    monitor = HealthMonitor(
+        Path(config.root),
+        store,
+        interval_s=config.health_interval_s,
+        sysfs=config.health_interval_s > 0,
+        on_change=changed,
+    )
+    monitor.start()
+    xid = None
+    if not config.gpu_health:
+        gpu = "off (gpu_health: false)"
+    elif not store.current().state.topology.gpus:
+        gpu = "no GPU on this node"
+    else:
+        xid = XidWatcher(monitor.mark, config.gpu_health_skip_xids)
+        reason = xid.start()
+        gpu = "watching Xid events" if reason is None else reason
+        if reason is not None:
+            xid = None
+    return Health(monitor, xid, gpu)
+
+
+def log_capabilities(config: AgentConfig, parts: NodeParts, health: Health) -> None:
+    """One line at start with what this agent can and cannot do on this node, and why."""
+    sriov: dict[str, str] = {}
+    if parts.sriov is not None:
+        for pf, reason in sorted(parts.sriov.verdicts().items()):
+            sriov[pf] = reason or "available"
+    log.info(
+        "node capabilities",
+        apply="on" if config.apply else "off (--no-apply: report only)",
+        kubernetes="on" if parts.core is not None else "off (no kubeconfig or service account)",
+        sriov=sriov or "no PF with kernel-netdev VFs",
+        data_routes=list(config.data_routes),
+        gpu_health=health.gpu,
+        device_health=(
+            f"every {config.health_interval_s}s"
+            if config.health_interval_s > 0
+            else "off (health_interval_s: 0)"
+        ),
+    )
 
 
 def settle_recorded(manager: ApplyManager) -> None:
@@ -319,13 +455,50 @@ async def refresh_cpusets(
             log.warning("shared CPU pool refresh failed", error=str(exc))
 
 
+async def expire_reservations(
+    manager: ApplyManager, runtime: AgentRuntime, ttl_s: float, stop: asyncio.Event
+) -> None:
+    """Release reservations no Apply attached within `ttl_s` (checked every ttl_s/4, at most 10 s), so
+    one whose binder moved the pod, lost the answer or died is freed within 1.25 x ttl_s."""
+    period = min(ttl_s / 4, 10.0)
+    while True:
+        try:
+            await asyncio.wait_for(stop.wait(), period)
+            return
+        except TimeoutError:
+            pass
+        try:
+            if await asyncio.to_thread(manager.expire_reservations, ttl_s):
+                await runtime.resync_allocations()
+        except ApplyError as exc:
+            log.warning("reservation expiry failed", error=str(exc))
+
+
 def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: AgentConfig) -> None:
     """The pod watch applies bound pods' allocations; device plugins advertise the node's devices."""
     store = runtime.store
     assert store is not None and parts.core is not None
     node = store.node_name
+    own_node = os.path.realpath(config.root) == "/"
+    kubelet = (
+        PodResourcesClient(config.pod_resources_socket) if config.pod_resources_socket and own_node else None
+    )
     if parts.applier is not None:
         applier = parts.applier
+        reconcile_applier: Callable[[set[str]], object] = applier.reconcile
+        if kubelet is not None:
+            reporter = kubernetes_event_reporter(parts.core, node)
+            checker = KubeletReconciler(
+                kubelet,
+                lambda: known_allocations(applier.applied(), parts.pod_status),
+                lambda m: reporter(mismatch_view(m, node), "AllocationMismatch", m.message),
+            )
+
+            def reconcile_applier(live: set[str]) -> object:
+                report = applier.reconcile(live)
+                checker.check()
+                return report
+
         parts.watcher = PodWatcher(
             parts.core,
             node,
@@ -333,16 +506,20 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
             report=kubernetes_event_reporter(parts.core, node),
             on_change=lambda allocations: store.set_allocations(tuple(allocations)),
             observer=parts.pod_status,
-            reconcile_applier=applier.reconcile,
+            reconcile_applier=reconcile_applier,
             on_new_containers=applier.refresh_shared_pool,
             blocked=parts.gate.blocked if parts.gate is not None else None,
+            schedulers=config.granting_schedulers,
         )
         if parts.gate is not None:
             parts.gate.add_listener(readiness_reporter(parts, node))
         parts.watcher.start()
+    pending: Any = KubernetesPendingPodSource(parts.core, node)
+    if kubelet is not None:
+        pending = KubeletServedSource(pending, kubelet)
     parts.plugins = DevicePluginManager(
         lambda: store.current().state.topology,
-        KubernetesPendingPodSource(parts.core, node),
+        pending,
         Path(config.device_plugin_dir),
         host_root=Path(config.root),
     )
@@ -359,6 +536,17 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
     parts.labeler.start(lambda: store.current().state.topology)
     store.add_listener(parts.labeler.on_snapshot)
     log.info("kubernetes parts started", node=node, pod_watch=parts.watcher is not None)
+
+
+def known_allocations(recorded: Any, pods: PodStatusResolver | None) -> tuple[Any, ...]:
+    """What the agent holds for each pod: its checkpointed allocation, else its pod's annotation."""
+    found = {a.pod_uid: a for a in (pods.allocations() if pods is not None else ())}
+    found.update({a.pod_uid: a for a in recorded})
+    return tuple(found.values())
+
+
+def mismatch_view(mismatch: Mismatch, node: str) -> PodView:
+    return PodView(mismatch.uid or "", mismatch.namespace, mismatch.name, node, None, False, None, 0)
 
 
 def readiness_reporter(parts: NodeParts, node: str) -> Callable[[Readiness], None]:
@@ -421,10 +609,12 @@ async def serve(config: AgentConfig) -> int:
         await asyncio.to_thread(settle_recorded, parts.manager)
     if parts.applier is not None:
         parts.applier = MeteredApplier(parts.applier, ApplyMetrics(metrics.registry))
+    discover = default_discover(config)
+    gate = parts.sriov
     runtime = AgentRuntime(
         config=config,
         applier=parts.applier,
-        discover=default_discover(config),
+        discover=(lambda: gate(discover())) if gate is not None else discover,
         metrics=metrics,
         pod_runtimes=parts.pod_runtimes,
         remote_apply=parts.core is None,
@@ -453,11 +643,19 @@ async def serve(config: AgentConfig) -> int:
             await runtime.stop(0)
             raise
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
+    assert runtime.store is not None
+    health = await asyncio.to_thread(start_health, config, runtime.store, metrics, parts.core)
+    log_capabilities(config, parts, health)
     start_nri(parts, runtime, config)
     refresher = None
     readiness = None
     if parts.gate is not None:
         readiness = asyncio.create_task(watch_readiness(parts, runtime, config.readiness_interval_s, stop))
+    expiry = None
+    if parts.core is None and parts.manager is not None and config.reservation_ttl_s > 0:
+        expiry = asyncio.create_task(
+            expire_reservations(parts.manager, runtime, config.reservation_ttl_s, stop)
+        )
     if parts.core is not None:
         await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
     elif parts.manager is not None and config.cpuset_refresh_interval_s > 0:
@@ -470,7 +668,10 @@ async def serve(config: AgentConfig) -> int:
         await refresher
     if readiness is not None:
         await readiness
+    if expiry is not None:
+        await expiry
     await asyncio.to_thread(stop_kubernetes_parts, parts)
+    await asyncio.to_thread(health.stop)
     await asyncio.to_thread(stop_nri, parts)
     await runtime.stop()
     if metrics_server is not None:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from gedge_model import DeviceKind, Gpu, NodeTopology
+from gedge_model import DeviceKind, Gpu, NodeTopology, VfPool
 from gedge_model.allocation import (
     RESOURCE_AMD_GPU,
     RESOURCE_ASIC,
@@ -22,6 +22,7 @@ from gedge_model.allocation import (
     RESOURCE_GPU_SHARED,
     RESOURCE_RDMA,
     RESOURCE_SRIOV_VF,
+    RESOURCE_SRIOV_VF_VFIO,
     is_known_resource,
     mig_resource_name,
 )
@@ -71,6 +72,8 @@ class PluginDevice:
     rdma_name: str | None = None
     device_nodes: tuple[str, ...] = ()
     """/dev paths a container gets for an AMD GPU or an FPGA/ASIC card (all must exist at Allocate)."""
+    vfio: bool = False
+    """A VF bound to vfio-pci or a DPDK driver: handed out with its /dev/vfio nodes."""
 
 
 CARD_RESOURCE = {DeviceKind.FPGA: RESOURCE_FPGA, DeviceKind.ASIC: RESOURCE_ASIC}
@@ -152,19 +155,30 @@ def plugin_devices(
 
     A GPU in MIG mode is advertised only through its MIG instances; a GPU with
     time-slice replicas is advertised whole and as replicas (the extender keeps
-    the two from overlapping). An id in `unhealthy` (or its parent GPU's UUID)
-    is reported Unhealthy so kubelet stops handing it out.
+    the two from overlapping). VFs on a kernel netdev driver are `gedge.io/sriov-vf`,
+    VFs on vfio-pci or a DPDK driver `gedge.io/sriov-vf-vfio`, unbound VFs neither.
+    A device whose PCI function is in `topology.unhealthy`, an id in `unhealthy`,
+    or a device of such a GPU is reported Unhealthy so kubelet stops handing it out.
     """
     found: list[PluginDevice] = []
     for gpu in topology.gpus:
         found += _gpu_devices(topology, gpu)
     for interface in topology.interfaces:
         for vf in interface.vfs:
+            pool = vf.pool
+            if pool is None:
+                continue
             numa = _numa(topology, vf.pci_address)
             if numa is None:
                 numa = _numa(topology, interface.pci_address)
             found.append(
-                PluginDevice(RESOURCE_SRIOV_VF, vf.pci_address, numa_node=numa, pci_address=vf.pci_address)
+                PluginDevice(
+                    RESOURCE_SRIOV_VF if pool is VfPool.NETDEV else RESOURCE_SRIOV_VF_VFIO,
+                    vf.pci_address,
+                    numa_node=numa,
+                    pci_address=vf.pci_address,
+                    vfio=pool is VfPool.VFIO,
+                )
             )
     found += _card_devices(topology)
     for rdma in topology.rdma_devices:
@@ -188,7 +202,9 @@ def plugin_devices(
                 MAX_DEVICE_ID,
             )
             continue
-        if device.id in bad or (device.gpu is not None and device.gpu.uuid in bad):
+        address = device.gpu.pci_address if device.gpu is not None else device.pci_address
+        sick = address is not None and topology.health_of(address) is not None
+        if sick or device.id in bad or (device.gpu is not None and device.gpu.uuid in bad):
             device = dataclasses.replace(device, health=UNHEALTHY)
         seen = by_resource.setdefault(device.resource, {})
         if device.id in seen:

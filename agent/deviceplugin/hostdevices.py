@@ -7,6 +7,7 @@ classes for an RDMA device's uverbs/umad nodes, and /dev for what exists.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,16 @@ class HostDevices:
             if match:
                 minors[match.group(1)] = int(match.group(2))
         return minors
+
+    def iommu_group(self, pci_address: str) -> str:
+        """The IOMMU group number of a PCI function (its /dev/vfio/<group> node), from sysfs."""
+        link = self.root / "sys/bus/pci/devices" / pci_address / "iommu_group"
+        try:
+            return Path(os.readlink(link)).name
+        except OSError as exc:
+            raise HostDeviceError(
+                f"PCI function {pci_address} has no IOMMU group ({link}: {exc.strerror or exc})"
+            ) from None
 
     def rdma_char_devices(self, rdma_name: str) -> tuple[str, ...]:
         """uverbsN, umadN and issmN names that belong to one RDMA device (by their ibdev file)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent import futures
@@ -92,9 +94,20 @@ class ResourcePlugin(api_pb2_grpc.DevicePluginServicer):
             ],
         )
         api_pb2_grpc.add_DevicePluginServicer_to_server(self, server)
-        server.add_insecure_port(f"unix:{self.socket_path}")
-        server.start()
-        os.chmod(self.socket_path, 0o600)
+        # The socket is born in a private folder (0700) and moved into place once it is 0600: under any
+        # umask no one else can connect to it, not even for a moment.
+        staging = Path(tempfile.mkdtemp(prefix=".gedge-", dir=self.socket_path.parent))
+        try:
+            born = staging / self.socket_path.name
+            server.add_insecure_port(f"unix:{born}")
+            server.start()
+            os.chmod(born, 0o600)
+            os.replace(born, self.socket_path)
+        except BaseException:
+            server.stop(0)
+            raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
         self._server = server
 
     def stop(self, grace: float = 0.5) -> None:

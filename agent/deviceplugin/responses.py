@@ -2,7 +2,8 @@
 
 GPUs follow NVIDIA's device plugin (NVIDIA_VISIBLE_DEVICES with GPU or MIG
 UUIDs plus /dev/nvidia* specs), VFs and RDMA devices follow the SR-IOV device
-plugin (PCIDEVICE_<RESOURCE> with PCI addresses, /dev/infiniband nodes). AMD GPUs
+plugin (PCIDEVICE_<RESOURCE> with PCI addresses, /dev/infiniband nodes; a
+vfio-pci VF adds /dev/vfio/vfio and its IOMMU group's /dev/vfio/<group>). AMD GPUs
 and FPGA/ASIC cards get PCIDEVICE_<RESOURCE> and exactly their own device nodes
 (/dev/kfd and the GPU's /dev/dri/renderDN, as ROCm's device plugin does; the
 card's DFL/OPAE port, XRT render and management nodes, or VFIO group).
@@ -21,6 +22,7 @@ NVIDIA_VISIBLE_DEVICES = "NVIDIA_VISIBLE_DEVICES"
 NVIDIA_CONTROL_DEVICES = ("/dev/nvidiactl",)
 NVIDIA_OPTIONAL_DEVICES = ("/dev/nvidia-uvm", "/dev/nvidia-uvm-tools", "/dev/nvidia-modeset")
 RDMA_OPTIONAL_DEVICES = ("/dev/infiniband/rdma_cm",)
+VFIO_CONTAINER_DEVICE = "/dev/vfio/vfio"
 PERMISSIONS = "rw"
 
 
@@ -103,6 +105,18 @@ def _nodes_response(
     )
 
 
+def _vfio_response(
+    resource: str, devices: Sequence[PluginDevice], host: HostDevices
+) -> api_pb2.ContainerAllocateResponse:
+    paths = [_required(host, VFIO_CONTAINER_DEVICE, "VFIO container")]
+    for device in devices:
+        group = host.iommu_group(device.pci_address or device.id)
+        paths.append(_required(host, f"/dev/vfio/{group}", f"IOMMU group of VF {device.id}"))
+    return api_pb2.ContainerAllocateResponse(
+        envs=_pci_env(resource, devices), devices=[_spec(p) for p in dict.fromkeys(paths)]
+    )
+
+
 def container_response(
     resource: str, devices: Sequence[PluginDevice], host: HostDevices
 ) -> api_pb2.ContainerAllocateResponse:
@@ -113,4 +127,6 @@ def container_response(
         return _rdma_response(resource, devices, host)
     if any(d.device_nodes for d in devices):
         return _nodes_response(resource, devices, host)
+    if any(d.vfio for d in devices):
+        return _vfio_response(resource, devices, host)
     return api_pb2.ContainerAllocateResponse(envs=_pci_env(resource, devices))

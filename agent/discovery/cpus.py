@@ -45,8 +45,27 @@ def read_cpus(fs: SysfsTree) -> CpuInventory:
         for cpu in cpus:
             if cpu.online and cpu.numa_node is None:
                 fs.warn(f"{fs.shown(f'{CPU_DIR}/cpu{cpu.id}')}: online but in no NUMA node's CPU list")
+    _warn_split_siblings(fs, cpus)
     online_nodes = tuple(replace(node, cpus=tuple(c for c in node.cpus if c in online_ids)) for node in nodes)
     return CpuInventory(cpus, online_nodes)
+
+
+def _warn_split_siblings(fs: SysfsTree, cpus: tuple[Cpu, ...]) -> None:
+    """SMT siblings on different NUMA nodes (a VM's odd `-numa` layout): placement counts each CPU
+    once, on its own node, as a core of its own; say so once per core."""
+    node_of = {c.id: c.numa_node for c in cpus if c.online}
+    told: set[tuple[int, ...]] = set()
+    for cpu in cpus:
+        siblings = tuple(s for s in cpu.thread_siblings if s in node_of)
+        if not cpu.online or siblings in told:
+            continue
+        nodes = sorted({node_of[s] for s in siblings if node_of[s] is not None})
+        if len(nodes) > 1:
+            told.add(siblings)
+            fs.warn(
+                f"{fs.shown(f'{CPU_DIR}/cpu{cpu.id}')}: SMT siblings {','.join(map(str, siblings))} lie on "
+                f"NUMA nodes {','.join(map(str, nodes))}; each CPU counts once, on its own node"
+            )
 
 
 def _cpu_ids(fs: SysfsTree) -> set[int]:

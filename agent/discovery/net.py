@@ -53,7 +53,7 @@ def read_interfaces(
         if device_path is not None and fs.exists(f"{device_path}/sriov_totalvfs"):
             totalvfs = fs.read_int(f"{device_path}/sriov_totalvfs") or 0
             numvfs = fs.read_int(f"{device_path}/sriov_numvfs") or 0
-            vfs = _virtual_functions(fs, device_path, netdev_of)
+            vfs = _virtual_functions(fs, device_path, netdev_of, pci)
             if len(vfs) != numvfs:
                 fs.warn(
                     f"{fs.shown(device_path)}: sriov_numvfs is {numvfs} but {len(vfs)} virtfn links exist"
@@ -85,7 +85,7 @@ def _speed(fs: SysfsTree, path: str) -> int | None:
 
 
 def _virtual_functions(
-    fs: SysfsTree, device_path: str, netdev_of: dict[str, str]
+    fs: SysfsTree, device_path: str, netdev_of: dict[str, str], pci: dict[str, PciDevice]
 ) -> tuple[VirtualFunction, ...]:
     vfs = []
     for entry in fs.listdir(device_path):
@@ -101,7 +101,9 @@ def _virtual_functions(
         if netdev is None:
             names = fs.listdir(f"{target}/net")
             netdev = names[0] if names else None
-        vfs.append(VirtualFunction(int(m.group(1)), vf_address, netdev))
+        known = pci.get(vf_address)
+        driver = known.driver if known is not None else fs.link_name(f"{target}/driver")
+        vfs.append(VirtualFunction(int(m.group(1)), vf_address, netdev, driver))
     return tuple(sorted(vfs, key=lambda v: v.index))
 
 

@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from gedge_model import Gpu, MigInstance, MigProfile, NvLink
+from gedge_model.allocation import is_mig_profile
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ def _mig_profiles(nvml: Any, warn: Warn, index: int, handle: Any, memory: int) -
             name = mig_profile_name(info.sliceCount, info.memorySizeMB, memory) + _profile_suffix(
                 nvml, profile
             )
+        if not is_mig_profile(name):
+            warn(f"GPU {index}: MIG profile {name!r} is outside NVML's naming; not advertised")
         profiles[info.id] = MigProfile(
             name=name,
             profile_id=int(info.id),

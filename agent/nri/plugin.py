@@ -333,7 +333,11 @@ class NriSession:
             after_sync = self._followups.get()
             if after_sync is None:
                 return
-            updates = self.handler.pending_updates()
+            try:
+                updates = self.handler.pending_updates()
+            except Exception:  # a handler bug must not stop later updates
+                log.exception("nri pending updates failed")
+                updates = []
             try:
                 if updates:
                     failed = self.update_containers(updates)

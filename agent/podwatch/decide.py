@@ -7,9 +7,10 @@ start-up reconcile over the full pod list.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from agent.podwatch.grant import DEFAULT_GRANTING_SCHEDULERS, grant_mismatch
 from agent.podwatch.pods import PodView
 from gedge_model import ANNOTATION, Allocation, ModelDecodeError
 
@@ -46,6 +47,8 @@ class Reject:
 
     pod: PodView
     message: str
+    reason: str = "InvalidAllocation"
+    """The Event reason: InvalidAllocation (unreadable, other pod or node) or GrantMismatch."""
 
 
 Action = Apply | Release | Reject
@@ -70,8 +73,17 @@ def allocation_of(pod: PodView, node_name: str) -> Allocation:
     return allocation
 
 
-def decide(event: str, pod: PodView, node_name: str, applied: Mapping[str, Applied]) -> list[Action]:
-    """Actions for one watch event on one pod, given what is applied now."""
+def decide(
+    event: str,
+    pod: PodView,
+    node_name: str,
+    applied: Mapping[str, Applied],
+    schedulers: Iterable[str] = DEFAULT_GRANTING_SCHEDULERS,
+) -> list[Action]:
+    """Actions for one watch event on one pod, given what is applied now.
+
+    A grant that does not fit the pod (`grant_mismatch`: scheduler, QoS, CPU and
+    device counts) is rejected and nothing of it is applied."""
     held = applied.get(pod.uid)
     if event == DELETED or pod.node_name != node_name:
         reason = "pod deleted" if event == DELETED else "pod is not on this node"
@@ -86,6 +98,9 @@ def decide(event: str, pod: PodView, node_name: str, applied: Mapping[str, Appli
         allocation = allocation_of(pod, node_name)
     except ModelDecodeError as exc:
         return [Reject(pod, str(exc))]
+    mismatch = grant_mismatch(pod, allocation, schedulers)
+    if mismatch is not None:
+        return [Reject(pod, mismatch, "GrantMismatch")]
     if not pod.containers_exist:
         return []
     if held == Applied(allocation, pod.container_ids):
@@ -93,11 +108,16 @@ def decide(event: str, pod: PodView, node_name: str, applied: Mapping[str, Appli
     return [Apply(pod.ref, allocation, pod.container_ids)]
 
 
-def reconcile(pods: Sequence[PodView], node_name: str, applied: Mapping[str, Applied]) -> list[Action]:
+def reconcile(
+    pods: Sequence[PodView],
+    node_name: str,
+    applied: Mapping[str, Applied],
+    schedulers: Iterable[str] = DEFAULT_GRANTING_SCHEDULERS,
+) -> list[Action]:
     """Actions that bring what is applied in line with a full list of this node's pods."""
     actions: list[Action] = []
     for pod in pods:
-        actions += decide(MODIFIED, pod, node_name, applied)
+        actions += decide(MODIFIED, pod, node_name, applied, schedulers)
     present = {p.uid for p in pods if p.node_name == node_name}
     for uid, held in applied.items():
         if uid not in present:

@@ -16,6 +16,7 @@ from pathlib import Path
 from agent.apply.cgroups import CgroupDriver, CgroupError, QosClass, container_cgroup
 from agent.apply.manager import PodRuntime
 from agent.podwatch.pods import PodView
+from gedge_model import Allocation, ModelDecodeError
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,20 @@ class PodStatusResolver:
     def forget(self, pod_uid: str) -> None:
         with self._lock:
             self._pods.pop(pod_uid, None)
+
+    def allocations(self) -> tuple[Allocation, ...]:
+        """The valid `gedge.io/allocation` of every pod seen on this node (malformed ones left out)."""
+        with self._lock:
+            pods = list(self._pods.values())
+        found = []
+        for pod in pods:
+            if not pod.annotation or pod.finished:
+                continue
+            try:
+                found.append(Allocation.from_annotation(pod.annotation))
+            except (ModelDecodeError, ValueError):
+                continue
+        return tuple(found)
 
     def resolve(self, pod_uid: str) -> PodRuntime | None:
         with self._lock:

@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agent.apply.contract import AllocationApplier, ApplyError
 from agent.podwatch.decide import Action, Applied, Apply, Reject, Release, decide, reconcile
+from agent.podwatch.grant import DEFAULT_GRANTING_SCHEDULERS
 from agent.podwatch.pods import PodView, pod_view
 from gedge_model import Allocation
 
@@ -56,8 +57,10 @@ class PodWatcher:
         blocked: Callable[[], str | None] | None = None,
         resync_s: int = 300,
         retry_s: float = 5.0,
+        schedulers: tuple[str, ...] = DEFAULT_GRANTING_SCHEDULERS,
     ) -> None:
         self._core = core_api
+        self.schedulers = frozenset(schedulers)
         self.node_name = node_name
         self._applier = applier
         self._report = report or (lambda pod, reason, message: None)
@@ -103,7 +106,7 @@ class PodWatcher:
             blocked = self._blocked()
             if blocked is not None:
                 # the applier cannot touch the node: nothing is reconciled, every pod waiting is told
-                self._run_blocked(reconcile(views, self.node_name, {}), blocked)
+                self._run_blocked(reconcile(views, self.node_name, {}, self.schedulers), blocked)
             else:
                 self._blocked_reported.clear()
                 if self._reconcile_applier is not None:
@@ -113,7 +116,7 @@ class PodWatcher:
                         a.pod_uid: self._applied.get(a.pod_uid, Applied(a)) for a in self._applier.applied()
                     }
                     self._applied = known
-                    actions = reconcile(views, self.node_name, known)
+                    actions = reconcile(views, self.node_name, known, self.schedulers)
                 self._run(actions)
             self._containers = {v.uid: v.container_ids for v in views if v.container_ids and not v.finished}
 
@@ -143,7 +146,7 @@ class PodWatcher:
                 self._observer.observe(pod)
                 self._seen.add(pod.uid)
             with self._lock:
-                actions = decide(kind, pod, self.node_name, self._applied)
+                actions = decide(kind, pod, self.node_name, self._applied, self.schedulers)
             blocked = self._blocked()
             if blocked is None:
                 self._run(actions)
@@ -222,7 +225,7 @@ class PodWatcher:
                 return
             self._rejected[action.pod.uid] = action.pod.annotation or ""
         log.error("%s", action.message)
-        self._report(action.pod, "InvalidAllocation", action.message)
+        self._report(action.pod, action.reason, action.message)
 
     # -- the Kubernetes loop ----------------------------------------------------------------------
 

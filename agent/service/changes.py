@@ -135,10 +135,16 @@ class ChangeDetector:
         from pyroute2 import AsyncIPRoute
         from pyroute2.netlink.rtnl import RTMGRP_LINK
 
+        from agent.apply.nic.netns import netlink_socket_in, netns_path
+
         backoff = 0.5
         while True:
             try:
-                ipr = AsyncIPRoute(netns=self.policy.netns) if self.policy.netns else AsyncIPRoute()
+                ipr = (
+                    AsyncIPRoute(fileno=netlink_socket_in(netns_path(self.policy.netns)))
+                    if self.policy.netns
+                    else AsyncIPRoute()
+                )
                 try:
                     await ipr.bind(groups=RTMGRP_LINK)
                     log.info("listening for link events", netns=self.policy.netns)

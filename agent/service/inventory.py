@@ -46,18 +46,27 @@ def device_inventory(state: NodeState) -> tuple[InventoryDevice, ...]:
 def allocation_conflicts(state: NodeState, allocation: Allocation) -> list[str]:
     """Why the allocation cannot be applied on this node as it stands; empty when it can.
 
-    A re-apply of the same pod is checked against the other pods only, so it stays idempotent.
+    A re-apply of the same pod is checked against the other pods only, so it stays idempotent; a
+    device that turned unhealthy is refused to a pod that does not hold it yet.
     """
     problems: list[str] = []
     if allocation.node != state.node_name:
         problems.append(f"allocation is for node {allocation.node!r}, this is {state.node_name!r}")
-    advertised = {(d.resource, d.id) for d in advertised_devices(state.topology)}
+    devices = advertised_devices(state.topology)
+    advertised = {(d.resource, d.id) for d in devices}
+    address_of = {(d.resource, d.id): d.pci_address for d in devices}
     others = [a for a in state.allocations if a.pod_uid != allocation.pod_uid]
     held = {(d.resource, d.id): a for a in others for d in a.devices}
+    mine = [a for a in state.allocations if a.pod_uid == allocation.pod_uid]
+    own = {(d.resource, d.id) for a in mine for d in a.devices}
     for grant in allocation.devices:
         key = (grant.resource, grant.id)
+        address = address_of.get(key)
+        sick = state.topology.health_of(address) if address is not None else None
         if key not in advertised:
             problems.append(f"device {grant.resource}={grant.id} does not exist on this node")
+        elif sick is not None and key not in own:
+            problems.append(f"device {grant.resource}={grant.id} is unhealthy ({sick})")
         elif key in held:
             owner = held[key]
             problems.append(

@@ -22,7 +22,13 @@ from agent.service.changes import ChangeDetector, ChangePolicy
 from agent.service.servicer import NodeAgentService
 from agent.service.store import NodeStateStore, Snapshot
 from gedge_model import NodeTopology
-from gedge_model.tls import TlsConfigError, TlsMaterial, load_tls, server_credentials
+from gedge_model.tls import (
+    TlsConfigError,
+    TlsFiles,
+    TlsMaterial,
+    reloading_server_credentials,
+    server_credentials,
+)
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 
 log = structlog.get_logger("gedge.agent.server")
@@ -45,6 +51,9 @@ def server_options(config: AgentConfig) -> list[tuple[str, int]]:
         ("grpc.http2.max_pings_without_data", 0),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # Bounds per client: streams on one connection, and connections left idle.
+        ("grpc.max_concurrent_streams", config.max_streams_per_connection),
+        ("grpc.max_connection_idle_ms", int(config.max_connection_idle_s * 1000)),
     ]
 
 
@@ -71,6 +80,8 @@ class AgentRuntime:
     discover: Callable[[], NodeTopology]
     metrics: AgentMetrics = field(default_factory=AgentMetrics)
     tls: TlsMaterial | None = None
+    """Fixed TLS material (tests); None: the config's files, picked up again when they are replaced."""
+    tls_files: TlsFiles | None = None
     pod_runtimes: StaticPodResolver | None = None
     """Where pods run, as Apply callers tell it (nodes without Kubernetes); None: not taken from Apply."""
     remote_apply: bool = True
@@ -88,8 +99,6 @@ class AgentRuntime:
     async def start(self) -> int:
         """Discover, bind and serve; returns the bound gRPC port (useful with port 0)."""
         config = self.config
-        if self.tls is None and config.tls_enabled:
-            self.tls = load_tls(config.tls_cert, config.tls_key, config.tls_ca)
         topology = await asyncio.to_thread(self.discover)
         applied = tuple(await asyncio.to_thread(self.applier.applied)) if self.applier else ()
         reserved = await asyncio.to_thread(self.reserved_pods) if self.reserved_pods else frozenset()
@@ -98,10 +107,31 @@ class AgentRuntime:
         self._observe(self.store.current())
         self.metrics.allocations.set(len(applied))
 
-        if self.tls is not None and self.store.node_name not in self.tls.names:
-            raise TlsConfigError(
-                f"TLS certificate {config.tls_cert} names {sorted(self.tls.names)}, "
-                f"not this node {self.store.node_name!r}: the extender would refuse it"
+        node = self.store.node_name
+
+        def names_this_node(material: TlsMaterial) -> None:
+            if node not in material.names:
+                raise TlsConfigError(
+                    f"TLS certificate {config.tls_cert} names {sorted(material.names)}, "
+                    f"not this node {node!r}: the extender would refuse it"
+                )
+
+        if self.tls is not None:
+            names_this_node(self.tls)
+        elif config.tls_enabled:
+            assert config.tls_cert and config.tls_key and config.tls_ca
+            self.tls_files = TlsFiles(
+                config.tls_cert,
+                config.tls_key,
+                config.tls_ca,
+                check=names_this_node,
+                on_error=lambda error: log.error("replaced TLS files not used; old ones stay", error=error),
+            )
+        elif config.insecure:
+            log.warning(
+                "plaintext gRPC (insecure): any peer that reaches the port can read this node and, "
+                "without Kubernetes, Apply and Release",
+                listen=config.listen,
             )
         server = grpc.aio.server(
             options=server_options(config), maximum_concurrent_rpcs=config.max_concurrent_rpcs
@@ -110,10 +140,12 @@ class AgentRuntime:
             self.store,
             self.applier,
             self.metrics,
-            frozenset(config.tls_allowed_clients),
+            # Without TLS there is no peer name to check (insecure: every caller is let in).
+            frozenset(config.tls_allowed_clients) if self.tls or self.tls_files else frozenset(),
             pod_runtimes=self.pod_runtimes,
             remote_apply=self.remote_apply,
             reserved_pods=self.reserved_pods,
+            max_watch_streams_per_client=config.max_watch_streams_per_client,
         )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
         self._health = health.aio.HealthServicer()
@@ -121,6 +153,8 @@ class AgentRuntime:
         address = grpc_address(config.listen)
         if self.tls is not None:
             self.port = server.add_secure_port(address, server_credentials(self.tls))
+        elif self.tls_files is not None:
+            self.port = server.add_secure_port(address, reloading_server_credentials(self.tls_files))
         else:
             self.port = server.add_insecure_port(address)
         await server.start()
@@ -147,7 +181,7 @@ class AgentRuntime:
             node=self.store.node_name,
             listen=config.listen,
             port=self.port,
-            tls=self.tls is not None,
+            tls=self.tls is not None or self.tls_files is not None,
             root=config.root,
             generation=self.store.current().state.generation,
         )
@@ -162,6 +196,15 @@ class AgentRuntime:
                 else health_pb2.HealthCheckResponse.NOT_SERVING
             )
             await self._health.set(READINESS_SERVICE, status)
+
+    async def resync_allocations(self) -> None:
+        """Publish what the applier records now (after a change made outside an RPC)."""
+        if self.store is None or self.applier is None:
+            return
+        applied = tuple(await asyncio.to_thread(self.applier.applied))
+        reserved = await asyncio.to_thread(self.reserved_pods) if self.reserved_pods else frozenset()
+        self.store.set_allocations(applied, reserved)
+        self.metrics.allocations.set(len(applied))
 
     def _observe(self, snap: Snapshot) -> None:
         self.metrics.generation.set(snap.state.generation)

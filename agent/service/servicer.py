@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import grpc
 import structlog
@@ -17,6 +17,7 @@ from agent.metrics import AgentMetrics
 from agent.service.inventory import allocation_conflicts, device_inventory
 from agent.service.store import NodeStateStore, Snapshot
 from gedge_model import Allocation, ModelDecodeError, to_dict, to_json
+from gedge_model.codec import REPORT_VERSION
 from gedge_model.tls import peer_identities
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 
@@ -28,6 +29,15 @@ log = structlog.get_logger("gedge.agent.service")
 
 def valid_netns_name(name: str) -> bool:
     return bool(_NETNS_NAME.match(name)) and name not in (".", "..")
+
+
+def client_key(peer: str) -> str:
+    """The client part of a gRPC peer ("ipv4:10.0.0.5:41234" -> "ipv4:10.0.0.5"); limits count per key."""
+    kind, sep, rest = peer.partition(":")
+    if kind in ("ipv4", "ipv6") and sep:
+        host, _, port = rest.rpartition(":")
+        return f"{kind}:{host}" if port.isdigit() and host else peer
+    return peer
 
 
 def allocations_json(allocations: tuple[Allocation, ...]) -> str:
@@ -46,8 +56,11 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         pod_runtimes: StaticPodResolver | None = None,
         remote_apply: bool = True,
         reserved_pods: Callable[[], frozenset[str]] | None = None,
+        max_watch_streams_per_client: int = 8,
     ) -> None:
         self.store = store
+        self.max_watch_streams_per_client = max_watch_streams_per_client
+        self._watchers: dict[str, int] = {}
         self.reserved_pods = reserved_pods
         self.pod_runtimes = pod_runtimes
         self.remote_apply = remote_apply
@@ -65,6 +78,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             topology_json=self._topology_text(snap) if with_topology else "",
             allocations_json=allocations_json(snap.state.allocations),
             reserved_pod_uids=sorted(snap.reserved),
+            report_version=REPORT_VERSION,
         )
 
     def _topology_text(self, snap: Snapshot) -> str:
@@ -114,11 +128,29 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         self._ok("GetNodeState")
         return agent_pb2.GetNodeStateResponse(state=self._event(snap), devices=devices)
 
-    async def WatchNodeState(self, request, context) -> AsyncIterator[agent_pb2.NodeStateEvent]:
+    async def WatchNodeState(self, request, context) -> None:
+        """The full state, then every change, written until the client goes or the agent stops.
+
+        A coroutine writing through `context.write` (not an async generator): when the client
+        goes, the task is cancelled and the cleanup runs at once, in the task. The peer may be
+        gone by then, so nothing after the first write touches `context` except `write`, and
+        the cleanup never does (a generator left for the garbage collector ran its cleanup on a
+        torn-down call, and `context.peer()` there crashed the process).
+        """
         await self._authorize(context, "WatchNodeState")
+        peer = context.peer()
+        client = client_key(peer)
+        if self._watchers.get(client, 0) >= self.max_watch_streams_per_client:
+            await self._abort(
+                context,
+                "WatchNodeState",
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"client {client} already holds {self.max_watch_streams_per_client} watch streams",
+            )
+        self._watchers[client] = self._watchers.get(client, 0) + 1
         sub = self.store.subscribe(asyncio.get_running_loop())
         self.metrics.watch_streams.inc()
-        log.info("watch opened", peer=context.peer())
+        log.info("watch opened", peer=peer)
         sent_generation = 0
         sent_topology = 0
         try:
@@ -126,13 +158,18 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
                 sub.wake.clear()
                 snap = self.store.current()
                 if snap.state.generation != sent_generation:
-                    yield self._event(snap, with_topology=snap.topology_generation != sent_topology)
+                    await context.write(
+                        self._event(snap, with_topology=snap.topology_generation != sent_topology)
+                    )
                     sent_generation, sent_topology = snap.state.generation, snap.topology_generation
                 await sub.wake.wait()
         finally:
             self.store.unsubscribe(sub)
             self.metrics.watch_streams.dec()
-            log.info("watch closed", peer=context.peer())
+            left = self._watchers.pop(client, 1) - 1
+            if left:
+                self._watchers[client] = left
+            log.info("watch closed", peer=peer)
 
     async def ListAllocations(self, request, context):
         await self._authorize(context, "ListAllocations")

@@ -8,12 +8,13 @@ the writer or other watchers: it simply reads the latest state when it wakes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gedge_model import Allocation, NodeState, NodeTopology
+from gedge_model import Allocation, DeviceHealth, NodeState, NodeTopology
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class NodeStateStore:
         self._snapshot = Snapshot(NodeState(topology, tuple(allocations), 1), 1, frozenset(reserved))
         self._subscribers: set[Subscription] = set()
         self._listeners: list[Callable[[Snapshot], None]] = []
+        self._unhealthy: tuple[DeviceHealth, ...] = topology.unhealthy
         self.closed = False
 
     @property
@@ -59,9 +61,13 @@ class NodeStateStore:
         return self._snapshot
 
     def set_topology(self, topology: NodeTopology) -> bool:
-        """Publish a re-discovered topology; returns whether it differed (and so made a new generation)."""
+        """Publish a re-discovered topology; returns whether it differed (and so made a new generation).
+
+        The device health last set with `set_unhealthy` is kept: discovery does not judge health."""
         with self._lock:
             state = self._snapshot.state
+            if topology.unhealthy != self._unhealthy:
+                topology = dataclasses.replace(topology, unhealthy=self._unhealthy)
             if topology == state.topology:
                 return False
             if topology.node_name != state.node_name:
@@ -71,6 +77,22 @@ class NodeStateStore:
             generation = state.generation + 1
             self._snapshot = Snapshot(
                 NodeState(topology, state.allocations, generation), generation, self._snapshot.reserved
+            )
+        self._publish()
+        return True
+
+    def set_unhealthy(self, unhealthy: tuple[DeviceHealth, ...]) -> bool:
+        """Publish which devices are unhealthy (sorted, one entry per PCI function); whether it changed."""
+        with self._lock:
+            snap = self._snapshot
+            state = snap.state
+            if unhealthy == self._unhealthy:
+                return False
+            self._unhealthy = unhealthy
+            topology = dataclasses.replace(state.topology, unhealthy=unhealthy)
+            generation = state.generation + 1
+            self._snapshot = Snapshot(
+                NodeState(topology, state.allocations, generation), generation, snap.reserved
             )
         self._publish()
         return True

@@ -7,9 +7,13 @@ whoever starts the pod applies it again with the runtime, or releases it.
 
 from __future__ import annotations
 
+import structlog
+
 from gedge_model import Allocation
 from scheduler_extender.bind.binder import BindError
 from scheduler_extender.node_source import AgentApplier
+
+log = structlog.get_logger("gedge.extender.bind")
 
 
 class AgentBinder:
@@ -24,3 +28,16 @@ class AgentBinder:
                 f"pod {allocation.namespace}/{allocation.name}: agent on {allocation.node} "
                 f"did not apply the allocation: {exc}"
             ) from None
+
+    def unbind(self, allocation: Allocation) -> None:
+        """Release the pod's reservation on the node it was bound to before; a failure is logged, and
+        the agent releases it after its reservation TTL anyway."""
+        try:
+            self._applier.release(allocation.node, allocation.pod_uid)
+        except Exception as exc:
+            log.warning(
+                "unbind_failed",
+                pod=f"{allocation.namespace}/{allocation.name}",
+                node=allocation.node,
+                error=str(exc),
+            )

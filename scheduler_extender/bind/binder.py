@@ -14,3 +14,10 @@ class BindError(RuntimeError):
 class Binder(Protocol):
     def bind(self, allocation: Allocation) -> None:
         """Record the allocation and bind the pod; raise BindError leaving nothing half-bound."""
+
+
+class Unbinder(Protocol):
+    """A binder whose binds can be taken back (an agent's reservation); Kubernetes bindings cannot."""
+
+    def unbind(self, allocation: Allocation) -> None:
+        """Free what `allocation` holds on its node; best effort (the node also expires it)."""

@@ -16,7 +16,7 @@ import grpc
 import structlog
 
 from gedge_model import Allocation
-from gedge_model.tls import channel_credentials
+from gedge_model.tls import TlsMaterial, channel_credentials
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.cache.cache import CacheOptions, ClusterCache, channel_options
 
@@ -40,7 +40,8 @@ class GrpcAgentApplier:
         self._options = options or cache.options
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
-        self._channels: dict[str, tuple[str, grpc.Channel]] = {}
+        self._channels: dict[str, tuple[str, TlsMaterial | None, grpc.Channel]] = {}
+        """node -> (address, the TLS material the channel was made with, channel)."""
 
     def apply(self, node: str, allocation: Allocation) -> None:
         if allocation.node != node:
@@ -60,7 +61,7 @@ class GrpcAgentApplier:
 
     def close(self) -> None:
         with self._lock:
-            for _, channel in self._channels.values():
+            for _, _, channel in self._channels.values():
                 channel.close()
             self._channels.clear()
 
@@ -70,19 +71,18 @@ class GrpcAgentApplier:
             raise AgentApplyError(node, "no agent address known" + (f": {view.reason}" if view else ""))
         with self._lock:
             known = self._channels.get(node)
-            if known is None or known[0] != view.address:
+            material = self._options.material()
+            if known is None or known[0] != view.address or known[1] is not material:
                 if known is not None:
-                    known[1].close()
+                    known[2].close()
                 options = channel_options(self._options, node)
-                if self._options.tls is not None:
-                    channel = grpc.secure_channel(
-                        view.address, channel_credentials(self._options.tls), options
-                    )
+                if material is not None:
+                    channel = grpc.secure_channel(view.address, channel_credentials(material), options)
                 else:
                     channel = grpc.insecure_channel(view.address, options)
-                known = (view.address, channel)
+                known = (view.address, material, channel)
                 self._channels[node] = known
-        return agent_pb2_grpc.NodeAgentStub(known[1])
+        return agent_pb2_grpc.NodeAgentStub(known[2])
 
     def _call(self, node: str, method: str, request: object) -> Any:
         stub = self._stub(node)

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import random
+import re
 import ssl
 import threading
 import time
@@ -29,7 +30,14 @@ import grpc
 import structlog
 
 from gedge_model import Allocation, ModelDecodeError, NodeState, NodeTopology, from_dict, from_json
-from gedge_model.tls import TlsMaterial, channel_credentials, expect_peer_name_options, fetch_peer_names
+from gedge_model.codec import REPORT_VERSION, UnknownFields
+from gedge_model.tls import (
+    TlsFiles,
+    TlsMaterial,
+    channel_credentials,
+    expect_peer_name_options,
+    fetch_peer_names,
+)
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.cache.metrics import CacheMetrics
 from scheduler_extender.cache.targets import AgentTarget, load_agents_file
@@ -48,6 +56,12 @@ class CacheOptions:
     keepalive_timeout_s: float = 5.0
     tls: TlsMaterial | None = None
     """mTLS to every agent; each agent's certificate must carry its node's name."""
+    tls_files: TlsFiles | None = None
+    """Where `tls` came from: renewed files are used for every connection made after the renewal."""
+
+    def material(self) -> TlsMaterial | None:
+        """The client material to connect with now (the files' latest when they are known)."""
+        return self.tls_files.current() if self.tls_files is not None else self.tls
 
 
 class AgentRejected(Exception):
@@ -86,14 +100,22 @@ def channel_options(options: CacheOptions, node: str) -> list[tuple[str, object]
     return result
 
 
-def decode_allocations(text: str) -> tuple[Allocation, ...]:
+def decode_allocations(text: str, unknown: UnknownFields | None = None) -> tuple[Allocation, ...]:
     try:
         raw = json.loads(text or "[]")
     except json.JSONDecodeError as exc:
         raise ModelDecodeError(f"allocations: not JSON: {exc}") from None
+    except RecursionError:
+        raise ModelDecodeError("allocations: JSON nested too deep") from None
     if not isinstance(raw, list):
         raise ModelDecodeError("allocations: expected a list")
-    return tuple(from_dict(Allocation, item, f"allocations[{i}]") for i, item in enumerate(raw))
+    return tuple(
+        from_dict(Allocation, item, f"allocations[{i}]", unknown=unknown) for i, item in enumerate(raw)
+    )
+
+
+def _without_indexes(path: str) -> str:
+    return re.sub(r"\[\d+\]", "[]", path)
 
 
 class ClusterCache:
@@ -112,6 +134,7 @@ class ClusterCache:
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._records: dict[str, _Record] = {}
+        self._unknown_seen: dict[str, set[tuple[str, tuple[str, ...]]]] = {}
         self._initial = tuple(targets)
         self._target_source = target_source
         self._stop_target_source: Callable[[], None] | None = None
@@ -327,7 +350,9 @@ class ClusterCache:
         assert address is not None
         options = channel_options(self.options, node)
         if self.options.tls is not None:
-            channel = grpc.aio.secure_channel(address, channel_credentials(self.options.tls), options=options)
+            material = self.options.material()
+            assert material is not None
+            channel = grpc.aio.secure_channel(address, channel_credentials(material), options=options)
         else:
             channel = grpc.aio.insecure_channel(address, options=options)
         delivered = False
@@ -390,12 +415,13 @@ class ClusterCache:
                 "protocol",
                 f"agent at {target.address} sent generation {event.generation} after {last_generation}",
             )
+        unknown = self._unknown_fields(target, event.report_version)
         try:
             if event.topology_json:
-                topology = from_json(NodeTopology, event.topology_json)
+                topology = from_json(NodeTopology, event.topology_json, unknown=unknown)
             elif topology is None:
                 raise ModelDecodeError("first event carries no topology")
-            allocations = decode_allocations(event.allocations_json)
+            allocations = decode_allocations(event.allocations_json, unknown)
         except ModelDecodeError as exc:
             raise AgentRejected("malformed", f"agent at {target.address} sent a bad report: {exc}") from None
         if topology.node_name != node:
@@ -408,6 +434,26 @@ class ClusterCache:
             node, state=state, instance=event.agent_instance, connected=True, error=None, rejected=None
         )
         return topology, event.generation
+
+    def _unknown_fields(self, target: AgentTarget, version: int) -> UnknownFields:
+        """Reports are read leniently: fields a newer agent added are counted, logged once, and skipped."""
+        seen = self._unknown_seen.setdefault(target.node, set())
+
+        def note(path: str, names: list[str]) -> None:
+            self.metrics.unknown_fields.labels(target.node).inc(len(names))
+            key = (_without_indexes(path), tuple(names))
+            if key not in seen and len(seen) < 64:
+                seen.add(key)
+                log.info(
+                    "agent report has unknown fields",
+                    node=target.node,
+                    path=key[0],
+                    fields=names,
+                    report_version=version,
+                    known_version=REPORT_VERSION,
+                )
+
+        return note
 
     def _reject(self, target: AgentTarget, rejection: AgentRejected) -> None:
         self.metrics.rejections.labels(target.node, rejection.reason).inc()
@@ -430,7 +476,9 @@ class ClusterCache:
         assert target.address is not None and self.options.tls is not None
         host, _, port = target.address.rpartition(":")
         try:
-            names = await asyncio.to_thread(fetch_peer_names, host.strip("[]"), int(port), self.options.tls)
+            material = self.options.material()
+            assert material is not None
+            names = await asyncio.to_thread(fetch_peer_names, host.strip("[]"), int(port), material)
         except ssl.SSLCertVerificationError as exc:
             return AgentRejected(
                 "untrusted", f"agent at {target.address}: certificate not trusted: {exc.verify_message}"

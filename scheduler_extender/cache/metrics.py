@@ -50,5 +50,12 @@ class CacheMetrics:
             registry=r,
         )
 
+        self.unknown_fields = Counter(
+            "gedge_cache_report_unknown_fields_total",
+            "Fields in agents' reports this extender does not know (from a newer agent), ignored",
+            ["node"],
+            registry=r,
+        )
+
     def watch_nodes(self, views: Callable[[], Mapping[str, NodeView]]) -> None:
         self.registry.register(_NodeFreshness(views))

@@ -21,6 +21,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -33,12 +34,15 @@ import aiohttp
 import grpc
 
 from gedge_model import Allocation, NodeTopology
+from gedge_model.certs import issue_files
 from gedge_model.cli_support import configure_logging
+from gedge_model.tls import TlsMaterial, channel_credentials, expect_peer_name_options, load_tls
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import BindError
+from scheduler_extender.cache.cache import CacheOptions
 from scheduler_extender.commands.render import allocation_summary, topology_summary
-from scheduler_extender.http.app import build_app, start_server
+from scheduler_extender.http.app import build_app, server_ssl_context, start_server
 from scheduler_extender.verbs import Extender
 
 AGENT_START_TIMEOUT_S = 20.0
@@ -203,10 +207,12 @@ def _read(path: Path) -> str:
 class SandboxBinder:
     """Bind without Kubernetes, for the demo pod: the agent's gRPC Apply with where the pod runs."""
 
-    def __init__(self, address: str, sandbox: PodSandbox) -> None:
-        self._channel = grpc.insecure_channel(address)
+    def __init__(self, address: str, sandbox: PodSandbox, tls: TlsMaterial, node: str) -> None:
+        self._channel = grpc.secure_channel(address, channel_credentials(tls), expect_peer_name_options(node))
         self._stub = agent_pb2_grpc.NodeAgentStub(self._channel)
         self._sandbox = sandbox
+        self.bound: Allocation | None = None
+        """The last allocation the agent applied (the extender stops holding it once reported)."""
 
     def bind(self, allocation: Allocation) -> None:
         request = agent_pb2.ApplyRequest(
@@ -219,6 +225,7 @@ class SandboxBinder:
                 f"pod {allocation.namespace}/{allocation.name}: agent on {allocation.node} did not apply: "
                 f"{exc.code().name}: {exc.details()}"
             ) from None
+        self.bound = allocation
 
     def release(self, pod_uid: str) -> None:
         self._stub.Release(agent_pb2.ReleaseRequest(pod_uid=pod_uid), timeout=10)
@@ -228,7 +235,9 @@ class SandboxBinder:
 
 
 def start_agent(root: str, node: str, port: int, workdir: Path, cgroup_root: Path) -> subprocess.Popen[bytes]:
+    """`gedge-agent serve` with mTLS: its certificate from the demo's CA in workdir/pki."""
     env = dict(os.environ, GEDGE_AGENT_DEVICE_PLUGIN_DIR=str(workdir / "device-plugins"))
+    pki = workdir / "pki"
     command = [
         sys.executable,
         "-m",
@@ -248,8 +257,18 @@ def start_agent(root: str, node: str, port: int, workdir: Path, cgroup_root: Pat
         str(cgroup_root),
         "--cgroup-driver",
         "cgroupfs",
+        "--nri-socket",
+        "",
+        "--pod-resources-socket",
+        "",
         "--log-level",
         "warning",
+        "--tls-cert",
+        str(pki / f"{node}.pem"),
+        "--tls-key",
+        str(pki / f"{node}.key"),
+        "--tls-ca",
+        str(pki / "ca.pem"),
     ]
     log = (workdir / "agent.log").open("wb")
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -273,12 +292,21 @@ async def post(session: aiohttp.ClientSession, url: str, body: Any) -> Any:
         return payload
 
 
-async def drive(extender: Extender, pod: dict[str, Any], node: str) -> tuple[dict, list, dict]:
-    """kube-scheduler's three calls, over real HTTP to the extender on a loopback port."""
-    runner, port = await start_server(build_app(extender), "127.0.0.1", 0)
-    base = f"http://127.0.0.1:{port}"
+async def drive(extender: Extender, pod: dict[str, Any], node: str, pki: Path) -> tuple[dict, list, dict]:
+    """kube-scheduler's three calls, over HTTPS with its client certificate to the extender on loopback."""
+    server = server_ssl_context(
+        str(pki / "gedge-extender.pem"), str(pki / "gedge-extender.key"), str(pki / "ca.pem")
+    )
+    app = build_app(extender, allowed_clients=frozenset({"kube-scheduler"}))
+    runner, port = await start_server(app, "127.0.0.1", 0, server)
+    base = f"https://127.0.0.1:{port}"
+    client = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    client.check_hostname = False
+    client.load_cert_chain(pki / "kube-scheduler.pem", pki / "kube-scheduler.key")
     try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=10), connector=aiohttp.TCPConnector(ssl=client)
+        ) as session:
             args = {"Pod": pod, "Nodes": None, "NodeNames": [node]}
             filtered = await post(session, f"{base}/filter", args)
             scores = await post(
@@ -317,11 +345,18 @@ def run(args: argparse.Namespace) -> int:
         agents_file = workdir / "agents.yaml"
         agents_file.write_text(dump_agents([AgentTarget(node, f"127.0.0.1:{port}")]))
         agent = None
-        cluster = ClusterCache.from_agents_file(agents_file)
-        binder = SandboxBinder(f"127.0.0.1:{port}", sandbox)
+        pki = workdir / "pki"
+        for name in (node, "gedge-extender", "kube-scheduler"):
+            issue_files(pki, name, ips=["127.0.0.1"], days=1)
+        tls = load_tls(pki / "gedge-extender.pem", pki / "gedge-extender.key", pki / "ca.pem")
+        cluster = ClusterCache.from_agents_file(agents_file, CacheOptions(tls=tls))
+        binder = SandboxBinder(f"127.0.0.1:{port}", sandbox, tls, node)
         try:
             sandbox.create()
-            print(f"starting gedge-agent serve --root {args.root} --node-name {node} on 127.0.0.1:{port}")
+            print(
+                f"starting gedge-agent serve --root {args.root} --node-name {node} on 127.0.0.1:{port} "
+                "(mTLS, certificates from a throwaway CA)"
+            )
             agent = start_agent(args.root, node, port, workdir, sandbox.root)
             cluster.start()
             if not cluster.wait_for(lambda v: node in v and v[node].fresh, AGENT_START_TIMEOUT_S):
@@ -347,13 +382,13 @@ def run(args: argparse.Namespace) -> int:
                 f" (cgroup {sandbox.version})"
             )
             extender = Extender(cluster, binder, cache=AssumeCache())
-            filtered, scores, bound = asyncio.run(drive(extender, pod, node))
+            filtered, scores, bound = asyncio.run(drive(extender, pod, node, pki))
             verdict = filtered["NodeNames"] or filtered["Error"] or filtered["FailedNodes"]
             print(f"  POST /filter     -> {'passes ' if filtered['NodeNames'] else 'refused: '}{verdict}")
             print(f"  POST /prioritize -> {scores}")
             print(f"  POST /bind       -> {bound['Error'] or 'bound; the agent applied it over gRPC'}")
-            allocation = extender.cache.held_by(pod_uid)
-            if bound["Error"] or allocation is None:
+            allocation = binder.bound
+            if bound["Error"] or allocation is None or allocation.pod_uid != pod_uid:
                 return 1
             print()
             print(allocation_summary(allocation, topology))

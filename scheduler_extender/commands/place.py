@@ -39,7 +39,9 @@ class NoBinder:
 def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "examples:\n"
-        "  gedge-extender place --agents agents.yaml --pod pod.yaml          # ask the live agents\n"
+        "  gedge-extender place --agents agents.yaml --pod pod.yaml \\\n"
+        "      --agent-tls-cert pki/gedge-extender.pem --agent-tls-key pki/gedge-extender.key \\\n"
+        "      --agent-tls-ca pki/ca.pem                                  # ask the live agents\n"
         "  gedge-agent topology --json > node.json && \\\n"
         "      gedge-extender place --topology node.json --pod pod.yaml --json"
     )
@@ -49,6 +51,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--topology", metavar="FILE", action="append", help="a node's report as JSON (repeat for more nodes)"
     )
     parser.add_argument("--pod", metavar="FILE", required=True, help="the Pod manifest (YAML or JSON)")
+    parser.add_argument("--agent-tls-cert", metavar="FILE", help="client certificate for the agents' mTLS")
+    parser.add_argument("--agent-tls-key", metavar="FILE", help="its private key")
+    parser.add_argument("--agent-tls-ca", metavar="FILE", help="CA that signs the agents' certificates")
+    parser.add_argument(
+        "--insecure", action="store_true", help="plaintext gRPC to agents started with --insecure"
+    )
     parser.add_argument("--wait-s", type=float, default=10.0, metavar="S", help="how long to wait for agents")
     parser.add_argument("--json", action="store_true", help="print the allocation as the annotation JSON")
     parser.set_defaults(run=run)
@@ -134,9 +142,17 @@ def _run(args: argparse.Namespace) -> int:
     try:
         pod = load_pod(args.pod)
         if args.agents:
+            from gedge_model.tls import load_tls
             from scheduler_extender.cache import ClusterCache
+            from scheduler_extender.cache.cache import CacheOptions
 
-            cluster = ClusterCache.from_agents_file(args.agents)
+            files = (args.agent_tls_cert, args.agent_tls_key, args.agent_tls_ca)
+            if args.insecure == any(files) or (any(files) and not all(files)):
+                raise PlaceError(
+                    "--agents needs --agent-tls-cert, --agent-tls-key and --agent-tls-ca, or --insecure alone"
+                )
+            tls = None if args.insecure else load_tls(*files)
+            cluster = ClusterCache.from_agents_file(args.agents, CacheOptions(tls=tls))
             cluster.start()
             cluster.wait_for(lambda views: all(v.fresh for v in views.values()), args.wait_s)
             source: NodeSource = cluster

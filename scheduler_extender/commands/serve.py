@@ -12,20 +12,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import os
 import signal
 import socket
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
 
 from gedge_model.cli_support import configure_logging
-from gedge_model.tls import TlsConfigError, load_tls
+from gedge_model.tls import TlsConfigError, TlsFiles
 from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
 from scheduler_extender.cache.cache import CacheOptions
-from scheduler_extender.http.app import MAX_BODY_BYTES, build_app, server_ssl_context, start_server, tune_gc
+from scheduler_extender.http.app import (
+    IDLE_TIMEOUT_S,
+    MAX_BODY_BYTES,
+    MAX_CONNECTIONS_PER_CLIENT,
+    METRICS_KEY,
+    ReloadingSslContext,
+    build_app,
+    build_metrics_app,
+    start_server,
+    tune_gc,
+)
+from scheduler_extender.leader import AlwaysLeader, Leadership, LeaseElection
 from scheduler_extender.node_source import NodeSource
 from scheduler_extender.verbs import Extender
 
@@ -34,10 +47,15 @@ log = structlog.get_logger("gedge.extender.serve")
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
+        "TLS is on unless --insecure: HTTPS for kube-scheduler, which must present a client certificate\n"
+        "from --tls-client-ca naming one of --tls-allowed-clients, and mTLS to every agent (--agent-tls-*).\n"
+        "/metrics and /healthz are also served plain on --metrics-listen.\n\n"
         "examples:\n"
-        "  gedge-extender serve --agents agents.yaml --listen 127.0.0.1:8888   # no Kubernetes\n"
-        "  gedge-extender serve --kubeconfig ~/.kube/config --listen 0.0.0.0:8888\n"
-        "  gedge-extender serve --in-cluster --listen 0.0.0.0:8888            # as deploy/scheduler runs it\n"
+        "  gedge-extender serve --agents agents.yaml --tls-cert pki/gedge-extender.pem \\\n"
+        "      --tls-key pki/gedge-extender.key --tls-client-ca pki/ca.pem --agent-tls-cert \\\n"
+        "      pki/gedge-extender.pem --agent-tls-key pki/gedge-extender.key --agent-tls-ca pki/ca.pem\n"
+        "  gedge-extender serve --in-cluster --tls-cert ... (as deploy/scheduler/extender.yaml runs it)\n"
+        "  gedge-extender serve --agents agents.yaml --listen 127.0.0.1:8888 --insecure   # plaintext\n"
         "agents.yaml is a list of {node: NAME, address: HOST:PORT}; all flags: docs/configuration.md."
     )
     mode = parser.add_mutually_exclusive_group(required=True)
@@ -51,6 +69,30 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--tls-client-ca",
         metavar="FILE",
         help="require kube-scheduler to present a certificate this CA signed",
+    )
+    parser.add_argument(
+        "--tls-allowed-clients",
+        default="kube-scheduler",
+        metavar="NAMES",
+        help="comma-separated client certificate names allowed to call the verbs (kube-scheduler)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plain HTTP without client authentication and plaintext gRPC to agents (warns at start)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default="0.0.0.0:9401",
+        help="plain HTTP /metrics and /healthz (default 0.0.0.0:9401; empty: none)",
+    )
+    parser.add_argument(
+        "--tls-reload-interval-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="how often replaced --tls-* files are looked for (30)",
     )
     parser.add_argument("--agent-tls-cert", metavar="FILE", help="client certificate for the agents' mTLS")
     parser.add_argument("--agent-tls-key", metavar="FILE", help="its private key")
@@ -70,14 +112,45 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="how long a bind's reservation lives unsettled",
     )
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N")
+    parser.add_argument(
+        "--body-timeout-s", type=float, default=10.0, metavar="S", help="time for a request body to arrive"
+    )
+    parser.add_argument(
+        "--idle-timeout-s",
+        type=float,
+        default=IDLE_TIMEOUT_S,
+        metavar="S",
+        help="close a connection without a complete request this long",
+    )
+    parser.add_argument(
+        "--max-connections-per-client",
+        type=int,
+        default=MAX_CONNECTIONS_PER_CLIENT,
+        metavar="N",
+        help="open connections from one client address",
+    )
+    parser.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="with Kubernetes: elect one leader among replicas on a Lease; only it is Ready and serves",
+    )
+    parser.add_argument(
+        "--leader-elect-lease",
+        metavar="NAMESPACE/NAME",
+        default=None,
+        help="the Lease (default: $POD_NAMESPACE or gedge-system, /gedge-extender)",
+    )
+    parser.add_argument(
+        "--leader-elect-identity", metavar="ID", default=None, help="this replica's name (default: hostname)"
+    )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     parser.set_defaults(run=run)
 
 
-def parse_listen(text: str) -> tuple[str, int]:
+def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"--listen {text!r} is not HOST:PORT")
+        raise ValueError(f"{flag} {text!r} is not HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
@@ -110,13 +183,44 @@ class Wiring:
         )
 
 
+TLS_FLAGS = ("tls_cert", "tls_key", "tls_client_ca", "agent_tls_cert", "agent_tls_key", "agent_tls_ca")
+
+
+def check_tls_flags(args: argparse.Namespace) -> None:
+    """Every TLS flag, or --insecure and none; ValueError names what is missing or in conflict."""
+    given = [f"--{name.replace('_', '-')}" for name in TLS_FLAGS if getattr(args, name, None)]
+    missing = [f"--{name.replace('_', '-')}" for name in TLS_FLAGS if not getattr(args, name, None)]
+    if getattr(args, "insecure", False):
+        if given:
+            raise ValueError(f"--insecure (plaintext) and {', '.join(given)} exclude each other")
+        return
+    if missing:
+        raise ValueError(
+            f"TLS is required: missing {', '.join(missing)} (`gedge-agent certs` makes the files), "
+            "or --insecure for plaintext that anyone who reaches the port can call"
+        )
+    if not allowed_clients(args):
+        raise ValueError("--tls-allowed-clients is empty: name the client certificate(s) allowed to call")
+
+
+def allowed_clients(args: argparse.Namespace) -> frozenset[str]:
+    return frozenset(part.strip() for part in (args.tls_allowed_clients or "").split(",") if part.strip())
+
+
 def cache_options(args: argparse.Namespace) -> CacheOptions:
     """TTL and the agents' mTLS material; all three TLS files or none."""
     given = [args.agent_tls_cert, args.agent_tls_key, args.agent_tls_ca]
     if any(given) and not all(given):
         raise ValueError("--agent-tls-cert, --agent-tls-key and --agent-tls-ca go together")
-    tls = load_tls(args.agent_tls_cert, args.agent_tls_key, args.agent_tls_ca) if all(given) else None
-    return CacheOptions(ttl_s=args.stale_after_s, tls=tls)
+    if not all(given):
+        return CacheOptions(ttl_s=args.stale_after_s)
+    files = TlsFiles(
+        args.agent_tls_cert,
+        args.agent_tls_key,
+        args.agent_tls_ca,
+        on_error=lambda error: log.error("replaced agent TLS files not used; old ones stay", error=error),
+    )
+    return CacheOptions(ttl_s=args.stale_after_s, tls=files.current(), tls_files=files)
 
 
 def agents_wiring(args: argparse.Namespace) -> Wiring:
@@ -160,26 +264,94 @@ def kube_wiring(args: argparse.Namespace) -> Wiring:
 
 
 async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) -> int:
-    context = None
-    if args.tls_cert or args.tls_key:
-        if not (args.tls_cert and args.tls_key):
-            raise ValueError("--tls-cert and --tls-key go together")
-        context = server_ssl_context(args.tls_cert, args.tls_key, args.tls_client_ca)
+    reloading = None
+    if args.insecure:
+        log.warning(
+            "plain HTTP and plaintext gRPC (--insecure): anyone who reaches the port can call bind",
+            listen=args.listen,
+        )
+    else:
+        reloading = ReloadingSslContext(
+            args.tls_cert,
+            args.tls_key,
+            args.tls_client_ca,
+            on_error=lambda error: log.error("replaced TLS files not used; old ones stay", error=error),
+        )
     registry = getattr(getattr(wiring.source, "metrics", None), "registry", None)
-    app = build_app(wiring.extender(), max_body=args.max_body_bytes, registry=registry)
-    runner, bound = await start_server(app, host, port, context)
-    log.info("serving", listen=f"{host}:{bound}", https=context is not None)
-    tune_gc()
-    refreeze = asyncio.get_running_loop().create_task(_refreeze_gc())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    lost = False
+
+    def on_lost() -> None:
+        nonlocal lost
+        lost = True
+        loop.call_soon_threadsafe(stop.set)
+
+    leadership = leader_election(args, on_lost)
+    app = build_app(
+        wiring.extender(),
+        max_body=args.max_body_bytes,
+        body_timeout_s=args.body_timeout_s,
+        registry=registry,
+        leadership=leadership,
+        allowed_clients=frozenset() if args.insecure else allowed_clients(args),
+    )
+    runner, bound = await start_server(
+        app,
+        host,
+        port,
+        reloading.context if reloading else None,
+        idle_timeout_s=args.idle_timeout_s,
+        max_connections_per_client=args.max_connections_per_client,
+    )
+    log.info("serving", listen=f"{host}:{bound}", https=reloading is not None)
+    runners = [runner]
+    if args.metrics_listen:
+        metrics_host, metrics_port = parse_listen(args.metrics_listen, "--metrics-listen")
+        metrics_app = build_metrics_app(app[METRICS_KEY].registry, leadership)
+        metrics_runner, metrics_bound = await start_server(metrics_app, metrics_host, metrics_port)
+        runners.append(metrics_runner)
+        log.info("metrics serving", listen=f"{metrics_host}:{metrics_bound}")
+    tune_gc()
+    tasks = [loop.create_task(_refreeze_gc())]
+    if reloading is not None:
+        tasks.append(loop.create_task(_reload_tls(reloading, args.tls_reload_interval_s)))
+    if isinstance(leadership, LeaseElection):
+        leadership.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
-    refreeze.cancel()
-    await runner.cleanup()
-    return 0
+    log.info("shutting down", lost_lease=lost)
+    for task in tasks:
+        task.cancel()
+    for each in reversed(runners):
+        await each.cleanup()
+    return 1 if lost else 0
+
+
+def leader_election(args: argparse.Namespace, on_lost: Callable[[], None]) -> Leadership:
+    """The Lease election when --leader-elect (Kubernetes only), else always the leader."""
+    if not args.leader_elect:
+        return AlwaysLeader()
+    if args.agents:
+        raise ValueError("--leader-elect needs Kubernetes (--kubeconfig or --in-cluster), not --agents")
+    lease = args.leader_elect_lease or f"{os.environ.get('POD_NAMESPACE') or 'gedge-system'}/gedge-extender"
+    namespace, sep, name = lease.partition("/")
+    if not sep or not namespace or not name:
+        raise ValueError(f"--leader-elect-lease {lease!r} is not NAMESPACE/NAME")
+    identity = args.leader_elect_identity or socket.gethostname()
+    return LeaseElection(name, namespace, identity, on_lost=on_lost)
+
+
+async def _reload_tls(reloading: ReloadingSslContext, period_s: float) -> None:
+    """Pick up replaced certificate files (cert-manager renews them in place) without a restart."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            if reloading.refresh():
+                log.info("TLS files reloaded", generation=reloading.files.generation)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("replaced TLS files not used; the old ones stay", error=str(exc))
 
 
 async def _refreeze_gc(period_s: float = 300.0) -> None:
@@ -192,7 +364,12 @@ async def _refreeze_gc(period_s: float = 300.0) -> None:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
+        check_tls_flags(args)
+        if args.tls_reload_interval_s <= 0:
+            raise ValueError(f"--tls-reload-interval-s must be positive, got {args.tls_reload_interval_s}")
         host, port = parse_listen(args.listen)
+        if args.metrics_listen:
+            parse_listen(args.metrics_listen, "--metrics-listen")
         wiring = agents_wiring(args) if args.agents else kube_wiring(args)
     except (ValueError, OSError, TlsConfigError) as exc:
         log.error("cannot start", error=str(exc))

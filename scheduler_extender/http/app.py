@@ -1,4 +1,4 @@
-"""The extender's HTTP(S) server (aiohttp): /filter, /prioritize, /bind, /preempt, /healthz, /metrics.
+"""The extender's HTTP(S) server (aiohttp): the four verbs, /healthz, /readyz (leader only), /metrics.
 
 kube-scheduler reads a reply body only with status 200, so verbs answer 200 with
 the `Error` field for anything about the pod or the cluster; a body that is not
@@ -22,6 +22,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+from scheduler_extender.leader import AlwaysLeader, Leadership
 from scheduler_extender.verb_metrics import VerbMetrics
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import (
@@ -53,7 +54,7 @@ class ExtenderMetrics:
         )
         self.outcomes = Counter(
             "gedge_extender_requests_total",
-            "Requests by verb and outcome (ok, error: an Error in the reply, bad_request: 4xx)",
+            "Requests by verb and outcome (ok, error: an Error in the reply, bad_request: 4xx, standby: 503)",
             ["verb", "outcome"],
             registry=self.registry,
         )
@@ -65,6 +66,10 @@ METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
 POOL_KEY = web.AppKey("bind_pool", ThreadPoolExecutor)
 PLACE_POOL_KEY = web.AppKey("place_pool", ThreadPoolExecutor)
 MAX_BODY_KEY = web.AppKey("max_body", int)
+BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
+LEADERSHIP_KEY = web.AppKey("leadership", object)
+ALLOWED_CLIENTS_KEY = web.AppKey("allowed_clients", frozenset)
+VERBS = frozenset({"/filter", "/prioritize", "/bind", "/preempt"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -78,11 +83,45 @@ def _reply(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=data, status=status, content_type="application/json")
 
 
-def _loads(raw: bytes) -> Any:
+MAX_JSON_DEPTH = 64
+"""Deepest nesting a request body may have; a Node or Pod object is under 20 levels deep."""
+
+_CONSTANTS = ("-Infinity", "Infinity", "NaN")
+
+
+def _not_json(exc: orjson.JSONDecodeError, max_depth: int) -> str:
+    """Why orjson refused a body: its depth limit, a NaN or Infinity constant by name, or its own message."""
+    message = str(exc)
+    if message.startswith("depth limit exceeded"):
+        return f"request body nests deeper than {max_depth} levels"
+    doc = exc.doc if isinstance(exc.doc, str) else ""
+    for name in _CONSTANTS:
+        # orjson points at the constant, or just past the sign of -Infinity.
+        if doc.startswith(name, exc.pos) or doc.startswith(name, max(exc.pos - 1, 0)):
+            return f"request body is not JSON: {name} is not a JSON value"
+    return f"request body is not JSON: {message}"
+
+
+def decode_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON value of a request body; WireError when it is not strict JSON or nests deeper than max_depth.
+
+    Strict: NaN and Infinity are refused (orjson has no such constants). The depth is
+    checked without recursion, so nothing that handles the value later can run out of stack.
+    """
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise WireError(f"request body is not JSON: {exc}") from None
+        raise WireError(_not_json(exc, max_depth)) from None
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            raise WireError(f"request body nests deeper than {max_depth} levels")
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+    return value
 
 
 class _Encoded(bytes):
@@ -111,15 +150,28 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
             started = time.perf_counter()
             outcome = "ok"
             try:
-                raw = await request.read()
+                if not request.app[LEADERSHIP_KEY].is_leader():
+                    outcome = "standby"
+                    message = f"{name}: this extender replica is a standby; ask the leader"
+                    return _reply(on_error(message), status=503)
+                raw = await asyncio.wait_for(request.read(), request.app[BODY_TIMEOUT_KEY])
                 body = await body_handler(request, raw)
                 if body.error if isinstance(body, _Encoded) else isinstance(body, dict) and body.get("Error"):
                     outcome = "error"
+                # Placement verbs answer bytes encoded in the placement thread (a NodeList-mode
+                # filter reply echoes megabytes of Node objects); bind's reply is a few fields.
                 return _reply(body)
             except WireError as exc:
                 outcome = "bad_request"
                 log.info("bad_request", verb=name, error=str(exc))
                 return _reply(on_error(f"{name}: {exc}"), status=400)
+            except TimeoutError:
+                outcome = "bad_request"
+                message = f"{name}: request body not received within {request.app[BODY_TIMEOUT_KEY]} s"
+                log.info("bad_request", verb=name, error=message)
+                response = _reply(on_error(message), status=408)
+                response.force_close()
+                return response
             except web.HTTPRequestEntityTooLarge:
                 outcome = "bad_request"
                 message = f"{name}: request body is larger than {request.app[MAX_BODY_KEY]} bytes"
@@ -144,7 +196,7 @@ async def _filter(request: web.Request, raw: bytes) -> Any:
     extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY]
 
     def work() -> _Encoded:
-        body = extender.filter(decode_extender_args(_loads(raw)))
+        body = extender.filter(decode_extender_args(decode_json(raw)))
         metrics.verbs.observe_filter(body)
         return _encoded(body)
 
@@ -155,17 +207,18 @@ async def _filter(request: web.Request, raw: bytes) -> Any:
 async def _prioritize(request: web.Request, raw: bytes) -> Any:
     extender = request.app[EXTENDER_KEY]
     return await _off_loop(
-        request, lambda: _Encoded(extender.prioritize_json(decode_extender_args(_loads(raw))))
+        request, lambda: _Encoded(extender.prioritize_json(decode_extender_args(decode_json(raw))))
     )
 
 
 @_verb("bind", encode_binding_result)
 async def _bind(request: web.Request, raw: bytes) -> Any:
-    args = decode_binding_args(_loads(raw))
+    loop = asyncio.get_running_loop()
+    # Decoded in the bind pool: a hostile body of megabytes never holds the event loop.
+    args = await loop.run_in_executor(request.app[POOL_KEY], lambda: decode_binding_args(decode_json(raw)))
     extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY].verbs
     if extender.cache.held_by(args.pod_uid) is not None:
         metrics.bind_retries.inc()
-    loop = asyncio.get_running_loop()
     body = await loop.run_in_executor(request.app[POOL_KEY], extender.bind, args)
     allocation = None if body.get("Error") else extender.cache.held_by(args.pod_uid)
     view = extender.source.node(args.node) if allocation is not None else None
@@ -176,11 +229,20 @@ async def _bind(request: web.Request, raw: bytes) -> Any:
 @_verb("preempt", lambda message: {"NodeNameToMetaVictims": {}, "Error": message})
 async def _preempt(request: web.Request, raw: bytes) -> Any:
     extender = request.app[EXTENDER_KEY]
-    return await _off_loop(request, lambda: _encoded(extender.preempt(decode_preemption_args(_loads(raw)))))
+    return await _off_loop(
+        request, lambda: _encoded(extender.preempt(decode_preemption_args(decode_json(raw))))
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    """Ready only as the leader: the Service sends kube-scheduler to the leader alone."""
+    if request.app[LEADERSHIP_KEY].is_leader():
+        return web.Response(text="leader")
+    return web.Response(text="standby", status=503)
 
 
 async def _metrics(request: web.Request) -> web.Response:
@@ -188,15 +250,55 @@ async def _metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+def peer_names(request: web.Request) -> frozenset[str]:
+    """Common name and DNS names of the verified client certificate; empty without one (or without TLS)."""
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return frozenset()
+    names = {value for rdn in cert.get("subject", ()) for key, value in rdn if key == "commonName"}
+    names.update(value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS")
+    return frozenset(names)
+
+
+@web.middleware
+async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Verbs only for a client certificate that names an allowed client (kube-scheduler's)."""
+    allowed = request.app[ALLOWED_CLIENTS_KEY]
+    if allowed and request.path in VERBS:
+        names = peer_names(request)
+        if not names & allowed:
+            message = (
+                f"client certificate names {sorted(names)} are not among the allowed clients "
+                f"{sorted(allowed)}"
+                if names
+                else "a client certificate is required"
+            )
+            log.warning("client refused", path=request.path, peer=request.remote, peer_names=sorted(names))
+            request.app[METRICS_KEY].outcomes.labels(request.path.strip("/"), "forbidden").inc()
+            return _reply({"Error": message}, status=403)
+    return await handler(request)
+
+
 def build_app(
     extender: Extender,
     *,
     max_body: int = MAX_BODY_BYTES,
     bind_workers: int = 8,
+    body_timeout_s: float = 10.0,
     registry: CollectorRegistry | None = None,
+    leadership: Leadership | None = None,
+    allowed_clients: frozenset[str] = frozenset(),
 ) -> web.Application:
-    app = web.Application(client_max_size=max_body)
+    """The verbs, /healthz, /readyz (the leader only) and /metrics; `body_timeout_s` bounds how long a
+    request body may take to arrive. With `allowed_clients`, verbs answer 403 unless the TLS client
+    certificate names one of them (serve it with `server_ssl_context(..., client_ca)`)."""
+    app = web.Application(client_max_size=max_body, middlewares=[_authenticate])
+    app[ALLOWED_CLIENTS_KEY] = frozenset(allowed_clients)
     app[MAX_BODY_KEY] = max_body
+    app[BODY_TIMEOUT_KEY] = body_timeout_s
+    app[LEADERSHIP_KEY] = leadership if leadership is not None else AlwaysLeader()
+    app[LIMITS_KEY] = ClientLimits(MAX_CONNECTIONS_PER_CLIENT)
     app[EXTENDER_KEY] = extender
     app[METRICS_KEY] = ExtenderMetrics(registry)
     app[METRICS_KEY].verbs.watch(extender)
@@ -216,6 +318,7 @@ def build_app(
     app.router.add_post("/bind", _bind)
     app.router.add_post("/preempt", _preempt)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
     return app
 
@@ -232,6 +335,27 @@ def tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
+REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+
+
+async def _registry_metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[REGISTRY_KEY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def build_metrics_app(registry: CollectorRegistry, leadership: Leadership | None = None) -> web.Application:
+    """/metrics, /healthz and /readyz alone, on a plain port that Prometheus and kubelet's probes reach
+    without a certificate."""
+    app = web.Application()
+    app[REGISTRY_KEY] = registry
+    app[LEADERSHIP_KEY] = leadership if leadership is not None else AlwaysLeader()
+    app[LIMITS_KEY] = ClientLimits(MAX_CONNECTIONS_PER_CLIENT)
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _registry_metrics)
+    return app
+
+
 def server_ssl_context(cert: str, key: str, client_ca: str | None = None) -> ssl.SSLContext:
     """HTTPS for the extender; with `client_ca`, kube-scheduler must present a certificate it signed."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -243,12 +367,111 @@ def server_ssl_context(cert: str, key: str, client_ca: str | None = None) -> ssl
     return context
 
 
+class ClientLimits:
+    """At most `max_per_client` open connections from one client address; more are reset at once."""
+
+    def __init__(self, max_per_client: int) -> None:
+        self.max_per_client = max_per_client
+        self.open: dict[str, int] = {}
+        self.refused = 0
+        self._hosts: dict[object, str] = {}
+
+    def install(self, server: web.Server) -> None:
+        made, lost = server.connection_made, server.connection_lost
+
+        def connection_made(handler: Any, transport: asyncio.Transport) -> None:
+            made(handler, transport)
+            peer = transport.get_extra_info("peername")
+            host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+            if self.open.get(host, 0) >= self.max_per_client:
+                self.refused += 1
+                log.warning(
+                    "connection_refused", client=host, open=self.open[host], limit=self.max_per_client
+                )
+                transport.abort()
+                return
+            self.open[host] = self.open.get(host, 0) + 1
+            self._hosts[handler] = host
+
+        def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
+            lost(handler, exc)
+            host = self._hosts.pop(handler, None)
+            if host is not None:
+                left = self.open[host] - 1
+                if left:
+                    self.open[host] = left
+                else:
+                    del self.open[host]
+
+        server.connection_made = connection_made  # type: ignore[method-assign]
+        server.connection_lost = connection_lost  # type: ignore[method-assign]
+
+
+LIMITS_KEY = web.AppKey("client_limits", ClientLimits)
+
+IDLE_TIMEOUT_S = 15.0
+"""A connection with no complete request (idle between requests, or headers half-sent) closes after this."""
+MAX_CONNECTIONS_PER_CLIENT = 64
+LINGER_S = 1.0
+"""After an early answer (408, 413), how long the rest of an unread body is drained before closing."""
+
+
+class ReloadingSslContext:
+    """A server SSLContext whose certificate, key and client CA follow their files.
+
+    `refresh()` loads replaced files into the same context (new handshakes use
+    them, open connections keep theirs); a replacement that does not load leaves
+    the old material in use. A replaced client CA is trusted beside the old one
+    (clients move over during a CA rotation) until the next restart.
+    """
+
+    def __init__(
+        self, cert: str, key: str, client_ca: str, on_error: Callable[[str], None] | None = None
+    ) -> None:
+        from gedge_model.tls import TlsFiles
+
+        self.files = TlsFiles(cert, key, client_ca, on_error=on_error)
+        self.context = server_ssl_context(cert, key, client_ca)
+
+    def refresh(self) -> bool:
+        """True when replaced files were loaded."""
+        material = self.files.reload()
+        if material is None:
+            return False
+        cert, key, _ = self.files.paths
+        self.context.load_cert_chain(cert, key)
+        self.context.load_verify_locations(cadata=material.ca_pem.decode())
+        return True
+
+
 async def start_server(
-    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+    app: web.Application,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    *,
+    idle_timeout_s: float = IDLE_TIMEOUT_S,
+    max_connections_per_client: int = MAX_CONNECTIONS_PER_CLIENT,
 ) -> tuple[web.AppRunner, int]:
-    """Start listening; returns the runner and the bound port (port 0 picks a free one)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    """Start listening; returns the runner and the bound port (port 0 picks a free one).
+
+    Bounds per client: `max_connections_per_client` open connections per address;
+    a connection without a complete request for `idle_timeout_s` is closed; a body
+    slower than the app's body timeout is answered 408 and the connection closed
+    within LINGER_S.
+    """
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=idle_timeout_s,
+        lingering_time=LINGER_S,
+    )
     await runner.setup()
+    assert runner.server is not None
+    limits = app[LIMITS_KEY]
+    limits.max_per_client = max_connections_per_client
+    limits.install(runner.server)
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()
     return runner, int(runner.addresses[0][1])

@@ -18,8 +18,8 @@ Decisions worth knowing:
   no free instance is refused, naming the profile.
 - Policies follow kubelet's Topology Manager: `restricted` admits only an
   allocation whose NUMA span is the narrowest the node's capacity allows for
-  the request; `single-numa` puts every device and CPU on one NUMA node;
-  `same-switch` is single-numa plus every GPU<->network-device pair (and
+  the request; `single-numa` (kubelet's `single-numa-node`) puts every device
+  and CPU on one NUMA node; `same-switch` is single-numa plus every GPU<->network-device pair (and
   GPU<->GPU pair unless NVLinked) at `PlacementConfig.same_switch_level` (PXB
   by default: one switch hierarchy below the host bridge, which is how
   DGX-class machines wire GPU and NIC) or closer. Devices with an unknown NUMA
@@ -27,8 +27,18 @@ Decisions worth knowing:
 - Node structure memo: plans are kept by (structure, free set, pod shape,
   config), so nodes of one hardware kind in one state share one search; the
   device ids come from each node's own index.
-- `topology_aware` false: first free devices and CPUs in id order, still
-  exclusive and still priced.
+- `topology_aware` false (a pod opting out; alignment is the default): first
+  free devices and CPUs in id order, still exclusive and still priced.
+- Pinned CPUs: gedge_model.cpu_pool's rule, the one the agent applies, so the
+  shared pool keeps a CPU; each CPU counts once, on its own NUMA node, as a core
+  with its siblings of that node only.
+- NVLink pairs weigh less the more links they have (gedge_model.distance.
+  nvlink_weight); among equal costs the closer PCIe path below NVLink wins, then
+  the set that leaves free GPUs closest to each other (NVLink partners of busy
+  GPUs go first, whole pairs and switch groups stay free).
+- `restricted` past MAX_NUMA_SUBSETS NUMA-node sets (more than 8 nodes) grows
+  sets from each node instead of enumerating them; a refusal names at most
+  MAX_REASONS sets.
 - Whole cards (`gedge.io/amd-gpu`, `fpga`, `asic`) sit in the index's device
   list beside the NVIDIA GPUs and are priced by the same pair distances (XGMI at
   the NV level): the first kind a pod asks for is chosen like whole GPUs, every
@@ -37,6 +47,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
@@ -51,8 +62,10 @@ from gedge_model.allocation import (
     RESOURCE_MIG_PREFIX,
     RESOURCE_RDMA,
     RESOURCE_SRIOV_VF,
+    RESOURCE_SRIOV_VF_VFIO,
     mig_resource_name,
 )
+from gedge_model.cpu_pool import pinnable_cpus
 from scheduler_extender.placement.index import (
     LEVELS,
     NO_NUMA,
@@ -120,6 +133,14 @@ class Placement:
     stranded: int = 0
     """Free accelerators (GPUs, MIG instances, RDMA devices) of kinds the pod does not use: a pod
     taking CPUs or VFs on such a node may leave them unusable, so packing prefers nodes with fewer."""
+    level_cost: float | None = None
+    """The cost with every NVLink pair at the plain NV weight, whatever its link count: what
+    score_nodes ranks nodes by (None: `cost`), so link counts choose GPUs inside a node but do not
+    pull pods off a node that packing would fill."""
+
+    @property
+    def rank_cost(self) -> float:
+        return self.cost if self.level_cost is None else self.level_cost
 
 
 @dataclass(frozen=True)
@@ -149,6 +170,10 @@ class _Free:
     """NUMA id -> free CPUs of partly used cores."""
     shared_used: dict[int, int]
     """GPU pos -> time-slice replicas in use (pack/spread)."""
+    pinnable: int = 0
+    """CPUs pods may still pin on the whole node (gedge_model.cpu_pool's rule), whatever NUMA subset."""
+    unpinned: int = 0
+    """CPUs no pod has pinned on the whole node."""
     key: tuple[object, ...] = ()
     """All of the above in position terms: equal keys on equal structures mean equal placements."""
 
@@ -168,6 +193,8 @@ class _Free:
             cores={n: c for n, c in self.cores.items() if ok(n)},
             threads={n: t for n, t in self.threads.items() if ok(n)},
             shared_used=self.shared_used,
+            pinnable=self.pinnable,
+            unpinned=self.unpinned,
             key=(self.key, tuple(sorted(numas))),
         )
 
@@ -287,6 +314,8 @@ def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[All
                 partial.extend(c for c in core if c not in used_cpus)
         cores[numa] = full
         threads[numa] = partial
+    unpinned = sum(len(core) for found in cores.values() for core in found)
+    unpinned += sum(len(found) for found in threads.values())
     rdmas = [r for r in index.rdmas if r.ident not in rdma_used]
     gpus = index.gpus
     key = (
@@ -312,6 +341,9 @@ def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[All
         cores=cores,
         threads=threads,
         shared_used=shared_used,
+        # the agent's rule over every unpinned CPU, the reserved ones (never granted here) included
+        pinnable=pinnable_cpus(unpinned + len(index.reserved_cpus), len(index.reserved_cpus)),
+        unpinned=unpinned,
         key=key,
     )
 
@@ -341,6 +373,9 @@ def free_capacity(state: NodeState, reserved: Iterable[Allocation] = ()) -> Mapp
         out[RESOURCE_SRIOV_VF] = free.free_vfs()
     if index.rdmas:
         out[RESOURCE_RDMA] = len(free.rdmas)
+    if index.vfio:
+        used = _used(state, reserved)[0].get(RESOURCE_SRIOV_VF_VFIO, set())
+        out[RESOURCE_SRIOV_VF_VFIO] = sum(1 for v in index.vfio if v.pci not in used)
     out[RESOURCE_CPU_EXCLUSIVE] = free.cpu_count()
     return out
 
@@ -358,6 +393,8 @@ class _GpuPick:
     """Distinct physical GPUs, ascending."""
     frag: float
     pair_cost: float
+    pcie: float = 0.0
+    """Weight of the PCIe paths below the GPU pairs: among equal costs, NVLink sets on one switch first."""
 
 
 @dataclass(frozen=True)
@@ -380,7 +417,8 @@ class _Choice:
             return True
         if self.cost > other.cost + _EPS:
             return False
-        return (self.span, self.remote, self.frag) < (other.span, other.remote, other.frag)
+        mine = (self.span, self.remote, self.pick.pcie, self.frag)
+        return mine < (other.span, other.remote, other.pick.pcie, other.frag)
 
     def worst(self, index: TopologyIndex) -> int:
         """The farthest level among the pairs the cost counts."""
@@ -445,7 +483,14 @@ def _shortfalls(request: PodRequest, free: _Free) -> list[str]:
     if needs.optional_vf and not free.vfs and not free.nics:
         out.append("a data-path NIC for gedge.io/communication (none)")
     if request.cpus:
-        check(request.cpus, free.cpu_count(), "pinned CPUs")
+        have = free.cpu_count()
+        if request.cpus > have:
+            out.append(f"{request.cpus} pinned CPUs ({have} free)")
+        elif request.cpus > free.pinnable:
+            out.append(
+                f"{request.cpus} pinned CPUs ({free.unpinned} free, "
+                f"{free.unpinned - free.pinnable} kept for the shared pool)"
+            )
     return out
 
 
@@ -506,8 +551,13 @@ class _Search:
         classes = self.index.gpu_class
         seen: set[tuple[object, ...]] = set()
         out = []
-        for pick in sorted(picks, key=lambda p: (p.pair_cost, p.frag)):
-            key = (tuple(sorted(classes[g] for g in pick.gpus)), round(pick.pair_cost, 9), pick.frag)
+        for pick in sorted(picks, key=lambda p: (p.pair_cost, p.pcie, p.frag)):
+            key = (
+                tuple(sorted(classes[g] for g in pick.gpus)),
+                round(pick.pair_cost, 9),
+                pick.pcie,
+                pick.frag,
+            )
             if key not in seen:
                 seen.add(key)
                 out.append(pick)
@@ -530,35 +580,51 @@ class _Search:
             return []
         gpus, classes = self.index.gpus, self.index.gpu_class
         pairs, levels = self.priced.gpu_pairs, self.index.gpu_levels
-        group_free: dict[tuple[str, ...], int] = {}
-        for pos in pool:
-            group_free[gpus[pos].group] = group_free.get(gpus[pos].group, 0) + 1
-        frag_of = {p: group_free[gpus[p].group] for p in pool}
+        pcie = self.priced.gpu_pcie_pairs
+        # what taking a GPU costs later requests: its closeness (SYS weight minus pair weight) to every
+        # other free GPU, so NVLink partners of busy GPUs and GPUs of emptier switches go first and
+        # whole NVLink pairs, cliques and switch groups stay free for larger pods
+        far = self.priced.far
+        frag_of = {p: sum(max(0.0, far - pairs[p][q]) for q in pool if q != p) for p in pool}
 
         def pick(ordered: tuple[int, ...], cost: float) -> _GpuPick:
             grants = tuple((resource, gpus[p].uuid, p) for p in ordered)
-            return _GpuPick(grants, ordered, float(sum(frag_of[p] for p in ordered)), cost)
+            inside = sum(max(0.0, far - pairs[a][b]) for a, b in combinations(ordered, 2))
+            frag = round(sum(frag_of[p] for p in ordered) - 2 * inside, 9)
+            below = round(sum(pcie[a][b] for a, b in combinations(ordered, 2)), 9)
+            return _GpuPick(grants, ordered, frag, cost, below)
 
         if not self.aware:
             chosen = tuple(pool[:n])
             return [pick(chosen, self._pair_cost(chosen))]
         if n == 1:
-            seen_single: set[tuple[int, int]] = set()
+            seen_single: set[tuple[int, float]] = set()
             singles = []
             for p in pool:
-                if (classes[p], frag_of[p]) not in seen_single:
-                    seen_single.add((classes[p], frag_of[p]))
+                if (classes[p], round(frag_of[p], 9)) not in seen_single:
+                    seen_single.add((classes[p], round(frag_of[p], 9)))
                     singles.append(pick((p,), 0.0))
             return sorted(singles, key=lambda c: c.frag)
         if math.comb(len(pool), n) <= self.config.max_exhaustive:
             candidates: Iterable[tuple[int, ...]] = combinations(pool, n)
         else:
             grown: dict[tuple[int, ...], None] = {}
-            for seed in pool:
-                chosen = [seed]
-                rest = [p for p in pool if p != seed]
+            # grown from every GPU and every pair: a set of NVLink pairs joined across PCIe is then
+            # reached from either of its pairs, not only from the GPU nearest to everything
+            seeds = [[p] for p in pool] + [list(pair) for pair in combinations(pool, 2)]
+            for seed in seeds:
+                chosen = list(seed)
+                rest = [p for p in pool if p not in seed]
                 while len(chosen) < n:
-                    best = min(rest, key=lambda p: (sum(pairs[p][c] for c in chosen), frag_of[p], p))
+                    best = min(
+                        rest,
+                        key=lambda p: (
+                            sum(pairs[p][c] for c in chosen),
+                            sum(pcie[p][c] for c in chosen),
+                            frag_of[p],
+                            p,
+                        ),
+                    )
                     chosen.append(best)
                     rest.remove(best)
                 grown[tuple(sorted(chosen))] = None
@@ -574,27 +640,29 @@ class _Search:
                     max(classes[a], classes[b]),
                     cost,
                     levels[a][b] if limit else 0,
-                    frag_of[a] + frag_of[b],
+                    pcie[a][b],
+                    round(frag_of[a] + frag_of[b], 9),
                 )
                 if key2 not in seen:
                     seen.add(key2)
                     out.append(pick((a, b), cost))
-            return sorted(out, key=lambda c: (c.pair_cost, c.frag))
+            return sorted(out, key=lambda c: (c.pair_cost, c.pcie, c.frag))
         for combo in candidates:
             pair_list = list(combinations(combo, 2))
             cost = sum(pairs[a][b] for a, b in pair_list)
-            frag = sum(frag_of[p] for p in combo)
+            frag = round(sum(frag_of[p] for p in combo), 9)
             # equal classes, pair cost, farthest pair and fragmentation: an equivalent choice
             key = (
                 tuple(sorted(classes[p] for p in combo)),
                 round(cost, 9),
                 max(levels[a][b] for a, b in pair_list),
+                round(sum(pcie[a][b] for a, b in pair_list), 9),
                 frag,
             )
             if key not in seen:
                 seen.add(key)
                 out.append(pick(combo, cost))
-        return sorted(out, key=lambda c: (c.pair_cost, c.frag))
+        return sorted(out, key=lambda c: (c.pair_cost, c.pcie, c.frag))
 
     def _extend(
         self, base: _GpuPick, units: list[tuple[str, str, int]], count: int, rank: Mapping[int, int]
@@ -898,29 +966,120 @@ def _numa_ids(index: TopologyIndex) -> list[int]:
     return sorted(found - {NO_NUMA})
 
 
+MAX_NUMA_SUBSETS = 128
+"""Most NUMA-node sets `restricted` searches one by one; beyond it (more than 8 nodes, as kubelet's
+Topology Manager refuses), sets are grown from every node instead of enumerated."""
+MAX_REASONS = 3
+"""NUMA-node sets a refusal names; the rest are counted."""
+
+
+def _free_by_numa(
+    index: TopologyIndex, request: PodRequest, free: _Free
+) -> list[tuple[str, int, dict[int, int]]]:
+    """(what, units wanted, NUMA id -> free units) per resource the pod asks for; NO_NUMA aligns anywhere."""
+    needs = _needs(request)
+
+    def count(numas: Iterable[int]) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for numa in numas:
+            out[numa] = out.get(numa, 0) + 1
+        return out
+
+    gpus = index.gpus
+    wanted = [
+        (RESOURCE_GPU, request.gpus, count(gpus[p].numa for p in free.whole)),
+        (
+            RESOURCE_GPU_SHARED,
+            request.gpu_shared,
+            count(gpus[p].numa for p, ids in free.replicas.items() for _ in ids),
+        ),
+        (RESOURCE_SRIOV_VF, needs.vfs, count(g.numa for g, members in free.vfs for _ in members)),
+        (RESOURCE_RDMA, needs.rdmas, count(r.numa for r in free.rdmas)),
+        ("pinned CPUs", request.cpus, {n: free.cpu_count(n) for n in free.cores}),
+    ]
+    wanted += [
+        (mig_resource_name(profile), n, count(gpus[p].numa for p, _ in free.migs.get(profile, ())))
+        for profile, n in request.mig
+    ]
+    return [(what, n, by_numa) for what, n, by_numa in wanted if n > 0]
+
+
+def _numa_subsets(
+    search: _Search, free: _Free, numas: list[int], width: int
+) -> tuple[list[tuple[int, ...]], str | None]:
+    """The NUMA-node sets of `width` nodes to search, or why none of them can hold the request
+    (checked when there are more sets than a refusal names).
+
+    Every set while there are at most MAX_NUMA_SUBSETS; else one set grown from
+    each node, adding the node that covers most of what is still missing (nearest
+    by SLIT on ties), plus the `width` nodes with the most free units.
+    """
+    wanted = _free_by_numa(search.index, search.request, free)
+    every = math.comb(len(numas), width)
+    for what, n, by_numa in wanted if every > MAX_REASONS else ():
+        anywhere = by_numa.get(NO_NUMA, 0)
+        top = sorted((c for numa, c in by_numa.items() if numa != NO_NUMA), reverse=True)[:width]
+        if anywhere + sum(top) < n:
+            nodes = "NUMA node holds" if width == 1 else f"{width} NUMA nodes hold"
+            return [], f"no {nodes} {n} {what} (at most {anywhere + sum(top)} free on {width})"
+    if every <= MAX_NUMA_SUBSETS:
+        return [tuple(c) for c in combinations(numas, width)], None
+
+    def missing(chosen: Iterable[int]) -> float:
+        chosen = tuple(chosen)
+        return sum(
+            max(0, n - by_numa.get(NO_NUMA, 0) - sum(by_numa.get(m, 0) for m in chosen)) / n
+            for _, n, by_numa in wanted
+        )
+
+    order = search.index.numa_order
+    subsets: dict[tuple[int, ...], None] = {}
+    for seed in numas:
+        rank = {m: i for i, m in enumerate(order.get(seed, ()))}
+        chosen = [seed]
+        while len(chosen) < width:
+            rest = [m for m in numas if m not in chosen]
+            chosen.append(min(rest, key=lambda m: (missing((*chosen, m)), rank.get(m, len(rank)), m)))
+        subsets[tuple(sorted(chosen))] = None
+    richest = sorted(numas, key=lambda m: (missing((m,)), m))[:width]
+    subsets[tuple(sorted(richest))] = None
+    return list(subsets), None
+
+
 def _search_within(search: _Search, free: _Free, span: int) -> tuple[_Choice | None, list[str]]:
     """Best choice whose devices and CPUs lie on at most `span` NUMA nodes; else what each set lacks.
 
     The unconstrained best is tried first: when it already lies within `span`
     nodes it is also the best of the constrained set, and one search suffices.
+    The reasons name at most MAX_REASONS sets.
     """
     unconstrained = search.best(free, checked=True)
     if unconstrained is not None and unconstrained.span <= span:
         return unconstrained, []
     numas = _numa_ids(search.index)
+    width = min(span, len(numas))
+    subsets, hopeless = _numa_subsets(search, free, numas, width) if numas else ([()], None)
+    if hopeless is not None:
+        return None, [hopeless]
     best: _Choice | None = None
     lacks: list[str] = []
-    for subset in combinations(numas, min(span, len(numas))) if numas else [()]:
+    untold = 0
+    for subset in subsets:
         allowed = free.within(search.index, frozenset(subset))
-        choice = search.best(allowed)
+        short = _shortfalls(search.request, allowed)
+        choice = None if short else search.best(allowed, checked=True)
         if choice is not None and choice.span <= span and choice.better_than(best):
             best = choice
         elif choice is None:
-            short = _shortfalls(search.request, allowed)
+            if len(lacks) >= MAX_REASONS:
+                untold += 1
+                continue
             where = "+".join(f"node{n}" for n in subset) or "node"
             if not short and search.switch_limit is not None:
                 short = [f"no free network device within {LEVELS[search.switch_limit].value} of a free GPU"]
             lacks.append(f"{where}: " + ("; ".join(short) if short else "no aligned combination"))
+    if best is None and untold:
+        lacks.append(f"{untold} more NUMA node set(s) likewise")
     return best, lacks
 
 
@@ -946,7 +1105,58 @@ def place(
         _plans[key] = plan
     if isinstance(plan, str):
         return Refusal(f"node {state.node_name}: {plan}")
-    return Placement(_materialize(index, state, request, plan), plan.cost, plan.leftover, plan.stranded)
+    allocation = _materialize(index, state, request, plan)
+    cost = plan.cost
+    if request.sriov_vfio:
+        picked = _pick_vfio(index, state, reserved, request, allocation, config)
+        if isinstance(picked, str):
+            return Refusal(f"node {state.node_name}: {picked}")
+        grants, extra = picked
+        cost = round(cost + extra, 6)
+        allocation = dataclasses.replace(allocation, devices=allocation.devices + grants, cost=cost)
+    return Placement(allocation, cost, plan.leftover, plan.stranded, plan.level_cost)
+
+
+def _pick_vfio(
+    index: TopologyIndex,
+    state: NodeState,
+    reserved: Iterable[Allocation],
+    request: PodRequest,
+    allocation: Allocation,
+    config: PlacementConfig,
+) -> tuple[tuple[DeviceGrant, ...], float] | str:
+    """The free vfio-pool VFs closest to what the allocation already holds: the sum of weights to its
+    GPUs plus its CPUs' NUMA nodes (kept to them under single-numa and same-switch); ties by address.
+    Topology-unaware: the first free ones by address."""
+    used = _used(state, reserved)[0].get(RESOURCE_SRIOV_VF_VFIO, set())
+    free = [v for v in index.vfio if v.pci not in used]
+    want = request.sriov_vfio
+    weights = config.weight_by_ordinal
+    gpu_pos = [index.gpu_by_uuid[u] for u in allocation.device_ids(RESOURCE_GPU) if u in index.gpu_by_uuid]
+    numas = set(allocation.numa_nodes)
+    policy = request.policy if request.topology_aware else "best-effort"
+    if policy in ("single-numa", "same-switch") and numas:
+        free = [v for v in free if v.numa in numas or v.numa == NO_NUMA]
+
+    def price(vf) -> float:
+        cost = sum(weights[vf.gpu_levels[p]] for p in gpu_pos)
+        if numas:
+            near = vf.numa == NO_NUMA or vf.numa in numas
+            cost += weights[ORDINAL[Level.PHB]] if near else weights[ORDINAL[Level.SYS]]
+        return cost
+
+    if len(free) < want:
+        return f"needs {want} {RESOURCE_SRIOV_VF_VFIO}, {len(free)} free" + (
+            " on the allocation's NUMA nodes" if policy in ("single-numa", "same-switch") and numas else ""
+        )
+    if request.topology_aware:
+        free = sorted(free, key=lambda v: (price(v), v.pci))
+    chosen = free[:want]
+    grants = tuple(
+        DeviceGrant(RESOURCE_SRIOV_VF_VFIO, v.pci, v.pci, None if v.numa == NO_NUMA else v.numa)
+        for v in chosen
+    )
+    return grants, sum(price(v) for v in chosen)
 
 
 MAX_PLANS = 32_768
@@ -972,6 +1182,7 @@ class _Plan:
     network: tuple[str, int, int] | None
     leftover: int
     stranded: int
+    level_cost: float
 
 
 def _plan(index: TopologyIndex, free: _Free, request: PodRequest, config: PlacementConfig) -> _Plan | str:
@@ -1021,11 +1232,19 @@ def _plan(index: TopologyIndex, free: _Free, request: PodRequest, config: Placem
         cpus=choice.cpus,
         numa_nodes=tuple(sorted(numas - {NO_NUMA})),
         cost=round(choice.cost, 6),
+        level_cost=round(choice.cost + _link_bonus(search, choice.pick.gpus), 6),
         worst=LEVELS[choice.worst(index)].value,
         network=network,
         leftover=_leftover(request, free, choice),
         stranded=_stranded(request, free),
     )
+
+
+def _link_bonus(search: _Search, gpus: Sequence[int]) -> float:
+    """What the GPU pairs' link counts took off the cost (plain NV weight minus each pair's weight)."""
+    levels, pairs = search.index.gpu_levels, search.priced.gpu_pairs
+    nv, base = ORDINAL[Level.NV], search.config.weight_by_ordinal[ORDINAL[Level.NV]]
+    return sum(base - pairs[a][b] for a, b in combinations(gpus, 2) if levels[a][b] == nv)
 
 
 def _stranded(request: PodRequest, free: _Free) -> int:
@@ -1116,6 +1335,9 @@ def score_nodes(
 ) -> dict[str, int]:
     """0..10 per node: the lowest-cost nodes score 10 or 9, the rest 8..0 linearly by cost.
 
+    Cost here is `Placement.rank_cost`: NVLink pairs at the plain NV weight, so
+    a node with more links per pair does not outrank one packing would fill.
+
     Among the lowest-cost nodes, 10 goes to those stranding the fewest
     accelerators the pod does not use, then by the pack/spread strategy: pack
     prefers the fewest free units of the pod's resource left (filling started
@@ -1124,7 +1346,7 @@ def score_nodes(
     """
     if not placements:
         return {}
-    costs = {name: p.cost for name, p in placements.items()}
+    costs = {name: p.rank_cost for name, p in placements.items()}
     low, high = min(costs.values()), max(costs.values())
     sign = 1 if config.node_strategy == "pack" else -1
 

@@ -15,6 +15,7 @@ from itertools import combinations
 
 from gedge_model import DEFAULT_WEIGHTS, Allocation, Level, NodeState, NodeTopology, pci_distance
 from gedge_model.allocation import RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_RDMA, RESOURCE_SRIOV_VF
+from gedge_model.cpu_pool import pinnable_cpus
 from scheduler_extender.placement.request import PodRequest
 
 
@@ -87,6 +88,8 @@ def optimum_cost(
             key = cpu.numa_node if cpu.numa_node is not None and cpu.numa_node >= 0 else None
             free_by_numa[key] = free_by_numa.get(key, 0) + 1
     cpu_sets: list[tuple[int | None, ...]] = [()]
+    if request.cpus > pinnable_cpus(sum(free_by_numa.values())):
+        return None
     if request.cpus:
         cpu_sets = []
         keys = sorted(free_by_numa, key=lambda k: -1 if k is None else k)
@@ -102,7 +105,7 @@ def optimum_cost(
     def w(a: str, b: str) -> float:
         hit = priced.get((a, b))
         if hit is None:
-            hit = priced[(a, b)] = weights[pci_distance(topology, a, b).level]
+            hit = priced[(a, b)] = pci_distance(topology, a, b).weight(weights)
         return hit
 
     def to_cpu(address: str, numa: int | None) -> float:

@@ -14,12 +14,14 @@ import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from gedge_model import DeviceKind, Level, NodeTopology, pci_distance
+from gedge_model import DeviceKind, Level, NodeTopology, VfPool, pci_distance
 from gedge_model.allocation import RESOURCE_AMD_GPU, RESOURCE_ASIC, RESOURCE_FPGA, RESOURCE_GPU
+from gedge_model.distance import nvlink_weight
 
 LEVELS: tuple[Level, ...] = tuple(Level)
 """Levels by ordinal, closest first: the engine stores ordinals and compares them."""
 ORDINAL: Mapping[Level, int] = {level: i for i, level in enumerate(LEVELS)}
+NV = ORDINAL[Level.NV]
 PHB = ORDINAL[Level.PHB]
 SYS = ORDINAL[Level.SYS]
 NO_NUMA = -1
@@ -70,6 +72,16 @@ class NetEntry:
 
 
 @dataclass(frozen=True)
+class VfioEntry:
+    """A VF bound to vfio-pci or a DPDK driver: a PCI device for the pod, never its data-path NIC."""
+
+    pci: str
+    numa: int
+    gpu_levels: tuple[int, ...]
+    """Level ordinal to every GPU, by GpuEntry.pos."""
+
+
+@dataclass(frozen=True)
 class TopologyIndex:
     node: str
     gpus: tuple[GpuEntry, ...]
@@ -87,10 +99,16 @@ class TopologyIndex:
     accelerator_kinds: frozenset[str]
     unusable: Mapping[str, str] = field(default_factory=dict)
     """Card resource -> why the node has such devices it cannot give (device nodes missing, ...)."""
+    gpu_links: tuple[tuple[int, ...], ...] = ()
+    """GPU-to-GPU NVLink counts by position (0 where not NVLinked): more links weigh less."""
+    gpu_pcie: tuple[tuple[int, ...], ...] = ()
+    """GPU-to-GPU level ordinals of the PCIe path alone (NVLink left out): ties between NVLink sets."""
     gpu_class: tuple[int, ...] = ()
     """Per GPU: GPUs of one class have the same NUMA node and the same levels to every network device."""
     cpu_numa: Mapping[int, int] = field(default_factory=dict)
     """Online CPU id -> its NUMA id."""
+    vfio: tuple[VfioEntry, ...] = ()
+    """Healthy vfio-pool VFs, by PCI address (not network entries: the engine's search never sees them)."""
     reserved_cpus: frozenset[int] = frozenset()
     """Online CPUs kept for the system: taken from the start, never granted."""
     structure: int = 0
@@ -112,6 +130,8 @@ class Priced:
     """The index's levels turned into weights for one weight table."""
 
     gpu_pairs: tuple[tuple[float, ...], ...]
+    gpu_pcie_pairs: tuple[tuple[float, ...], ...]
+    """Weights of the PCIe paths alone, NVLink left out."""
     net_rows: tuple[tuple[float, ...], ...]
     """By NetEntry.slot: weight to every GPU."""
     near: float
@@ -123,8 +143,16 @@ class Priced:
 def priced(index: TopologyIndex, weights: tuple[float, ...]) -> Priced:
     hit = index.priced.get(weights)
     if hit is None:
+        by_level = dict(zip(LEVELS, weights, strict=True))
         hit = Priced(
-            gpu_pairs=tuple(tuple(weights[lv] for lv in row) for row in index.gpu_levels),
+            gpu_pairs=tuple(
+                tuple(
+                    nvlink_weight(by_level, links) if lv == NV else weights[lv]
+                    for lv, links in zip(row, link_row, strict=True)
+                )
+                for row, link_row in zip(index.gpu_levels, index.gpu_links, strict=True)
+            ),
+            gpu_pcie_pairs=tuple(tuple(weights[lv] for lv in row) for row in index.gpu_pcie),
             net_rows=tuple(tuple(weights[lv] for lv in n.gpu_levels) for n in index.nets),
             near=weights[PHB],
             far=weights[SYS],
@@ -186,8 +214,41 @@ def _group(topology: NodeTopology, address: str) -> tuple[str, ...]:
     return (device.host_bridge, *device.bridges[:-1]) if device.bridges else (device.host_bridge,)
 
 
+def _cores(topology: NodeTopology) -> dict[int, tuple[tuple[int, ...], ...]]:
+    """NUMA id -> cores: every online CPU in exactly one core, with its online siblings on its own node.
+
+    A VM may put SMT siblings on different NUMA nodes (`-numa node,cpus=0,2
+    -numa node,cpus=1,3` with threads=2): each CPU then counts once, on its own
+    node, as a core of its own there. Sibling lists that disagree between CPUs
+    never let a CPU into two cores.
+    """
+    numa_of = {
+        c.id: c.numa_node if c.numa_node is not None and c.numa_node >= 0 else NO_NUMA
+        for c in topology.cpus
+        if c.online
+    }
+    siblings_of = {c.id: c.thread_siblings or (c.id,) for c in topology.cpus if c.online}
+    placed: set[int] = set()
+    cores: dict[int, list[tuple[int, ...]]] = {}
+    for cpu in sorted(numa_of):
+        if cpu in placed:
+            continue
+        numa = numa_of[cpu]
+        core = tuple(
+            sorted({cpu} | {s for s in siblings_of[cpu] if s not in placed and numa_of.get(s) == numa})
+        )
+        placed.update(core)
+        cores.setdefault(numa, []).append(core)
+    return {numa: tuple(sorted(found, key=lambda c: c[0])) for numa, found in sorted(cores.items())}
+
+
 def build_index(topology: NodeTopology) -> TopologyIndex:
-    gpus_sorted = sorted(topology.gpus, key=lambda g: (g.index, g.pci_address))
+    """Unhealthy devices are left out (never granted); only VFs with a kernel netdev driver form VF
+    groups: a VF on vfio-pci, a DPDK driver or none cannot be a pod's data-path NIC."""
+    healthy = topology.health_of
+    gpus_sorted = sorted(
+        (g for g in topology.gpus if healthy(g.pci_address) is None), key=lambda g: (g.index, g.pci_address)
+    )
     gpus = tuple(
         GpuEntry(
             pos=pos,
@@ -243,12 +304,21 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         )
         for i, (resource, device_id, address) in enumerate(card_addresses)
     )
-    gpu_levels = tuple(tuple(ORDINAL[pci_distance(topology, a.pci, b.pci).level] for b in gpus) for a in gpus)
+    gpu_distances = [[pci_distance(topology, a.pci, b.pci) for b in gpus] for a in gpus]
+    gpu_levels = tuple(tuple(ORDINAL[d.level] for d in row) for row in gpu_distances)
+    gpu_links = tuple(tuple(d.nvlinks for d in row) for row in gpu_distances)
+    gpu_pcie = gpu_levels
+    if any(any(row) for row in gpu_links):
+        plain = replace(topology, gpus=tuple(replace(g, nvlinks=()) for g in topology.gpus))
+        gpu_pcie = tuple(tuple(ORDINAL[pci_distance(plain, a.pci, b.pci).level] for b in gpus) for a in gpus)
 
     def levels_to_gpus(address: str) -> tuple[int, ...]:
         return tuple(ORDINAL[pci_distance(topology, g.pci, address).level] for g in gpus)
 
-    physical = sorted((i for i in topology.interfaces if i.physfn is None), key=lambda i: i.pci_address)
+    physical = sorted(
+        (i for i in topology.interfaces if i.physfn is None and healthy(i.pci_address) is None),
+        key=lambda i: i.pci_address,
+    )
     nics = tuple(
         NetEntry(
             "nic",
@@ -261,14 +331,20 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         for nic in physical
     )
     vf_groups: list[NetEntry] = []
+    vfio: list[VfioEntry] = []
     for nic in physical:
         pf_levels = levels_to_gpus(nic.pci_address)
         pf_numa = _numa(topology, nic.pci_address)
         grouped: dict[tuple[tuple[int, ...], int], list[str]] = {}
         for vf in sorted(nic.vfs, key=lambda v: v.index):
+            if vf.pool is None or healthy(vf.pci_address) is not None:
+                continue
             known = topology.pci(vf.pci_address) is not None
             levels = levels_to_gpus(vf.pci_address) if known else pf_levels
             numa = _numa(topology, vf.pci_address) if known else pf_numa
+            if vf.pool is VfPool.VFIO:
+                vfio.append(VfioEntry(vf.pci_address, numa, levels))
+                continue
             grouped.setdefault((levels, numa), []).append(vf.pci_address)
         for (levels, numa), members in grouped.items():
             vf_groups.append(
@@ -284,6 +360,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             netdevs=r.netdevs,
         )
         for r in sorted(topology.rdma_devices, key=lambda r: (r.pci_address, r.name))
+        if healthy(r.pci_address) is None
     )
     vf_groups = [replace(g, slot=i) for i, g in enumerate(vf_groups)]
     rdmas = tuple(replace(r, slot=len(vf_groups) + i) for i, r in enumerate(rdmas))
@@ -295,16 +372,8 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         for g in gpus
     )
 
-    cores: dict[int, dict[tuple[int, ...], None]] = {}
-    online = {c.id for c in topology.cpus if c.online}
-    for cpu in sorted(topology.cpus, key=lambda c: c.id):
-        if not cpu.online:
-            continue
-        siblings = tuple(sorted(s for s in (cpu.thread_siblings or (cpu.id,)) if s in online)) or (cpu.id,)
-        numa = cpu.numa_node if cpu.numa_node is not None and cpu.numa_node >= 0 else NO_NUMA
-        cores.setdefault(numa, {})[siblings] = None
-    core_map = {numa: tuple(sorted(found, key=lambda c: c[0])) for numa, found in sorted(cores.items())}
-    reserved = frozenset(online) - topology.pinnable_cpus
+    core_map = _cores(topology)
+    reserved = frozenset(c.id for c in topology.cpus if c.online) - topology.pinnable_cpus
 
     numa_order: dict[int, tuple[int, ...]] = {}
     for numa in core_map:
@@ -332,6 +401,8 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
             for g in gpus
         ),
         gpu_levels,
+        gpu_links,
+        gpu_pcie,
         tuple(
             (
                 n.kind,
@@ -357,6 +428,8 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         node=topology.node_name,
         gpus=gpus,
         gpu_levels=gpu_levels,
+        gpu_links=gpu_links,
+        gpu_pcie=gpu_pcie,
         vf_groups=tuple(vf_groups),
         rdmas=rdmas,
         nics=nics,
@@ -369,6 +442,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
         ),
         unusable={resource: "; ".join(why) for resource, why in unusable.items()},
         gpu_class=gpu_class,
+        vfio=tuple(sorted(vfio, key=lambda v: v.pci)),
         cpu_numa={cpu: numa for numa, found in core_map.items() for core in found for cpu in core},
         reserved_cpus=reserved,
         structure=_structure_id(signature),

@@ -9,13 +9,13 @@ annotation the engine reads is validated; a bad value names the pod and the fiel
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Context, Decimal, localcontext
 from functools import cached_property
 from typing import Any
-
-from kubernetes.utils import parse_quantity
 
 from gedge_model.allocation import (
     CARD_RESOURCES,
@@ -25,6 +25,7 @@ from gedge_model.allocation import (
     RESOURCE_MIG_PREFIX,
     RESOURCE_RDMA,
     RESOURCE_SRIOV_VF,
+    RESOURCE_SRIOV_VF_VFIO,
     is_known_resource,
     mig_profile_name,
 )
@@ -40,10 +41,26 @@ ANNOTATION_CPU_PINNING = "gedge.io/cpu-pinning"
 RESOURCE_CPU = "cpu"
 
 POLICIES = ("best-effort", "restricted", "single-numa", "same-switch")
+"""Policies as the engine names them."""
+POLICY_ALIASES = {"single-numa-node": "single-numa"}
+"""Accepted spellings: kubelet's Topology Manager name for single-numa."""
 COMMUNICATION_KINDS = ("SRIOV", "RDMA")
 COMPUTE_KINDS = ("GPU", "FPGA", "ASIC")
 MAX_ANNOTATION_LENGTH = 4096
 MAX_DEVICE_COUNT = 1024
+MAX_QUANTITY_LENGTH = 64
+MAX_QUANTITY = Decimal(10) ** 24
+"""Larger than any real request (1Ei of memory is ~1.2e18 bytes); a bound that keeps arithmetic cheap."""
+MAX_QUANTITY_EXPONENT = 30
+MAX_CONTAINERS = 256
+
+_QUANTITY = re.compile(
+    r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(?P<binary>Ki|Mi|Gi|Ti|Pi|Ei)|[eE](?P<exponent>[+-]?[0-9]{1,4})|(?P<decimal>[numkMGTPE]?))"
+)
+_BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_ARITHMETIC = Context(prec=60, Emax=999, Emin=-999)
 
 
 class RequestError(ValueError):
@@ -65,13 +82,16 @@ class PodRequest:
     mig: tuple[tuple[str, int], ...] = ()
     """(profile like "1g.10gb", count), sorted by profile."""
     sriov_vfs: int = 0
+    sriov_vfio: int = 0
+    """VFs on vfio-pci/DPDK drivers (gedge.io/sriov-vf-vfio): PCI devices, not a data-path NIC."""
     rdma: int = 0
     cards: tuple[tuple[str, int], ...] = ()
     """(resource, count) of whole AMD GPUs, FPGA and ASIC cards (`gedge.io/amd-gpu`, ...), sorted."""
     cpus: int = 0
     """Exclusive CPUs; non-zero only with cpu_pinning."""
     cpu_pinning: bool = False
-    topology_aware: bool = False
+    topology_aware: bool = True
+    """Best-effort alignment is the default; gedge.io/topology-aware "false" opts out (first free)."""
     policy: str = "best-effort"
     communication: tuple[str, ...] = ()
     compute: tuple[str, ...] = ()
@@ -86,6 +106,7 @@ class PodRequest:
             or self.gpu_shared
             or self.mig
             or self.sriov_vfs
+            or self.sriov_vfio
             or self.rdma
             or self.cards
             or self.cpus
@@ -148,13 +169,12 @@ def parse_pod_request(pod: Mapping[str, Any]) -> PodRequest:
     pinning = _boolean(annotations, ANNOTATION_CPU_PINNING, label, default=False)
     cpus = _pinned_cpus(spec, label) if pinning else 0
 
-    policy_given = ANNOTATION_TOPOLOGY_POLICY in annotations
     policy = _text(annotations, ANNOTATION_TOPOLOGY_POLICY, label, default="best-effort")
+    policy = POLICY_ALIASES.get(policy, policy)
     if policy not in POLICIES:
-        raise RequestError(
-            label, ANNOTATION_TOPOLOGY_POLICY, f"{policy!r} is not one of {', '.join(POLICIES)}"
-        )
-    aware = _boolean(annotations, ANNOTATION_TOPOLOGY_AWARE, label, default=policy_given)
+        accepted = ", ".join((*POLICIES, *POLICY_ALIASES))
+        raise RequestError(label, ANNOTATION_TOPOLOGY_POLICY, f"{policy!r} is not one of {accepted}")
+    aware = _boolean(annotations, ANNOTATION_TOPOLOGY_AWARE, label, default=True)
     if not aware and policy != "best-effort":
         raise RequestError(
             label,
@@ -186,6 +206,7 @@ def parse_pod_request(pod: Mapping[str, Any]) -> PodRequest:
         gpu_shared=shared,
         mig=mig,
         sriov_vfs=counts.get(RESOURCE_SRIOV_VF, 0),
+        sriov_vfio=counts.get(RESOURCE_SRIOV_VF_VFIO, 0),
         rdma=counts.get(RESOURCE_RDMA, 0),
         cards=cards,
         cpus=cpus,
@@ -235,6 +256,8 @@ def _containers(spec: Mapping[str, Any], key: str, label: str) -> list[Mapping[s
         return []
     if not isinstance(raw, list):
         raise RequestError(label, f"spec.{key}", "expected a list")
+    if len(raw) > MAX_CONTAINERS:
+        raise RequestError(label, f"spec.{key}", f"more than {MAX_CONTAINERS} containers")
     return [_mapping(c, label, f"spec.{key}[{i}]") for i, c in enumerate(raw)]
 
 
@@ -258,6 +281,42 @@ def _container_requests(container: Mapping[str, Any], label: str) -> dict[str, D
     return merged
 
 
+def parse_quantity(value: Any) -> Decimal:
+    """A Kubernetes resource quantity ("2", "500m", "1.5Gi", "1e3") as an exact Decimal.
+
+    Checked before any arithmetic: at most 64 characters, exponents within ±30 and
+    the value below 1e24, so no input costs more than a few microseconds; NaN,
+    Infinity and malformed text raise ValueError.
+    """
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"expected a quantity string, got {type(value).__name__}")
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("not a finite number")
+        value = repr(value)
+    elif isinstance(value, int):
+        if abs(value) >= MAX_QUANTITY:
+            raise ValueError("larger than 1e24")
+        return Decimal(value)
+    if len(value) > MAX_QUANTITY_LENGTH:
+        raise ValueError(f"longer than {MAX_QUANTITY_LENGTH} characters")
+    match = _QUANTITY.fullmatch(value.strip())
+    if match is None:
+        raise ValueError("not a Kubernetes quantity (like 2, 500m, 1.5Gi or 1e3)")
+    with localcontext(_ARITHMETIC):
+        number = Decimal(match["number"])
+        if match["binary"]:
+            amount = number * (2 ** _BINARY[match["binary"]])
+        else:
+            exponent = int(match["exponent"]) if match["exponent"] else _DECIMAL[match["decimal"] or ""]
+            if abs(exponent) > MAX_QUANTITY_EXPONENT:
+                raise ValueError(f"exponent {exponent} is beyond ±{MAX_QUANTITY_EXPONENT}")
+            amount = number.scaleb(exponent)
+        if abs(amount) >= MAX_QUANTITY:
+            raise ValueError("larger than 1e24")
+    return amount
+
+
 def _quantities(raw: Any, label: str, where: str) -> dict[str, Decimal]:
     if raw is None:
         return {}
@@ -267,10 +326,13 @@ def _quantities(raw: Any, label: str, where: str) -> dict[str, Decimal]:
     for resource, value in raw.items():
         try:
             amount = parse_quantity(value)
-        except (ValueError, TypeError, ArithmeticError):
-            raise RequestError(label, str(resource), f"{where}: bad quantity {value!r}") from None
+        except ValueError as exc:
+            shown = value if not isinstance(value, str) or len(value) <= 80 else value[:80] + "..."
+            raise RequestError(
+                label, str(resource)[:256], f"{where}: bad quantity {shown!r}: {exc}"
+            ) from None
         if amount < 0:
-            raise RequestError(label, str(resource), f"{where}: negative quantity {value!r}")
+            raise RequestError(label, str(resource)[:256], f"{where}: negative quantity {value!r}")
         out[str(resource)] = amount
     return out
 
@@ -361,9 +423,11 @@ def _json_kinds(
         return ()
     text = _text(annotations, key, label, default="")
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise RequestError(label, key, f"not a JSON list: {exc.msg} at position {exc.pos}") from None
+    except (RecursionError, ValueError):
+        raise RequestError(label, key, "expected a flat JSON list of strings") from None
     allowed = tuple(allowed)
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise RequestError(label, key, f"expected a JSON list of strings from {', '.join(allowed)}")
@@ -373,6 +437,10 @@ def _json_kinds(
             label, key, f"unknown {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
         )
     return tuple(sorted(set(value)))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _runtime(annotations: Mapping[str, Any], label: str) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 from packaging.requirements import InvalidRequirement, Requirement
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from gedge_model.driver import DriverVersionError, driver_code
@@ -53,6 +54,28 @@ class Constraint:
 
 
 @dataclass(frozen=True)
+class ModelSupport:
+    """Models a component can run: a framework, the versions it loads (PEP 440), the formats it reads."""
+
+    framework: str
+    versions: SpecifierSet
+    formats: tuple[str, ...] = ()
+    text: str = ""
+    """The versions as written."""
+
+    def takes(self, framework: str, version: str, fmt: str | None) -> bool:
+        return (
+            framework == self.framework
+            and self.versions.contains(Version(version), prereleases=True)
+            and (fmt is None or not self.formats or fmt in self.formats)
+        )
+
+    def describe(self) -> str:
+        formats = f" ({', '.join(self.formats)})" if self.formats else ""
+        return f"{self.framework}{self.text or ' any version'}{formats}"
+
+
+@dataclass(frozen=True)
 class Component:
     name: str
     version: str
@@ -67,6 +90,7 @@ class Component:
     conflicts: tuple[Constraint, ...] = ()
     min_driver: str | None = None
     default: bool = False
+    models: tuple[ModelSupport, ...] = ()
 
     @property
     def id(self) -> str:
@@ -142,6 +166,7 @@ def _component(index: int, raw: Any) -> Component:
         "minDriver",
         "default",
         "description",
+        "models",
     }
     unknown = set(raw) - known
     if unknown:
@@ -208,7 +233,31 @@ def _component(index: int, raw: Any) -> Component:
         conflicts=_requirements(raw.get("conflicts"), f"{where}.conflicts"),
         min_driver=min_driver,
         default=default,
+        models=_models(raw.get("models"), f"{where}.models"),
     )
+
+
+def _models(raw: Any, where: str) -> tuple[ModelSupport, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise CatalogError(f"{where}: expected a list of {{framework, versions, formats}}")
+    out = []
+    for i, item in enumerate(raw):
+        here = f"{where}[{i}]"
+        if not isinstance(item, Mapping) or set(item) - {"framework", "versions", "formats"}:
+            raise CatalogError(f"{here}: expected a mapping of framework, versions, formats")
+        framework = item.get("framework")
+        if not isinstance(framework, str) or not framework.strip():
+            raise CatalogError(f"{here}.framework: required (tensorflow, pytorch, onnx, ...)")
+        text = str(item.get("versions", ""))
+        try:
+            versions = SpecifierSet(text)
+        except InvalidSpecifier:
+            raise CatalogError(f"{here}.versions: {text!r} is not a specifier like '>=2.0,<2.12'") from None
+        formats = tuple(f.strip().lower() for f in _strings(item.get("formats"), f"{here}.formats"))
+        out.append(ModelSupport(framework.strip().lower(), versions, formats, text.replace(" ", "")))
+    return tuple(out)
 
 
 def catalog_from_dict(raw: Any) -> Catalog:

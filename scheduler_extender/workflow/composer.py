@@ -220,3 +220,104 @@ def node_satisfies(composition: Composition, node_labels: Mapping[str, str]) -> 
         shown = node_labels.get(LABEL_DRIVER, code)
         return False, f"NVIDIA driver {shown} is older than {composition.min_driver} needed by the runtime"
     return True, ""
+
+
+MAX_STACKS = 512
+"""Stacks considered for one model; a catalog has a handful of versions per component."""
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """The stack picked for a model (component ids, as a `runtime` list would name them) and why."""
+
+    runtime: tuple[str, ...]
+    reason: str
+
+
+def _stacks(catalog: Catalog, root: Component) -> list[list[Component]]:
+    """Every way to meet `root`'s requirements (and theirs) from the catalog, newest versions first."""
+    found: list[list[Component]] = []
+
+    def extend(chosen: dict[str, Component], pending: list[Any]) -> None:
+        if len(found) >= MAX_STACKS:
+            return
+        if not pending:
+            found.append(list(chosen.values()))
+            return
+        requirement, rest = pending[0], pending[1:]
+        present = chosen.get(requirement.name)
+        if present is not None:
+            if requirement.allows(present.parsed_version):
+                extend(chosen, rest)
+            return
+        for candidate in reversed(catalog.versions(requirement.name)):
+            if requirement.allows(candidate.parsed_version):
+                extend({**chosen, requirement.name: candidate}, rest + list(candidate.requires))
+
+    extend({root.name: root}, list(root.requires))
+    return found
+
+
+def choose_runtime(catalog: Catalog, framework: str, version: str, fmt: str | None) -> RuntimeChoice:
+    """The runtime stack for a model, from the components' `models` metadata.
+
+    Among the stacks that take the model and compose, the one with the oldest
+    minimum NVIDIA driver wins (the most nodes can run it); ties go to the
+    newest versions. CompositionError says what is incompatible with what.
+    """
+    shown = f"{framework} {version}" + (f" ({fmt})" if fmt else "")
+    takers = [
+        (c, support)
+        for c in catalog.components
+        for support in c.models
+        if support.takes(framework, version, fmt)
+    ]
+    if not takers:
+        same = [
+            f"{c.id} takes {s.describe()}"
+            for c in catalog.components
+            for s in c.models
+            if s.framework == framework
+        ]
+        if same:
+            raise CompositionError(f"model {shown}: no runtime in the catalog takes it ({'; '.join(same)})")
+        known = sorted({s.framework for c in catalog.components for s in c.models})
+        raise CompositionError(
+            f"model {shown}: no runtime in the catalog takes {framework} models "
+            f"(frameworks it has: {', '.join(known) or 'none'})"
+        )
+    candidates: list[tuple[Component, Any, list[Component], Composition]] = []
+    refusals: list[str] = []
+    for taker, support in takers:
+        stacks = _stacks(catalog, taker)
+        if not stacks:
+            needs = ", ".join(r.text for r in taker.requires)
+            refusals.append(f"{taker.id} requires {needs}, which the catalog cannot meet")
+        for stack in stacks:
+            try:
+                composition = compose(catalog, [c.id for c in stack])
+            except CompositionError as exc:
+                refusals.append(f"{taker.id}: {exc}")
+                continue
+            candidates.append((taker, support, stack, composition))
+    if not candidates:
+        takers_text = ", ".join(t.id for t, _ in takers)
+        raise CompositionError(
+            f"model {shown}: {takers_text} take(s) it, but no stack composes: {'; '.join(refusals[:4])}"
+        )
+    candidates.sort(key=lambda c: tuple(x.parsed_version for x in c[2]), reverse=True)
+    taker, support, stack, composition = min(
+        candidates, key=lambda c: driver_code(c[3].min_driver) if c[3].min_driver else 0
+    )
+    with_parts = ", ".join(c.id for c in stack[1:])
+    driver = (
+        f"needs NVIDIA driver >= {composition.min_driver}"
+        if composition.min_driver
+        else "needs no NVIDIA driver"
+    )
+    reason = (
+        f"model {shown}: {taker.id} takes {support.describe()}"
+        + (f", with {with_parts}" if with_parts else "")
+        + f"; {driver}, the oldest of {len(candidates)} stack(s) that take it (so the most nodes qualify)"
+    )
+    return RuntimeChoice(tuple(c.id for c in stack), reason)

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -27,15 +27,29 @@ from scheduler_extender.workflow.catalog import Catalog
 from scheduler_extender.workflow.composer import CompositionError
 from scheduler_extender.workflow.kube import AlreadyExists, ApiError, NotFound, WatchExpired, WorkflowApi
 from scheduler_extender.workflow.podspec import (
+    CONTAINER_NAME,
     DEFAULT_SCHEDULER,
     LABEL_ATTEMPT,
     LABEL_TASK,
     build_pod,
     check_runtimes,
+    owner_references,
+    runtime_choice,
     workflow_selector,
 )
+from scheduler_extender.workflow.serve import (
+    ANNOTATION_EXPIRES,
+    ANNOTATION_HASH,
+    LABEL_SERVE,
+    SERVE_SELECTOR,
+    build_serve,
+    expired,
+    owned_by,
+    serve_observation,
+    workspace_claim,
+)
 from scheduler_extender.workflow.spec import Workflow, WorkflowSpecError, parse_workflow
-from scheduler_extender.workflow.status import parse_time, status_from_dict, status_to_dict
+from scheduler_extender.workflow.status import format_time, parse_time, status_from_dict, status_to_dict
 
 log = structlog.get_logger("gedge.workflow")
 
@@ -46,6 +60,8 @@ class ControllerConfig:
     watch_timeout_seconds: int = 30
     max_wait_seconds: float = 30.0
     """Decide again at least this often even without events (a missed event costs no more than this)."""
+    serve_poll_seconds: float = 1.0
+    """How often a serve task's Deployment is read while it is not Ready yet."""
 
 
 def _utcnow() -> datetime:
@@ -63,6 +79,7 @@ def pod_observation(pod: Mapping[str, Any]) -> dag.PodObservation | None:
     status = pod.get("status") or {}
     exit_code = None
     finished_at = None
+    termination: str | None = None
     reason = status.get("reason")
     message = status.get("message")
     for container in status.get("containerStatuses") or []:
@@ -70,6 +87,8 @@ def pod_observation(pod: Mapping[str, Any]) -> dag.PodObservation | None:
         if terminated:
             exit_code = terminated.get("exitCode")
             finished_at = parse_time(terminated.get("finishedAt"), "finishedAt")
+            if container.get("name") == CONTAINER_NAME or termination is None:
+                termination = terminated.get("message")
             if status.get("phase") == "Failed" and not reason:
                 reason = terminated.get("reason")
                 message = message or terminated.get("message")
@@ -91,6 +110,7 @@ def pod_observation(pod: Mapping[str, Any]) -> dag.PodObservation | None:
         started_at=parse_time(status.get("startTime"), "startTime"),
         finished_at=finished_at,
         node=(pod.get("spec") or {}).get("nodeName"),
+        termination_message=termination,
     )
 
 
@@ -185,11 +205,14 @@ class WorkflowController:
         status = status_from_dict(workflow.raw_status)
         if status.final:
             return status
-        if not any(t.attempts for t in status.tasks.values()):
-            try:
-                check_runtimes(workflow, self.catalog)
-            except CompositionError as exc:
-                return self._refuse(namespace, name, str(exc))
+        try:
+            status = self._record_runtimes(workflow, status)
+        except CompositionError as exc:
+            return self._refuse(namespace, name, str(exc))
+        try:
+            self._ensure_workspace(workflow)
+        except ApiError as exc:
+            return self._refuse(namespace, name, f"workspace claim: {exc.message}")
         selector = workflow_selector(workflow.name)
         listed, resource_version = self.api.list_pods(namespace, selector)
         pods = {p["metadata"]["name"]: p for p in listed if _owned_by(p, workflow.uid)}
@@ -206,15 +229,20 @@ class WorkflowController:
         )
         watcher.start()
         written = status_to_dict(status) if workflow.raw_status else {}
+        serves_seen: dict[str, dag.PodObservation] = {}
         try:
             while not stop.is_set():
                 now = self.clock()
                 observations = {n: o for n, p in pods.items() if (o := pod_observation(p)) is not None}
+                observations.update(self._serve_observations(workflow, status, serves_seen))
                 status = dag.observe(workflow.spec, status, observations, now)
                 result = dag.step(workflow.spec, status, now, workflow=workflow.name, namespace=namespace)
                 status = result.status
                 for action in result.actions:
                     status = self._apply(workflow, status, action, pods, now)
+                if status.final:
+                    # before the final status: a controller stopped in between marks them again
+                    self._finish_serves(workflow, status)
                 body = status_to_dict(status)
                 if body != written:
                     try:
@@ -231,6 +259,8 @@ class WorkflowController:
                 if result.actions:
                     continue
                 wait = self.config.max_wait_seconds
+                if self._live_serves(workflow, status):
+                    wait = min(wait, self.config.serve_poll_seconds)
                 if result.wake_at is not None:
                     wait = max(0.0, min(wait, (result.wake_at - self.clock()).total_seconds()))
                 self._wait_for_events(events, pods, wait, workflow.uid, stop)
@@ -287,6 +317,9 @@ class WorkflowController:
         now: datetime,
     ) -> dag.WorkflowStatus:
         namespace = workflow.namespace
+        task = workflow.spec.task(action.task)
+        if task.serve is not None:
+            return self._apply_serve(workflow, status, action, now)
         if isinstance(action, dag.DeletePod):
             log.info("deleting pod", pod=action.pod_name, reason=action.reason)
             try:
@@ -297,11 +330,12 @@ class WorkflowController:
         try:
             body = build_pod(
                 workflow,
-                workflow.spec.task(action.task),
+                task,
                 action.attempt,
                 catalog=self.catalog,
                 status=status,
                 default_scheduler=self.config.scheduler_name,
+                runtime=_recorded_runtime(status, task.name),
             )
         except (CompositionError, WorkflowSpecError) as exc:
             return dag.record_start_failure(status, action.task, action.attempt, str(exc), now)
@@ -326,6 +360,168 @@ class WorkflowController:
             )
         return status
 
+    def _record_runtimes(self, workflow: Workflow, status: dag.WorkflowStatus) -> dag.WorkflowStatus:
+        """Each task's runtime (named, or chosen from its model) into the status, once: a restarted
+        controller keeps the recorded stack even if the catalog changed meanwhile."""
+        pending = [t for t in workflow.spec.all_tasks() if not status.task(t.name).runtime]
+        if not pending:
+            return status
+        fresh = not any(t.attempts for t in status.tasks.values())
+        choices = check_runtimes(workflow, self.catalog) if fresh else {}
+        tasks = dict(status.tasks)
+        for task in pending:
+            choice = choices.get(task.name)
+            if choice is None:
+                # a workflow already under way: a task that cannot compose now fails when it starts
+                try:
+                    choice = runtime_choice(task, self.catalog)
+                except CompositionError:
+                    continue
+            if choice.runtime:
+                tasks[task.name] = dataclasses.replace(
+                    status.task(task.name), runtime=",".join(choice.runtime), runtime_reason=choice.reason
+                )
+        return dataclasses.replace(status, tasks=tasks)
+
+    def _ensure_workspace(self, workflow: Workflow) -> None:
+        claim = workspace_claim(workflow)
+        if claim is None:
+            return
+        try:
+            self.api.create_claim(workflow.namespace, claim)
+            log.info("created workspace claim", claim=claim["metadata"]["name"], workflow=workflow.name)
+        except AlreadyExists:
+            existing = self.api.get_claim(workflow.namespace, claim["metadata"]["name"])
+            if workflow.uid and not owned_by(existing, workflow.uid):
+                raise ApiError(
+                    409, f"claim {claim['metadata']['name']} exists and belongs to something else"
+                ) from None
+
+    @staticmethod
+    def _live_serves(workflow: Workflow, status: dag.WorkflowStatus) -> list[Any]:
+        out = []
+        for task in workflow.spec.tasks:
+            current = status.task(task.name)
+            live = current.attempts and current.attempts[-1].phase in dag.ATTEMPT_LIVE
+            if task.serve is not None and not current.final and live:
+                out.append(task)
+        return out
+
+    def _serve_observations(
+        self, workflow: Workflow, status: dag.WorkflowStatus, seen: dict[str, dag.PodObservation]
+    ) -> dict[str, dag.PodObservation]:
+        """Each live serve task's Deployment, read now (serve tasks are few; no watch needed).
+
+        A Deployment that is gone (or another run's now) is left out: the engine ends that
+        attempt. One that cannot be read this time keeps what was last seen of it.
+        """
+        out = {}
+        for task in self._live_serves(workflow, status):
+            name = task.serve.name
+            try:
+                deployment = self.api.get_deployment(workflow.namespace, name)
+            except NotFound:
+                continue
+            except ApiError as exc:
+                log.warning("serve unreadable", serve=name, error=exc.message)
+                out[name] = seen.get(name) or dag.PodObservation(
+                    name, task.name, 0, "Pending", message=f"Deployment unreadable: {exc.message}"
+                )
+                continue
+            if owned_by(deployment, workflow.uid) or workflow.uid is None:
+                out[name] = seen[name] = serve_observation(task, deployment, workflow.namespace)
+        return out
+
+    def _apply_serve(
+        self, workflow: Workflow, status: dag.WorkflowStatus, action: dag.Action, now: datetime
+    ) -> dag.WorkflowStatus:
+        namespace = workflow.namespace
+        task = workflow.spec.task(action.task)
+        assert task.serve is not None
+        if isinstance(action, dag.DeletePod):
+            log.info("deleting serve", serve=task.serve.name, reason=action.reason)
+            for delete in (self.api.delete_deployment, self.api.delete_service):
+                try:
+                    delete(namespace, task.serve.name)
+                except ApiError as exc:
+                    log.warning("serve delete failed", serve=task.serve.name, error=str(exc))
+            return status
+        try:
+            deployment, service = build_serve(
+                workflow,
+                task,
+                catalog=self.catalog,
+                status=status,
+                default_scheduler=self.config.scheduler_name,
+                runtime=_recorded_runtime(status, task.name),
+            )
+        except (CompositionError, WorkflowSpecError) as exc:
+            return dag.record_start_failure(status, action.task, action.attempt, str(exc), now)
+        try:
+            self._put(workflow, "Deployment", deployment)
+            self._put(workflow, "Service", service)
+        except ApiError as exc:
+            return dag.record_start_failure(
+                status, action.task, action.attempt, f"serve {task.serve.name} refused: {exc.message}", now
+            )
+        return status
+
+    def _put(self, workflow: Workflow, kind: str, body: dict[str, Any]) -> None:
+        """Create, or take over and update an earlier run's object of the same serve name."""
+        namespace = workflow.namespace
+        name = body["metadata"]["name"]
+        create, get, replace = {
+            "Deployment": (self.api.create_deployment, self.api.get_deployment, self.api.replace_deployment),
+            "Service": (self.api.create_service, self.api.get_service, self.api.replace_service),
+        }[kind]
+        try:
+            create(namespace, body)
+            log.info("created serve object", kind=kind, name=name, workflow=workflow.name)
+            return
+        except AlreadyExists:
+            existing = get(namespace, name)
+        meta = existing.get("metadata") or {}
+        if (meta.get("labels") or {}).get(LABEL_SERVE) != name:
+            raise ApiError(409, f"{kind} {name} exists and is not a gedge-flow serve")
+        annotations = meta.get("annotations") or {}
+        wanted = (body["metadata"].get("annotations") or {}).get(ANNOTATION_HASH)
+        same = annotations.get(ANNOTATION_HASH) == wanted
+        if owned_by(existing, workflow.uid) and same and ANNOTATION_EXPIRES not in annotations:
+            return
+        if same:
+            # same model and template: keep it warm (no rollout), only take it over
+            body = {**existing, "metadata": {**meta, "labels": body["metadata"]["labels"]}}
+            body["metadata"]["ownerReferences"] = owner_references(workflow)
+            body["metadata"]["annotations"] = {
+                k: v for k, v in annotations.items() if k != ANNOTATION_EXPIRES
+            }
+            body.pop("status", None)
+        else:
+            body = {**body, "metadata": {**body["metadata"], "resourceVersion": meta.get("resourceVersion")}}
+            if kind == "Service":
+                spec = dict(body["spec"])
+                for key in ("clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"):
+                    if key in (existing.get("spec") or {}):
+                        spec[key] = existing["spec"][key]
+                body["spec"] = spec
+        replace(namespace, name, body)
+        log.info("took over serve object", kind=kind, name=name, workflow=workflow.name)
+
+    def _finish_serves(self, workflow: Workflow, status: dag.WorkflowStatus) -> None:
+        """Serves stay after the workflow; one with a ttl gets its expiry time."""
+        finished = status.finished_at or self.clock()
+        for task in workflow.spec.tasks:
+            if task.serve is None or task.serve.ttl_seconds is None or not status.task(task.name).attempts:
+                continue
+            expires = format_time(finished + timedelta(seconds=task.serve.ttl_seconds))
+            for kind in ("Deployment", "Service"):
+                try:
+                    self.api.annotate(
+                        kind, workflow.namespace, task.serve.name, {ANNOTATION_EXPIRES: expires}
+                    )
+                except ApiError as exc:
+                    log.warning("serve expiry not recorded", serve=task.serve.name, error=str(exc))
+
     def _refuse(self, namespace: str, name: str, message: str) -> dag.WorkflowStatus:
         now = self.clock()
         status = dag.WorkflowStatus(phase=dag.FAILED, started_at=now, finished_at=now, message=message)
@@ -333,3 +529,22 @@ class WorkflowController:
         with contextlib.suppress(NotFound):
             self.api.patch_workflow_status(namespace, name, status_to_dict(status))
         return status
+
+
+def _recorded_runtime(status: dag.WorkflowStatus, task: str) -> tuple[str, ...] | None:
+    recorded = status.task(task).runtime
+    return tuple(recorded.split(",")) if recorded else None
+
+
+def sweep_expired_serves(api: WorkflowApi, namespace: str, now: datetime) -> list[str]:
+    """Delete the serves whose ttl ran out (Deployment and Service); their names."""
+    gone = []
+    for deployment in api.list_deployments(namespace, SERVE_SELECTOR):
+        if not expired(deployment, now):
+            continue
+        name = deployment["metadata"]["name"]
+        api.delete_deployment(namespace, name)
+        api.delete_service(namespace, name)
+        log.info("deleted expired serve", serve=f"{namespace}/{name}")
+        gone.append(name)
+    return gone

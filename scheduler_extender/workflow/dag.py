@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from scheduler_extender.workflow import expr
+from scheduler_extender.workflow.outputs import OutputError
+from scheduler_extender.workflow.outputs import decode as decode_outputs
 from scheduler_extender.workflow.spec import (
     TaskSpec,
     WorkflowSpec,
@@ -69,6 +71,10 @@ class PodObservation:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     node: str | None = None
+    termination_message: str | None = None
+    """The main container's, where the wrapper leaves the step's output parameters."""
+    endpoint: str | None = None
+    """A serve task's Service address (host:port)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +88,8 @@ class Attempt:
     message: str = ""
     exit_code: int | None = None
     node: str | None = None
+    outputs: Mapping[str, str] | None = None
+    endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -92,10 +100,25 @@ class TaskStatus:
     finished_at: datetime | None = None
     message: str = ""
     next_attempt_at: datetime | None = None
+    runtime: str = ""
+    """The runtime stack the task runs on (named, or chosen from its model), as component ids."""
+    runtime_reason: str = ""
+    """Why that stack, for a runtime the catalog chose from the task's model."""
 
     @property
     def pod_name(self) -> str | None:
         return self.attempts[-1].pod_name if self.attempts else None
+
+    @property
+    def outputs(self) -> Mapping[str, str]:
+        """The output parameters of the attempt that succeeded (empty before that)."""
+        if self.phase != SUCCEEDED or not self.attempts:
+            return {}
+        return self.attempts[-1].outputs or {}
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.attempts[-1].endpoint if self.attempts else None
 
     @property
     def final(self) -> bool:
@@ -156,15 +179,31 @@ def _replace_attempt(task: TaskStatus, attempt: Attempt) -> TaskStatus:
     return dataclasses.replace(task, attempts=attempts)
 
 
-def _attempt_from_pod(attempt: Attempt, pod: PodObservation, now: datetime) -> Attempt:
+def _attempt_from_pod(attempt: Attempt, pod: PodObservation, now: datetime, spec: TaskSpec) -> Attempt:
     base = dataclasses.replace(
         attempt,
         started_at=pod.started_at or attempt.started_at,
         node=pod.node or attempt.node,
+        endpoint=pod.endpoint or attempt.endpoint,
     )
     if pod.phase == "Succeeded":
+        try:
+            values = decode_outputs(pod.termination_message, spec.outputs) if spec.outputs else None
+        except OutputError as exc:
+            return dataclasses.replace(
+                base,
+                phase=FAILED,
+                finished_at=pod.finished_at or now,
+                exit_code=pod.exit_code,
+                message=f"exited {pod.exit_code or 0} but {exc}",
+            )
         return dataclasses.replace(
-            base, phase=SUCCEEDED, finished_at=pod.finished_at or now, exit_code=pod.exit_code, message=""
+            base,
+            phase=SUCCEEDED,
+            finished_at=pod.finished_at or now,
+            exit_code=pod.exit_code,
+            message="",
+            outputs=values,
         )
     if pod.phase == "Failed":
         reason = pod.reason or ""
@@ -198,7 +237,7 @@ def observe(
         task = status.task(task_spec.name)
         if task.final or (not task.attempts and task_spec.name not in by_task):
             continue
-        task = _refresh_live_attempt(task, pods, now)
+        task = _refresh_live_attempt(task, pods, now, task_spec)
         for pod in sorted(by_task.get(task_spec.name, ()), key=lambda p: p.attempt):
             if pod.attempt < len(task.attempts) or any(a.number == pod.attempt for a in task.attempts):
                 continue
@@ -216,12 +255,14 @@ def observe(
                 started_at=task.started_at or adopted.created_at,
                 next_attempt_at=None,
             )
-            task = _refresh_live_attempt(task, pods, now)
+            task = _refresh_live_attempt(task, pods, now, task_spec)
         tasks[task_spec.name] = task
     return dataclasses.replace(status, tasks=tasks)
 
 
-def _refresh_live_attempt(task: TaskStatus, pods: Mapping[str, PodObservation], now: datetime) -> TaskStatus:
+def _refresh_live_attempt(
+    task: TaskStatus, pods: Mapping[str, PodObservation], now: datetime, spec: TaskSpec
+) -> TaskStatus:
     if not task.attempts or task.attempts[-1].phase not in ATTEMPT_LIVE:
         return task
     current = task.attempts[-1]
@@ -231,7 +272,7 @@ def _refresh_live_attempt(task: TaskStatus, pods: Mapping[str, PodObservation], 
             current, phase=ERRORED, finished_at=now, message=f"pod {current.pod_name} is gone"
         )
     else:
-        updated = _attempt_from_pod(current, pod, now)
+        updated = _attempt_from_pod(current, pod, now, spec)
     return dataclasses.replace(_replace_attempt(task, updated), phase=RUNNING, message=updated.message)
 
 
@@ -288,7 +329,7 @@ class _Step:
 
     def start(self, spec: TaskSpec, number: int) -> None:
         task = self.status.task(spec.name)
-        name = pod_name(self.workflow, spec.name, number)
+        name = spec.serve.name if spec.serve is not None else pod_name(self.workflow, spec.name, number)
         attempt = Attempt(number, name, PENDING, created_at=self.now)
         self.set(
             spec.name,
@@ -387,6 +428,7 @@ class _Step:
 
     def schedule_ready(self) -> None:
         values = reference_values(self.workflow, self.namespace, self.spec.parameters)
+        values.update(output_values(self.status))
         for name in topological_order(self.spec):
             spec = self.spec.task(name)
             task = self.status.task(name)
@@ -406,9 +448,15 @@ class _Step:
                     _finish_task(task, OMITTED, self.now, f"depends {spec.depends_text!r} is false ({seen})"),
                 )
                 continue
-            if spec.when is not None and not expr.evaluate_when(spec.when, values):
-                self.set(name, _finish_task(task, SKIPPED, self.now, f"when {spec.when_text!r} is false"))
-                continue
+            if spec.when is not None:
+                try:
+                    go = expr.evaluate_when(spec.when, values)
+                except expr.ExpressionError as exc:
+                    self.set(name, _finish_task(task, ERRORED, self.now, f"when {spec.when_text!r}: {exc}"))
+                    continue
+                if not go:
+                    self.set(name, _finish_task(task, SKIPPED, self.now, f"when {spec.when_text!r} is false"))
+                    continue
             self.start(spec, 0)
 
     def main_phase(self) -> tuple[str, str]:
@@ -469,6 +517,15 @@ def step(
 ) -> StepResult:
     """Everything that is due at `now`, as a new status and the pod actions that make it true."""
     return _Step(spec, status, now, workflow, namespace).run()
+
+
+def output_values(status: WorkflowStatus) -> dict[str, str]:
+    """`{{tasks.NAME.outputs.parameters.X}}` -> value, for every task that succeeded with outputs."""
+    return {
+        f"tasks.{name}.outputs.parameters.{key}": value
+        for name, task in status.tasks.items()
+        for key, value in task.outputs.items()
+    }
 
 
 def main_outcome(spec: WorkflowSpec, status: WorkflowStatus) -> tuple[str, str]:

@@ -2,7 +2,8 @@
 
 `KubernetesWorkflowApi` is the implementation over the official client
 (CustomObjectsApi for Workflows and their status subresource, CoreV1Api for
-pods, logs and the catalog ConfigMap). Objects cross the interface as plain
+pods, logs, the catalog ConfigMap, serve Services and workspace claims;
+AppsV1Api for serve Deployments). Objects cross the interface as plain
 dicts in the API server's camelCase JSON form.
 """
 
@@ -73,6 +74,36 @@ class WorkflowApi(Protocol):
 
     def get_config_map(self, namespace: str, name: str) -> dict[str, Any]: ...
 
+    def create_deployment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def list_deployments(self, namespace: str, selector: str) -> list[dict[str, Any]]: ...
+
+    def replace_deployment(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT: `body` carries the resourceVersion it replaces (409 if the object moved on)."""
+        ...
+
+    def annotate(self, kind: str, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        """Merge annotations into a Deployment or Service (`kind`); None removes one."""
+        ...
+
+    def delete_deployment(self, namespace: str, name: str) -> None: ...
+
+    def create_service(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def replace_service(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def delete_service(self, namespace: str, name: str) -> None: ...
+
+    def create_claim(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]: ...
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def delete_claim(self, namespace: str, name: str) -> None: ...
+
 
 def _translate(exc: Exception) -> Exception:
     """The client's exception as ours; a body the client itself refuses (ValueError) reads as a 422."""
@@ -109,6 +140,7 @@ class KubernetesWorkflowApi:
         self._client = api_client
         self._custom = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
+        self._apps = client.AppsV1Api(api_client)
 
     @classmethod
     def from_kubeconfig(cls, path: str | None = None, context: str | None = None) -> KubernetesWorkflowApi:
@@ -164,9 +196,16 @@ class KubernetesWorkflowApi:
             raise _translate(exc) from None
 
     def patch_workflow_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """Replaces the whole status (a JSON patch): a field the controller no longer writes goes away."""
         try:
             return self._custom.patch_namespaced_custom_object_status(
-                API_GROUP, API_VERSION_ONLY, namespace, PLURAL, name, {"status": status}
+                API_GROUP,
+                API_VERSION_ONLY,
+                namespace,
+                PLURAL,
+                name,
+                [{"op": "add", "path": "/status", "value": status}],
+                _content_type="application/json-patch+json",
             )
         except Exception as exc:
             raise _translate(exc) from None
@@ -238,6 +277,66 @@ class KubernetesWorkflowApi:
             return self._plain(self._core.read_namespaced_config_map(name, namespace))
         except Exception as exc:
             raise _translate(exc) from None
+
+    def _call(self, method: Any, *args: Any, ignore_missing: bool = False, **kwargs: Any) -> Any:
+        try:
+            result = method(*args, **kwargs)
+        except Exception as exc:
+            error = _translate(exc)
+            if ignore_missing and isinstance(error, NotFound):
+                return None
+            raise error from None
+        return None if result is None else self._plain(result)
+
+    def create_deployment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(self._apps.create_namespaced_deployment, namespace, body)
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._call(self._apps.read_namespaced_deployment, name, namespace)
+
+    def list_deployments(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        listed = self._call(self._apps.list_namespaced_deployment, namespace, label_selector=selector)
+        return list(listed.get("items") or [])
+
+    def replace_deployment(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(self._apps.replace_namespaced_deployment, name, namespace, body)
+
+    def annotate(self, kind: str, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        method = {
+            "Deployment": self._apps.patch_namespaced_deployment,
+            "Service": self._core.patch_namespaced_service,
+        }[kind]
+        self._call(
+            method,
+            name,
+            namespace,
+            {"metadata": {"annotations": annotations}},
+            _content_type="application/merge-patch+json",
+        )
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        self._call(self._apps.delete_namespaced_deployment, name, namespace, ignore_missing=True)
+
+    def create_service(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(self._core.create_namespaced_service, namespace, body)
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._call(self._core.read_namespaced_service, name, namespace)
+
+    def replace_service(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(self._core.replace_namespaced_service, name, namespace, body)
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        self._call(self._core.delete_namespaced_service, name, namespace, ignore_missing=True)
+
+    def create_claim(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call(self._core.create_namespaced_persistent_volume_claim, namespace, body)
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._call(self._core.read_namespaced_persistent_volume_claim, name, namespace)
+
+    def delete_claim(self, namespace: str, name: str) -> None:
+        self._call(self._core.delete_namespaced_persistent_volume_claim, name, namespace, ignore_missing=True)
 
 
 def _in_cluster() -> bool:

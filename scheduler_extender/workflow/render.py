@@ -1,4 +1,4 @@
-"""Text views of a workflow: the step tree of `gedge-flow get` and the progress lines of `run`.
+"""Text views of a workflow: the step tree of `gedge-flow get`, its DOT graph, the progress lines of `run`.
 
 A DAG is drawn as a tree: each step hangs under the last of its predecessors
 (in dependency order) and names the others as "after ...". Pure functions.
@@ -64,7 +64,10 @@ def render_tree(workflow: Workflow, status: dag.WorkflowStatus, now: datetime) -
         task = status.task(name)
         spec = workflow.spec.task(name)
         after = [p for p in spec.predecessors if p != parents.get(name)]
-        note = "; ".join(p for p in (f"after {', '.join(after)}" if after else "", extra, task.message) if p)
+        serving = f"serving at {task.endpoint}" if spec.serve is not None and task.endpoint else ""
+        note = "; ".join(
+            p for p in (f"after {', '.join(after)}" if after else "", extra, serving, task.message) if p
+        )
         rows.append(
             (
                 f"{prefix}{'└─' if last else '├─'}{SYMBOLS.get(task.phase, '?')} {name}",
@@ -106,6 +109,67 @@ def progress_lines(
             continue
         task = status.task(name)
         detail = f" pod {pod}" if pod and phase in (dag.RUNNING, dag.PENDING) else ""
+        if task.endpoint:
+            detail = f" serving at {task.endpoint}" if phase == dag.SUCCEEDED else f" serve {pod}"
         message = f" - {task.message}" if task.message and phase != dag.SUCCEEDED else ""
         lines.append(f"{stamp} {SYMBOLS.get(phase, '?')} {name} {phase}{detail}{message}")
     return lines, current
+
+
+DOT_COLOURS = {
+    dag.PENDING: "#e0e0e0",
+    dag.RUNNING: "#9ecbff",
+    dag.SUCCEEDED: "#a6e3a1",
+    dag.FAILED: "#f5a3a3",
+    dag.ERRORED: "#f9c784",
+    dag.SKIPPED: "#f4f4f4",
+    dag.OMITTED: "#ffffff",
+}
+
+
+def _dot_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def render_dot(workflow: Workflow, status: dag.WorkflowStatus, now: datetime) -> str:
+    """The DAG in Graphviz DOT: one box per task coloured by phase, edges from each predecessor.
+
+    Serve tasks are drawn as a cylinder with their endpoint; the exit handler
+    hangs off the graph with a dashed edge from every task nothing else follows.
+    """
+    lines = [
+        f'digraph "{_dot_text(workflow.name)}" {{',
+        "  rankdir=LR;",
+        f'  label="{_dot_text(f"{workflow.name}: {status.phase}")}"; labelloc=t;',
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica"];',
+    ]
+    for spec in workflow.spec.all_tasks():
+        task = status.task(spec.name)
+        detail = [task.phase]
+        took = duration(task.started_at, task.finished_at, now)
+        if took:
+            detail.append(took)
+        if len(task.attempts) > 1:
+            detail.append(f"{len(task.attempts)} tries")
+        label = f"{spec.name}\n{' · '.join(detail)}"
+        if spec.serve is not None and task.endpoint:
+            label += f"\n{task.endpoint}"
+        shape = ", shape=cylinder" if spec.serve is not None else ""
+        style = ', style="rounded,filled,dashed"' if task.phase in (dag.SKIPPED, dag.OMITTED) else ""
+        tooltip = task.message or task.runtime_reason or task.phase
+        lines.append(
+            f'  "{_dot_text(spec.name)}" [label="{_dot_text(label)}", '
+            f'fillcolor="{DOT_COLOURS.get(task.phase, "#ffffff")}"{shape}{style}, '
+            f'tooltip="{_dot_text(tooltip)}"];'
+        )
+    for spec in workflow.spec.tasks:
+        for predecessor in spec.predecessors:
+            lines.append(f'  "{_dot_text(predecessor)}" -> "{_dot_text(spec.name)}";')
+    handler = workflow.spec.on_exit
+    if handler is not None:
+        followed = {p for t in workflow.spec.tasks for p in t.predecessors}
+        for spec in workflow.spec.tasks:
+            if spec.name not in followed:
+                lines.append(f'  "{_dot_text(spec.name)}" -> "{_dot_text(handler.name)}" [style=dashed];')
+    lines.append("}")
+    return "\n".join(lines) + "\n"

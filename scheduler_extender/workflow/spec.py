@@ -8,12 +8,15 @@ passes here can be run: names are unique, the graph has no cycle, every
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
+
+from packaging.version import InvalidVersion, Version
 
 from scheduler_extender.placement.request import (
     ANNOTATION_COMMUNICATION,
@@ -35,9 +38,17 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _TEMPLATE = re.compile(r"\{\{\s*([A-Za-z0-9_.\-]+)\s*\}\}")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$")
+_SERVICE_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+ACCESS_MODES = ("ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod")
 MAX_TASKS = 500
 
 RETRY_POLICIES = ("Always", "OnFailure", "OnError")
+OUTPUT_REFERENCE = re.compile(
+    r"^tasks\.([a-z0-9]([-a-z0-9]*[a-z0-9])?)\.outputs\.parameters\.([A-Za-z_][A-Za-z0-9_-]*)$"
+)
+DEFAULT_WORKSPACE_PATH = "/workspace"
+MAX_OUTPUT_PARAMETERS = 32
 
 _TASK_FIELDS = {
     "name",
@@ -54,9 +65,14 @@ _TASK_FIELDS = {
     "when",
     "retryStrategy",
     "activeDeadlineSeconds",
+    "outputs",
+    "workspace",
+    "serve",
+    "model",
 }
 _SPEC_FIELDS = {
     "parameters",
+    "workspace",
     "tasks",
     "onExit",
     "failFast",
@@ -97,6 +113,61 @@ class RetryStrategy:
 
 
 @dataclass(frozen=True)
+class OutputParameter:
+    """One value a step hands on: the text of the file at `path` when its pod ends (Argo's valueFrom.path)."""
+
+    name: str
+    path: str
+    default: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkspaceMount:
+    """Where a task mounts the workflow's shared workspace volume."""
+
+    mount_path: str
+    sub_path: str | None = None
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
+class WorkspaceSpec:
+    """The workflow's shared volume: an existing claim, or one the controller creates for the Workflow."""
+
+    claim_name: str
+    create: bool
+    size: str | None = None
+    storage_class_name: str | None = None
+    access_modes: tuple[str, ...] = ("ReadWriteOnce",)
+    mount_path: str = DEFAULT_WORKSPACE_PATH
+
+
+@dataclass(frozen=True)
+class ServeSpec:
+    """A warm server: a Deployment + Service named `name`, Succeeded once all `replicas` are Ready."""
+
+    name: str
+    port: int
+    replicas: int = 1
+    readiness_probe: Mapping[str, Any] | None = None
+    ttl_seconds: float | None = None
+    """Kept this long after the workflow ends (None: until the workflow is deleted)."""
+    progress_deadline_seconds: int = 600
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model a task runs; the catalog's compatibility metadata picks its runtime stack."""
+
+    framework: str
+    version: str
+    format: str | None = None
+
+    def describe(self) -> str:
+        return f"{self.framework} {self.version}" + (f" ({self.format})" if self.format else "")
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     container: Mapping[str, Any]
@@ -112,12 +183,17 @@ class TaskSpec:
     when_text: str | None = None
     retry: RetryStrategy = field(default_factory=RetryStrategy)
     active_deadline_seconds: int | None = None
+    outputs: tuple[OutputParameter, ...] = ()
+    workspace: WorkspaceMount | None = None
+    serve: ServeSpec | None = None
+    model: ModelSpec | None = None
 
 
 @dataclass(frozen=True)
 class WorkflowSpec:
     tasks: tuple[TaskSpec, ...]
     parameters: Mapping[str, str] = field(default_factory=dict)
+    workspace: WorkspaceSpec | None = None
     on_exit: TaskSpec | None = None
     fail_fast: bool = True
     active_deadline_seconds: int | None = None
@@ -149,6 +225,17 @@ class WorkflowSpec:
 
     def dependents(self, name: str) -> tuple[TaskSpec, ...]:
         return self._dependents.get(name, ())
+
+    def ancestors(self, name: str) -> set[str]:
+        """Every task that must end before `name` starts (predecessors, theirs, ...)."""
+        seen: set[str] = set()
+        stack = list(self.task(name).predecessors)
+        while stack:
+            current = stack.pop()
+            if current not in seen:
+                seen.add(current)
+                stack.extend(self.task(current).predecessors)
+        return seen
 
 
 @dataclass(frozen=True)
@@ -307,14 +394,180 @@ def _retry(raw: Any, where: str) -> RetryStrategy:
     return RetryStrategy(limit=limit, policy=policy, backoff=backoff)
 
 
-def _task(raw: Any, where: str, *, exit_handler: bool = False) -> tuple[TaskSpec, list[str]]:
+def _absolute_path(raw: Any, where: str) -> str:
+    if not isinstance(raw, str) or not raw.startswith("/") or ".." in raw.split("/") or raw.rstrip("/") == "":
+        raise WorkflowSpecError(f"{where}: an absolute path (not /, no '..') is required, got {raw!r}")
+    return raw
+
+
+def _outputs(raw: Any, where: str, container: Mapping[str, Any]) -> tuple[OutputParameter, ...]:
+    block = _mapping(raw, where)
+    unknown = set(block) - {"parameters"}
+    if unknown:
+        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    items = block.get("parameters") or []
+    if not isinstance(items, list):
+        raise WorkflowSpecError(f"{where}.parameters: expected a list")
+    if len(items) > MAX_OUTPUT_PARAMETERS:
+        raise WorkflowSpecError(f"{where}.parameters: {len(items)} outputs, at most {MAX_OUTPUT_PARAMETERS}")
+    out: list[OutputParameter] = []
+    for i, item in enumerate(items):
+        here = f"{where}.parameters[{i}]"
+        entry = _mapping(item, here)
+        unknown = set(entry) - {"name", "valueFrom"}
+        if unknown:
+            raise WorkflowSpecError(f"{here}: unknown field(s) {sorted(unknown)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not PARAMETER_NAME.match(name):
+            raise WorkflowSpecError(f"{here}.name: {name!r} is not a parameter name")
+        if any(o.name == name for o in out):
+            raise WorkflowSpecError(f"{here}.name: output {name!r} declared twice")
+        value_from = _mapping(entry.get("valueFrom"), f"{here}.valueFrom")
+        unknown = set(value_from) - {"path", "default"}
+        if unknown:
+            raise WorkflowSpecError(f"{here}.valueFrom: unknown field(s) {sorted(unknown)}")
+        path = _absolute_path(value_from.get("path"), f"{here}.valueFrom.path")
+        default = value_from.get("default")
+        if default is not None and not isinstance(default, str | int | float):
+            raise WorkflowSpecError(f"{here}.valueFrom.default: expected a string, got {default!r}")
+        out.append(OutputParameter(name, path, None if default is None else str(default)))
+    if out and not container.get("command"):
+        raise WorkflowSpecError(
+            f"{where}: output parameters need container.command (the step's program is wrapped to "
+            "collect them when it ends; an image's own entrypoint cannot be read from here)"
+        )
+    return tuple(out)
+
+
+def _workspace_mount(raw: Any, where: str) -> WorkspaceMount | None:
+    if raw is None:
+        return None
+    block = _mapping(raw, where)
+    unknown = set(block) - {"mountPath", "subPath", "readOnly"}
+    if unknown:
+        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    mount = _absolute_path(block["mountPath"], f"{where}.mountPath") if "mountPath" in block else ""
+    sub_path = block.get("subPath")
+    if sub_path is not None and (
+        not isinstance(sub_path, str) or sub_path.startswith("/") or ".." in sub_path.split("/")
+    ):
+        raise WorkflowSpecError(
+            f"{where}.subPath: a relative path inside the volume is required, got {sub_path!r}"
+        )
+    read_only = block.get("readOnly", False)
+    if not isinstance(read_only, bool):
+        raise WorkflowSpecError(f"{where}.readOnly: expected true or false")
+    return WorkspaceMount(mount_path=mount, sub_path=sub_path, read_only=read_only)
+
+
+def _workspace(raw: Any, where: str, workflow: str) -> WorkspaceSpec | None:
+    if raw is None:
+        return None
+    block = _mapping(raw, where)
+    unknown = set(block) - {"claimName", "size", "storageClassName", "accessModes", "mountPath"}
+    if unknown:
+        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    claim = block.get("claimName")
+    size = block.get("size")
+    if (claim is None) == (size is None):
+        raise WorkflowSpecError(
+            f"{where}: give claimName (an existing PersistentVolumeClaim) or size (one the workflow creates)"
+        )
+    if claim is not None and (not isinstance(claim, str) or not DNS_LABEL.match(claim) or len(claim) > 63):
+        raise WorkflowSpecError(f"{where}.claimName: {claim!r} is not a PersistentVolumeClaim name")
+    if size is not None and (
+        not isinstance(size, str | int) or isinstance(size, bool) or not _QUANTITY.match(str(size))
+    ):
+        raise WorkflowSpecError(f"{where}.size: {size!r} is not a quantity like 10Gi")
+    storage_class = block.get("storageClassName")
+    if storage_class is not None and not isinstance(storage_class, str):
+        raise WorkflowSpecError(f"{where}.storageClassName: expected a string")
+    modes = _string_list(block.get("accessModes"), f"{where}.accessModes") or ("ReadWriteOnce",)
+    for mode in modes:
+        if mode not in ACCESS_MODES:
+            raise WorkflowSpecError(f"{where}.accessModes: {mode!r} is not one of {ACCESS_MODES}")
+    mount = _absolute_path(block.get("mountPath", DEFAULT_WORKSPACE_PATH), f"{where}.mountPath")
+    return WorkspaceSpec(
+        claim_name=claim if claim is not None else f"{workflow}-workspace",
+        create=claim is None,
+        size=None if size is None else str(size),
+        storage_class_name=storage_class,
+        access_modes=modes,
+        mount_path=mount,
+    )
+
+
+def _serve(raw: Any, where: str, workflow: str, task: str) -> ServeSpec | None:
+    if raw is None:
+        return None
+    block = _mapping(raw, where)
+    unknown = set(block) - {"name", "port", "replicas", "readinessProbe", "ttl", "progressDeadlineSeconds"}
+    if unknown:
+        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    name = block.get("name", f"{workflow}-{task}")
+    if not isinstance(name, str) or not _SERVICE_NAME.match(name) or len(name) > 63:
+        raise WorkflowSpecError(
+            f"{where}.name: {name!r} must be a Service name (lowercase letters, digits, '-', "
+            "starting with a letter, at most 63 characters)"
+        )
+    port = block.get("port")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise WorkflowSpecError(
+            f"{where}.port: expected the port the server listens on (1-65535), got {port!r}"
+        )
+    replicas = block.get("replicas", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
+        raise WorkflowSpecError(f"{where}.replicas: expected a positive integer, got {replicas!r}")
+    probe = block.get("readinessProbe")
+    if probe is not None:
+        probe = dict(_mapping(probe, f"{where}.readinessProbe"))
+        if not {"httpGet", "tcpSocket", "exec", "grpc"} & set(probe):
+            raise WorkflowSpecError(f"{where}.readinessProbe: needs one of httpGet, tcpSocket, exec, grpc")
+    ttl = parse_duration(block["ttl"], f"{where}.ttl") if "ttl" in block else None
+    deadline = _positive_int(block.get("progressDeadlineSeconds", 600), f"{where}.progressDeadlineSeconds")
+    return ServeSpec(
+        name=name,
+        port=port,
+        replicas=replicas,
+        readiness_probe=probe,
+        ttl_seconds=ttl,
+        progress_deadline_seconds=deadline or 600,
+    )
+
+
+def _model(raw: Any, where: str) -> ModelSpec | None:
+    if raw is None:
+        return None
+    block = _mapping(raw, where)
+    unknown = set(block) - {"framework", "version", "format"}
+    if unknown:
+        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    framework = block.get("framework")
+    if not isinstance(framework, str) or not framework.strip():
+        raise WorkflowSpecError(f"{where}.framework: required (tensorflow, pytorch, onnx, ...)")
+    version = block.get("version")
+    if isinstance(version, bool) or not isinstance(version, str | int | float):
+        raise WorkflowSpecError(f'{where}.version: required, e.g. "2.11"')
+    try:
+        Version(str(version))
+    except InvalidVersion:
+        raise WorkflowSpecError(f"{where}.version: {version!r} is not a version like 2.11") from None
+    fmt = block.get("format")
+    if fmt is not None and (not isinstance(fmt, str) or not fmt.strip()):
+        raise WorkflowSpecError(f"{where}.format: expected a name like savedmodel, onnx, torchscript")
+    return ModelSpec(framework.strip().lower(), str(version), fmt.strip().lower() if fmt else None)
+
+
+def _task(
+    raw: Any, where: str, *, exit_handler: bool = False, workflow: str = ""
+) -> tuple[TaskSpec, list[str]]:
     block = _mapping(raw, where)
     name = block.get("name")
     if not isinstance(name, str) or not DNS_LABEL.match(name) or len(name) > 50:
         raise WorkflowSpecError(
             f"{where}.name: {name!r} must be lowercase letters, digits and '-' (at most 50 characters)"
         )
-    where = f"task {name!r}"
+    where = f"workflow {workflow!r}: task {name!r}" if workflow else f"task {name!r}"
     unknown = set(block) - _TASK_FIELDS
     if unknown:
         raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
@@ -331,6 +584,22 @@ def _task(raw: Any, where: str, *, exit_handler: bool = False) -> tuple[TaskSpec
             raise WorkflowSpecError(f"{where}: {key} given both as acceleration and annotation, differently")
         annotations[key] = value
     runtime = _string_list(block.get("runtime"), f"{where}.runtime")
+    model = _model(block.get("model"), f"{where}.model")
+    if model is not None and (runtime or ANNOTATION_RUNTIME in annotations):
+        raise WorkflowSpecError(
+            f"{where}: give model (the catalog picks the runtime) or runtime (named by hand), not both"
+        )
+    serve = _serve(block.get("serve"), f"{where}.serve", workflow, name)
+    outputs = _outputs(block.get("outputs"), f"{where}.outputs", container)
+    if serve is not None:
+        if exit_handler:
+            raise WorkflowSpecError(f"{where}.serve: the exit handler cannot be a server")
+        for key in ("outputs", "retryStrategy", "activeDeadlineSeconds"):
+            if key in block:
+                raise WorkflowSpecError(
+                    f"{where}.{key}: a serve task runs until deleted (its Deployment restarts it); "
+                    f"{key} does not apply"
+                )
     if ANNOTATION_RUNTIME in annotations:
         from_annotation = _string_list(annotations[ANNOTATION_RUNTIME], f"{where}.annotations")
         if runtime and runtime != from_annotation:
@@ -338,7 +607,10 @@ def _task(raw: Any, where: str, *, exit_handler: bool = False) -> tuple[TaskSpec
         runtime = from_annotation
     if runtime:
         annotations[ANNOTATION_RUNTIME] = ",".join(runtime)
-    validate_pod_request(name, container, annotations)
+    try:
+        validate_pod_request(name, container, annotations)
+    except WorkflowSpecError as exc:
+        raise WorkflowSpecError(f"workflow {workflow!r}: {exc}" if workflow else str(exc)) from None
     annotations.pop(ANNOTATION_RUNTIME, None)
     dependencies = _string_list(block.get("dependencies"), f"{where}.dependencies")
     depends_text = block.get("depends")
@@ -391,6 +663,10 @@ def _task(raw: Any, where: str, *, exit_handler: bool = False) -> tuple[TaskSpec
         active_deadline_seconds=_positive_int(
             block.get("activeDeadlineSeconds"), f"{where}.activeDeadlineSeconds"
         ),
+        outputs=outputs,
+        workspace=_workspace_mount(block.get("workspace"), f"{where}.workspace"),
+        serve=serve,
+        model=model,
     )
     return task, sorted(template_references(container))
 
@@ -466,10 +742,11 @@ def parse_spec(
         raise WorkflowSpecError(f"{where}.spec.tasks: expected a non-empty list")
     if len(raw_tasks) > MAX_TASKS:
         raise WorkflowSpecError(f"{where}.spec.tasks: {len(raw_tasks)} tasks, at most {MAX_TASKS}")
-    parsed = [_task(t, f"{where}.spec.tasks[{i}]") for i, t in enumerate(raw_tasks)]
+    workspace = _workspace(block.get("workspace"), f"{where}.spec.workspace", name)
+    parsed = [_task(t, f"{where}.spec.tasks[{i}]", workflow=name) for i, t in enumerate(raw_tasks)]
     on_exit = None
     if block.get("onExit") is not None:
-        parsed_exit = _task(block["onExit"], f"{where}.spec.onExit", exit_handler=True)
+        parsed_exit = _task(block["onExit"], f"{where}.spec.onExit", exit_handler=True, workflow=name)
         on_exit = parsed_exit[0]
         parsed.append(parsed_exit)
     names: set[str] = set()
@@ -477,16 +754,38 @@ def parse_spec(
         if task.name in names:
             raise WorkflowSpecError(f"{where}: task name {task.name!r} used twice")
         names.add(task.name)
-    main_names = {t.name for t, _ in parsed if t is not on_exit}
-    values = reference_values(name, namespace, parameters)
-    for task, refs in parsed:
+    for task, _ in parsed:
         for predecessor in task.predecessors:
-            if predecessor not in main_names:
+            if predecessor not in names or (on_exit is not None and predecessor == on_exit.name):
                 raise WorkflowSpecError(
                     f"{where}: task {task.name!r} depends on {predecessor!r}, not a task of this workflow"
                 )
             if predecessor == task.name:
                 raise WorkflowSpecError(f"{where}: task {task.name!r} depends on itself")
+    cycle = find_cycle({t.name: t.predecessors for t, _ in parsed})
+    if cycle:
+        raise WorkflowSpecError(f"{where}: dependency cycle {' -> '.join(cycle)}")
+    serve_names: dict[str, str] = {}
+    for task, _ in parsed:
+        if task.serve is not None:
+            if task.serve.name in serve_names:
+                raise WorkflowSpecError(
+                    f"{where}: tasks {serve_names[task.serve.name]!r} and {task.name!r} both serve as "
+                    f"{task.serve.name!r}"
+                )
+            serve_names[task.serve.name] = task.name
+    parsed = [(_with_workspace(task, workspace, where), refs) for task, refs in parsed]
+    on_exit = next((t for t, _ in parsed if on_exit is not None and t.name == on_exit.name), None)
+    main_names = {t.name for t, _ in parsed if t is not on_exit}
+    by_name = {t.name: t for t, _ in parsed}
+    ancestry = _ancestry({t.name: t.predecessors for t, _ in parsed})
+    values = reference_values(name, namespace, parameters)
+    for task, refs in parsed:
+        producers = main_names if task is on_exit else ancestry.get(task.name, set())
+        when_refs = expr.when_references(task.when) if task.when is not None else set()
+        for ref in [*refs, *sorted(when_refs)]:
+            _check_output_reference(where, task.name, ref, producers, by_name)
+        refs = [r for r in refs if not OUTPUT_REFERENCE.match(r)]
         for ref in refs:
             if ref not in values and ref not in POD_TIME_REFERENCES:
                 raise WorkflowSpecError(
@@ -497,18 +796,16 @@ def parse_spec(
                     f"{where}: task {task.name!r}: {{{{workflow.status}}}} is known only to the exit handler"
                 )
         if task.when is not None:
-            for ref in expr.when_references(task.when):
-                if ref not in values:
+            for ref in when_refs:
+                if ref not in values and not OUTPUT_REFERENCE.match(ref):
                     raise WorkflowSpecError(
                         f"{where}: task {task.name!r}.when refers to unknown {{{{{ref}}}}}"
                     )
-            try:
-                expr.evaluate_when(task.when, values)
-            except expr.ExpressionError as exc:
-                raise WorkflowSpecError(f"{where}: task {task.name!r}.when: {exc}") from None
-    cycle = find_cycle({t.name: t.predecessors for t, _ in parsed})
-    if cycle:
-        raise WorkflowSpecError(f"{where}: dependency cycle {' -> '.join(cycle)}")
+            if not any(OUTPUT_REFERENCE.match(r) for r in when_refs):
+                try:
+                    expr.evaluate_when(task.when, values)
+                except expr.ExpressionError as exc:
+                    raise WorkflowSpecError(f"{where}: task {task.name!r}.when: {exc}") from None
     fail_fast = block.get("failFast", True)
     if not isinstance(fail_fast, bool):
         raise WorkflowSpecError(f"{where}.spec.failFast: expected true or false")
@@ -521,6 +818,7 @@ def parse_spec(
     return WorkflowSpec(
         tasks=tuple(t for t, _ in parsed if t is not on_exit),
         parameters=parameters,
+        workspace=workspace,
         on_exit=on_exit,
         fail_fast=fail_fast,
         active_deadline_seconds=_positive_int(
@@ -529,6 +827,63 @@ def parse_spec(
         scheduler_name=scheduler_name,
         service_account_name=service_account,
     )
+
+
+def _with_workspace(task: TaskSpec, workspace: WorkspaceSpec | None, where: str) -> TaskSpec:
+    if task.workspace is None:
+        return task
+    if workspace is None:
+        raise WorkflowSpecError(
+            f"{where}: task {task.name!r}.workspace: the workflow has no spec.workspace to mount"
+        )
+    if task.workspace.mount_path:
+        return task
+    return dataclasses.replace(
+        task, workspace=dataclasses.replace(task.workspace, mount_path=workspace.mount_path)
+    )
+
+
+def _ancestry(edges: Mapping[str, Iterable[str]]) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+
+    def visit(node: str) -> set[str]:
+        if node not in out:
+            found: set[str] = set()
+            for parent in edges.get(node, ()):
+                found |= {parent} | visit(parent)
+            out[node] = found
+        return out[node]
+
+    for node in edges:
+        visit(node)
+    return out
+
+
+def _check_output_reference(
+    where: str, task: str, ref: str, producers: set[str], by_name: Mapping[str, TaskSpec]
+) -> None:
+    if not ref.startswith("tasks."):
+        return
+    match = OUTPUT_REFERENCE.match(ref)
+    if not match:
+        raise WorkflowSpecError(
+            f"{where}: task {task!r} refers to {{{{{ref}}}}}; task outputs are "
+            "{{tasks.NAME.outputs.parameters.PARAM}}"
+        )
+    producer, parameter = match.group(1), match.group(3)
+    if producer not in by_name:
+        raise WorkflowSpecError(f"{where}: task {task!r} refers to {{{{{ref}}}}}: no task {producer!r}")
+    if producer not in producers:
+        raise WorkflowSpecError(
+            f"{where}: task {task!r} refers to {{{{{ref}}}}}, but {producer!r} is not among the tasks it "
+            "runs after (add it to dependencies or depends)"
+        )
+    declared = [o.name for o in by_name[producer].outputs]
+    if parameter not in declared:
+        raise WorkflowSpecError(
+            f"{where}: task {task!r} refers to {{{{{ref}}}}}, but task {producer!r} declares "
+            + (f"outputs {declared}" if declared else "no outputs")
+        )
 
 
 def parse_workflow(
@@ -599,6 +954,8 @@ def api_object(
             task["runtime"] = ",".join(parsed.runtime)
         if isinstance(task.get("dependencies"), str):
             task["dependencies"] = list(parsed.predecessors)
+        if parsed.model is not None:
+            task["model"] = {**task["model"], "version": parsed.model.version}
         tasks.append(task)
     if spec.get("onExit"):
         spec["onExit"] = tasks.pop()

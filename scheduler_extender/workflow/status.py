@@ -6,6 +6,7 @@ the field, never silently reset (that could run a finished step again).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -62,6 +63,7 @@ def attempt_to_dict(a: Attempt) -> dict[str, Any]:
             "message": clip(a.message),
             "exitCode": a.exit_code,
             "node": a.node,
+            "endpoint": a.endpoint,
         }
     )
 
@@ -76,6 +78,10 @@ def task_to_dict(t: TaskStatus) -> dict[str, Any]:
             "finishedAt": format_time(t.finished_at),
             "message": clip(t.message),
             "nextAttemptAt": format_time(t.next_attempt_at),
+            "runtime": t.runtime,
+            "runtimeReason": clip(t.runtime_reason),
+            "outputs": {"parameters": dict(t.outputs)} if t.outputs else None,
+            "endpoint": t.endpoint,
         }
     )
 
@@ -130,7 +136,17 @@ def attempt_from_dict(raw: Any, where: str) -> Attempt:
         message=str(block.get("message", "")),
         exit_code=_int(block.get("exitCode"), f"{where}.exitCode", optional=True),
         node=block.get("node"),
+        endpoint=block.get("endpoint"),
     )
+
+
+def _outputs(raw: Any, where: str) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    parameters = _mapping(_mapping(raw, where).get("parameters") or {}, f"{where}.parameters")
+    if not all(isinstance(v, str) for v in parameters.values()):
+        raise StatusError(f"{where}.parameters: values must be strings")
+    return {str(k): v for k, v in parameters.items()}
 
 
 def task_from_dict(raw: Any, where: str) -> TaskStatus:
@@ -141,6 +157,10 @@ def task_from_dict(raw: Any, where: str) -> TaskStatus:
     attempts = tuple(attempt_from_dict(a, f"{where}.attempts[{i}]") for i, a in enumerate(attempts_raw))
     if [a.number for a in attempts] != sorted({a.number for a in attempts}):
         raise StatusError(f"{where}.attempts: numbers must increase ({[a.number for a in attempts]})")
+    outputs = _outputs(block.get("outputs"), f"{where}.outputs")
+    if outputs and attempts:
+        # kept once, on the task: they are the outputs of its last (succeeded) attempt
+        attempts = (*attempts[:-1], dataclasses.replace(attempts[-1], outputs=outputs))
     return TaskStatus(
         phase=_phase(block.get("phase", "Pending"), _TASK_PHASES, f"{where}.phase"),
         attempts=attempts,
@@ -148,6 +168,8 @@ def task_from_dict(raw: Any, where: str) -> TaskStatus:
         finished_at=parse_time(block.get("finishedAt"), f"{where}.finishedAt"),
         message=str(block.get("message", "")),
         next_attempt_at=parse_time(block.get("nextAttemptAt"), f"{where}.nextAttemptAt"),
+        runtime=str(block.get("runtime", "")),
+        runtime_reason=str(block.get("runtimeReason", "")),
     )
 
 

@@ -400,3 +400,34 @@ def test_pods_pinned_by_the_runtime_stay_pinned_when_cpusets_converge(node: Node
     held.clear()  # the pod went
     manager.refresh_shared_pool()
     assert node.affinity(other) == {0, 1}
+
+
+def test_reservations_nobody_attaches_expire_and_free_their_cpus(node: Node) -> None:
+    """A binder that moved the pod, lost the answer or died never attaches: the reservation goes after
+    its TTL; one attached by the pod's runtime, or younger than the TTL, stays."""
+    shared = node.add_pod(QosClass.BURSTABLE)
+    now = [1000.0]
+    manager = node.manager(reserve_unresolved=True, clock=lambda: now[0])
+    orphan, attached, young = new_pod_uid(), new_pod_uid(), new_pod_uid()
+    manager.apply(pinned(orphan, (1,)))
+    manager.apply(pinned(attached, ()))
+    now[0] += 50
+    manager.apply(pinned(young, ()))
+    assert node.affinity(shared) == {0}
+    node.resolver.pods[attached] = PodRuntime(qos=QosClass.BURSTABLE, container_ids=(), netns=None)
+    node.add_pod(QosClass.BURSTABLE, with_netns=False, uid=attached)
+    manager.apply(pinned(attached, ()))
+    assert manager.reserved_pod_uids() == {orphan, young}
+
+    now[0] += 60  # orphan 110 s old, young 60 s
+    assert manager.expire_reservations(100) == (orphan,)
+    assert manager.reserved_pod_uids() == {young}
+    assert {a.pod_uid for a in manager.applied()} == {attached, young}
+    assert node.affinity(shared) == {0, 1}, "the orphan's CPU is back in the shared pool"
+    saved = json.loads(node.checkpoint.read_text())
+    assert sorted(p["allocation"]["pod_uid"] for p in saved["pods"]) == sorted([attached, young])
+    assert manager.expire_reservations(100) == ()
+
+    restarted = node.manager(reserve_unresolved=True, clock=lambda: now[0])
+    now[0] += 45
+    assert restarted.expire_reservations(100) == (young,), "the recorded time survives a restart"

@@ -275,7 +275,13 @@ def test_vf_without_a_host_netdev_is_refused(tmp_path: Path) -> None:
     with namespaces(pod):
         nic = NicApplier(sysfs_root=tmp_path, vf_control=FakeVfControl(VfSettings()))
         grant = NetworkGrant(mode="sriov", master="pf0", vf_pci_address="0000:3b:02.1")
-        with pytest.raises(NicError, match="no netdev in the host"):
+        with pytest.raises(NicError, match=r"no netdev in the host \(driver: none\)"):
+            nic.plan(new_pod_uid(), grant, pod)
+        vfio = tmp_path / "sys/bus/pci/drivers/vfio-pci"
+        vfio.mkdir(parents=True)
+        (tmp_path / "sys/bus/pci/devices/0000:3b:02.1").mkdir(parents=True)
+        os.symlink(vfio, tmp_path / "sys/bus/pci/devices/0000:3b:02.1/driver")
+        with pytest.raises(NicError, match=r"\(driver: vfio-pci\); a VF without a kernel netdev is never"):
             nic.plan(new_pod_uid(), grant, pod)
         grant = replace(grant, vf_pci_address=VF_PCI)
         assert nic.plan(new_pod_uid(), grant, pod).host_name == "vfnet0"

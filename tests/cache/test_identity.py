@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from gedge_model.tls import load_tls
 from scheduler_extender.cache import AgentTarget, CacheOptions, ClusterCache
 from tests.grpc.agents import AgentHost, spawn_agent
@@ -110,3 +112,48 @@ def test_agent_reporting_another_node_name_is_refused(
     finally:
         cache.stop()
         agent_host.stop_agent(liar)
+
+
+def test_renewed_extender_certificate_is_used_for_new_connections(
+    agent_host: AgentHost, snapshot_roots: dict[str, Path], tmp_path: Path
+) -> None:
+    """cert-manager renews the extender's files in place: the next channel to an agent uses the new ones."""
+    from gedge_model.certs import issue_files
+    from gedge_model.tls import TlsFiles
+    from scheduler_extender.cache import AgentApplyError, GrpcAgentApplier
+
+    pki = tmp_path / "pki"
+    for name in ("edge-renew", "gedge-extender"):
+        issue_files(pki, name)
+    agent = agent_host.start_agent(
+        snapshot_roots[SNAPSHOT],
+        "edge-renew",
+        tls_cert=str(pki / "edge-renew.pem"),
+        tls_key=str(pki / "edge-renew.key"),
+        tls_ca=str(pki / "ca.pem"),
+    )
+    files = TlsFiles(pki / "gedge-extender.pem", pki / "gedge-extender.key", pki / "ca.pem")
+    options = CacheOptions(ttl_s=30, backoff_initial_s=0.1, tls=files.current(), tls_files=files)
+    cache = ClusterCache([AgentTarget("edge-renew", f"127.0.0.1:{agent.port}")], options)
+    applier = GrpcAgentApplier(cache)
+    try:
+        cache.start()
+        assert cache.wait_for(lambda n: n["edge-renew"].fresh, timeout=30)
+        # The agent has no applier: reaching that answer proves the call got past mTLS and the allowed list.
+        with pytest.raises(AgentApplyError, match="runs without an applier"):
+            applier.release("edge-renew", "no-such-pod")
+        first = options.material()
+
+        issue_files(pki, "gedge-extender")
+        renewed = options.material()
+        assert renewed is not first and renewed is not None
+        assert renewed.cert_pem == (pki / "gedge-extender.pem").read_bytes()
+        with pytest.raises(AgentApplyError, match="runs without an applier"):
+            applier.release("edge-renew", "no-such-pod")
+        (address, used, _) = applier._channels["edge-renew"]
+        assert used is renewed and address == f"127.0.0.1:{agent.port}"
+        assert options.material() is renewed, "unchanged files are not read again"
+    finally:
+        applier.close()
+        cache.stop()
+        agent_host.stop_agent(agent)

@@ -53,9 +53,15 @@ def _pci(address: str, numa: int | None, class_id: int = 0x030200) -> PciDevice:
     )
 
 
-def make_topology(*, vfs: int = 3, gpu0_replicas: int = 2) -> NodeTopology:
-    """Two GPUs (GPU0 whole + time-sliced on NUMA 0, GPU1 in MIG mode on NUMA 1), a PF with VFs, one HCA."""
-    vf_list = tuple(VirtualFunction(index=i, pci_address=f"0000:3b:02.{i}") for i in range(vfs))
+def make_topology(*, vfs: int = 3, gpu0_replicas: int = 2, vfio: Sequence[int] = ()) -> NodeTopology:
+    """Two GPUs (GPU0 whole + time-sliced on NUMA 0, GPU1 in MIG mode on NUMA 1), a PF with VFs on iavf
+    (those in `vfio` on vfio-pci, without a netdev), one HCA."""
+    vf_list = tuple(
+        VirtualFunction(index=i, pci_address=f"0000:3b:02.{i}", driver="vfio-pci")
+        if i in vfio
+        else VirtualFunction(index=i, pci_address=f"0000:3b:02.{i}", netdev=f"ens1f0v{i}", driver="iavf")
+        for i in range(vfs)
+    )
     return NodeTopology(
         node_name=NODE,
         numa_nodes=(NumaNode(id=0, cpus=(0, 1)), NumaNode(id=1, cpus=(2, 3))),

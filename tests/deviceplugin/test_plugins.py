@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -294,3 +296,52 @@ def test_two_containers_share_out_a_pod_level_grant_one_allocate_each(kubelet, m
     assert pods.marks == [("ml/pair", VF, (VF0,)), ("ml/pair", VF, (VF0, VF2))]
     with pytest.raises(grpc.RpcError):
         _allocate(plugin, [VF1])
+
+
+def test_sockets_are_born_private_under_umask_0(kubelet, topology, pods, plugin_dir, host_root):
+    """A socket made under umask 000 and chmod-ed after would be 0777 for a moment; these never are."""
+    old = os.umask(0)
+    try:
+        running = DevicePluginManager(
+            lambda: topology, pods, plugin_dir, host_root=host_root, poll_interval_s=0.05
+        )
+        running.start()
+    finally:
+        os.umask(old)
+    try:
+        got = kubelet.wait_registrations(len(RESOURCES))
+        modes = {r.endpoint: stat.S_IMODE((plugin_dir / r.endpoint).stat().st_mode) for r in got.values()}
+        assert set(modes.values()) == {0o600}, modes
+        assert not [p.name for p in plugin_dir.iterdir() if p.name.startswith(".gedge-")]
+    finally:
+        running.stop()
+
+
+def test_a_socket_reaches_its_public_path_only_once_it_is_private(
+    kubelet, topology, pods, plugin_dir, host_root, monkeypatch
+):
+    """When its mode is set, the socket is in a 0700 folder and nothing is yet at the path kubelet dials."""
+    import agent.deviceplugin.plugin as plugin_module
+
+    seen: list[tuple[Path, int, bool]] = []
+    real_chmod = os.chmod
+
+    def watching_chmod(path, mode, *args, **kwargs):
+        where = Path(path)
+        public = plugin_dir / where.name
+        seen.append((where, stat.S_IMODE(where.parent.stat().st_mode), public.exists()))
+        return real_chmod(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(plugin_module.os, "chmod", watching_chmod)
+    running = DevicePluginManager(
+        lambda: topology, pods, plugin_dir, host_root=host_root, poll_interval_s=0.05
+    )
+    running.start()
+    try:
+        kubelet.wait_registrations(len(RESOURCES))
+    finally:
+        running.stop()
+    assert seen
+    for where, folder_mode, public_exists in seen:
+        assert where.parent != plugin_dir and folder_mode == 0o700, where
+        assert not public_exists, where

@@ -6,6 +6,7 @@ the real error handling runs. The data is shaped after published 8-GPU A100 and 
 
 from __future__ import annotations
 
+import queue
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -95,13 +96,27 @@ class FakeNvml:
         self.driver = driver
         self._cuda = cuda
         self._init_error = init_error
-        self.initialized = False
+        self._inits = 0
+        """NVML counts nvmlInit calls; it stays up until as many nvmlShutdown calls."""
         self.calls: list[str] = []
+        self.events: queue.Queue[Any] = queue.Queue()
+        """What nvmlEventSetWait_v2 returns next: an event (see `xid_event`) or an NVMLError to raise."""
+        self.registered: dict[str, int] = {}
+        """GPU uuid -> event types registered for it."""
+        self.supported_events = pynvml.nvmlEventTypeXidCriticalError | pynvml.nvmlEventTypeDoubleBitEccError
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("NVML"):
+        if name.startswith(("NVML", "nvmlEventType")):
             return getattr(pynvml, name)
         raise AttributeError(name)
+
+    @property
+    def initialized(self) -> bool:
+        return self._inits > 0
+
+    @property
+    def gpus(self) -> list[FakeGpu]:
+        return self._gpus
 
     def _gpu(self, handle: Any) -> FakeGpu:
         if not self.initialized:
@@ -114,11 +129,13 @@ class FakeNvml:
         self.calls.append("nvmlInit")
         if self._init_error is not None:
             raise _error(self._init_error)
-        self.initialized = True
+        self._inits += 1
 
     def nvmlShutdown(self) -> None:
         self.calls.append("nvmlShutdown")
-        self.initialized = False
+        if not self.initialized:
+            raise _error(pynvml.NVML_ERROR_UNINITIALIZED)
+        self._inits -= 1
 
     def nvmlDeviceGetCount(self) -> int:
         if not self.initialized:
@@ -227,3 +244,42 @@ class FakeNvml:
     def nvmlDeviceGetNvLinkRemotePciInfo(self, handle: Any, link: int) -> Any:
         peer = self._gpu(handle).links[link]
         return SimpleNamespace(busId=(b"00000000:c1:00.0" if peer == NVSWITCH else peer.encode()))
+
+    # -- events, as NVML's event set API shapes them ----------------------------------------------
+
+    def nvmlEventSetCreate(self) -> object:
+        if not self.initialized:
+            raise _error(pynvml.NVML_ERROR_UNINITIALIZED)
+        return object()
+
+    def nvmlEventSetFree(self, event_set: object) -> None:
+        self.calls.append("nvmlEventSetFree")
+
+    def nvmlDeviceGetSupportedEventTypes(self, handle: Any) -> int:
+        self._gpu(handle)
+        return self.supported_events
+
+    def nvmlDeviceRegisterEvents(self, handle: Any, event_types: int, event_set: object) -> None:
+        gpu = self._gpu(handle)
+        self.registered[gpu.uuid] = self.registered.get(gpu.uuid, 0) | event_types
+
+    def nvmlEventSetWait_v2(self, event_set: object, timeout_ms: int) -> Any:
+        try:
+            item = self.events.get(timeout=timeout_ms / 1000)
+        except queue.Empty:
+            raise _error(pynvml.NVML_ERROR_TIMEOUT) from None
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def xid_event(self, gpu: FakeGpu | None, xid: int, event_type: int | None = None) -> None:
+        """Queue an event as c_nvmlEventData_t carries it (device None: NVML named no GPU)."""
+        self.events.put(
+            SimpleNamespace(
+                device=gpu,
+                eventType=pynvml.nvmlEventTypeXidCriticalError if event_type is None else event_type,
+                eventData=xid,
+                gpuInstanceId=0xFFFFFFFF,
+                computeInstanceId=0xFFFFFFFF,
+            )
+        )

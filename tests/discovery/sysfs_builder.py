@@ -95,6 +95,7 @@ class SysfsBuilder:
         self.write(f"{rel}/address", mac)
         self.write(f"{rel}/speed", str(speed))
         self.write(f"{rel}/operstate", state)
+        self.link(f"{rel}/device", device_rel)
         self.link(f"sys/class/net/{name}", rel)
 
     def sriov(self, pf_rel: str, vf_rels: Sequence[str], total: int) -> None:

@@ -9,7 +9,10 @@
   plugins would (capacity = allocatable) and points at the agent through
   InternalIP 127.0.0.1 and the `gedge.io/agent-port` annotation.
 - kube-scheduler loads deploy/scheduler/gedge-scheduler-config.yaml with only
-  the extender URL and its kubeconfig rewritten.
+  the extender URL, its tlsConfig files and its kubeconfig rewritten.
+- TLS as deployed: every agent serves mTLS with a certificate named after its
+  node, the extender calls them with its own and serves HTTPS that only
+  kube-scheduler's client certificate may call (gedge_model.certs, one CA).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import sys
 import urllib.request
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from kubernetes import utils as k8s_utils
 from agent.deviceplugin.devices import plugin_devices
 from agent.discovery import discover
 from gedge_model import NodeTopology
+from gedge_model.certs import issue_files
 from tests.e2e.boxes import box_topology, gpu_box
 from tests.e2e.cluster_objects import node_object, register_node
 from tests.e2e.control_plane import ControlPlane, kubeconfig_text
@@ -54,7 +59,7 @@ SCHEDULER_ACCOUNT = "gedge-scheduler"
 EXTENDER_ACCOUNT = "gedge-extender"
 AGENT_ACCOUNT = "gedge-agent"
 AGENT_START_TIMEOUT = 60.0
-EXTENDER_START_TIMEOUT = 60.0
+EXTENDER_START_TIMEOUT = 120.0
 
 
 def manifests(path: Path, kinds: frozenset[str] | None = None) -> list[dict[str, Any]]:
@@ -64,13 +69,20 @@ def manifests(path: Path, kinds: frozenset[str] | None = None) -> list[dict[str,
 
 
 def apply_manifests(api: k8s.ApiClient, docs: list[dict[str, Any]]) -> None:
-    """Create each object through the API (what `kubectl create -f` does)."""
+    """Create each object through the API (what `kubectl create -f` does); ones already there are kept."""
     for doc in docs:
-        k8s_utils.create_from_dict(api, doc)
+        try:
+            k8s_utils.create_from_dict(api, doc)
+        except k8s_utils.FailToCreateError as exc:
+            if any(e.status != 409 for e in exc.api_exceptions):
+                raise
 
 
-def deploy_scheduler_configuration(extender_url: str, source: Path | None = None) -> dict[str, Any]:
-    """deploy/'s KubeSchedulerConfiguration (inside its ConfigMap), every extender sent to `extender_url`."""
+def deploy_scheduler_configuration(
+    extender_url: str, source: Path | None = None, tls: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """deploy/'s KubeSchedulerConfiguration (inside its ConfigMap), every extender sent to `extender_url`;
+    with `tls` (certFile, keyFile, caFile), each extender's tlsConfig files are those."""
     source = source or Path(os.environ.get(SCHEDULER_CONFIG_ENV) or SCHEDULER_CONFIG)
     configuration: dict[str, Any] | None = None
     for doc in manifests(source):
@@ -87,6 +99,8 @@ def deploy_scheduler_configuration(extender_url: str, source: Path | None = None
         raise HarnessError(f"{source}: KubeSchedulerConfiguration has no extenders")
     for extender in extenders:
         extender["urlPrefix"] = extender_url
+        if tls is not None and "tlsConfig" in extender:
+            extender["tlsConfig"] = {**extender["tlsConfig"], **tls}
     return configuration
 
 
@@ -145,6 +159,21 @@ class EdgeCluster:
         self.extender_port = 0
         self.scheduler_name = ""
         self.scheduler: ManagedProcess | None = None
+        self.extender_metrics_port = 0
+        self.pki = workdir / "pki"
+        for name in ("gedge-extender", "kube-scheduler"):
+            issue_files(self.pki, name, ips=["127.0.0.1"], days=2)
+
+    def tls_flags(self, name: str, prefix: str = "--tls") -> list[str]:
+        """--tls-cert/--tls-key of `name`'s certificate (issued by the cluster's gedge CA)."""
+        return [f"{prefix}-cert={self.pki / f'{name}.pem'}", f"{prefix}-key={self.pki / f'{name}.key'}"]
+
+    def scheduler_context(self, client: str | None = "kube-scheduler") -> ssl.SSLContext:
+        """What kube-scheduler's tlsConfig sets up: the gedge CA and (unless None) a client certificate."""
+        context = ssl.create_default_context(cafile=str(self.pki / "ca.pem"))
+        if client is not None:
+            context.load_cert_chain(self.pki / f"{client}.pem", self.pki / f"{client}.key")
+        return context
 
     def start(self, specs: list[NodeSpec]) -> EdgeCluster:
         try:
@@ -183,6 +212,8 @@ class EdgeCluster:
             f"--device-plugin-dir={state_dir / 'device-plugins'}",
             f"--checkpoint={state_dir / 'checkpoint.json'}",
             "--log-level=info",
+            *self.tls_flags(issue_files(self.pki, spec.name, ips=["127.0.0.1"], days=2).cert.stem),
+            f"--tls-ca={self.pki / 'ca.pem'}",
         ]
         if spec.box_model is not None:
             root = spec.root or state_dir / "sysfs"
@@ -228,12 +259,12 @@ class EdgeCluster:
 
     @property
     def extender_url(self) -> str:
-        return f"http://127.0.0.1:{self.extender_port}"
+        return f"https://127.0.0.1:{self.extender_port}"
 
     def start_extender(self) -> None:
         """Start (or start again, on the same port) `gedge-extender serve` as deploy/'s service account."""
         if not self.extender_port:
-            self.extender_port = free_port()
+            self.extender_port, self.extender_metrics_port = free_port(), free_port()
         kubeconfig = token_kubeconfig(
             self.plane, self.api, EXTENDER_ACCOUNT, self.workdir / "extender.kubeconfig"
         )
@@ -245,6 +276,11 @@ class EdgeCluster:
                     "serve",
                     f"--kubeconfig={kubeconfig}",
                     f"--listen=127.0.0.1:{self.extender_port}",
+                    f"--metrics-listen=127.0.0.1:{self.extender_metrics_port}",
+                    *self.tls_flags("gedge-extender"),
+                    f"--tls-client-ca={self.pki / 'ca.pem'}",
+                    *self.tls_flags("gedge-extender", "--agent-tls"),
+                    f"--agent-tls-ca={self.pki / 'ca.pem'}",
                 ],
                 self.plane.log_dir / "gedge-extender.log",
                 cwd=REPO,
@@ -256,7 +292,8 @@ class EdgeCluster:
         )
 
     def _extender_healthy(self) -> bool:
-        with urllib.request.urlopen(f"{self.extender_url}/healthz", timeout=5) as reply:
+        url = f"http://127.0.0.1:{self.extender_metrics_port}/healthz"
+        with urllib.request.urlopen(url, timeout=5) as reply:
             return reply.status == 200
 
     def _extender_sees_every_node(self) -> bool:
@@ -285,7 +322,7 @@ class EdgeCluster:
             data=json.dumps(probe).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=5) as reply:
+        with urllib.request.urlopen(request, timeout=5, context=self.scheduler_context()) as reply:
             result = json.loads(reply.read())
         judged = set(result.get("NodeNames") or ()) | set(result.get("FailedNodes") or ())
         return not result.get("FailedAndUnresolvableNodes") and judged == set(node_names)
@@ -302,7 +339,12 @@ class EdgeCluster:
     # -- scheduler -------------------------------------------------------------------------------
 
     def _start_scheduler(self) -> None:
-        configuration = deploy_scheduler_configuration(self.extender_url)
+        tls = {
+            "certFile": str(self.pki / "kube-scheduler.pem"),
+            "keyFile": str(self.pki / "kube-scheduler.key"),
+            "caFile": str(self.pki / "ca.pem"),
+        }
+        configuration = deploy_scheduler_configuration(self.extender_url, tls=tls)
         profiles = configuration.get("profiles") or [{}]
         self.scheduler_name = profiles[0].get("schedulerName", "default-scheduler")
         kubeconfig = token_kubeconfig(

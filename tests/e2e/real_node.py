@@ -33,6 +33,7 @@ from pathlib import Path
 
 import yaml
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from agent.apply.cgroups import remove_cgroup_tree
 from tests.e2e.cluster_objects import wait_for
@@ -522,6 +523,18 @@ state = '{state}'
         self.kubelet.wait_until(ready, READY_TIMEOUT, f"reported Node {self.name} Ready")
         return found[0]
 
+    def registrations(self, resource: str) -> int:
+        """How many times this kubelet process registered a device plugin for `resource` (its
+        kubelet_device_plugin_registration_total metric; 0 right after a restart)."""
+        url = f"https://{self.ip}:{self.kubelet_port}/metrics"
+        with urllib.request.urlopen(url, context=self.kubelet_tls(), timeout=10) as reply:
+            text = reply.read().decode()
+        total = 0
+        for line in text.splitlines():
+            if line.startswith("kubelet_device_plugin_registration_total{") and f'"{resource}"' in line:
+                total += int(float(line.rsplit(" ", 1)[1]))
+        return total
+
     def kubelet_tls(self) -> ssl.SSLContext:
         """An admin TLS context trusted by kubelet (for its /pods or /metrics)."""
         assert self.plane.ca is not None
@@ -613,13 +626,20 @@ def running(core: k8s.CoreV1Api, namespace: str, name: str, timeout: float = 120
     return core.read_namespaced_pod(name, namespace)
 
 
+def _log(core: k8s.CoreV1Api, namespace: str, name: str) -> str:
+    """The pod's log; empty while kubelet does not serve it (404: a restarted kubelet that has not
+    taken the pod back yet)."""
+    try:
+        return core.read_namespaced_pod_log(name, namespace)
+    except ApiException as exc:
+        if exc.status == 404:
+            return ""
+        raise
+
+
 def report(core: k8s.CoreV1Api, namespace: str, name: str) -> dict[str, str]:
     """KEY=VALUE lines the pod printed (through the API server, from the real kubelet), once complete."""
-    log = wait_for(
-        lambda: core.read_namespaced_pod_log(name, namespace),
-        lambda text: "END" in text.split(),
-        describe=str,
-    )
+    log = wait_for(lambda: _log(core, namespace, name), lambda text: "END" in text.split(), describe=str)
     return dict(line.split("=", 1) for line in log.splitlines() if "=" in line)
 
 

@@ -10,6 +10,7 @@ import yaml
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from gedge_model.certs import issue_files
 from tests.e2e.cluster_objects import wait_for
 from tests.e2e.control_plane import KUBERNETES_VERSION, ControlPlane
 from tests.e2e.controlplane.pin import staging_version
@@ -99,7 +100,10 @@ def scheduler_configurations() -> list[Path]:
 def test_real_kube_scheduler_accepts_each_deploy_configuration(
     control_plane: ControlPlane, source: Path
 ) -> None:
-    configuration = deploy_scheduler_configuration("http://127.0.0.1:9", source)
+    pki = control_plane.workdir / "validate-pki"
+    issued = issue_files(pki, "kube-scheduler", days=1)
+    tls = {"certFile": str(issued.cert), "keyFile": str(issued.key), "caFile": str(pki / "ca.pem")}
+    configuration = deploy_scheduler_configuration("https://127.0.0.1:9", source, tls=tls)
     configuration["leaderElection"] = {"leaderElect": False}
     for profile in configuration.get("profiles") or []:
         profile["schedulerName"] = f"validate-{source.stem}"

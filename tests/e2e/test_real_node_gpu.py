@@ -130,9 +130,14 @@ def test_kubelet_restart_keeps_pods_devices_and_plugins(
     node.stop_kubelet()
     node.start_kubelet()
     node.wait_ready()
-    # The plugins re-register with the new kubelet: all 8 GPUs are advertised again.
+    # The plugins re-register with the new kubelet, which advertises all 8 GPUs again.
     gpu_node.agent.process.wait_until(
-        lambda: node.node().status.allocatable.get(RESOURCE_GPU) == "8", 120, "re-registered its GPUs"
+        lambda: node.registrations(RESOURCE_GPU) >= 1, 120, "re-registered with the new kubelet"
+    )
+    wait_for(
+        lambda: node.node().status.allocatable.get(RESOURCE_GPU),
+        lambda count: count == "8",
+        describe=lambda count: f"{RESOURCE_GPU} allocatable {count} after the kubelet restart",
     )
     after = core.read_namespaced_pod("before", namespace)
     assert after.status.phase == "Running"

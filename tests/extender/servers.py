@@ -12,9 +12,15 @@ from typing import Any
 
 from aiohttp import web
 
+from scheduler_extender.http.app import LIMITS_KEY, start_server
+
 
 class ServerThread:
-    def __init__(self, app: web.Application, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, app: web.Application, ssl_context: ssl.SSLContext | None = None, **server_options: Any
+    ) -> None:
+        """The extender's app is served through its own start_server (its client bounds included)."""
+        self._server_options = server_options
         self._app = app
         self._ssl = ssl_context
         self._loop = asyncio.new_event_loop()
@@ -29,6 +35,8 @@ class ServerThread:
         return self
 
     async def _start(self) -> tuple[web.AppRunner, int]:
+        if LIMITS_KEY in self._app:
+            return await start_server(self._app, "127.0.0.1", 0, self._ssl, **self._server_options)
         runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._ssl).start()

@@ -17,7 +17,6 @@ import yaml
 
 from gedge_model import Allocation, NodeState, to_json
 from scheduler_extender.cli import main
-from scheduler_extender.commands.demo import free_port
 from scheduler_extender.placement.synthetic import dgx_like, edge_box
 from tests.extender.servers import post
 
@@ -97,46 +96,37 @@ def test_place_explains_bad_input(
 
 @pytest.fixture
 def agent(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A real gedge-agent serving this machine over gRPC, report-only."""
-    port = free_port()
-    env = dict(os.environ, GEDGE_AGENT_DEVICE_PLUGIN_DIR=str(tmp_path / "dp"))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "serve",
-            "--node-name",
-            "extender-test-node",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--metrics-listen",
-            "",
-            "--no-apply",
-            "--checkpoint",
-            str(tmp_path / "checkpoint.json"),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    """A real gedge-agent serving this machine over gRPC, report-only; yielded once it serves."""
+    from tests.grpc.agents import spawn_agent
+
+    process = spawn_agent(
+        "/",
+        "extender-test-node",
+        "--no-apply",
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--device-plugin-dir",
+        str(tmp_path / "dp"),
+        metrics_listen="",
     )
     try:
-        yield "extender-test-node", port
+        yield "extender-test-node", process.port
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        process.terminate(timeout=20)
 
 
 def _serving_port(process: subprocess.Popen[str], deadline: float) -> int:
     assert process.stderr is not None
+    seen: list[str] = []
     while time.monotonic() < deadline:
         line = process.stderr.readline()
         if not line:
             break
+        seen.append(line)
         record = json.loads(line)
         if record.get("event") == "serving":
             return int(record["listen"].rsplit(":", 1)[1])
-    raise AssertionError("serve never logged that it is serving")
+    raise AssertionError(f"serve never logged that it is serving: {''.join(seen)}")
 
 
 def test_serve_over_an_agents_file_answers_kube_scheduler_and_stops_on_sigterm(
@@ -146,7 +136,16 @@ def test_serve_over_an_agents_file_answers_kube_scheduler_and_stops_on_sigterm(
     agents = tmp_path / "agents.yaml"
     agents.write_text(yaml.safe_dump([{"node": node, "address": f"127.0.0.1:{port}"}]))
     serve = subprocess.Popen(
-        [*CLI, "serve", "--agents", str(agents), "--listen", "127.0.0.1:0"],
+        [
+            *CLI,
+            "serve",
+            "--agents",
+            str(agents),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--metrics-listen=",
+        ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
@@ -186,7 +185,8 @@ def test_serve_over_an_agents_file_answers_kube_scheduler_and_stops_on_sigterm(
         assert "pod ml/p" in bound["Error"] and "without an applier" in bound["Error"], bound
         every_cpu = json.loads(json.dumps(pinned))
         every_cpu["metadata"]["uid"] = "u2"
-        every_cpu["spec"]["containers"][0]["resources"]["limits"]["cpu"] = str(os.cpu_count())
+        # every CPU the shared pool can spare (it keeps one)
+        every_cpu["spec"]["containers"][0]["resources"]["limits"]["cpu"] = str((os.cpu_count() or 2) - 1)
         _, again = post(f"{url}/filter", {"Pod": every_cpu, "Nodes": None, "NodeNames": [node]})
         assert again["NodeNames"] == [node], "the failed bind released its CPU"
         serve.send_signal(signal.SIGTERM)
@@ -218,7 +218,22 @@ def test_place_asks_live_agents(
         },
     }
     pod_file.write_text(yaml.safe_dump(pinned))
-    assert main(["place", "--agents", str(agents), "--pod", str(pod_file), "--json"]) == 0
+    assert (
+        main(
+            [
+                "place",
+                "--agents",
+                str(agents),
+                "--pod",
+                str(pod_file),
+                "--json",
+                "--insecure",
+                "--wait-s",
+                "60",
+            ]
+        )
+        == 0
+    )
     allocation = Allocation.from_annotation(capsys.readouterr().out)
     assert allocation.node == node and len(allocation.cpus) == 1
 
@@ -227,7 +242,16 @@ def test_serve_refuses_a_bad_agents_file(tmp_path: Path) -> None:
     agents = tmp_path / "agents.yaml"
     agents.write_text("- node: Bad_Name\n  address: 127.0.0.1:1\n")
     result = subprocess.run(
-        [*CLI, "serve", "--agents", str(agents), "--listen", "127.0.0.1:0"],
+        [
+            *CLI,
+            "serve",
+            "--agents",
+            str(agents),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--metrics-listen=",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -238,12 +262,26 @@ def test_serve_refuses_a_bad_agents_file(tmp_path: Path) -> None:
 
 def _kube_serve(kubeconfig: Path) -> tuple[subprocess.Popen[str], str]:
     serve = subprocess.Popen(
-        [*CLI, "serve", "--kubeconfig", str(kubeconfig), "--listen", "127.0.0.1:0"],
+        [
+            *CLI,
+            "serve",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--listen",
+            "127.0.0.1:0",
+            "--insecure",
+            "--metrics-listen=",
+        ],
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         text=True,
     )
-    return serve, f"http://127.0.0.1:{_serving_port(serve, time.monotonic() + 30)}"
+    try:
+        return serve, f"http://127.0.0.1:{_serving_port(serve, time.monotonic() + 120)}"
+    except BaseException:
+        serve.kill()
+        serve.wait()
+        raise
 
 
 def _stop(serve: subprocess.Popen[str]) -> int:
@@ -290,10 +328,10 @@ def test_serve_under_kubernetes_binds_and_rebuilds_after_restart(
     }
     first = fake.add_pod("ml", "first", "uid-first", spec=spec)
     first["metadata"]["annotations"]["gedge.io/cpu-pinning"] = "true"
-    online = os.cpu_count() or 1
+    spare = (os.cpu_count() or 2) - 1  # every CPU the shared pool can spare (it keeps one)
     greedy_spec = {
         "containers": [
-            {"name": "m", "image": "x", "resources": {"limits": {"cpu": str(online), "memory": "1Gi"}}}
+            {"name": "m", "image": "x", "resources": {"limits": {"cpu": str(spare), "memory": "1Gi"}}}
         ]
     }
     greedy = fake.add_pod("ml", "greedy", "uid-greedy", spec=greedy_spec)
@@ -314,7 +352,7 @@ def test_serve_under_kubernetes_binds_and_rebuilds_after_restart(
         )
         serve, url = _kube_serve(kubeconfig)
         try:
-            assert _filter_until_fresh(url, greedy, node)["NodeNames"] == [node], "every CPU is free"
+            assert _filter_until_fresh(url, greedy, node)["NodeNames"] == [node], "every spare CPU is free"
             assert _filter_until_fresh(url, first, node)["NodeNames"] == [node]
             status, result = post(
                 f"{url}/bind", {"PodName": "first", "PodNamespace": "ml", "PodUID": "uid-first", "Node": node}
@@ -334,3 +372,27 @@ def test_serve_under_kubernetes_binds_and_rebuilds_after_restart(
             assert _stop(serve) == 0
         assert result["NodeNames"] == []
         assert "pinned CPUs" in result["FailedNodes"][node], result
+
+
+def test_serve_without_tls_files_or_insecure_names_what_is_missing(tmp_path: Path) -> None:
+    agents = tmp_path / "agents.yaml"
+    agents.write_text("[]\n")
+    result = subprocess.run(
+        [*CLI, "serve", "--agents", str(agents), "--listen", "127.0.0.1:0", "--tls-cert", "x.pem"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert (
+        "TLS is required: missing --tls-key, --tls-client-ca, --agent-tls-cert, --agent-tls-key, "
+        "--agent-tls-ca" in result.stderr
+    )
+    both = subprocess.run(
+        [*CLI, "serve", "--agents", str(agents), "--insecure", "--tls-cert", "x.pem"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert both.returncode == 2
+    assert "--insecure (plaintext) and --tls-cert exclude each other" in both.stderr

@@ -16,6 +16,7 @@ from gedge_model.allocation import (
     RESOURCE_MIG_PREFIX,
     RESOURCE_RDMA,
     RESOURCE_SRIOV_VF,
+    RESOURCE_SRIOV_VF_VFIO,
     is_known_resource,
 )
 from scheduler_extender.http.app import build_app
@@ -52,7 +53,10 @@ def test_scheduler_configuration_calls_our_verbs(name: str) -> None:
     for verb in ("filterVerb", "prioritizeVerb", "bindVerb", "preemptVerb"):
         assert f"/{extender[verb]}" in routes
     assert extender["nodeCacheCapable"] is True
-    assert extender["enableHTTPS"] is False
+    assert extender["enableHTTPS"] is True
+    assert extender["urlPrefix"].startswith("https://")
+    tls = extender["tlsConfig"]
+    assert {"certFile", "keyFile", "caFile"} <= set(tls), "kube-scheduler presents its client certificate"
     assert extender["weight"] >= 1
     assert re.fullmatch(r"\d+s", extender["httpTimeout"])
 
@@ -71,9 +75,14 @@ def test_replacement_manages_every_gedge_resource_and_the_in_tree_fit_ignores_th
     assert len(names) == len(set(names))
     assert all(m["ignoredByScheduler"] is True for m in managed)
     assert all(is_known_resource(n) for n in names)
-    assert {RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_SRIOV_VF, RESOURCE_RDMA, *CARD_RESOURCES} <= set(
-        names
-    )
+    assert {
+        RESOURCE_GPU,
+        RESOURCE_GPU_SHARED,
+        RESOURCE_SRIOV_VF,
+        RESOURCE_SRIOV_VF_VFIO,
+        RESOURCE_RDMA,
+        *CARD_RESOURCES,
+    } <= set(names)
     migs = {n.removeprefix(RESOURCE_MIG_PREFIX) for n in names if n.startswith(RESOURCE_MIG_PREFIX)}
     for profile in ("1g.5gb", "1g.10gb", "3g.40gb", "7g.80gb", "1g.10gb.me", "2g.12gb", "7g.141gb"):
         assert profile in migs, f"MIG profile {profile} (A30/A100/H100/H200) is not managed"
@@ -83,7 +92,7 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
     config = CONFIGS["second-scheduler"]
     assert [p["schedulerName"] for p in config["profiles"]] == ["gedge-scheduler"]
     url = config["extenders"][0]["urlPrefix"]
-    match = re.fullmatch(r"http://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)", url)
+    match = re.fullmatch(r"https://([a-z0-9-]+)\.([a-z0-9-]+)\.svc:(\d+)", url)
     assert match
     deployment, service = _docs("extender.yaml")
     assert (service["kind"], service["metadata"]["name"], service["metadata"]["namespace"]) == (
@@ -94,7 +103,14 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
     assert service["spec"]["ports"][0]["port"] == int(match.group(3))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert f"--listen=0.0.0.0:{container['ports'][0]['containerPort']}" in container["args"]
-    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert "--leader-elect" in container["args"]
+    assert "--leader-elect-identity=$(POD_NAME)" in container["args"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, "the leader only"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    for flag in ("--tls-cert=", "--tls-key=", "--tls-client-ca=", "--agent-tls-cert=", "--agent-tls-ca="):
+        assert any(arg.startswith(flag) for arg in container["args"]), flag
+    assert "--insecure" not in container["args"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
 
 
@@ -119,3 +135,16 @@ def test_extender_rbac_is_exactly_what_it_calls() -> None:
     }
     assert needed <= granted
     assert not granted - needed, f"granted but never used: {sorted(granted - needed)}"
+    lease = next(d for d in _docs("extender-rbac.yaml") if d["kind"] == "Role")
+    assert lease["metadata"]["namespace"] == "gedge-system"
+    assert lease["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["gedge-extender"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = next(d for d in _docs("extender-rbac.yaml") if d["kind"] == "RoleBinding")
+    assert binding["roleRef"]["name"] == lease["metadata"]["name"]

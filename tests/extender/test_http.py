@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from gedge_model import NodeState
+from gedge_model.certs import issue_files
 from scheduler_extender.bind.assume import AssumeCache
-from scheduler_extender.http.app import build_app, server_ssl_context
+from scheduler_extender.http.app import ReloadingSslContext, build_app, server_ssl_context
 from scheduler_extender.node_source import NodeView, StaticNodeSource
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import BindingArgs
@@ -367,3 +369,43 @@ def test_https(tmp_path: Path, gpu_states: dict[str, NodeState]) -> None:
         assert (status, result["NodeNames"]) == (200, ["edge-1"])
         with pytest.raises(Exception, match="CERTIFICATE_VERIFY_FAILED"):
             post(f"{server.url}/filter", {}, context=ssl.create_default_context())
+
+
+def _served_serial(port: int, pki: Path) -> int:
+    client = ssl.create_default_context(cafile=str(pki / "ca.pem"))
+    client.load_cert_chain(pki / "kube-scheduler.pem", pki / "kube-scheduler.key")
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        client.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+    ):
+        der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).serial_number
+
+
+def test_https_certificate_renewed_in_place_is_served_without_a_restart(
+    tmp_path: Path, gpu_states: dict[str, NodeState]
+) -> None:
+    pki = tmp_path / "pki"
+    for name in ("gedge-extender", "kube-scheduler"):
+        issue_files(pki, name, ips=["127.0.0.1"])
+    reloading = ReloadingSslContext(
+        str(pki / "gedge-extender.pem"), str(pki / "gedge-extender.key"), str(pki / "ca.pem")
+    )
+    extender = Extender(StaticNodeSource(gpu_states), RecordingBinder())
+    with ServerThread(build_app(extender), ssl_context=reloading.context) as server:
+        first = _served_serial(server.port, pki)
+        assert reloading.refresh() is False, "nothing changed"
+
+        issue_files(pki, "gedge-extender", ips=["127.0.0.1"])
+        assert reloading.refresh() is True
+        renewed = _served_serial(server.port, pki)
+        assert renewed != first
+        assert (
+            renewed == x509.load_pem_x509_certificate((pki / "gedge-extender.pem").read_bytes()).serial_number
+        )
+
+        # A broken replacement is not loaded: the renewed certificate stays in use.
+        (pki / "gedge-extender.pem").write_text("not a certificate")
+        assert reloading.refresh() is False
+        assert _served_serial(server.port, pki) == renewed

@@ -49,6 +49,8 @@ class AgentHost:
         settings.setdefault("metrics_listen", "")
         settings.setdefault("netlink", False)
         settings.setdefault("shutdown_grace_s", 0.5)
+        # Plaintext unless the test gives TLS files (loopback only).
+        settings.setdefault("insecure", not settings.get("tls_cert"))
         config = AgentConfig(root=str(root), node_name=node_name, **settings).validate()
         runtime = AgentRuntime(
             config=config,
@@ -94,6 +96,9 @@ class AgentProcess:
             self.process.wait(10)
 
 
+ISOLATED = {"GEDGE_AGENT_NRI_SOCKET": "", "GEDGE_AGENT_POD_RESOURCES_SOCKET": ""}
+
+
 def spawn_agent(
     root: str | Path,
     node_name: str,
@@ -102,9 +107,16 @@ def spawn_agent(
     metrics_listen: str = "127.0.0.1:0",
     env: dict[str, str] | None = None,
     prefix: list[str] | None = None,
-    timeout: float = 30.0,
+    timeout: float = 90.0,
 ) -> AgentProcess:
-    """Start `gedge-agent serve` as documented and wait for its 'agent serving' log line."""
+    """Start `gedge-agent serve` as documented and wait for its 'agent serving' log line.
+
+    Without --tls-* flags (or the environment's GEDGE_AGENT_TLS_CERT) it is started with --insecure."""
+    plain = not any(arg.startswith("--tls-") or arg == "--insecure" for arg in extra) and not any(
+        key.startswith("GEDGE_AGENT_TLS_") or key == "GEDGE_AGENT_INSECURE" for key in (env or {})
+    )
+    if plain:
+        extra = (*extra, "--insecure")
     command = [
         *(prefix or []),
         str(REPO / ".venv" / "bin" / "gedge-agent"),
@@ -124,7 +136,8 @@ def spawn_agent(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, **(env or {})},
+        # a test agent never joins the machine's container runtime or kubelet unless told to
+        env={**os.environ, **ISOLATED, **(env or {})},
     )
     lines: list[str] = []
     port: int | None = None

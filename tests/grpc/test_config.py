@@ -12,15 +12,32 @@ DEPLOYED = Path(__file__).resolve().parents[2] / "deploy" / "agent" / "configmap
 
 
 def test_defaults_match_the_cli_contract(tmp_path: Path) -> None:
-    config = load_config(environ={})
+    config = load_config(environ={}, flags={"insecure": True})
     assert (config.listen, config.metrics_listen, config.root) == ("0.0.0.0:50051", "0.0.0.0:9400", "/")
     assert not config.tls_enabled
+    assert config.tls_allowed_clients == ("gedge-extender",)
+
+
+def test_tls_is_required_unless_insecure_is_asked_for(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"TLS is required: give tls_cert, tls_key and tls_ca"):
+        load_config(environ={})
+    tls = {"tls_cert": "n.pem", "tls_key": "n.key", "tls_ca": "ca.pem"}
+    assert load_config(environ={}, flags=tls).tls_enabled
+    with pytest.raises(ConfigError, match=r"insecure \(plaintext\) and tls_cert/tls_key/tls_ca exclude"):
+        load_config(environ={"GEDGE_AGENT_INSECURE": "true"}, flags=tls)
+    with pytest.raises(ConfigError, match="tls_allowed_clients is empty"):
+        load_config(environ={"GEDGE_AGENT_TLS_ALLOWED_CLIENTS": ""}, flags=tls)
 
 
 def test_sources_override_in_order(tmp_path: Path) -> None:
     file = tmp_path / "agent.yaml"
     file.write_text("listen: 10.0.0.1:1\nnode_name: from-file\npoll_interval_s: 2\nnetlink: false\n")
-    environ = {"GEDGE_AGENT_NODE_NAME": "from-env", "GEDGE_AGENT_POLL_INTERVAL_S": "0.25", "PATH": "/bin"}
+    environ = {
+        "GEDGE_AGENT_NODE_NAME": "from-env",
+        "GEDGE_AGENT_POLL_INTERVAL_S": "0.25",
+        "GEDGE_AGENT_INSECURE": "yes",
+        "PATH": "/bin",
+    }
     config = load_config(config_file=file, environ=environ, flags={"node_name": "from-flag", "listen": None})
     assert config.listen == "10.0.0.1:1"
     assert config.node_name == "from-flag"
@@ -36,6 +53,7 @@ def test_deployed_configmap_is_accepted(tmp_path: Path) -> None:
     file.write_text(text)
     config = load_config(config_file=file, environ={})
     assert config.listen == "0.0.0.0:50051"
+    assert config.tls_enabled and not config.insecure
 
 
 @pytest.mark.parametrize(
@@ -76,12 +94,15 @@ def test_listen_forms() -> None:
     assert AgentConfig(root="/", netlink=None).netlink_enabled
 
 
+PLAIN = {"GEDGE_AGENT_INSECURE": "true"}
+
+
 def test_reserved_cpus_is_a_cpu_list_from_any_source(tmp_path: Path) -> None:
     file = tmp_path / "agent.yaml"
     file.write_text("reserved_cpus: 0,2-3\n")
-    assert load_config(config_file=file, environ={}).reserved_cpu_set == frozenset({0, 2, 3})
-    from_env = load_config(environ={"GEDGE_AGENT_RESERVED_CPUS": "1"})
+    assert load_config(config_file=file, environ=PLAIN).reserved_cpu_set == frozenset({0, 2, 3})
+    from_env = load_config(environ={**PLAIN, "GEDGE_AGENT_RESERVED_CPUS": "1"})
     assert from_env.reserved_cpu_set == frozenset({1})
-    assert load_config(environ={}).reserved_cpu_set == frozenset()
+    assert load_config(environ=PLAIN).reserved_cpu_set == frozenset()
     with pytest.raises(ConfigError, match=r"reserved_cpus: '0-x' is not a Linux cpu list"):
-        load_config(flags={"reserved_cpus": "0-x"}, environ={})
+        load_config(flags={"reserved_cpus": "0-x"}, environ=PLAIN)

@@ -159,7 +159,13 @@ def test_reserved_devices_count_as_used_in_the_reported_state(
     )
     node = "edge-reserve"
     config = AgentConfig(
-        root="/", node_name=node, listen="127.0.0.1:0", metrics_listen="", netlink=False, shutdown_grace_s=0.5
+        root="/",
+        node_name=node,
+        listen="127.0.0.1:0",
+        metrics_listen="",
+        netlink=False,
+        shutdown_grace_s=0.5,
+        insecure=True,
     )
     runtime = AgentRuntime(
         config=config.validate(),

@@ -146,7 +146,32 @@ def test_port_in_use_is_a_clear_error(snapshot_roots: dict[str, Path]) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = run_serve(
-            "--root", str(snapshot_roots[SNAPSHOT]), "--listen", f"127.0.0.1:{port}", "--metrics-listen", ""
+            "--root",
+            str(snapshot_roots[SNAPSHOT]),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--metrics-listen",
+            "",
+            "--insecure",
         )
     assert result.returncode == 1
     assert f"127.0.0.1:{port}" in result.stderr
+
+
+def test_without_tls_files_the_agent_refuses_to_start_unless_insecure(
+    snapshot_roots: dict[str, Path],
+) -> None:
+    result = run_serve(
+        "--root", str(snapshot_roots[SNAPSHOT]), "--listen", "127.0.0.1:0", "--metrics-listen", ""
+    )
+    assert result.returncode == 2
+    assert (
+        "TLS is required: give tls_cert, tls_key and tls_ca (`gedge-agent certs` makes them)" in result.stderr
+    )
+
+    agent = spawn_agent(snapshot_roots[SNAPSHOT], "edge-plain", "--insecure", metrics_listen="")
+    try:
+        warnings = [json.loads(line) for line in agent.log_lines if '"warning"' in line]
+        assert any(w["event"].startswith("plaintext gRPC (insecure)") for w in warnings), agent.log_lines
+    finally:
+        agent.terminate()

@@ -24,7 +24,7 @@ def make_pf(root: Path, pf: str, total: int, current: int = 0) -> Path:
 
 
 def config_for(root: Path, counts: dict[str, int]) -> AgentConfig:
-    return AgentConfig(root=str(root), sriov_numvfs=counts).validate()
+    return AgentConfig(root=str(root), sriov_numvfs=counts, insecure=True).validate()
 
 
 def test_counts_are_written_to_each_pf(tmp_path: Path) -> None:
@@ -66,7 +66,9 @@ def test_bad_settings_name_the_key(tmp_path: Path, text: str, message: str) -> N
 
 
 def test_environment_form() -> None:
-    config = load_config(environ={"GEDGE_AGENT_SRIOV_NUMVFS": "ens1f0=4, ens2f0=0"})
+    config = load_config(
+        environ={"GEDGE_AGENT_SRIOV_NUMVFS": "ens1f0=4, ens2f0=0", "GEDGE_AGENT_INSECURE": "1"}
+    )
     assert config.sriov_numvfs == {"ens1f0": 4, "ens2f0": 0}
     with pytest.raises(ConfigError, match="GEDGE_AGENT_SRIOV_NUMVFS: sriov_numvfs has a bad value"):
         load_config(environ={"GEDGE_AGENT_SRIOV_NUMVFS": "ens1f0"})
@@ -89,7 +91,15 @@ def test_agent_sets_the_counts_at_start_and_refuses_a_bad_pf(tmp_path: Path) -> 
 
     config.write_text(yaml.safe_dump({"sriov_numvfs": {"gtpf9": 1}, "checkpoint": str(tmp_path / "cp.json")}))
     result = subprocess.run(
-        [str(REPO / ".venv/bin/gedge-agent"), "serve", "--root", str(root), "--config", str(config)],
+        [
+            str(REPO / ".venv/bin/gedge-agent"),
+            "serve",
+            "--root",
+            str(root),
+            "--config",
+            str(config),
+            "--insecure",
+        ],
         capture_output=True,
         text=True,
         timeout=60,

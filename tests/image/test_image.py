@@ -105,13 +105,21 @@ def test_archive_is_an_oci_image_tagged_with_the_project_version(image_archive: 
 
 def test_image_holds_no_sources_tests_caches_compilers_or_keys(image_archive: Path) -> None:
     paths: set[str] = set()
+    private_keys: list[str] = []
     with tarfile.open(image_archive) as tar:
         manifest, _, _ = _oci_manifest_and_config(tar)
         for layer in manifest["layers"]:
             blob = _oci_blob(tar, layer["digest"])
             data = gzip.decompress(blob) if blob[:2] == b"\x1f\x8b" else blob
             with tarfile.open(fileobj=io.BytesIO(data)) as layer_tar:
-                paths.update(name.removeprefix("./") for name in layer_tar.getnames())
+                for member in layer_tar:
+                    name = member.name.removeprefix("./")
+                    paths.add(name)
+                    if member.isfile() and member.size < 1 << 20:
+                        content = layer_tar.extractfile(member).read()  # type: ignore[union-attr]
+                        if b"PRIVATE KEY-----" in content and name.endswith((".pem", ".key", ".crt")):
+                            private_keys.append(name)
+    assert not private_keys, f"the image holds private keys: {private_keys}"
     site = next(p.rsplit("/site-packages/", 1)[0] for p in paths if "/site-packages/agent/" in p)
     assert f"{site}/site-packages/agent/cli.py" in paths
     forbidden = {
@@ -120,9 +128,6 @@ def test_image_holds_no_sources_tests_caches_compilers_or_keys(image_archive: Pa
         "pip (installs at run time)": lambda p: "/site-packages/pip/" in p or p.endswith("/bin/pip"),
         "pip's cache": lambda p: "/.cache/pip" in p,
         "a C compiler": lambda p: p.endswith(("bin/gcc", "bin/cc", "bin/x86_64-linux-gnu-gcc-12")),
-        "private keys": lambda p: (
-            p.endswith((".key", ".pem")) and "certifi" not in p and "/etc/ssl/" not in p
-        ),
         "git metadata": lambda p: "/.git/" in p,
     }
     for what, matches in forbidden.items():
@@ -130,26 +135,24 @@ def test_image_holds_no_sources_tests_caches_compilers_or_keys(image_archive: Pa
         assert not hits, f"the image holds {what}: {hits[:5]}"
 
 
-def test_the_three_commands_start_and_print_the_project_version(
-    containerd: tuple[PrivateContainerd, str],
-) -> None:
-    for command in ("gedge-agent", "gedge-extender", "gedge-flow"):
-        assert _run(containerd, command, "--version").strip() == f"{command} {VERSION}"
-    assert "serve" in _run(containerd, "gedge-extender", "serve", "--help")
-    assert "controller" in _run(containerd, "gedge-flow", "--help")
-    # What the daemons import at start, the bytecode-only Kubernetes models among it.
-    imported = _run(
-        containerd,
-        "python3",
-        "-c",
-        "import kubernetes.client, agent.commands.serve, scheduler_extender.commands.serve, "
-        "scheduler_extender.workflow.commands.controller; print(kubernetes.client.V1Pod().kind)",
+def test_the_three_commands_start_as_a_non_root_user(containerd: tuple[PrivateContainerd, str]) -> None:
+    # One container for every check: each `ctr run` costs seconds here.
+    checks = (
+        "id -u; gedge-agent --version; gedge-extender --version; gedge-flow --version; "
+        "gedge-extender serve --help >/dev/null && gedge-flow controller --help >/dev/null && echo helps; "
+        # What the daemons import at start, the bytecode-only Kubernetes models among it.
+        "python3 -c 'import kubernetes.client, agent.commands.serve, scheduler_extender.commands.serve, "
+        "scheduler_extender.workflow.commands.controller; print(kubernetes.client.V1Pod().kind)'"
     )
-    assert imported.strip() == "None"
-
-
-def test_default_user_is_not_root(containerd: tuple[PrivateContainerd, str]) -> None:
-    assert _run(containerd, "id", "-u").strip() == "65532"
+    lines = _run(containerd, "sh", "-c", checks).splitlines()
+    assert lines == [
+        "65532",
+        f"gedge-agent {VERSION}",
+        f"gedge-extender {VERSION}",
+        f"gedge-flow {VERSION}",
+        "helps",
+        "None",
+    ]
 
 
 def _topology_essentials(model: dict[str, Any]) -> dict[str, Any]:

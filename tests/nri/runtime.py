@@ -13,6 +13,7 @@ import importlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -28,12 +29,12 @@ from tests.conftest import REPO
 BUILD_SCRIPT = REPO / "tests/e2e/node/build_containerd.sh"
 MODULE_DIR = REPO / "tests/e2e/node/containerd"
 IMAGE = "localhost/gedge-test/pause:1"
-RUNC = "/usr/sbin/runc"
+RUNC = shutil.which("runc") or "/usr/sbin/runc"
 
 
 def binary_dir() -> Path | None:
     """The built containerd binaries, or None when they are not built."""
-    if not BUILD_SCRIPT.exists():
+    if not BUILD_SCRIPT.exists() or not Path(RUNC).exists():
         return None
     out = subprocess.run([str(BUILD_SCRIPT), "--print-dir"], capture_output=True, text=True, check=False)
     directory = Path(out.stdout.strip()) if out.returncode == 0 else None
@@ -210,6 +211,8 @@ class Containerd:
             (self.dir / name).mkdir(parents=True, exist_ok=True)
         config = self.dir / "config.toml"
         config.write_text(CONFIG.format(d=self.dir, bin=self.bin, image=IMAGE, runc=RUNC))
+        for stale in (self.socket, self.nri_socket):
+            stale.unlink(missing_ok=True)
         self.log = self.dir / "containerd.log"
         env = {**os.environ, "PATH": f"{self.bin}:{os.environ.get('PATH', '')}"}
         self.process = subprocess.Popen(

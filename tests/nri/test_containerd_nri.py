@@ -46,8 +46,8 @@ def runtime() -> Iterator[Containerd]:
     binaries = binary_dir()
     if binaries is None:
         if os.environ.get("CI"):
-            pytest.fail("containerd binaries missing: run tests/e2e/node/build_containerd.sh")
-        pytest.skip("containerd binaries not built (tests/e2e/node/build_containerd.sh)")
+            pytest.fail("containerd binaries or runc missing: run make e2e-binaries system-deps")
+        pytest.skip("containerd binaries (tests/e2e/node/build_containerd.sh) or runc missing")
     with tempfile.TemporaryDirectory(prefix="gnri-", dir="/tmp") as scratch:
         daemon = Containerd(binaries, Path(scratch) / "ctrd")
         daemon.start()
@@ -268,3 +268,49 @@ def test_gedge_agent_serve_is_the_nri_plugin(runtime, pods, online, tmp_path: Pa
             assert agent.terminate(timeout=15) == 0
         finally:
             agent.kill()
+
+
+def test_agent_registers_again_when_containerd_restarts(tmp_path: Path) -> None:
+    """containerd restarted under a running agent: its sessions end, and the agent registers again
+    and synchronizes as soon as the NRI socket is back."""
+    from tests.apply.helpers import make_v1_cgroup, v1_sandbox
+    from tests.grpc.agents import spawn_agent
+
+    binaries = binary_dir()
+    if binaries is None:
+        pytest.skip("containerd binaries (tests/e2e/node/build_containerd.sh) or runc missing")
+    daemon = Containerd(binaries, tmp_path / "ctrd")
+    daemon.start()
+    try:
+        with v1_sandbox("gtnri-") as cgroups:
+            make_v1_cgroup(cgroups / "kubepods")
+            agent = spawn_agent(
+                "/",
+                NODE,
+                "--nri-socket",
+                str(daemon.nri_socket),
+                "--cgroup-root",
+                str(cgroups),
+                "--cgroup-driver",
+                "cgroupfs",
+                "--checkpoint",
+                str(tmp_path / "checkpoint.json"),
+                "--no-netlink",
+                metrics_listen="",
+                env={"GEDGE_AGENT_READINESS_INTERVAL_S": "0.2"},
+            )
+            try:
+
+                def synced() -> int:
+                    return sum("nri synchronized" in line for line in agent.log_lines)
+
+                eventually(lambda: synced() == 1)
+                daemon.stop()
+                eventually(lambda: any("nri session ended" in line for line in agent.log_lines))
+                daemon.start()
+                eventually(lambda: synced() == 2)
+                assert agent.terminate(timeout=15) == 0
+            finally:
+                agent.kill()
+    finally:
+        daemon.stop()

@@ -266,7 +266,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         agents = {"ops-gpu": (free_port(), free_port()), "ops-snap": (free_port(), free_port())}
         cgroups = stack.exit.enter_context(v1_sandbox("gedge-ops-"))
         common = ["--cgroup-root", str(cgroups), "--cgroup-driver", "cgroupfs"]
-        common += ["--device-plugin-dir", str(tmp / "dp")]
+        common += ["--device-plugin-dir", str(tmp / "dp"), "--insecure"]
         gpu_grpc, gpu_metrics = agents["ops-gpu"]
         gpu = stack.spawn(
             "agent-gpu",
@@ -326,6 +326,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 f"127.0.0.1:{extender_port}",
                 "--stale-after-s",
                 "2",
+                "--insecure",
+                "--metrics-listen=",
             ],
         )
 
@@ -431,11 +433,8 @@ def drive_extender(url: str, fake: Any, deadline: float) -> None:
 
     placed = [
         pod("pair-rdma", limits={"gedge.io/gpu": "2", "gedge.io/rdma": "1"}, annotations=aware),
-        pod(
-            "gpu-vf",
-            limits={"gedge.io/gpu": "1"},
-            annotations={**aware, "gedge.io/communication": '["SRIOV"]'},
-        ),
+        # (the synthetic box's PFs are not in this network namespace: its VFs are never offered)
+        pod("gpu-rdma", limits={"gedge.io/gpu": "1", "gedge.io/rdma": "1"}, annotations=aware),
         pod("mig", limits={"gedge.io/mig-1g.10gb": "1"}),
         pod("shared", limits={"gedge.io/gpu-shared": "1"}),
         pod(

@@ -23,6 +23,10 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
             "2",
             "--churn",
             "1",
+            "--gpu-picks",
+            "10",
+            "--gpu-fills",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -36,6 +40,8 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
         "churn over 1",
         "small cluster vs exact optimum",
         "place() on one node",
+        "go-gpuallocator",
+        "restricted on many NUMA nodes",
     ):
         assert heading in out, out
     gap = re.search(r"ours vs optimum: ([+-][0-9.]+)% cost over (\d+) pods", out)

@@ -8,6 +8,7 @@ from itertools import combinations
 import pytest
 
 from gedge_model import Allocation, DeviceGrant, Level, NodeState, pci_distance
+from gedge_model.distance import nvlink_weight
 from scheduler_extender.placement import (
     Placement,
     PlacementConfig,
@@ -74,8 +75,8 @@ def test_cost_is_the_weighted_sum_of_pair_distances():
     topology = dgx_like("dgx", nvlink="pairs")
     outcome = placed(place(NodeState(topology), request(gpus=2, sriov_vfs=1, cpus=2, cpu_pinning=True)))
     weights = PlacementConfig().weights
-    # NV pair + 2 x GPU<->VF PIX + 3 devices x CPU PHB
-    expected = weights[Level.NV] + 2 * weights[Level.PIX] + 3 * weights[Level.PHB]
+    # NV4 pair + 2 x GPU<->VF PIX + 3 devices x CPU PHB
+    expected = nvlink_weight(weights, 4) + 2 * weights[Level.PIX] + 3 * weights[Level.PHB]
     assert outcome.cost == pytest.approx(expected)
     assert outcome.allocation.cost == pytest.approx(expected)
 

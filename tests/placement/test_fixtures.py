@@ -26,15 +26,17 @@ def with_gpu_at(topology: NodeTopology, address: str) -> NodeTopology:
     return dataclasses.replace(topology, gpus=(gpu,))
 
 
-def test_every_snapshot_pins_exactly_its_online_cpus(topologies):
+def test_every_snapshot_pins_its_online_cpus_but_one_for_the_shared_pool(topologies):
     assert topologies
     for name, topology in topologies.items():
         state = NodeState(topology)
         online = set(topology.online_cpus)
         assert free_capacity(state)["cpu"] == len(online), name
-        outcome = place(state, pinned(len(online)))
+        outcome = place(state, pinned(len(online) - 1))
         assert isinstance(outcome, Placement), (name, outcome)
-        assert set(outcome.allocation.cpus) == online
+        assert len(online - set(outcome.allocation.cpus)) == 1
+        every = place(state, pinned(len(online)))
+        assert isinstance(every, Refusal) and "1 kept for the shared pool" in every.reason, (name, every)
         refused = place(state, pinned(len(online) + 1))
         assert isinstance(refused, Refusal) and f"({len(online)} free)" in refused.reason
 
@@ -48,7 +50,7 @@ def test_offline_siblings_leave_single_thread_cores_that_odd_requests_take_first
     siblings = {c.id: set(c.thread_siblings) for c in topology.cpus}
     assert set(two) == siblings[two[0]]
     offline = {c.id for c in topology.cpus if not c.online}
-    assert not offline & set(place(state, pinned(12)).allocation.cpus)
+    assert not offline & set(place(state, pinned(len(topology.online_cpus) - 1)).allocation.cpus)
 
 
 def test_eight_numa_nodes_single_numa_restricted_and_best_effort(topologies):
@@ -56,7 +58,8 @@ def test_eight_numa_nodes_single_numa_restricted_and_best_effort(topologies):
     assert len(place(state, pinned(2, policy="single-numa")).allocation.numa_nodes) == 1
     refused = place(state, pinned(3, policy="single-numa"))
     assert isinstance(refused, Refusal)
-    assert "single-numa" in refused.reason and "node0: 3 pinned CPUs (2 free)" in refused.reason
+    assert "(single-numa)" in refused.reason
+    assert "no NUMA node holds 3 pinned CPUs (at most 2 free on 1)" in refused.reason
     # restricted: 3 CPUs need two 2-CPU nodes at best, so a two-node span is admitted
     assert len(place(state, pinned(3, policy="restricted")).allocation.numa_nodes) == 2
     busy = place(state, pinned(1)).allocation

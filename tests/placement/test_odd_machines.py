@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
-from gedge_model import Accelerator, DeviceKind, NodeState
+from gedge_model import Accelerator, Allocation, DeviceGrant, DeviceKind, NodeState
 from scheduler_extender.placement import Placement, PodRequest, Refusal, free_capacity, place
 from scheduler_extender.placement.exact import optimum_cost
 from scheduler_extender.placement.synthetic import dgx_like, edge_box
@@ -97,3 +98,18 @@ def test_several_replicas_pack_onto_one_gpu_before_spilling():
     three = place(busy, request(gpu_shared=3))
     assert isinstance(three, Placement) and len(three.allocation.devices) == 3
     assert isinstance(place(busy, request(gpu_shared=4)), Refusal)
+
+
+def test_sixteen_gpus_with_busy_ones_still_reach_the_optimum():
+    """Free sets where growth from single GPUs misses the best set of NVLink pairs across switches."""
+    topology = dgx_like("big", gpus=16, nvlink="pairs", vfs_per_nic=1, cores_per_socket=8)
+    rng = random.Random(16)
+    uuids = [g.uuid for g in sorted(topology.gpus, key=lambda g: g.index)]
+    for trial in range(40):
+        busy = rng.sample(uuids, rng.randint(2, 8))
+        held = Allocation("busy", "ml", "busy", "big", tuple(DeviceGrant("gedge.io/gpu", u) for u in busy))
+        state = NodeState(topology, (held,))
+        req = request(gpus=rng.randint(3, 4))
+        outcome = place(state, req)
+        assert isinstance(outcome, Placement), (trial, outcome)
+        assert outcome.cost == pytest.approx(optimum_cost(state, req)), (trial, busy)

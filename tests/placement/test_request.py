@@ -73,7 +73,25 @@ def test_serializer_gives_camel_case_and_the_parser_reads_it():
 def test_plain_pod_wants_nothing():
     request = parse_pod_request(pod([container(requests={"cpu": "500m", "memory": "1Gi"})]))
     assert not request.wants_placement()
-    assert request.cpus == 0 and not request.topology_aware and request.policy == "best-effort"
+    assert request.cpus == 0 and request.topology_aware and request.policy == "best-effort"
+
+
+def test_alignment_is_the_default_and_a_pod_opts_out_with_false():
+    gpus = [container(limits={"gedge.io/gpu": "2"})]
+    assert parse_pod_request(pod(gpus)).topology_aware
+    opted_out = parse_pod_request(pod(gpus, annotations={"gedge.io/topology-aware": "false"}))
+    assert not opted_out.topology_aware and opted_out.policy == "best-effort"
+
+
+@pytest.mark.parametrize("spelling", ["single-numa-node", "single-numa"])
+def test_kubelets_policy_name_and_the_short_alias_mean_one_policy(spelling):
+    raw = pod([container(limits={"gedge.io/gpu": "1"})], annotations={"gedge.io/topology-policy": spelling})
+    request = parse_pod_request(raw)
+    assert request.topology_aware and request.policy == "single-numa"
+    with pytest.raises(RequestError, match="single-numa-node"):
+        parse_pod_request(
+            pod([container(limits={"gedge.io/gpu": "1"})], annotations={"gedge.io/topology-policy": "numa"})
+        )
 
 
 def test_app_containers_sum_and_init_containers_take_the_maximum():

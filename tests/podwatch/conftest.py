@@ -30,12 +30,27 @@ def pod(
     started: int = 0,
     node: str | None = NODE,
     deleting: bool = False,
-    qos: str = "Burstable",
+    qos: str | None = None,
     container_ids: Sequence[str] = (),
+    scheduler: str = "gedge-scheduler",
+    requests: dict[str, str] | None = None,
 ) -> k8s.V1Pod:
-    """A pod as the API server returns it; `started` of its `containers` have runtime ids."""
+    """A pod as the API server returns it; `started` of its `containers` have runtime ids.
+
+    By default it matches its grant as the extender made it (gedge-scheduler, Guaranteed with as
+    many CPUs as granted, in its first container); `qos`, `scheduler`, `requests` say otherwise."""
     ids = list(container_ids) or [f"containerd://{uid}-{i}" for i in range(started)]
-    text = annotation if annotation is not None else (alloc or allocation(uid, name)).to_annotation()
+    grant = alloc or allocation(uid, name)
+    text = annotation if annotation is not None else grant.to_annotation()
+    if requests is None:
+        requests = {"cpu": str(len(grant.cpus))} if grant.cpus else {}
+        for device in grant.devices:
+            requests[device.resource] = str(int(requests.get(device.resource, "0")) + 1)
+    if qos is None:
+        qos = "Guaranteed" if grant.cpus else "Burstable"
+    resources = [k8s.V1ResourceRequirements(requests=requests, limits=requests)] + [
+        k8s.V1ResourceRequirements()
+    ] * (containers - 1)
     statuses = [
         k8s.V1ContainerStatus(
             name=f"c{i}",
@@ -56,7 +71,9 @@ def pod(
             deletion_timestamp=datetime.datetime.now(datetime.UTC) if deleting else None,
         ),
         spec=k8s.V1PodSpec(
-            node_name=node, containers=[k8s.V1Container(name=f"c{i}") for i in range(containers)]
+            node_name=node,
+            scheduler_name=scheduler,
+            containers=[k8s.V1Container(name=f"c{i}", resources=resources[i]) for i in range(containers)],
         ),
         status=k8s.V1PodStatus(phase=phase, container_statuses=statuses, qos_class=qos),
     )

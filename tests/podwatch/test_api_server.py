@@ -48,11 +48,20 @@ def eventually(check: Callable[[], object], timeout: float = 30.0) -> None:
 
 
 def make_pod(core, ns: str, name: str, node: str | None, grants=(), annotate: bool = True) -> k8s.V1Pod:
+    """A pod as gedge-scheduler places it: its device requests are what its grant holds."""
+    counts: dict[str, str] = {}
+    for grant in grants:
+        counts[grant.resource] = str(int(counts.get(grant.resource, "0")) + 1)
+    resources = k8s.V1ResourceRequirements(requests=counts or None, limits=counts or None)
     created = core.create_namespaced_pod(
         ns,
         k8s.V1Pod(
             metadata=k8s.V1ObjectMeta(name=name),
-            spec=k8s.V1PodSpec(node_name=node, containers=[k8s.V1Container(name="main", image="pause")]),
+            spec=k8s.V1PodSpec(
+                node_name=node,
+                scheduler_name="gedge-scheduler",
+                containers=[k8s.V1Container(name="main", image="pause", resources=resources)],
+            ),
         ),
     )
     if annotate:

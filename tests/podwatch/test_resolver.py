@@ -62,7 +62,9 @@ def test_resolver_finds_qos_containers_and_the_named_netns(tmp_path, named_netns
     try:
         (container / "cgroup.procs").write_text(f"{proc.pid}\n")
         resolver = PodStatusResolver(root, CgroupDriver.CGROUPFS)
-        resolver.observe(pod_view(pod(uid, container_ids=[f"containerd://{cid}"], phase="Running")))
+        resolver.observe(
+            pod_view(pod(uid, container_ids=[f"containerd://{cid}"], phase="Running", qos="Burstable"))
+        )
 
         runtime = resolver.resolve(uid)
 
@@ -72,7 +74,9 @@ def test_resolver_finds_qos_containers_and_the_named_netns(tmp_path, named_netns
         assert runtime.netns == f"/var/run/netns/{named_netns}"
         # Without a named entry the process's own namespace path stands in.
         bare = PodStatusResolver(root, CgroupDriver.CGROUPFS, netns_dir=tmp_path / "empty")
-        bare.observe(pod_view(pod(uid, container_ids=[f"containerd://{cid}"], phase="Running")))
+        bare.observe(
+            pod_view(pod(uid, container_ids=[f"containerd://{cid}"], phase="Running", qos="Burstable"))
+        )
         assert bare.resolve(uid).netns == f"/proc/{proc.pid}/ns/net"
     finally:
         proc.kill()

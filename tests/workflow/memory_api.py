@@ -28,8 +28,8 @@ def _now() -> str:
 def _matches(obj: dict[str, Any], selector: str) -> bool:
     labels = obj["metadata"].get("labels") or {}
     for term in filter(None, selector.split(",")):
-        key, _, value = term.partition("=")
-        if labels.get(key) != value:
+        key, equals, value = term.partition("=")
+        if (equals and labels.get(key) != value) or (not equals and key not in labels):
             return False
     return True
 
@@ -46,6 +46,11 @@ class InMemoryApi:
         self.pod_creations: list[str] = []
         self.refuse_pod: Callable[[dict[str, Any]], str | None] = lambda pod: None
         self.logs: dict[str, str] = {}
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}
+        """Deployments, Services and PersistentVolumeClaims by (kind, namespace, name)."""
+        self.replaced: list[tuple[str, str]] = []
+        self.collect_garbage = True
+        """Delete what a deleted Workflow owns, as Kubernetes' garbage collector does (off: none runs)."""
 
     def _next_rv(self) -> str:
         self._rv += 1
@@ -85,6 +90,11 @@ class InMemoryApi:
             if workflow is None:
                 raise NotFound(f"workflows {name} not found")
             uid = workflow["metadata"]["uid"]
+            if not self.collect_garbage:
+                return
+            for key, obj in list(self.objects.items()):
+                if any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or []):
+                    del self.objects[key]
             for key, pod in list(self.pods.items()):
                 if any(r.get("uid") == uid for r in pod["metadata"].get("ownerReferences") or []):
                     del self.pods[key]
@@ -98,6 +108,7 @@ class InMemoryApi:
             obj = self.workflows[(namespace, name)]
             obj["status"] = copy.deepcopy(status)
             obj["metadata"]["resourceVersion"] = self._next_rv()
+            self._cond.notify_all()
             return copy.deepcopy(obj)
 
     # pods
@@ -195,6 +206,130 @@ class InMemoryApi:
                 raise NotFound(f'configmaps "{name}" not found')
             return copy.deepcopy(self.config_maps[(namespace, name)])
 
+    # deployments, services, claims: what the server does with them that the controller relies on
+    def _create(self, kind: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._cond:
+            name = body["metadata"]["name"]
+            if (kind, namespace, name) in self.objects:
+                raise AlreadyExists(f'{kind.lower()}s "{name}" already exists')
+            obj = copy.deepcopy(body)
+            obj["metadata"].update(
+                namespace=namespace,
+                uid=str(uuid.uuid4()),
+                resourceVersion=self._next_rv(),
+                creationTimestamp=_now(),
+                generation=1,
+            )
+            obj["status"] = {}
+            if kind == "Service":
+                obj["spec"]["clusterIP"] = f"10.96.0.{len(self.objects) + 10}"
+            self.objects[(kind, namespace, name)] = obj
+            self._cond.notify_all()
+            return copy.deepcopy(obj)
+
+    def _get(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        with self._cond:
+            if (kind, namespace, name) not in self.objects:
+                raise NotFound(f'{kind.lower()}s "{name}" not found')
+            return copy.deepcopy(self.objects[(kind, namespace, name)])
+
+    def _replace(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self._cond:
+            current = self.objects.get((kind, namespace, name))
+            if current is None:
+                raise NotFound(f'{kind.lower()}s "{name}" not found')
+            if body["metadata"].get("resourceVersion") != current["metadata"]["resourceVersion"]:
+                raise AlreadyExists(f"{kind} {name}: the object has been modified")
+            if kind == "Service" and body["spec"].get("clusterIP") != current["spec"]["clusterIP"]:
+                raise ApiError(422, f"Service {name}: spec.clusterIP: Invalid value: field is immutable")
+            obj = copy.deepcopy(body)
+            obj["metadata"].update(
+                uid=current["metadata"]["uid"],
+                creationTimestamp=current["metadata"]["creationTimestamp"],
+                resourceVersion=self._next_rv(),
+                generation=current["metadata"]["generation"] + (obj["spec"] != current["spec"]),
+            )
+            obj["status"] = current.get("status") or {}
+            self.objects[(kind, namespace, name)] = obj
+            self.replaced.append((kind, name))
+            self._cond.notify_all()
+            return copy.deepcopy(obj)
+
+    def _delete(self, kind: str, namespace: str, name: str) -> None:
+        with self._cond:
+            self.objects.pop((kind, namespace, name), None)
+
+    def create_deployment(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._create("Deployment", namespace, body)
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._get("Deployment", namespace, name)
+
+    def list_deployments(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        with self._cond:
+            return [
+                copy.deepcopy(o)
+                for (kind, ns, _), o in self.objects.items()
+                if kind == "Deployment" and ns == namespace and _matches(o, selector)
+            ]
+
+    def replace_deployment(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._replace("Deployment", namespace, name, body)
+
+    def annotate(self, kind: str, namespace: str, name: str, annotations: dict[str, str | None]) -> None:
+        with self._cond:
+            obj = self.objects.get((kind, namespace, name))
+            if obj is None:
+                raise NotFound(f'{kind.lower()}s "{name}" not found')
+            current = obj["metadata"].setdefault("annotations", {})
+            for key, value in annotations.items():
+                if value is None:
+                    current.pop(key, None)
+                else:
+                    current[key] = value
+            obj["metadata"]["resourceVersion"] = self._next_rv()
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        self._delete("Deployment", namespace, name)
+
+    def create_service(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._create("Service", namespace, body)
+
+    def get_service(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._get("Service", namespace, name)
+
+    def replace_service(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._replace("Service", namespace, name, body)
+
+    def delete_service(self, namespace: str, name: str) -> None:
+        self._delete("Service", namespace, name)
+
+    def create_claim(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._create("PersistentVolumeClaim", namespace, body)
+
+    def get_claim(self, namespace: str, name: str) -> dict[str, Any]:
+        return self._get("PersistentVolumeClaim", namespace, name)
+
+    def delete_claim(self, namespace: str, name: str) -> None:
+        self._delete("PersistentVolumeClaim", namespace, name)
+
+    def rollout(self, namespace: str, name: str, ready: int | None = None) -> None:
+        """What the Deployment controller and kubelet together report once `ready` replicas
+        (default: all) of the current template are Ready."""
+        with self._cond:
+            obj = self.objects[("Deployment", namespace, name)]
+            wanted = obj["spec"]["replicas"]
+            count = wanted if ready is None else ready
+            obj["status"] = {
+                "observedGeneration": obj["metadata"]["generation"],
+                "replicas": wanted,
+                "updatedReplicas": count,
+                "readyReplicas": count,
+                "availableReplicas": count,
+            }
+            obj["metadata"]["resourceVersion"] = self._next_rv()
+            self._cond.notify_all()
+
 
 class MemoryKubelet:
     """Runs each new pod for `run_seconds`, then ends it with the exit code `outcome(pod)` gives.
@@ -208,10 +343,15 @@ class MemoryKubelet:
         api: InMemoryApi,
         outcome: Callable[[dict[str, Any]], int | None] = lambda pod: 0,
         run_seconds: float = 0.05,
+        outputs: Callable[[dict[str, Any]], str | None] = lambda pod: None,
+        serve_ready: bool = True,
     ) -> None:
         self.api = api
         self.outcome = outcome
         self.run_seconds = run_seconds
+        self.outputs = outputs
+        """The termination message the pod's main container leaves (what the wrapper would write)."""
+        self.serve_ready = serve_ready
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="memory-kubelet")
         self._started: dict[str, float] = {}
@@ -228,6 +368,15 @@ class MemoryKubelet:
         while not self._stop.wait(0.01):
             with self.api._cond:
                 pods = [(ns, p) for (ns, _), p in self.api.pods.items()]
+                behind = [
+                    (ns, name)
+                    for (kind, ns, name), o in self.api.objects.items()
+                    if kind == "Deployment"
+                    and (o.get("status") or {}).get("observedGeneration") != o["metadata"]["generation"]
+                ]
+            if self.serve_ready:
+                for ns, name in behind:
+                    self.api.rollout(ns, name)
             for ns, pod in pods:
                 name = pod["metadata"]["name"]
                 phase = pod["status"].get("phase")
@@ -261,6 +410,11 @@ class MemoryKubelet:
                                             "exitCode": code,
                                             "reason": "Completed" if code == 0 else "Error",
                                             "finishedAt": _now(),
+                                            **(
+                                                {"message": message}
+                                                if (message := self.outputs(pod)) is not None
+                                                else {}
+                                            ),
                                         }
                                     },
                                 }

@@ -24,6 +24,8 @@ class Simulation:
     outcomes: dict[str, list[str]] = field(default_factory=dict)
     """task -> phase of each attempt ("Succeeded", "Failed", "Errored", "hang"); the last repeats."""
     durations: dict[str, float] = field(default_factory=dict)
+    messages: dict[str, list[str | None]] = field(default_factory=dict)
+    """task -> termination message of each attempt (where outputs travel); the last repeats."""
     now: datetime = T0
     status: dag.WorkflowStatus = field(default_factory=dag.WorkflowStatus)
     pods: dict[str, dict] = field(default_factory=dict)
@@ -52,8 +54,13 @@ class Simulation:
                 exit_code=None if not done else (0 if phase == "Succeeded" else 1),
                 started_at=pod["started"],
                 finished_at=pod["ends"] if done else None,
+                termination_message=pod["message"] if done else None,
             )
         return out
+
+    def message(self, task: str, attempt: int) -> str | None:
+        script = self.messages.get(task, [None])
+        return script[min(attempt, len(script) - 1)]
 
     def seconds(self) -> float:
         return (self.now - T0).total_seconds()
@@ -73,6 +80,7 @@ class Simulation:
                         "started": self.now,
                         "ends": self.now + timedelta(seconds=self.durations.get(action.task, 1.0)),
                         "result": self.outcome(action.task, action.attempt),
+                        "message": self.message(action.task, action.attempt),
                     }
                 else:
                     self.deleted.append((self.seconds(), action.pod_name))

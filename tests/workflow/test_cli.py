@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,14 +41,18 @@ def test_dry_run_prints_the_pods_in_dependency_order():
     )
     assert result.returncode == 0, result.stderr
     pods = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    names = [p["metadata"]["name"] for p in pods]
+    names = [f"{p['kind']}/{p['metadata']['name']}" for p in pods]
     assert names == [
-        "resnet-edge-train-0",
-        "resnet-edge-validate-0",
-        "resnet-edge-verify-0",
-        "resnet-edge-serve-0",
-        "resnet-edge-cleanup-0",
-    ], "optimize is skipped by its when, report-failure omitted on success"
+        "Pod/resnet-edge-train-0",
+        "Pod/resnet-edge-validate-0",
+        "Pod/resnet-edge-verify-0",
+        "Deployment/resnet-edge-serve",
+        "Service/resnet-edge-serve",
+        "Pod/resnet-edge-cleanup-0",
+    ], "optimize is skipped by its when, report-failure omitted on success; serve is kept warm"
+    serve = pods[3]["spec"]["template"]["spec"]
+    assert serve["restartPolicy"] == "Always" and serve["schedulerName"] == "gedge-scheduler"
+    assert serve["containers"][0]["readinessProbe"] == {"tcpSocket": {"port": 8000}, "periodSeconds": 5}
     train = pods[0]
     assert train["metadata"]["namespace"] == "ml"
     assert train["spec"]["schedulerName"] == "gedge-scheduler"
@@ -208,3 +213,169 @@ def test_catalog_from_a_configmap_in_the_cluster(memory_cluster, capsys, tmp_pat
     assert pod["metadata"]["annotations"]["gedge.io/min-nvidia-driver"] == "520.61.05"
     assert cli.main(["run", str(path), "-n", "ml", "--catalog-configmap", "gedge-system/missing"]) == 2
     assert 'configmap gedge-system/missing: configmaps "missing" not found' in capsys.readouterr().err
+
+
+GOOD_EXAMPLES = sorted((REPO / "deploy" / "crds" / "examples").glob("*.yaml"))
+BROKEN_EXAMPLES = sorted((REPO / "deploy" / "crds" / "examples" / "broken").glob("*.yaml"))
+
+
+def test_lint_passes_the_examples_offline():
+    result = _flow("lint", *map(str, GOOD_EXAMPLES), "--catalog", str(CATALOG))
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.count(": ok (1 workflow)") == len(GOOD_EXAMPLES) >= 2
+
+
+@pytest.mark.parametrize("path", BROKEN_EXAMPLES, ids=[p.name for p in BROKEN_EXAMPLES])
+def test_lint_names_the_workflow_task_and_field_of_each_broken_example(path):
+    expected = path.read_text().splitlines()[0].removeprefix("# lint: ")
+    doc = yaml.safe_load(path.read_text())
+    result = _flow("lint", str(path), "--catalog", str(CATALOG))
+    assert result.returncode == 1
+    line = result.stdout.strip()
+    assert line.startswith(f"{path}: workflow {doc['metadata']['name']!r}: task "), line
+    assert expected in line
+
+
+def test_lint_reports_every_file_and_unreadable_ones(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("metadata: {name: a}\nspec: {tasks: [{name: t, container: {image: x}}]}\n---\n" * 1)
+    result = _flow("lint", str(good), str(tmp_path / "missing.yaml"), str(BROKEN_EXAMPLES[0]))
+    assert result.returncode == 1
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"{good}: ok (1 workflow)"
+    assert lines[1] == f"{tmp_path / 'missing.yaml'}: No such file or directory"
+    assert lines[2].startswith(str(BROKEN_EXAMPLES[0]))
+
+
+def _diamond(memory_cluster) -> None:
+    memory_cluster.create_workflow(
+        "ml",
+        yaml.safe_load(
+            """
+metadata: {name: shapes}
+spec:
+  tasks:
+  - {name: a, container: {image: x}}
+  - {name: b, dependencies: [a], container: {image: x}, serve: {port: 80}}
+  - {name: c, dependencies: [a], when: "1 > 2", container: {image: x}}
+  onExit: {name: done, container: {image: x}}
+"""
+        ),
+    )
+
+
+def test_get_draws_the_dag_as_dot_with_phases_and_the_endpoint(memory_cluster, capsys):
+    from scheduler_extender.workflow.controller import WorkflowController
+
+    _diamond(memory_cluster)
+    with MemoryKubelet(memory_cluster):
+        WorkflowController(memory_cluster, catalog=None).run("ml", "shapes")
+    capsys.readouterr()
+    assert cli.main(["get", "shapes", "-n", "ml", "-o", "dot"]) == 0
+    dot = capsys.readouterr().out
+    assert dot.startswith('digraph "shapes" {') and dot.rstrip().endswith("}")
+    assert '"a" -> "b";' in dot and '"a" -> "c";' in dot
+    assert '"b" -> "done" [style=dashed];' in dot and '"c" -> "done" [style=dashed];' in dot
+    b = next(line for line in dot.splitlines() if line.startswith('  "b" ['))
+    assert "shape=cylinder" in b and "shapes-b.ml.svc:80" in b and 'fillcolor="#a6e3a1"' in b
+    c = next(line for line in dot.splitlines() if line.startswith('  "c" ['))
+    assert "Skipped" in c and "dashed" in c
+    assert cli.main(["get", "shapes", "-n", "ml"]) == 0
+    assert "serving at shapes-b.ml.svc:80" in capsys.readouterr().out
+    code = cli.main(["get", "shapes", "-n", "ml", "-o", "svg"])
+    if shutil.which("dot"):
+        assert code == 0 and "<svg" in capsys.readouterr().out
+    else:
+        assert code == 2 and "needs Graphviz's dot on PATH" in capsys.readouterr().err
+
+
+def test_get_watch_shows_progress_until_the_workflow_ends(memory_cluster, capsys):
+    import threading
+
+    from scheduler_extender.workflow.commands.get import watch
+    from scheduler_extender.workflow.controller import ControllerConfig, WorkflowController
+
+    _diamond(memory_cluster)
+    shown: list[str] = []
+    a_shown_running = threading.Event()
+
+    def show(text: str) -> None:
+        shown.append(text)
+        if "● a" in text:
+            a_shown_running.set()
+
+    def outcome(pod: dict) -> int | None:
+        # step a ends only once the watch has shown it running
+        held = pod["metadata"]["labels"]["gedge.io/task"] == "a" and not a_shown_running.is_set()
+        return None if held else 0
+
+    stop = threading.Event()
+    with MemoryKubelet(memory_cluster, outcome=outcome, run_seconds=0.05):
+        driver = threading.Thread(
+            target=WorkflowController(
+                memory_cluster,
+                catalog=None,
+                config=ControllerConfig(watch_timeout_seconds=1, max_wait_seconds=0.2),
+            ).run,
+            args=("ml", "shapes"),
+            kwargs={"stop": stop},
+        )
+        driver.start()
+        try:
+            code = watch(memory_cluster, "ml", "shapes", "tree", 0.05, threading.Event(), show)
+        finally:
+            stop.set()
+            driver.join(timeout=10)
+    assert code == 0
+    assert len(shown) >= 3, "one view per change"
+    assert any("● a" in view for view in shown), "a view while the first step ran"
+    assert "✔ shapes" in shown[-1] and "✔ done" in shown[-1]
+    assert all("✔ shapes" not in view for view in shown[:-1]), "it stops at the end"
+
+
+def test_controller_logs_json_with_levels_from_its_start(memory_cluster, capsys):
+    import json
+    import os
+    import signal
+    import threading
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def stop_once_it_handles_sigterm() -> None:
+        while signal.getsignal(signal.SIGTERM) is before:
+            threading.Event().wait(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=stop_once_it_handles_sigterm, daemon=True).start()
+    assert cli.main(["controller", "-n", "ml", "--poll", "0.1"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    assert lines[0]["event"] == "workflow controller starting" and lines[0]["level"] == "info"
+    assert lines[0]["namespace"] == "ml" and "timestamp" in lines[0]
+    assert lines[-1]["event"] == "workflow controller stopped"
+
+
+def test_dry_run_of_the_serve_pipeline_shows_outputs_workspace_and_chosen_runtimes():
+    example = REPO / "deploy" / "crds" / "examples" / "serve-pipeline.yaml"
+    result = _flow("run", str(example), "--dry-run", "--catalog", str(CATALOG))
+    assert result.returncode == 0, result.stderr
+    objects = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    assert [f"{o['kind']}/{o['metadata']['name']}" for o in objects] == [
+        "Pod/resnet-serve-train-0",
+        "Pod/resnet-serve-optimize-0",
+        "Deployment/resnet",
+        "Service/resnet",
+    ], "the when on train's accuracy is taken as true in a plan"
+    train = objects[0]
+    assert train["metadata"]["annotations"]["gedge.io/runtime"] == "tf2-py38-2.11,cuda-11.2,cudnn-8.2.1"
+    assert train["spec"]["containers"][0]["command"][:2] == ["/bin/sh", "-c"]
+    optimize = objects[1]["spec"]["containers"][0]
+    assert {"name": "MODEL_DIR", "value": "<tasks.train.outputs.parameters.model-dir>"} in optimize["env"]
+    template = objects[2]["spec"]["template"]
+    assert template["metadata"]["annotations"]["gedge.io/runtime"] == "tensorrt-8.6,cuda-11.8,cudnn-8.9"
+    assert template["spec"]["containers"][0]["args"][:2] == [
+        "--engine",
+        "<tasks.optimize.outputs.parameters.engine>",
+    ]
+    assert {"name": "gedge-workspace", "persistentVolumeClaim": {"claimName": "resnet-serve-workspace"}} in (
+        template["spec"]["volumes"]
+    )

@@ -22,6 +22,7 @@ from tests.workflow.memory_api import InMemoryApi, MemoryKubelet
 REPO = Path(__file__).resolve().parents[2]
 CRD_PATH = REPO / "deploy" / "crds" / "workflows.gedge.io.yaml"
 EXAMPLES = sorted((REPO / "deploy" / "crds" / "examples").glob("*.yaml"))
+TRAIN = REPO / "deploy" / "crds" / "examples" / "train-pipeline.yaml"
 CATALOG = load_catalog_file(str(REPO / "deploy" / "runtime-catalog" / "runtime-catalog.yaml"))
 CRD = yaml.safe_load(CRD_PATH.read_text())
 SCHEMA = CRD["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -124,7 +125,7 @@ def test_examples_pass_the_schema_the_parser_and_the_catalog(path):
     ],
 )
 def test_schema_rejects_what_the_parser_rejects(mutate, field):
-    doc = yaml.safe_load(EXAMPLES[0].read_text())
+    doc = yaml.safe_load(TRAIN.read_text())
     mutate(doc)
     errors = list(VALIDATOR.iter_errors(doc))
     assert errors, f"schema accepted a bad {field}"
@@ -152,7 +153,7 @@ spec:
 
 
 def test_status_the_controller_writes_fits_the_status_schema():
-    doc = yaml.safe_load(EXAMPLES[0].read_text())
+    doc = yaml.safe_load(TRAIN.read_text())
     doc["spec"]["parameters"]["quantize"] = "false"
     for task in doc["spec"]["tasks"]:
         task.pop("retryStrategy", None)

@@ -2,7 +2,15 @@
 
 from agent.apply.nic.applier import DataRoute, NicApplier, NicError, macvlan_host_name, marker_for
 from agent.apply.nic.netns import NetnsError, netlink
-from agent.apply.nic.sriov import NetlinkVfControl, SriovError, VfControl, set_num_vfs, vf_index, vf_netdev
+from agent.apply.nic.sriov import (
+    NetlinkVfControl,
+    SriovError,
+    VfControl,
+    set_num_vfs,
+    set_vf_counts,
+    vf_index,
+    vf_netdev,
+)
 
 __all__ = [
     "DataRoute",
@@ -16,6 +24,7 @@ __all__ = [
     "marker_for",
     "netlink",
     "set_num_vfs",
+    "set_vf_counts",
     "vf_index",
     "vf_netdev",
 ]

@@ -24,7 +24,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.apply.checkpoint import NicRecord, VfSettings
 from agent.apply.nic.netns import NetnsError, netlink, netns_exists, netns_fd, netns_path
-from agent.apply.nic.sriov import LINK_STATE_AUTO, SriovError, VfControl, vf_index, vf_netdev
+from agent.apply.nic.sriov import LINK_STATE_AUTO, SriovError, VfControl, vf_driver, vf_index, vf_netdev
 from gedge_model import NetworkGrant
 
 MARKER_PREFIX = "gedge:"
@@ -152,7 +152,11 @@ class NicApplier:
             index = vf_index(self.sysfs_root, grant.master, grant.vf_pci_address)
             netdev = vf_netdev(self.sysfs_root, grant.vf_pci_address)
             if netdev is None:
-                raise SriovError(f"VF {grant.vf_pci_address} has no netdev in the host (bound to vfio-pci?)")
+                driver = vf_driver(self.sysfs_root, grant.vf_pci_address)
+                raise SriovError(
+                    f"VF {grant.vf_pci_address} has no netdev in the host (driver: {driver or 'none'}); "
+                    "a VF without a kernel netdev is never a data-path NIC"
+                )
             original = self.vf_control.get(grant.master, index)
         except SriovError as exc:
             raise NicError(f"{where}: {exc}") from None

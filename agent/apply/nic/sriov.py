@@ -8,6 +8,7 @@ around it is plain sysfs and netlink that any netdev supports.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -32,11 +33,8 @@ def _net_dir(sysfs_root: Path, pf: str) -> Path:
     return sysfs_root / "sys/class/net" / pf / "device"
 
 
-def set_num_vfs(sysfs_root: Path, pf: str, count: int) -> bool:
-    """Make the PF expose `count` VFs; returns whether anything changed.
-
-    The kernel only accepts a new non-zero count from zero, so a change goes through 0.
-    """
+def _check_count(sysfs_root: Path, pf: str, count: int) -> tuple[Path, int]:
+    """The PF's device folder and its current VF count, once `count` is known to fit."""
     device = _net_dir(sysfs_root, pf)
     try:
         total = int((device / "sriov_totalvfs").read_text())
@@ -45,6 +43,15 @@ def set_num_vfs(sysfs_root: Path, pf: str, count: int) -> bool:
         raise SriovError(f"{pf} is not an SR-IOV PF ({device}): {exc}") from None
     if not 0 <= count <= total:
         raise SriovError(f"{pf}: {count} VFs requested, the device supports 0..{total}")
+    return device, current
+
+
+def set_num_vfs(sysfs_root: Path, pf: str, count: int) -> bool:
+    """Make the PF expose `count` VFs; returns whether anything changed.
+
+    The kernel only accepts a new non-zero count from zero, so a change goes through 0.
+    """
+    device, current = _check_count(sysfs_root, pf, count)
     if current == count:
         return False
     try:
@@ -55,6 +62,15 @@ def set_num_vfs(sysfs_root: Path, pf: str, count: int) -> bool:
     except OSError as exc:
         raise SriovError(f"{pf}: cannot set sriov_numvfs to {count}: {exc.strerror}") from None
     return True
+
+
+def set_vf_counts(sysfs_root: Path, counts: Mapping[str, int]) -> dict[str, bool]:
+    """Give each PF its VF count; PF -> whether it changed.
+
+    Every PF is checked before any is changed, so one bad PF leaves them all as they were."""
+    for pf, count in sorted(counts.items()):
+        _check_count(sysfs_root, pf, count)
+    return {pf: set_num_vfs(sysfs_root, pf, count) for pf, count in sorted(counts.items())}
 
 
 def vf_index(sysfs_root: Path, pf: str, vf_pci: str) -> int:
@@ -84,6 +100,14 @@ def vf_netdev(sysfs_root: Path, vf_pci: str) -> str | None:
     except OSError as exc:
         raise SriovError(f"cannot read {net}: {exc.strerror}") from None
     return names[0] if names else None
+
+
+def vf_driver(sysfs_root: Path, vf_pci: str) -> str | None:
+    """The driver the VF is bound to (its sysfs `driver` link), or None when unbound."""
+    try:
+        return os.path.basename(os.readlink(sysfs_root / "sys/bus/pci/devices" / vf_pci / "driver"))
+    except OSError:
+        return None
 
 
 class VfControl(Protocol):

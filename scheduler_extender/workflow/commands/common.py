@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import structlog
-
+from gedge_model import cli_support
 from scheduler_extender.workflow.catalog import (
     Catalog,
     CatalogError,
@@ -59,15 +58,18 @@ def load_catalog(args: argparse.Namespace, api: WorkflowApi | None) -> Catalog |
     return None
 
 
-def configure_logging(verbose: bool) -> None:
-    """Controller logs (structlog) go to stderr as JSON, and only when asked for, beside the progress view."""
-    import logging
-
-    structlog.configure(
-        processors=[structlog.processors.TimeStamper(fmt="iso"), structlog.processors.JSONRenderer()],
-        logger_factory=lambda *_: structlog.PrintLogger(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO if verbose else logging.WARNING),
+def add_log_options(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=("debug", "info", "warning", "error"),
+        help=f"JSON log lines on stderr from this level up (default {default})",
     )
+
+
+def configure_logging(level: str) -> None:
+    """The one structlog JSON setup every gedge-accel command uses (level field, UTC time)."""
+    cli_support.configure_logging(level, cache=False)
 
 
 def fail(message: str) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import threading
+from datetime import UTC, datetime
 
 import structlog
 
@@ -12,12 +13,13 @@ from scheduler_extender.workflow.catalog import CatalogError
 from scheduler_extender.workflow.commands.common import (
     add_catalog_options,
     add_cluster_options,
+    add_log_options,
     configure_logging,
     connect,
     fail,
     load_catalog,
 )
-from scheduler_extender.workflow.controller import ControllerConfig, WorkflowController
+from scheduler_extender.workflow.controller import ControllerConfig, WorkflowController, sweep_expired_serves
 from scheduler_extender.workflow.kube import ApiError, WorkflowApi
 from scheduler_extender.workflow.metrics import WorkflowMetrics
 from scheduler_extender.workflow.podspec import DEFAULT_SCHEDULER
@@ -28,6 +30,8 @@ EPILOG = """examples:
   gedge-flow controller -n ml --catalog-configmap gedge-system/gedge-runtime-catalog
   gedge-flow controller -n ml --catalog deploy/runtime-catalog/runtime-catalog.yaml --poll 5
   gedge-flow controller -n ml --metrics-listen 0.0.0.0:9402   # Prometheus /metrics
+
+Serve tasks whose ttl ran out are deleted on each poll.
 """
 
 
@@ -43,16 +47,28 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     add_cluster_options(parser)
     add_catalog_options(parser)
+    add_log_options(parser, "info")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(True)
+    configure_logging(args.log_level)
+    log.info(
+        "workflow controller starting",
+        namespace=args.namespace,
+        scheduler=args.scheduler_name,
+        catalog=args.catalog or args.catalog_configmap or "none",
+        poll_s=args.poll,
+        metrics=args.metrics_listen or "off",
+    )
     api = connect(args)
     try:
         catalog = load_catalog(args, api)
     except CatalogError as exc:
+        log.error("runtime catalog unusable", error=str(exc))
         return fail(str(exc))
+    if catalog is not None:
+        log.info("runtime catalog loaded", components=len(catalog.components))
     controller = WorkflowController(
         api, catalog=catalog, config=ControllerConfig(scheduler_name=args.scheduler_name)
     )
@@ -93,6 +109,10 @@ def _supervise(
         except ApiError as exc:
             log.warning("listing workflows failed", error=exc.message)
             workflows = []
+        try:
+            sweep_expired_serves(api, namespace, datetime.now(UTC))
+        except ApiError as exc:
+            log.warning("sweeping expired serves failed", error=exc.message)
         for obj in workflows:
             name = obj["metadata"]["name"]
             phase = (obj.get("status") or {}).get("phase")
@@ -106,10 +126,12 @@ def _supervise(
                 daemon=True,
             )
             drivers[name] = thread
+            log.info("driving workflow", workflow=f"{namespace}/{name}", phase=phase or "new")
             thread.start()
         stop.wait(poll)
     for thread in drivers.values():
         thread.join(timeout=5)
+    log.info("workflow controller stopped", namespace=namespace)
 
 
 def _drive(

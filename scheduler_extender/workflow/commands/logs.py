@@ -1,4 +1,5 @@
-"""`gedge-flow logs NAME STEP`: the log of a step's pod, its last attempt unless --attempt says which."""
+"""`gedge-flow logs NAME STEP`: the log of a step's pod, its last attempt unless --attempt says which
+(a serve step: its newest pod)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import sys
 
 from scheduler_extender.workflow.commands.common import add_cluster_options, connect, fail
 from scheduler_extender.workflow.kube import ApiError
+from scheduler_extender.workflow.serve import LABEL_SERVE
+from scheduler_extender.workflow.spec import WorkflowSpecError, parse_workflow
 from scheduler_extender.workflow.status import StatusError, status_from_dict
 
 EPILOG = """examples:
@@ -48,10 +51,24 @@ def run(args: argparse.Namespace) -> int:
     )
     if chosen is None:
         return fail(f"step {args.step} has attempts {[a.number for a in attempts]}, not {args.attempt}")
+    pod = chosen.pod_name
     try:
-        text = api.read_pod_log(args.namespace, chosen.pod_name, "main")
+        task = parse_workflow(obj).spec.task(args.step)
+    except (WorkflowSpecError, KeyError):
+        task = None
+    if task is not None and task.serve is not None:
+        # a serve step's attempt is its Deployment: show its newest pod
+        try:
+            pods, _ = api.list_pods(args.namespace, f"{LABEL_SERVE}={task.serve.name}")
+        except ApiError as exc:
+            return fail(f"serve {task.serve.name}: {exc.message}")
+        if not pods:
+            return fail(f"serve {task.serve.name} has no pods")
+        pod = max(pods, key=lambda p: p["metadata"].get("creationTimestamp") or "")["metadata"]["name"]
+    try:
+        text = api.read_pod_log(args.namespace, pod, "main")
     except ApiError as exc:
-        return fail(f"pod {chosen.pod_name}: {exc.message}")
+        return fail(f"pod {pod}: {exc.message}")
     sys.stdout.write(text)
     if text and not text.endswith("\n"):
         sys.stdout.write("\n")

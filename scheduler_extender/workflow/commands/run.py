@@ -48,7 +48,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-p", "--parameter", action="append", default=[], metavar="NAME=VALUE", help="override a parameter"
     )
-    parser.add_argument("--dry-run", action="store_true", help="print the pods it would create, in order")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the pods (and serve objects) it would create, in order"
+    )
     parser.add_argument("--no-wait", action="store_true", help="submit and return")
     parser.add_argument("--scheduler-name", default=DEFAULT_SCHEDULER, help="scheduler for task pods")
     parser.add_argument("-v", "--verbose", action="store_true", help="controller logs (JSON) on stderr")
@@ -68,7 +70,7 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.verbose)
+    configure_logging("info" if args.verbose else "warning")
     path = Path(args.file)
     try:
         text = path.read_bytes()[: MAX_FILE_BYTES + 1]
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         pods = planned_pods(workflow, catalog, default_scheduler=args.scheduler_name)
         for index, pod in enumerate(pods, 1):
             labels = pod["metadata"]["labels"]
-            print(f"# {index}/{len(pods)}: task {labels['gedge.io/task']}")
+            print(f"# {index}/{len(pods)}: task {labels['gedge.io/task']} ({pod['kind']})")
             print(yaml.safe_dump(pod, sort_keys=False).rstrip())
             print("---" if index < len(pods) else "", end="\n" if index < len(pods) else "")
         return 0

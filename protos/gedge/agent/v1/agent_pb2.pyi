@@ -37,20 +37,22 @@ class WatchNodeStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStateEvent(_message.Message):
-    __slots__ = ("node_name", "generation", "agent_instance", "topology_json", "allocations_json", "reserved_pod_uids")
+    __slots__ = ("node_name", "generation", "agent_instance", "topology_json", "allocations_json", "reserved_pod_uids", "report_version")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     AGENT_INSTANCE_FIELD_NUMBER: _ClassVar[int]
     TOPOLOGY_JSON_FIELD_NUMBER: _ClassVar[int]
     ALLOCATIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     RESERVED_POD_UIDS_FIELD_NUMBER: _ClassVar[int]
+    REPORT_VERSION_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     generation: int
     agent_instance: str
     topology_json: str
     allocations_json: str
     reserved_pod_uids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_name: _Optional[str] = ..., generation: _Optional[int] = ..., agent_instance: _Optional[str] = ..., topology_json: _Optional[str] = ..., allocations_json: _Optional[str] = ..., reserved_pod_uids: _Optional[_Iterable[str]] = ...) -> None: ...
+    report_version: int
+    def __init__(self, node_name: _Optional[str] = ..., generation: _Optional[int] = ..., agent_instance: _Optional[str] = ..., topology_json: _Optional[str] = ..., allocations_json: _Optional[str] = ..., reserved_pod_uids: _Optional[_Iterable[str]] = ..., report_version: _Optional[int] = ...) -> None: ...
 
 class ListAllocationsRequest(_message.Message):
     __slots__ = ()
