@@ -12,19 +12,22 @@ import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 import structlog
 
 from gedge_model import Allocation, NodeState
 from gedge_model.driver import ANNOTATION_MIN_DRIVER, DriverVersionError, parse_driver_version
 from scheduler_extender.bind.assume import AssumeCache, AssumeConflict
 from scheduler_extender.bind.binder import Binder, BindError
-from scheduler_extender.node_source import NodeSource, NodeView
+from scheduler_extender.node_source import NodeSource, NodeView, ObservableNodeSource
 from scheduler_extender.placement.engine import Placement, PlacementConfig, Refusal, place, score_nodes
 from scheduler_extender.placement.request import PodRequest, RequestError, parse_pod_request
 from scheduler_extender.wire import (
+    MAX_EXTENDER_PRIORITY,
+    MIN_EXTENDER_PRIORITY,
     BindingArgs,
     ExtenderArgs,
     NodeVictims,
@@ -136,6 +139,168 @@ _MemoEntry = tuple[NodeState, int, Outcome]
 """(the node state placed on, the assume-cache version of the node then, the outcome)."""
 
 
+_ScoreKey = tuple[float, int, int]
+"""What score_nodes reads of a placement: (cost, stranded, leftover)."""
+
+
+def _score_key(placement: Placement) -> _ScoreKey:
+    return (placement.cost, placement.stranded, placement.leftover)
+
+
+def _fragment(name: str, score: int) -> bytes:
+    return b'{"Host":%s,"Score":%d}' % (orjson.dumps(name), score)
+
+
+class _ShapeTable:
+    """Every answer for one pod shape, kept across requests and brought up to date by the nodes that
+    changed since (source listener, assume cache log), so a request costs set operations over its
+    names, not a placement per node.
+
+    `covered`: nodes whose answer is in `passed`, `failed` or `unknown` and stays right until the
+    node changes. Nodes whose view can turn stale by time alone are never covered: each request
+    looks at them afresh.
+    """
+
+    __slots__ = (
+        "assume_seq",
+        "covered",
+        "entries",
+        "failed",
+        "fragments",
+        "key_names",
+        "key_rep",
+        "keys",
+        "passed",
+        "pending",
+        "score_of",
+        "source_pos",
+        "stale",
+        "unknown",
+    )
+
+    def __init__(self, source_pos: int, assume_seq: int) -> None:
+        self.entries: dict[str, _MemoEntry] = {}
+        self.passed: dict[str, Placement] = {}
+        self.keys: dict[str, _ScoreKey] = {}
+        self.key_names: dict[_ScoreKey, set[str]] = {}
+        self.key_rep: dict[_ScoreKey, Placement] = {}
+        """One placement per distinct score key held: what score_nodes is run over."""
+        self.score_of: dict[_ScoreKey, int] | None = None
+        """score_nodes over every passed node, by score key (None: not built yet)."""
+        self.stale = False
+        """The distinct score keys changed since `score_of` was built."""
+        self.fragments: dict[str, bytes] = {}
+        """Per passed node its encoded HostPriority under `score_of`: the whole-table reply is their join."""
+        self.pending: set[str] = set()
+        """Passed nodes whose fragment waits for `score_of` to be brought up to date."""
+        self.failed: dict[str, str] = {}
+        self.unknown: dict[str, str] = {}
+        self.covered: set[str] = set()
+        self.source_pos = source_pos
+        self.assume_seq = assume_seq
+
+    def reset(self, source_pos: int, assume_seq: int) -> None:
+        self.__init__(source_pos, assume_seq)  # type: ignore[misc]
+
+    def priorities_json(self, config: PlacementConfig) -> bytes:
+        """The HostPriorityList of every passed node, encoded.
+
+        Scores come from score_nodes over one placement per distinct score key; a node's encoded
+        entry is made again only when its own placement or its key's score changed.
+        """
+        keys = self.keys
+        if self.score_of is None or self.stale:
+            reps = {repr(key): p for key, p in self.key_rep.items()}
+            low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
+            fresh = {
+                _score_key(reps[label]): min(high, max(low, score))
+                for label, score in (score_nodes(reps, config) if reps else {}).items()
+            }
+            old = self.score_of or {}
+            changed = {key for key, score in fresh.items() if old.get(key) != score}
+            self.score_of, self.stale = fresh, False
+            for key in changed:
+                self.pending.update(self.key_names.get(key, ()))
+        if self.pending:
+            score_of, fragments = self.score_of, self.fragments
+            for name in self.pending:
+                fragments[name] = _fragment(name, score_of[keys[name]])
+            self.pending.clear()
+        return b"[" + b",".join(self.fragments.values()) + b"]"
+
+    def add(self, name: str, outcome: Outcome) -> None:
+        self.covered.add(name)
+        if outcome.__class__ is Placement:
+            self.passed[name] = outcome  # type: ignore[assignment]
+            key = self.keys[name] = _score_key(outcome)  # type: ignore[arg-type]
+            self.key_names.setdefault(key, set()).add(name)
+            if key not in self.key_rep:
+                self.key_rep[key] = outcome  # type: ignore[assignment]
+                self.stale = True
+            if self.score_of is None or self.stale:
+                self.pending.add(name)
+            else:
+                self.fragments[name] = _fragment(name, self.score_of[key])
+        else:
+            self.failed[name] = outcome.reason  # type: ignore[union-attr]
+
+    def forget(self, names: Iterable[str]) -> None:
+        covered = self.covered
+        for name in names:
+            if name not in covered:
+                continue
+            covered.discard(name)
+            if self.passed.pop(name, None) is not None:
+                key = self.keys.pop(name)
+                holders = self.key_names[key]
+                holders.discard(name)
+                self.fragments.pop(name, None)
+                self.pending.discard(name)
+                if not holders:
+                    del self.key_names[key]
+                    del self.key_rep[key]
+                    self.stale = True
+            self.failed.pop(name, None)
+            self.unknown.pop(name, None)
+
+
+class _Answer:
+    """One request's outcomes, from a table (`table`) plus nodes looked at afresh (`extra_*`)."""
+
+    __slots__ = ("extra_passed", "failed", "names", "table", "unresolvable", "whole")
+
+    def __init__(
+        self,
+        names: set[str],
+        table: _ShapeTable | None,
+        extra_passed: dict[str, Placement],
+        failed: dict[str, str],
+        unresolvable: dict[str, str],
+        whole: bool = False,
+    ) -> None:
+        self.whole = whole
+        """The candidates are exactly the nodes the table covers: its answers are the reply as is."""
+        self.names = names
+        self.table = table
+        self.extra_passed = extra_passed
+        self.failed = failed
+        self.unresolvable = unresolvable
+
+    def passed_names(self, candidates: Sequence[str]) -> list[str]:
+        """The candidates that passed, in the caller's order (the table's, when `whole`)."""
+        known = self.table.passed if self.table is not None else {}
+        if self.whole:
+            return list(known)
+        extra = self.extra_passed
+        if extra:
+            return [n for n in candidates if n in known or n in extra]
+        return [n for n in candidates if n in known]
+
+    def placements(self, candidates: Sequence[str]) -> dict[str, Placement]:
+        known = {**self.table.passed, **self.extra_passed} if self.table is not None else self.extra_passed
+        return {n: known[n] for n in candidates if n in known}
+
+
 class Extender:
     """Thread-safe: the HTTP layer runs filter/prioritize on its loop and bind in worker threads."""
 
@@ -164,6 +329,14 @@ class Extender:
         self._filtered: OrderedDict[str, tuple[tuple[Any, ...], int, dict[str, Outcome]]] = OrderedDict()
         self._memo_lock = threading.Lock()
         self.remembered = remembered if remembered is not None else RememberedRequests()
+        self._tables: OrderedDict[tuple[Any, ...], _ShapeTable] = OrderedDict()
+        self._tables_lock = threading.Lock()
+        self._node_log: list[str] = []
+        self._node_log_base = 0
+        self._node_log_lock = threading.Lock()
+        self._observed = isinstance(source, ObservableNodeSource)
+        if self._observed:
+            source.add_listener(self._node_changed)  # type: ignore[attr-defined]
         add_listener = getattr(source, "add_listener", None)
         if add_listener is not None:
             add_listener(self._on_report)
@@ -185,6 +358,15 @@ class Extender:
             self.remembered.put(request)
         if not _checks_nodes(request):
             return encode_filter_result(args, passed=candidates)
+        if self._observed:
+            with self._tables_lock:
+                answer = self._answer(candidates, request)
+                passed = answer.passed_names(candidates)
+            if not passed:
+                log.info("filter_refused", pod=args.pod_label, nodes=len(candidates))
+            return encode_filter_result(
+                args, passed=passed, failed=answer.failed, unresolvable=answer.unresolvable
+            )
         seq = self.cache.sequence()
         outcomes, unresolvable = self._evaluate(candidates, request)
         passed = [name for name, outcome in outcomes.items() if outcome.__class__ is Placement]
@@ -207,12 +389,37 @@ class Extender:
             return encode_host_priorities(dict.fromkeys(candidates, 0))
         if not request.wants_placement():
             return encode_host_priorities(dict.fromkeys(candidates, 0))
+        if self._observed:
+            with self._tables_lock:
+                return self._priorities(self._answer(candidates, request), candidates)
         outcomes = self._filtered_outcomes(request)
         if outcomes is None or not outcomes.keys() >= frozenset(candidates):
             outcomes, _ = self._evaluate(candidates, request)
         placements = {name: o for name in candidates if (o := outcomes.get(name)).__class__ is Placement}
         scores = score_nodes(placements, self.config) if placements else {}
         return encode_host_priorities({name: scores.get(name, 0) for name in candidates})
+
+    def prioritize_json(self, args: ExtenderArgs) -> bytes:
+        """`prioritize`, encoded. When the candidates are exactly the nodes the pod's shape passes
+        (kube-scheduler scoring every node), the reply is the shape table's, in its order."""
+        candidates = args.candidates
+        if self._observed:
+            try:
+                request = parse_pod_request(args.pod)
+            except RequestError:
+                request = None
+            if request is not None and request.wants_placement():
+                with self._tables_lock:
+                    answer = self._answer(candidates, request)
+                    table = answer.table
+                    if (
+                        table is not None
+                        and not answer.extra_passed
+                        and len(answer.names) == len(table.passed)
+                        and table.passed.keys() == answer.names
+                    ):
+                        return table.priorities_json(self.config)
+        return orjson.dumps(self.prioritize(args))
 
     def _filtered_outcomes(self, request: PodRequest) -> dict[str, Outcome] | None:
         """What filter found for this pod moments ago, if no bind changed any node since."""
@@ -234,6 +441,172 @@ class Extender:
             if self._warn is not None:
                 self._warn(pod, "InvalidAccelerationRequest", message)
             return message
+
+    # -- per-shape tables (sources that announce changes) ----------------------------------------
+
+    LOG_LIMIT = 100_000
+    """Node changes kept for the tables; a table further behind starts over."""
+
+    def _node_changed(self, name: str, view: NodeView | None) -> None:
+        with self._node_log_lock:
+            self._node_log.append(name)
+            if len(self._node_log) > self.LOG_LIMIT:
+                drop = len(self._node_log) // 2
+                del self._node_log[:drop]
+                self._node_log_base += drop
+
+    def _node_log_position(self) -> int:
+        with self._node_log_lock:
+            return self._node_log_base + len(self._node_log)
+
+    def _sync(self, table: _ShapeTable) -> list[str]:
+        """Forget the table's answers for nodes changed since it was last used; returns those it had."""
+        with self._node_log_lock:
+            base, end = self._node_log_base, self._node_log_base + len(self._node_log)
+            changed = None if table.source_pos < base else self._node_log[table.source_pos - base :]
+        assumed = self.cache.changes_since(table.assume_seq)
+        if changed is None or assumed is None:
+            table.reset(end, self.cache.sequence())
+            return []
+        nodes, table.assume_seq = assumed
+        table.source_pos = end
+        if not changed and not nodes:
+            return []
+        had = [name for name in {*changed, *nodes} if name in table.covered]
+        table.forget(had)
+        return had
+
+    def _table(self, request: PodRequest) -> _ShapeTable:
+        shape = _memo_key(request)
+        table = self._tables.get(shape)
+        if table is None:
+            table = self._tables[shape] = _ShapeTable(self._node_log_position(), self.cache.sequence())
+            while len(self._tables) > self.MAX_SHAPES:
+                self._tables.popitem(last=False)
+        else:
+            self._tables.move_to_end(shape)
+        return table
+
+    def _answer(self, candidates: tuple[str, ...], request: PodRequest) -> _Answer:
+        """Outcomes on `candidates` from the shape's table, placing only on nodes new to it or changed.
+
+        Holds the table lock until the caller is done reading the answer: call within `_tables_lock`.
+        """
+        own = self.cache.held_by(request.uid) if request.uid else None
+        if own is not None:
+            names = set(candidates)
+            # A pod that holds devices already: its own hold must not count against it (see _evaluate).
+            outcomes, unresolvable = self._evaluate(candidates, request)
+            passed = {n: o for n, o in outcomes.items() if o.__class__ is Placement}
+            failed = {n: o.reason for n, o in outcomes.items() if o.__class__ is Refusal}
+            return _Answer(names, None, passed, failed, unresolvable)  # type: ignore[arg-type]
+        table = self._table(request)
+        extra_passed: dict[str, Placement] = {}
+        failed: dict[str, str] = {}
+        unresolvable: dict[str, str] = {}
+        # Nodes that changed since are judged again at once (a bind changes one), so that a
+        # request for every node still finds the table whole.
+        judged = self._sync(table)
+        for name in judged:
+            self._judge(table, name, request, extra_passed, failed, unresolvable)
+        covered = table.covered
+        if (
+            not extra_passed
+            and not failed
+            and not unresolvable
+            and len(candidates) == len(covered)
+            and covered.issuperset(candidates)
+        ):
+            # Every node the table covers, as kube-scheduler asks with percentageOfNodesToScore 100:
+            # no set of the candidates is built, the table's answers are the reply.
+            return _Answer(covered, table, {}, table.failed, dict(table.unknown), whole=True)
+        passed = table.passed
+        if (
+            not extra_passed
+            and not failed
+            and not unresolvable
+            and len(candidates) == len(passed)
+            and all(map(passed.__contains__, candidates))
+        ):
+            # Exactly the nodes that passed, as kube-scheduler's prioritize after a whole filter.
+            return _Answer(passed.keys(), table, {}, {}, {})  # type: ignore[arg-type]
+        names = set(candidates)
+        for name in names - covered - set(judged):
+            self._judge(table, name, request, extra_passed, failed, unresolvable)
+        extra_passed = {n: p for n, p in extra_passed.items() if n in names}
+        failed = {n: r for n, r in failed.items() if n in names}
+        unresolvable = {n: r for n, r in unresolvable.items() if n in names}
+        refused, unknown = table.failed, table.unknown
+        if refused:
+            failed.update({n: refused[n] for n in (refused.keys() & names)})
+        if unknown:
+            unresolvable.update({n: unknown[n] for n in (unknown.keys() & names)})
+        return _Answer(names, table, extra_passed, failed, unresolvable)
+
+    def _judge(
+        self,
+        table: _ShapeTable,
+        name: str,
+        request: PodRequest,
+        extra_passed: dict[str, Placement],
+        failed: dict[str, str],
+        unresolvable: dict[str, str],
+    ) -> None:
+        """Judge one node: into the table when its view can only change by announcement, else into
+        this request's own answers."""
+        view = self.source.node(name)
+        if view is None:
+            table.unknown[name] = f"node {name}: no gedge agent reports this node"
+            table.covered.add(name)
+            return
+        if not view.fresh:
+            unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"
+            return
+        outcome = self._memo_place(table, name, view, request)
+        if view.fresh_until is None:
+            table.add(name, outcome)
+        elif outcome.__class__ is Placement:
+            extra_passed[name] = outcome  # type: ignore[assignment]
+        else:
+            failed[name] = outcome.reason  # type: ignore[union-attr]
+
+    def _memo_place(self, table: _ShapeTable, name: str, view: NodeView, request: PodRequest) -> Outcome:
+        state, version = view.state, self.cache.version(name)
+        entry = table.entries.get(name)
+        if entry is not None and entry[0] is state and entry[1] == version:
+            return entry[2]
+        outcome = self._place(view, request, self._reserved(view))
+        table.entries[name] = (state, self.cache.version(name), outcome)
+        return outcome
+
+    def _priorities(self, answer: _Answer, candidates: tuple[str, ...]) -> list[dict[str, Any]]:
+        """HostPriorityList over `candidates`: score_nodes of the passed ones, 0 for the rest.
+
+        score_nodes reads a placement's cost, stranded and leftover only, and compares nodes by
+        extremes, so it runs over one placement per distinct (cost, stranded, leftover) the table
+        holds, not one per node.
+        """
+        table = answer.table
+        if table is None:
+            placements = answer.placements(candidates)
+            scores = score_nodes(placements, self.config) if placements else {}
+            return encode_host_priorities({name: scores.get(name, 0) for name in candidates})
+        keys: Mapping[str, _ScoreKey] = table.keys
+        reps = table.key_rep
+        if answer.extra_passed:
+            extra = {n: _score_key(p) for n, p in answer.extra_passed.items()}
+            keys = {**keys, **extra}
+            reps = {**reps, **{_score_key(p): p for p in answer.extra_passed.values()}}
+        distinct = set(map(keys.get, candidates))
+        distinct.discard(None)  # type: ignore[arg-type]
+        labelled = {repr(key): reps[key] for key in distinct}
+        low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
+        score_of = {
+            _score_key(labelled[label]): min(high, max(low, score))
+            for label, score in (score_nodes(labelled, self.config) if labelled else {}).items()
+        }
+        key_of = keys.get
+        return [{"Host": n, "Score": score_of.get(key_of(n), 0)} for n in candidates]  # type: ignore[arg-type]
 
     def _evaluate(
         self, candidates: Iterable[str], request: PodRequest

@@ -99,8 +99,8 @@ def decode_extender_args(raw: Any) -> ExtenderArgs:
         if not isinstance(names_raw, list):
             raise WireError(f"ExtenderArgs.NodeNames: expected a list, got {type(names_raw).__name__}")
         node_names = tuple(names_raw)
-        if not all(isinstance(n, str) for n in node_names):
-            bad = next(i for i, n in enumerate(node_names) if not isinstance(n, str))
+        if not {str}.issuperset(map(type, node_names)):  # one C-level pass: thousands of names per call
+            bad = next(i for i, n in enumerate(node_names) if type(n) is not str)
             _string(node_names[bad], f"ExtenderArgs.NodeNames[{bad}]")
     if nodes_raw is not None:
         node_list = _object(nodes_raw, "ExtenderArgs.Nodes")

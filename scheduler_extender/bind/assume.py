@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
@@ -30,6 +31,9 @@ class _Entry:
 class AssumeCache:
     """Thread-safe; `lock` is held by callers that must choose and reserve as one step."""
 
+    CHANGE_LOG = 4096
+    """Node changes remembered for `changes_since`."""
+
     def __init__(
         self,
         *,
@@ -46,6 +50,7 @@ class AssumeCache:
         self._versions: dict[str, int] = {}
         self._next_expiry = float("inf")
         self._sequence = 0
+        self._changes: deque[tuple[int, str]] = deque(maxlen=self.CHANGE_LOG)
 
     def reserve(self, allocation: Allocation) -> None:
         """Hold the allocation for `reserve_ttl` seconds; raises AssumeConflict on any overlap."""
@@ -124,6 +129,25 @@ class AssumeCache:
             self._expire()
             return self._sequence
 
+    def changes_since(self, sequence: int) -> tuple[list[str], int] | None:
+        """Nodes changed after `sequence` (from `sequence()`), and the sequence now.
+
+        None when more changes happened since than the log keeps: the caller must recheck every node.
+        """
+        with self.lock:
+            self._expire()
+            now = self._sequence
+            if sequence == now:
+                return [], now
+            if sequence > now or now - sequence > len(self._changes):
+                return None
+            changed = []
+            for seq, node in reversed(self._changes):
+                if seq <= sequence:
+                    break
+                changed.append(node)
+            return changed, now
+
     def pod_uids(self) -> frozenset[str]:
         with self.lock:
             return frozenset(self._entries)
@@ -180,3 +204,4 @@ class AssumeCache:
     def _bump(self, node: str) -> None:
         self._versions[node] = self._versions.get(node, 0) + 1
         self._sequence += 1
+        self._changes.append((self._sequence, node))

@@ -303,7 +303,7 @@ class ClusterCache:
             return NodeView(state, True, None, target.address)
         gone = now - record.lost_at
         if gone <= self.options.ttl_s:
-            return NodeView(state, True, None, target.address)
+            return NodeView(state, True, None, target.address, record.lost_at + self.options.ttl_s)
         since = datetime.fromtimestamp(record.lost_wall, UTC).isoformat(timespec="seconds")
         return NodeView(
             state,

@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -64,8 +64,8 @@ class ExtenderMetrics:
 EXTENDER_KEY = web.AppKey("extender", Extender)
 METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
 POOL_KEY = web.AppKey("bind_pool", ThreadPoolExecutor)
+PLACE_POOL_KEY = web.AppKey("place_pool", ThreadPoolExecutor)
 MAX_BODY_KEY = web.AppKey("max_body", int)
-VERB_POOL_KEY = web.AppKey("verb_pool", ThreadPoolExecutor)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
 LEADERSHIP_KEY = web.AppKey("leadership", object)
 ALLOWED_CLIENTS_KEY = web.AppKey("allowed_clients", frozenset)
@@ -74,36 +74,44 @@ VERBS = frozenset({"/filter", "/prioritize", "/bind", "/preempt"})
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+def _dumps(obj: Any) -> bytes:
+    return orjson.dumps(obj)
 
 
 def _reply(body: Any, status: int = 200) -> web.Response:
-    return web.Response(text=_dumps(body), status=status, content_type="application/json")
+    data = body if isinstance(body, bytes) else _dumps(body)
+    return web.Response(body=data, status=status, content_type="application/json")
 
 
 MAX_JSON_DEPTH = 64
 """Deepest nesting a request body may have; a Node or Pod object is under 20 levels deep."""
 
+_CONSTANTS = ("-Infinity", "Infinity", "NaN")
 
-def _reject_constant(name: str) -> Any:
-    raise WireError(f"request body is not JSON: {name} is not a JSON value")
+
+def _not_json(exc: orjson.JSONDecodeError, max_depth: int) -> str:
+    """Why orjson refused a body: its depth limit, a NaN or Infinity constant by name, or its own message."""
+    message = str(exc)
+    if message.startswith("depth limit exceeded"):
+        return f"request body nests deeper than {max_depth} levels"
+    doc = exc.doc if isinstance(exc.doc, str) else ""
+    for name in _CONSTANTS:
+        # orjson points at the constant, or just past the sign of -Infinity.
+        if doc.startswith(name, exc.pos) or doc.startswith(name, max(exc.pos - 1, 0)):
+            return f"request body is not JSON: {name} is not a JSON value"
+    return f"request body is not JSON: {message}"
 
 
 def decode_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """The JSON value of a request body; WireError when it is not strict JSON or nests deeper than max_depth.
 
-    Strict: NaN and Infinity are refused. The depth is checked without recursion, so
-    nothing that handles the value later can run out of stack.
+    Strict: NaN and Infinity are refused (orjson has no such constants). The depth is
+    checked without recursion, so nothing that handles the value later can run out of stack.
     """
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        if isinstance(exc, WireError):
-            raise
-        raise WireError(f"request body is not JSON: {exc}") from None
-    except RecursionError:
-        raise WireError(f"request body nests deeper than {max_depth} levels") from None
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(_not_json(exc, max_depth)) from None
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
@@ -114,6 +122,23 @@ def decode_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
         elif isinstance(item, list):
             stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
     return value
+
+
+class _Encoded(bytes):
+    """A reply body encoded off the event loop; `error` says whether it carries an Error."""
+
+    error: bool = False
+
+
+def _encoded(body: Any) -> _Encoded:
+    data = _Encoded(_dumps(body))
+    data.error = bool(isinstance(body, dict) and body.get("Error"))
+    return data
+
+
+async def _off_loop(request: web.Request, work: Callable[[], Any]) -> Any:
+    """Run decode, placement and encode in the placement thread: /healthz never waits behind them."""
+    return await asyncio.get_running_loop().run_in_executor(request.app[PLACE_POOL_KEY], work)
 
 
 def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., Any]], Handler]:
@@ -129,15 +154,13 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
                     outcome = "standby"
                     message = f"{name}: this extender replica is a standby; ask the leader"
                     return _reply(on_error(message), status=503)
-                data = await asyncio.wait_for(request.read(), request.app[BODY_TIMEOUT_KEY])
-                loop = asyncio.get_running_loop()
-                raw = await loop.run_in_executor(request.app[VERB_POOL_KEY], decode_json, data)
+                raw = await asyncio.wait_for(request.read(), request.app[BODY_TIMEOUT_KEY])
                 body = await body_handler(request, raw)
-                if isinstance(body, dict) and body.get("Error"):
+                if body.error if isinstance(body, _Encoded) else isinstance(body, dict) and body.get("Error"):
                     outcome = "error"
-                # A NodeList-mode filter reply echoes megabytes of Node objects: encode it off the loop too.
-                text = await loop.run_in_executor(request.app[VERB_POOL_KEY], _dumps, body)
-                return web.Response(text=text, content_type="application/json")
+                # Placement verbs answer bytes encoded in the placement thread (a NodeList-mode
+                # filter reply echoes megabytes of Node objects); bind's reply is a few fields.
+                return _reply(body)
             except WireError as exc:
                 outcome = "bad_request"
                 log.info("bad_request", verb=name, error=str(exc))
@@ -168,31 +191,34 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
     return wrap
 
 
-async def _off_loop(request: web.Request, work: Callable[[], Any]) -> Any:
-    """CPU-bound work (a verb over thousands of nodes) in the verb pool, so /healthz and the
-    cluster cache's streams keep their loop."""
-    return await asyncio.get_running_loop().run_in_executor(request.app[VERB_POOL_KEY], work)
-
-
 @_verb("filter", lambda message: encode_filter_result(None, error=message))
-async def _filter(request: web.Request, raw: Any) -> Any:
-    body = await _off_loop(request, lambda: request.app[EXTENDER_KEY].filter(decode_extender_args(raw)))
-    request.app[METRICS_KEY].verbs.observe_filter(body)
-    return body
+async def _filter(request: web.Request, raw: bytes) -> Any:
+    extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY]
+
+    def work() -> _Encoded:
+        body = extender.filter(decode_extender_args(decode_json(raw)))
+        metrics.verbs.observe_filter(body)
+        return _encoded(body)
+
+    return await _off_loop(request, work)
 
 
 @_verb("prioritize", lambda message: {"Error": message})
-async def _prioritize(request: web.Request, raw: Any) -> Any:
-    return await _off_loop(request, lambda: request.app[EXTENDER_KEY].prioritize(decode_extender_args(raw)))
+async def _prioritize(request: web.Request, raw: bytes) -> Any:
+    extender = request.app[EXTENDER_KEY]
+    return await _off_loop(
+        request, lambda: _Encoded(extender.prioritize_json(decode_extender_args(decode_json(raw))))
+    )
 
 
 @_verb("bind", encode_binding_result)
-async def _bind(request: web.Request, raw: Any) -> Any:
-    args = decode_binding_args(raw)
+async def _bind(request: web.Request, raw: bytes) -> Any:
+    loop = asyncio.get_running_loop()
+    # Decoded in the bind pool: a hostile body of megabytes never holds the event loop.
+    args = await loop.run_in_executor(request.app[POOL_KEY], lambda: decode_binding_args(decode_json(raw)))
     extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY].verbs
     if extender.cache.held_by(args.pod_uid) is not None:
         metrics.bind_retries.inc()
-    loop = asyncio.get_running_loop()
     body = await loop.run_in_executor(request.app[POOL_KEY], extender.bind, args)
     allocation = None if body.get("Error") else extender.cache.held_by(args.pod_uid)
     view = extender.source.node(args.node) if allocation is not None else None
@@ -201,8 +227,11 @@ async def _bind(request: web.Request, raw: Any) -> Any:
 
 
 @_verb("preempt", lambda message: {"NodeNameToMetaVictims": {}, "Error": message})
-async def _preempt(request: web.Request, raw: Any) -> Any:
-    return await _off_loop(request, lambda: request.app[EXTENDER_KEY].preempt(decode_preemption_args(raw)))
+async def _preempt(request: web.Request, raw: bytes) -> Any:
+    extender = request.app[EXTENDER_KEY]
+    return await _off_loop(
+        request, lambda: _encoded(extender.preempt(decode_preemption_args(decode_json(raw))))
+    )
 
 
 async def _healthz(request: web.Request) -> web.Response:
@@ -256,7 +285,6 @@ def build_app(
     *,
     max_body: int = MAX_BODY_BYTES,
     bind_workers: int = 8,
-    verb_workers: int = 4,
     body_timeout_s: float = 10.0,
     registry: CollectorRegistry | None = None,
     leadership: Leadership | None = None,
@@ -276,12 +304,13 @@ def build_app(
     app[METRICS_KEY].verbs.watch(extender)
     pool = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="bind")
     app[POOL_KEY] = pool
-    verb_pool = ThreadPoolExecutor(max_workers=verb_workers, thread_name_prefix="verb")
-    app[VERB_POOL_KEY] = verb_pool
+    # One thread: placement is CPU work under the GIL, more threads would only interleave it.
+    place_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="place")
+    app[PLACE_POOL_KEY] = place_pool
 
     async def close_pool(app: web.Application) -> None:
         pool.shutdown(wait=True, cancel_futures=False)
-        verb_pool.shutdown(wait=True, cancel_futures=False)
+        place_pool.shutdown(wait=True, cancel_futures=False)
 
     app.on_cleanup.append(close_pool)
     app.router.add_post("/filter", _filter)

@@ -109,10 +109,14 @@ def test_killed_agent_goes_stale_after_the_ttl_and_recovers(fleet: Fleet) -> Non
     name = next(n for n in fleet.processes if n not in ("changing", "live"))
     victim = fleet.processes[name]
     generation_before = fleet.cache.node(name).state.generation
+    assert fleet.cache.node(name).fresh_until is None, "a live stream has no end of freshness"
     victim.kill()
     killed = time.monotonic()
     time.sleep(TTL_S / 2)
-    assert fleet.cache.node(name).fresh, "a node stays fresh within the TTL"
+    within = fleet.cache.node(name)
+    assert within.fresh, "a node stays fresh within the TTL"
+    # The view says when it turns stale by itself, which no listener announces.
+    assert within.fresh_until is not None and within.fresh_until - TTL_S <= time.monotonic()
     assert fleet.cache.wait_for(lambda n: not n[name].fresh, timeout=TTL_S + 10)
     stale_after = time.monotonic() - killed
     print(f"killed agent stale after {stale_after:.2f} s (TTL {TTL_S} s)")
@@ -129,6 +133,7 @@ def test_killed_agent_goes_stale_after_the_ttl_and_recovers(fleet: Fleet) -> Non
     assert fleet.cache.wait_for(lambda n: n[name].fresh, timeout=20)
     print(f"restarted agent fresh again after {time.monotonic() - restarted:.2f} s")
     assert fleet.cache.node(name).reason is None
+    assert fleet.cache.node(name).fresh_until is None
     assert fleet.cache.node(name).state.generation == 1 <= generation_before
     assert fleet.cache.wait_for(all_fresh, timeout=10)
 
