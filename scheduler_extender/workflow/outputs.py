@@ -39,9 +39,12 @@ def wrapper_script(outputs: Sequence[OutputParameter], message_path: str) -> str
     """The sh program that runs "$@" and then records `outputs` into `message_path`."""
     target = shlex.quote(message_path)
     lines = [
+        # The trap is set before the step starts, so a SIGTERM that comes at once is not lost.
+        'child=""; term=""',
+        "trap 'term=1; [ -n \"$child\" ] && kill -TERM \"$child\" 2>/dev/null' TERM INT",
         '"$@" &',
         "child=$!",
-        "trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT",
+        '[ -n "$term" ] && kill -TERM "$child" 2>/dev/null',
         'wait "$child"; rc=$?',
         'while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done',
         "{",
