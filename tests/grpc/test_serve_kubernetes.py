@@ -85,6 +85,8 @@ def test_bound_pod_is_applied_and_released_by_the_daemon(
                 metadata=k8s.V1ObjectMeta(name="trainer"),
                 spec=k8s.V1PodSpec(
                     node_name=node,
+                    # the grant is honoured only on a pod the extender's scheduler placed
+                    scheduler_name="gedge-scheduler",
                     containers=[
                         k8s.V1Container(
                             name="main",
