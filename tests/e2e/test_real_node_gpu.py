@@ -18,6 +18,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from agent.podresources import PodResourcesClient
 from gedge_model import ANNOTATION, Allocation
 from gedge_model.allocation import RESOURCE_GPU
 from tests.discovery.gpu_box import Box
@@ -35,6 +36,7 @@ from tests.e2e.real_node import (
 )
 
 BOX = "H100"
+POD_RESOURCES_SOCKET = "/var/lib/kubelet/pod-resources/kubelet.sock"
 REPORT = 'echo "VISIBLE=$NVIDIA_VISIBLE_DEVICES"; echo "DEVICES=$(cd /dev && echo nvidia[0-9]*)"; echo END; '
 """What a GPU pod prints: its GPU environment and the GPU device nodes it was given."""
 SLEEP = "exec sleep 3600"
@@ -115,6 +117,15 @@ def test_gpu_pod_runs_with_exactly_its_allocated_gpus(
     pod = running(core, namespace, "trainer")
     assert pod.spec.node_name == gpu_node.node.name
     assert_sees_exactly(gpu_node, report(core, namespace, "trainer"), granted_gpus(pod))
+    # What kubelet itself assigned (its PodResources API) is the allocation's devices.
+    allocation = Allocation.from_annotation(pod.metadata.annotations[ANNOTATION])
+    client = PodResourcesClient(POD_RESOURCES_SOCKET)
+    try:
+        assigned = client.get(namespace, "trainer")
+    finally:
+        client.close()
+    assert assigned is not None
+    assert assigned.ids(RESOURCE_GPU) == {g.id for g in allocation.devices if g.resource == RESOURCE_GPU}
 
 
 def test_kubelet_restart_keeps_pods_devices_and_plugins(
