@@ -164,6 +164,12 @@ class EdgeCluster:
         for name in ("gedge-extender", "kube-scheduler"):
             issue_files(self.pki, name, ips=["127.0.0.1"], days=2)
 
+    def agent_tls_flags(self, name: str, ip: str) -> list[str]:
+        """An agent's mTLS flags: a certificate for `name` at `ip` from the cluster's gedge CA, which
+        the extender trusts and names the node by."""
+        issued = issue_files(self.pki, name, ips=[ip, "127.0.0.1"], days=2)
+        return [*self.tls_flags(issued.cert.stem), f"--tls-ca={self.pki / 'ca.pem'}"]
+
     def tls_flags(self, name: str, prefix: str = "--tls") -> list[str]:
         """--tls-cert/--tls-key of `name`'s certificate (issued by the cluster's gedge CA)."""
         return [f"{prefix}-cert={self.pki / f'{name}.pem'}", f"{prefix}-key={self.pki / f'{name}.key'}"]

@@ -86,7 +86,9 @@ def cpu_agent(
         "--root=/",
         f"--reserved-cpus={','.join(map(str, sorted(RESERVED)))}",
     ]
-    agent = HostAgent(real_node, argv, kubeconfig, workdir).start()
+    agent = HostAgent(
+        real_node, [*argv, *edge_cluster.agent_tls_flags(real_node.name, real_node.ip)], kubeconfig, workdir
+    ).start()
     try:
         agent.process.wait_until(
             lambda: edge_cluster.extender_judges([real_node.name]), 60, "was reported to the extender"

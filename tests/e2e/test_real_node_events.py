@@ -30,7 +30,9 @@ def misconfigured_agent(
     workdir = tmp_path_factory.mktemp("misconfigured-agent")
     kubeconfig = token_kubeconfig(edge_cluster.plane, kube_api, AGENT_ACCOUNT, workdir / "agent.kubeconfig")
     argv = [str(Path(sys.executable).parent / "gedge-agent"), "serve", "--root=/", "--cgroup-driver=systemd"]
-    agent = HostAgent(real_node, argv, kubeconfig, workdir).start()
+    agent = HostAgent(
+        real_node, [*argv, *edge_cluster.agent_tls_flags(real_node.name, real_node.ip)], kubeconfig, workdir
+    ).start()
     try:
         agent.process.wait_until(
             lambda: edge_cluster.extender_judges([real_node.name]), 60, "was reported to the extender"

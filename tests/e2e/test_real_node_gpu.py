@@ -68,7 +68,12 @@ def gpu_node(
     # Report only: the box's CPUs are not this machine's; devices go through kubelet.
     argv.append("--no-apply")
     with gpu_device_nodes(sorted(minors.values())):
-        agent = HostAgent(real_node, argv, kubeconfig, workdir).start()
+        agent = HostAgent(
+            real_node,
+            [*argv, *edge_cluster.agent_tls_flags(real_node.name, real_node.ip)],
+            kubeconfig,
+            workdir,
+        ).start()
         try:
             expected = {k: str(v) for k, v in advertised_resources(topology).items()}
             agent.process.wait_until(lambda: agent.allocatable() == expected, 120, f"advertised {expected}")

@@ -65,7 +65,9 @@ def net_agent(
     workdir = tmp_path_factory.mktemp("net-agent")
     kubeconfig = token_kubeconfig(edge_cluster.plane, kube_api, AGENT_ACCOUNT, workdir / "agent.kubeconfig")
     argv = [str(Path(sys.executable).parent / "gedge-agent"), "serve", "--root=/"]
-    agent = HostAgent(real_node, argv, kubeconfig, workdir).start()
+    agent = HostAgent(
+        real_node, [*argv, *edge_cluster.agent_tls_flags(real_node.name, real_node.ip)], kubeconfig, workdir
+    ).start()
     try:
         yield agent
     finally:
