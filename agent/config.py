@@ -128,7 +128,7 @@ class AgentConfig:
             return self.netlink
         return os.path.realpath(self.root) == "/" or self.netns is not None
 
-    def validate(self) -> AgentConfig:
+    def validate(self, *, serving: bool = True) -> AgentConfig:
         if self.tls_enabled and not all((self.tls_cert, self.tls_key, self.tls_ca)):
             raise ConfigError("tls_cert, tls_key and tls_ca must be given together")
         if self.insecure and self.tls_enabled:
@@ -194,7 +194,7 @@ class AgentConfig:
             raise ConfigError(f"timeslice_replicas must be at least 1, got {self.timeslice_replicas}")
         if not Path(self.root).is_dir():
             raise ConfigError(f"root {self.root!r} is not a directory")
-        if not self.insecure and not self.tls_enabled:
+        if serving and not self.insecure and not self.tls_enabled:
             raise ConfigError(
                 "TLS is required: give tls_cert, tls_key and tls_ca (`gedge-agent certs` makes them), "
                 "or insecure for plaintext gRPC that any network peer can call"
@@ -333,8 +333,11 @@ def load_config(
     config_file: str | Path | None = None,
     environ: Mapping[str, str] | None = None,
     flags: Mapping[str, Any] | None = None,
+    serving: bool = True,
 ) -> AgentConfig:
-    """Merge the sources; `flags` holds only the flags given on the command line (None = not given)."""
+    """Merge the sources; `flags` holds only the flags given on the command line (None = not given).
+
+    `serving` False (a command that listens on nothing, such as uninstall) does not ask for TLS."""
     merged: dict[str, Any] = {}
     if config_file is not None:
         merged.update(load_file(config_file))
@@ -344,4 +347,4 @@ def load_config(
             if name not in _FIELDS:
                 raise ConfigError(f"flag --{name.replace('_', '-')}: unknown setting")
             merged[name] = _coerce(name, value, f"flag --{name.replace('_', '-')}")
-    return AgentConfig(**merged).validate()
+    return AgentConfig(**merged).validate(serving=serving)

@@ -50,7 +50,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     flags = {key: getattr(args, key, None) for key in _FLAG_KEYS}
     try:
-        config = load_config(config_file=args.config, flags=flags)
+        config = load_config(config_file=args.config, flags=flags, serving=False)
     except ConfigError as exc:
         print(f"gedge-agent uninstall: {exc}", file=sys.stderr)
         return 2
