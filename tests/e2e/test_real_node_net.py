@@ -23,6 +23,9 @@ from tests.e2e.cluster_objects import wait_for
 from tests.e2e.edge_cluster import AGENT_ACCOUNT, EdgeCluster, token_kubeconfig
 from tests.e2e.real_node import HostAgent, RealNode, describe_pod, report, running, workload_pod
 
+GRANTING_SCHEDULER = "gedge-scheduler"
+"""The agent applies a grant only on a pod of a scheduler that calls the extender; these pods are
+bound by nodeName with the grant written as the extender's binder writes it."""
 LINK_LOCAL = "ip -6 -o addr show dev net1 scope link | grep -v tentative | awk '{print $4}' | cut -d/ -f1"
 WAIT_NET1 = (
     f'until [ -n "$({LINK_LOCAL} 2>/dev/null)" ]; do sleep 0.1; done; '
@@ -93,12 +96,14 @@ def test_macvlan_pods_get_net1_in_their_namespace_and_talk_over_it(
     node = net_agent.node
     master = data_nic()
     before = macvlans_on(master)
-    core.create_namespaced_pod(namespace, workload_pod("server", SERVER, node_name=node.name))
+    core.create_namespaced_pod(
+        namespace, workload_pod("server", SERVER, node_name=node.name, scheduler=GRANTING_SCHEDULER)
+    )
     server = running(core, namespace, "server")
     grant_macvlan(core, server, master)
     served = report(core, namespace, "server")
 
-    client = workload_pod("client", CLIENT, node_name=node.name)
+    client = workload_pod("client", CLIENT, node_name=node.name, scheduler=GRANTING_SCHEDULER)
     client.spec.containers[0].env = [k8s.V1EnvVar(name="PEER", value=served["ADDR"])]
     core.create_namespaced_pod(namespace, client)
     grant_macvlan(core, running(core, namespace, "client"), master)
