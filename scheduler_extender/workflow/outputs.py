@@ -41,7 +41,7 @@ def wrapper_script(outputs: Sequence[OutputParameter], message_path: str) -> str
     lines = [
         # The trap is set before the step starts, so a SIGTERM that comes at once is not lost.
         'child=""; term=""',
-        "trap 'term=1; [ -n \"$child\" ] && kill -TERM \"$child\" 2>/dev/null' TERM INT",
+        'trap \'term=1; [ -n "$child" ] && kill -TERM "$child" 2>/dev/null\' TERM INT',
         '"$@" &',
         "child=$!",
         '[ -n "$term" ] && kill -TERM "$child" 2>/dev/null',
