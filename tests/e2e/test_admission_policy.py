@@ -269,7 +269,14 @@ def test_the_agent_account_changes_only_its_own_node_and_the_pods_bound_to_it(
 
     assert refused(lambda: agent.patch_node(mine, label, _content_type=MERGE)) is None
     assert refused(lambda: agent.patch_namespaced_pod("here", namespace, mark, _content_type=MERGE)) is None
-    denied_node = refused(lambda: agent.patch_node(other, label, _content_type=MERGE))
+    # The API server loads each policy on its own, a moment after it is created: the fixture waited
+    # for the allocation policy, this waits for the node restriction (a change it lets through is the
+    # same label, harmless).
+    denied_node = wait_for(
+        lambda: refused(lambda: agent.patch_node(other, label, _content_type=MERGE)),
+        lambda exc: exc is not None and exc.status == 403,
+        timeout=60,
+    )
     assert denied_node is not None and denied_node.status == 403
     assert f"the request is for nodes of node {other}, the token is of node {mine}" in denied_node.body
     denied_pod = refused(lambda: agent.patch_namespaced_pod("there", namespace, mark, _content_type=MERGE))
