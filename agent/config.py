@@ -111,6 +111,12 @@ class AgentConfig:
     all CPUs, the shared pool must not include pinned ones); 0: never."""
 
     @property
+    def is_this_machine(self) -> bool:
+        """Whether `root` is this machine's / (not a sysfs snapshot): only then do the machine's own
+        runtime (NRI), kubelet (PodResources) and capabilities concern this agent."""
+        return os.path.realpath(self.root) == "/"
+
+    @property
     def tls_enabled(self) -> bool:
         return any((self.tls_cert, self.tls_key, self.tls_ca))
 
@@ -126,7 +132,7 @@ class AgentConfig:
     def netlink_enabled(self) -> bool:
         if self.netlink is not None:
             return self.netlink
-        return os.path.realpath(self.root) == "/" or self.netns is not None
+        return self.is_this_machine or self.netns is not None
 
     def validate(self, *, serving: bool = True) -> AgentConfig:
         if self.tls_enabled and not all((self.tls_cert, self.tls_key, self.tls_ca)):

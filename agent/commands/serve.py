@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import socket
 import sys
@@ -247,7 +246,7 @@ def sriov_gate(config: AgentConfig, vf_control: VfControl | None) -> SriovGate:
         return SriovGate(None, "apply is off (--no-apply): nothing would configure a VF")
     if vf_control is None:
         return SriovGate(None, "sriov_vf_control is off")
-    if os.path.realpath(config.root) == "/" and not has_capability(CAP_NET_ADMIN):
+    if config.is_this_machine and not has_capability(CAP_NET_ADMIN):
         return SriovGate(None, "the agent lacks CAP_NET_ADMIN: VF settings cannot be made")
     return SriovGate(vf_control)
 
@@ -285,9 +284,8 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         reserve_unresolved=core is None,
     )
     parts.manager = parts.applier
-    # The runtime's NRI socket belongs to the node whose root is /: an agent over a sysfs snapshot
-    # (a test box, a replay) never joins the machine's runtime.
-    if config.nri_socket and os.path.realpath(config.root) == "/":
+    # An agent over a sysfs snapshot (a test box, a replay) never joins the machine's runtime.
+    if config.nri_socket and config.is_this_machine:
         parts.nri = NriCpusets(
             config.node_name or socket.gethostname(),
             online_cpus=lambda: frozenset(),
@@ -479,10 +477,8 @@ def start_kubernetes_parts(parts: NodeParts, runtime: AgentRuntime, config: Agen
     store = runtime.store
     assert store is not None and parts.core is not None
     node = store.node_name
-    own_node = os.path.realpath(config.root) == "/"
-    kubelet = (
-        PodResourcesClient(config.pod_resources_socket) if config.pod_resources_socket and own_node else None
-    )
+    asks_kubelet = config.pod_resources_socket and config.is_this_machine
+    kubelet = PodResourcesClient(config.pod_resources_socket) if asks_kubelet else None
     if parts.applier is not None:
         applier = parts.applier
         reconcile_applier: Callable[[set[str]], object] = applier.reconcile
