@@ -69,7 +69,11 @@ class ChangeDetector:
         store: NodeStateStore,
         metrics: AgentMetrics,
         policy: ChangePolicy,
+        baseline: str | None = None,
     ) -> None:
+        """`baseline`: the fingerprint taken just before the discovery the store holds, so that a
+        change made between that discovery and the first poll is seen (without it, the first poll
+        takes its own baseline and such a change waits for the next full re-discovery)."""
         self.root = root
         self.discover = discover
         self.store = store
@@ -77,7 +81,7 @@ class ChangeDetector:
         self.policy = policy
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self._fingerprint: str | None = None
+        self._fingerprint: str | None = baseline
         self._link_dirty = asyncio.Event()
 
     def start(self) -> None:

@@ -18,7 +18,7 @@ from agent.apply.contract import AllocationApplier
 from agent.apply.manager import StaticPodResolver
 from agent.config import AgentConfig, grpc_address
 from agent.metrics import AgentMetrics
-from agent.service.changes import ChangeDetector, ChangePolicy
+from agent.service.changes import ChangeDetector, ChangePolicy, fingerprint
 from agent.service.servicer import NodeAgentService
 from agent.service.store import NodeStateStore, Snapshot
 from gedge_model import NodeTopology
@@ -99,6 +99,9 @@ class AgentRuntime:
     async def start(self) -> int:
         """Discover, bind and serve; returns the bound gRPC port (useful with port 0)."""
         config = self.config
+        # The change detector compares against what was on disk before this discovery, so a
+        # change made while the agent starts is caught by the first poll.
+        baseline = await asyncio.to_thread(fingerprint, config.root)
         topology = await asyncio.to_thread(self.discover)
         applied = tuple(await asyncio.to_thread(self.applier.applied)) if self.applier else ()
         reserved = await asyncio.to_thread(self.reserved_pods) if self.reserved_pods else frozenset()
@@ -174,6 +177,7 @@ class AgentRuntime:
                 netlink=config.netlink_enabled,
                 netns=config.netns,
             ),
+            baseline=baseline,
         )
         self._changes.start()
         log.info(

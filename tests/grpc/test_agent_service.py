@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import grpc
@@ -58,14 +57,10 @@ def test_watch_sends_full_state_then_each_change(
         assert first.generation == 1 and first.agent_instance
         assert 3 in from_json(NodeTopology, first.topology_json).online_cpus
 
-        started = time.monotonic()
         (root / "sys/devices/system/cpu/cpu3/online").write_text("0\n")
         second = next(events)
-        latency = time.monotonic() - started
-        print(f"cpu3 offline reached the watcher in {latency * 1000:.0f} ms")
         assert second.generation == 2 and second.agent_instance == first.agent_instance
         assert 3 not in from_json(NodeTopology, second.topology_json).online_cpus
-        assert latency < 5.0
         events.cancel()
     finally:
         agent_host.stop_agent(agent)
