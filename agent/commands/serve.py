@@ -36,6 +36,7 @@ from agent.podwatch import (
     node_event_reporter,
 )
 from agent.podwatch.pods import PodView
+from agent.readyz import ReadyState, start_http
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
 from gedge_model.cli_support import configure_logging
@@ -331,13 +332,19 @@ def follow_driver(parts: NodeParts, readiness: Readiness) -> None:
         parts.pod_status.driver = readiness.driver
 
 
+def apply_reason(readiness: Readiness) -> str | None:
+    """What /readyz says about applying: None when the agent can apply, else `Reason: message`."""
+    return None if readiness.ready else f"{readiness.reason}: {readiness.message}"
+
+
 async def watch_readiness(
-    parts: NodeParts, runtime: AgentRuntime, interval_s: float, stop: asyncio.Event
+    parts: NodeParts, runtime: AgentRuntime, ready: ReadyState, interval_s: float, stop: asyncio.Event
 ) -> None:
-    """Re-check the node every `interval_s`; the readiness health follows (the probe's answer)."""
+    """Re-check the node every `interval_s`; the readiness health and /readyz follow (the probe's answer)."""
     assert parts.gate is not None
     while True:
         readiness = await asyncio.to_thread(parts.gate.refresh)
+        ready.set("apply", apply_reason(readiness))
         await runtime.set_ready(readiness.ready)
         try:
             await asyncio.wait_for(stop.wait(), interval_s)
@@ -621,24 +628,27 @@ async def serve(config: AgentConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    ready = ReadyState()
+    ready.set("grpc", "starting: discovering the node, then serving gRPC")
+    if parts.gate is not None:
+        ready.set("apply", apply_reason(parts.gate.current))
+    metrics_server = None
+    if config.metrics_listen:
+        host, port = parse_listen(config.metrics_listen, "metrics_listen")
+        metrics_server = start_http(host, port, metrics.registry, ready)
+        log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
     try:
         await runtime.start()
     except RuntimeError as exc:
+        stop_http(metrics_server)
         raise OSError(f"cannot listen on {config.listen}: {exc}") from None
+    except BaseException:
+        stop_http(metrics_server)
+        raise
+    ready.set("grpc", None)
     metrics.registry.register(
         NodeInventoryCollector(lambda: runtime.store.current().state if runtime.store else None)
     )
-    metrics_server = None
-    if config.metrics_listen:
-        from prometheus_client import start_http_server
-
-        host, port = parse_listen(config.metrics_listen, "metrics_listen")
-        try:
-            metrics_server, _ = start_http_server(port, addr=host, registry=metrics.registry)
-        except OSError:
-            await runtime.stop(0)
-            raise
-        log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
     assert runtime.store is not None
     health = await asyncio.to_thread(start_health, config, runtime.store, metrics, parts.core)
     log_capabilities(config, parts, health)
@@ -646,7 +656,9 @@ async def serve(config: AgentConfig) -> int:
     refresher = None
     readiness = None
     if parts.gate is not None:
-        readiness = asyncio.create_task(watch_readiness(parts, runtime, config.readiness_interval_s, stop))
+        readiness = asyncio.create_task(
+            watch_readiness(parts, runtime, ready, config.readiness_interval_s, stop)
+        )
     expiry = None
     if parts.core is None and parts.manager is not None and config.reservation_ttl_s > 0:
         expiry = asyncio.create_task(
@@ -670,7 +682,11 @@ async def serve(config: AgentConfig) -> int:
     await asyncio.to_thread(health.stop)
     await asyncio.to_thread(stop_nri, parts)
     await runtime.stop()
-    if metrics_server is not None:
-        metrics_server.shutdown()
-        metrics_server.server_close()
+    stop_http(metrics_server)
     return 0
+
+
+def stop_http(server: Any) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()

@@ -102,6 +102,17 @@ def test_daemonset_mounts_what_the_agent_writes() -> None:
     assert pod["containers"][0]["resources"]["limits"]["memory"]
 
 
+def test_agent_probes_ask_the_agent_not_the_port() -> None:
+    """kubelet cannot probe mTLS gRPC: readiness is /readyz on the plain metrics port (503 while the agent
+    cannot apply or has no certificate), liveness /healthz there."""
+    daemonset = next(doc for _, _, doc in DOCUMENTS if doc["kind"] == "DaemonSet")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    metrics = next(p for p in container["ports"] if p["name"] == "metrics")
+    assert f"--metrics-listen=0.0.0.0:{metrics['containerPort']}" in container["args"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
 def test_rbac_is_least_privilege() -> None:
     """No wildcard, no secrets, no write to anything but what each component uses."""
     for path, _, doc in DOCUMENTS:
