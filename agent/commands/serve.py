@@ -19,6 +19,7 @@ from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, S
 from agent.apply.nic import DataRoute, NetlinkVfControl, NicApplier, SriovError, VfControl
 from agent.apply.nic.capability import CAP_NET_ADMIN, SriovGate, has_capability
 from agent.apply.readiness import ApplyGate, Readiness
+from agent.certificates import NodeCertificate
 from agent.config import AgentConfig, ConfigError, load_config, parse_data_route, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.health import HealthMonitor, XidWatcher, kubernetes_node_events
@@ -53,6 +54,8 @@ _FLAG_KEYS = (
     "tls_key",
     "tls_ca",
     "tls_allowed_clients",
+    "tls_csr",
+    "tls_csr_expiration_s",
     "insecure",
     "poll_interval_s",
     "full_rediscovery_interval_s",
@@ -110,6 +113,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--tls-allowed-clients",
         metavar="NAMES",
         help="comma-separated client certificate names allowed to call (gedge-extender)",
+    )
+    parser.add_argument(
+        "--tls-csr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="under Kubernetes: get --tls-cert/--tls-key from a CertificateSigningRequest (gedge.io/agent)",
+    )
+    parser.add_argument(
+        "--tls-csr-expiration-s", type=int, metavar="S", help="validity each CSR asks for (86400, >= 600)"
     )
     parser.add_argument(
         "--insecure",
@@ -626,10 +638,12 @@ async def serve(config: AgentConfig) -> int:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    halt = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, lambda: (stop.set(), halt.set()))
     ready = ReadyState()
     ready.set("grpc", "starting: discovering the node, then serving gRPC")
+    certificate = node_certificate(config, parts, ready)
     if parts.gate is not None:
         ready.set("apply", apply_reason(parts.gate.current))
     metrics_server = None
@@ -637,12 +651,23 @@ async def serve(config: AgentConfig) -> int:
         host, port = parse_listen(config.metrics_listen, "metrics_listen")
         metrics_server = start_http(host, port, metrics.registry, ready)
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
+    rotation = None
+    if certificate is not None:
+        if not await asyncio.to_thread(certificate.ensure, halt):
+            stop_http(metrics_server)
+            return 0
+        rotation = threading.Thread(
+            target=certificate.rotate_forever, args=(halt,), name="certificate", daemon=True
+        )
+        rotation.start()
     try:
         await runtime.start()
     except RuntimeError as exc:
+        halt.set()
         stop_http(metrics_server)
         raise OSError(f"cannot listen on {config.listen}: {exc}") from None
     except BaseException:
+        halt.set()
         stop_http(metrics_server)
         raise
     ready.set("grpc", None)
@@ -672,6 +697,9 @@ async def serve(config: AgentConfig) -> int:
         )
     await stop.wait()
     log.info("shutting down", signal="SIGTERM/SIGINT")
+    halt.set()
+    if rotation is not None:
+        await asyncio.to_thread(rotation.join, 15)
     if refresher is not None:
         await refresher
     if readiness is not None:
@@ -684,6 +712,27 @@ async def serve(config: AgentConfig) -> int:
     await runtime.stop()
     stop_http(metrics_server)
     return 0
+
+
+def node_certificate(config: AgentConfig, parts: NodeParts, ready: ReadyState) -> NodeCertificate | None:
+    """With tls_csr: what keeps the node's certificate issued and current; its state goes to /readyz."""
+    if not config.tls_csr:
+        return None
+    if parts.core is None:
+        raise ConfigError("tls_csr needs Kubernetes (a kubeconfig or the pod's service account)")
+    from kubernetes import client as k8s
+
+    assert config.tls_cert and config.tls_key and config.tls_ca
+    ready.set("certificate", "not checked yet")
+    return NodeCertificate(
+        k8s.CertificatesV1Api(parts.core.api_client),
+        config.node_name or socket.gethostname(),
+        config.tls_cert,
+        config.tls_key,
+        config.tls_ca,
+        expiration_s=config.tls_csr_expiration_s,
+        on_state=lambda reason: ready.set("certificate", reason),
+    )
 
 
 def stop_http(server: Any) -> None:
