@@ -47,9 +47,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--ca-configmap",
-        default="gedge-system/gedge-ca",
+        default="gedge-system/gedge-ca-bundle",
         metavar="NAMESPACE/NAME",
-        help="ConfigMap that gets the CA certificate as ca.crt (gedge-system/gedge-ca; '' none)",
+        help="ConfigMap that gets the CA certificate as ca.crt (gedge-system/gedge-ca-bundle; '' none)",
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(run=run)
