@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import socket
 import ssl
 import stat
+import subprocess
 import threading
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,7 +41,7 @@ from tests.e2e.control_plane import ControlPlane, kubeconfig_text
 from tests.e2e.edge_cluster import DEPLOY, RBAC_KINDS, SYSTEM_NAMESPACE, manifests, token_kubeconfig
 from tests.e2e.processes import ManagedProcess
 from tests.e2e.test_admission_policy import _create_if_missing, agent_kubeconfig
-from tests.grpc.agents import REPO, spawn_agent
+from tests.grpc.agents import ISOLATED, REPO, spawn_agent
 
 pytestmark = pytest.mark.e2e
 SIGNER_DURATION_S = 30
@@ -337,3 +341,63 @@ def test_another_service_accounts_request_is_left_alone(
     finally:
         with contextlib.suppress(ApiException):
             rbac.delete_cluster_role_binding(account)
+
+
+def test_an_agent_without_its_certificate_is_not_ready_and_says_why(
+    control_plane: ControlPlane,  # noqa: F811
+    kube_api: k8s.ApiClient,  # noqa: F811
+    signing: Signing,
+    tmp_path: Path,
+) -> None:
+    """A token bound to no node never gets a certificate: no gRPC port, /readyz 503 naming the denial."""
+    kubeconfig = token_kubeconfig(control_plane, kube_api, "gedge-agent", tmp_path / "unbound.kubeconfig")
+    command = [
+        str(REPO / ".venv" / "bin" / "gedge-agent"),
+        "serve",
+        "--root=/",
+        f"--node-name={signing.nodes[1]}",
+        "--listen=127.0.0.1:0",
+        "--metrics-listen=127.0.0.1:0",
+        f"--kubeconfig={kubeconfig}",
+        "--no-apply",
+        "--no-netlink",
+        f"--device-plugin-dir={tmp_path / 'device-plugins'}",
+        "--tls-csr",
+        f"--tls-cert={tmp_path / 'pki' / 'tls.crt'}",
+        f"--tls-key={tmp_path / 'pki' / 'tls.key'}",
+        f"--tls-ca={signing.ca_path}",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **ISOLATED}
+    )
+    lines: list[str] = []
+    try:
+        assert process.stderr is not None
+        port = None
+        for line in process.stderr:
+            lines.append(line)
+            if '"metrics serving"' in line:
+                port = json.loads(line)["port"]
+                break
+        assert port is not None, "".join(lines)
+        threading.Thread(target=lambda: lines.extend(process.stderr or ()), daemon=True).start()
+
+        def readyz() -> tuple[int, str]:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as answer:
+                    return answer.status, answer.read().decode()
+            except urllib.error.HTTPError as exc:
+                return exc.code, exc.read().decode()
+
+        code, body = wait_for(readyz, lambda answer: "NoNodeBinding" in answer[1], timeout=60)
+        assert code == 503
+        assert "certificate: no certificate: CSR gedge-agent-" in body and "denied: NoNodeBinding" in body
+        assert "grpc: starting" in body
+        assert not (tmp_path / "pki" / "tls.crt").exists()
+        assert not any('"agent serving"' in line for line in lines)
+        process.terminate()
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
