@@ -336,8 +336,26 @@ def test_another_service_accounts_request_is_left_alone(
         approved = k8s.CertificatesV1Api(kube_api).read_certificate_signing_request(issued.csr_name)
         assert _condition(approved, "Approved").reason == "AgentNodeMatches"
 
-        left = k8s.CertificatesV1Api(kube_api).read_certificate_signing_request(intruder.metadata.name)
+        admin = k8s.CertificatesV1Api(kube_api)
+        left = admin.read_certificate_signing_request(intruder.metadata.name)
         assert not (left.status and (left.status.conditions or left.status.certificate))
+
+        # An administrator's approval (kubectl certificate approve) is the signer's cue to sign it.
+        left.status = k8s.V1CertificateSigningRequestStatus(
+            conditions=[
+                k8s.V1CertificateSigningRequestCondition(
+                    type="Approved", status="True", reason="KubectlApprove", message="by hand"
+                )
+            ]
+        )
+        admin.replace_certificate_signing_request_approval(left.metadata.name, left)
+        signed = wait_for(
+            lambda: admin.read_certificate_signing_request(left.metadata.name),
+            lambda csr: csr.status.certificate,
+            timeout=60,
+        )
+        cert = x509.load_pem_x509_certificate(base64.b64decode(signed.status.certificate))
+        assert cert.subject.rfc4514_string() == f"CN={node}"
     finally:
         with contextlib.suppress(ApiException):
             rbac.delete_cluster_role_binding(account)
