@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from gedge_model.tls import TlsConfigError, load_tls
+from gedge_model.tls import TlsConfigError, certificate_names, load_tls
 
 log = structlog.get_logger("gedge.agent.certificates")
 
@@ -186,6 +186,11 @@ class NodeCertificate:
         ours = serialization.load_pem_private_key(key_pem, None).public_key().public_bytes(der, public)
         if cert.public_key().public_bytes(der, public) != ours:
             raise CertificateRequestError(f"CSR {name}: the issued certificate is not for the requested key")
+        if self.node not in certificate_names(cert_pem):
+            raise CertificateRequestError(
+                f"CSR {name}: the issued certificate names {sorted(certificate_names(cert_pem))}, "
+                f"not this node {self.node!r}"
+            )
         write_pair(self.cert_path, self.key_path, cert_pem, key_pem)
         self.deadline = rotation_deadline(cert, self.jitter())
         log.info(
