@@ -128,6 +128,8 @@ class NodeCertificate:
         *,
         expiration_s: int = 86400,
         on_state: Callable[[str | None], None] | None = None,
+        on_certificate: Callable[[x509.Certificate], None] | None = None,
+        on_request: Callable[[str], None] | None = None,
         jitter: Callable[[], float] = lambda: random.uniform(0.7, 0.9),
     ) -> None:
         if expiration_s < MIN_EXPIRATION_S:
@@ -137,6 +139,10 @@ class NodeCertificate:
         self.cert_path, self.key_path, self.ca_path = Path(cert_path), Path(key_path), Path(ca_path)
         self.expiration_s = expiration_s
         self.on_state = on_state or (lambda _reason: None)
+        self.on_certificate = on_certificate or (lambda _cert: None)
+        """Hears every certificate put or found in place."""
+        self.on_request = on_request or (lambda _outcome: None)
+        """Hears how each request ended: issued, denied, failed or error."""
         self.jitter = jitter
         self.deadline: datetime.datetime | None = None
         """When the certificate in place is to be replaced; None: none usable is in place."""
@@ -193,6 +199,7 @@ class NodeCertificate:
             )
         write_pair(self.cert_path, self.key_path, cert_pem, key_pem)
         self.deadline = rotation_deadline(cert, self.jitter())
+        self.on_certificate(cert)
         log.info(
             "certificate in place",
             csr=name,
@@ -241,6 +248,7 @@ class NodeCertificate:
         cert = self.current()
         if cert is not None:
             self.deadline = rotation_deadline(cert, self.jitter())
+            self.on_certificate(cert)
             self.on_state(None)
             log.info("certificate in place", path=str(self.cert_path), renew_at=self.deadline.isoformat())
             return True
@@ -255,11 +263,13 @@ class NodeCertificate:
                 continue
             try:
                 self.request(stop)
+                self.on_request("issued")
                 self.on_state(None)
                 return True
             except Exception as exc:  # API errors, denials: say why and ask again later
                 if stop.is_set():
                     break
+                self.on_request(_outcome_of(exc))
                 reason = (
                     str(exc) if isinstance(exc, CertificateRequestError) else f"{type(exc).__name__}: {exc}"
                 )
@@ -279,3 +289,10 @@ class NodeCertificate:
             if stop.wait(max(0.0, (deadline - _now()).total_seconds())):
                 return
             self._request_until_issued(stop, retry_s, max_retry_s)
+
+
+def _outcome_of(exc: Exception) -> str:
+    text = str(exc)
+    if isinstance(exc, CertificateRequestError):
+        return "denied" if " denied: " in text else "failed"
+    return "error"

@@ -643,7 +643,7 @@ async def serve(config: AgentConfig) -> int:
         loop.add_signal_handler(sig, lambda: (stop.set(), halt.set()))
     ready = ReadyState()
     ready.set("grpc", "starting: discovering the node, then serving gRPC")
-    certificate = node_certificate(config, parts, ready)
+    certificate = node_certificate(config, parts, ready, metrics)
     if parts.gate is not None:
         ready.set("apply", apply_reason(parts.gate.current))
     metrics_server = None
@@ -714,7 +714,9 @@ async def serve(config: AgentConfig) -> int:
     return 0
 
 
-def node_certificate(config: AgentConfig, parts: NodeParts, ready: ReadyState) -> NodeCertificate | None:
+def node_certificate(
+    config: AgentConfig, parts: NodeParts, ready: ReadyState, metrics: AgentMetrics
+) -> NodeCertificate | None:
     """With tls_csr: what keeps the node's certificate issued and current; its state goes to /readyz."""
     if not config.tls_csr:
         return None
@@ -732,6 +734,8 @@ def node_certificate(config: AgentConfig, parts: NodeParts, ready: ReadyState) -
         config.tls_ca,
         expiration_s=config.tls_csr_expiration_s,
         on_state=lambda reason: ready.set("certificate", reason),
+        on_certificate=lambda cert: metrics.certificate_expiry.set(cert.not_valid_after_utc.timestamp()),
+        on_request=lambda outcome: metrics.certificate_requests.labels(outcome).inc(),
     )
 
 

@@ -30,6 +30,7 @@ from cryptography import x509
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from prometheus_client.utils import floatToGoString
 
 from agent.certificates import CertificateRequestError, NodeCertificate, make_request
 from gedge_model.certs import create_ca, issue
@@ -219,6 +220,18 @@ def test_the_agent_gets_its_nodes_certificate_serves_the_extender_and_renews_wit
                 agent_pb2.GetNodeStateRequest(), timeout=20
             )
             assert reply.state.node_name == node
+
+        def metrics() -> str:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=10
+            ) as answer:
+                return answer.read().decode()
+
+        expiry = "gedge_agent_certificate_expiry_timestamp_seconds " + floatToGoString(
+            renewed.not_valid_after_utc.timestamp()
+        )
+        text = wait_for(metrics, lambda text: expiry in text, timeout=30)
+        assert 'gedge_agent_certificate_requests_total{outcome="issued"}' in text
         assert agent.terminate(timeout=30) == 0
     finally:
         agent.kill()
