@@ -646,6 +646,10 @@ async def serve(config: AgentConfig) -> int:
     certificate = node_certificate(config, parts, ready, metrics)
     if parts.gate is not None:
         ready.set("apply", apply_reason(parts.gate.current))
+    # Nothing until the first discovery is in.
+    metrics.registry.register(
+        NodeInventoryCollector(lambda: runtime.store.current().state if runtime.store else None)
+    )
     metrics_server = None
     if config.metrics_listen:
         host, port = parse_listen(config.metrics_listen, "metrics_listen")
@@ -671,9 +675,6 @@ async def serve(config: AgentConfig) -> int:
         stop_http(metrics_server)
         raise
     ready.set("grpc", None)
-    metrics.registry.register(
-        NodeInventoryCollector(lambda: runtime.store.current().state if runtime.store else None)
-    )
     assert runtime.store is not None
     health = await asyncio.to_thread(start_health, config, runtime.store, metrics, parts.core)
     log_capabilities(config, parts, health)
