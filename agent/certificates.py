@@ -158,7 +158,7 @@ class NodeCertificate:
             return None
         return cert
 
-    def request(self, stop: threading.Event, *, poll_s: float = 30.0) -> Issued:
+    def request(self, stop: threading.Event, *, poll_s: float = 10.0) -> Issued:
         """Create a CSR, wait for its certificate (or `stop`), write it; CertificateRequestError when the
         request is denied or fails. The request's key never leaves this process but in the key file."""
         from kubernetes import client as k8s
