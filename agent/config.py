@@ -43,6 +43,11 @@ class AgentConfig:
     tls_ca: str | None = None
     tls_allowed_clients: tuple[str, ...] = ("gedge-extender",)
     """Client certificate names allowed to call (another node's certificate is refused)."""
+    tls_csr: bool = False
+    """Under Kubernetes: obtain tls_cert/tls_key from a CertificateSigningRequest to signer gedge.io/agent
+    (at start, and again before expiry) instead of reading files someone else wrote."""
+    tls_csr_expiration_s: int = 86400
+    """The validity asked for in each CSR (at least 600); the signer may give less."""
     insecure: bool = False
     """Plaintext gRPC, no client authentication; TLS (tls_cert, tls_key, tls_ca) is required otherwise."""
     poll_interval_s: float = 0.5
@@ -139,6 +144,15 @@ class AgentConfig:
             raise ConfigError("tls_cert, tls_key and tls_ca must be given together")
         if self.insecure and self.tls_enabled:
             raise ConfigError("insecure (plaintext) and tls_cert/tls_key/tls_ca exclude each other")
+        if self.tls_csr:
+            if not all((self.tls_cert, self.tls_key, self.tls_ca)):
+                raise ConfigError("tls_csr needs tls_cert and tls_key (where to write) and tls_ca")
+            if Path(self.tls_cert or "").parent != Path(self.tls_key or "").parent:
+                raise ConfigError(
+                    f"tls_csr: tls_cert {self.tls_cert} and tls_key {self.tls_key} must be in one folder"
+                )
+        if self.tls_csr_expiration_s < 600:
+            raise ConfigError(f"tls_csr_expiration_s must be at least 600, got {self.tls_csr_expiration_s}")
         if self.tls_enabled and not self.tls_allowed_clients:
             raise ConfigError("tls_allowed_clients is empty: name the client certificate(s) allowed to call")
         parse_listen(self.listen, "listen")

@@ -60,6 +60,18 @@ class AgentMetrics:
             registry=r,
         )
 
+        self.certificate_expiry = Gauge(
+            "gedge_agent_certificate_expiry_timestamp_seconds",
+            "notAfter of the node certificate in place (Unix time); absent until one is",
+            registry=r,
+        )
+        self.certificate_requests = Counter(
+            "gedge_agent_certificate_requests_total",
+            "CertificateSigningRequests made for the node certificate, by how they ended",
+            ["outcome"],
+            registry=r,
+        )
+
     def record_health(self, unhealthy: Mapping[str, str], added: int, recovered: int) -> None:
         """Set the unhealthy-device gauge to exactly `unhealthy` (PCI address -> reason)."""
         self.unhealthy_devices.clear()

@@ -179,3 +179,48 @@ def issue_files(
     _write_private(files.key, key_pem)
     _write_public(files.cert, cert_pem)
     return files
+
+
+def sign_request(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    request: x509.CertificateSigningRequest,
+    *,
+    duration: datetime.timedelta,
+    usages: Sequence[x509.ObjectIdentifier] = (ExtendedKeyUsageOID.SERVER_AUTH,),
+) -> bytes:
+    """A certificate (PEM) for a checked CSR: its subject and DNS names, `usages` as extended key usage,
+    valid from a little before now (a tenth of `duration`, at most 5 minutes: clock skew) for `duration`,
+    never past the CA's own end. CertError when the CA files do not belong together."""
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    except ValueError as exc:
+        raise CertError(f"CA certificate or key is not PEM: {exc}") from None
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if ca_cert.public_key().public_bytes(der, spki) != ca_key.public_key().public_bytes(der, spki):
+        raise CertError("the CA key does not belong to the CA certificate")
+    now = _now()
+    backdate = min(datetime.timedelta(minutes=5), duration / 10)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(request.subject)
+        .issuer_name(ca_cert.subject)
+        .public_key(request.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - backdate)
+        .not_valid_after(min(now + duration, ca_cert.not_valid_after_utc))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
+            critical=False,
+        )
+    )
+    try:
+        san = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        builder = builder.add_extension(san, critical=False)
+    except x509.ExtensionNotFound:
+        pass
+    cert = builder.sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    return cert.public_bytes(serialization.Encoding.PEM)

@@ -46,7 +46,7 @@ def run_lazy_cli(
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, summary in commands.items():
         if name == chosen:
-            module = importlib.import_module(f"{package}.{name}")
+            module = importlib.import_module(f"{package}.{name.replace('-', '_')}")
             module.register(
                 sub.add_parser(
                     name,

@@ -10,6 +10,7 @@ COMMANDS: dict[str, str] = {
     "serve": "run the kube-scheduler extender (filter, prioritize, bind) over the live cluster cache",
     "place": "one-shot: place a pod manifest on the nodes of an agents file and print the allocation",
     "demo": "the main job here, no cluster: an agent discovers this machine, the extender places a pod",
+    "csr-signer": "approve and sign the agents' node certificates (CSRs of signer gedge.io/agent)",
 }
 
 EPILOG = """examples:
@@ -17,6 +18,7 @@ EPILOG = """examples:
   gedge-extender serve --kubeconfig ~/.kube/config --listen 0.0.0.0:8888
   gedge-extender place --agents agents.yaml --pod pod.yaml
   gedge-extender demo
+  gedge-extender csr-signer --in-cluster --ca-cert /etc/gedge/ca/tls.crt --ca-key /etc/gedge/ca/tls.key
 """
 
 

@@ -19,6 +19,7 @@ from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, S
 from agent.apply.nic import DataRoute, NetlinkVfControl, NicApplier, SriovError, VfControl
 from agent.apply.nic.capability import CAP_NET_ADMIN, SriovGate, has_capability
 from agent.apply.readiness import ApplyGate, Readiness
+from agent.certificates import NodeCertificate
 from agent.config import AgentConfig, ConfigError, load_config, parse_data_route, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.health import HealthMonitor, XidWatcher, kubernetes_node_events
@@ -36,6 +37,7 @@ from agent.podwatch import (
     node_event_reporter,
 )
 from agent.podwatch.pods import PodView
+from agent.readyz import ReadyState, start_http
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
 from gedge_model.cli_support import configure_logging
@@ -52,6 +54,8 @@ _FLAG_KEYS = (
     "tls_key",
     "tls_ca",
     "tls_allowed_clients",
+    "tls_csr",
+    "tls_csr_expiration_s",
     "insecure",
     "poll_interval_s",
     "full_rediscovery_interval_s",
@@ -109,6 +113,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--tls-allowed-clients",
         metavar="NAMES",
         help="comma-separated client certificate names allowed to call (gedge-extender)",
+    )
+    parser.add_argument(
+        "--tls-csr",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="under Kubernetes: get --tls-cert/--tls-key from a CertificateSigningRequest (gedge.io/agent)",
+    )
+    parser.add_argument(
+        "--tls-csr-expiration-s", type=int, metavar="S", help="validity each CSR asks for (86400, >= 600)"
     )
     parser.add_argument(
         "--insecure",
@@ -331,13 +344,19 @@ def follow_driver(parts: NodeParts, readiness: Readiness) -> None:
         parts.pod_status.driver = readiness.driver
 
 
+def apply_reason(readiness: Readiness) -> str | None:
+    """What /readyz says about applying: None when the agent can apply, else `Reason: message`."""
+    return None if readiness.ready else f"{readiness.reason}: {readiness.message}"
+
+
 async def watch_readiness(
-    parts: NodeParts, runtime: AgentRuntime, interval_s: float, stop: asyncio.Event
+    parts: NodeParts, runtime: AgentRuntime, ready: ReadyState, interval_s: float, stop: asyncio.Event
 ) -> None:
-    """Re-check the node every `interval_s`; the readiness health follows (the probe's answer)."""
+    """Re-check the node every `interval_s`; the readiness health and /readyz follow (the probe's answer)."""
     assert parts.gate is not None
     while True:
         readiness = await asyncio.to_thread(parts.gate.refresh)
+        ready.set("apply", apply_reason(readiness))
         await runtime.set_ready(readiness.ready)
         try:
             await asyncio.wait_for(stop.wait(), interval_s)
@@ -619,26 +638,43 @@ async def serve(config: AgentConfig) -> int:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    halt = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await runtime.start()
-    except RuntimeError as exc:
-        raise OSError(f"cannot listen on {config.listen}: {exc}") from None
+        loop.add_signal_handler(sig, lambda: (stop.set(), halt.set()))
+    ready = ReadyState()
+    ready.set("grpc", "starting: discovering the node, then serving gRPC")
+    certificate = node_certificate(config, parts, ready, metrics)
+    if parts.gate is not None:
+        ready.set("apply", apply_reason(parts.gate.current))
+    # Nothing until the first discovery is in.
     metrics.registry.register(
         NodeInventoryCollector(lambda: runtime.store.current().state if runtime.store else None)
     )
     metrics_server = None
     if config.metrics_listen:
-        from prometheus_client import start_http_server
-
         host, port = parse_listen(config.metrics_listen, "metrics_listen")
-        try:
-            metrics_server, _ = start_http_server(port, addr=host, registry=metrics.registry)
-        except OSError:
-            await runtime.stop(0)
-            raise
+        metrics_server = start_http(host, port, metrics.registry, ready)
         log.info("metrics serving", listen=config.metrics_listen, port=metrics_server.server_port)
+    rotation = None
+    if certificate is not None:
+        if not await asyncio.to_thread(certificate.ensure, halt):
+            stop_http(metrics_server)
+            return 0
+        rotation = threading.Thread(
+            target=certificate.rotate_forever, args=(halt,), name="certificate", daemon=True
+        )
+        rotation.start()
+    try:
+        await runtime.start()
+    except RuntimeError as exc:
+        halt.set()
+        stop_http(metrics_server)
+        raise OSError(f"cannot listen on {config.listen}: {exc}") from None
+    except BaseException:
+        halt.set()
+        stop_http(metrics_server)
+        raise
+    ready.set("grpc", None)
     assert runtime.store is not None
     health = await asyncio.to_thread(start_health, config, runtime.store, metrics, parts.core)
     log_capabilities(config, parts, health)
@@ -646,7 +682,9 @@ async def serve(config: AgentConfig) -> int:
     refresher = None
     readiness = None
     if parts.gate is not None:
-        readiness = asyncio.create_task(watch_readiness(parts, runtime, config.readiness_interval_s, stop))
+        readiness = asyncio.create_task(
+            watch_readiness(parts, runtime, ready, config.readiness_interval_s, stop)
+        )
     expiry = None
     if parts.core is None and parts.manager is not None and config.reservation_ttl_s > 0:
         expiry = asyncio.create_task(
@@ -660,6 +698,9 @@ async def serve(config: AgentConfig) -> int:
         )
     await stop.wait()
     log.info("shutting down", signal="SIGTERM/SIGINT")
+    halt.set()
+    if rotation is not None:
+        await asyncio.to_thread(rotation.join, 15)
     if refresher is not None:
         await refresher
     if readiness is not None:
@@ -670,7 +711,36 @@ async def serve(config: AgentConfig) -> int:
     await asyncio.to_thread(health.stop)
     await asyncio.to_thread(stop_nri, parts)
     await runtime.stop()
-    if metrics_server is not None:
-        metrics_server.shutdown()
-        metrics_server.server_close()
+    stop_http(metrics_server)
     return 0
+
+
+def node_certificate(
+    config: AgentConfig, parts: NodeParts, ready: ReadyState, metrics: AgentMetrics
+) -> NodeCertificate | None:
+    """With tls_csr: what keeps the node's certificate issued and current; its state goes to /readyz."""
+    if not config.tls_csr:
+        return None
+    if parts.core is None:
+        raise ConfigError("tls_csr needs Kubernetes (a kubeconfig or the pod's service account)")
+    from kubernetes import client as k8s
+
+    assert config.tls_cert and config.tls_key and config.tls_ca
+    ready.set("certificate", "not checked yet")
+    return NodeCertificate(
+        k8s.CertificatesV1Api(parts.core.api_client),
+        config.node_name or socket.gethostname(),
+        config.tls_cert,
+        config.tls_key,
+        config.tls_ca,
+        expiration_s=config.tls_csr_expiration_s,
+        on_state=lambda reason: ready.set("certificate", reason),
+        on_certificate=lambda cert: metrics.certificate_expiry.set(cert.not_valid_after_utc.timestamp()),
+        on_request=lambda outcome: metrics.certificate_requests.labels(outcome).inc(),
+    )
+
+
+def stop_http(server: Any) -> None:
+    if server is not None:
+        server.shutdown()
+        server.server_close()

@@ -29,6 +29,18 @@ def test_tls_is_required_unless_insecure_is_asked_for(tmp_path: Path) -> None:
         load_config(environ={"GEDGE_AGENT_TLS_ALLOWED_CLIENTS": ""}, flags=tls)
 
 
+def test_tls_csr_needs_where_to_write_in_one_folder() -> None:
+    csr = {"tls_csr": True, "tls_cert": "/pki/tls.crt", "tls_key": "/pki/tls.key", "tls_ca": "/ca/ca.crt"}
+    config = load_config(environ={"GEDGE_AGENT_TLS_CSR_EXPIRATION_S": "3600"}, flags=csr)
+    assert config.tls_csr and config.tls_csr_expiration_s == 3600
+    with pytest.raises(ConfigError, match="tls_csr needs tls_cert and tls_key"):
+        load_config(environ={}, flags={"tls_csr": True, "insecure": True})
+    with pytest.raises(ConfigError, match="must be in one folder"):
+        load_config(environ={}, flags={**csr, "tls_key": "/other/tls.key"})
+    with pytest.raises(ConfigError, match="tls_csr_expiration_s must be at least 600, got 60"):
+        load_config(environ={}, flags={**csr, "tls_csr_expiration_s": 60})
+
+
 def test_sources_override_in_order(tmp_path: Path) -> None:
     file = tmp_path / "agent.yaml"
     file.write_text("listen: 10.0.0.1:1\nnode_name: from-file\npoll_interval_s: 2\nnetlink: false\n")

@@ -204,8 +204,12 @@ def test_reserved_devices_count_as_used_in_the_reported_state(
 def test_daemon_is_not_ready_while_it_cannot_drive_cgroups_and_becomes_ready_with_kubelet(
     cgroup_root: Path, tmp_path: Path
 ) -> None:
-    """No kubepods tree and no kubelet config: alive but not ready, one error line naming the cause
-    (no traceback); the tree appearing (kubelet started) makes it ready with the driver it shows."""
+    """No kubepods tree and no kubelet config: alive but not ready (gRPC readiness health and the
+    probe's /readyz on the metrics port, 503 with the reason), one error line naming the cause (no
+    traceback); the tree appearing (kubelet started) makes it ready with the driver it shows."""
+    import urllib.error
+    import urllib.request
+
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from agent.service.server import READINESS_SERVICE
@@ -221,17 +225,33 @@ def test_daemon_is_not_ready_while_it_cannot_drive_cgroups_and_becomes_ready_wit
         "--checkpoint",
         str(tmp_path / "checkpoint.json"),
         "--no-netlink",
-        metrics_listen="",
         env={"GEDGE_AGENT_READINESS_INTERVAL_S": "0.1"},
     )
+
+    def probe(path: str) -> tuple[int, str]:
+        url = f"http://127.0.0.1:{agent.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
     try:
         health = health_pb2_grpc.HealthStub(grpc.insecure_channel(f"127.0.0.1:{agent.port}"))
         ask = health_pb2.HealthCheckRequest
         assert health.Check(ask(service=""), timeout=10).status == health_pb2.HealthCheckResponse.SERVING
         statuses = health.Watch(ask(service=READINESS_SERVICE), timeout=60)
         assert next(statuses).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        code, body = probe("/readyz")
+        assert code == 503 and body.startswith(
+            "apply: CgroupDriverUnknown: kubelet's cgroup driver is unknown"
+        )
+        assert probe("/healthz") == (200, "ok\n")
         make_v1_cgroup(cgroup_root / "kubepods")
         assert next(statuses).status == health_pb2.HealthCheckResponse.SERVING
+        assert probe("/readyz") == (200, "ok\n")
+        code, metrics = probe("/metrics")
+        assert code == 200 and "gedge_agent_state_generation" in metrics
         statuses.cancel()
         assert agent.terminate(timeout=15) == 0
     finally:

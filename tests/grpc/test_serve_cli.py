@@ -116,6 +116,29 @@ def test_missing_tls_file_exits_2_naming_it(snapshot_roots: dict[str, Path], tmp
     assert "nope.crt" in result.stderr
 
 
+def test_tls_csr_without_kubernetes_exits_2_saying_so(
+    snapshot_roots: dict[str, Path], tmp_path: Path
+) -> None:
+    result = run_serve(
+        "--root",
+        str(snapshot_roots[SNAPSHOT]),
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-listen",
+        "",
+        "--tls-csr",
+        "--tls-cert",
+        str(tmp_path / "pki" / "tls.crt"),
+        "--tls-key",
+        str(tmp_path / "pki" / "tls.key"),
+        "--tls-ca",
+        str(tmp_path / "ca.pem"),
+    )
+    assert result.returncode == 2
+    assert "tls_csr needs Kubernetes (a kubeconfig or the pod's service account)" in result.stderr
+    assert not (tmp_path / "pki").exists()
+
+
 def test_certificate_for_another_node_is_refused_at_start(
     snapshot_roots: dict[str, Path], ca: TestCa
 ) -> None:

@@ -102,6 +102,17 @@ def test_daemonset_mounts_what_the_agent_writes() -> None:
     assert pod["containers"][0]["resources"]["limits"]["memory"]
 
 
+def test_agent_probes_ask_the_agent_not_the_port() -> None:
+    """kubelet cannot probe mTLS gRPC: readiness is /readyz on the plain metrics port (503 while the agent
+    cannot apply or has no certificate), liveness /healthz there."""
+    daemonset = next(doc for _, _, doc in DOCUMENTS if doc["kind"] == "DaemonSet")
+    container = daemonset["spec"]["template"]["spec"]["containers"][0]
+    metrics = next(p for p in container["ports"] if p["name"] == "metrics")
+    assert f"--metrics-listen=0.0.0.0:{metrics['containerPort']}" in container["args"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+
+
 def test_rbac_is_least_privilege() -> None:
     """No wildcard, no secrets, no write to anything but what each component uses."""
     for path, _, doc in DOCUMENTS:
@@ -147,3 +158,68 @@ def test_scrape_config_is_valid_prometheus(tmp_path: Path) -> None:
         ["promtool", "check", "config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_csr_signer_rbac_is_exactly_what_it_calls() -> None:
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for d in yaml.safe_load_all((DEPLOY / "tls" / "csr-signer.yaml").read_text())
+    }
+    cluster = docs[("ClusterRole", "gedge-csr-signer")]["rules"]
+    granted = {(tuple(r["resources"]), tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in cluster}
+    assert granted == {
+        (("certificatesigningrequests",), ("get", "list", "watch"), ()),
+        (("certificatesigningrequests/approval",), ("update",), ()),
+        (("certificatesigningrequests/status",), ("update",), ()),
+        (("signers",), ("approve", "sign"), ("gedge.io/agent",)),
+    }
+    assert all(r["apiGroups"] == ["certificates.k8s.io"] for r in cluster)
+    local = docs[("Role", "gedge-csr-signer")]
+    assert local["metadata"]["namespace"] == "gedge-system"
+    assert {(tuple(r["verbs"]), tuple(r.get("resourceNames", ()))) for r in local["rules"]} == {
+        (("get", "update"), ("gedge-ca-bundle",)),
+        (("create",), ()),
+    }
+
+
+def test_agents_request_their_certificate_and_trust_the_published_ca() -> None:
+    """The agent asks the CSR API (tls_csr), writes under its state folder, and reads the CA the signer
+    publishes; the signer reads the CA Secret cert-manager makes."""
+    signer = next(
+        d
+        for d in yaml.safe_load_all((DEPLOY / "tls" / "csr-signer.yaml").read_text())
+        if d["kind"] == "Deployment"
+    )
+    signer_pod = signer["spec"]["template"]["spec"]
+    args = signer_pod["containers"][0]["args"]
+    assert "--ca-configmap=gedge-system/gedge-ca-bundle" in args
+    assert signer_pod["volumes"][0]["secret"]["secretName"] == "gedge-ca"
+    certificates = list(yaml.safe_load_all((DEPLOY / "tls" / "certificates.yaml").read_text()))
+    assert any(d["kind"] == "Certificate" and d["spec"]["secretName"] == "gedge-ca" for d in certificates)
+
+    config = yaml.safe_load(
+        yaml.safe_load((DEPLOY / "agent" / "configmap.yaml").read_text())["data"]["agent.yaml"]
+    )
+    assert config["tls_csr"] is True
+    daemonset = next(doc for _, _, doc in DOCUMENTS if doc["kind"] == "DaemonSet")
+    pod = daemonset["spec"]["template"]["spec"]
+    mounts = {m["name"]: m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["ca"]["configMap"] == {"name": "gedge-ca-bundle", "optional": True}
+    assert config["tls_ca"] == f"{mounts['ca']}/ca.crt"
+    state = next(
+        name for name, v in volumes.items() if v.get("hostPath", {}).get("path") == "/var/lib/gedge-agent"
+    )
+    assert config["tls_cert"].startswith(f"{mounts[state]}/") and config["tls_key"].startswith(
+        f"{mounts[state]}/"
+    )
+    role = next(
+        d
+        for d in yaml.safe_load_all((DEPLOY / "agent" / "rbac.yaml").read_text())
+        if d["kind"] == "ClusterRole"
+    )
+    assert {
+        "apiGroups": ["certificates.k8s.io"],
+        "resources": ["certificatesigningrequests"],
+        "verbs": ["create", "get", "list", "watch"],
+    } in role["rules"]
