@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from gedge_model.cli_support import run_lazy_cli
+from gedge_common.cli import run_lazy_cli
 
 COMMANDS: dict[str, str] = {
     "topology": "print this node's topology and resource distance matrix (nvidia-smi topo -m layout)",

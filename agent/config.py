@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from agent.apply.cpuset import CpusetError, parse_cpu_list
 from gedge_model.allocation import valid_ifname
+from gedge_model.cpulist import CpulistError, parse_cpulist
 
 ENV_PREFIX = "GEDGE_AGENT_"
 DEFAULT_SKIP_XIDS = (13, 31, 43, 45, 68, 109)
@@ -124,8 +124,8 @@ class AgentConfig:
     def reserved_cpu_set(self) -> frozenset[int]:
         """`reserved_cpus` as CPU ids; ConfigError when it is not a cpu list."""
         try:
-            return parse_cpu_list(self.reserved_cpus, what="reserved_cpus")
-        except CpusetError as exc:
+            return parse_cpulist(self.reserved_cpus, what="reserved_cpus")
+        except CpulistError as exc:
             raise ConfigError(str(exc)) from None
 
     @property

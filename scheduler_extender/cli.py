@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from gedge_model.cli_support import run_lazy_cli
+from gedge_common.cli import run_lazy_cli
 
 COMMANDS: dict[str, str] = {
     "serve": "run the kube-scheduler extender (filter, prioritize, bind) over the live cluster cache",

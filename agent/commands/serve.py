@@ -38,7 +38,7 @@ from agent.podwatch import (
 from agent.podwatch.pods import PodView
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
-from gedge_model.cli_support import configure_logging
+from gedge_common.cli import configure_logging
 from gedge_model.tls import TlsConfigError
 
 log = structlog.get_logger("gedge.agent.serve")

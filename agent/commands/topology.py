@@ -11,8 +11,8 @@ from pathlib import Path
 import yaml
 
 from agent.discovery import discover
-from agent.discovery.sysfs import format_cpulist
 from gedge_model import DEFAULT_WEIGHTS, DeviceKind, Endpoint, Level, NodeTopology, distance_matrix, to_json
+from gedge_model.cpulist import format_cpulist
 from gedge_model.distance import LEGEND, XGMI_LABEL, XGMI_LEGEND, parse_weights
 
 _LEGEND_ORDER = (Level.X, Level.SYS, Level.NODE, Level.PHB, Level.PXB, Level.PIX, Level.NV)

@@ -16,8 +16,8 @@ from typing import Any
 import structlog
 import yaml
 
+from gedge_common.cli import configure_logging
 from gedge_model import ModelDecodeError, NodeState, NodeTopology, from_json, to_dict
-from gedge_model.cli_support import configure_logging
 from scheduler_extender.bind.binder import BindError
 from scheduler_extender.commands.render import allocation_summary
 from scheduler_extender.node_source import NodeSource, StaticNodeSource

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from gedge_model.cli_support import configure_logging
+from gedge_common.cli import configure_logging
 from gedge_model.tls import TlsConfigError, TlsFiles
 from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache

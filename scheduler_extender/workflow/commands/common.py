@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gedge_model import cli_support
+from gedge_common import cli as cli_support
 from scheduler_extender.workflow.catalog import (
     Catalog,
     CatalogError,
