@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from gedge_common import listen
 from gedge_model.allocation import valid_ifname
 from gedge_model.cpulist import CpulistError, parse_cpulist
 
@@ -209,12 +210,11 @@ class AgentConfig:
 
 
 def parse_listen(text: str, key: str = "listen") -> tuple[str, int]:
-    """HOST:PORT, [V6]:PORT or :PORT (all interfaces) -> (host, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"{key}: {text!r} is not HOST:PORT")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port_text)
+    """HOST:PORT, [V6]:PORT or :PORT (all interfaces) -> (host, port); ConfigError naming `key`."""
+    try:
+        return listen.parse_listen(text, key)
+    except listen.ListenError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_data_route(text: str) -> tuple[str, str | None]:
@@ -233,8 +233,7 @@ def parse_data_route(text: str) -> tuple[str, str | None]:
 
 
 def grpc_address(text: str) -> str:
-    host, port = parse_listen(text)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return listen.join_host_port(*parse_listen(text))
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
