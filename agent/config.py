@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gedge_common import listen
+from gedge_common import files, listen
 from gedge_model.allocation import valid_ifname
 from gedge_model.cpulist import CpulistError, parse_cpulist
 
@@ -306,13 +304,9 @@ def _vf_counts(value: Any) -> dict[str, int]:
 def load_file(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     try:
-        if file.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config {file}: larger than {MAX_CONFIG_BYTES} bytes")
-        raw = yaml.safe_load(file.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"config {file}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {file}: not YAML: {exc}") from None
+        raw = files.load_yaml(file, what="config", limit=MAX_CONFIG_BYTES) or {}
+    except files.FileLoadError as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {file}: expected a mapping of keys, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(_FIELDS))
