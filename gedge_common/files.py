@@ -7,6 +7,7 @@ the file is for and its path, so each caller wraps it in its own error type unch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,31 +51,30 @@ def _bounded(text: str | bytes, source: str, limit: int) -> None:
         raise FileLoadError(f"{source}: larger than {limit} bytes")
 
 
-def parse_yaml(text: str | bytes, *, source: str, limit: int = MAX_FILE_BYTES) -> Any:
-    """One YAML document (safe loader; empty -> None); FileLoadError `SOURCE: not YAML: ...`."""
+def _parse(
+    text: str | bytes, source: str, limit: int, load: Callable[[Any], Any], kind: str, errors: type[Exception]
+) -> Any:
     _bounded(text, source, limit)
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise FileLoadError(f"{source}: not YAML: {exc}") from None
+        return load(text)
+    except errors as exc:
+        raise FileLoadError(f"{source}: not {kind}: {exc}") from None
+
+
+def parse_yaml(text: str | bytes, *, source: str, limit: int = MAX_FILE_BYTES) -> Any:
+    """One YAML document (safe loader; empty -> None); FileLoadError `SOURCE: not YAML: ...`."""
+    return _parse(text, source, limit, yaml.safe_load, "YAML", yaml.YAMLError)
 
 
 def parse_yaml_all(text: str | bytes, *, source: str, limit: int = MAX_FILE_BYTES) -> list[Any]:
     """Every non-empty document of a `---` separated YAML stream, in order."""
-    _bounded(text, source, limit)
-    try:
-        return [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise FileLoadError(f"{source}: not YAML: {exc}") from None
+    documents = _parse(text, source, limit, lambda t: list(yaml.safe_load_all(t)), "YAML", yaml.YAMLError)
+    return [d for d in documents if d is not None]
 
 
 def parse_json(text: str | bytes, *, source: str, limit: int = MAX_FILE_BYTES) -> Any:
     """One JSON value; FileLoadError `SOURCE: not JSON: ...` (also for nesting past 1024 levels)."""
-    _bounded(text, source, limit)
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError as exc:
-        raise FileLoadError(f"{source}: not JSON: {exc}") from None
+    return _parse(text, source, limit, orjson.loads, "JSON", orjson.JSONDecodeError)
 
 
 def load_yaml(path: str | Path, *, what: str = "", limit: int = MAX_FILE_BYTES) -> Any:

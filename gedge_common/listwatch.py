@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from gedge_common.backoff import Backoff
@@ -30,6 +31,7 @@ def _status(exc: BaseException) -> int | None:
     return status if isinstance(status, int) else None
 
 
+@dataclass(kw_only=True)
 class ListWatch:
     """One list-then-watch loop.
 
@@ -41,29 +43,17 @@ class ListWatch:
     passed to `on_error(exc, delay_s)` and the loop waits the backoff's next delay (a successful
     list resets it). `stop()` ends the loop and the open watch."""
 
-    def __init__(
-        self,
-        *,
-        relist: Callable[[], str],
-        watch_call: Callable[..., Any],
-        handle: Callable[[Mapping[str, Any]], None],
-        backoff: Backoff,
-        on_error: Callable[[Exception, float], None],
-        on_expired: Callable[[], None] | None = None,
-        watch_args: Mapping[str, Any] | None = None,
-        resume: bool = False,
-    ) -> None:
-        self._relist = relist
-        self._watch_call = watch_call
-        self._handle = handle
-        self._backoff = backoff
-        self._on_error = on_error
-        self._on_expired = on_expired
-        self._watch_args = dict(watch_args or {})
-        self._resume = resume
-        self.stopping = threading.Event()
-        self._watch: Any = None
-        self._thread: threading.Thread | None = None
+    relist: Callable[[], str]
+    watch_call: Callable[..., Any]
+    handle: Callable[[Mapping[str, Any]], None]
+    backoff: Backoff
+    on_error: Callable[[Exception, float], None]
+    on_expired: Callable[[], None] | None = None
+    watch_args: Mapping[str, Any] = field(default_factory=dict)
+    resume: bool = False
+    stopping: threading.Event = field(default_factory=threading.Event, init=False)
+    _watch: Any = field(default=None, init=False)
+    _thread: threading.Thread | None = field(default=None, init=False)
 
     def start(self, name: str) -> None:
         """Run the loop in a daemon thread called `name`."""
@@ -89,18 +79,18 @@ class ListWatch:
                 if self.stopping.is_set():
                     return
                 if _status(exc) == GONE:
-                    if self._on_expired is not None:
-                        self._on_expired()
+                    if self.on_expired is not None:
+                        self.on_expired()
                     continue
-                delay = self._backoff.next_delay()
-                self._on_error(exc, delay)
+                delay = self.backoff.next_delay()
+                self.on_error(exc, delay)
                 self.stopping.wait(delay)
 
     def _round(self) -> None:
         from kubernetes.client.exceptions import ApiException
 
-        version = self._relist()
-        self._backoff.reset()
+        version = self.relist()
+        self.backoff.reset()
         while not self.stopping.is_set():
             for event in self._events(version):
                 if self.stopping.is_set():
@@ -111,8 +101,8 @@ class ListWatch:
                     reason = raw.get("message", "watch error") if isinstance(raw, Mapping) else "watch error"
                     raise ApiException(status=code, reason=reason)
                 version = event_version(event) or version
-                self._handle(event)
-            if not self._resume:
+                self.handle(event)
+            if not self.resume:
                 return
 
     def _events(self, version: str) -> Iterator[Mapping[str, Any]]:
@@ -121,12 +111,12 @@ class ListWatch:
         from kubernetes import watch
         from kubernetes.client.exceptions import ApiException
 
-        args = dict(self._watch_args)
+        args = dict(self.watch_args)
         self._watch = watch.Watch()
         if args.pop("deserialize", True):
-            yield from self._watch.stream(self._watch_call, resource_version=version, **args)
+            yield from self._watch.stream(self.watch_call, resource_version=version, **args)
             return
-        response = self._watch_call(watch=True, resource_version=version, _preload_content=False, **args)
+        response = self.watch_call(watch=True, resource_version=version, _preload_content=False, **args)
         try:
             if not 200 <= response.status <= 299:
                 raise ApiException(status=response.status, reason=response.reason)
