@@ -72,7 +72,8 @@ class KubeNodeTargets:
             self._loop.stop(timeout)
 
     def _relist(self) -> str:
-        listed = self._core_v1.list_node()  # type: ignore[union-attr]
+        api: Any = self._core_v1
+        listed = api.list_node()
         self.targets = {}
         for node in listed.items:
             self._remember(node)
