@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from gedge_model.cli_support import run_lazy_cli
+from gedge_common.cli import lazy_main
 
 COMMANDS: dict[str, str] = {
     "topology": "print this node's topology and resource distance matrix (nvidia-smi topo -m layout)",
@@ -26,15 +26,13 @@ EPILOG = """examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_lazy_cli(
-        prog="gedge-agent",
-        description="gedge-accel node agent: discovers the node's topology and applies placements.",
-        epilog=EPILOG,
-        package="agent.commands",
-        commands=COMMANDS,
-        argv=argv,
-    )
+main = lazy_main(
+    prog="gedge-agent",
+    description="gedge-accel node agent: discovers the node's topology and applies placements.",
+    epilog=EPILOG,
+    package="agent.commands",
+    commands=COMMANDS,
+)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from agent.apply.cpuset import CpusetError, parse_cpu_list
+from gedge_common import files, listen
 from gedge_model.allocation import valid_ifname
+from gedge_model.cpulist import CpulistError, parse_cpulist
 
 ENV_PREFIX = "GEDGE_AGENT_"
 DEFAULT_SKIP_XIDS = (13, 31, 43, 45, 68, 109)
@@ -129,8 +128,8 @@ class AgentConfig:
     def reserved_cpu_set(self) -> frozenset[int]:
         """`reserved_cpus` as CPU ids; ConfigError when it is not a cpu list."""
         try:
-            return parse_cpu_list(self.reserved_cpus, what="reserved_cpus")
-        except CpusetError as exc:
+            return parse_cpulist(self.reserved_cpus, what="reserved_cpus")
+        except CpulistError as exc:
             raise ConfigError(str(exc)) from None
 
     @property
@@ -223,12 +222,11 @@ class AgentConfig:
 
 
 def parse_listen(text: str, key: str = "listen") -> tuple[str, int]:
-    """HOST:PORT, [V6]:PORT or :PORT (all interfaces) -> (host, port)."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(f"{key}: {text!r} is not HOST:PORT")
-    host = host.strip("[]") or "0.0.0.0"
-    return host, int(port_text)
+    """HOST:PORT, [V6]:PORT or :PORT (all interfaces) -> (host, port); ConfigError naming `key`."""
+    try:
+        return listen.parse_listen(text, key)
+    except listen.ListenError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_data_route(text: str) -> tuple[str, str | None]:
@@ -247,8 +245,7 @@ def parse_data_route(text: str) -> tuple[str, str | None]:
 
 
 def grpc_address(text: str) -> str:
-    host, port = parse_listen(text)
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return listen.join_host_port(*parse_listen(text))
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
@@ -321,13 +318,9 @@ def _vf_counts(value: Any) -> dict[str, int]:
 def load_file(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     try:
-        if file.stat().st_size > MAX_CONFIG_BYTES:
-            raise ConfigError(f"config {file}: larger than {MAX_CONFIG_BYTES} bytes")
-        raw = yaml.safe_load(file.read_text()) or {}
-    except OSError as exc:
-        raise ConfigError(f"config {file}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config {file}: not YAML: {exc}") from None
+        raw = files.load_yaml(file, what="config", limit=MAX_CONFIG_BYTES) or {}
+    except files.FileLoadError as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {file}: expected a mapping of keys, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(_FIELDS))

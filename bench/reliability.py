@@ -37,11 +37,11 @@ sys.path.insert(0, str(REPO))
 
 from agent.apply import CgroupDriver, QosClass  # noqa: E402
 from agent.bench.common import render_table  # noqa: E402
-from gedge_model.cli_support import configure_logging  # noqa: E402
+from gedge_common.cli import configure_logging  # noqa: E402
 from tests.apply.helpers import build_pod_cgroups, new_pod_uid, v1_sandbox  # noqa: E402
 from tests.grpc.agents import spawn_agent  # noqa: E402
 
-CLI = [str(REPO / ".venv" / "bin" / "gedge-extender")]
+CLI = [str(Path(sys.executable).parent / "gedge-extender")]
 
 
 @dataclass

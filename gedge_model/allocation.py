@@ -195,3 +195,21 @@ class Allocation:
             return from_json(cls, text)
         except ModelDecodeError as exc:
             raise ModelDecodeError(f"{ANNOTATION}: {exc}") from None
+
+
+def pod_allocation(annotation: str | None, *, pod: str, pod_uid: str, node: str) -> Allocation:
+    """The allocation a pod's ANNOTATION holds, checked to be for this pod (`pod_uid`) on `node`.
+
+    `pod` is how messages name it (NAMESPACE/NAME). Raises ModelDecodeError `pod REF: ...` when the
+    annotation is absent, unreadable, or names another node or pod uid."""
+    if annotation is None:
+        raise ModelDecodeError(f"pod {pod} has no {ANNOTATION}")
+    try:
+        allocation = Allocation.from_annotation(annotation)
+    except ModelDecodeError as exc:
+        raise ModelDecodeError(f"pod {pod}: {exc}") from None
+    if allocation.node != node:
+        raise ModelDecodeError(f"pod {pod}: {ANNOTATION} is for node {allocation.node!r}, not {node!r}")
+    if allocation.pod_uid != pod_uid:
+        raise ModelDecodeError(f"pod {pod}: {ANNOTATION} is for pod uid {allocation.pod_uid}, not {pod_uid}")
+    return allocation

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from gedge_model.cli_support import run_lazy_cli
+from gedge_common.cli import lazy_main
 
 COMMANDS: dict[str, str] = {
     "serve": "run the kube-scheduler extender (filter, prioritize, bind) over the live cluster cache",
@@ -22,15 +22,13 @@ EPILOG = """examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_lazy_cli(
-        prog="gedge-extender",
-        description="gedge-accel scheduler extender: topology-aware filter, prioritize and bind.",
-        epilog=EPILOG,
-        package="scheduler_extender.commands",
-        commands=COMMANDS,
-        argv=argv,
-    )
+main = lazy_main(
+    prog="gedge-extender",
+    description="gedge-accel scheduler extender: topology-aware filter, prioritize and bind.",
+    epilog=EPILOG,
+    package="scheduler_extender.commands",
+    commands=COMMANDS,
+)
 
 
 if __name__ == "__main__":

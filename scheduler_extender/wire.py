@@ -9,7 +9,7 @@ a reply mirrors the mode of the request it answers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,6 +208,20 @@ def _pdb(raw: Any, path: str) -> int:
     return raw
 
 
+def _node_victims(entry: Any, path: str, uid_of: Callable[[dict[str, Any], str], str]) -> NodeVictims:
+    """One node's victims, {Pods, NumPDBViolations}; `uid_of(pod, path)` reads a victim's uid
+    (MetaPod: its UID field, a full Pod: metadata.uid)."""
+    item = _object(entry, path)
+    assert item is not None
+    pods = field(item, "Pods") or []
+    if not isinstance(pods, list):
+        raise WireError(f"{path}.Pods: expected a list")
+    uids = tuple(
+        uid_of(_object(p, f"{path}.Pods[{i}]") or {}, f"{path}.Pods[{i}]") for i, p in enumerate(pods)
+    )
+    return NodeVictims(uids, _pdb(field(item, "NumPDBViolations"), f"{path}.NumPDBViolations"))
+
+
 def decode_preemption_args(raw: Any) -> PreemptionArgs:
     body = _object(raw, "ExtenderPreemptionArgs")
     assert body is not None
@@ -217,30 +231,16 @@ def decode_preemption_args(raw: Any) -> PreemptionArgs:
     meta = _object(field(body, "NodeNameToMetaVictims"), "NodeNameToMetaVictims", required=False)
     full = _object(field(body, "NodeNameToVictims"), "NodeNameToVictims", required=False)
     for node, entry in (meta or {}).items():
-        path = f"ExtenderPreemptionArgs.NodeNameToMetaVictims.{node}"
-        item = _object(entry, path)
-        assert item is not None
-        pods = field(item, "Pods") or []
-        if not isinstance(pods, list):
-            raise WireError(f"{path}.Pods: expected a list")
-        uids = tuple(
-            _string(field(_object(p, f"{path}.Pods[{i}]") or {}, "UID"), f"{path}.Pods[{i}].UID")
-            for i, p in enumerate(pods)
+        victims[node] = _node_victims(
+            entry,
+            f"ExtenderPreemptionArgs.NodeNameToMetaVictims.{node}",
+            lambda p, where: _string(field(p, "UID"), f"{where}.UID"),
         )
-        victims[node] = NodeVictims(uids, _pdb(field(item, "NumPDBViolations"), f"{path}.NumPDBViolations"))
     for node, entry in (full or {}).items():
-        if node in victims:
-            continue
-        path = f"ExtenderPreemptionArgs.NodeNameToVictims.{node}"
-        item = _object(entry, path)
-        assert item is not None
-        pods = field(item, "Pods") or []
-        if not isinstance(pods, list):
-            raise WireError(f"{path}.Pods: expected a list")
-        uids = tuple(
-            object_uid(_object(p, f"{path}.Pods[{i}]") or {}, f"{path}.Pods[{i}]") for i, p in enumerate(pods)
-        )
-        victims[node] = NodeVictims(uids, _pdb(field(item, "NumPDBViolations"), f"{path}.NumPDBViolations"))
+        if node not in victims:
+            victims[node] = _node_victims(
+                entry, f"ExtenderPreemptionArgs.NodeNameToVictims.{node}", object_uid
+            )
     return PreemptionArgs(pod=pod, victims=victims)
 
 

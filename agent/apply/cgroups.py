@@ -23,7 +23,8 @@ from contextlib import suppress
 from enum import StrEnum
 from pathlib import Path
 
-from agent.apply.cpuset import Cpuset, CpusetError, format_cpu_list, parse_cpu_list, plan_cpuset_writes
+from agent.apply.cpuset import Cpuset, plan_cpuset_writes
+from gedge_model.cpulist import CpulistError, format_cpulist, parse_cpulist
 
 _POD_UID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _CONTAINER_ID = re.compile(r"^[0-9a-f]{12,128}$")
@@ -147,8 +148,8 @@ class CpusetTree:
         except OSError as exc:
             raise CgroupError(f"cannot read {path / name}: {exc.strerror}") from None
         try:
-            return parse_cpu_list(text, what=str(path / name))
-        except CpusetError as exc:
+            return parse_cpulist(text, what=str(path / name))
+        except CpulistError as exc:
             raise CgroupError(str(exc)) from None
 
     def read(self, path: Path) -> Cpuset:
@@ -166,12 +167,12 @@ class CpusetTree:
         for kind, ids in (("mems", value.mems), ("cpus", value.cpus)):
             target = path / f"cpuset.{kind}"
             try:
-                if parse_cpu_list(target.read_text()) == ids:
+                if parse_cpulist(target.read_text()) == ids:
                     continue
-                target.write_text(format_cpu_list(ids) + "\n")
+                target.write_text(format_cpulist(ids) + "\n")
             except OSError as exc:
                 detail = "a child cgroup uses more" if exc.errno == errno.EBUSY else exc.strerror
-                raise CgroupError(f"cannot write {format_cpu_list(ids)!r} to {target}: {detail}") from None
+                raise CgroupError(f"cannot write {format_cpulist(ids)!r} to {target}: {detail}") from None
 
     def apply(
         self, targets: Mapping[Path, Cpuset], on_write: Callable[[Path, Cpuset], None] | None = None

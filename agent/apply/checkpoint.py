@@ -14,10 +14,12 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from gedge_common.files import FileLoadError, read_bounded
 from gedge_model import Allocation
 from gedge_model.codec import ModelDecodeError, from_json, to_json
 
 FORMAT_VERSION = 1
+MAX_CHECKPOINT_BYTES = 64 * 1024 * 1024
 
 
 class CheckpointError(RuntimeError):
@@ -97,11 +99,11 @@ class CheckpointStore:
 
     def load(self) -> CheckpointData:
         try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return CheckpointData()
-        except OSError as exc:
-            raise CheckpointError(f"cannot read checkpoint {self.path}: {exc.strerror}") from None
+            text = read_bounded(self.path, what="checkpoint", limit=MAX_CHECKPOINT_BYTES)
+        except FileLoadError as exc:
+            if exc.missing:
+                return CheckpointData()
+            raise CheckpointError(f"cannot read {exc}") from None
         try:
             data = from_json(CheckpointData, text)
         except ModelDecodeError as exc:

@@ -1,4 +1,4 @@
-"""Cpusets: the Linux list format, and the safe order of writes in a cgroup hierarchy.
+"""Cpusets, and the safe order of writes in a cgroup hierarchy.
 
 cgroup v1 refuses a parent narrower than any child (EBUSY) and a child wider
 than its parent, so a change is made in two passes: top-down each touched
@@ -8,52 +8,11 @@ each is narrowed to its target. Every intermediate state is legal.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-_LIST = re.compile(r"^\d+(-\d+)?(,\d+(-\d+)?)*$")
-MAX_CPU_ID = 65535
-
-
-class CpusetError(ValueError):
-    """A cpuset value or file is malformed; the message names it."""
-
-
-def parse_cpu_list(text: str, *, what: str = "cpu list") -> frozenset[int]:
-    """`0-3,8,10-11` -> {0,1,2,3,8,10,11}; the empty string is the empty set."""
-    text = text.strip()
-    if not text:
-        return frozenset()
-    if not _LIST.match(text):
-        raise CpusetError(f"{what}: {text!r} is not a Linux cpu list")
-    ids: set[int] = set()
-    for part in text.split(","):
-        low, _, high = part.partition("-")
-        first, last = int(low), int(high or low)
-        if first > last or last > MAX_CPU_ID:
-            raise CpusetError(f"{what}: bad range {part!r} in {text!r}")
-        ids.update(range(first, last + 1))
-    return frozenset(ids)
-
-
-def format_cpu_list(ids: Iterable[int]) -> str:
-    """{0,1,2,3,8} -> `0-3,8` (the form the kernel prints)."""
-    ordered = sorted(set(ids))
-    parts: list[str] = []
-    start = prev = None
-    for i in ordered:
-        if start is None:
-            start = prev = i
-        elif i == prev + 1:
-            prev = i
-        else:
-            parts.append(f"{start}" if start == prev else f"{start}-{prev}")
-            start = prev = i
-    if start is not None:
-        parts.append(f"{start}" if start == prev else f"{start}-{prev}")
-    return ",".join(parts)
+from gedge_model.cpulist import format_cpulist
 
 
 @dataclass(frozen=True)
@@ -68,7 +27,7 @@ class Cpuset:
         return other.cpus <= self.cpus and other.mems <= self.mems
 
     def __str__(self) -> str:
-        return f"cpus={format_cpu_list(self.cpus) or '-'} mems={format_cpu_list(self.mems) or '-'}"
+        return f"cpus={format_cpulist(self.cpus) or '-'} mems={format_cpulist(self.mems) or '-'}"
 
 
 def _ancestors(path: Path, root: Path) -> list[Path]:

@@ -38,10 +38,11 @@ from agent.apply.cgroups import (
 )
 from agent.apply.checkpoint import CheckpointData, CheckpointError, CheckpointStore, Intent, PodRecord
 from agent.apply.contract import ApplyError
-from agent.apply.cpuset import Cpuset, format_cpu_list
+from agent.apply.cpuset import Cpuset
 from agent.apply.nic.applier import NicApplier, NicError
 from gedge_model import Allocation
 from gedge_model.cpu_pool import pinnable_cpus
+from gedge_model.cpulist import format_cpulist
 
 log = structlog.get_logger(__name__)
 
@@ -151,7 +152,7 @@ class ApplyManager:
             log.info(
                 "attached" if existing is not None and existing.reserved else "applied",
                 pod=uid,
-                cpus=format_cpu_list(allocation.cpus),
+                cpus=format_cpulist(allocation.cpus),
                 nic=nic_record is not None,
             )
 
@@ -160,7 +161,7 @@ class ApplyManager:
         self._validate(allocation, None, data)
         record = PodRecord(allocation=allocation, reserved=True, reserved_at=self._clock())
         self._write_ahead(record, data, None)
-        log.info("reserved", pod=allocation.pod_uid, cpus=format_cpu_list(allocation.cpus))
+        log.info("reserved", pod=allocation.pod_uid, cpus=format_cpulist(allocation.cpus))
 
     def _write_ahead(self, record: PodRecord, data: CheckpointData, existing: PodRecord | None) -> None:
         self._save(CheckpointData(pods=data.pods, intent=Intent(op="apply", record=record)))
@@ -336,24 +337,24 @@ class ApplyManager:
             outside = cpus - allowed.cpus
             if outside:
                 raise ApplyError(
-                    f"pod {uid}: cpus {format_cpu_list(outside)} are not in the node's pod CPUs "
-                    f"{format_cpu_list(allowed.cpus)}"
+                    f"pod {uid}: cpus {format_cpulist(outside)} are not in the node's pod CPUs "
+                    f"{format_cpulist(allowed.cpus)}"
                 )
             reserved = cpus & self.reserved_cpus
             if reserved:
-                raise ApplyError(f"pod {uid}: cpus {format_cpu_list(reserved)} are reserved for the system")
+                raise ApplyError(f"pod {uid}: cpus {format_cpulist(reserved)} are reserved for the system")
             others = {c for p in data.pods if p.allocation.pod_uid != uid for c in p.allocation.cpus}
             if self.pinned_elsewhere is not None:
                 others |= {c for pod, held in self.pinned_elsewhere().items() if pod != uid for c in held}
             taken = cpus & others
             if taken:
-                raise ApplyError(f"pod {uid}: cpus {format_cpu_list(taken)} are exclusive to another pod")
+                raise ApplyError(f"pod {uid}: cpus {format_cpulist(taken)} are exclusive to another pod")
             unpinned = allowed.cpus - others
             if len(cpus) > pinnable_cpus(len(unpinned), len(unpinned & self.reserved_cpus)):
-                raise ApplyError(f"pod {uid}: pinning cpus {format_cpu_list(cpus)} empties the shared pool")
+                raise ApplyError(f"pod {uid}: pinning cpus {format_cpulist(cpus)} empties the shared pool")
         bad_numa = set(allocation.numa_nodes) - allowed.mems
         if bad_numa:
-            mems = format_cpu_list(allowed.mems)
+            mems = format_cpulist(allowed.mems)
             raise ApplyError(f"pod {uid}: NUMA nodes {sorted(bad_numa)} not in the node's {mems}")
         if allocation.network is not None:
             if self.nic is None:

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-import yaml
 
 from agent.apply.cgroups import CgroupDriver, kubepods_dir
+from gedge_common.files import FileLoadError, load_yaml
 
 log = structlog.get_logger(__name__)
 
@@ -47,15 +47,11 @@ def kubelet_config_driver(path: Path) -> CgroupDriver | None:
 
     Raises DriverUnknown when the file cannot be read or names another driver."""
     try:
-        if path.stat().st_size > MAX_KUBELET_CONFIG_BYTES:
-            raise DriverUnknown(f"kubelet config {path}: larger than {MAX_KUBELET_CONFIG_BYTES} bytes")
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise DriverUnknown(f"kubelet config {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise DriverUnknown(f"kubelet config {path}: not YAML: {exc}") from None
+        raw = load_yaml(path, what="kubelet config", limit=MAX_KUBELET_CONFIG_BYTES)
+    except FileLoadError as exc:
+        if exc.missing:
+            return None
+        raise DriverUnknown(str(exc)) from None
     if not isinstance(raw, dict) or "cgroupDriver" not in raw:
         return None
     value = raw["cgroupDriver"]

@@ -26,9 +26,9 @@ from pathlib import Path
 
 from agent.apply import ApplyManager, CgroupDriver, CgroupVersion, PodRuntime, QosClass, StaticPodResolver
 from agent.apply.cgroups import CpusetTree, container_cgroup_names, pod_cgroup, remove_cgroup_tree
-from agent.apply.cpuset import format_cpu_list
 from agent.bench.common import Progress, raise_if_interrupted, ratio, render_table, run_as_child, spread
 from gedge_model import Allocation
+from gedge_model.cpulist import format_cpulist
 
 CPUSET_V1 = Path("/sys/fs/cgroup/cpuset")
 BLOCK = b"\x5a" * (64 * 1024)
@@ -115,9 +115,7 @@ class Sandbox:
         self.workload_cgroup, self.noisy_cgroup = containers
         self.cpus = sorted(self.tree.read(self.top).cpus)
         if len(self.cpus) < 2:
-            raise RuntimeError(
-                f"pinning needs at least two CPUs, {self.top} has {format_cpu_list(self.cpus)}"
-            )
+            raise RuntimeError(f"pinning needs at least two CPUs, {self.top} has {format_cpulist(self.cpus)}")
         self.manager = ApplyManager(
             cgroup_root=self.top,
             cgroup_driver=CgroupDriver.CGROUPFS,
@@ -210,7 +208,7 @@ def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus:
             raise RuntimeError(f"--cpus must be within 1..{len(box.cpus) - 1} on this node")
         allocation = box.exclusive_allocation(exclusive_cpus)
         progress(
-            f"CPUs {format_cpu_list(box.cpus)}; noisy neighbour: {len(box.cpus)} busy processes; "
+            f"CPUs {format_cpulist(box.cpus)}; noisy neighbour: {len(box.cpus)} busy processes; "
             f"workload: SHA-256 over {budget.work_mib} MiB"
         )
         for n in range(1, budget.runs + 1):
@@ -223,8 +221,8 @@ def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus:
                 runs.append(run)
                 progress(
                     f"run {n}/{budget.runs} {mode:9s}: {run.seconds:.3f} s "
-                    f"(workload on CPUs {format_cpu_list(run.workload_cpus)}, "
-                    f"noise on {format_cpu_list(run.noise_cpus)})"
+                    f"(workload on CPUs {format_cpulist(run.workload_cpus)}, "
+                    f"noise on {format_cpulist(run.noise_cpus)})"
                 )
         cpus = box.cpus
     modes = {}
@@ -262,8 +260,8 @@ def format_pinning(report: dict) -> str:
         ("completion min (s)", f"{s['min']:.3f}", f"{e['min']:.3f}", ""),
         ("completion max (s)", f"{s['max']:.3f}", f"{e['max']:.3f}", ""),
         ("spread stdev (s)", f"{s['stdev']:.3f}", f"{e['stdev']:.3f}", cell(r["spread_stdev"])),
-        ("workload CPUs", format_cpu_list(s["workload_cpus"]), format_cpu_list(e["workload_cpus"]), ""),
-        ("noisy neighbour CPUs", format_cpu_list(s["noise_cpus"]), format_cpu_list(e["noise_cpus"]), ""),
+        ("workload CPUs", format_cpulist(s["workload_cpus"]), format_cpulist(e["workload_cpus"]), ""),
+        ("noisy neighbour CPUs", format_cpulist(s["noise_cpus"]), format_cpulist(e["noise_cpus"]), ""),
         ("runs", str(len(s["seconds"])), str(len(e["seconds"])), ""),
     ]
     table = render_table(("", "shared CPUs", "exclusive cpuset", "shared / exclusive"), rows)

@@ -40,7 +40,7 @@ from agent.podwatch.pods import PodView
 from agent.readyz import ReadyState, start_http
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
-from gedge_model.cli_support import configure_logging
+from gedge_common.cli import configure_logging
 from gedge_model.tls import TlsConfigError
 
 log = structlog.get_logger("gedge.agent.serve")

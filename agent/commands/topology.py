@@ -8,11 +8,10 @@ import sys
 from collections.abc import Collection, Mapping
 from pathlib import Path
 
-import yaml
-
 from agent.discovery import discover
-from agent.discovery.sysfs import format_cpulist
+from gedge_common.files import FileLoadError, load_yaml
 from gedge_model import DEFAULT_WEIGHTS, DeviceKind, Endpoint, Level, NodeTopology, distance_matrix, to_json
+from gedge_model.cpulist import format_cpulist
 from gedge_model.distance import LEGEND, XGMI_LABEL, XGMI_LEGEND, parse_weights
 
 _LEGEND_ORDER = (Level.X, Level.SYS, Level.NODE, Level.PHB, Level.PXB, Level.PIX, Level.NV)
@@ -69,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _load_weights(path: Path) -> dict[Level, float]:
     try:
-        raw = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise UsageError(f"--weights {path}: {exc}") from None
+        raw = load_yaml(path, what="--weights")
+    except FileLoadError as exc:
+        raise UsageError(str(exc)) from None
     if not isinstance(raw, Mapping):
         raise UsageError(f"--weights {path}: expected a mapping of level to weight")
     try:

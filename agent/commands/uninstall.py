@@ -18,7 +18,7 @@ from agent.apply import ApplyError, ApplyManager, CgroupDriver, StaticPodResolve
 from agent.apply.cgroups import CgroupError, detect_cgroup_layout
 from agent.apply.nic import NicApplier
 from agent.config import ConfigError, load_config
-from gedge_model.cli_support import configure_logging
+from gedge_common.cli import configure_logging
 
 log = structlog.get_logger("gedge.agent.uninstall")
 

@@ -19,6 +19,7 @@ from agent.deviceplugin.devices import plugin_devices
 from agent.deviceplugin.hostdevices import HostDevices
 from agent.deviceplugin.plugin import ResourcePlugin
 from agent.deviceplugin.pods import PendingPodSource
+from gedge_common.backoff import Backoff
 from gedge_model import NodeTopology
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,7 @@ class DevicePluginManager:
         self._plugins: dict[str, ResourcePlugin] = {}
         self._registered: dict[str, tuple[int, int]] = {}
         """resource -> identity of the kubelet.sock it registered with."""
-        self._backoff: dict[str, tuple[float, float]] = {}
+        self._backoff: dict[str, tuple[float, Backoff]] = {}
         """resource -> (next attempt on the monotonic clock, current delay) after a refusal."""
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -127,7 +128,7 @@ class DevicePluginManager:
         for resource, plugin in plugins:
             with self._lock:
                 registered = self._registered.get(resource)
-                retry_at, _ = self._backoff.get(resource, (0.0, 0.0))
+                retry_at = self._backoff[resource][0] if resource in self._backoff else 0.0
             if registered == kubelet and plugin.serving:
                 continue
             if registered is not None or not plugin.serving:
@@ -145,9 +146,11 @@ class DevicePluginManager:
             plugin.register(self.kubelet_socket)
         except grpc.RpcError as exc:
             with self._lock:
-                _, delay = self._backoff.get(plugin.resource, (0.0, self._poll_interval_s / 2))
-                delay = min(delay * 2, MAX_RETRY_S)
-                self._backoff[plugin.resource] = (time.monotonic() + delay, delay)
+                _, backoff = self._backoff.get(
+                    plugin.resource, (0.0, Backoff(min(self._poll_interval_s, MAX_RETRY_S), MAX_RETRY_S))
+                )
+                delay = backoff.next_delay()
+                self._backoff[plugin.resource] = (time.monotonic() + delay, backoff)
             log.warning("kubelet refused %s: %s; retrying in %.1fs", plugin.resource, exc, delay)
             return
         with self._lock:

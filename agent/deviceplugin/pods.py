@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gedge_model import ANNOTATION, Allocation, ModelDecodeError
+from gedge_model.allocation import pod_allocation
 
 ALLOCATED_PREFIX = "gedge.io/allocated-"
 
@@ -100,18 +101,7 @@ class Candidates:
 
 def validated(pod: PendingPod, node_name: str) -> Allocation:
     """The pod's allocation, checked to be for this pod on this node; ModelDecodeError otherwise."""
-    if pod.annotation is None:
-        raise ModelDecodeError(f"pod {pod.ref} has no {ANNOTATION} annotation")
-    allocation = Allocation.from_annotation(pod.annotation)
-    if allocation.node != node_name:
-        raise ModelDecodeError(
-            f"{ANNOTATION} of {pod.ref} is for node {allocation.node!r}, not {node_name!r}"
-        )
-    if allocation.pod_uid != pod.uid:
-        raise ModelDecodeError(
-            f"{ANNOTATION} of {pod.ref} is for pod uid {allocation.pod_uid}, not {pod.uid}"
-        )
-    return allocation
+    return pod_allocation(pod.annotation, pod=pod.ref, pod_uid=pod.uid, node=node_name)
 
 
 def candidates(pods: Sequence[PendingPod], resource: str, node_name: str) -> Candidates:

@@ -69,22 +69,18 @@ def with_cards(
 def _stack(
     fs: SysfsTree, dev: PciDevice, path: str, pci: Mapping[str, PciDevice], paths: Mapping[str, str]
 ) -> tuple[CardStack | None, tuple[str, ...], tuple[str, ...]]:
-    ports = [
-        entry
-        for region in fs.listdir(f"{path}/fpga_region")
-        for entry in fs.listdir(f"{path}/fpga_region/{region}")
-        if entry.startswith("dfl-port.")
-    ]
-    if ports:
-        return CardStack.DFL, tuple(f"/dev/{p}" for p in sorted(ports, key=_numbered)), ()
-    ports = [
-        entry
-        for fpga in fs.listdir(f"{path}/fpga")
-        for entry in fs.listdir(f"{path}/fpga/{fpga}")
-        if entry.startswith("intel-fpga-port.")
-    ]
-    if ports:
-        return CardStack.OPAE, tuple(f"/dev/{p}" for p in sorted(ports, key=_numbered)), ()
+    for stack, folder, prefix in (
+        (CardStack.DFL, "fpga_region", "dfl-port."),
+        (CardStack.OPAE, "fpga", "intel-fpga-port."),
+    ):
+        ports = [
+            entry
+            for region in fs.listdir(f"{path}/{folder}")
+            for entry in fs.listdir(f"{path}/{folder}/{region}")
+            if entry.startswith(prefix)
+        ]
+        if ports:
+            return stack, tuple(f"/dev/{p}" for p in sorted(ports, key=_numbered)), ()
     if dev.driver == XRT_USER_DRIVER:
         return _xrt(fs, dev, path, pci, paths)
     if dev.driver == VFIO_DRIVER:

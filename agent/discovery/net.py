@@ -111,22 +111,25 @@ def read_rdma(
     fs: SysfsTree, pci: dict[str, PciDevice], interfaces: tuple[NetInterface, ...]
 ) -> tuple[RdmaDevice, ...]:
     result = []
-    for name in fs.listdir(INFINIBAND_CLASS):
-        backed = _pci_backed(fs, INFINIBAND_CLASS, name, pci)
-        if backed is None:
-            continue
-        path, address = backed
+    for name, path, address in _pci_backed_class(fs, INFINIBAND_CLASS, pci):
         netdevs = tuple(sorted(i.name for i in interfaces if i.pci_address == address))
         result.append(RdmaDevice(name, address, netdevs, fs.read(f"{path}/node_guid")))
-    return tuple(sorted(result, key=lambda r: r.name))
+    return tuple(result)
 
 
 def read_nvme(fs: SysfsTree, pci: dict[str, PciDevice]) -> tuple[NvmeDevice, ...]:
-    result = []
-    for name in fs.listdir(NVME_CLASS):
-        backed = _pci_backed(fs, NVME_CLASS, name, pci)
-        if backed is None:
-            continue
-        path, address = backed
-        result.append(NvmeDevice(name, address, fs.read(f"{path}/model")))
-    return tuple(sorted(result, key=lambda n: n.name))
+    return tuple(
+        NvmeDevice(name, address, fs.read(f"{path}/model"))
+        for name, path, address in _pci_backed_class(fs, NVME_CLASS, pci)
+    )
+
+
+def _pci_backed_class(fs: SysfsTree, cls: str, pci: dict[str, PciDevice]) -> list[tuple[str, str, str]]:
+    """(name, sysfs path, PCI address) of each entry of a /sys/class folder backed by a known PCI
+    device, sorted by name."""
+    found = []
+    for name in sorted(fs.listdir(cls)):
+        backed = _pci_backed(fs, cls, name, pci)
+        if backed is not None:
+            found.append((name, *backed))
+    return found

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 from pathlib import Path
+
+from gedge_model.cpulist import CpulistError, parse_cpulist
 
 _MAX_LINK_HOPS = 40
 _MAX_FILE = 1 << 20
@@ -73,9 +74,9 @@ class SysfsTree:
         if text is None:
             return None
         try:
-            return parse_cpulist(text)
-        except ValueError as exc:
-            self.warn(f"{self.shown(rel)}: {exc}")
+            return tuple(sorted(parse_cpulist(text, what=self.shown(rel))))
+        except CpulistError as exc:
+            self.warn(str(exc))
             return None
 
     def read_cpumask(self, rel: str, *, required: bool = False) -> tuple[int, ...] | None:
@@ -175,32 +176,6 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)[:_MAX_FILE]
 
 
-_RANGE = re.compile(r"^(\d+)(?:-(\d+)(?::(\d+)/(\d+))?)?$")
-
-
-def parse_cpulist(text: str) -> tuple[int, ...]:
-    """`0-3,8,10-11` (and the `0-31:2/8` stride form) to sorted CPU ids; '' is no CPUs."""
-    cpus: set[int] = set()
-    for chunk in text.strip().split(","):
-        if not chunk:
-            continue
-        m = _RANGE.match(chunk.strip())
-        if not m:
-            raise ValueError(f"bad cpu list item {chunk!r}")
-        first = int(m.group(1))
-        last = int(m.group(2)) if m.group(2) is not None else first
-        if last < first:
-            raise ValueError(f"bad cpu range {chunk!r}")
-        if m.group(3) is not None:
-            used, group = int(m.group(3)), int(m.group(4))
-            if group == 0:
-                raise ValueError(f"bad cpu range stride {chunk!r}")
-            cpus.update(c for c in range(first, last + 1) if (c - first) % group < used)
-        else:
-            cpus.update(range(first, last + 1))
-    return tuple(sorted(cpus))
-
-
 def parse_cpumask(text: str) -> tuple[int, ...]:
     """`00000000,0000ffff` (32-bit words, most significant first) to sorted CPU ids."""
     digits = text.strip().replace(",", "")
@@ -211,17 +186,3 @@ def parse_cpumask(text: str) -> tuple[int, ...]:
     except ValueError:
         raise ValueError(f"bad cpu mask {text[:40]!r}") from None
     return tuple(i for i in range(value.bit_length()) if value >> i & 1)
-
-
-def format_cpulist(cpus: tuple[int, ...] | list[int]) -> str:
-    """Sorted ids back to the compact `0-3,8` form nvidia-smi and the kernel print."""
-    out: list[str] = []
-    ids = sorted(set(cpus))
-    i = 0
-    while i < len(ids):
-        j = i
-        while j + 1 < len(ids) and ids[j + 1] == ids[j] + 1:
-            j += 1
-        out.append(str(ids[i]) if i == j else f"{ids[i]}-{ids[j]}")
-        i = j + 1
-    return ",".join(out)

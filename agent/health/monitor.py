@@ -13,16 +13,15 @@ plugins report it to kubelet through ListAndWatch, the extender stops granting t
 
 from __future__ import annotations
 
-import datetime
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
-from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
+from agent.kube_events import node_ref, post_event
 from agent.service.store import NodeStateStore
 from gedge_model import DeviceHealth, NodeTopology
 
@@ -55,22 +54,8 @@ def kubernetes_node_events(core_api: Any, node_name: str) -> Transition:
     `kubectl describe node` shows them."""
 
     def post(reason: str, kind: str, message: str) -> None:
-        now = datetime.datetime.now(datetime.UTC)
-        event = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(generate_name=f"{node_name}.", namespace="default"),
-            involved_object=k8s.V1ObjectReference(
-                kind="Node", api_version="v1", name=node_name, uid=node_name
-            ),
-            reason=reason,
-            message=message[:1024],
-            type=kind,
-            source=k8s.V1EventSource(component="gedge-agent", host=node_name),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
         try:
-            core_api.create_namespaced_event("default", event)
+            post_event(core_api, node_name, node_ref(node_name), reason, message, kind)
         except ApiException as exc:
             log.warning("could not record a node event", reason=reason, error=str(exc))
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 
 import structlog
 
-from agent.apply.cpuset import CpusetError, format_cpu_list, parse_cpu_list
 from gedge_model import ANNOTATION, Allocation, ModelDecodeError
 from gedge_model.allocation import RESOURCE_GPU, RESOURCE_GPU_SHARED, RESOURCE_MIG_PREFIX
+from gedge_model.cpulist import CpulistError, format_cpulist, parse_cpulist
 from protos.nri.v1alpha1 import api_pb2
 
 log = structlog.get_logger(__name__)
@@ -164,13 +164,13 @@ class NriCpusets:
                 if not info.accepted:
                     self._check_pinned(info)
                     info = replace(info, accepted=True)
-                cpus = format_cpu_list(info.cpus)
+                cpus = format_cpulist(info.cpus)
                 adjust.linux.resources.cpu.cpus = cpus
                 assert info.allocation is not None
                 if info.allocation.numa_nodes:
-                    adjust.linux.resources.cpu.mems = format_cpu_list(info.allocation.numa_nodes)
+                    adjust.linux.resources.cpu.mems = format_cpulist(info.allocation.numa_nodes)
             else:
-                cpus = format_cpu_list(self._shared())
+                cpus = format_cpulist(self._shared())
                 adjust.linux.resources.cpu.cpus = cpus
             self._pods[pod.id] = info
             if info.allocation is not None:
@@ -237,13 +237,13 @@ class NriCpusets:
         cpus = info.cpus
         offline = cpus - online
         if offline:
-            raise NriRefusal(f"pod {info.ref}: cpus {format_cpu_list(offline)} are not online on this node")
+            raise NriRefusal(f"pod {info.ref}: cpus {format_cpulist(offline)} are not online on this node")
         reserved = cpus & self.reserved_cpus
         if reserved:
-            raise NriRefusal(f"pod {info.ref}: cpus {format_cpu_list(reserved)} are reserved for the system")
+            raise NriRefusal(f"pod {info.ref}: cpus {format_cpulist(reserved)} are reserved for the system")
         taken = cpus & self._exclusive(skip_uid=info.uid)
         if taken:
-            raise NriRefusal(f"pod {info.ref}: cpus {format_cpu_list(taken)} are exclusive to another pod")
+            raise NriRefusal(f"pod {info.ref}: cpus {format_cpulist(taken)} are exclusive to another pod")
 
     def _exclusive(self, skip_uid: str | None = None) -> frozenset[int]:
         held: set[int] = set()
@@ -269,12 +269,12 @@ class NriCpusets:
             pod = self._pods.get(sandbox)
             target = pod.held if pod is not None and pod.held else shared
             try:
-                current = parse_cpu_list(have) if have else online
-            except CpusetError:
+                current = parse_cpulist(have) if have else online
+            except CpulistError:
                 current = None
             if current == target:
                 continue
-            text = format_cpu_list(target)
+            text = format_cpulist(target)
             update = api_pb2.ContainerUpdate(container_id=cid, ignore_failure=True)
             update.linux.resources.cpu.cpus = text
             updates.append(update)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from agent.podwatch.grant import DEFAULT_GRANTING_SCHEDULERS, grant_mismatch
 from agent.podwatch.pods import PodView
 from gedge_model import ANNOTATION, Allocation, ModelDecodeError
+from gedge_model.allocation import pod_allocation
 
 ADDED = "ADDED"
 MODIFIED = "MODIFIED"
@@ -56,21 +57,7 @@ Action = Apply | Release | Reject
 
 def allocation_of(pod: PodView, node_name: str) -> Allocation:
     """The pod's allocation, validated to be for this pod on this node; ModelDecodeError otherwise."""
-    if pod.annotation is None:
-        raise ModelDecodeError(f"pod {pod.ref} has no {ANNOTATION}")
-    try:
-        allocation = Allocation.from_annotation(pod.annotation)
-    except ModelDecodeError as exc:
-        raise ModelDecodeError(f"pod {pod.ref}: {exc}") from None
-    if allocation.node != node_name:
-        raise ModelDecodeError(
-            f"pod {pod.ref}: {ANNOTATION} is for node {allocation.node!r}, not {node_name!r}"
-        )
-    if allocation.pod_uid != pod.uid:
-        raise ModelDecodeError(
-            f"pod {pod.ref}: {ANNOTATION} is for pod uid {allocation.pod_uid}, not {pod.uid}"
-        )
-    return allocation
+    return pod_allocation(pod.annotation, pod=pod.ref, pod_uid=pod.uid, node=node_name)
 
 
 def decide(

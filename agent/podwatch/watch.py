@@ -8,20 +8,21 @@ failed. Every event goes through `handle_event`, the one code path tests feed.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from kubernetes import client as k8s
-from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from agent.apply.contract import AllocationApplier, ApplyError
+from agent.kube_events import node_ref, post_event
 from agent.podwatch.decide import Action, Applied, Apply, Reject, Release, decide, reconcile
 from agent.podwatch.grant import DEFAULT_GRANTING_SCHEDULERS
 from agent.podwatch.pods import PodView, pod_view
+from gedge_common.backoff import Backoff
+from gedge_common.listwatch import ListWatch
 from gedge_model import Allocation
 
 log = logging.getLogger(__name__)
@@ -73,14 +74,12 @@ class PodWatcher:
         self._blocked_reported: dict[str, str] = {}
         self._round_lock = threading.RLock()
         self._containers: dict[str, tuple[str, ...]] = {}
-        self._resync_s = resync_s
-        self._retry_s = retry_s
         self._applied: dict[str, Applied] = {}
         self._rejected: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._watch: k8s_watch.Watch | None = None
-        self._thread: threading.Thread | None = None
+        self._resync_s = resync_s
+        self._retry_s = retry_s
+        self._loop: ListWatch | None = None
 
     @property
     def field_selector(self) -> str:
@@ -229,55 +228,46 @@ class PodWatcher:
 
     # -- the Kubernetes loop ----------------------------------------------------------------------
 
+    def _list_watch(self) -> ListWatch:
+        if self._loop is None:
+            self._loop = ListWatch(
+                relist=self._relist,
+                watch_call=self._core.list_pod_for_all_namespaces,
+                watch_args={
+                    "field_selector": self.field_selector,
+                    "timeout_seconds": self._resync_s,
+                    "_request_timeout": self._resync_s + 60,
+                },
+                handle=self.handle_event,
+                backoff=Backoff(self._retry_s, self._retry_s),
+                on_error=self._watch_failed,
+                on_expired=lambda: log.info("pod watch on %s expired; listing again", self.node_name),
+            )
+        return self._loop
+
     def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self.run, name="pod-watch", daemon=True)
-        self._thread.start()
+        self._list_watch().start("pod-watch")
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+        if self._loop is not None:
+            self._loop.stop(timeout)
 
     def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._round()
-            except Exception as exc:
-                if self._stop.is_set():
-                    return
-                if isinstance(exc, ApiException) and exc.status == 410:
-                    log.info("pod watch on %s expired; listing again", self.node_name)
-                    continue
-                log.warning(
-                    "pod watch on %s: %s; listing again soon",
-                    self.node_name,
-                    exc,
-                    exc_info=not isinstance(exc, ApplyError),
-                )
-                self._stop.wait(self._retry_s)
+        """List, then watch this node's pods until stop() (gedge_common.listwatch)."""
+        self._list_watch().run()
 
-    def _round(self) -> None:
+    def _relist(self) -> str:
         listed = self._core.list_pod_for_all_namespaces(field_selector=self.field_selector)
         self.start_from(listed.items)
-        self._watch = k8s_watch.Watch()
-        for event in self._watch.stream(
-            self._core.list_pod_for_all_namespaces,
-            field_selector=self.field_selector,
-            resource_version=listed.metadata.resource_version,
-            timeout_seconds=self._resync_s,
-            _request_timeout=self._resync_s + 60,
-        ):
-            if self._stop.is_set():
-                break
-            if event.get("type") == "ERROR":
-                raise ApiException(
-                    status=(event.get("raw_object") or {}).get("code", 500), reason="watch error"
-                )
-            self.handle_event(event)
+        return listed.metadata.resource_version
+
+    def _watch_failed(self, exc: Exception, delay_s: float) -> None:
+        log.warning(
+            "pod watch on %s: %s; listing again soon",
+            self.node_name,
+            exc,
+            exc_info=not isinstance(exc, ApplyError),
+        )
 
 
 def _view_of(action: Apply) -> PodView:
@@ -289,22 +279,9 @@ def node_event_reporter(core_api: Any, node_name: str) -> Callable[[str, str, bo
     """(reason, message, warning): an Event on this node's Node object (namespace default)."""
 
     def report(reason: str, message: str, warning: bool) -> None:
-        now = datetime.datetime.now(datetime.UTC)
-        event = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(generate_name=f"{node_name}.", namespace="default"),
-            involved_object=k8s.V1ObjectReference(
-                kind="Node", api_version="v1", name=node_name, uid=node_name
-            ),
-            reason=reason,
-            message=message[:1024],
-            type="Warning" if warning else "Normal",
-            source=k8s.V1EventSource(component="gedge-agent", host=node_name),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
+        kind = "Warning" if warning else "Normal"
         try:
-            core_api.create_namespaced_event("default", event)
+            post_event(core_api, node_name, node_ref(node_name), reason, message, kind)
         except ApiException as exc:
             log.warning("could not record event %s on node %s: %s", reason, node_name, exc)
 
@@ -315,22 +292,11 @@ def kubernetes_event_reporter(core_api: Any, node_name: str) -> EventReporter:
     """Post a Warning Event on the pod, as kubectl describe shows it."""
 
     def report(pod: PodView, reason: str, message: str) -> None:
-        now = datetime.datetime.now(datetime.UTC)
-        event = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(generate_name=f"{pod.name}.", namespace=pod.namespace),
-            involved_object=k8s.V1ObjectReference(
-                kind="Pod", api_version="v1", name=pod.name, namespace=pod.namespace, uid=pod.uid
-            ),
-            reason=reason,
-            message=message[:1024],
-            type="Warning",
-            source=k8s.V1EventSource(component="gedge-agent", host=node_name),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
+        involved = k8s.V1ObjectReference(
+            kind="Pod", api_version="v1", name=pod.name, namespace=pod.namespace, uid=pod.uid
         )
         try:
-            core_api.create_namespaced_event(pod.namespace, event)
+            post_event(core_api, node_name, involved, reason, message, "Warning")
         except ApiException as exc:
             log.warning("could not record event %s on %s: %s", reason, pod.ref, exc)
 

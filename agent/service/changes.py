@@ -22,6 +22,7 @@ import structlog
 from agent.discovery.sysfs import SysfsTree
 from agent.metrics import AgentMetrics
 from agent.service.store import NodeStateStore
+from gedge_common.backoff import Backoff
 from gedge_model import NodeTopology
 
 log = structlog.get_logger("gedge.agent.changes")
@@ -141,7 +142,7 @@ class ChangeDetector:
 
         from agent.apply.nic.netns import netlink_socket_in, netns_path
 
-        backoff = 0.5
+        backoff = Backoff(0.5, 30.0)
         while True:
             try:
                 ipr = (
@@ -152,16 +153,16 @@ class ChangeDetector:
                 try:
                     await ipr.bind(groups=RTMGRP_LINK)
                     log.info("listening for link events", netns=self.policy.netns)
-                    backoff = 0.5
+                    backoff.reset()
                     await self._drain_link_events(ipr)
                 finally:
                     ipr.close()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.error("netlink listener failed", error=f"{type(exc).__name__}: {exc}", retry_s=backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                delay = backoff.next_delay()
+                log.error("netlink listener failed", error=f"{type(exc).__name__}: {exc}", retry_s=delay)
+                await asyncio.sleep(delay)
 
     async def _drain_link_events(self, ipr) -> None:
         worker = asyncio.create_task(self._link_worker())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -25,6 +25,8 @@ from kubernetes.client import (
 )
 from kubernetes.client.exceptions import ApiException
 
+from gedge_common.backoff import Backoff
+from gedge_common.listwatch import ListWatch
 from gedge_model import ANNOTATION, Allocation, ModelDecodeError
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import BindError
@@ -213,6 +215,12 @@ def allocation_of(pod: dict[str, Any]) -> Allocation | None:
     return allocation
 
 
+def _watch_failed(exc: Exception, delay_s: float) -> None:
+    """A dropped connection must not end the watch for good: logged, then the backoff."""
+    error = _api_error(exc) if isinstance(exc, ApiException) else str(exc)
+    log.warning("pod_watch_failed", error=error, retry_s=delay_s)
+
+
 class PodAllocationWatch:
     """Keeps the assume cache holding every allocation recorded on a bound pod (list + watch)."""
 
@@ -226,26 +234,31 @@ class PodAllocationWatch:
     ) -> None:
         self._api = api
         self._cache = cache
-        self._watch_timeout_s = watch_timeout_s
         self._on_bad = on_bad_annotation
-        self._stop = threading.Event()
         self._synced = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._watch: Any = None
+        self._loop = ListWatch(
+            relist=self.relist,
+            watch_call=api.list_pod_for_all_namespaces,
+            watch_args={
+                "field_selector": "spec.nodeName!=",
+                "allow_watch_bookmarks": True,
+                "timeout_seconds": watch_timeout_s,
+                "deserialize": False,
+            },
+            handle=self._event,
+            backoff=Backoff(1.0, 30.0),
+            on_error=_watch_failed,
+            resume=True,
+        )
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pod-allocation-watch", daemon=True)
-        self._thread.start()
+        self._loop.start("pod-allocation-watch")
 
     def wait_synced(self, timeout: float) -> bool:
         return self._synced.wait(timeout)
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._loop.stop(timeout=5)
 
     def relist(self) -> str:
         """Hold what every bound pod records and drop what no pod records any more; returns the RV."""
@@ -280,34 +293,6 @@ class PodAllocationWatch:
             self._cache.release(uid)
         return allocation
 
-    def _run(self) -> None:
-        from kubernetes import watch
-
-        backoff = 1.0
-        while not self._stop.is_set():
-            try:
-                version = self.relist()
-                backoff = 1.0
-                while not self._stop.is_set():
-                    self._watch = watch.Watch()
-                    for event in self._watch.stream(
-                        self._api.list_pod_for_all_namespaces,
-                        field_selector="spec.nodeName!=",
-                        resource_version=version,
-                        allow_watch_bookmarks=True,
-                        timeout_seconds=self._watch_timeout_s,
-                        deserialize=False,
-                    ):
-                        obj = event.get("object") or {}
-                        version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
-                        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                            self._apply(obj, deleted=event["type"] == "DELETED")
-            except ApiException as exc:
-                if exc.status != 410:
-                    log.warning("pod_watch_failed", error=_api_error(exc))
-                    self._stop.wait(backoff)
-                    backoff = min(backoff * 2, 30.0)
-            except Exception as exc:  # a dropped connection must not end the watch for good
-                log.warning("pod_watch_failed", error=str(exc))
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+    def _event(self, event: Mapping[str, Any]) -> None:
+        if event.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+            self._apply(event.get("object") or {}, deleted=event["type"] == "DELETED")

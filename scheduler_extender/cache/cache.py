@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import re
 import ssl
 import threading
@@ -29,6 +28,7 @@ from pathlib import Path
 import grpc
 import structlog
 
+from gedge_common.backoff import Backoff
 from gedge_model import Allocation, ModelDecodeError, NodeState, NodeTopology, from_dict, from_json
 from gedge_model.codec import REPORT_VERSION, UnknownFields
 from gedge_model.tls import (
@@ -336,13 +336,11 @@ class ClusterCache:
     # --- one stream per agent ----------------------------------------------------------------------
 
     async def _follow(self, target: AgentTarget) -> None:
-        backoff = self.options.backoff_initial_s
+        backoff = Backoff(self.options.backoff_initial_s, self.options.backoff_max_s, jitter=0.2)
         while True:
-            delivered = await self._stream_once(target)
-            if delivered:
-                backoff = self.options.backoff_initial_s
-            await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-            backoff = min(backoff * 2, self.options.backoff_max_s)
+            if await self._stream_once(target):
+                backoff.reset()
+            await asyncio.sleep(backoff.next_delay())
 
     async def _stream_once(self, target: AgentTarget) -> bool:
         """One watch stream until it ends; returns whether it delivered at least one event."""

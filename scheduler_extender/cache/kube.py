@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import structlog
 
+from gedge_common.backoff import Backoff
+from gedge_common.listwatch import ListWatch
 from scheduler_extender.cache.targets import DEFAULT_AGENT_PORT, AgentTarget, target_for_node
 
 log = structlog.get_logger("gedge.extender.cache.kube")
@@ -21,6 +23,14 @@ def load_core_v1() -> object:
     except config.ConfigException:
         config.load_kube_config()
     return client.CoreV1Api()
+
+
+def _watch_failed(exc: Exception, delay_s: float) -> None:
+    status = getattr(exc, "status", None)
+    if status is not None:
+        log.error("node watch failed", status=status, error=getattr(exc, "reason", str(exc)))
+    else:
+        log.error("node watch failed", error=f"{type(exc).__name__}: {exc}")
 
 
 class KubeNodeTargets:
@@ -40,60 +50,43 @@ class KubeNodeTargets:
         self._default_port = default_port or DEFAULT_AGENT_PORT
         self._watch_timeout_s = watch_timeout_s
         self._retry_s = retry_s
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._watch = None
+        self._loop: ListWatch | None = None
         self.targets: dict[str, AgentTarget] = {}
 
     def start(self) -> None:
         if self._core_v1 is None:
             self._core_v1 = load_core_v1()
-        self._thread = threading.Thread(target=self._run, name="gedge-cache-nodes", daemon=True)
-        self._thread.start()
+        api: Any = self._core_v1
+        self._loop = ListWatch(
+            relist=self._relist,
+            watch_call=api.list_node,
+            watch_args={"timeout_seconds": self._watch_timeout_s},
+            handle=self._event,
+            backoff=Backoff(self._retry_s, self._retry_s),
+            on_error=_watch_failed,
+        )
+        self._loop.start("gedge-cache-nodes")
 
     def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        if self._watch is not None:
-            self._watch.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        if self._loop is not None:
+            self._loop.stop(timeout)
 
-    def _run(self) -> None:
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
+    def _relist(self) -> str:
+        api: Any = self._core_v1
+        listed = api.list_node()
+        self.targets = {}
+        for node in listed.items:
+            self._remember(node)
+        self._publish(tuple(self.targets.values()))
+        return listed.metadata.resource_version
 
-        api = self._core_v1
-        while not self._stopping.is_set():
-            try:
-                listed = api.list_node()
-                self.targets = {}
-                for node in listed.items:
-                    self._remember(node)
-                self._publish(tuple(self.targets.values()))
-                self._watch = watch.Watch()
-                for event in self._watch.stream(
-                    api.list_node,
-                    resource_version=listed.metadata.resource_version,
-                    timeout_seconds=self._watch_timeout_s,
-                ):
-                    if self._stopping.is_set():
-                        return
-                    node = event["object"]
-                    if event["type"] == "DELETED":
-                        self.targets.pop(node.metadata.name, None)
-                    elif event["type"] in ("ADDED", "MODIFIED"):
-                        if not self._remember(node):
-                            continue
-                    else:
-                        continue
-                    self._publish(tuple(self.targets.values()))
-            except ApiException as exc:
-                if exc.status != 410:
-                    log.error("node watch failed", status=exc.status, error=exc.reason)
-                    self._stopping.wait(self._retry_s)
-            except Exception as exc:
-                log.error("node watch failed", error=f"{type(exc).__name__}: {exc}")
-                self._stopping.wait(self._retry_s)
+    def _event(self, event: Mapping[str, Any]) -> None:
+        node = event["object"]
+        if event["type"] == "DELETED":
+            self.targets.pop(node.metadata.name, None)
+        elif event["type"] not in ("ADDED", "MODIFIED") or not self._remember(node):
+            return
+        self._publish(tuple(self.targets.values()))
 
     def _remember(self, node: object) -> bool:
         """Record the node's target; returns whether it changed."""

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from gedge_common.files import FileLoadError, load_yaml
+
 AGENT_PORT_ANNOTATION = "gedge.io/agent-port"
 DEFAULT_AGENT_PORT = 50051
 MAX_AGENTS_FILE_BYTES = 4 * 1024 * 1024
@@ -57,13 +59,9 @@ def address_problem(address: str) -> str | None:
 def load_agents_file(path: str | Path) -> tuple[AgentTarget, ...]:
     file = Path(path)
     try:
-        if file.stat().st_size > MAX_AGENTS_FILE_BYTES:
-            raise AgentsFileError(f"agents file {file}: larger than {MAX_AGENTS_FILE_BYTES} bytes")
-        raw = yaml.safe_load(file.read_text())
-    except OSError as exc:
-        raise AgentsFileError(f"agents file {file}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise AgentsFileError(f"agents file {file}: not YAML: {exc}") from None
+        raw = load_yaml(file, what="agents file", limit=MAX_AGENTS_FILE_BYTES)
+    except FileLoadError as exc:
+        raise AgentsFileError(str(exc)) from None
     return parse_agents(raw, source=f"agents file {file}")
 
 

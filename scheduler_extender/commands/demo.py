@@ -33,9 +33,9 @@ from typing import Any
 import aiohttp
 import grpc
 
+from gedge_common.cli import configure_logging
 from gedge_model import Allocation, NodeTopology
 from gedge_model.certs import issue_files
-from gedge_model.cli_support import configure_logging
 from gedge_model.tls import TlsMaterial, channel_credentials, expect_peer_name_options, load_tls
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.bind.assume import AssumeCache

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 
+from gedge_common.cli import configure_logging
+from gedge_common.files import FileLoadError, load_yaml, parse_json, read_bounded
 from gedge_model import ModelDecodeError, NodeState, NodeTopology, from_json, to_dict
-from gedge_model.cli_support import configure_logging
 from scheduler_extender.bind.binder import BindError
 from scheduler_extender.commands.render import allocation_summary
 from scheduler_extender.node_source import NodeSource, StaticNodeSource
@@ -25,6 +25,7 @@ from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import BindingArgs, ExtenderArgs
 
 MAX_POD_BYTES = 1024 * 1024
+MAX_TOPOLOGY_BYTES = 64 * 1024 * 1024
 
 
 class PlaceError(RuntimeError):
@@ -65,13 +66,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 def load_pod(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     try:
-        if file.stat().st_size > MAX_POD_BYTES:
-            raise PlaceError(f"pod file {file}: larger than {MAX_POD_BYTES} bytes")
-        pod = yaml.safe_load(file.read_text())
-    except OSError as exc:
-        raise PlaceError(f"pod file {file}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise PlaceError(f"pod file {file}: not YAML: {exc}") from None
+        pod = load_yaml(file, what="pod file", limit=MAX_POD_BYTES)
+    except FileLoadError as exc:
+        raise PlaceError(str(exc)) from None
     kind = pod.get("kind") if isinstance(pod, dict) else None
     if not isinstance(pod, dict) or kind != "Pod":
         raise PlaceError(f"pod file {file}: not a Pod manifest (kind is {kind!r})")
@@ -86,13 +83,10 @@ def load_pod(path: str | Path) -> dict[str, Any]:
 def load_state(path: str | Path) -> NodeState:
     file = Path(path)
     try:
-        text = file.read_text()
-    except OSError as exc:
-        raise PlaceError(f"topology file {file}: {exc.strerror or exc}") from None
-    try:
-        raw = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PlaceError(f"topology file {file}: not JSON: {exc}") from None
+        text = read_bounded(file, what="topology file", limit=MAX_TOPOLOGY_BYTES)
+        raw = parse_json(text, source=f"topology file {file}", limit=MAX_TOPOLOGY_BYTES)
+    except FileLoadError as exc:
+        raise PlaceError(str(exc)) from None
     try:
         if isinstance(raw, dict) and "topology" in raw:
             return from_json(NodeState, text)

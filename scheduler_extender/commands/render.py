@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 from gedge_model import Allocation, NodeTopology, distance_matrix
+from gedge_model.cpulist import format_cpulist
 from gedge_model.distance import cpu_endpoint_label
 
 
 def cpu_ranges(cpus: tuple[int, ...] | list[int]) -> str:
-    """[0, 1, 2, 5] -> "0-2,5", as Linux cpulists are written."""
-    ordered = sorted(set(cpus))
-    if not ordered:
-        return "-"
-    parts = []
-    start = prev = ordered[0]
-    for cpu in [*ordered[1:], None]:
-        if cpu is not None and cpu == prev + 1:
-            prev = cpu
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if cpu is not None:
-            start = prev = cpu
-    return ",".join(parts)
+    """[0, 1, 2, 5] -> "0-2,5", as Linux cpulists are written; no CPUs -> "-"."""
+    return format_cpulist(cpus) or "-"
 
 
 def topology_summary(topology: NodeTopology, *, matrix_limit: int = 24) -> str:

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from gedge_model.cli_support import configure_logging
+from gedge_common.cli import configure_logging
+from gedge_common.listen import parse_listen
 from gedge_model.tls import TlsConfigError, TlsFiles
 from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
@@ -145,13 +146,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     parser.set_defaults(run=run)
-
-
-def parse_listen(text: str, flag: str = "--listen") -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{flag} {text!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 @dataclass
@@ -367,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
         check_tls_flags(args)
         if args.tls_reload_interval_s <= 0:
             raise ValueError(f"--tls-reload-interval-s must be positive, got {args.tls_reload_interval_s}")
-        host, port = parse_listen(args.listen)
+        host, port = parse_listen(args.listen, "--listen")
         if args.metrics_listen:
             parse_listen(args.metrics_listen, "--metrics-listen")
         wiring = agents_wiring(args) if args.agents else kube_wiring(args)

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
+from gedge_common.files import FileLoadError, parse_yaml, read_bounded
 from gedge_model.driver import DriverVersionError, driver_code
 
 CATALOG_KIND = "RuntimeCatalog"
@@ -297,12 +297,10 @@ def load_catalog_text(
     text: str | bytes, source: str = "catalog", key: str = DEFAULT_CONFIGMAP_KEY
 ) -> Catalog:
     """A catalog document, or a ConfigMap manifest holding one under data[key]."""
-    if len(text) > MAX_CATALOG_BYTES:
-        raise CatalogError(f"{source}: larger than {MAX_CATALOG_BYTES} bytes")
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise CatalogError(f"{source}: not YAML: {exc}") from None
+        raw = parse_yaml(text, source=source, limit=MAX_CATALOG_BYTES)
+    except FileLoadError as exc:
+        raise CatalogError(str(exc)) from None
     if isinstance(raw, Mapping) and raw.get("kind") == "ConfigMap":
         return load_catalog_configmap(raw, key)
     try:
@@ -312,8 +310,13 @@ def load_catalog_text(
 
 
 def load_catalog_file(path: str, key: str = DEFAULT_CONFIGMAP_KEY) -> Catalog:
-    with open(path, "rb") as handle:
-        return load_catalog_text(handle.read(MAX_CATALOG_BYTES + 1), source=path, key=key)
+    """A catalog file (YAML or ConfigMap manifest); CatalogError naming the path when it is unreadable,
+    too large or not a catalog."""
+    try:
+        text = read_bounded(path, limit=MAX_CATALOG_BYTES)
+    except FileLoadError as exc:
+        raise CatalogError(str(exc)) from None
+    return load_catalog_text(text, source=path, key=key)
 
 
 def load_catalog_configmap(configmap: Mapping[str, Any], key: str = DEFAULT_CONFIGMAP_KEY) -> Catalog:

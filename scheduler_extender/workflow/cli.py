@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from gedge_model.cli_support import run_lazy_cli
+from gedge_common.cli import lazy_main
 
 COMMANDS: dict[str, str] = {
     "run": "submit a workflow file and drive it to its end, showing progress (or --dry-run: print its pods)",
@@ -28,16 +28,14 @@ EPILOG = """examples:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    return run_lazy_cli(
-        prog="gedge-flow",
-        description="gedge-accel workflows: DAG steps as pods on the topology-aware scheduler, "
-        "each with its runtime composed from a catalog.",
-        epilog=EPILOG,
-        package="scheduler_extender.workflow.commands",
-        commands=COMMANDS,
-        argv=argv,
-    )
+main = lazy_main(
+    prog="gedge-flow",
+    description="gedge-accel workflows: DAG steps as pods on the topology-aware scheduler, "
+    "each with its runtime composed from a catalog.",
+    epilog=EPILOG,
+    package="scheduler_extender.workflow.commands",
+    commands=COMMANDS,
+)
 
 
 if __name__ == "__main__":

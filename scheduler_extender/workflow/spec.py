@@ -11,10 +11,10 @@ import copy
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 from packaging.version import InvalidVersion, Version
 
@@ -28,6 +28,8 @@ from scheduler_extender.placement.request import (
     parse_pod_request,
 )
 from scheduler_extender.workflow import expr
+
+E = TypeVar("E")
 
 API_GROUP = "gedge.io"
 API_VERSION = "gedge.io/v1alpha1"
@@ -558,6 +560,16 @@ def _model(raw: Any, where: str) -> ModelSpec | None:
     return ModelSpec(framework.strip().lower(), str(version), fmt.strip().lower() if fmt else None)
 
 
+def _expression(text: Any, where: str, parse: Callable[[str], E]) -> E:
+    """A `depends` or `when` expression parsed; WorkflowSpecError naming `where` otherwise."""
+    if not isinstance(text, str):
+        raise WorkflowSpecError(f"{where}: expected a string")
+    try:
+        return parse(text)
+    except expr.ExpressionError as exc:
+        raise WorkflowSpecError(f"{where}: {exc}") from None
+
+
 def _task(
     raw: Any, where: str, *, exit_handler: bool = False, workflow: str = ""
 ) -> tuple[TaskSpec, list[str]]:
@@ -620,12 +632,7 @@ def _task(
         raise WorkflowSpecError(f"{where}: use either dependencies or depends, not both")
     depends = None
     if depends_text is not None:
-        if not isinstance(depends_text, str):
-            raise WorkflowSpecError(f"{where}.depends: expected a string")
-        try:
-            depends = expr.parse_depends(depends_text)
-        except expr.ExpressionError as exc:
-            raise WorkflowSpecError(f"{where}.depends: {exc}") from None
+        depends = _expression(depends_text, f"{where}.depends", expr.parse_depends)
         predecessors = tuple(sorted(expr.depends_tasks(depends)))
     else:
         if len(set(dependencies)) != len(dependencies):
@@ -635,14 +642,7 @@ def _task(
             depends_text = " && ".join(dependencies)
             depends = expr.parse_depends(depends_text)
     when_text = block.get("when")
-    when = None
-    if when_text is not None:
-        if not isinstance(when_text, str):
-            raise WorkflowSpecError(f"{where}.when: expected a string")
-        try:
-            when = expr.parse_when(when_text)
-        except expr.ExpressionError as exc:
-            raise WorkflowSpecError(f"{where}.when: {exc}") from None
+    when = None if when_text is None else _expression(when_text, f"{where}.when", expr.parse_when)
     tolerations = block.get("tolerations") or []
     if not isinstance(tolerations, list) or not all(isinstance(t, Mapping) for t in tolerations):
         raise WorkflowSpecError(f"{where}.tolerations: expected a list of mappings")

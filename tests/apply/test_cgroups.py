@@ -20,7 +20,8 @@ from agent.apply.cgroups import (
     pod_cgroup,
     validate_pod_uid,
 )
-from agent.apply.cpuset import Cpuset, CpusetError, format_cpu_list, parse_cpu_list, plan_cpuset_writes
+from agent.apply.cpuset import Cpuset, plan_cpuset_writes
+from gedge_model.cpulist import parse_cpulist
 from tests.apply.helpers import make_v1_cgroup, make_v2_cgroup, start_in_cgroup, stop, v1_sandbox
 
 UID = "1b2c3d4e-0000-4111-8222-333344445555"
@@ -29,26 +30,7 @@ UID_ = UID.replace("-", "_")
 
 
 def cs(cpus: str, mems: str = "0") -> Cpuset:
-    return Cpuset(parse_cpu_list(cpus), parse_cpu_list(mems))
-
-
-@pytest.mark.parametrize(
-    ("text", "ids"),
-    [("", set()), ("0", {0}), ("0-3,8", {0, 1, 2, 3, 8}), ("1,3-4\n", {1, 3, 4}), ("10-11,2", {2, 10, 11})],
-)
-def test_cpu_list_round_trip(text: str, ids: set[int]) -> None:
-    assert parse_cpu_list(text) == ids
-    assert parse_cpu_list(format_cpu_list(ids)) == ids
-
-
-def test_format_cpu_list_is_kernel_form() -> None:
-    assert format_cpu_list([8, 0, 1, 2, 3, 10]) == "0-3,8,10"
-
-
-@pytest.mark.parametrize("bad", ["a", "1-", "3-1", "1,,2", "-1", "0-99999", "1 2"])
-def test_bad_cpu_list_names_the_value(bad: str) -> None:
-    with pytest.raises(CpusetError, match="annotation"):
-        parse_cpu_list(bad, what="annotation")
+    return Cpuset(parse_cpulist(cpus), parse_cpulist(mems))
 
 
 def test_plan_widens_parents_first_and_narrows_children_first() -> None:

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.apply.cgroups import CgroupDriver
 from agent.apply.readiness import ApplyGate, check, kubelet_config_driver, resolve_driver
-from tests.apply.helpers import make_v1_cgroup, v1_sandbox
-
-
-@pytest.fixture
-def cgroup_root() -> Iterator[Path]:
-    with v1_sandbox("gtready-") as top:
-        yield top
+from tests.apply.helpers import make_v1_cgroup
 
 
 def kubelet_config(tmp_path: Path, text: str) -> Path:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent.apply.cgroups import CgroupDriver, QosClass, pod_cgroup
-from agent.apply.cpuset import parse_cpu_list
 from agent.bench.common import Progress
 from agent.bench.pinning import CPUSET_V1, Sandbox, hash_work, run_pinning
+from gedge_model.cpulist import parse_cpulist
 from tests.apply.helpers import remove_v1_tree, unique
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 
 
 
 def cpus_of(cgroup: Path) -> set[int]:
-    return set(parse_cpu_list((cgroup / "cpuset.cpus").read_text()))
+    return set(parse_cpulist((cgroup / "cpuset.cpus").read_text()))
 
 
 def test_sandbox_is_a_kubelet_layout_pinned_by_the_apply_manager() -> None:

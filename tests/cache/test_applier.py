@@ -6,7 +6,6 @@ The cache sees the applied allocation come back on the watch stream.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,19 +25,12 @@ from tests.apply.helpers import (
     new_pod_uid,
     start_in_cgroup,
     stop,
-    v1_sandbox,
 )
 from tests.grpc.agents import AgentHost
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 
 NODE = "edge-apply"
-
-
-@pytest.fixture
-def cgroup_root() -> Iterator[Path]:
-    with v1_sandbox("gtcache-") as top:
-        yield top
 
 
 def test_apply_and_release_reach_real_cpusets_and_the_cache(

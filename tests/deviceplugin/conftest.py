@@ -229,3 +229,9 @@ def kubelet(plugin_dir: Path) -> Iterator[KubeletStandIn]:
     stand_in = KubeletStandIn(plugin_dir).start()
     yield stand_in
     stand_in.stop()
+
+
+@pytest.fixture
+def pods() -> InMemoryPods:
+    """Pending pods the plugins read, held in memory (the kubelet pod source's one stand-in)."""
+    return InMemoryPods()

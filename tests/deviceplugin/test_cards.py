@@ -49,11 +49,6 @@ def running(
 
 
 @pytest.fixture
-def pods() -> InMemoryPods:
-    return InMemoryPods()
-
-
-@pytest.fixture
 def amd_plugins(amd_root, pods, plugin_dir, kubelet: KubeletStandIn) -> Iterator[NodeTopology]:
     topology = discover(amd_root, node_name="edge-1")
     manager = running(topology, pods, plugin_dir, amd_root)

@@ -22,7 +22,6 @@ from tests.deviceplugin.conftest import (
     VF0,
     VF1,
     VF2,
-    InMemoryPods,
     KubeletStandIn,
     make_topology,
     pending,
@@ -37,11 +36,6 @@ RESOURCES = {
     "gedge.io/rdma": "gedge-rdma.sock",
 }
 VF = "gedge.io/sriov-vf"
-
-
-@pytest.fixture
-def pods() -> InMemoryPods:
-    return InMemoryPods()
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from agent.discovery.sysfs import format_cpulist
+from gedge_model.cpulist import format_cpulist
 
 
 class SysfsBuilder:

@@ -7,7 +7,7 @@ from pathlib import Path
 import psutil
 
 from agent.discovery import discover
-from agent.discovery.sysfs import parse_cpulist
+from gedge_model.cpulist import parse_cpulist
 
 
 def test_live_cpus_numa_pci_and_interfaces() -> None:

@@ -1,40 +1,12 @@
 import os
 from pathlib import Path
 
-import pytest
-
-from agent.discovery.sysfs import SysfsTree, format_cpulist, parse_cpulist, parse_cpumask
-
-
-@pytest.mark.parametrize(
-    ("text", "cpus"),
-    [
-        ("0-3,8,10-11", (0, 1, 2, 3, 8, 10, 11)),
-        ("", ()),
-        ("5", (5,)),
-        ("0-7:2/4", (0, 1, 4, 5)),
-        ("3,1,2", (1, 2, 3)),
-    ],
-)
-def test_parse_cpulist(text: str, cpus: tuple[int, ...]) -> None:
-    assert parse_cpulist(text) == cpus
-
-
-@pytest.mark.parametrize("text", ["0-", "a", "3-1", "1-4:1/0"])
-def test_parse_cpulist_rejects_garbage_with_the_item(text: str) -> None:
-    with pytest.raises(ValueError, match="cpu"):
-        parse_cpulist(text)
+from agent.discovery.sysfs import SysfsTree, parse_cpumask
 
 
 def test_cpumask_words_are_most_significant_first() -> None:
     assert parse_cpumask("00000001,00000003") == (0, 1, 32)
     assert parse_cpumask("0") == ()
-
-
-def test_format_cpulist_round_trips() -> None:
-    cpus = (0, 1, 2, 3, 8, 10, 11, 51, 104, 105)
-    assert format_cpulist(cpus) == "0-3,8,10-11,51,104-105"
-    assert parse_cpulist(format_cpulist(cpus)) == cpus
 
 
 def test_absolute_symlinks_resolve_inside_the_root(tmp_path: Path) -> None:

@@ -20,6 +20,7 @@ from agent.config import AgentConfig
 from agent.metrics import AgentMetrics
 from agent.service.server import AgentRuntime, default_discover
 from gedge_model import NodeTopology
+from tests.entry_points import entry_point
 
 REPO = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
@@ -119,7 +120,7 @@ def spawn_agent(
         extra = (*extra, "--insecure")
     command = [
         *(prefix or []),
-        str(REPO / ".venv" / "bin" / "gedge-agent"),
+        entry_point("gedge-agent"),
         "serve",
         "--root",
         str(root),

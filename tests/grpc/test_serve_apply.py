@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,19 +21,12 @@ from tests.apply.helpers import (
     new_pod_uid,
     start_in_cgroup,
     stop,
-    v1_sandbox,
 )
 from tests.grpc.agents import AgentHost, spawn_agent
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 
 NODE = "edge-serve-apply"
-
-
-@pytest.fixture
-def cgroup_root() -> Iterator[Path]:
-    with v1_sandbox("gtserve-") as top:
-        yield top
 
 
 def test_reserve_attach_and_release_through_the_daemon(cgroup_root: Path, tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ import grpc
 from gedge_model import NodeTopology, from_json
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from tests.discovery.sysfs_builder import SysfsBuilder
-from tests.grpc.agents import REPO, spawn_agent
+from tests.entry_points import entry_point
+from tests.grpc.agents import spawn_agent
 from tests.grpc.certs import TestCa
 
 SNAPSHOT = "2pa-pcidomain32bits"
@@ -63,7 +64,7 @@ def test_environment_configures_the_agent(snapshot_roots: dict[str, Path], tmp_p
 
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(REPO / ".venv/bin/gedge-agent"), "serve", *args],
+        [entry_point("gedge-agent"), "serve", *args],
         capture_output=True,
         text=True,
         timeout=60,

@@ -10,7 +10,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -21,7 +21,7 @@ from agent.apply import CgroupDriver, QosClass
 from agent.podwatch import core_api
 from gedge_model import ANNOTATION, Allocation
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
-from tests.apply.helpers import build_pod_cgroups, new_container_id, start_in_cgroup, stop, v1_sandbox
+from tests.apply.helpers import build_pod_cgroups, new_container_id, start_in_cgroup, stop
 from tests.e2e.conftest import control_plane, e2e_bin_dir, kube_api, namespace  # noqa: F401
 from tests.grpc.agents import spawn_agent
 
@@ -38,12 +38,6 @@ def eventually(check: Callable[[], object], timeout: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("not reached in time")
         time.sleep(0.1)
-
-
-@pytest.fixture
-def cgroup_root() -> Iterator[Path]:
-    with v1_sandbox("gtkube-") as top:
-        yield top
 
 
 def test_bound_pod_is_applied_and_released_by_the_daemon(

@@ -11,7 +11,8 @@ import yaml
 
 from agent.commands.serve import set_vf_counts
 from agent.config import AgentConfig, ConfigError, load_config
-from tests.grpc.agents import REPO, spawn_agent
+from tests.entry_points import entry_point
+from tests.grpc.agents import spawn_agent
 
 
 def make_pf(root: Path, pf: str, total: int, current: int = 0) -> Path:
@@ -92,7 +93,7 @@ def test_agent_sets_the_counts_at_start_and_refuses_a_bad_pf(tmp_path: Path) -> 
     config.write_text(yaml.safe_dump({"sriov_numvfs": {"gtpf9": 1}, "checkpoint": str(tmp_path / "cp.json")}))
     result = subprocess.run(
         [
-            str(REPO / ".venv/bin/gedge-agent"),
+            entry_point("gedge-agent"),
             "serve",
             "--root",
             str(root),

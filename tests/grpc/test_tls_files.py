@@ -16,7 +16,8 @@ from cryptography import x509
 from gedge_model.certs import CertError, issue_files
 from gedge_model.tls import channel_credentials, expect_peer_name_options, load_tls
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
-from tests.grpc.agents import REPO, AgentHost
+from tests.entry_points import entry_point
+from tests.grpc.agents import AgentHost
 
 SNAPSHOT = "2pa-pcidomain32bits"
 NODE = "edge-rot"
@@ -57,7 +58,7 @@ def test_certs_command_makes_a_ca_and_private_keys_0600(tmp_path: Path) -> None:
     old_umask = os.umask(0)
     try:
         result = subprocess.run(
-            [str(REPO / ".venv/bin/gedge-agent"), "certs", "--dir", str(pki), "edge-1", "gedge-extender"],
+            [entry_point("gedge-agent"), "certs", "--dir", str(pki), "edge-1", "gedge-extender"],
             capture_output=True,
             text=True,
             timeout=60,
@@ -77,7 +78,7 @@ def test_certs_command_makes_a_ca_and_private_keys_0600(tmp_path: Path) -> None:
     with pytest.raises(CertError, match=r"ca.pem exists but .*ca.key does not"):
         issue_files(pki, "edge-3")
     bad = subprocess.run(
-        [str(REPO / ".venv/bin/gedge-agent"), "certs", "--dir", str(tmp_path / "new"), "a/b"],
+        [entry_point("gedge-agent"), "certs", "--dir", str(tmp_path / "new"), "a/b"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -18,9 +18,9 @@ import grpc
 import pytest
 
 from agent.apply.cgroups import remove_cgroup_tree
-from agent.apply.cpuset import parse_cpu_list
 from agent.nri import NriCpusets, NriSession
 from gedge_model import ANNOTATION, Allocation
+from gedge_model.cpulist import parse_cpulist
 from tests.nri.runtime import IMAGE, Containerd, binary_dir, cri_modules, oci_archive
 
 NODE = "nri-node"
@@ -159,7 +159,7 @@ def pods(cri) -> Iterator[Pods]:
 
 
 def cpus_of(cgroup: Path) -> frozenset[int]:
-    return parse_cpu_list((cgroup / "cpuset.cpus").read_text())
+    return parse_cpulist((cgroup / "cpuset.cpus").read_text())
 
 
 def first_process_cpus(cgroup: Path) -> frozenset[int]:
@@ -167,7 +167,7 @@ def first_process_cpus(cgroup: Path) -> frozenset[int]:
     line = next(
         x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Cpus_allowed_list")
     )
-    return parse_cpu_list(line.split(":", 1)[1])
+    return parse_cpulist(line.split(":", 1)[1])
 
 
 def test_pinned_container_is_created_on_its_cpus_and_others_leave_them(plugin, pods, online) -> None:

@@ -19,7 +19,7 @@ WRITERS = textwrap.dedent(
     """
     import logging, threading
     import structlog
-    from gedge_model.cli_support import configure_logging
+    from gedge_common.cli import configure_logging
 
     configure_logging("debug")
     events = structlog.get_logger("gedge.test.structlog")

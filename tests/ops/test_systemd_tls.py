@@ -27,6 +27,7 @@ import yaml
 from gedge_model.tls import channel_credentials, expect_peer_name_options, load_tls
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.commands.demo import free_port
+from tests.entry_points import entry_point
 from tests.grpc.agents import REPO
 
 HOST = socket.gethostname()
@@ -48,7 +49,7 @@ def unit_command(unit: str, etc: Path, credentials: Path, ports: dict[str, str])
         line = line.replace(fixed, free)
     argv = [arg for arg in shlex.split(line) if not arg.startswith("$GEDGE_")]
     assert argv[0].startswith("/usr/local/bin/")
-    return [str(REPO / ".venv" / "bin" / Path(argv[0]).name), *argv[1:]]
+    return [entry_point(Path(argv[0]).name), *argv[1:]]
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def etc(tmp_path: Path) -> Path:
     etc = tmp_path / "etc-gedge"
     result = subprocess.run(
         [
-            str(REPO / ".venv/bin/gedge-agent"),
+            entry_point("gedge-agent"),
             "certs",
             "--dir",
             str(etc / "pki"),

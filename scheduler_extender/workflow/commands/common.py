@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gedge_model import cli_support
+from gedge_common import cli as cli_support
 from scheduler_extender.workflow.catalog import (
     Catalog,
     CatalogError,
@@ -21,6 +21,18 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--context", help="kubeconfig context")
     parser.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+
+
+def add_workflow_name(parser: argparse.ArgumentParser, epilog: str) -> None:
+    """The workflow NAME and the cluster options of every command about one workflow (get, delete, logs)."""
+    parser.epilog = epilog
+    parser.add_argument("name", help="workflow name")
+    add_cluster_options(parser)
+
+
+def workflow_failed(args: argparse.Namespace, problem: object) -> int:
+    """`gedge-flow: workflow NAMESPACE/NAME: problem` on stderr; returns the exit code 2."""
+    return fail(f"workflow {args.namespace}/{args.name}: {problem}")
 
 
 def add_catalog_options(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from gedge_common.listen import ListenError, parse_listen
 from scheduler_extender.workflow.catalog import CatalogError
 from scheduler_extender.workflow.commands.common import (
     add_catalog_options,
@@ -76,11 +77,12 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_listen:
         from prometheus_client import start_http_server
 
-        host, _, port = args.metrics_listen.rpartition(":")
-        if not port.isdigit():
-            return fail(f"--metrics-listen {args.metrics_listen!r} is not HOST:PORT")
         try:
-            start_http_server(int(port), addr=host.strip("[]") or "0.0.0.0", registry=metrics.registry)
+            host, port = parse_listen(args.metrics_listen, "--metrics-listen")
+        except ListenError as exc:
+            return fail(str(exc))
+        try:
+            start_http_server(port, addr=host, registry=metrics.registry)
         except OSError as exc:
             return fail(f"--metrics-listen {args.metrics_listen}: {exc}")
     stop = threading.Event()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from scheduler_extender.workflow.commands.common import add_cluster_options, connect, fail
+from scheduler_extender.workflow.commands.common import add_workflow_name, connect, fail, workflow_failed
 from scheduler_extender.workflow.kube import ApiError, NotFound
 from scheduler_extender.workflow.podspec import workflow_selector
 from scheduler_extender.workflow.serve import SERVE_SELECTOR, owned_by, workspace_claim
@@ -22,9 +22,7 @@ EPILOG = """examples:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG
-    parser.add_argument("name", help="workflow name")
-    add_cluster_options(parser)
+    add_workflow_name(parser, EPILOG)
     parser.set_defaults(run=run)
 
 
@@ -33,14 +31,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         obj = api.get_workflow(args.namespace, args.name)
     except ApiError as exc:
-        return fail(f"workflow {args.namespace}/{args.name}: {exc.message}")
+        return workflow_failed(args, exc.message)
     uid = obj["metadata"].get("uid")
     try:
         api.delete_workflow(args.namespace, args.name)
     except NotFound:
         pass
     except ApiError as exc:
-        return fail(f"workflow {args.namespace}/{args.name}: {exc.message}")
+        return workflow_failed(args, exc.message)
     pods, _ = api.list_pods(args.namespace, workflow_selector(args.name))
     deleted = 0
     for pod in pods:

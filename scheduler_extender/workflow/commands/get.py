@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from scheduler_extender.workflow.commands.common import add_cluster_options, connect, fail
+from scheduler_extender.workflow.commands.common import add_workflow_name, connect, fail, workflow_failed
 from scheduler_extender.workflow.kube import ApiError, WorkflowApi
 from scheduler_extender.workflow.render import render_dot, render_tree
 from scheduler_extender.workflow.spec import WorkflowSpecError, parse_workflow
@@ -32,8 +32,7 @@ CLEAR = "\033[H\033[2J"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG
-    parser.add_argument("name", help="workflow name")
+    add_workflow_name(parser, EPILOG)
     parser.add_argument("-o", "--output", choices=("tree", "json", "yaml", "dot", "svg"), default="tree")
     parser.add_argument(
         "-w", "--watch", action="store_true", help="show every change until the workflow ends"
@@ -41,7 +40,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval", type=float, default=1.0, help="--watch: seconds between looks (default 1)"
     )
-    add_cluster_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -112,9 +110,9 @@ def run(args: argparse.Namespace) -> int:
         obj = api.get_workflow(args.namespace, args.name)
         print(view(obj, args.output, datetime.now(UTC)))
     except ApiError as exc:
-        return fail(f"workflow {args.namespace}/{args.name}: {exc.message}")
+        return workflow_failed(args, exc.message)
     except (WorkflowSpecError, StatusError, RuntimeError) as exc:
-        return fail(f"workflow {args.namespace}/{args.name}: {exc}")
+        return workflow_failed(args, exc)
     except KeyboardInterrupt:
         return 1
     return 0

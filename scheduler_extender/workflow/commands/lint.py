@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import yaml
-
+from gedge_common.files import FileLoadError, parse_yaml_all, read_bounded
 from scheduler_extender.workflow.catalog import CatalogError, load_catalog_file
 from scheduler_extender.workflow.commands.run import MAX_FILE_BYTES
 from scheduler_extender.workflow.composer import CompositionError
@@ -39,12 +38,12 @@ def lint_text(text: str | bytes, catalog_path: str | None = None) -> tuple[list[
     if catalog_path:
         try:
             catalog = load_catalog_file(catalog_path)
-        except (OSError, CatalogError) as exc:
-            return [f"catalog {catalog_path}: {exc}"], 0
+        except CatalogError as exc:
+            return [f"catalog {exc}"], 0
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        return [f"not YAML: {exc}"], 0
+        documents = parse_yaml_all(text, source="file", limit=MAX_FILE_BYTES)
+    except FileLoadError as exc:
+        return [str(exc).removeprefix("file: ")], 0
     if not documents:
         return ["no workflow in the file"], 0
     problems = []
@@ -64,13 +63,9 @@ def run(args: argparse.Namespace) -> int:
     for name in args.files:
         path = Path(name)
         try:
-            text = path.read_bytes()[: MAX_FILE_BYTES + 1]
-        except OSError as exc:
-            print(f"{path}: {exc.strerror}")
-            failed = True
-            continue
-        if len(text) > MAX_FILE_BYTES:
-            print(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+            text = read_bounded(path, limit=MAX_FILE_BYTES)
+        except FileLoadError as exc:
+            print(exc)
             failed = True
             continue
         problems, count = lint_text(text, args.catalog)

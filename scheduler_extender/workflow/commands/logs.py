@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scheduler_extender.workflow.commands.common import add_cluster_options, connect, fail
+from scheduler_extender.workflow.commands.common import add_workflow_name, connect, fail, workflow_failed
 from scheduler_extender.workflow.kube import ApiError
 from scheduler_extender.workflow.serve import LABEL_SERVE
 from scheduler_extender.workflow.spec import WorkflowSpecError, parse_workflow
@@ -19,11 +19,9 @@ EPILOG = """examples:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = EPILOG
-    parser.add_argument("name", help="workflow name")
+    add_workflow_name(parser, EPILOG)
     parser.add_argument("step", help="task name")
     parser.add_argument("--attempt", type=int, help="attempt number (default: the last)")
-    add_cluster_options(parser)
     parser.set_defaults(run=run)
 
 
@@ -33,9 +31,9 @@ def run(args: argparse.Namespace) -> int:
         obj = api.get_workflow(args.namespace, args.name)
         status = status_from_dict(obj.get("status"))
     except ApiError as exc:
-        return fail(f"workflow {args.namespace}/{args.name}: {exc.message}")
+        return workflow_failed(args, exc.message)
     except StatusError as exc:
-        return fail(f"workflow {args.namespace}/{args.name}: {exc}")
+        return workflow_failed(args, exc)
     if args.step not in status.tasks:
         known = ", ".join(sorted(status.tasks)) or "none yet"
         return fail(f"workflow {args.name} has no step {args.step!r} with a status (steps: {known})")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from gedge_common.files import FileLoadError, load_yaml
 from scheduler_extender.workflow import dag
 from scheduler_extender.workflow.catalog import CatalogError
 from scheduler_extender.workflow.commands.common import (
@@ -73,16 +74,11 @@ def run(args: argparse.Namespace) -> int:
     configure_logging("info" if args.verbose else "warning")
     path = Path(args.file)
     try:
-        text = path.read_bytes()[: MAX_FILE_BYTES + 1]
-        if len(text) > MAX_FILE_BYTES:
-            return fail(f"{path}: larger than {MAX_FILE_BYTES} bytes")
-        raw = yaml.safe_load(text)
+        raw = load_yaml(path, limit=MAX_FILE_BYTES)
         body = api_object(raw, namespace=args.namespace, overrides=_overrides(args.parameter))
         workflow = parse_workflow(body)
-    except OSError as exc:
-        return fail(f"{path}: {exc.strerror}")
-    except yaml.YAMLError as exc:
-        return fail(f"{path}: not YAML: {exc}")
+    except FileLoadError as exc:
+        return fail(str(exc))
     except WorkflowSpecError as exc:
         return fail(str(exc))
     api = None if args.dry_run else connect(args)

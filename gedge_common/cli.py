@@ -11,7 +11,7 @@ import importlib
 import importlib.metadata
 import logging
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -59,6 +59,19 @@ def run_lazy_cli(
             sub.add_parser(name, help=summary, add_help=False)
     args = parser.parse_args(args_in)
     return int(args.run(args) or 0)
+
+
+def lazy_main(
+    *, prog: str, description: str, epilog: str, package: str, commands: Mapping[str, str]
+) -> Callable[[list[str] | None], int]:
+    """A console script's `main(argv=None)`: run_lazy_cli over `package`'s command modules."""
+
+    def main(argv: list[str] | None = None) -> int:
+        return run_lazy_cli(
+            prog=prog, description=description, epilog=epilog, package=package, commands=commands, argv=argv
+        )
+
+    return main
 
 
 class _Stderr:

@@ -1,0 +1,87 @@
+"""Bounded loading of the files the daemons and commands read: config, kubelet config, agents,
+catalogs, workflows, pods, topologies and checkpoints.
+
+A file is read only up to its bound (never whole into memory first), and every error names what
+the file is for and its path, so each caller wraps it in its own error type unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+MAX_FILE_BYTES = 1 << 20
+
+
+class FileLoadError(ValueError):
+    """A file is unreadable, over its bound, or not YAML/JSON; the message is `SOURCE: why`, where
+    SOURCE is `WHAT PATH` (`config /etc/gedge/agent.yaml`). `missing` is True when it does not exist."""
+
+    def __init__(self, message: str, *, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+def source_of(path: str | Path, what: str = "") -> str:
+    """How errors name a file: `WHAT PATH`, or the path alone when `what` is empty."""
+    return f"{what} {path}" if what else str(path)
+
+
+def read_bounded(path: str | Path, *, what: str = "", limit: int = MAX_FILE_BYTES) -> bytes:
+    """The file's bytes, at most `limit`; FileLoadError when unreadable or larger."""
+    source = source_of(path, what)
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise FileLoadError(
+            f"{source}: {exc.strerror or exc}", missing=isinstance(exc, FileNotFoundError)
+        ) from None
+    if len(data) > limit:
+        raise FileLoadError(f"{source}: larger than {limit} bytes")
+    return data
+
+
+def _bounded(text: str | bytes, source: str, limit: int) -> None:
+    if len(text) > limit:
+        raise FileLoadError(f"{source}: larger than {limit} bytes")
+
+
+def _parse(
+    text: str | bytes, source: str, limit: int, load: Callable[[Any], Any], kind: str, errors: type[Exception]
+) -> Any:
+    _bounded(text, source, limit)
+    try:
+        return load(text)
+    except errors as exc:
+        raise FileLoadError(f"{source}: not {kind}: {exc}") from None
+
+
+def parse_yaml(text: str | bytes, *, source: str, limit: int = MAX_FILE_BYTES) -> Any:
+    """One YAML document (safe loader; empty -> None); FileLoadError `SOURCE: not YAML: ...`."""
+    return _parse(text, source, limit, yaml.safe_load, "YAML", yaml.YAMLError)
+
+
+def parse_yaml_all(text: str | bytes, *, source: str, limit: int = MAX_FILE_BYTES) -> list[Any]:
+    """Every non-empty document of a `---` separated YAML stream, in order."""
+    documents = _parse(text, source, limit, lambda t: list(yaml.safe_load_all(t)), "YAML", yaml.YAMLError)
+    return [d for d in documents if d is not None]
+
+
+def parse_json(text: str | bytes, *, source: str, limit: int = MAX_FILE_BYTES) -> Any:
+    """One JSON value; FileLoadError `SOURCE: not JSON: ...` (also for nesting past 1024 levels)."""
+    return _parse(text, source, limit, orjson.loads, "JSON", orjson.JSONDecodeError)
+
+
+def load_yaml(path: str | Path, *, what: str = "", limit: int = MAX_FILE_BYTES) -> Any:
+    """read_bounded then parse_yaml, errors naming `WHAT PATH`."""
+    return parse_yaml(read_bounded(path, what=what, limit=limit), source=source_of(path, what), limit=limit)
+
+
+def load_json(path: str | Path, *, what: str = "", limit: int = MAX_FILE_BYTES) -> Any:
+    """read_bounded then parse_json, errors naming `WHAT PATH`."""
+    return parse_json(read_bounded(path, what=what, limit=limit), source=source_of(path, what), limit=limit)
