@@ -10,7 +10,7 @@ import threading
 
 import structlog
 
-from gedge_model.cli_support import configure_logging
+from gedge_common.cli import configure_logging
 
 log = structlog.get_logger("gedge.extender.csr_signer")
 
