@@ -13,8 +13,10 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 
 from gedge_model.certs import create_ca, issue
 from tests.e2e.cluster_objects import wait_for
-from tests.e2e.control_plane import SERVICE_CIDR, ControlPlane, kubeconfig_text
+from tests.e2e.control_plane import ControlPlane, kubeconfig_text
 from tests.e2e.oci_image import ImageFile, write_archive
 from tests.e2e.processes import HarnessError, ManagedProcess, free_port
 
@@ -220,8 +222,6 @@ class CertManagerStandIn:
 
 
 def _decoded(secret: k8s.V1Secret, key: str) -> bytes:
-    import base64
-
     return base64.b64decode(secret.data[key])
 
 
@@ -254,11 +254,8 @@ class KubeProxy:
         self.process = ManagedProcess(
             "kube-proxy", [str(binary), f"--config={config}", "--v=1"], plane.log_dir / "kube-proxy.log"
         )
-        self.service_cidr = SERVICE_CIDR
 
     def start(self) -> KubeProxy:
-        import urllib.request
-
         def healthy() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.healthz_port}/healthz", timeout=5) as r:
                 return r.status == 200

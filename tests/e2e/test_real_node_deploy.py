@@ -4,7 +4,9 @@ pods (service-account tokens, the `kubernetes` Service through kube-proxy). The 
 extender, the second kube-scheduler and the workflow controller run as real pods of `make image`
 (and of an image of the pinned kube-scheduler, tagged as deploy/ names it) on this machine's kubelet;
 a pinned pod of the gedge-scheduler profile lands through them and runs on its CPUs; the agent pod
-recreated by its DaemonSet takes its pods back from the checkpoint and kubelet's PodResources.
+recreated by its DaemonSet takes its pods back from the checkpoint and kubelet's PodResources, and a
+pinned pod deleted while the agent was away is released when it returns; the agent's Node carries
+its GedgeAgentReady condition.
 
 What stands in: cert-manager (no image of it here) by tests.e2e.deployment.CertManagerStandIn, and
 cluster DNS (none here) by the overlay pointing kube-scheduler at the extender's Service address,
@@ -60,8 +62,9 @@ SYSTEM = "gedge-system"
 WORKLOADS = frozenset({"DaemonSet", "Deployment"})
 AGENT_TLS = Path("/etc/gedge/tls")
 AGENT_STATE = Path("/var/lib/gedge-agent")
-HOST_FILES = (Path("/etc/gedge"), AGENT_STATE)
-"""Host paths deploy/'s agent reads or writes (hostPath); removed afterwards when absent before."""
+HOST_FILES = (AGENT_TLS, AGENT_STATE)
+"""Host paths deploy/'s agent reads or writes (hostPath): absent before (a host with an agent's files
+is not one to test on), removed afterwards, with /etc/gedge when it was absent too."""
 ROLLOUT_TIMEOUT = 300.0
 AGENT_METRICS_PORT = 9400
 """deploy/agent/daemonset.yaml's --metrics-listen port."""
@@ -152,8 +155,11 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     _need([] if IMAGE_ARCHIVE.exists() else [str(IMAGE_ARCHIVE)], "deploy/ on a node")
     if len(online_cpus()) < 2:
         pytest.skip("pinning needs at least 2 online CPUs")
+    present = [str(p) for p in HOST_FILES if p.exists()]
+    if present:
+        pytest.skip(f"this host has {present} of an installed agent: not overwritten by a test")
     workdir = tmp_path_factory.mktemp("deploy")
-    absent = [p for p in HOST_FILES if not p.exists()]
+    absent = [*HOST_FILES, *([AGENT_TLS.parent] if not AGENT_TLS.parent.exists() else [])]
     with contextlib.ExitStack() as stack:
         plane = ControlPlane(bin_dir, workdir / "plane", node_ip=host_ip()).start()
         stack.callback(plane.stop)
@@ -256,6 +262,20 @@ def test_deploy_runs_as_pods_of_the_project_image(deployed: Deployed) -> None:
         lambda streams: streams >= 1,
         describe=lambda streams: f"{streams} watch streams; {_pods(deployed.api)}",
     )
+
+
+def test_agent_says_on_its_node_that_it_can_apply(deployed: Deployed) -> None:
+    """The agent pod, as deploy/'s gedge-agent account with its pod-bound token, sets its Node's
+    GedgeAgentReady condition (RBAC nodes/status, narrowed to its own node by deploy/policy)."""
+    condition = wait_for(
+        lambda: {c.type: c for c in deployed.node.node().status.conditions or ()}.get("GedgeAgentReady"),
+        lambda found: found is not None,
+        describe=lambda found: (
+            f"no GedgeAgentReady condition; agent log:\n{_agent_log(k8s.CoreV1Api(deployed.api))}"
+        ),
+    )
+    assert (condition.status, condition.reason) == ("True", "Ready")
+    assert "cgroupfs driver" in condition.message
 
 
 def _agent_metric(name: str, ip: str) -> float:
