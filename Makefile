@@ -43,12 +43,15 @@ lint: venv
 	$(BIN)/python -m protos.generate --check
 
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet
-# (tests/e2e/controlplane), containerd, ctr and the runc shim (tests/e2e/node) for
-# the e2e tests, built from their Go modules at the pinned versions and cached
-# under ~/.cache/gedge-accel (rebuilt only when the pins change).
+# (tests/e2e/controlplane), containerd, ctr and the runc shim (tests/e2e/node),
+# kustomize and kube-proxy (tests/e2e/node/build_tools.sh, after the control plane:
+# kube-proxy shares its Go build cache) for the e2e tests, built from their Go
+# modules at the pinned versions and cached under ~/.cache/gedge-accel (rebuilt
+# only when the pins change).
 e2e-binaries:
 	tests/e2e/controlplane/build.sh >/dev/null
 	tests/e2e/node/build_containerd.sh >/dev/null
+	tests/e2e/node/build_tools.sh >/dev/null
 
 # The project image (Containerfile) as an OCI archive at build/gedge-accel-image.tar,
 # tagged gedge-accel:<version>, built by buildah without a Docker engine. With no

@@ -34,6 +34,7 @@ from agent.podwatch import (
     PodWatcher,
     core_api,
     kubernetes_event_reporter,
+    node_condition_writer,
     node_event_reporter,
 )
 from agent.podwatch.pods import PodView
@@ -565,11 +566,14 @@ def mismatch_view(mismatch: Mismatch, node: str) -> PodView:
 
 
 def readiness_reporter(parts: NodeParts, node: str) -> Callable[[Readiness], None]:
-    """Every change of the node's readiness: an Event on the Node; back to ready, a pod resync."""
+    """Every change of the node's readiness: the Node's GedgeAgentReady condition and an Event on the
+    Node; back to ready, a pod resync. The condition is set once at start as well."""
     post = node_event_reporter(parts.core, node)
+    condition = node_condition_writer(parts.core, node)
     was_blocked = [False]
 
     def changed(readiness: Readiness) -> None:
+        condition(readiness.ready, readiness.reason, readiness.message)
         if not readiness.ready:
             was_blocked[0] = True
             post(readiness.reason, readiness.message, True)
@@ -584,7 +588,7 @@ def readiness_reporter(parts: NodeParts, node: str) -> Callable[[Readiness], Non
                     log.warning("pod resync after readiness failed", error=str(exc))
 
     current = parts.gate.current if parts.gate is not None else None
-    if current is not None and not current.ready:
+    if current is not None:
         changed(current)
     return changed
 

@@ -288,6 +288,35 @@ def node_event_reporter(core_api: Any, node_name: str) -> Callable[[str, str, bo
     return report
 
 
+NODE_CONDITION = "GedgeAgentReady"
+"""The Node condition the agent keeps: True while it can apply allocations, else False with why."""
+STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+
+
+def node_condition_writer(core_api: Any, node_name: str) -> Callable[[bool, str, str], None]:
+    """(ready, reason, message): set this node's NODE_CONDITION (a strategic merge of nodes/status,
+    by condition type: kubelet's own conditions are kept). A refused write is logged, not raised."""
+
+    def write(ready: bool, reason: str, message: str) -> None:
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        condition = {
+            "type": NODE_CONDITION,
+            "status": "True" if ready else "False",
+            "reason": reason,
+            "message": message[:1024],
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }
+        try:
+            core_api.patch_node_status(
+                node_name, {"status": {"conditions": [condition]}}, _content_type=STRATEGIC_MERGE
+            )
+        except ApiException as exc:
+            log.warning("could not set condition %s on node %s: %s", NODE_CONDITION, node_name, exc)
+
+    return write
+
+
 def kubernetes_event_reporter(core_api: Any, node_name: str) -> EventReporter:
     """Post a Warning Event on the pod, as kubectl describe shows it."""
 

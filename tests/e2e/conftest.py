@@ -41,6 +41,10 @@ wait puts the log tail in the error.
   tests.e2e.real_node.WORKLOAD_IMAGE for real; stopping it undoes every host
   change, and a change left behind fails the module.
 
+test_real_node_deploy.py starts a control plane and real node of its own that serve pods as a
+cluster does (ControlPlane `node_ip`: service-account tokens, the `kubernetes` Service through
+kube-proxy from tests/e2e/node/build_tools.sh) and applies deploy/ there with kustomize.
+
 Besides `real_node`, no kubelet, controller-manager or kube-proxy runs: pods are bound but not run
 (use tests.e2e.kubelet.KubeletStandIn to move their phases), namespaces are
 never finalized, and no service account token controller exists (the

@@ -44,6 +44,13 @@ CONTROLLERS = (
 )
 """What kube-controller-manager runs: workloads only. No node lifecycle controller: the stand-in
 nodes never renew a Lease and must not be tainted unreachable."""
+POD_CONTROLLERS = (
+    "serviceaccount-controller",
+    "root-ca-certificate-publisher-controller",
+    "endpointslice-controller",
+)
+"""What a plane serving pods (`pod_network`) runs besides: each namespace's `default` ServiceAccount
+and `kube-root-ca.crt` (the token volume's CA), and EndpointSlices for kube-proxy."""
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 READY_TIMEOUT = 120.0
@@ -87,9 +94,17 @@ def kubeconfig_text(server: str, ca: Path, credentials: KeyPair | str, name: str
 
 
 class ControlPlane:
-    """etcd + kube-apiserver (+ kube-schedulers started with `start_scheduler`) under `workdir`."""
+    """etcd + kube-apiserver (+ kube-schedulers started with `start_scheduler`) under `workdir`.
 
-    def __init__(self, bin_dir: Path, workdir: Path) -> None:
+    With `node_ip` (a real node's InternalIP) the plane serves pods as a cluster does: kube-apiserver
+    listens on every address and advertises `node_ip` (the `kubernetes` Service's endpoint, which
+    in-cluster clients reach through kube-proxy), the ServiceAccount admission plugin gives pods
+    their token volumes, and kube-controller-manager also runs POD_CONTROLLERS. Without it,
+    everything stays on loopback and pods get no token (the stand-in tests create pods right after
+    their namespace, before any `default` ServiceAccount could exist).
+    """
+
+    def __init__(self, bin_dir: Path, workdir: Path, node_ip: str | None = None) -> None:
         missing = missing_binaries(bin_dir)
         if missing:
             raise HarnessError(
@@ -98,6 +113,7 @@ class ControlPlane:
             )
         self.bin_dir = bin_dir
         self.workdir = workdir
+        self.node_ip = node_ip
         self.pki_dir = workdir / "pki"
         self.log_dir = workdir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -139,7 +155,7 @@ class ControlPlane:
         self.etcd_client = ca.issue("kube-apiserver-etcd-client", client=True)
         self.apiserver_serving = ca.issue(
             "kube-apiserver",
-            ips=("127.0.0.1", SERVICE_IP),
+            ips=("127.0.0.1", SERVICE_IP, *([self.node_ip] if self.node_ip else [])),
             dns=(
                 "localhost",
                 "kubernetes",
@@ -239,11 +255,7 @@ class ControlPlane:
             "kube-apiserver",
             [
                 str(self.bin_dir / "kube-apiserver"),
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                # 1.37 refuses a loopback advertise address while it keeps the `kubernetes`
-                # Service's endpoints itself; nothing here reaches the API through that Service.
-                "--endpoint-reconciler-type=none",
+                *self._address_flags(),
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={self.apiserver_serving.cert}",
@@ -258,9 +270,10 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=Node,RBAC",
-                # No controller-manager runs: no token controller makes default service accounts,
-                # and no node lifecycle controller would lift the not-ready taint from new nodes.
-                "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition",
+                # No node lifecycle controller runs to lift the not-ready taint from new nodes; and
+                # unless pods run for real, no controller makes `default` service accounts.
+                "--disable-admission-plugins="
+                + ("TaintNodesByCondition" if self.node_ip else "ServiceAccount,TaintNodesByCondition"),
                 "--allow-privileged=true",
                 # Logs and exec of pods on a real kubelet (tests/e2e/real_node.py).
                 "--kubelet-preferred-address-types=InternalIP",
@@ -273,6 +286,18 @@ class ControlPlane:
             self.log_dir / "kube-apiserver.log",
         ).start()
         return self.apiserver
+
+    def _address_flags(self) -> list[str]:
+        if self.node_ip:
+            # Pods reach the API through the `kubernetes` Service: its endpoint is node_ip.
+            return ["--bind-address=0.0.0.0", f"--advertise-address={self.node_ip}"]
+        return [
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            # 1.37 refuses a loopback advertise address while it keeps the `kubernetes`
+            # Service's endpoints itself; nothing here reaches the API through that Service.
+            "--endpoint-reconciler-type=none",
+        ]
 
     @property
     def server(self) -> str:
@@ -344,10 +369,13 @@ class ControlPlane:
         """Run kube-controller-manager (`controllers` only) as system:kube-controller-manager; idempotent.
 
         DaemonSets, Deployments and ReplicaSets get pods, owners' garbage is
-        collected. Each controller acts with the manager's own identity.
+        collected (and, with `node_ip`, POD_CONTROLLERS run). Each controller acts with the
+        manager's own identity.
         """
         if self.controller_manager is not None and self.controller_manager.running:
             return self.controller_manager
+        if self.node_ip:
+            controllers = (*controllers, *POD_CONTROLLERS)
         assert self.ca is not None
         kubeconfig = self.controller_manager_kubeconfig
         port = free_port()
@@ -360,7 +388,9 @@ class ControlPlane:
                 f"--authorization-kubeconfig={kubeconfig}",
                 f"--controllers={','.join(controllers)}",
                 "--leader-elect=false",
-                "--use-service-account-credentials=false",
+                # Serving pods, each controller acts as its own kube-system service account with
+                # the stock rights (the manager's own identity may not make ReplicaSets).
+                f"--use-service-account-credentials={'true' if self.node_ip else 'false'}",
                 "--bind-address=127.0.0.1",
                 f"--secure-port={port}",
                 f"--tls-cert-file={self.controller_manager_serving.cert}",

@@ -166,3 +166,32 @@ def busybox_archive(path: Path) -> Path:
     files = [ImageFile("/bin/busybox", binary)]
     files += [ImageFile(f"/bin/{applet}", link="busybox") for applet in applets if applet != "busybox"]
     return write_archive(path, BUSYBOX_IMAGE, files, cmd=["sh"])
+
+
+def renamed_archive(source: Path, path: Path, reference: str) -> Path:
+    """A copy of the OCI archive `source` at `path` whose single image is named `reference`.
+
+    containerd imports an archive's `org.opencontainers.image.ref.name` as the image's name; a short
+    one (`gedge-accel:0.1.0`, as `make image` writes) the container runtime then looks up under
+    docker.io/library/ and never finds. Blobs are copied unchanged.
+    """
+    with tarfile.open(source) as tar_in, tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar_out:
+        for member in tar_in:
+            if member.name.lstrip("./") != "index.json":
+                tar_out.addfile(member, tar_in.extractfile(member) if member.isfile() else None)
+                continue
+            handle = tar_in.extractfile(member)
+            assert handle is not None
+            index = json.loads(handle.read())
+            if len(index.get("manifests") or ()) != 1:
+                raise ValueError(
+                    f"{source}: index.json names {len(index.get('manifests') or ())} images, not 1"
+                )
+            annotations = index["manifests"][0].setdefault("annotations", {})
+            annotations["org.opencontainers.image.ref.name"] = reference
+            annotations["io.containerd.image.name"] = reference
+            data = _json(index)
+            info = tarfile.TarInfo(member.name)
+            info.size = len(data)
+            tar_out.addfile(info, io.BytesIO(data))
+    return path

@@ -21,6 +21,7 @@ import fcntl
 import glob
 import json
 import os
+import shlex
 import shutil
 import signal
 import ssl
@@ -80,8 +81,9 @@ SYSCTLS = (
     "net/ipv6/conf/all/forwarding",
     "net/bridge/bridge-nf-call-iptables",
     "net/bridge/bridge-nf-call-ip6tables",
+    "net/ipv4/conf/all/route_localnet",
 )
-"""Kernel settings kubelet and the bridge plugin write; put back at stop."""
+"""Kernel settings kubelet, kube-proxy and the bridge plugin write; put back at stop."""
 IPTABLES = ("iptables", "ip6tables")
 IPTABLES_TABLES = ("filter", "nat", "mangle")
 
@@ -207,7 +209,7 @@ def _drop_new_chains(tool: str, table: str, before: set[str]) -> list[str]:
         return []
     rules = subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True).stdout.splitlines()
     for rule in rules:
-        words = rule.split()
+        words = shlex.split(rule)  # comments are quoted and hold spaces
         if words[:1] == ["-A"] and words[1] not in new and any(w in new for w in words[2:]):
             subprocess.run([tool, "-t", table, "-D", *words[1:]], capture_output=True)
     for chain in new:
@@ -315,6 +317,8 @@ class RealNode:
                     "type": "bridge",
                     "bridge": BRIDGE,
                     "isGateway": True,
+                    # Pods reach Service addresses (kube-proxy) and the node through the bridge.
+                    "isDefaultGateway": True,
                     "ipMasq": False,
                     "ipam": {
                         "type": "host-local",

@@ -31,6 +31,7 @@ from tests.podwatch.conftest import RecordingApplier
 pytestmark = pytest.mark.e2e
 POLICIES = (DEPLOY / "policy" / "allocation-writer.yaml", DEPLOY / "policy" / "agent-node-restriction.yaml")
 MERGE = "application/merge-patch+json"
+STRATEGIC = "application/strategic-merge-patch+json"
 NODE_NAME_KEY = "authentication.kubernetes.io/node-name"
 
 
@@ -268,6 +269,8 @@ def test_the_agent_account_changes_only_its_own_node_and_the_pods_bound_to_it(
     mark = {"metadata": {"annotations": {"gedge.io/allocated-gpu": "GPU-0"}}}
 
     assert refused(lambda: agent.patch_node(mine, label, _content_type=MERGE)) is None
+    ready = {"status": {"conditions": [{"type": "GedgeAgentReady", "status": "True", "reason": "Ready"}]}}
+    assert refused(lambda: agent.patch_node_status(mine, ready, _content_type=STRATEGIC)) is None
     assert refused(lambda: agent.patch_namespaced_pod("here", namespace, mark, _content_type=MERGE)) is None
     # The API server loads each policy on its own, a moment after it is created: the fixture waited
     # for the allocation policy, this waits for the node restriction (a change it lets through is the
@@ -279,6 +282,9 @@ def test_the_agent_account_changes_only_its_own_node_and_the_pods_bound_to_it(
     )
     assert denied_node is not None and denied_node.status == 403
     assert f"the request is for nodes of node {other}, the token is of node {mine}" in denied_node.body
+    denied_status = refused(lambda: agent.patch_node_status(other, ready, _content_type=STRATEGIC))
+    assert denied_status is not None and denied_status.status == 403
+    assert f"the request is for nodes of node {other}" in denied_status.body
     denied_pod = refused(lambda: agent.patch_namespaced_pod("there", namespace, mark, _content_type=MERGE))
     assert denied_pod is not None and denied_pod.status == 403
     assert f"pods of node {other}" in denied_pod.body

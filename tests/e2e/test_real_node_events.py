@@ -61,6 +61,10 @@ def test_node_and_pinned_pod_get_the_reason(
     )
     said = next(e for e in on_node if e.source.component == "gedge-agent")
     assert said.reason.startswith("Cgroup") and "kubepods.slice" in said.message
+    # The Node's own condition says the same (what `kubectl describe node` shows).
+    conditions = {c.type: c for c in node.node().status.conditions or ()}
+    condition = conditions["GedgeAgentReady"]
+    assert (condition.status, condition.reason, condition.message) == ("False", said.reason, said.message)
 
     pod = workload_pod(
         "pinned",

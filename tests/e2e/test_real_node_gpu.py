@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
@@ -192,3 +193,38 @@ def test_pod_the_node_cannot_serve_fails_with_a_clear_event(
     assert any(RESOURCE_GPU in m and "allocation" in m.lower() for m in messages), messages
     with pytest.raises(ApiException):
         core.read_namespaced_pod_log("unplaced", namespace)
+
+
+def test_two_pods_racing_on_the_node_each_get_their_own_gpus(
+    gpu_node: GpuNode, edge_cluster: EdgeCluster, kube_api: k8s.ApiClient, namespace: str
+) -> None:
+    """Two GPU pods created at once, bound by the extender and admitted by the real kubelet in its own
+    order: Allocate names no pod, the agent tells them apart by the devices each allocation holds, so
+    each container sees exactly its own grant and kubelet records exactly that for it."""
+    core = k8s.CoreV1Api(kube_api)
+    scheduler = edge_cluster.scheduler_name
+    names = ("racer-a", "racer-b")
+    with ThreadPoolExecutor(len(names)) as pool:
+        list(
+            pool.map(
+                lambda name: core.create_namespaced_pod(
+                    namespace, gpu_pod(name, 2, scheduler, gpu_node.node.name)
+                ),
+                names,
+            )
+        )
+    pods = {name: running(core, namespace, name) for name in names}
+    grants = {name: granted_gpus(pod) for name, pod in pods.items()}
+    assert not grants["racer-a"] & grants["racer-b"]
+    client = PodResourcesClient(POD_RESOURCES_SOCKET)
+    try:
+        for name, pod in pods.items():
+            assert_sees_exactly(gpu_node, report(core, namespace, name), grants[name])
+            allocation = Allocation.from_annotation(pod.metadata.annotations[ANNOTATION])
+            assigned = client.get(namespace, name)
+            assert assigned is not None
+            assert assigned.ids(RESOURCE_GPU) == {
+                g.id for g in allocation.devices if g.resource == RESOURCE_GPU
+            }
+    finally:
+        client.close()

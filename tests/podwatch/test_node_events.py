@@ -14,11 +14,16 @@ from tests.podwatch.conftest import NODE, RecordingApplier, pod
 
 
 class Api:
-    """The two calls made here, recorded: events created, pods listed."""
+    """The calls made here, recorded: events created, Node status patched, pods listed."""
 
     def __init__(self, pods) -> None:
         self.events: list[tuple[str, k8s.CoreV1Event]] = []
+        self.conditions: list[dict] = []
         self.pods = pods
+
+    def patch_node_status(self, name, body, _content_type):
+        assert name == NODE and _content_type == "application/strategic-merge-patch+json"
+        self.conditions += body["status"]["conditions"]
 
     def create_namespaced_event(self, namespace, event):
         self.events.append((namespace, event))
@@ -41,11 +46,15 @@ def test_blocked_node_gets_a_warning_event_and_a_normal_one_with_a_resync_when_r
         assert (warning.type, warning.reason) == ("Warning", "CgroupDriverUnknown")
         assert warning.involved_object.kind == "Node" and warning.involved_object.name == NODE
         assert "no kubepods.slice or kubepods cgroup under" in warning.message
+        ((condition),) = api.conditions
+        assert (condition["type"], condition["status"]) == ("GedgeAgentReady", "False")
+        assert (condition["reason"], condition["message"]) == ("CgroupDriverUnknown", warning.message)
         gate.refresh()  # unchanged: nothing new said
-        assert len(api.events) == 1 and applier.calls == []
+        assert len(api.events) == 1 and len(api.conditions) == 1 and applier.calls == []
 
         make_v1_cgroup(cgroups / "kubepods")
         gate.refresh()
         _, ready = api.events[-1]
         assert (ready.type, ready.reason) == ("Normal", "AllocationsApplied")
+        assert (api.conditions[-1]["status"], api.conditions[-1]["reason"]) == ("True", "Ready")
         assert applier.calls == [("apply", "u1")]  # the resync applied what waited
