@@ -8,6 +8,7 @@ failed. Every event goes through `handle_event`, the one code path tests feed.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 from collections.abc import Callable, Iterable
