@@ -91,7 +91,7 @@ def configure_logging(level: str, *, cache: bool = True) -> None:
             structlog.processors.JSONRenderer(default=str),
         ],
     )
-    handler = logging.StreamHandler(_Stderr())  # type: ignore[arg-type]
+    handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

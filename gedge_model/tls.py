@@ -166,8 +166,11 @@ def reloading_server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
         material = files.reload()
         return configuration(material) if material is not None else None
 
+    # grpc documents None from the fetcher as "keep the current configuration"; grpc-stubs omits it.
     return grpc.dynamic_ssl_server_credentials(
-        configuration(files.current()), fetch, require_client_authentication=True
+        configuration(files.current()),
+        fetch,  # type: ignore[arg-type]
+        require_client_authentication=True,
     )
 
 
@@ -200,7 +203,7 @@ def certificate_names(pem_or_der: bytes) -> frozenset[str]:
     return frozenset(names)
 
 
-def peer_identities(auth_context: Mapping[str, Iterable[bytes]]) -> frozenset[str]:
+def peer_identities(auth_context: Mapping[str, Iterable[bytes | str]]) -> frozenset[str]:
     """Names a gRPC server sees for its TLS peer (`context.auth_context()`); empty without TLS."""
     names: set[str] = set()
     for key in ("x509_common_name", "x509_subject_alternative_name"):

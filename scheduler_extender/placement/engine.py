@@ -72,6 +72,7 @@ from scheduler_extender.placement.index import (
     ORDINAL,
     NetEntry,
     TopologyIndex,
+    VfioEntry,
     cpu_level,
     priced,
     topology_index,
@@ -306,7 +307,7 @@ def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[All
             cores[numa], threads[numa] = list(numa_cores), []
             continue
         full = []
-        partial = []
+        partial: list[int] = []
         for core in numa_cores:
             if used_cpus.isdisjoint(core):
                 full.append(core)
@@ -595,8 +596,8 @@ class _Search:
             return _GpuPick(grants, ordered, frag, cost, below)
 
         if not self.aware:
-            chosen = tuple(pool[:n])
-            return [pick(chosen, self._pair_cost(chosen))]
+            first = tuple(pool[:n])
+            return [pick(first, self._pair_cost(first))]
         if n == 1:
             seen_single: set[tuple[int, float]] = set()
             singles = []
@@ -633,7 +634,7 @@ class _Search:
         out = []
         if n == 2:
             limit = self.switch_limit is not None
-            for a, b in candidates:  # type: ignore[misc]
+            for a, b in candidates:
                 cost = pairs[a][b]
                 key2 = (
                     min(classes[a], classes[b]),
@@ -1138,7 +1139,7 @@ def _pick_vfio(
     if policy in ("single-numa", "same-switch") and numas:
         free = [v for v in free if v.numa in numas or v.numa == NO_NUMA]
 
-    def price(vf) -> float:
+    def price(vf: VfioEntry) -> float:
         cost = sum(weights[vf.gpu_levels[p]] for p in gpu_pos)
         if numas:
             near = vf.numa == NO_NUMA or vf.numa in numas
