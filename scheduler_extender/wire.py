@@ -21,8 +21,11 @@ class WireError(ValueError):
     """The request body does not match the extender v1 types; the message names the field."""
 
 
-def field(obj: Mapping[str, Any], name: str) -> Any:
-    """A Go-style lookup: the exact key first, else any key equal ignoring case, else None."""
+def field(obj: Mapping[Any, Any], name: str) -> Any:
+    """A Go-style lookup: the exact key first, else any key equal ignoring case, else None.
+
+    Keys of any type are skipped, not trusted to be the strings JSON gives.
+    """
     if name in obj:
         return obj[name]
     folded = name.casefold()
@@ -82,7 +85,7 @@ class ExtenderArgs:
     @property
     def pod_label(self) -> str:
         """namespace/name of the pod, for messages; never raises."""
-        meta = self.pod.get("metadata") if isinstance(self.pod.get("metadata"), dict) else {}
+        meta = raw if isinstance(raw := self.pod.get("metadata"), dict) else {}
         return f"{meta.get('namespace') or 'default'}/{meta.get('name') or '<unnamed>'}"
 
 

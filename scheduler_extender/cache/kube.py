@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import structlog
 
 from scheduler_extender.cache.targets import DEFAULT_AGENT_PORT, AgentTarget, target_for_node
 
+if TYPE_CHECKING:
+    from kubernetes.client import CoreV1Api
+    from kubernetes.watch import Watch
+
 log = structlog.get_logger("gedge.extender.cache.kube")
 
 
-def load_core_v1() -> object:
+def load_core_v1() -> CoreV1Api:
     """CoreV1Api from the in-cluster service account, else from the kubeconfig."""
     from kubernetes import client, config
 
@@ -30,7 +35,7 @@ class KubeNodeTargets:
         self,
         publish: Callable[[Iterable[AgentTarget]], None],
         *,
-        core_v1: object | None = None,
+        core_v1: CoreV1Api | None = None,
         default_port: int | None = None,
         watch_timeout_s: int = 300,
         retry_s: float = 2.0,
@@ -42,7 +47,7 @@ class KubeNodeTargets:
         self._retry_s = retry_s
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        self._watch = None
+        self._watch: Watch | None = None
         self.targets: dict[str, AgentTarget] = {}
 
     def start(self) -> None:
@@ -63,6 +68,7 @@ class KubeNodeTargets:
         from kubernetes.client.exceptions import ApiException
 
         api = self._core_v1
+        assert api is not None, "start() loads the API client before the thread runs"
         while not self._stopping.is_set():
             try:
                 listed = api.list_node()
@@ -73,7 +79,7 @@ class KubeNodeTargets:
                 self._watch = watch.Watch()
                 for event in self._watch.stream(
                     api.list_node,
-                    resource_version=listed.metadata.resource_version,
+                    resource_version=listed.metadata.resource_version if listed.metadata else None,
                     timeout_seconds=self._watch_timeout_s,
                 ):
                     if self._stopping.is_set():
