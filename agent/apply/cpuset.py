@@ -42,7 +42,8 @@ def format_cpu_list(ids: Iterable[int]) -> str:
     """{0,1,2,3,8} -> `0-3,8` (the form the kernel prints)."""
     ordered = sorted(set(ids))
     parts: list[str] = []
-    start = prev = None
+    start: int | None = None
+    prev = -1
     for i in ordered:
         if start is None:
             start = prev = i

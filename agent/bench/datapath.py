@@ -24,6 +24,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import netns as pyroute2_netns
 
@@ -252,7 +253,7 @@ def _udp_socket(netns: str) -> socket.socket:
 SPIN_S = 2e-3
 
 
-def _spin_recv(sock: socket.socket, buf: bytearray, timeout_s: float) -> tuple[int, object] | None:
+def _spin_recv(sock: socket.socket, buf: bytearray, timeout_s: float) -> tuple[int, tuple[Any, ...]] | None:
     """Receive by polling a non-blocking socket for up to SPIN_S, then sleep in select.
 
     A reply that comes within the spin is taken without the core going idle, so

@@ -23,6 +23,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from agent.apply import ApplyManager, CgroupDriver, CgroupVersion, PodRuntime, QosClass, StaticPodResolver
 from agent.apply.cgroups import CpusetTree, container_cgroup_names, pod_cgroup, remove_cgroup_tree
@@ -172,6 +173,7 @@ def one_run(box: Sandbox, mode: str, mib: int) -> RunResult:
             proc = ctx.Process(target=run_as_child, args=(os.getpid(), _noise, ready_w), daemon=True)
             procs.append(proc)
             proc.start()
+            assert proc.pid is not None  # set by start()
             box.attach(box.noisy_cgroup, proc.pid)
             ready_r.recv()
             noise_cpus |= os.sched_getaffinity(proc.pid)
@@ -182,6 +184,7 @@ def one_run(box: Sandbox, mode: str, mib: int) -> RunResult:
         )
         procs.append(worker)
         worker.start()
+        assert worker.pid is not None  # set by start()
         box.attach(box.workload_cgroup, worker.pid)
         go_w.send(True)
         deadline = time.monotonic() + 600
@@ -227,7 +230,7 @@ def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus:
                     f"noise on {format_cpu_list(run.noise_cpus)})"
                 )
         cpus = box.cpus
-    modes = {}
+    modes: dict[str, dict[str, Any]] = {}
     for mode in ("shared", "exclusive"):
         mine = [r for r in runs if r.mode == mode]
         modes[mode] = {

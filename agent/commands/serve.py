@@ -15,7 +15,15 @@ from typing import Any
 
 import structlog
 
-from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver, nic
+from agent.apply import (
+    ApplyError,
+    ApplyManager,
+    CgroupDriver,
+    CgroupVersion,
+    PodResolver,
+    StaticPodResolver,
+    nic,
+)
 from agent.apply.nic import DataRoute, NetlinkVfControl, NicApplier, SriovError, VfControl
 from agent.apply.nic.capability import CAP_NET_ADMIN, SriovGate, has_capability
 from agent.apply.readiness import ApplyGate, Readiness
@@ -208,7 +216,7 @@ class NodeParts:
     """What acts on the node besides the gRPC service: the applier, and under Kubernetes the pod watch
     and the device plugins."""
 
-    applier: ApplyManager | None = None
+    applier: ApplyManager | MeteredApplier | None = None
     sriov: SriovGate | None = None
     """Which PFs' kernel-netdev VFs are offered; applied to every discovered topology."""
     pod_runtimes: StaticPodResolver | None = None
@@ -264,16 +272,17 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
     root, version = cgroup_hierarchy(Path(config.cgroup_root))
     parts.gate = ApplyGate(config.cgroup_driver, Path(config.kubelet_config), root)
     driver = parts.gate.refresh().driver or CgroupDriver.SYSTEMD
+    resolver: PodResolver
     if core is not None:
-        parts.pod_status = PodStatusResolver(root, driver)
+        resolver = parts.pod_status = PodStatusResolver(root, driver)
     else:
-        parts.pod_runtimes = StaticPodResolver()
-    parts.applier = ApplyManager(
+        resolver = parts.pod_runtimes = StaticPodResolver()
+    manager = ApplyManager(
         cgroup_root=root,
         cgroup_driver=driver,
         cgroup_version=version,
         checkpoint_path=Path(config.checkpoint),
-        resolver=parts.pod_status or parts.pod_runtimes,
+        resolver=resolver,
         nic=NicApplier(
             sysfs_root=Path(config.root),
             vf_control=vf_control,
@@ -283,16 +292,16 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         reserved_cpus=config.reserved_cpu_set,
         reserve_unresolved=core is None,
     )
-    parts.manager = parts.applier
+    parts.applier = parts.manager = manager
     # An agent over a sysfs snapshot (a test box, a replay) never joins the machine's runtime.
     if config.nri_socket and config.is_this_machine:
         parts.nri = NriCpusets(
             config.node_name or socket.gethostname(),
             online_cpus=lambda: frozenset(),
             reserved_cpus=config.reserved_cpu_set,
-            recorded=parts.applier.applied,
+            recorded=manager.applied,
         )
-        parts.applier.pinned_elsewhere = parts.nri.pinned_pods
+        manager.pinned_elsewhere = parts.nri.pinned_pods
     parts.gate.add_listener(lambda readiness: follow_driver(parts, readiness))
     return parts
 

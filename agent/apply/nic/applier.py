@@ -241,6 +241,10 @@ class NicApplier:
                     spec["address"] = grant.mac
                 host.link("add", **spec)
                 index = _lookup(host, record.host_name)
+                if index is None:
+                    raise NicError(
+                        f"macvlan {record.host_name} is not in the host namespace after it was added"
+                    )
                 step("nic:created")
         elif index is None:
             raise NicError(f"VF netdev {record.host_name} is not in the host namespace")
@@ -321,9 +325,9 @@ class NicApplier:
                     continue
                 host.link("set", index=_park(host, link, record.host_name), ifalias="")
             if record.mode == "macvlan":
-                index = _lookup(host, record.host_name)
-                if index is not None and _kind(host.get_links(index)[0]) == "macvlan":
-                    host.link("del", index=index)
+                leftover = _lookup(host, record.host_name)
+                if leftover is not None and _kind(host.get_links(leftover)[0]) == "macvlan":
+                    host.link("del", index=leftover)
         if record.mode == "sriov" and self.vf_control is not None:
             assert record.pf is not None and record.vf_index is not None
             self.vf_control.set(record.pf, record.vf_index, record.vf_original or VfSettings())
