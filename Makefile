@@ -37,7 +37,7 @@ system-deps:
 	  fi; \
 	fi
 
-lint: venv
+lint: venv typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m protos.generate --check

@@ -220,7 +220,7 @@ def fuzz_bodies(rng: random.Random, count: int) -> list[tuple[str, bytes]]:
         if rng.random() < 0.5:
             limits["gedge.io/gpu"] = "1"
         annotations = {rng.choice(ANNOTATIONS): hostile_value(rng)} if rng.random() < 0.6 else {}
-        pod = {
+        pod: dict[str, Any] = {
             "metadata": {"name": f"fuzz-{len(bodies)}", "namespace": "ml", "uid": str(uuid.uuid4())},
             "spec": {"containers": [{"name": "main", "resources": {"limits": limits, "requests": limits}}]},
         }
