@@ -81,7 +81,8 @@ class TlsFiles:
     `current()` re-reads the files when any of them changed (a new inode, size or
     mtime: an in-place write or a symlink swap as kubelet does for Secret volumes).
     A replacement that does not load, or that `check` refuses, is logged by the
-    caller through `on_error` and the previous material stays in use.
+    caller through `on_error` and the previous material stays in use. The first files must load:
+    the constructor raises TlsConfigError (or what `check` raises) naming the file at fault.
     """
 
     def __init__(
