@@ -39,7 +39,7 @@ from agent.apply import CgroupDriver, QosClass  # noqa: E402
 from agent.bench.common import render_table  # noqa: E402
 from gedge_model.cli_support import configure_logging  # noqa: E402
 from tests.apply.helpers import build_pod_cgroups, new_pod_uid, v1_sandbox  # noqa: E402
-from tests.grpc.agents import spawn_agent  # noqa: E402
+from tests.grpc.agents import AgentProcess, spawn_agent  # noqa: E402
 
 CLI = [str(REPO / ".venv" / "bin" / "gedge-extender")]
 
@@ -116,7 +116,7 @@ def agent_sandbox(stack: ExitStack, prefix: str) -> Path:
     return root
 
 
-def start_agent(stack: ExitStack, node: str, workdir: Path, *extra: str):
+def start_agent(stack: ExitStack, node: str, workdir: Path, *extra: str) -> AgentProcess:
     root = agent_sandbox(stack, f"grel-{node}-")
     agent = spawn_agent(
         "/",

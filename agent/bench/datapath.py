@@ -77,7 +77,7 @@ class Budget:
         )
 
 
-def _link(ipr, name: str) -> int:
+def _link(ipr: Any, name: str) -> int:
     return ipr.link_lookup(ifname=name)[0]
 
 
@@ -372,7 +372,7 @@ class _Workers:
         return mine
 
     @staticmethod
-    def receive(conn: Connection, timeout: float, what: str):
+    def receive(conn: Connection, timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout
         while not conn.poll(0.1):
             raise_if_interrupted()

@@ -8,7 +8,7 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -383,7 +383,7 @@ def start_health(config: AgentConfig, store: Any, metrics: AgentMetrics, core: A
     the metrics and, under Kubernetes, Node events."""
     events = kubernetes_node_events(core, store.node_name) if core is not None else None
 
-    def changed(added, recovered) -> None:
+    def changed(added: Mapping[str, str], recovered: Mapping[str, str]) -> None:
         metrics.record_health(monitor.unhealthy, len(added), len(recovered))
         if events is not None:
             events(added, recovered)

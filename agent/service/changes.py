@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -23,6 +24,9 @@ from agent.discovery.sysfs import SysfsTree
 from agent.metrics import AgentMetrics
 from agent.service.store import NodeStateStore
 from gedge_model import NodeTopology
+
+if TYPE_CHECKING:
+    from pyroute2 import AsyncIPRoute
 
 log = structlog.get_logger("gedge.agent.changes")
 
@@ -159,7 +163,7 @@ class ChangeDetector:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    async def _drain_link_events(self, ipr) -> None:
+    async def _drain_link_events(self, ipr: AsyncIPRoute) -> None:
         worker = asyncio.create_task(self._link_worker())
         try:
             while True:

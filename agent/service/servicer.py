@@ -114,7 +114,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
     def _ok(self, method: str) -> None:
         self.metrics.rpcs.labels(method, "OK").inc()
 
-    async def GetNodeState(self, request, context):
+    async def GetNodeState(
+        self, request: agent_pb2.GetNodeStateRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.GetNodeStateResponse:
         await self._authorize(context, "GetNodeState")
         snap = self.store.current()
         devices = [
@@ -130,7 +132,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         self._ok("GetNodeState")
         return agent_pb2.GetNodeStateResponse(state=self._event(snap), devices=devices)
 
-    async def WatchNodeState(self, request, context) -> None:
+    async def WatchNodeState(
+        self, request: agent_pb2.WatchNodeStateRequest, context: grpc.aio.ServicerContext
+    ) -> None:
         """The full state, then every change, written until the client goes or the agent stops.
 
         A coroutine writing through `context.write` (not an async generator): when the client
@@ -173,7 +177,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
                 self._watchers[client] = left
             log.info("watch closed", peer=peer)
 
-    async def ListAllocations(self, request, context):
+    async def ListAllocations(
+        self, request: agent_pb2.ListAllocationsRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ListAllocationsResponse:
         await self._authorize(context, "ListAllocations")
         snap = self.store.current()
         self._ok("ListAllocations")
@@ -183,7 +189,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             reserved_pod_uids=sorted(snap.reserved),
         )
 
-    async def Apply(self, request, context):
+    async def Apply(
+        self, request: agent_pb2.ApplyRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ApplyResponse:
         await self._authorize(context, "Apply")
         applier = await self._require_applier(context, "Apply")
         if len(request.allocation_json) > MAX_ALLOCATION_JSON:
@@ -236,7 +244,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         self._ok("Apply")
         return agent_pb2.ApplyResponse(generation=snap.state.generation, reserved=reserved)
 
-    async def Release(self, request, context):
+    async def Release(
+        self, request: agent_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> agent_pb2.ReleaseResponse:
         await self._authorize(context, "Release")
         applier = await self._require_applier(context, "Release")
         if not request.pod_uid or len(request.pod_uid) > 256:

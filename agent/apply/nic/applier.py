@@ -85,7 +85,7 @@ def _links_with_alias(ipr: IPRoute, marker: str) -> list:
     return [link for link in ipr.get_links() if link.get_attr("IFLA_IFALIAS") == marker]
 
 
-def _kind(link) -> str | None:
+def _kind(link: Any) -> str | None:
     info = link.get_attr("IFLA_LINKINFO")
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
