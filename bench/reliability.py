@@ -351,11 +351,12 @@ def spawn_extender(agents_file: Path) -> tuple[subprocess.Popen[str], int]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stderr is not None
-    for line in process.stderr:
+    stderr = process.stderr
+    assert stderr is not None
+    for line in stderr:
         record = json.loads(line)
         if record.get("event") == "serving":
-            threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()  # type: ignore[union-attr]
+            threading.Thread(target=lambda: [None for _ in stderr], daemon=True).start()
             return process, int(record["listen"].rsplit(":", 1)[1])
     raise RuntimeError("extender did not start")
 

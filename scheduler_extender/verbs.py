@@ -200,6 +200,7 @@ class _ShapeTable:
         self.assume_seq = assume_seq
 
     def reset(self, source_pos: int, assume_seq: int) -> None:
+        # one list of fields for a new and a reset table; mypy refuses __init__ on an instance
         self.__init__(source_pos, assume_seq)  # type: ignore[misc]
 
     def priorities_json(self, config: PlacementConfig) -> bytes:

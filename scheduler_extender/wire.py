@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 MAX_EXTENDER_PRIORITY = 10
 MIN_EXTENDER_PRIORITY = 0
@@ -35,7 +35,12 @@ def field(obj: Mapping[Any, Any], name: str) -> Any:
     return None
 
 
+@overload
+def _object(raw: Any, path: str, *, required: Literal[True] = ...) -> dict[str, Any]: ...
+@overload
+def _object(raw: Any, path: str, *, required: bool) -> dict[str, Any] | None: ...
 def _object(raw: Any, path: str, *, required: bool = True) -> dict[str, Any] | None:
+    """`raw` when it is a JSON object; WireError naming `path` otherwise (None when not required)."""
     if raw is None:
         if required:
             raise WireError(f"{path}: missing")
@@ -111,10 +116,7 @@ def decode_extender_args(raw: Any) -> ExtenderArgs:
         items = field(node_list, "items")
         if items is not None and not isinstance(items, list):
             raise WireError(f"ExtenderArgs.Nodes.items: expected a list, got {type(items).__name__}")
-        nodes = tuple(
-            _object(item, f"ExtenderArgs.Nodes.items[{i}]")  # type: ignore[misc]
-            for i, item in enumerate(items or ())
-        )
+        nodes = tuple(_object(item, f"ExtenderArgs.Nodes.items[{i}]") for i, item in enumerate(items or ()))
         for i, node in enumerate(nodes):
             object_name(node, f"ExtenderArgs.Nodes.items[{i}]")
     if node_names is None and nodes is None:

@@ -403,6 +403,7 @@ class ClientLimits:
                 else:
                     del self.open[host]
 
+        # aiohttp offers no hook per connection: the server's own methods are wrapped in place
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
 

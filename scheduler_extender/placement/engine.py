@@ -115,6 +115,8 @@ class PlacementConfig:
         memo = (by_ordinal, self.timeslice_strategy, self.same_switch_level, self.max_exhaustive)
         object.__setattr__(self, "_memo_key", memo)
 
+    # _by_ordinal and _memo_key are set in __post_init__ and kept out of the dataclass fields (and so
+    # out of eq, repr and replace); mypy only knows attributes a frozen dataclass declares.
     @property
     def weight_by_ordinal(self) -> tuple[float, ...]:
         return self._by_ordinal  # type: ignore[attr-defined]
@@ -240,7 +242,7 @@ def _free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allocation]
     if not held and not state.allocations:
         if not index.empty:
             index.empty.append(_compute_free(index, state, ()))
-        return index.empty[0]  # type: ignore[return-value]
+        return index.empty[0]  # type: ignore[return-value]  # index.py cannot name _Free (import cycle)
     free = _compute_free(index, state, held)
 
     def drop(_: object, key: int = key) -> None:
@@ -1296,7 +1298,7 @@ def _grant(index: TopologyIndex, ref: tuple[str, int, int]) -> DeviceGrant:
                 device_id = gpu.migs[member][0]
             found = DeviceGrant(resource, device_id, gpu.pci, None if gpu.numa == NO_NUMA else gpu.numa)
         index.grants[ref] = found
-    return found  # type: ignore[return-value]
+    return found  # type: ignore[return-value]  # one cache for device and network grants, keyed apart
 
 
 def _network(index: TopologyIndex, ref: tuple[str, int, int]) -> NetworkGrant:
