@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 if TYPE_CHECKING:
+    from gedge_model import NodeTopology
     from scheduler_extender.node_source import NodeView
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def base_topologies(scratch: Path) -> list:
+def base_topologies(scratch: Path) -> list[NodeTopology]:
     from agent.discovery import discover
     from tests.conftest import snapshot_names, unpack_snapshot
 
@@ -162,7 +163,7 @@ def main() -> int:
                 )
             )
         ports: dict[str, int] = {}
-        owner: dict[str, subprocess.Popen] = {}
+        owner: dict[str, subprocess.Popen[str]] = {}
         for process in workers:
             assert process.stdout is not None
             started = json.loads(process.stdout.readline())

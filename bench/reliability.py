@@ -375,7 +375,7 @@ def pinned_pod(i: int) -> dict[str, Any]:
     }
 
 
-def agent_allocations(port: int) -> tuple[list[dict], list[str]]:
+def agent_allocations(port: int) -> tuple[list[dict[str, Any]], list[str]]:
     import grpc
 
     from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc

@@ -203,7 +203,7 @@ def one_run(box: Sandbox, mode: str, mib: int) -> RunResult:
             proc.join(timeout=5)
 
 
-def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus: int = 1) -> dict:
+def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus: int = 1) -> dict[str, Any]:
     budget = Budget.for_mode(short)
     load_before = [round(x, 2) for x in os.getloadavg()]
     runs: list[RunResult] = []
@@ -254,7 +254,7 @@ def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus:
     }
 
 
-def format_pinning(report: dict) -> str:
+def format_pinning(report: dict[str, Any]) -> str:
     s, e, r = report["modes"]["shared"], report["modes"]["exclusive"], report["ratios"]
 
     def cell(value: float | None) -> str:

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -89,7 +89,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             self._topology_json = (snap.topology_generation, text)
         return text
 
-    async def _authorize(self, context: grpc.aio.ServicerContext, method: str) -> None:
+    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
         if not self.allowed_clients:
             return
         names = peer_identities(context.auth_context())
@@ -105,7 +105,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         )
 
     async def _abort(
-        self, context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode, details: str
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str, code: grpc.StatusCode, details: str
     ) -> NoReturn:
         """Counts the failed call and ends it: grpc.aio's abort always raises."""
         self.metrics.rpcs.labels(method, code.name).inc()
@@ -115,7 +115,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         self.metrics.rpcs.labels(method, "OK").inc()
 
     async def GetNodeState(
-        self, request: agent_pb2.GetNodeStateRequest, context: grpc.aio.ServicerContext
+        self, request: agent_pb2.GetNodeStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.GetNodeStateResponse:
         await self._authorize(context, "GetNodeState")
         snap = self.store.current()
@@ -133,7 +133,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         return agent_pb2.GetNodeStateResponse(state=self._event(snap), devices=devices)
 
     async def WatchNodeState(
-        self, request: agent_pb2.WatchNodeStateRequest, context: grpc.aio.ServicerContext
+        self, request: agent_pb2.WatchNodeStateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> None:
         """The full state, then every change, written until the client goes or the agent stops.
 
@@ -178,7 +178,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             log.info("watch closed", peer=peer)
 
     async def ListAllocations(
-        self, request: agent_pb2.ListAllocationsRequest, context: grpc.aio.ServicerContext
+        self, request: agent_pb2.ListAllocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.ListAllocationsResponse:
         await self._authorize(context, "ListAllocations")
         snap = self.store.current()
@@ -190,7 +190,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         )
 
     async def Apply(
-        self, request: agent_pb2.ApplyRequest, context: grpc.aio.ServicerContext
+        self, request: agent_pb2.ApplyRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.ApplyResponse:
         await self._authorize(context, "Apply")
         applier = await self._require_applier(context, "Apply")
@@ -245,7 +245,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         return agent_pb2.ApplyResponse(generation=snap.state.generation, reserved=reserved)
 
     async def Release(
-        self, request: agent_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+        self, request: agent_pb2.ReleaseRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> agent_pb2.ReleaseResponse:
         await self._authorize(context, "Release")
         applier = await self._require_applier(context, "Release")
@@ -292,7 +292,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         else:
             self.pod_runtimes.pods[pod_uid] = known
 
-    async def _require_applier(self, context: grpc.aio.ServicerContext, method: str) -> AllocationApplier:
+    async def _require_applier(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> AllocationApplier:
         if self.applier is None:
             await self._abort(
                 context, method, grpc.StatusCode.FAILED_PRECONDITION, "this agent runs without an applier"

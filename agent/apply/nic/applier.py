@@ -81,7 +81,7 @@ def _park(ns: IPRoute, link: Any, host_name: str) -> int:
     return index
 
 
-def _links_with_alias(ipr: IPRoute, marker: str) -> list:
+def _links_with_alias(ipr: IPRoute, marker: str) -> list[Any]:
     return [link for link in ipr.get_links() if link.get_attr("IFLA_IFALIAS") == marker]
 
 
@@ -259,7 +259,7 @@ class NicApplier:
                 raise NicError(f"the pod already has an interface named {record.ifname}")
             pod.link("set", index=index, state="down")
             pod.link("set", index=index, ifname=record.ifname)
-        settings: dict = {}
+        settings: dict[str, Any] = {}
         if grant.mtu is not None and link.get_attr("IFLA_MTU") != grant.mtu:
             settings["mtu"] = grant.mtu
         if grant.mac is not None and link.get_attr("IFLA_ADDRESS") != grant.mac:

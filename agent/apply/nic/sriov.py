@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -163,7 +163,7 @@ class NetlinkVfControl:
         raise SriovError(f"PF {pf} reports no VF {vf}")
 
     def set(self, pf: str, vf: int, settings: VfSettings) -> None:
-        spec: dict = {
+        spec: dict[str, Any] = {
             "vf": vf,
             "vlan": settings.vlan,
             "spoofchk": int(settings.spoofchk),
