@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint venv system-deps e2e-binaries image
+.PHONY: demo test lint typecheck venv system-deps e2e-binaries image
 
 venv: $(VENV)/.installed
 
@@ -37,10 +37,14 @@ system-deps:
 	  fi; \
 	fi
 
-lint: venv
+lint: venv typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m protos.generate --check
+
+# mypy, configured under [tool.mypy] in pyproject.toml.
+typecheck: venv
+	$(BIN)/mypy agent scheduler_extender gedge_model gedge_common bench
 
 # etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubelet
 # (tests/e2e/controlplane), containerd, ctr and the runc shim (tests/e2e/node),

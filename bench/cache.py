@@ -25,9 +25,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psutil
+
+if TYPE_CHECKING:
+    from gedge_model import NodeTopology
+    from scheduler_extender.node_source import NodeView
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -38,7 +44,7 @@ def raise_fd_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def base_topologies(scratch: Path) -> list:
+def base_topologies(scratch: Path) -> list[NodeTopology]:
     from agent.discovery import discover
     from tests.conftest import snapshot_names, unpack_snapshot
 
@@ -57,6 +63,9 @@ def worker(first: int, count: int, topology_files: list[str]) -> None:
     raise_fd_limit()
     bases = [from_json(NodeTopology, Path(f).read_text()) for f in topology_files]
 
+    def constant(topology: NodeTopology) -> Callable[[], NodeTopology]:
+        return lambda: topology
+
     async def main() -> None:
         agents: dict[str, AgentRuntime] = {}
         for index in range(first, first + count):
@@ -72,7 +81,7 @@ def worker(first: int, count: int, topology_files: list[str]) -> None:
                 full_rediscovery_interval_s=7200,
                 insecure=True,
             )
-            runtime = AgentRuntime(config=config, applier=None, discover=lambda t=topology: t)
+            runtime = AgentRuntime(config=config, applier=None, discover=constant(topology))
             await runtime.start()
             agents[name] = runtime
         print(json.dumps({name: runtime.port for name, runtime in agents.items()}), flush=True)
@@ -85,6 +94,7 @@ def worker(first: int, count: int, topology_files: list[str]) -> None:
             command, _, name = line.strip().partition(" ")
             if command == "change" and name in agents:
                 store = agents[name].store
+                assert store is not None  # set by start()
                 topology = store.current().state.topology
                 cpus = topology.cpus
                 last = max((c.id for c in cpus if c.online), default=None)
@@ -153,7 +163,7 @@ def main() -> int:
                 )
             )
         ports: dict[str, int] = {}
-        owner: dict[str, subprocess.Popen] = {}
+        owner: dict[str, subprocess.Popen[str]] = {}
         for process in workers:
             assert process.stdout is not None
             started = json.loads(process.stdout.readline())
@@ -181,13 +191,19 @@ def main() -> int:
 
         latencies = []
         for name in sorted(ports)[:: max(1, len(ports) // 5)][:5]:
-            generation = cache.node(name).state.generation
+            view = cache.node(name)
+            assert view is not None
+            generation = view.state.generation
             process = owner[name]
             assert process.stdin is not None
             sent = time.monotonic()
             process.stdin.write(f"change {name}\n")
             process.stdin.flush()
-            if cache.wait_for(lambda n, name=name, g=generation: n[name].state.generation > g, timeout=10):
+
+            def moved(nodes: Mapping[str, NodeView], name: str = name, g: int = generation) -> bool:
+                return nodes[name].state.generation > g
+
+            if cache.wait_for(moved, timeout=10):
                 latencies.append(time.monotonic() - sent)
 
         cache.stop()

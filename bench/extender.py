@@ -269,7 +269,7 @@ def main() -> None:
         f"{'nodes':>9} {'steady p50':>11} {'steady p99':>11} {'cold p50':>9} {'cold max':>9} "
         f"{'pods/s':>7} {'pods/CPU-s':>10}"
     )
-    rows = [(count, None) for count in sizes]
+    rows: list[tuple[int, int | None]] = [(count, None) for count in sizes]
     if args.window:
         rows += [(count, feasible_window(count)) for count in sizes if feasible_window(count) < count]
     for count, window in rows:

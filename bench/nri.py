@@ -22,6 +22,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -42,7 +43,9 @@ def ms(values: list[float]) -> str:
     return f"median {mid:.1f} ms (min {low:.1f}, max {high:.1f})"
 
 
-def run(pods: Pods, count: int, cpu: int, applier: ApplyManager | None, resolver: StaticPodResolver) -> dict:
+def run(
+    pods: Pods, count: int, cpu: int, applier: ApplyManager | None, resolver: StaticPodResolver
+) -> dict[str, Any]:
     starts: list[float] = []
     pinned_at_start = 0
     apply_times: list[float] = []

@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -140,7 +141,7 @@ def trace(count: int, seed: int, cluster: list[NodeTopology]) -> list[TracePod]:
         i = len(pods)
         kind = rng.choices(["gpu", "gpu-net", "mig", "shared", "pinned"], weights=[30, 30, 15, 10, 15])[0]
         policy = rng.choices(["best-effort", "single-numa", "restricted"], weights=[80, 12, 8])[0]
-        fields: dict[str, object] = {}
+        fields: dict[str, Any] = {}
         if kind == "gpu":
             gpus = rng.choice([1, 1, 1, 2, 2, 4, 8])
             fields = {"gpus": gpus}
@@ -314,7 +315,7 @@ def price(topology: NodeTopology, allocation: Allocation) -> Pricing:
     if allocation.network is not None and allocation.network.mode == "macvlan":
         nets += [i.pci_address for i in topology.interfaces if i.name == allocation.network.master]
     cpu_numa = {c.id: c.numa_node for c in topology.cpus}
-    numas = sorted({cpu_numa[c] for c in allocation.cpus if cpu_numa.get(c) is not None})
+    numas = sorted({numa for c in allocation.cpus if (numa := cpu_numa.get(c)) is not None})
 
     def numa_of(address: str) -> int | None:
         device = topology.pci(address)
@@ -587,10 +588,10 @@ def against_gpuallocator(seed: int, picks: int = 150, fills: int = 20) -> None:
         rng = random.Random(f"{seed}-{name}")
         gpus = sorted(topology.gpus, key=lambda g: g.index)
         n = len(gpus)
-        queries = []
+        queries: list[dict[str, Any]] = []
         for _ in range(picks):
-            busy = sorted(rng.sample(range(n), rng.randint(0, n - 1)))
-            free = [i for i in range(n) if i not in busy]
+            taken = sorted(rng.sample(range(n), rng.randint(0, n - 1)))
+            free = [i for i in range(n) if i not in taken]
             queries.append({"available": free, "required": [], "size": rng.randint(1, min(4, len(free)))})
         sequences = [[rng.choice([1, 1, 2, 2, 4]) for _ in range(n)] for _ in range(fills)]
         queries += [{"available": list(range(n)), "fill": sizes} for sizes in sequences]
@@ -790,7 +791,9 @@ def main(argv: list[str] | None = None) -> int:
     fewer = [
         r.name
         for r in runs[1:] + small_runs[1:]
-        if r.before_first_refusal > (ours_mixed if r in runs else ours_small).before_first_refusal
+        # every finished run has its count (set at its first refusal or its end)
+        if (r.before_first_refusal or 0)
+        > ((ours_mixed if r in runs else ours_small).before_first_refusal or 0)
     ]
     print(f"\nours vs optimum: {100 * gap:+.2f}% cost over {ours_small.optimum_pods} pods (goal: within 1%)")
     print(

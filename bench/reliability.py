@@ -39,7 +39,7 @@ from agent.apply import CgroupDriver, QosClass  # noqa: E402
 from agent.bench.common import render_table  # noqa: E402
 from gedge_common.cli import configure_logging  # noqa: E402
 from tests.apply.helpers import build_pod_cgroups, new_pod_uid, v1_sandbox  # noqa: E402
-from tests.grpc.agents import spawn_agent  # noqa: E402
+from tests.grpc.agents import AgentProcess, spawn_agent  # noqa: E402
 
 CLI = [str(Path(sys.executable).parent / "gedge-extender")]
 
@@ -116,7 +116,7 @@ def agent_sandbox(stack: ExitStack, prefix: str) -> Path:
     return root
 
 
-def start_agent(stack: ExitStack, node: str, workdir: Path, *extra: str):
+def start_agent(stack: ExitStack, node: str, workdir: Path, *extra: str) -> AgentProcess:
     root = agent_sandbox(stack, f"grel-{node}-")
     agent = spawn_agent(
         "/",
@@ -220,7 +220,7 @@ def fuzz_bodies(rng: random.Random, count: int) -> list[tuple[str, bytes]]:
         if rng.random() < 0.5:
             limits["gedge.io/gpu"] = "1"
         annotations = {rng.choice(ANNOTATIONS): hostile_value(rng)} if rng.random() < 0.6 else {}
-        pod = {
+        pod: dict[str, Any] = {
             "metadata": {"name": f"fuzz-{len(bodies)}", "namespace": "ml", "uid": str(uuid.uuid4())},
             "spec": {"containers": [{"name": "main", "resources": {"limits": limits, "requests": limits}}]},
         }
@@ -351,11 +351,12 @@ def spawn_extender(agents_file: Path) -> tuple[subprocess.Popen[str], int]:
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stderr is not None
-    for line in process.stderr:
+    stderr = process.stderr
+    assert stderr is not None
+    for line in stderr:
         record = json.loads(line)
         if record.get("event") == "serving":
-            threading.Thread(target=lambda: [None for _ in process.stderr], daemon=True).start()  # type: ignore[union-attr]
+            threading.Thread(target=lambda: [None for _ in stderr], daemon=True).start()
             return process, int(record["listen"].rsplit(":", 1)[1])
     raise RuntimeError("extender did not start")
 
@@ -374,7 +375,7 @@ def pinned_pod(i: int) -> dict[str, Any]:
     }
 
 
-def agent_allocations(port: int) -> tuple[list[dict], list[str]]:
+def agent_allocations(port: int) -> tuple[list[dict[str, Any]], list[str]]:
     import grpc
 
     from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc

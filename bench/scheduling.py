@@ -371,8 +371,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="gedge-bench-") as workdir:
         plane = ControlPlane(binary_dir(), Path(workdir)).start()
         try:
-            context = ssl.create_default_context(cafile=str(plane.ca.cert))  # type: ignore[union-attr]
-            context.load_cert_chain(str(plane.admin.cert), str(plane.admin.key))  # type: ignore[union-attr]
+            assert plane.ca is not None and plane.admin is not None  # set by start()
+            context = ssl.create_default_context(cafile=str(plane.ca.cert))
+            context.load_cert_chain(str(plane.admin.cert), str(plane.admin.key))
             api = Api(plane.server, context)
             results = {n: bench_size(plane, api, n, m) for n, m in zip(sizes, pods, strict=True)}
         finally:

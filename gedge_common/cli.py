@@ -63,7 +63,7 @@ def run_lazy_cli(
 
 def lazy_main(
     *, prog: str, description: str, epilog: str, package: str, commands: Mapping[str, str]
-) -> Callable[[list[str] | None], int]:
+) -> Callable[..., int]:
     """A console script's `main(argv=None)`: run_lazy_cli over `package`'s command modules."""
 
     def main(argv: list[str] | None = None) -> int:
@@ -104,7 +104,7 @@ def configure_logging(level: str, *, cache: bool = True) -> None:
             structlog.processors.JSONRenderer(default=str),
         ],
     )
-    handler = logging.StreamHandler(_Stderr())  # type: ignore[arg-type]
+    handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(formatter)
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -72,6 +72,7 @@ def mig_profile_name(resource: str) -> str:
 
 
 def is_known_resource(name: str) -> bool:
+    """Whether `name` is one of the extended resources this project advertises (MIG names by grammar)."""
     if name in (
         RESOURCE_GPU,
         RESOURCE_GPU_SHARED,
@@ -105,13 +106,20 @@ class DeviceGrant:
     `id` is what the device plugin advertises to kubelet: a GPU UUID, a MIG UUID,
     `<gpu uuid>::<replica>` for a time-slice, a VF's PCI address, an RDMA device name,
     an AMD GPU's or FPGA/ASIC card's PCI address.
+
+    Construction raises ValueError for an unknown resource, an empty or over-long id, or a PCI
+    address that is not sysfs form (from_dict turns it into ModelDecodeError).
     """
 
     resource: str
+    """The extended resource (`gedge.io/gpu`, `gedge.io/mig-1g.10gb`, ...)."""
     id: str
     pci_address: str | None = None
+    """The device's PCI function (for a MIG or time-slice grant: its GPU's); None for none."""
     numa_node: int | None = None
+    """NUMA node id of that function (`PciDevice.numa_node`), for the pod's CPU choice."""
     container: str | None = None
+    """The container the device goes to; None: the pod's only (or every) container asking for it."""
 
     def __post_init__(self) -> None:
         if not is_known_resource(self.resource):
@@ -124,19 +132,34 @@ class DeviceGrant:
 
 @dataclass(frozen=True)
 class NetworkGrant:
-    """The pod's data-path interface: a VF, or a macvlan on `master` when no VF was needed."""
+    """The pod's data-path interface: a VF, or a macvlan on `master` when no VF was needed.
+
+    The extender sets mode, master and the VF; the other settings come from whoever writes the
+    allocation (gRPC Apply callers). Construction raises ValueError naming the bad field.
+    """
 
     mode: str
+    """`sriov` or `macvlan`."""
     master: str
+    """The PF's (sriov) or data NIC's (macvlan) netdev name in the host namespace."""
     ifname: str = "net1"
+    """Name of the interface inside the pod."""
     vf_pci_address: str | None = None
+    """The VF (sriov only)."""
     mac: str | None = None
+    """MAC to set, lower-case `aa:bb:cc:dd:ee:ff`; None: keep the kernel's."""
     vlan: int | None = None
+    """802.1Q VLAN id 0..4094 set on the VF by the PF (sriov only; a macvlan carries the NIC's)."""
     mtu: int | None = None
+    """MTU in bytes, 68..65535."""
     address: str | None = None
+    """IP address with prefix length (`10.0.0.5/24`) put on the pod's interface."""
     rate_mbps: int | None = None
+    """VF transmit cap in Mbit/s (the PF's max_tx_rate); None or 0: uncapped."""
     trust: bool = False
+    """VF trust mode: the pod may change the VF's MAC and turn on promiscuous mode."""
     spoofchk: bool = True
+    """VF MAC spoof checking."""
 
     def __post_init__(self) -> None:
         if self.mode not in ("sriov", "macvlan"):
@@ -160,16 +183,27 @@ class NetworkGrant:
 
 @dataclass(frozen=True)
 class Allocation:
+    """Everything one pod was given on one node; the JSON of `gedge.io/allocation`.
+
+    Construction raises ValueError without pod_uid or node, for repeated or negative CPU ids, or
+    for a device granted twice.
+    """
+
     pod_uid: str
+    """metadata.uid of the pod: the key the agent's appliers and checkpoint use."""
     namespace: str
     name: str
     node: str
+    """The Node the pod was bound to; an agent refuses an allocation for another node."""
     devices: tuple[DeviceGrant, ...] = ()
     cpus: tuple[int, ...] = ()
-    """Exclusive CPUs (pinned pods only); empty means the shared pool."""
+    """Exclusive CPU ids (kernel numbers, pinned pods only); empty means the shared pool."""
     numa_nodes: tuple[int, ...] = ()
+    """NUMA node ids the allocation's CPUs and devices sit on (unknown locality left out)."""
     cost: float = 0.0
+    """The placement's weighted distance sum (distance.DEFAULT_WEIGHTS units); lower is closer."""
     worst_level: str = "X"
+    """The farthest `Level` between any two granted endpoints (`X`: nothing to compare)."""
     network: NetworkGrant | None = None
 
     def __post_init__(self) -> None:
@@ -182,6 +216,7 @@ class Allocation:
             raise ValueError("a device appears twice in the allocation")
 
     def device_ids(self, resource: str) -> tuple[str, ...]:
+        """Ids of the grants of `resource`, in grant order."""
         return tuple(d.id for d in self.devices if d.resource == resource)
 
     def to_annotation(self) -> str:
@@ -189,6 +224,8 @@ class Allocation:
 
     @classmethod
     def from_annotation(cls, text: str) -> Allocation:
+        """Decode the annotation's value; ModelDecodeError (naming the annotation and field) for text
+        over 64 KiB, bad JSON, a missing or unknown field, or a value the constructors refuse."""
         if len(text) > 64 * 1024:
             raise ModelDecodeError(f"{ANNOTATION}: annotation is larger than 64 KiB")
         try:

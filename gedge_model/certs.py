@@ -143,6 +143,8 @@ def issue(
             critical=False,
         )
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        # cryptography annotates loaded keys as the union of every key type, signing-incapable ones
+        # (X25519, DH) included; a CA whose key cannot sign fails here at run time with its own error.
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),  # type: ignore[arg-type]
             critical=False,

@@ -33,6 +33,7 @@ class ModelDecodeError(ValueError):
 
 
 def to_dict(obj: Any) -> Any:
+    """Model value -> JSON-ready value: dataclasses as objects, enums as values, tuples as lists."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Enum):
@@ -45,10 +46,12 @@ def to_dict(obj: Any) -> Any:
 
 
 def to_json(obj: Any, *, indent: int | None = None) -> str:
+    """`to_dict` as JSON text; keys sorted only when indented (for people), field order otherwise."""
     return json.dumps(to_dict(obj), indent=indent, sort_keys=indent is not None)
 
 
 def from_json(cls: type[T], text: str | bytes, *, unknown: UnknownFields | None = None) -> T:
+    """Decode JSON text into `cls`; ModelDecodeError for text that is not JSON or does not fit."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -59,7 +62,12 @@ def from_json(cls: type[T], text: str | bytes, *, unknown: UnknownFields | None 
 
 
 def from_dict(cls: type[T], raw: Any, path: str | None = None, *, unknown: UnknownFields | None = None) -> T:
-    """`unknown` None: strict; else unknown fields are reported to it and skipped."""
+    """Decode a parsed JSON value into `cls`, checking every field's type.
+
+    `unknown` None: strict; else unknown fields are reported to it and skipped. Raises
+    ModelDecodeError naming the path (`NodeTopology.gpus[0].uuid`) for a wrong type, a missing or
+    unknown field, or a value a constructor refuses.
+    """
     return _decode(cls, raw, path or cls.__name__, unknown)
 
 

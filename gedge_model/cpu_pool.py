@@ -16,7 +16,8 @@ def pinnable_cpus(unpinned: int, reserved: int = 0) -> int:
     """How many of a node's `unpinned` CPUs pods may still pin.
 
     unpinned: pod CPUs no pod has pinned (reserved ones included); reserved: how
-    many of those are reserved for the system (never pinned, always shared).
+    many of those are reserved for the system (never pinned, always shared). ValueError for a
+    negative count.
     """
     if unpinned < 0 or reserved < 0:
         raise ValueError(f"CPU counts must not be negative (unpinned {unpinned}, reserved {reserved})")

@@ -14,6 +14,8 @@ from gedge_model.topology import DeviceKind, NodeTopology, PciDevice
 
 
 class Level(StrEnum):
+    """How a path between two endpoints runs, nearest first; `LEGEND` says each in nvidia-smi's words."""
+
     X = "X"
     NV = "NV"
     PIX = "PIX"
@@ -44,6 +46,8 @@ DEFAULT_WEIGHTS: Mapping[Level, float] = {
     Level.NODE: 4.0,
     Level.SYS: 5.0,
 }
+"""Cost of one pair of endpoints at each level (unitless; only ratios matter): what placement adds
+up per pair. `PlacementConfig.weights` and `gedge-agent topology --weights` replace them."""
 
 
 XGMI_LABEL = "XGMI"
@@ -100,7 +104,8 @@ class Distance:
 
 
 def parse_weights(raw: Mapping[str, float]) -> dict[Level, float]:
-    """Weights from configuration (keys X, NV, PIX, ...); unknown keys are an error."""
+    """Weights from configuration (keys X, NV, PIX, ..., any case) over the defaults; ValueError
+    names an unknown level, float() raises for a value that is not a number."""
     weights = dict(DEFAULT_WEIGHTS)
     for key, value in raw.items():
         try:
@@ -116,10 +121,14 @@ class Endpoint:
     """One row/column of the distance matrix: a device with a PCI address, or a NUMA node's CPUs."""
 
     label: str
+    """Row/column heading (`GPU0`, `NIC1`, `CPU0`), as nvidia-smi prints it."""
     kind: DeviceKind
     name: str
+    """The device's own name (netdev, RDMA device, GPU UUID) or `nodeN` for CPUs."""
     pci_address: str | None
+    """None for a NUMA node's CPUs."""
     numa_node: int | None
+    """NUMA node id; None when unknown."""
 
 
 XGMI_LEGEND = "Connection traversing AMD Infinity Fabric (XGMI) links between GPUs of one hive"
@@ -185,7 +194,8 @@ def endpoints(topology: NodeTopology) -> tuple[Endpoint, ...]:
 
 
 def pci_distance(topology: NodeTopology, a: str, b: str) -> Distance:
-    """Distance between two PCI functions of the node."""
+    """Distance between two PCI functions of the node, from NVLink/XGMI links, then the sysfs path
+    (same host bridge: PIX/PXB/PHB), then NUMA ids. An address discovery did not see is SYS."""
     if a == b:
         return Distance(Level.X)
     links = nvlink_count(topology, a, b)
@@ -246,6 +256,7 @@ def _bridge_level(a: tuple[str, ...], b: tuple[str, ...]) -> Level:
 
 
 def nvlink_count(topology: NodeTopology, a: str, b: str) -> int:
+    """NVLinks from the NVIDIA GPU at `a` to the one at `b`; 0 when either is not one."""
     gpu = topology.gpu_by_pci(a)
     if gpu is None:
         return 0
@@ -259,6 +270,7 @@ def xgmi_linked(topology: NodeTopology, a: str, b: str) -> bool:
 
 
 def endpoint_distance(topology: NodeTopology, a: Endpoint, b: Endpoint) -> Distance:
+    """`pci_distance` for two devices; a device to CPUs is PHB on its own NUMA node, SYS off it."""
     if a == b:
         return Distance(Level.X)
     if a.pci_address and b.pci_address:
@@ -272,6 +284,7 @@ def endpoint_distance(topology: NodeTopology, a: Endpoint, b: Endpoint) -> Dista
 def distance_matrix(
     topology: NodeTopology, among: Iterable[Endpoint] | None = None
 ) -> tuple[tuple[Endpoint, ...], tuple[tuple[Distance, ...], ...]]:
+    """(endpoints, rows): rows[i][j] is the distance from endpoint i to j, as `nvidia-smi topo -m`."""
     points = tuple(among) if among is not None else endpoints(topology)
     rows = tuple(tuple(endpoint_distance(topology, a, b) for b in points) for a in points)
     return points, rows

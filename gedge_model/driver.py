@@ -37,7 +37,12 @@ class DriverVersion(NamedTuple):
         return self.major * 1_000_000 + self.minor * 1_000 + self.patch
 
 
-def parse_driver_version(version: str) -> DriverVersion:
+def parse_driver_version(version: object) -> DriverVersion:
+    """`version` as NVML (nvmlSystemGetDriverVersion), a node label or an annotation gives it.
+
+    Typed `object` because catalog YAML can hand a number (`min_driver: 550.54` is a float);
+    raises DriverVersionError for anything but "major.minor[.patch]" text.
+    """
     match = _DRIVER.match(version.strip()) if isinstance(version, str) else None
     if not match:
         raise DriverVersionError(f"{version!r} is not an NVIDIA driver version like 535.54.03")

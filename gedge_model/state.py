@@ -18,6 +18,7 @@ class NodeState:
 
     topology: NodeTopology
     allocations: tuple[Allocation, ...] = ()
+    """What the agent has applied or reserved on the node, from its checkpoint."""
     generation: int = 0
 
     @property
@@ -25,7 +26,9 @@ class NodeState:
         return self.topology.node_name
 
     def used_device_ids(self) -> frozenset[tuple[str, str]]:
+        """(resource, device id) of every grant held."""
         return frozenset((d.resource, d.id) for a in self.allocations for d in a.devices)
 
     def used_cpus(self) -> frozenset[int]:
+        """CPU ids pinned by any allocation."""
         return frozenset(c for a in self.allocations for c in a.cpus)

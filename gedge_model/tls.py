@@ -81,7 +81,8 @@ class TlsFiles:
     `current()` re-reads the files when any of them changed (a new inode, size or
     mtime: an in-place write or a symlink swap as kubelet does for Secret volumes).
     A replacement that does not load, or that `check` refuses, is logged by the
-    caller through `on_error` and the previous material stays in use.
+    caller through `on_error` and the previous material stays in use. The first files must load:
+    the constructor raises TlsConfigError (or what `check` raises) naming the file at fault.
     """
 
     def __init__(
@@ -166,8 +167,11 @@ def reloading_server_credentials(files: TlsFiles) -> grpc.ServerCredentials:
         material = files.reload()
         return configuration(material) if material is not None else None
 
+    # grpc documents None from the fetcher as "keep the current configuration"; grpc-stubs omits it.
     return grpc.dynamic_ssl_server_credentials(
-        configuration(files.current()), fetch, require_client_authentication=True
+        configuration(files.current()),
+        fetch,  # type: ignore[arg-type]
+        require_client_authentication=True,
     )
 
 
@@ -200,7 +204,7 @@ def certificate_names(pem_or_der: bytes) -> frozenset[str]:
     return frozenset(names)
 
 
-def peer_identities(auth_context: Mapping[str, Iterable[bytes]]) -> frozenset[str]:
+def peer_identities(auth_context: Mapping[str, Iterable[bytes | str]]) -> frozenset[str]:
     """Names a gRPC server sees for its TLS peer (`context.auth_context()`); empty without TLS."""
     names: set[str] = set()
     for key in ("x509_common_name", "x509_subject_alternative_name"):

@@ -152,7 +152,9 @@ def allocation_pairs(topology: NodeTopology, allocation: Allocation) -> list[tup
         if address is not None:
             nics.setdefault(address, endpoint(DeviceKind.NIC, address))
     numa_of_cpu = {cpu.id: cpu.numa_node for cpu in topology.cpus}
-    numas = {numa_of_cpu.get(c) for c in allocation.cpus} - {None} or set(allocation.numa_nodes)
+    numas = {n for c in allocation.cpus if (n := numa_of_cpu.get(c)) is not None} or set(
+        allocation.numa_nodes
+    )
     cpus = [Endpoint(f"CPU{n}", DeviceKind.CPU, f"node{n}", None, n) for n in sorted(numas)]
 
     def levels(pair: str, left: list[Endpoint], right: list[Endpoint]) -> Iterator[tuple[str, Level]]:

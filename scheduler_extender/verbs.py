@@ -12,8 +12,8 @@ import dataclasses
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence, Set
+from typing import Any, cast
 
 import orjson
 import structlog
@@ -200,6 +200,7 @@ class _ShapeTable:
         self.assume_seq = assume_seq
 
     def reset(self, source_pos: int, assume_seq: int) -> None:
+        # one list of fields for a new and a reset table; mypy refuses __init__ on an instance
         self.__init__(source_pos, assume_seq)  # type: ignore[misc]
 
     def priorities_json(self, config: PlacementConfig) -> bytes:
@@ -231,18 +232,18 @@ class _ShapeTable:
     def add(self, name: str, outcome: Outcome) -> None:
         self.covered.add(name)
         if outcome.__class__ is Placement:
-            self.passed[name] = outcome  # type: ignore[assignment]
-            key = self.keys[name] = _score_key(outcome)  # type: ignore[arg-type]
+            self.passed[name] = outcome
+            key = self.keys[name] = _score_key(outcome)
             self.key_names.setdefault(key, set()).add(name)
             if key not in self.key_rep:
-                self.key_rep[key] = outcome  # type: ignore[assignment]
+                self.key_rep[key] = outcome
                 self.stale = True
             if self.score_of is None or self.stale:
                 self.pending.add(name)
             else:
                 self.fragments[name] = _fragment(name, self.score_of[key])
         else:
-            self.failed[name] = outcome.reason  # type: ignore[union-attr]
+            self.failed[name] = cast(Refusal, outcome).reason
 
     def forget(self, names: Iterable[str]) -> None:
         covered = self.covered
@@ -271,7 +272,7 @@ class _Answer:
 
     def __init__(
         self,
-        names: set[str],
+        names: Set[str],
         table: _ShapeTable | None,
         extra_passed: dict[str, Placement],
         failed: dict[str, str],
@@ -335,8 +336,8 @@ class Extender:
         self._node_log_base = 0
         self._node_log_lock = threading.Lock()
         self._observed = isinstance(source, ObservableNodeSource)
-        if self._observed:
-            source.add_listener(self._node_changed)  # type: ignore[attr-defined]
+        if isinstance(source, ObservableNodeSource):
+            source.add_listener(self._node_changed)
         add_listener = getattr(source, "add_listener", None)
         if add_listener is not None:
             add_listener(self._on_report)
@@ -496,10 +497,10 @@ class Extender:
         if own is not None:
             names = set(candidates)
             # A pod that holds devices already: its own hold must not count against it (see _evaluate).
-            outcomes, unresolvable = self._evaluate(candidates, request)
+            outcomes, unresolved = self._evaluate(candidates, request)
             passed = {n: o for n, o in outcomes.items() if o.__class__ is Placement}
-            failed = {n: o.reason for n, o in outcomes.items() if o.__class__ is Refusal}
-            return _Answer(names, None, passed, failed, unresolvable)  # type: ignore[arg-type]
+            refused = {n: o.reason for n, o in outcomes.items() if o.__class__ is Refusal}
+            return _Answer(names, None, passed, refused, unresolved)
         table = self._table(request)
         extra_passed: dict[str, Placement] = {}
         failed: dict[str, str] = {}
@@ -529,7 +530,7 @@ class Extender:
             and all(map(passed.__contains__, candidates))
         ):
             # Exactly the nodes that passed, as kube-scheduler's prioritize after a whole filter.
-            return _Answer(passed.keys(), table, {}, {}, {})  # type: ignore[arg-type]
+            return _Answer(passed.keys(), table, {}, {}, {})
         names = set(candidates)
         for name in names - covered - set(judged):
             self._judge(table, name, request, extra_passed, failed, unresolvable)
@@ -566,9 +567,9 @@ class Extender:
         if view.fresh_until is None:
             table.add(name, outcome)
         elif outcome.__class__ is Placement:
-            extra_passed[name] = outcome  # type: ignore[assignment]
+            extra_passed[name] = outcome
         else:
-            failed[name] = outcome.reason  # type: ignore[union-attr]
+            failed[name] = cast(Refusal, outcome).reason
 
     def _memo_place(self, table: _ShapeTable, name: str, view: NodeView, request: PodRequest) -> Outcome:
         state, version = view.state, self.cache.version(name)
@@ -597,16 +598,15 @@ class Extender:
             extra = {n: _score_key(p) for n, p in answer.extra_passed.items()}
             keys = {**keys, **extra}
             reps = {**reps, **{_score_key(p): p for p in answer.extra_passed.values()}}
-        distinct = set(map(keys.get, candidates))
-        distinct.discard(None)  # type: ignore[arg-type]
+        distinct = {key for name in candidates if (key := keys.get(name)) is not None}
         labelled = {repr(key): reps[key] for key in distinct}
         low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
-        score_of = {
+        score_of: dict[_ScoreKey | None, int] = {
             _score_key(labelled[label]): min(high, max(low, score))
             for label, score in (score_nodes(labelled, self.config) if labelled else {}).items()
         }
         key_of = keys.get
-        return [{"Host": n, "Score": score_of.get(key_of(n), 0)} for n in candidates]  # type: ignore[arg-type]
+        return [{"Host": n, "Score": score_of.get(key_of(n), 0)} for n in candidates]
 
     def _evaluate(
         self, candidates: Iterable[str], request: PodRequest

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
 MAX_EXTENDER_PRIORITY = 10
 MIN_EXTENDER_PRIORITY = 0
@@ -21,8 +21,11 @@ class WireError(ValueError):
     """The request body does not match the extender v1 types; the message names the field."""
 
 
-def field(obj: Mapping[str, Any], name: str) -> Any:
-    """A Go-style lookup: the exact key first, else any key equal ignoring case, else None."""
+def field(obj: Mapping[Any, Any], name: str) -> Any:
+    """A Go-style lookup: the exact key first, else any key equal ignoring case, else None.
+
+    Keys of any type are skipped, not trusted to be the strings JSON gives.
+    """
     if name in obj:
         return obj[name]
     folded = name.casefold()
@@ -32,7 +35,12 @@ def field(obj: Mapping[str, Any], name: str) -> Any:
     return None
 
 
+@overload
+def _object(raw: Any, path: str, *, required: Literal[True] = ...) -> dict[str, Any]: ...
+@overload
+def _object(raw: Any, path: str, *, required: bool) -> dict[str, Any] | None: ...
 def _object(raw: Any, path: str, *, required: bool = True) -> dict[str, Any] | None:
+    """`raw` when it is a JSON object; WireError naming `path` otherwise (None when not required)."""
     if raw is None:
         if required:
             raise WireError(f"{path}: missing")
@@ -82,7 +90,7 @@ class ExtenderArgs:
     @property
     def pod_label(self) -> str:
         """namespace/name of the pod, for messages; never raises."""
-        meta = self.pod.get("metadata") if isinstance(self.pod.get("metadata"), dict) else {}
+        meta = raw if isinstance(raw := self.pod.get("metadata"), dict) else {}
         return f"{meta.get('namespace') or 'default'}/{meta.get('name') or '<unnamed>'}"
 
 
@@ -108,10 +116,7 @@ def decode_extender_args(raw: Any) -> ExtenderArgs:
         items = field(node_list, "items")
         if items is not None and not isinstance(items, list):
             raise WireError(f"ExtenderArgs.Nodes.items: expected a list, got {type(items).__name__}")
-        nodes = tuple(
-            _object(item, f"ExtenderArgs.Nodes.items[{i}]")  # type: ignore[misc]
-            for i, item in enumerate(items or ())
-        )
+        nodes = tuple(_object(item, f"ExtenderArgs.Nodes.items[{i}]") for i, item in enumerate(items or ()))
         for i, node in enumerate(nodes):
             object_name(node, f"ExtenderArgs.Nodes.items[{i}]")
     if node_names is None and nodes is None:

@@ -36,7 +36,14 @@ from agent.apply.cgroups import (
     normalize_container_id,
     validate_pod_uid,
 )
-from agent.apply.checkpoint import CheckpointData, CheckpointError, CheckpointStore, Intent, PodRecord
+from agent.apply.checkpoint import (
+    CheckpointData,
+    CheckpointError,
+    CheckpointStore,
+    Intent,
+    NicRecord,
+    PodRecord,
+)
 from agent.apply.contract import ApplyError
 from agent.apply.cpuset import Cpuset
 from agent.apply.nic.applier import NicApplier, NicError
@@ -409,7 +416,7 @@ class ApplyManager:
         self._save(CheckpointData(pods=after.pods))
         self.on_step("commit")
 
-    def _nic_release(self, uid: str, nic_record) -> None:
+    def _nic_release(self, uid: str, nic_record: NicRecord) -> None:
         if self.nic is None:
             raise NicError(f"pod {uid}: checkpoint holds a data-path NIC but this agent has no NIC applier")
         self.nic.release(nic_record)

@@ -23,7 +23,9 @@ from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 from pyroute2 import netns as pyroute2_netns
 
@@ -76,7 +78,7 @@ class Budget:
         )
 
 
-def _link(ipr, name: str) -> int:
+def _link(ipr: Any, name: str) -> int:
     return ipr.link_lookup(ifname=name)[0]
 
 
@@ -252,7 +254,7 @@ def _udp_socket(netns: str) -> socket.socket:
 SPIN_S = 2e-3
 
 
-def _spin_recv(sock: socket.socket, buf: bytearray, timeout_s: float) -> tuple[int, object] | None:
+def _spin_recv(sock: socket.socket, buf: bytearray, timeout_s: float) -> tuple[int, tuple[Any, ...]] | None:
     """Receive by polling a non-blocking socket for up to SPIN_S, then sleep in select.
 
     A reply that comes within the spin is taken without the core going idle, so
@@ -358,9 +360,9 @@ class _Workers:
 
     def __init__(self) -> None:
         self.ctx = multiprocessing.get_context("fork")
-        self.procs: list = []
+        self.procs: list[BaseProcess] = []
 
-    def start(self, target: Callable, *args: object) -> Connection:
+    def start(self, target: Callable[..., object], *args: object) -> Connection:
         mine, theirs = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=run_as_child, args=(os.getpid(), target, *args[:1], theirs, *args[1:]), daemon=True
@@ -371,7 +373,7 @@ class _Workers:
         return mine
 
     @staticmethod
-    def receive(conn: Connection, timeout: float, what: str):
+    def receive(conn: Connection, timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout
         while not conn.poll(0.1):
             raise_if_interrupted()
@@ -399,7 +401,7 @@ class PathResult:
     stream_mbps: list[float] = field(default_factory=list)
     stream_loss_pct: list[float] = field(default_factory=list)
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "detail": self.detail,
@@ -450,7 +452,9 @@ def measure(a: Endpoint, b: Endpoint, budget: Budget, result: PathResult, progre
         workers.stop()
 
 
-def run_datapath(*, short: bool, prefix: str, progress: Progress, vfs: VfChoice | None = None) -> dict:
+def run_datapath(
+    *, short: bool, prefix: str, progress: Progress, vfs: VfChoice | None = None
+) -> dict[str, Any]:
     budget = Budget.for_mode(short)
     load_before = [round(x, 2) for x in os.getloadavg()]
     overlay = OverlayPath(prefix)
@@ -482,7 +486,7 @@ def run_datapath(*, short: bool, prefix: str, progress: Progress, vfs: VfChoice 
     }
 
 
-def format_datapath(report: dict) -> str:
+def format_datapath(report: dict[str, Any]) -> str:
     o, d, r = report["paths"]["overlay"], report["paths"]["data"], report["ratios"]
     rows = [
         ("ping-pong p50 (us)", o["rtt_p50_us"], d["rtt_p50_us"], r["rtt_p50"], "overlay / data"),

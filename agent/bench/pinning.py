@@ -23,6 +23,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 from agent.apply import ApplyManager, CgroupDriver, CgroupVersion, PodRuntime, QosClass, StaticPodResolver
 from agent.apply.cgroups import CpusetTree, container_cgroup_names, pod_cgroup, remove_cgroup_tree
@@ -170,6 +171,7 @@ def one_run(box: Sandbox, mode: str, mib: int) -> RunResult:
             proc = ctx.Process(target=run_as_child, args=(os.getpid(), _noise, ready_w), daemon=True)
             procs.append(proc)
             proc.start()
+            assert proc.pid is not None  # set by start()
             box.attach(box.noisy_cgroup, proc.pid)
             ready_r.recv()
             noise_cpus |= os.sched_getaffinity(proc.pid)
@@ -180,6 +182,7 @@ def one_run(box: Sandbox, mode: str, mib: int) -> RunResult:
         )
         procs.append(worker)
         worker.start()
+        assert worker.pid is not None  # set by start()
         box.attach(box.workload_cgroup, worker.pid)
         go_w.send(True)
         deadline = time.monotonic() + 600
@@ -198,7 +201,7 @@ def one_run(box: Sandbox, mode: str, mib: int) -> RunResult:
             proc.join(timeout=5)
 
 
-def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus: int = 1) -> dict:
+def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus: int = 1) -> dict[str, Any]:
     budget = Budget.for_mode(short)
     load_before = [round(x, 2) for x in os.getloadavg()]
     runs: list[RunResult] = []
@@ -225,7 +228,7 @@ def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus:
                     f"noise on {format_cpulist(run.noise_cpus)})"
                 )
         cpus = box.cpus
-    modes = {}
+    modes: dict[str, dict[str, Any]] = {}
     for mode in ("shared", "exclusive"):
         mine = [r for r in runs if r.mode == mode]
         modes[mode] = {
@@ -249,7 +252,7 @@ def run_pinning(*, short: bool, prefix: str, progress: Progress, exclusive_cpus:
     }
 
 
-def format_pinning(report: dict) -> str:
+def format_pinning(report: dict[str, Any]) -> str:
     s, e, r = report["modes"]["shared"], report["modes"]["exclusive"], report["ratios"]
 
     def cell(value: float | None) -> str:

@@ -8,14 +8,22 @@ import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from agent.apply import ApplyError, ApplyManager, CgroupDriver, CgroupVersion, StaticPodResolver, nic
+from agent.apply import (
+    ApplyError,
+    ApplyManager,
+    CgroupDriver,
+    CgroupVersion,
+    PodResolver,
+    StaticPodResolver,
+    nic,
+)
 from agent.apply.nic import DataRoute, NetlinkVfControl, NicApplier, SriovError, VfControl
 from agent.apply.nic.capability import CAP_NET_ADMIN, SriovGate, has_capability
 from agent.apply.readiness import ApplyGate, Readiness
@@ -222,7 +230,7 @@ class NodeParts:
     """What acts on the node besides the gRPC service: the applier, and under Kubernetes the pod watch
     and the device plugins."""
 
-    applier: ApplyManager | None = None
+    applier: ApplyManager | MeteredApplier | None = None
     sriov: SriovGate | None = None
     """Which PFs' kernel-netdev VFs are offered; applied to every discovered topology."""
     pod_runtimes: StaticPodResolver | None = None
@@ -278,16 +286,17 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
     root, version = cgroup_hierarchy(Path(config.cgroup_root))
     parts.gate = ApplyGate(config.cgroup_driver, Path(config.kubelet_config), root)
     driver = parts.gate.refresh().driver or CgroupDriver.SYSTEMD
+    resolver: PodResolver
     if core is not None:
-        parts.pod_status = PodStatusResolver(root, driver)
+        resolver = parts.pod_status = PodStatusResolver(root, driver)
     else:
-        parts.pod_runtimes = StaticPodResolver()
-    parts.applier = ApplyManager(
+        resolver = parts.pod_runtimes = StaticPodResolver()
+    manager = ApplyManager(
         cgroup_root=root,
         cgroup_driver=driver,
         cgroup_version=version,
         checkpoint_path=Path(config.checkpoint),
-        resolver=parts.pod_status or parts.pod_runtimes,
+        resolver=resolver,
         nic=NicApplier(
             sysfs_root=Path(config.root),
             vf_control=vf_control,
@@ -297,16 +306,16 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
         reserved_cpus=config.reserved_cpu_set,
         reserve_unresolved=core is None,
     )
-    parts.manager = parts.applier
+    parts.applier = parts.manager = manager
     # An agent over a sysfs snapshot (a test box, a replay) never joins the machine's runtime.
     if config.nri_socket and config.is_this_machine:
         parts.nri = NriCpusets(
             config.node_name or socket.gethostname(),
             online_cpus=lambda: frozenset(),
             reserved_cpus=config.reserved_cpu_set,
-            recorded=parts.applier.applied,
+            recorded=manager.applied,
         )
-        parts.applier.pinned_elsewhere = parts.nri.pinned_pods
+        manager.pinned_elsewhere = parts.nri.pinned_pods
     parts.gate.add_listener(lambda readiness: follow_driver(parts, readiness))
     return parts
 
@@ -394,7 +403,7 @@ def start_health(config: AgentConfig, store: Any, metrics: AgentMetrics, core: A
     the metrics and, under Kubernetes, Node events."""
     events = kubernetes_node_events(core, store.node_name) if core is not None else None
 
-    def changed(added, recovered) -> None:
+    def changed(added: Mapping[str, str], recovered: Mapping[str, str]) -> None:
         metrics.record_health(monitor.unhealthy, len(added), len(recovered))
         if events is not None:
             events(added, recovered)
@@ -643,8 +652,13 @@ async def serve(config: AgentConfig) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     halt = threading.Event()
+
+    def stop_both() -> None:
+        stop.set()
+        halt.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda: (stop.set(), halt.set()))
+        loop.add_signal_handler(sig, stop_both)
     ready = ReadyState()
     ready.set("grpc", "starting: discovering the node, then serving gRPC")
     certificate = node_certificate(config, parts, ready, metrics)

@@ -141,10 +141,14 @@ class ResourcePlugin(api_pb2_grpc.DevicePluginServicer):
 
     # -- DevicePlugin service ----------------------------------------------------------------------
 
-    def GetDevicePluginOptions(self, request, context):
+    def GetDevicePluginOptions(
+        self, request: api_pb2.Empty, context: grpc.ServicerContext
+    ) -> api_pb2.DevicePluginOptions:
         return self.options()
 
-    def ListAndWatch(self, request, context) -> Iterator[api_pb2.ListAndWatchResponse]:
+    def ListAndWatch(
+        self, request: api_pb2.Empty, context: grpc.ServicerContext
+    ) -> Iterator[api_pb2.ListAndWatchResponse]:
         with self._changed:
             generation, devices = self._generation, self._devices
         yield api_pb2.ListAndWatchResponse(devices=[_to_proto(d) for d in devices])
@@ -157,7 +161,9 @@ class ResourcePlugin(api_pb2_grpc.DevicePluginServicer):
                 generation, devices = self._generation, self._devices
             yield api_pb2.ListAndWatchResponse(devices=[_to_proto(d) for d in devices])
 
-    def GetPreferredAllocation(self, request, context):
+    def GetPreferredAllocation(
+        self, request: api_pb2.PreferredAllocationRequest, context: grpc.ServicerContext
+    ) -> api_pb2.PreferredAllocationResponse:
         found = candidates(self._pods.pending_pods(), self.resource, self.node_name)
         responses = []
         for container in request.container_requests:
@@ -175,7 +181,9 @@ class ResourcePlugin(api_pb2_grpc.DevicePluginServicer):
             responses.append(api_pb2.ContainerPreferredAllocationResponse(deviceIDs=ids))
         return api_pb2.PreferredAllocationResponse(container_responses=responses)
 
-    def Allocate(self, request, context):
+    def Allocate(
+        self, request: api_pb2.AllocateRequest, context: grpc.ServicerContext
+    ) -> api_pb2.AllocateResponse:
         known = {d.id: d for d in self.devices}
         found = candidates(self._pods.pending_pods(), self.resource, self.node_name)
         served: list[tuple[Claim, list[str]]] = []
@@ -205,7 +213,9 @@ class ResourcePlugin(api_pb2_grpc.DevicePluginServicer):
             self._mark(claim, ids)
         return api_pb2.AllocateResponse(container_responses=responses)
 
-    def PreStartContainer(self, request, context):
+    def PreStartContainer(
+        self, request: api_pb2.PreStartContainerRequest, context: grpc.ServicerContext
+    ) -> api_pb2.PreStartContainerResponse:
         return api_pb2.PreStartContainerResponse()
 
     def _mark(self, claim: Claim, ids: list[str]) -> None:

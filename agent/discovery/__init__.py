@@ -77,8 +77,11 @@ def _joined_to_sysfs(fs: SysfsTree, gpus: tuple[Gpu, ...], pci: Mapping[str, obj
     return tuple(sorted(gpus, key=lambda g: g.index))
 
 
-def _check_replicas(config: int | Mapping[str, int] | None) -> None:
-    values = config.items() if isinstance(config, Mapping) else [("all GPUs", config)]
+def _check_replicas(config: object) -> None:
+    """`config` as the agent's YAML gave it: checked, not trusted to be the declared int | Mapping."""
+    values: Iterable[tuple[object, object]] = (
+        config.items() if isinstance(config, Mapping) else [("all GPUs", config)]
+    )
     for key, value in values:
         if value is None:
             continue

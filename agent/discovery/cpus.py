@@ -36,8 +36,8 @@ def read_cpus(fs: SysfsTree) -> CpuInventory:
     nodes = _read_numa_nodes(fs, cpu_ids)
     node_of: dict[int, int] = {}
     for node in nodes:
-        for cpu in node.cpus:
-            node_of.setdefault(cpu, node.id)
+        for member in node.cpus:
+            node_of.setdefault(member, node.id)
     cpus = tuple(
         _read_cpu(fs, cpu_id, cpu_id in online_ids, node_of.get(cpu_id)) for cpu_id in sorted(cpu_ids)
     )
@@ -59,7 +59,7 @@ def _warn_split_siblings(fs: SysfsTree, cpus: tuple[Cpu, ...]) -> None:
         siblings = tuple(s for s in cpu.thread_siblings if s in node_of)
         if not cpu.online or siblings in told:
             continue
-        nodes = sorted({node_of[s] for s in siblings if node_of[s] is not None})
+        nodes = sorted({node for s in siblings if (node := node_of[s]) is not None})
         if len(nodes) > 1:
             told.add(siblings)
             fs.warn(

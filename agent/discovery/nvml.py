@@ -67,13 +67,14 @@ class NvmlGpuSource:
         self._nvml = nvml
 
     def gpus(self, warn: Warn) -> tuple[Gpu, ...]:
-        nvml = self._nvml
+        nvml: Any = self._nvml
         if nvml is None:
             try:
-                import pynvml as nvml
+                import pynvml
             except ImportError as exc:
                 log.info("no NVML python module (%s): 0 GPUs", exc)
                 return ()
+            nvml = pynvml
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as exc:
@@ -182,7 +183,7 @@ def _mig_profiles(nvml: Any, warn: Warn, index: int, handle: Any, memory: int) -
             handle,
             info.id,
         )
-        name = _text(getattr(info, "name", None) or "").removeprefix("MIG ").strip()
+        name = (_text(getattr(info, "name", None)) or "").removeprefix("MIG ").strip()
         if not name:
             name = mig_profile_name(info.sliceCount, info.memorySizeMB, memory) + _profile_suffix(
                 nvml, profile

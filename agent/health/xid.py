@@ -47,10 +47,10 @@ class XidWatcher:
         nvml = self._nvml
         if nvml is None:
             try:
-                import pynvml as nvml
+                import pynvml
             except ImportError as exc:
                 return f"no NVML python module ({exc})"
-            self._nvml = nvml
+            nvml = self._nvml = pynvml
         try:
             nvml.nvmlInit()
         except nvml.NVMLError as exc:

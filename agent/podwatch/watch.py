@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from kubernetes import client as k8s
@@ -135,7 +135,7 @@ class PodWatcher:
             self._observer.forget(uid)
         self._seen = present
 
-    def handle_event(self, event: dict[str, Any]) -> None:
+    def handle_event(self, event: Mapping[str, Any]) -> None:
         """One event as kubernetes.watch.Watch.stream yields it: {"type": ..., "object": V1Pod}."""
         kind = event.get("type")
         if kind not in ("ADDED", "MODIFIED", "DELETED"):

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -24,6 +25,9 @@ from agent.metrics import AgentMetrics
 from agent.service.store import NodeStateStore
 from gedge_common.backoff import Backoff
 from gedge_model import NodeTopology
+
+if TYPE_CHECKING:
+    from pyroute2 import AsyncIPRoute
 
 log = structlog.get_logger("gedge.agent.changes")
 
@@ -164,7 +168,7 @@ class ChangeDetector:
                 log.error("netlink listener failed", error=f"{type(exc).__name__}: {exc}", retry_s=delay)
                 await asyncio.sleep(delay)
 
-    async def _drain_link_events(self, ipr) -> None:
+    async def _drain_link_events(self, ipr: AsyncIPRoute) -> None:
         worker = asyncio.create_task(self._link_worker())
         try:
             while True:

@@ -93,7 +93,8 @@ class AgentRuntime:
     store: NodeStateStore | None = None
     port: int = 0
     _server: grpc.aio.Server | None = None
-    _health: health.aio.HealthServicer | None = None
+    # grpc_health-stubs lacks health.aio, grpcio-health-checking's asyncio servicer (here and below)
+    _health: health.aio.HealthServicer | None = None  # type: ignore[name-defined]
     _changes: ChangeDetector | None = None
 
     async def start(self) -> int:
@@ -151,7 +152,7 @@ class AgentRuntime:
             max_watch_streams_per_client=config.max_watch_streams_per_client,
         )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
-        self._health = health.aio.HealthServicer()
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         address = grpc_address(config.listen)
         if self.tls is not None:

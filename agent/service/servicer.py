@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 from collections.abc import Callable
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -88,7 +89,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             self._topology_json = (snap.topology_generation, text)
         return text
 
-    async def _authorize(self, context: grpc.aio.ServicerContext, method: str) -> None:
+    async def _authorize(self, context: grpc.aio.ServicerContext[Any, Any], method: str) -> None:
         if not self.allowed_clients:
             return
         names = peer_identities(context.auth_context())
@@ -104,15 +105,18 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         )
 
     async def _abort(
-        self, context: grpc.aio.ServicerContext, method: str, code: grpc.StatusCode, details: str
-    ) -> None:
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str, code: grpc.StatusCode, details: str
+    ) -> NoReturn:
+        """Counts the failed call and ends it: grpc.aio's abort always raises."""
         self.metrics.rpcs.labels(method, code.name).inc()
         await context.abort(code, details)
 
     def _ok(self, method: str) -> None:
         self.metrics.rpcs.labels(method, "OK").inc()
 
-    async def GetNodeState(self, request, context):
+    async def GetNodeState(
+        self, request: agent_pb2.GetNodeStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.GetNodeStateResponse:
         await self._authorize(context, "GetNodeState")
         snap = self.store.current()
         devices = [
@@ -128,7 +132,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         self._ok("GetNodeState")
         return agent_pb2.GetNodeStateResponse(state=self._event(snap), devices=devices)
 
-    async def WatchNodeState(self, request, context) -> None:
+    async def WatchNodeState(
+        self, request: agent_pb2.WatchNodeStateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
         """The full state, then every change, written until the client goes or the agent stops.
 
         A coroutine writing through `context.write` (not an async generator): when the client
@@ -171,7 +177,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
                 self._watchers[client] = left
             log.info("watch closed", peer=peer)
 
-    async def ListAllocations(self, request, context):
+    async def ListAllocations(
+        self, request: agent_pb2.ListAllocationsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.ListAllocationsResponse:
         await self._authorize(context, "ListAllocations")
         snap = self.store.current()
         self._ok("ListAllocations")
@@ -181,7 +189,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             reserved_pod_uids=sorted(snap.reserved),
         )
 
-    async def Apply(self, request, context):
+    async def Apply(
+        self, request: agent_pb2.ApplyRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.ApplyResponse:
         await self._authorize(context, "Apply")
         applier = await self._require_applier(context, "Apply")
         if len(request.allocation_json) > MAX_ALLOCATION_JSON:
@@ -234,7 +244,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         self._ok("Apply")
         return agent_pb2.ApplyResponse(generation=snap.state.generation, reserved=reserved)
 
-    async def Release(self, request, context):
+    async def Release(
+        self, request: agent_pb2.ReleaseRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> agent_pb2.ReleaseResponse:
         await self._authorize(context, "Release")
         applier = await self._require_applier(context, "Release")
         if not request.pod_uid or len(request.pod_uid) > 256:
@@ -280,7 +292,9 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         else:
             self.pod_runtimes.pods[pod_uid] = known
 
-    async def _require_applier(self, context: grpc.aio.ServicerContext, method: str) -> AllocationApplier:
+    async def _require_applier(
+        self, context: grpc.aio.ServicerContext[Any, Any], method: str
+    ) -> AllocationApplier:
         if self.applier is None:
             await self._abort(
                 context, method, grpc.StatusCode.FAILED_PRECONDITION, "this agent runs without an applier"

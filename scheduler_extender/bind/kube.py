@@ -11,7 +11,7 @@ import datetime
 import json
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import urllib3
@@ -262,8 +262,12 @@ class PodAllocationWatch:
 
     def relist(self) -> str:
         """Hold what every bound pod records and drop what no pod records any more; returns the RV."""
-        response = self._api.list_pod_for_all_namespaces(
-            field_selector="spec.nodeName!=", _preload_content=False, _request_timeout=(2.0, 30.0)
+        # _preload_content=False hands back the raw urllib3 response, not the annotated V1PodList
+        response = cast(
+            "urllib3.BaseHTTPResponse",
+            self._api.list_pod_for_all_namespaces(
+                field_selector="spec.nodeName!=", _preload_content=False, _request_timeout=(2.0, 30.0)
+            ),
         )
         try:
             body = json.loads(response.data)

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -42,6 +43,9 @@ from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.cache.metrics import CacheMetrics
 from scheduler_extender.cache.targets import AgentTarget, load_agents_file
 from scheduler_extender.node_source import NodeView
+
+if TYPE_CHECKING:
+    from kubernetes.client import CoreV1Api
 
 log = structlog.get_logger("gedge.extender.cache")
 
@@ -153,7 +157,7 @@ class ClusterCache:
     @classmethod
     def from_kubernetes(
         cls,
-        core_v1: object | None = None,
+        core_v1: CoreV1Api | None = None,
         *,
         default_port: int | None = None,
         options: CacheOptions | None = None,
@@ -161,8 +165,7 @@ class ClusterCache:
     ) -> ClusterCache:
         """Agents from Node objects (InternalIP + gedge.io/agent-port or 50051), followed by a watch.
 
-        `core_v1` is a kubernetes.client.CoreV1Api; without it the in-cluster or kubeconfig
-        configuration is loaded.
+        Without `core_v1` the in-cluster or kubeconfig configuration is loaded.
         """
         from scheduler_extender.cache.kube import KubeNodeTargets
 
@@ -328,7 +331,7 @@ class ClusterCache:
                 except Exception as exc:
                     log.error("cache listener failed", node=node, error=f"{type(exc).__name__}: {exc}")
 
-    def _update(self, node: str, **changes: object) -> None:
+    def _update(self, node: str, **changes: Any) -> None:
         record = self._records.get(node)
         if record is not None:
             self._put(node, replace(record, **changes))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -11,10 +11,13 @@ from gedge_common.backoff import Backoff
 from gedge_common.listwatch import ListWatch
 from scheduler_extender.cache.targets import DEFAULT_AGENT_PORT, AgentTarget, target_for_node
 
+if TYPE_CHECKING:
+    from kubernetes.client import CoreV1Api
+
 log = structlog.get_logger("gedge.extender.cache.kube")
 
 
-def load_core_v1() -> object:
+def load_core_v1() -> CoreV1Api:
     """CoreV1Api from the in-cluster service account, else from the kubeconfig."""
     from kubernetes import client, config
 
@@ -40,7 +43,7 @@ class KubeNodeTargets:
         self,
         publish: Callable[[Iterable[AgentTarget]], None],
         *,
-        core_v1: object | None = None,
+        core_v1: CoreV1Api | None = None,
         default_port: int | None = None,
         watch_timeout_s: int = 300,
         retry_s: float = 2.0,

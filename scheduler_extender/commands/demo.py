@@ -292,7 +292,9 @@ async def post(session: aiohttp.ClientSession, url: str, body: Any) -> Any:
         return payload
 
 
-async def drive(extender: Extender, pod: dict[str, Any], node: str, pki: Path) -> tuple[dict, list, dict]:
+async def drive(
+    extender: Extender, pod: dict[str, Any], node: str, pki: Path
+) -> tuple[dict[str, Any], list[Any], dict[str, Any]]:
     """kube-scheduler's three calls, over HTTPS with its client certificate to the extender on loopback."""
     server = server_ssl_context(
         str(pki / "gedge-extender.pem"), str(pki / "gedge-extender.key"), str(pki / "ca.pem")

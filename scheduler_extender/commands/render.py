@@ -26,8 +26,8 @@ def topology_summary(topology: NodeTopology, *, matrix_limit: int = 24) -> str:
     for nic in sorted(topology.interfaces, key=lambda i: i.pci_address):
         if nic.physfn is not None:
             continue
-        numa = topology.pci(nic.pci_address)
-        where = f" NUMA {numa.numa_node}" if numa is not None and numa.numa_node is not None else ""
+        device = topology.pci(nic.pci_address)
+        where = f" NUMA {device.numa_node}" if device is not None and device.numa_node is not None else ""
         vfs = f", {len(nic.vfs)}/{nic.sriov_totalvfs} VFs" if nic.sriov_totalvfs else ""
         speed = f" {nic.speed_mbps} Mb/s" if nic.speed_mbps else ""
         lines.append(f"  NIC       {nic.name} {nic.pci_address}{where}{speed}{vfs}")

@@ -18,6 +18,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -155,8 +156,8 @@ class Wiring:
     source: NodeSource
     binder: Binder
     cache: AssumeCache
-    pod_reader: Callable[[str, str], dict] | None = None
-    warn: Callable[[dict, str, str], None] | None = None
+    pod_reader: Callable[[str, str], dict[str, Any]] | None = None
+    warn: Callable[[dict[str, Any], str, str], None] | None = None
     starts: list[Callable[[], None]] = field(default_factory=list)
     stops: list[Callable[[], None]] = field(default_factory=list)
 

@@ -67,7 +67,7 @@ POOL_KEY = web.AppKey("bind_pool", ThreadPoolExecutor)
 PLACE_POOL_KEY = web.AppKey("place_pool", ThreadPoolExecutor)
 MAX_BODY_KEY = web.AppKey("max_body", int)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
-LEADERSHIP_KEY = web.AppKey("leadership", object)
+LEADERSHIP_KEY: web.AppKey[Leadership] = web.AppKey("leadership")
 ALLOWED_CLIENTS_KEY = web.AppKey("allowed_clients", frozenset)
 VERBS = frozenset({"/filter", "/prioritize", "/bind", "/preempt"})
 
@@ -94,7 +94,7 @@ def _not_json(exc: orjson.JSONDecodeError, max_depth: int) -> str:
     message = str(exc)
     if message.startswith("depth limit exceeded"):
         return f"request body nests deeper than {max_depth} levels"
-    doc = exc.doc if isinstance(exc.doc, str) else ""
+    doc = exc.doc
     for name in _CONSTANTS:
         # orjson points at the constant, or just past the sign of -Infinity.
         if doc.startswith(name, exc.pos) or doc.startswith(name, max(exc.pos - 1, 0)):
@@ -403,6 +403,7 @@ class ClientLimits:
                 else:
                     del self.open[host]
 
+        # aiohttp offers no hook per connection: the server's own methods are wrapped in place
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
 

@@ -72,6 +72,7 @@ from scheduler_extender.placement.index import (
     ORDINAL,
     NetEntry,
     TopologyIndex,
+    VfioEntry,
     cpu_level,
     priced,
     topology_index,
@@ -114,6 +115,8 @@ class PlacementConfig:
         memo = (by_ordinal, self.timeslice_strategy, self.same_switch_level, self.max_exhaustive)
         object.__setattr__(self, "_memo_key", memo)
 
+    # _by_ordinal and _memo_key are set in __post_init__ and kept out of the dataclass fields (and so
+    # out of eq, repr and replace); mypy only knows attributes a frozen dataclass declares.
     @property
     def weight_by_ordinal(self) -> tuple[float, ...]:
         return self._by_ordinal  # type: ignore[attr-defined]
@@ -239,7 +242,7 @@ def _free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allocation]
     if not held and not state.allocations:
         if not index.empty:
             index.empty.append(_compute_free(index, state, ()))
-        return index.empty[0]  # type: ignore[return-value]
+        return index.empty[0]  # type: ignore[return-value]  # index.py cannot name _Free (import cycle)
     free = _compute_free(index, state, held)
 
     def drop(_: object, key: int = key) -> None:
@@ -306,7 +309,7 @@ def _compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[All
             cores[numa], threads[numa] = list(numa_cores), []
             continue
         full = []
-        partial = []
+        partial: list[int] = []
         for core in numa_cores:
             if used_cpus.isdisjoint(core):
                 full.append(core)
@@ -595,8 +598,8 @@ class _Search:
             return _GpuPick(grants, ordered, frag, cost, below)
 
         if not self.aware:
-            chosen = tuple(pool[:n])
-            return [pick(chosen, self._pair_cost(chosen))]
+            first = tuple(pool[:n])
+            return [pick(first, self._pair_cost(first))]
         if n == 1:
             seen_single: set[tuple[int, float]] = set()
             singles = []
@@ -633,7 +636,7 @@ class _Search:
         out = []
         if n == 2:
             limit = self.switch_limit is not None
-            for a, b in candidates:  # type: ignore[misc]
+            for a, b in candidates:
                 cost = pairs[a][b]
                 key2 = (
                     min(classes[a], classes[b]),
@@ -1138,7 +1141,7 @@ def _pick_vfio(
     if policy in ("single-numa", "same-switch") and numas:
         free = [v for v in free if v.numa in numas or v.numa == NO_NUMA]
 
-    def price(vf) -> float:
+    def price(vf: VfioEntry) -> float:
         cost = sum(weights[vf.gpu_levels[p]] for p in gpu_pos)
         if numas:
             near = vf.numa == NO_NUMA or vf.numa in numas
@@ -1295,7 +1298,7 @@ def _grant(index: TopologyIndex, ref: tuple[str, int, int]) -> DeviceGrant:
                 device_id = gpu.migs[member][0]
             found = DeviceGrant(resource, device_id, gpu.pci, None if gpu.numa == NO_NUMA else gpu.numa)
         index.grants[ref] = found
-    return found  # type: ignore[return-value]
+    return found  # type: ignore[return-value]  # one cache for device and network grants, keyed apart
 
 
 def _network(index: TopologyIndex, ref: tuple[str, int, int]) -> NetworkGrant:

@@ -72,10 +72,10 @@ def optimum_cost(
 
     pfs = [i for i in topology.interfaces if i.physfn is None]
     vf_slots: list[tuple[str, str]] = []
-    for pf in pfs:
-        for vf in pf.vfs:
-            if (RESOURCE_SRIOV_VF, vf.pci_address) not in used:
-                vf_slots.append((pf.pci_address, vf.pci_address))
+    for iface in pfs:
+        for function in iface.vfs:
+            if (RESOURCE_SRIOV_VF, function.pci_address) not in used:
+                vf_slots.append((iface.pci_address, function.pci_address))
     rdmas = [r.pci_address for r in topology.rdma_devices if (RESOURCE_RDMA, r.name) not in used]
     vfs_needed = max(request.sriov_vfs, 1 if "SRIOV" in request.communication else 0)
     rdma_needed = max(request.rdma, 1 if "RDMA" in request.communication else 0)
@@ -148,9 +148,9 @@ def optimum_cost(
                         net += sum(vf_distance(g, pf, vf) for g in gpus)
                         net += sum(to_cpu(vf if topology.pci(vf) else pf, m) for m in numas)
                 for chosen in combinations(rdmas, rdma_needed):
-                    total = cpu_cost + net
-                    total += sum(w(g, r) for g in gpus for r in chosen)
-                    total += sum(to_cpu(r, m) for r in chosen for m in numas)
-                    if best is None or total < best:
-                        best = total
+                    cost = cpu_cost + net
+                    cost += sum(w(g, r) for g in gpus for r in chosen)
+                    cost += sum(to_cpu(r, m) for r in chosen for m in numas)
+                    if best is None or cost < best:
+                        best = cost
     return best

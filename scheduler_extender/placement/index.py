@@ -366,7 +366,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
     rdmas = tuple(replace(r, slot=len(vf_groups) + i) for i, r in enumerate(rdmas))
     nics = tuple(replace(n, slot=len(vf_groups) + len(rdmas) + i) for i, n in enumerate(nics))
     nets = (*vf_groups, *rdmas, *nics)
-    classes: dict[tuple[int, tuple[int, ...]], int] = {}
+    classes: dict[tuple[str, int, tuple[int, ...]], int] = {}
     gpu_class = tuple(
         classes.setdefault((g.resource, g.numa, tuple(n.gpu_levels[g.pos] for n in nets)), len(classes))
         for g in gpus

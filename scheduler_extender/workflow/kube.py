@@ -10,7 +10,7 @@ dicts in the API server's camelCase JSON form.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from scheduler_extender.workflow.spec import API_GROUP, PLURAL
 
@@ -105,6 +105,11 @@ class WorkflowApi(Protocol):
     def delete_claim(self, namespace: str, name: str) -> None: ...
 
 
+def _json_object(raw: object) -> dict[str, Any]:
+    """The custom-objects API answers the decoded JSON object but is annotated `object`."""
+    return cast(dict[str, Any], raw)
+
+
 def _translate(exc: Exception) -> Exception:
     """The client's exception as ours; a body the client itself refuses (ValueError) reads as a 422."""
     from kubernetes.client.exceptions import ApiException
@@ -159,23 +164,29 @@ class KubernetesWorkflowApi:
 
     def get_workflow(self, namespace: str, name: str) -> dict[str, Any]:
         try:
-            return self._custom.get_namespaced_custom_object(
-                API_GROUP, API_VERSION_ONLY, namespace, PLURAL, name
+            return _json_object(
+                self._custom.get_namespaced_custom_object(
+                    API_GROUP, API_VERSION_ONLY, namespace, PLURAL, name
+                )
             )
         except Exception as exc:
             raise _translate(exc) from None
 
     def create_workflow(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self._custom.create_namespaced_custom_object(
-                API_GROUP, API_VERSION_ONLY, namespace, PLURAL, body
+            return _json_object(
+                self._custom.create_namespaced_custom_object(
+                    API_GROUP, API_VERSION_ONLY, namespace, PLURAL, body
+                )
             )
         except Exception as exc:
             raise _translate(exc) from None
 
     def list_workflows(self, namespace: str) -> list[dict[str, Any]]:
         try:
-            out = self._custom.list_namespaced_custom_object(API_GROUP, API_VERSION_ONLY, namespace, PLURAL)
+            out = _json_object(
+                self._custom.list_namespaced_custom_object(API_GROUP, API_VERSION_ONLY, namespace, PLURAL)
+            )
         except Exception as exc:
             raise _translate(exc) from None
         return list(out.get("items", []))
@@ -198,21 +209,24 @@ class KubernetesWorkflowApi:
     def patch_workflow_status(self, namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
         """Replaces the whole status (a JSON patch): a field the controller no longer writes goes away."""
         try:
-            return self._custom.patch_namespaced_custom_object_status(
-                API_GROUP,
-                API_VERSION_ONLY,
-                namespace,
-                PLURAL,
-                name,
-                [{"op": "add", "path": "/status", "value": status}],
-                _content_type="application/json-patch+json",
+            return _json_object(
+                self._custom.patch_namespaced_custom_object_status(
+                    API_GROUP,
+                    API_VERSION_ONLY,
+                    namespace,
+                    PLURAL,
+                    name,
+                    [{"op": "add", "path": "/status", "value": status}],
+                    _content_type="application/json-patch+json",
+                )
             )
         except Exception as exc:
             raise _translate(exc) from None
 
     def create_pod(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
-            return self._plain(self._core.create_namespaced_pod(namespace, body))
+            # the client serializes a plain dict body as it does a V1Pod; its annotations name V1Pod only
+            return self._plain(self._core.create_namespaced_pod(namespace, body))  # type: ignore[arg-type]
         except Exception as exc:
             raise _translate(exc) from None
 
@@ -227,7 +241,8 @@ class KubernetesWorkflowApi:
             listed = self._core.list_namespaced_pod(namespace, label_selector=selector)
         except Exception as exc:
             raise _translate(exc) from None
-        return [self._plain(p) for p in listed.items], listed.metadata.resource_version
+        version = listed.metadata.resource_version if listed.metadata is not None else None
+        return [self._plain(p) for p in listed.items], version or ""
 
     def delete_pod(self, namespace: str, name: str) -> None:
         try:

@@ -24,6 +24,7 @@ import copy
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -148,32 +149,28 @@ def serve_observation(task: TaskSpec, deployment: Mapping[str, Any], namespace: 
     available = int(status.get("availableReplicas") or 0)
     address = endpoint(task.serve.name, namespace, task.serve.port)
     created = _time(meta.get("creationTimestamp"))
-    common = {
-        "name": task.serve.name,
-        "task": task.name,
-        "attempt": 0,
-        "started_at": created,
-        "endpoint": address,
-    }
+    pending = dag.PodObservation(
+        name=task.serve.name, task=task.name, attempt=0, phase="Pending", started_at=created, endpoint=address
+    )
     for condition in status.get("conditions") or []:
         if (
             condition.get("type") == "Progressing"
             and condition.get("status") == "False"
             and condition.get("reason") == "ProgressDeadlineExceeded"
         ):
-            return dag.PodObservation(
+            return replace(
+                pending,
                 phase="Failed",
                 reason="ProgressDeadlineExceeded",
                 message=f"{ready}/{wanted} replicas ready after {task.serve.progress_deadline_seconds}s: "
                 + (condition.get("message") or ""),
-                **common,
             )
     if current and updated >= wanted and available >= wanted and ready >= wanted:
-        return dag.PodObservation(phase="Succeeded", **common)
+        return replace(pending, phase="Succeeded")
     if ready or updated:
-        return dag.PodObservation(phase="Running", **common)
+        return replace(pending, phase="Running")
     note = "" if current else " (rollout not yet observed)"
-    return dag.PodObservation(phase="Pending", message=f"{ready}/{wanted} replicas ready{note}", **common)
+    return replace(pending, message=f"{ready}/{wanted} replicas ready{note}")
 
 
 def _time(value: Any) -> datetime | None:

@@ -296,7 +296,7 @@ def substitute(value: Any, values: Mapping[str, str]) -> Any:
     return value
 
 
-def _mapping(raw: Any, where: str) -> Mapping[str, Any]:
+def _mapping(raw: Any, where: str) -> Mapping[Any, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, Mapping):

@@ -81,11 +81,11 @@ def _park(ns: IPRoute, link: Any, host_name: str) -> int:
     return index
 
 
-def _links_with_alias(ipr: IPRoute, marker: str) -> list:
+def _links_with_alias(ipr: IPRoute, marker: str) -> list[Any]:
     return [link for link in ipr.get_links() if link.get_attr("IFLA_IFALIAS") == marker]
 
 
-def _kind(link) -> str | None:
+def _kind(link: Any) -> str | None:
     info = link.get_attr("IFLA_LINKINFO")
     return info.get_attr("IFLA_INFO_KIND") if info is not None else None
 
@@ -241,6 +241,10 @@ class NicApplier:
                     spec["address"] = grant.mac
                 host.link("add", **spec)
                 index = _lookup(host, record.host_name)
+                if index is None:
+                    raise NicError(
+                        f"macvlan {record.host_name} is not in the host namespace after it was added"
+                    )
                 step("nic:created")
         elif index is None:
             raise NicError(f"VF netdev {record.host_name} is not in the host namespace")
@@ -255,7 +259,7 @@ class NicApplier:
                 raise NicError(f"the pod already has an interface named {record.ifname}")
             pod.link("set", index=index, state="down")
             pod.link("set", index=index, ifname=record.ifname)
-        settings: dict = {}
+        settings: dict[str, Any] = {}
         if grant.mtu is not None and link.get_attr("IFLA_MTU") != grant.mtu:
             settings["mtu"] = grant.mtu
         if grant.mac is not None and link.get_attr("IFLA_ADDRESS") != grant.mac:
@@ -321,9 +325,9 @@ class NicApplier:
                     continue
                 host.link("set", index=_park(host, link, record.host_name), ifalias="")
             if record.mode == "macvlan":
-                index = _lookup(host, record.host_name)
-                if index is not None and _kind(host.get_links(index)[0]) == "macvlan":
-                    host.link("del", index=index)
+                leftover = _lookup(host, record.host_name)
+                if leftover is not None and _kind(host.get_links(leftover)[0]) == "macvlan":
+                    host.link("del", index=leftover)
         if record.mode == "sriov" and self.vf_control is not None:
             assert record.pf is not None and record.vf_index is not None
             self.vf_control.set(record.pf, record.vf_index, record.vf_original or VfSettings())

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pyroute2.netlink.exceptions import NetlinkError
+
+if TYPE_CHECKING:
+    from pyroute2 import IPRoute
 
 from agent.apply.checkpoint import VfSettings
 from agent.apply.nic.netns import netlink
@@ -124,7 +127,7 @@ class NetlinkVfControl:
     def __init__(self, host_netns: str | None = None) -> None:
         self.host_netns = host_netns
 
-    def _pf_index(self, ipr, pf: str) -> int:
+    def _pf_index(self, ipr: IPRoute, pf: str) -> int:
         found = ipr.link_lookup(ifname=pf)
         if not found:
             raise SriovError(f"PF {pf} not found")
@@ -160,7 +163,7 @@ class NetlinkVfControl:
         raise SriovError(f"PF {pf} reports no VF {vf}")
 
     def set(self, pf: str, vf: int, settings: VfSettings) -> None:
-        spec: dict = {
+        spec: dict[str, Any] = {
             "vf": vf,
             "vlan": settings.vlan,
             "spoofchk": int(settings.spoofchk),
