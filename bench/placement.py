@@ -15,7 +15,7 @@ number of later arrivals, so devices fragment. Strategies:
 (a) and (b) pick the node as kube-scheduler's default LeastAllocated does, and
 once more with MostAllocated (bin packing), since ours packs too.
 - (c) optimum: on a small cluster, every strategy's per-pod cost against the
-  exhaustive optimum over all nodes in the same state (scheduler_extender.placement.exact).
+  exhaustive optimum over all nodes in the same state (tests.support.exact).
 
 Printed per strategy: pods placed before the first refusal, placed (and GPU
 units: whole GPUs, MIG instances, time-slices) and refused in the whole trace,
@@ -74,8 +74,8 @@ from scheduler_extender.placement import (  # noqa: E402
     score_nodes,
 )
 from scheduler_extender.placement.engine import forget_plans  # noqa: E402
-from scheduler_extender.placement.exact import optimum_cost  # noqa: E402
-from scheduler_extender.placement.synthetic import (  # noqa: E402
+from tests.support.exact import optimum_cost  # noqa: E402
+from tests.support.synthetic import (  # noqa: E402
     cpus_and_numa,
     dgx_like,
     edge_box,

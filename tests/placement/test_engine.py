@@ -18,7 +18,7 @@ from scheduler_extender.placement import (
     place,
     score_nodes,
 )
-from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation
+from tests.support.synthetic import dgx_like, edge_box, pcie_workstation
 
 
 def request(**kw) -> PodRequest:

@@ -12,8 +12,8 @@ from gedge_model import Allocation, DeviceGrant, NodeState
 from gedge_model.allocation import mig_resource_name
 from scheduler_extender.placement import Placement, PodRequest, Refusal, place
 from scheduler_extender.placement.engine import forget_plans
-from scheduler_extender.placement.exact import optimum_cost
-from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation
+from tests.support.exact import optimum_cost
+from tests.support.synthetic import dgx_like, edge_box, pcie_workstation
 
 TOPOLOGIES = {
     "dgx-nvswitch": lambda: dgx_like("n", vfs_per_nic=2, cores_per_socket=4),

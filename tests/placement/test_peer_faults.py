@@ -31,10 +31,10 @@ from scheduler_extender.placement import (
     place,
     score_nodes,
 )
-from scheduler_extender.placement.synthetic import cpus_and_numa
 from tests.discovery.fake_nvml import FakeMigDevice, FakeProfile
 from tests.discovery.gpu_box import build_box
 from tests.discovery.sysfs_builder import SysfsBuilder
+from tests.support.synthetic import cpus_and_numa
 
 
 def request(**kw) -> PodRequest:
