@@ -68,12 +68,14 @@ from gedge_model import (  # noqa: E402
 from gedge_model.allocation import mig_resource_name  # noqa: E402
 from scheduler_extender.placement import (  # noqa: E402
     Placement,
+    PlacementConfig,
+    PlanMemo,
     PodRequest,
+    Refusal,
     free_capacity,
-    place,
     score_nodes,
 )
-from scheduler_extender.placement.engine import forget_plans  # noqa: E402
+from scheduler_extender.placement import place as engine_place  # noqa: E402
 from tests.support.exact import optimum_cost  # noqa: E402
 from tests.support.synthetic import (  # noqa: E402
     cpus_and_numa,
@@ -83,6 +85,19 @@ from tests.support.synthetic import (  # noqa: E402
 )
 
 LEVEL_ORDER = list(Level)
+PLANS = PlanMemo()
+"""The bench's plan memo, as the extender keeps one."""
+
+
+def place(
+    state: NodeState,
+    request: PodRequest,
+    config: PlacementConfig | None = None,
+    reserved: Iterable[Allocation] = (),
+) -> Placement | Refusal:
+    return engine_place(state, request, config or PlacementConfig(), reserved, PLANS)
+
+
 LIFETIME = (10, 60)
 """A pod leaves after this many later arrivals (uniform): the mixed cluster runs near full."""
 GPU_RESOURCES = ("gedge.io/gpu", "gedge.io/gpu-shared")
@@ -444,7 +459,7 @@ def timing(states: Iterable[NodeState], pods: list[TracePod], shapes: int = 30) 
     clock = time.perf_counter
     for state in states:
         for request in requests:
-            forget_plans()
+            PLANS.clear()
             t0 = clock()
             place(state, request)
             t1 = clock()
@@ -668,7 +683,7 @@ def many_numa_nodes() -> None:
         )
         rows = []
         for label, state in (("refused", NodeState(topology, (held,))), ("placed", NodeState(topology))):
-            forget_plans()
+            PLANS.clear()
             t0 = time.perf_counter()
             outcome = place(
                 state, PodRequest("bench", "p", "p", cpus=32, cpu_pinning=True, policy="restricted")
