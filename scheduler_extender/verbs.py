@@ -146,12 +146,12 @@ _MemoEntry = tuple[NodeState, int, Outcome]
 """(the node state placed on, the assume-cache version of the node then, the outcome)."""
 
 
-_ScoreKey = tuple[float, int, int]
-"""What score_nodes reads of a placement: (cost, stranded, leftover)."""
+_ScoreKey = tuple[object, ...]
+"""What score_nodes reads of a placement (Placement.score_key)."""
 
 
 def _score_key(placement: Placement) -> _ScoreKey:
-    return (placement.cost, placement.stranded, placement.leftover)
+    return placement.score_key
 
 
 def _fragment(name: str, score: int) -> bytes:

@@ -23,6 +23,9 @@ class PlacementConfig:
     """The farthest GPU<->network-device level `same-switch` accepts."""
     max_exhaustive: int = 256
     """Largest number of GPU combinations tried exhaustively; beyond it, greedy growth from every seed."""
+    packing: float = 8.0
+    """score_nodes' weight of packing against distance, in cost units: a node ranks by its cost plus
+    `packing` times the share of the pod's main resource it would have left free (0: cost alone)."""
 
     def __post_init__(self) -> None:
         for label, value in (
@@ -36,6 +39,8 @@ class PlacementConfig:
             raise ValueError(f"weights lack level(s) {', '.join(missing)}")
         if any(not math.isfinite(w) or w < 0 for w in self.weights.values()):
             raise ValueError("weights must be finite and non-negative")
+        if not math.isfinite(self.packing) or self.packing < 0:
+            raise ValueError(f"packing must be a finite number >= 0, not {self.packing!r}")
         if self.max_exhaustive < 1:
             raise ValueError("max_exhaustive must be at least 1")
         by_ordinal = tuple(float(self.weights[level]) for level in LEVELS)
@@ -67,9 +72,21 @@ class Placement:
     score_nodes ranks nodes by (None: `cost`), so link counts choose GPUs inside a node but do not
     pull pods off a node that packing would fill."""
 
+    free_share: float = 0.0
+    """The share (0..1) of the node's units of the pod's main resource left free afterwards: packing
+    prefers nodes it fills."""
+    at_best: bool = True
+    """Whether the allocation's worst level is the best this node offers the pod when empty: nodes
+    where fragmentation would cost the pod a level rank below those where it does not."""
+
     @property
     def rank_cost(self) -> float:
         return self.cost if self.level_cost is None else self.level_cost
+
+    @property
+    def score_key(self) -> tuple[object, ...]:
+        """Everything score_nodes reads of the placement: equal keys score equally."""
+        return (self.rank_cost, self.stranded, self.leftover, self.free_share, self.at_best)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,8 @@ def place(
     the same state (None: search every time).
     """
     index = topology_index(state.topology)
+    if not index.empty:
+        free_set(index, NodeState(state.topology))
     if plans is None:
         plan: Plan | str | None = _plan(index, free_set(index, state, reserved), request, config)
     else:
@@ -124,7 +126,9 @@ def place(
         grants, extra = picked
         cost = round(cost + extra, 6)
         allocation = dataclasses.replace(allocation, devices=allocation.devices + grants, cost=cost)
-    return Placement(allocation, cost, plan.leftover, plan.stranded, plan.level_cost)
+    return Placement(
+        allocation, cost, plan.leftover, plan.stranded, plan.level_cost, plan.free_share, plan.at_best
+    )
 
 
 def _pick_vfio(
@@ -202,17 +206,39 @@ def _plan(index: TopologyIndex, free: FreeSet, request: PodRequest, config: Plac
         network = ("macvlan", choice.nic.slot, -1)
     numas = {gpus[p].numa for p in choice.pick.gpus}
     numas |= {g.numa for g, _ in choice.vfs} | {r.numa for r in choice.rdmas} | set(choice.cpu_numas)
+    worst = choice.worst(index)
+    leftover = _leftover(request, free, choice)
+    empty = _empty(index, free)
+    total = leftover + _taken(request, choice) if empty is free else _available(request, empty, choice)
     return Plan(
         devices=tuple(devices),
         cpus=choice.cpus,
         numa_nodes=tuple(sorted(numas - {NO_NUMA})),
         cost=round(choice.cost, 6),
         level_cost=round(choice.cost + _link_bonus(search, choice.pick.gpus), 6),
-        worst=LEVELS[choice.worst(index)].value,
+        worst=LEVELS[worst].value,
         network=network,
-        leftover=_leftover(request, free, choice),
+        leftover=leftover,
         stranded=_stranded(request, free),
+        free_share=round(leftover / total, 6) if total > 0 else 0.0,
+        at_best=empty is free or worst <= _best_worst(index, empty, request, config),
     )
+
+
+def _empty(index: TopologyIndex, free: FreeSet) -> FreeSet:
+    """The node's free set with nothing allocated (place() computes it first)."""
+    return index.empty[0] if index.empty else free  # type: ignore[return-value]
+
+
+def _best_worst(index: TopologyIndex, empty: FreeSet, request: PodRequest, config: PlacementConfig) -> int:
+    """The worst level of the pod's allocation on this node when empty (kept on the index per shape)."""
+    key = ("best-worst", request.shape, config.memo_key)
+    found = index.grants.get(key)
+    if found is None:
+        plan = _plan(index, empty, request, config)
+        found = len(LEVELS) if isinstance(plan, str) else LEVELS.index(Level(plan.worst))
+        index.grants[key] = found
+    return found  # type: ignore[return-value]
 
 
 def _link_bonus(search: Search, gpus: Sequence[int]) -> float:
@@ -231,6 +257,28 @@ def _stranded(request: PodRequest, free: FreeSet) -> int:
     wanted = {resource for resource, _ in request.cards}
     count += sum(len(ps) for resource, ps in free.cards.items() if resource not in wanted)
     return count
+
+
+def _taken(request: PodRequest, choice: Choice) -> int:
+    """Units of the pod's main resource (as _leftover reads it) the choice takes."""
+    if request.gpus:
+        return request.gpus
+    if request.gpu_shared:
+        return request.gpu_shared
+    if request.mig:
+        return sum(n for _, n in request.mig)
+    if request.cards:
+        return sum(n for _, n in request.cards)
+    if choice.vfs:
+        return len(choice.vfs)
+    if choice.rdmas:
+        return len(choice.rdmas)
+    return len(choice.cpus)
+
+
+def _available(request: PodRequest, free: FreeSet, choice: Choice) -> int:
+    """Free units of the pod's main resource (as _leftover reads it) in `free`."""
+    return _leftover(request, free, choice) + _taken(request, choice)
 
 
 def _leftover(request: PodRequest, free: FreeSet, choice: Choice) -> int:
@@ -255,31 +303,40 @@ def _leftover(request: PodRequest, free: FreeSet, choice: Choice) -> int:
 def score_nodes(
     placements: Mapping[str, Placement], config: PlacementConfig = DEFAULT_CONFIG
 ) -> dict[str, int]:
-    """0..10 per node: the lowest-cost nodes score 10 or 9, the rest 8..0 linearly by cost.
+    """0..10 per node: the best-ranked nodes score 10 or 9, the rest 8..0 linearly by rank.
 
-    Cost here is `Placement.rank_cost`: NVLink pairs at the plain NV weight, so
-    a node with more links per pair does not outrank one packing would fill.
+    A node's rank is its `Placement.rank_cost` (NVLink pairs at the plain NV
+    weight, so more links per pair do not pull pods off a node packing would
+    fill) plus `config.packing` times the share of the pod's main resource it
+    would leave free (pack; spread: the share it would take). Nodes where the
+    pod gets the best level the node offers it when empty (`at_best`) rank
+    before those where fragmentation costs it a level.
 
-    Among the lowest-cost nodes, 10 goes to those stranding the fewest
+    Among the best-ranked nodes, 10 goes to those stranding the fewest
     accelerators the pod does not use, then by the pack/spread strategy: pack
     prefers the fewest free units of the pod's resource left (filling started
-    nodes keeps others whole for large pods), spread the most. A node with a
-    cheaper allocation always outranks a dearer one.
+    nodes keeps others whole for large pods), spread the most.
     """
     if not placements:
         return {}
-    costs = {name: p.rank_cost for name, p in placements.items()}
-    low, high = min(costs.values()), max(costs.values())
     sign = 1 if config.node_strategy == "pack" else -1
+
+    def packing(p: Placement) -> float:
+        return config.packing * (p.free_share if sign > 0 else 1.0 - p.free_share)
+
+    ranks = {name: p.rank_cost + packing(p) for name, p in placements.items()}
+    spread = max(ranks.values()) - min(ranks.values()) + 1.0
+    ranks = {name: r + (0.0 if placements[name].at_best else spread) for name, r in ranks.items()}
+    low, high = min(ranks.values()), max(ranks.values())
 
     def fit(p: Placement) -> tuple[int, int]:
         return (p.stranded, sign * p.leftover)
 
-    preferred = min(fit(placements[name]) for name, cost in costs.items() if cost <= low + EPS)
+    preferred = min(fit(placements[name]) for name, rank in ranks.items() if rank <= low + EPS)
     scores = {}
-    for name, cost in costs.items():
-        if cost <= low + EPS:
+    for name, rank in ranks.items():
+        if rank <= low + EPS:
             scores[name] = 10 if fit(placements[name]) == preferred else 9
         else:
-            scores[name] = max(0, min(8, round(8 * (high - cost) / (high - low))))
+            scores[name] = max(0, min(8, round(8 * (high - rank) / (high - low))))
     return scores

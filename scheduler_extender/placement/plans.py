@@ -42,6 +42,8 @@ class Plan:
     leftover: int
     stranded: int
     level_cost: float
+    free_share: float = 0.0
+    at_best: bool = True
 
 
 class PlanMemo:
