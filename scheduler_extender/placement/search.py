@@ -396,11 +396,73 @@ class Search:
             return list(entries)
         return [e for e in entries if max(e.gpu_levels[g] for g in gpus) <= limit]
 
+    def network(
+        self,
+        cost: float,
+        bound: float,
+        to_cpus: Mapping[int, float] | None,
+        vf_base: list[tuple[float, NetEntry]],
+        rd_base: list[tuple[float, NetEntry]],
+        nic_base: list[tuple[float, NetEntry]],
+        vf_members: Mapping[int, list[str]],
+    ) -> tuple[float, list[tuple[NetEntry, str]], list[NetEntry], NetEntry | None] | None:
+        """Step 3: the VFs, RDMA devices and data NIC for one GPU pick and CPU option, cheapest first.
+
+        `*_base`: (price towards the pick's GPUs, entry) per allowed entry; `to_cpus`: what a
+        device on each NUMA node pays towards the CPU option's nodes (None: no pinned CPUs).
+        Answers (cost with them, vfs, rdmas, nic), or None when they are short or cost past `bound`.
+        """
+        needs, aware = self.needs, self.aware
+        want_vfs = needs.vfs or (1 if needs.optional_vf else 0)
+        vfs: list[tuple[NetEntry, str]] = []
+        if want_vfs:
+            priced_vfs = [(p + to_cpus[e.numa], e) for p, e in vf_base] if to_cpus is not None else vf_base
+            if want_vfs == 1 and priced_vfs:
+                priced_vfs = [min(priced_vfs, key=_first) if aware else priced_vfs[0]]
+            elif aware:
+                priced_vfs = sorted(priced_vfs, key=_first)
+            for price, entry in priced_vfs:
+                for member in vf_members[entry.slot]:
+                    if len(vfs) == want_vfs:
+                        break
+                    vfs.append((entry, member))
+                    cost += price
+            if len(vfs) < needs.vfs or cost > bound:
+                return None
+        rdmas: list[NetEntry] = []
+        if needs.rdmas:
+            priced_rd = [(p + to_cpus[e.numa], e) for p, e in rd_base] if to_cpus is not None else rd_base
+            if len(priced_rd) < needs.rdmas:
+                return None
+            if aware:
+                masters = {g.master for g, _ in vfs}
+                priced_rd = sorted(priced_rd, key=lambda p: (p[0], masters.isdisjoint(p[1].netdevs)))
+            for price, entry in priced_rd[: needs.rdmas]:
+                rdmas.append(entry)
+                cost += price
+        nic = None
+        if needs.optional_vf and not vfs:
+            priced_nic = [(p + to_cpus[e.numa], e) for p, e in nic_base] if to_cpus is not None else nic_base
+            if not priced_nic:
+                return None
+            if aware:
+                netdevs = {d for r in rdmas for d in r.netdevs}
+                priced_nic = sorted(priced_nic, key=lambda p: (p[0], p[1].ident not in netdevs))
+            price, nic = priced_nic[0]
+            cost += price
+        if cost > bound:
+            return None
+        return cost, vfs, rdmas, nic
+
     def best(self, free: FreeSet, checked: bool = False) -> Choice | None:
-        """The cheapest choice from `free`; `checked` says the caller saw no shortfall already."""
+        """The cheapest choice from `free`; `checked` says the caller saw no shortfall already.
+
+        Step 1 `gpu_picks`, step 2 `cpu_options`, step 3 `network` for each pair of them, skipping
+        a pick or option whose lower bound cannot beat the best so far.
+        """
         if not checked and shortfalls(self.request, free):
             return None
-        needs, aware = self.needs, self.aware
+        needs = self.needs
         want_vfs = needs.vfs or (1 if needs.optional_vf else 0)
         rows = self.priced.net_rows
         near, far = self.priced.near, self.priced.far
@@ -476,44 +538,12 @@ class Search:
                 )
                 if cost > bound:
                     continue
-                vfs: list[tuple[NetEntry, str]] = []
-                if want_vfs:
-                    priced_vfs = [(p + to_cpus[e.numa], e) for p, e in vf_base] if cpu_numas else vf_base
-                    if want_vfs == 1 and priced_vfs:
-                        priced_vfs = [min(priced_vfs, key=_first) if aware else priced_vfs[0]]
-                    elif aware:
-                        priced_vfs = sorted(priced_vfs, key=_first)
-                    for price, entry in priced_vfs:
-                        for member in vf_members[entry.slot]:
-                            if len(vfs) == want_vfs:
-                                break
-                            vfs.append((entry, member))
-                            cost += price
-                    if len(vfs) < needs.vfs or cost > bound:
-                        continue
-                rdmas: list[NetEntry] = []
-                if needs.rdmas:
-                    priced_rd = [(p + to_cpus[e.numa], e) for p, e in rd_base] if cpu_numas else rd_base
-                    if len(priced_rd) < needs.rdmas:
-                        continue
-                    if aware:
-                        masters = {g.master for g, _ in vfs}
-                        priced_rd = sorted(priced_rd, key=lambda p: (p[0], masters.isdisjoint(p[1].netdevs)))
-                    for price, entry in priced_rd[: needs.rdmas]:
-                        rdmas.append(entry)
-                        cost += price
-                nic = None
-                if needs.optional_vf and not vfs:
-                    priced_nic = [(p + to_cpus[e.numa], e) for p, e in nic_base] if cpu_numas else nic_base
-                    if not priced_nic:
-                        continue
-                    if aware:
-                        netdevs = {d for r in rdmas for d in r.netdevs}
-                        priced_nic = sorted(priced_nic, key=lambda p: (p[0], p[1].ident not in netdevs))
-                    price, nic = priced_nic[0]
-                    cost += price
-                if cost > bound:
+                network = self.network(
+                    cost, bound, to_cpus if cpu_numas else None, vf_base, rd_base, nic_base, vf_members
+                )
+                if network is None:
                     continue
+                cost, vfs, rdmas, nic = network
                 numas = {gpu_numa[g] for g in gpus}
                 numas.update((e.numa for e, _ in vfs), (e.numa for e in rdmas))
                 if nic is not None:
