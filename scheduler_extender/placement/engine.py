@@ -1,5 +1,9 @@
 """Choose a pod's devices and CPUs on one node: the allocation with the lowest distance cost.
 
+Entry points: `place` (one node) and `score_nodes` (ranking nodes). The parts:
+`free` (what is free), `search` (GPUs, then CPUs, then network devices),
+`policy` (one module per topology policy), `plans` (the plan memo).
+
 Pure functions over `NodeState` and `PodRequest`. Cost is the weighted sum of
 pair distances (gedge_model.distance levels and weights) over GPU<->GPU,
 GPU<->VF/RDMA/NIC and every device<->the NUMA nodes of the pinned CPUs; the
@@ -24,9 +28,12 @@ Decisions worth knowing:
   by default: one switch hierarchy below the host bridge, which is how
   DGX-class machines wire GPU and NIC) or closer. Devices with an unknown NUMA
   node align with every node.
-- Node structure memo: plans are kept by (structure, free set, pod shape,
-  config), so nodes of one hardware kind in one state share one search; the
-  device ids come from each node's own index.
+- Node structure memo: a `PlanMemo` handed to place() keeps plans by
+  (structure, free set, pod shape, config), so nodes of one hardware kind in
+  one state share one search; the device ids come from each node's own index.
+- Node scores weigh packing against distance (`PlacementConfig.packing`): a
+  placement carries the share of its main resource it leaves free and whether
+  its worst level is the best the empty node offers the pod.
 - `topology_aware` false (a pod opting out; alignment is the default): first
   free devices and CPUs in id order, still exclusive and still priced.
 - Pinned CPUs: gedge_model.cpu_pool's rule, the one the agent applies, so the
