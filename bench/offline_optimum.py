@@ -24,6 +24,7 @@ for none.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -83,7 +84,12 @@ class _Model:
             self.pricing.append(self.pricing_now)
 
     def solve(
-        self, objective: dict[int, float], maximize: bool, seconds: float, priced: bool
+        self,
+        objective: dict[int, float],
+        maximize: bool,
+        seconds: float,
+        priced: bool,
+        start: np.ndarray | None = None,
     ) -> tuple[float, float, np.ndarray]:
         h = highspy.Highs()
         h.setOptionValue("output_flag", False)
@@ -113,6 +119,11 @@ class _Model:
             np.array(value, dtype=np.float64),
         )
         h.changeObjectiveSense(highspy.ObjSense.kMaximize if maximize else highspy.ObjSense.kMinimize)
+        if start is not None:
+            given = highspy.HighsSolution()
+            given.col_value = list(start)
+            given.value_valid = True
+            h.setSolution(given)
         h.run()
         info = h.getInfo()
         solution = np.array(h.getSolution().col_value)
@@ -145,9 +156,12 @@ def offline_optimum(
     def hold(node: str, key: object, pod: int, col: int, units: float = 1.0) -> None:
         holds.setdefault((node, key), []).append((pod, col, units))
 
+    factors: dict[int, tuple[int, int]] = {}
+
     def both(a: int, b: int, weight: float) -> int:
         """A column worth `weight` that is the product of binary columns a and b."""
         z = m.var()
+        factors[z] = (a, b)
         m.pricing_now = True
         m.row(-1.0, highspy.kHighsInf, [(z, 1.0), (a, -1.0), (b, -1.0)])
         m.row(-highspy.kHighsInf, 0.0, [(z, 1.0), (a, -1.0)])
@@ -340,7 +354,10 @@ def offline_optimum(
             if sum(units * (m.upper[col]) for col, units in terms) > cap:
                 m.row(-highspy.kHighsInf, float(cap), terms)
 
-    most, most_bound, _ = m.solve({a: 1.0 for a in placed}, maximize=True, seconds=seconds, priced=False)
+    most, most_bound, found = m.solve({a: 1.0 for a in placed}, maximize=True, seconds=seconds, priced=False)
+    start = np.round(found)
+    for z, (a, b) in factors.items():  # the first solve left the products free: make them products
+        start[z] = start[a] * start[b]
     pods = round(most)
     rows = len(m.rows)
     priced_sets: dict[str, tuple[float, float]] = {}
@@ -352,7 +369,9 @@ def offline_optimum(
         priced_sets[label] = (value, bound)
         del m.rows[rows:], m.pricing[rows:]
     m.row(float(pods), highspy.kHighsInf, [(a, 1.0) for a in placed])
-    least, least_bound, _ = m.solve(cost, maximize=False, seconds=seconds, priced=True)
+    least, least_bound, _ = m.solve(cost, maximize=False, seconds=seconds, priced=True, start=start)
+    if not math.isfinite(least):  # no better schedule found in time: the first one, priced
+        least = float(sum(weight * start[z] for z, weight in cost.items()))
     return Optimum(
         pods=pods,
         pods_bound=int(most_bound + 1e-6),
