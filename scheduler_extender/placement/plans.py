@@ -64,10 +64,11 @@ class PlanMemo:
     def __len__(self) -> int:
         return len(self._plans)
 
-    def clear(self) -> None:
-        """Forget every plan and free set, so the next place() searches again."""
+    def clear(self, plans_only: bool = False) -> None:
+        """Forget every plan (and free set, unless `plans_only`), so the next place() searches again."""
         self._plans.clear()
-        self._free.clear()
+        if not plans_only:
+            self._free.clear()
 
     def get(self, key: tuple[object, ...]) -> Plan | str | None:
         return self._plans.get(key)
