@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 from gedge_model import Allocation, NodeState, NodeTopology  # noqa: E402
 from scheduler_extender.placement import PlacementConfig, parse_pod_request, place  # noqa: E402
 from scheduler_extender.placement.engine import Placement  # noqa: E402
-from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation  # noqa: E402
+from tests.support.synthetic import dgx_like, edge_box, pcie_workstation  # noqa: E402
 
 SEED = 20240601
 

@@ -15,7 +15,7 @@ number of later arrivals, so devices fragment. Strategies:
 (a) and (b) pick the node as kube-scheduler's default LeastAllocated does, and
 once more with MostAllocated (bin packing), since ours packs too.
 - (c) optimum: on a small cluster, every strategy's per-pod cost against the
-  exhaustive optimum over all nodes in the same state (scheduler_extender.placement.exact).
+  exhaustive optimum over all nodes in the same state (tests.support.exact).
 
 Printed per strategy: pods placed before the first refusal, placed (and GPU
 units: whole GPUs, MIG instances, time-slices) and refused in the whole trace,
@@ -51,10 +51,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
 
 from gedge_model import (  # noqa: E402
     DEFAULT_WEIGHTS,
@@ -69,21 +71,40 @@ from gedge_model import (  # noqa: E402
 from gedge_model.allocation import mig_resource_name  # noqa: E402
 from scheduler_extender.placement import (  # noqa: E402
     Placement,
+    PlacementConfig,
+    PlanMemo,
     PodRequest,
+    Refusal,
     free_capacity,
-    place,
     score_nodes,
 )
-from scheduler_extender.placement.engine import forget_plans  # noqa: E402
-from scheduler_extender.placement.exact import optimum_cost  # noqa: E402
-from scheduler_extender.placement.synthetic import (  # noqa: E402
+from scheduler_extender.placement import place as engine_place  # noqa: E402
+from tests.support.exact import optimum_cost  # noqa: E402
+from tests.support.synthetic import (  # noqa: E402
     cpus_and_numa,
     dgx_like,
     edge_box,
     pcie_workstation,
 )
 
+if TYPE_CHECKING:
+    from offline_optimum import Optimum
+
 LEVEL_ORDER = list(Level)
+PLANS = PlanMemo()
+DEFAULT_CONFIG = PlacementConfig()
+"""The bench's plan memo, as the extender keeps one."""
+
+
+def place(
+    state: NodeState,
+    request: PodRequest,
+    config: PlacementConfig | None = None,
+    reserved: Iterable[Allocation] = (),
+) -> Placement | Refusal:
+    return engine_place(state, request, config or DEFAULT_CONFIG, reserved, PLANS)
+
+
 LIFETIME = (10, 60)
 """A pod leaves after this many later arrivals (uniform): the mixed cluster runs near full."""
 GPU_RESOURCES = ("gedge.io/gpu", "gedge.io/gpu-shared")
@@ -175,14 +196,24 @@ Choice = tuple[str, Allocation] | None
 Strategy = Callable[[dict[str, NodeState], PodRequest, random.Random], Choice]
 
 
-def ours(states: dict[str, NodeState], request: PodRequest, rng: random.Random) -> Choice:
-    placements = {name: o for name, s in states.items() if isinstance(o := place(s, request), Placement)}
-    if not placements:
-        return None
-    scores = score_nodes(placements)
-    top = max(scores.values())
-    node = rng.choice(sorted(n for n, s in scores.items() if s == top))  # kube-scheduler: random among ties
-    return node, placements[node].allocation
+def ours_with(config: PlacementConfig) -> Strategy:
+    """place() on every node, score_nodes() under `config` picks the node."""
+
+    def strategy(states: dict[str, NodeState], request: PodRequest, rng: random.Random) -> Choice:
+        placements = {
+            name: o for name, s in states.items() if isinstance(o := place(s, request, config), Placement)
+        }
+        if not placements:
+            return None
+        scores = score_nodes(placements, config)
+        top = max(scores.values())
+        node = rng.choice(sorted(n for n, s in scores.items() if s == top))  # kube-scheduler: random ties
+        return node, placements[node].allocation
+
+    return strategy
+
+
+ours = ours_with(PlacementConfig())
 
 
 def first_free(state: NodeState, request: PodRequest) -> Allocation | None:
@@ -370,6 +401,8 @@ class Run:
     at_best: int = 0
     gpu_units: int = 0
     """Whole GPUs, MIG instances and time-slices handed out."""
+    placed_steps: list[int] = field(default_factory=list)
+    """Trace positions of the pods placed."""
     optimum_pods: int = 0
     optimum_cost: float = 0.0
     cost_at_optimum_pods: float = 0.0
@@ -410,6 +443,7 @@ def run(
         states[node] = replace(states[node], allocations=(*states[node].allocations, allocation))
         leaving.setdefault(step + pod.lifetime, []).append((node, request.uid))
         result.placed += 1
+        result.placed_steps.append(step)
         result.gpu_units += sum(
             1
             for d in allocation.devices
@@ -445,7 +479,7 @@ def timing(states: Iterable[NodeState], pods: list[TracePod], shapes: int = 30) 
     clock = time.perf_counter
     for state in states:
         for request in requests:
-            forget_plans()
+            PLANS.clear(plans_only=True)
             t0 = clock()
             place(state, request)
             t1 = clock()
@@ -669,7 +703,7 @@ def many_numa_nodes() -> None:
         )
         rows = []
         for label, state in (("refused", NodeState(topology, (held,))), ("placed", NodeState(topology))):
-            forget_plans()
+            PLANS.clear()
             t0 = time.perf_counter()
             outcome = place(
                 state, PodRequest("bench", "p", "p", cpus=32, cpu_pinning=True, policy="restricted")
@@ -683,6 +717,97 @@ def many_numa_nodes() -> None:
             kind = "placed" if isinstance(outcome, Placement) else "refused"
             rows.append(f"{label}: {kind} in {1000 * took:.1f} ms, {size} bytes")
         print(f"  {count} NUMA nodes: " + "; ".join(rows))
+
+
+def offline_small(
+    small: list[NodeTopology], pods: list[TracePod], runs: list[Run], seconds: float
+) -> Optimum | None:
+    """The offline optimum of the small-cluster trace, and the least cost of each run's pods
+    (None: HiGHS not installed)."""
+    try:
+        from offline_optimum import offline_optimum
+    except ImportError:
+        print("\noffline optimum: skipped (install the bench extra: pip install -e '.[bench]')")
+        return None
+
+    def fits_empty(topology: NodeTopology, request: PodRequest) -> bool:
+        return isinstance(place(NodeState(topology), request), Placement)
+
+    return offline_optimum(
+        small,
+        [p.request for p in pods],
+        [p.lifetime for p in pods],
+        fits_empty,
+        seconds=seconds,
+        cost_of={r.name: r.placed_steps for r in runs},
+    )
+
+
+def ratio(value: float, base: float) -> str:
+    return f"{value / base:.3f}" if base and base < float("inf") else "-"
+
+
+def report_offline(runs: list[Run], offline: Optimum | None) -> None:
+    if offline is None:
+        return
+    proven = (
+        "proven"
+        if offline.pods >= offline.pods_bound
+        else f"no schedule places more than {offline.pods_bound}"
+    )
+    gap = offline.cost / offline.cost_bound - 1 if offline.cost_bound > 0 else 0.0
+    print(
+        f"\nsmall cluster vs the offline optimum of the whole trace (HiGHS MIP, {offline.variables} columns, "
+        f"{offline.rows} rows, {offline.seconds:.0f} s): most pods ({proven}), then least cost "
+        f"(within {100 * gap:.2f}% of its bound)"
+    )
+    print(
+        f"{'strategy':34s} {'placed':>7s} {'placed/optimum':>15s} {'mean cost':>10s} "
+        f"{'mean cost/optimum':>18s} {'cost/least for its pods':>24s}"
+    )
+    print(
+        f"{'offline optimum (HiGHS)':34s} {offline.pods:>7d} {1.0:>15.3f} "
+        f"{offline.mean_cost:>10.3f} {1.0:>18.3f} {1.0:>24.3f}"
+    )
+    for r in runs:
+        cost = sum(r.costs) / len(r.costs) if r.costs else 0.0
+        print(
+            f"{r.name:34s} {r.placed:>7d} {r.placed / max(1, offline.pods):>15.3f} {cost:>10.3f} "
+            f"{cost / offline.mean_cost if offline.mean_cost else 1.0:>18.3f} "
+            f"{ratio(sum(r.costs), offline.cost_of.get(r.name, (0.0, 0.0))[0]):>24s}"
+        )
+
+
+PACKING_WEIGHTS = (0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+
+
+def tradeoff(
+    cluster: list[NodeTopology],
+    pods: list[TracePod],
+    small: list[NodeTopology],
+    small_pods: list[TracePod],
+    fill_traces: list[list[TracePod]],
+    seed: int,
+) -> None:
+    """Ours under each packing weight (PlacementConfig.packing, cost units): distance against packing."""
+    print(
+        "\ndistance against packing: ours by PlacementConfig.packing "
+        f"(default {PlacementConfig().packing:g}); mixed trace, fills, small trace"
+    )
+    print(
+        f"{'packing':>8s} {'before 1st refusal':>18s} {'placed':>7s} {'mean cost':>10s} "
+        f"{'at best level':>14s} {'fill mean':>10s} {'small placed':>13s} {'small mean cost':>16s}"
+    )
+    for weight in PACKING_WEIGHTS:
+        strategy = ours_with(PlacementConfig(packing=weight))
+        big = run(f"packing {weight}", strategy, cluster, pods, seed)
+        little = run(f"packing {weight}", strategy, small, small_pods, seed)
+        filled = [fill(strategy, cluster, t, k) for k, t in enumerate(fill_traces)]
+        print(
+            f"{weight:>8g} {big.before_first_refusal:>18d} {big.placed:>7d} {mean(big.costs):>10s} "
+            f"{100 * big.at_best / max(1, big.placed):>13.1f}% {sum(filled) / len(filled):>10.1f} "
+            f"{little.placed:>13d} {mean(little.costs):>16s}"
+        )
 
 
 def mean(values: list[float]) -> str:
@@ -719,6 +844,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--churn", type=int, default=6)
     parser.add_argument("--gpu-picks", type=int, default=150, help="free sets per GPU topology")
     parser.add_argument("--gpu-fills", type=int, default=20, help="fills per GPU topology")
+    parser.add_argument(
+        "--optimum-pods", type=int, default=60, help="the small trace's first pods the offline optimum takes"
+    )
+    parser.add_argument(
+        "--optimum-seconds",
+        type=float,
+        default=120.0,
+        help="HiGHS time limit per solve of the offline optimum",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     strategies: list[tuple[str, Strategy]] = [
@@ -762,11 +896,13 @@ def main(argv: list[str] | None = None) -> int:
     churn_traces = [
         (trace(400, 2000 + k, cluster), trace(args.small_pods, 3000 + k, small)) for k in range(args.churn)
     ]
+    churn_placed: dict[str, list[int]] = {}
     for name, strategy in strategies:
         totals = [0, 0, 0, 0]
         for k, (mixed_pods, small_trace) in enumerate(churn_traces):
             big = run(name, strategy, cluster, mixed_pods, k)
             little = run(name, strategy, small, small_trace, k)
+            churn_placed.setdefault(name, []).extend((big.placed, little.placed))
             totals = [
                 totals[0] + big.placed,
                 totals[1] + big.gpu_units,
@@ -782,6 +918,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     small_runs = [run(name, s, small, small_pods, args.seed, with_optimum=True) for name, s in strategies]
     report("small cluster vs exact optimum", small_runs, optimum=True)
+    optimum_pods = small_pods[: args.optimum_pods]
+    optimum_runs = [run(name, s, small, optimum_pods, args.seed) for name, s in strategies]
+    offline = offline_small(small, optimum_pods, optimum_runs, args.optimum_seconds)
+    report_offline(optimum_runs, offline)
+    tradeoff(cluster, pods, small, small_pods, fill_traces, args.seed)
 
     against_gpuallocator(args.seed, args.gpu_picks, args.gpu_fills)
     many_numa_nodes()
@@ -799,6 +940,35 @@ def main(argv: list[str] | None = None) -> int:
     print(
         "pods before first refusal: "
         + ("ours never fewer than (a) or (b)" if not fewer else f"ours FEWER than {', '.join(fewer)}")
+    )
+    if offline is not None:
+        ours_opt = optimum_runs[0]
+        share = ours_opt.placed / offline.pods if offline.pods else 1.0
+        least = offline.cost_of.get(ours_opt.name, (0.0, 0.0))[0]
+        over = sum(ours_opt.costs) / least - 1 if least else 0.0
+        print(
+            f"ours vs offline optimum: {100 * share:.1f}% of its pods "
+            f"({ours_opt.placed} of {offline.pods}), cost {100 * over:+.2f}% over the least for the "
+            "same pods (goals: >= 97%, within 3%)"
+        )
+    behind = sorted(
+        {
+            name
+            for name, counts in churn_placed.items()
+            for o, c in zip(churn_placed[strategies[0][0]], counts, strict=True)
+            if c > o
+        }
+        | {name for name, counts in fills.items() for o, c in zip(ours_fills, counts, strict=True) if c > o}
+        | {r.name for r in runs[1:] if r.placed > runs[0].placed}
+        | {r.name for r in small_runs[1:] if r.placed > small_runs[0].placed}
+    )
+    print(
+        "pods placed per trace (fills, churn, both clusters): "
+        + (
+            "ours never fewer than (a) or (b)"
+            if not behind
+            else f"ours FEWER than {', '.join(behind)} on some"
+        )
     )
     print(f"runtime {time.perf_counter() - started:.1f} s")
     return 0

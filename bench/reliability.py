@@ -263,8 +263,8 @@ def extender_fuzz(seed: int, count: int) -> tuple[Row, Row]:
     from gedge_model import NodeState
     from scheduler_extender.http.app import build_app, start_server
     from scheduler_extender.node_source import StaticNodeSource
-    from scheduler_extender.placement.synthetic import edge_box
     from scheduler_extender.verbs import Extender
+    from tests.support.synthetic import edge_box
 
     class NoBinder:
         def bind(self, allocation: Any) -> None:

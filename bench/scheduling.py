@@ -58,9 +58,9 @@ import extender as mix  # noqa: E402  (bench/extender.py: the seeded cluster and
 from gedge_model import ANNOTATION, Allocation, NodeState  # noqa: E402
 from scheduler_extender.placement import parse_pod_request, place  # noqa: E402
 from scheduler_extender.placement.engine import Placement  # noqa: E402
-from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation  # noqa: E402
 from tests.e2e.control_plane import ControlPlane, binary_dir  # noqa: E402
 from tests.e2e.edge_cluster import advertised_resources, deploy_scheduler_configuration  # noqa: E402
+from tests.support.synthetic import dgx_like, edge_box, pcie_workstation  # noqa: E402
 
 CLIENT_THREADS = 8
 BIND_TIMEOUT = 600.0

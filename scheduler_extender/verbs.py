@@ -23,7 +23,14 @@ from gedge_model.driver import ANNOTATION_MIN_DRIVER, DriverVersionError, parse_
 from scheduler_extender.bind.assume import AssumeCache, AssumeConflict
 from scheduler_extender.bind.binder import Binder, BindError
 from scheduler_extender.node_source import NodeSource, NodeView, ObservableNodeSource
-from scheduler_extender.placement.engine import Placement, PlacementConfig, Refusal, place, score_nodes
+from scheduler_extender.placement.engine import (
+    Placement,
+    PlacementConfig,
+    PlanMemo,
+    Refusal,
+    place,
+    score_nodes,
+)
 from scheduler_extender.placement.request import PodRequest, RequestError, parse_pod_request
 from scheduler_extender.wire import (
     MAX_EXTENDER_PRIORITY,
@@ -139,12 +146,12 @@ _MemoEntry = tuple[NodeState, int, Outcome]
 """(the node state placed on, the assume-cache version of the node then, the outcome)."""
 
 
-_ScoreKey = tuple[float, int, int]
-"""What score_nodes reads of a placement: (cost, stranded, leftover)."""
+_ScoreKey = tuple[object, ...]
+"""What score_nodes reads of a placement (Placement.score_key)."""
 
 
 def _score_key(placement: Placement) -> _ScoreKey:
-    return (placement.cost, placement.stranded, placement.leftover)
+    return placement.score_key
 
 
 def _fragment(name: str, score: int) -> bytes:
@@ -324,6 +331,7 @@ class Extender:
         self.binder = binder
         self.cache = cache or AssumeCache()
         self.config = config or PlacementConfig()
+        self.plans = PlanMemo()
         self._pod_reader = pod_reader
         self._warn = warn
         self._memo: OrderedDict[tuple[Any, ...], dict[str, _MemoEntry]] = OrderedDict()
@@ -669,7 +677,7 @@ class Extender:
         if not request.wants_placement():
             return Placement(Allocation(request.uid, request.namespace, request.name, state.node_name), 0.0)
         try:
-            return place(view.state, request, self.config, reserved)
+            return place(view.state, request, self.config, reserved, self.plans)
         except Exception as exc:  # one node's odd report must not fail the whole filter
             log.exception("placement_failed", node=view.state.node_name)
             return Refusal(f"node {view.state.node_name}: placement failed: {exc}")

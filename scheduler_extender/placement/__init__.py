@@ -6,6 +6,7 @@ Pure functions over the shared model; the HTTP verbs and the binder call them.
 from scheduler_extender.placement.engine import (
     Placement,
     PlacementConfig,
+    PlanMemo,
     Refusal,
     free_capacity,
     place,
@@ -16,6 +17,7 @@ from scheduler_extender.placement.request import PodRequest, RequestError, parse
 __all__ = [
     "Placement",
     "PlacementConfig",
+    "PlanMemo",
     "PodRequest",
     "Refusal",
     "RequestError",

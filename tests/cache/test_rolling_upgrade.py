@@ -21,7 +21,7 @@ from gedge_model import Allocation, ModelDecodeError, NodeTopology, from_json, t
 from gedge_model.codec import REPORT_VERSION
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from scheduler_extender.cache import AgentTarget, CacheOptions, ClusterCache
-from scheduler_extender.placement.synthetic import edge_box
+from tests.support.synthetic import edge_box
 
 NODE = "edge-next"
 

@@ -24,7 +24,7 @@ from kubernetes.client import (
 
 from agent.discovery import discover
 from gedge_model import Allocation, NodeState
-from scheduler_extender.placement.synthetic import dgx_like, edge_box
+from tests.support.synthetic import dgx_like, edge_box
 
 SERIALIZE = ApiClient().sanitize_for_serialization
 

@@ -19,11 +19,11 @@ from scheduler_extender.http.app import build_app
 from scheduler_extender.node_source import NodeView, StaticNodeSource
 from scheduler_extender.placement import PlacementConfig, parse_pod_request, place
 from scheduler_extender.placement.engine import Placement, score_nodes
-from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import BindingArgs, decode_extender_args
 from tests.extender.conftest import RecordingBinder, pod
 from tests.extender.servers import ServerThread, post
+from tests.support.synthetic import dgx_like, edge_box, pcie_workstation
 
 SHAPES = [
     ({"gedge.io/gpu": "1"}, None),

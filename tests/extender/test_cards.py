@@ -10,13 +10,13 @@ import pytest
 from agent.discovery import discover
 from gedge_model import NodeState
 from scheduler_extender.http.app import build_app
-from scheduler_extender.placement.synthetic import dgx_like
 from scheduler_extender.verb_metrics import refusal_class
 from tests.discovery.amd_box import build_mi100_two_hives
 from tests.discovery.card_box import D5005, build_card_box
 from tests.extender.conftest import pod
 from tests.extender.servers import ServerThread
 from tests.extender.test_http import Cluster
+from tests.support.synthetic import dgx_like
 
 AMD = "gedge.io/amd-gpu"
 

@@ -17,8 +17,8 @@ import yaml
 
 from gedge_model import Allocation, NodeState, to_json
 from scheduler_extender.cli import main
-from scheduler_extender.placement.synthetic import dgx_like, edge_box
 from tests.extender.servers import post
+from tests.support.synthetic import dgx_like, edge_box
 
 CLI = [sys.executable, "-m", "scheduler_extender.cli"]
 GPU_POD = {

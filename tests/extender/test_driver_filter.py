@@ -14,11 +14,11 @@ from gedge_model import NodeState, NodeTopology
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.http.app import build_app
 from scheduler_extender.node_source import StaticNodeSource
-from scheduler_extender.placement.synthetic import edge_box
 from scheduler_extender.verb_metrics import refusal_class
 from scheduler_extender.verbs import Extender
 from tests.extender.conftest import RecordingBinder, pod
 from tests.extender.servers import ServerThread, post
+from tests.support.synthetic import edge_box
 
 MIN = "gedge.io/min-nvidia-driver"
 NODES = ["new", "old", "cpu-only", "odd"]

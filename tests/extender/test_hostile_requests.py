@@ -21,11 +21,11 @@ from gedge_model import NodeState
 from scheduler_extender.http.app import build_app, decode_json
 from scheduler_extender.node_source import NodeView, StaticNodeSource
 from scheduler_extender.placement.request import RequestError, parse_pod_request, parse_quantity
-from scheduler_extender.placement.synthetic import edge_box
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import WireError
 from tests.extender.conftest import RecordingBinder, pod
 from tests.extender.servers import ServerThread, post
+from tests.support.synthetic import edge_box
 
 NODES = ["edge-1", "edge-2"]
 

@@ -21,6 +21,7 @@ from gedge_model.certs import issue_files
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.http.app import ReloadingSslContext, build_app, server_ssl_context
 from scheduler_extender.node_source import NodeView, StaticNodeSource
+from scheduler_extender.placement import PlacementConfig
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import BindingArgs
 from tests.extender.conftest import RecordingBinder, node_list, pod
@@ -226,7 +227,11 @@ def test_prioritize_with_full_node_list(cluster: Cluster) -> None:
 
 
 def test_prioritize_prefers_the_node_where_gpu_and_vf_share_a_switch(cluster: Cluster) -> None:
-    """dgx-1 has GPU and VF under one PCIe switch (PIX); on edge-1 they meet at the host bridge (PHB)."""
+    """dgx-1 has GPU and VF under one PCIe switch (PIX); on edge-1 they meet at the host bridge (PHB).
+
+    By distance alone (packing 0): with packing, the one-GPU edge box the pod would fill at its best
+    level leads, and dgx-1 keeps its GPUs for larger pods (tests/placement covers that)."""
+    cluster.extender.config = PlacementConfig(packing=0.0)
     wants = pod(
         "net",
         limits={"gedge.io/gpu": "1", "gedge.io/sriov-vf": "1"},

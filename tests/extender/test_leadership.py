@@ -13,10 +13,10 @@ from scheduler_extender.commands.serve import leader_election
 from scheduler_extender.http.app import build_app
 from scheduler_extender.leader import AlwaysLeader, LeaseElection
 from scheduler_extender.node_source import StaticNodeSource
-from scheduler_extender.placement.synthetic import edge_box
 from scheduler_extender.verbs import Extender
 from tests.extender.conftest import RecordingBinder, pod
 from tests.extender.servers import ServerThread, post
+from tests.support.synthetic import edge_box
 
 
 class Switch:

@@ -7,10 +7,10 @@ import gc
 from gedge_model import NodeState
 from scheduler_extender.node_source import StaticNodeSource
 from scheduler_extender.placement.request import parse_pod_request
-from scheduler_extender.placement.synthetic import edge_box
 from scheduler_extender.verbs import Extender, RememberedRequests
 from scheduler_extender.wire import BindingArgs, ExtenderArgs
 from tests.extender.conftest import RecordingBinder, pod
+from tests.support.synthetic import edge_box
 
 
 class Clock:

@@ -8,10 +8,10 @@ import dataclasses
 from gedge_model import Allocation, NodeState
 from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.node_source import NodeView, StaticNodeSource
-from scheduler_extender.placement.synthetic import edge_box
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import BindingArgs, ExtenderArgs
 from tests.extender.conftest import pod
+from tests.support.synthetic import edge_box
 
 GPU = {"gedge.io/gpu": "1"}
 

@@ -29,9 +29,9 @@ from agent.service.servicer import NodeAgentService, client_key
 from agent.service.store import NodeStateStore
 from gedge_model import Allocation
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
-from scheduler_extender.placement.synthetic import edge_box
 from tests.apply.helpers import build_pod_cgroups, new_pod_uid, v1_sandbox
 from tests.grpc.agents import REPO, AgentHost, spawn_agent
+from tests.support.synthetic import edge_box
 
 NODE = "edge-faults"
 

@@ -14,7 +14,6 @@ from agent.config import AgentConfig
 from agent.service.server import AgentRuntime
 from gedge_model import Allocation, DeviceGrant
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
-from scheduler_extender.placement.synthetic import edge_box
 from tests.apply.helpers import (
     build_pod_cgroups,
     new_container_id,
@@ -23,6 +22,7 @@ from tests.apply.helpers import (
     stop,
 )
 from tests.grpc.agents import AgentHost, spawn_agent
+from tests.support.synthetic import edge_box
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 

@@ -15,12 +15,12 @@ from gedge_model import Allocation, NodeState
 from gedge_model.distance import Level, pci_distance
 from scheduler_extender.placement.engine import Placement, Refusal, place
 from scheduler_extender.placement.request import parse_pod_request
-from scheduler_extender.placement.synthetic import dgx_like
 from scheduler_extender.verb_metrics import VerbMetrics, allocation_pairs, bind_failure_class, refusal_class
 from scheduler_extender.workflow import dag
 from scheduler_extender.workflow.metrics import WorkflowMetrics
 from scheduler_extender.workflow.spec import Workflow, WorkflowSpec
 from tests.extender.conftest import pod
+from tests.support.synthetic import dgx_like
 
 AWARE = {"gedge.io/topology-aware": "true"}
 MIG = {gpu: ["1g.10gb"] * 7 for gpu in (0, 1)}

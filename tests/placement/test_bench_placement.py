@@ -27,6 +27,10 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
             "10",
             "--gpu-fills",
             "2",
+            "--optimum-pods",
+            "20",
+            "--optimum-seconds",
+            "20",
         ],
         capture_output=True,
         text=True,
@@ -42,8 +46,13 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
         "place() on one node",
         "go-gpuallocator",
         "restricted on many NUMA nodes",
+        "offline optimum of the whole trace",
+        "distance against packing",
     ):
         assert heading in out, out
     gap = re.search(r"ours vs optimum: ([+-][0-9.]+)% cost over (\d+) pods", out)
     assert gap is not None and int(gap.group(2)) > 0
     assert 0.0 <= float(gap.group(1)) < 1.0
+    offline = re.search(r"ours vs offline optimum: ([0-9.]+)% of its pods \((\d+) of (\d+)\)", out)
+    assert offline is not None, out
+    assert 0 < int(offline.group(2)) <= int(offline.group(3))  # no schedule places more than the optimum

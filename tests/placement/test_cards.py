@@ -12,9 +12,9 @@ from agent.discovery import discover
 from gedge_model import Allocation, DeviceGrant, Level, NodeState, NodeTopology, pci_distance
 from scheduler_extender.placement import Placement, PodRequest, Refusal, free_capacity, place
 from scheduler_extender.placement.request import RequestError, parse_pod_request
-from scheduler_extender.placement.synthetic import dgx_like
 from tests.discovery.amd_box import build_mi100_two_hives, build_mi250x, build_mi300x
 from tests.discovery.card_box import AGILEX, ALVEO_USER, D5005, VFIO_ASIC, build_card_box
+from tests.support.synthetic import dgx_like
 
 AMD = "gedge.io/amd-gpu"
 FPGA = "gedge.io/fpga"

@@ -18,7 +18,7 @@ from scheduler_extender.placement import (
     place,
     score_nodes,
 )
-from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation
+from tests.support.synthetic import dgx_like, edge_box, pcie_workstation
 
 
 def request(**kw) -> PodRequest:
@@ -226,7 +226,7 @@ def test_cpus_keep_cores_whole_and_use_spare_threads_for_odd_counts():
 
 
 def test_score_nodes_best_cost_gets_ten_and_pack_breaks_ties():
-    config = PlacementConfig()
+    config = PlacementConfig(packing=0.0)
     dgx = NodeState(dgx_like("a", nvlink="pairs"))
     ws = NodeState(pcie_workstation("b"))
     partly = NodeState(dgx_like("c", nvlink="pairs"), (held("c", "x", [("gedge.io/gpu", "GPU-c-07")]),))
@@ -234,9 +234,45 @@ def test_score_nodes_best_cost_gets_ten_and_pack_breaks_ties():
     placements = {s.node_name: placed(place(s, req)) for s in (dgx, ws, partly)}
     scores = score_nodes(placements, config)
     assert scores["c"] == 10 and scores["a"] == 9 and scores["b"] < 9
-    spread = score_nodes(placements, PlacementConfig(node_strategy="spread"))
+    spread = score_nodes(placements, PlacementConfig(node_strategy="spread", packing=0.0))
     assert spread["a"] == 10 and spread["c"] == 9
     assert all(0 <= s <= 10 for s in scores.values())
+    # packing weighs in: the started node leads, the empty one falls behind it
+    packed = score_nodes(placements)
+    assert packed["c"] == 10 and packed["a"] < 9
+    spread = score_nodes(placements, PlacementConfig(node_strategy="spread"))
+    assert spread["a"] == 10 and spread["c"] < 9
+
+
+def test_packing_keeps_a_whole_box_for_the_large_pod_that_cost_alone_refuses():
+    """A 2-GPU pod, then an 8-GPU pod, on a workstation with two GPUs of one socket free and an empty
+    NVSwitch box: by cost alone the small pod takes the box (NVLink beats PHB) and the large pod finds
+    no node; packing sends the small pod to the workstation, at its best level there, and both fit."""
+    busy = [("gedge.io/gpu", "GPU-ws-02"), ("gedge.io/gpu", "GPU-ws-03")]
+    nodes = {
+        "ws": NodeState(pcie_workstation("ws"), (held("ws", "x", busy),)),
+        "dgx": NodeState(dgx_like("dgx")),
+    }
+
+    def schedule(config: PlacementConfig) -> list[str | None]:
+        states = dict(nodes)
+        chosen: list[str | None] = []
+        for i, gpus in enumerate((2, 8)):
+            ask = dataclasses.replace(request(gpus=gpus), uid=f"uid-{i}", name=f"p{i}")
+            outcomes = {n: place(s, ask, config) for n, s in states.items()}
+            placements = {n: o for n, o in outcomes.items() if isinstance(o, Placement)}
+            if not placements:
+                chosen.append(None)
+                continue
+            scores = score_nodes(placements, config)
+            node = max(sorted(scores), key=lambda n: scores[n])
+            chosen.append(node)
+            state = states[node]
+            states[node] = NodeState(state.topology, (*state.allocations, placements[node].allocation))
+        return chosen
+
+    assert schedule(PlacementConfig(packing=0.0)) == ["dgx", None]
+    assert schedule(PlacementConfig()) == ["ws", "dgx"]
 
 
 def test_config_rejects_bad_values():
@@ -269,8 +305,8 @@ def test_nodes_of_one_structure_share_the_search_but_get_their_own_device_ids():
     assert isinstance(refused, Refusal) and refused.reason.startswith("node node-c: ")
 
 
-def test_a_dearer_node_never_outranks_a_cheaper_one():
-    config = PlacementConfig()
+def test_a_dearer_node_never_outranks_a_cheaper_one_without_packing():
+    config = PlacementConfig(packing=0.0)
     states = [
         NodeState(dgx_like("d0", nvlink="pairs")),
         NodeState(pcie_workstation("w0")),

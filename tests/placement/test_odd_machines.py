@@ -9,8 +9,8 @@ import pytest
 
 from gedge_model import Accelerator, Allocation, DeviceGrant, DeviceKind, NodeState
 from scheduler_extender.placement import Placement, PodRequest, Refusal, free_capacity, place
-from scheduler_extender.placement.exact import optimum_cost
-from scheduler_extender.placement.synthetic import dgx_like, edge_box
+from tests.support.exact import optimum_cost
+from tests.support.synthetic import dgx_like, edge_box
 
 
 def request(**kw) -> PodRequest:

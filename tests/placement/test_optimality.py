@@ -11,9 +11,9 @@ import pytest
 from gedge_model import Allocation, DeviceGrant, NodeState
 from gedge_model.allocation import mig_resource_name
 from scheduler_extender.placement import Placement, PodRequest, Refusal, place
-from scheduler_extender.placement.engine import forget_plans
-from scheduler_extender.placement.exact import optimum_cost
-from scheduler_extender.placement.synthetic import dgx_like, edge_box, pcie_workstation
+from scheduler_extender.placement.engine import PlanMemo
+from tests.support.exact import optimum_cost
+from tests.support.synthetic import dgx_like, edge_box, pcie_workstation
 
 TOPOLOGIES = {
     "dgx-nvswitch": lambda: dgx_like("n", vfs_per_nic=2, cores_per_socket=4),
@@ -105,9 +105,10 @@ def test_memoized_answers_equal_fresh_searches_across_nodes_of_one_structure():
         )
         for shape in SHAPES[:6]:
             req = PodRequest("ml", "p", "uid", topology_aware=True, **shape)
-            place(used, req)
-            memoized = place(twin_state, req)
-            forget_plans()
+            plans = PlanMemo()
+            place(used, req, plans=plans)
+            memoized = place(twin_state, req, plans=plans)
+            assert len(plans) == 1, shape  # the twin was answered from the memo
             fresh = place(twin_state, req)
             assert memoized == fresh, shape
 
@@ -118,12 +119,11 @@ def test_concurrent_calls_give_the_answers_of_sequential_ones():
     topology = TOPOLOGIES["dgx-pairs"]()
     states = [random_state(topology, rng) for _ in range(12)]
     requests = [PodRequest("ml", "p", "uid", topology_aware=True, **shape) for shape in SHAPES]
-    forget_plans()
     expected = [[place(s, r) for r in requests] for s in states]
+    shared = PlanMemo(max_plans=len(states) * len(requests) // 3)  # starts over while threads read it
 
     def work(_: int) -> list[list[object]]:
-        forget_plans()
-        return [[place(s, r) for r in requests] for s in states]
+        return [[place(s, r, plans=shared) for r in requests] for s in states]
 
     with ThreadPoolExecutor(max_workers=8) as pool:
         for got in pool.map(work, range(16)):

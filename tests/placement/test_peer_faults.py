@@ -24,6 +24,7 @@ from gedge_model import (
 from gedge_model.cpu_pool import pinnable_cpus
 from scheduler_extender.placement import (
     Placement,
+    PlacementConfig,
     PodRequest,
     Refusal,
     free_capacity,
@@ -31,10 +32,10 @@ from scheduler_extender.placement import (
     place,
     score_nodes,
 )
-from scheduler_extender.placement.synthetic import cpus_and_numa
 from tests.discovery.fake_nvml import FakeMigDevice, FakeProfile
 from tests.discovery.gpu_box import build_box
 from tests.discovery.sysfs_builder import SysfsBuilder
+from tests.support.synthetic import cpus_and_numa
 
 
 def request(**kw) -> PodRequest:
@@ -292,5 +293,7 @@ def test_link_counts_choose_gpus_inside_a_node_but_packing_chooses_the_node():
     placements = {"nv12": placed(place(NodeState(many), ask)), "nv4": placed(place(started, ask))}
     assert placements["nv12"].cost < placements["nv4"].cost
     assert placements["nv12"].rank_cost == placements["nv4"].rank_cost
-    assert score_nodes(placements) == {"nv4": 10, "nv12": 9}
+    assert score_nodes(placements, PlacementConfig(packing=0.0)) == {"nv4": 10, "nv12": 9}
+    scores = score_nodes(placements)  # packing adds to the same side: the started node leads further
+    assert scores["nv4"] == 10 and scores["nv12"] < 9
     assert gpu_indexes(few, placements["nv4"].allocation) == (2, 3)

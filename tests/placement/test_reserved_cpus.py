@@ -8,8 +8,8 @@ import pytest
 
 from gedge_model import NodeState, NodeTopology, from_json, to_json
 from scheduler_extender.placement import Placement, PodRequest, Refusal, free_capacity, place
-from scheduler_extender.placement.exact import optimum_cost
-from scheduler_extender.placement.synthetic import dgx_like, edge_box
+from tests.support.exact import optimum_cost
+from tests.support.synthetic import dgx_like, edge_box
 
 
 def pinned(cpus: int, uid: str = "uid-p", **kw) -> PodRequest:

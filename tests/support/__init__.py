@@ -1,0 +1,1 @@
+"""Aids shared by tests and benchmarks: model machines and the exhaustive yardstick."""
