@@ -104,7 +104,9 @@ class _Model:
             keys = np.array(list(objective), dtype=np.int32)
             h.changeColsCost(len(keys), keys, np.array([objective[k] for k in keys], dtype=np.float64))
         rows = [r for r, pricing in zip(self.rows, self.pricing, strict=True) if priced or not pricing]
-        starts, index, value = [], [], []
+        starts: list[int] = []
+        index: list[int] = []
+        value: list[float] = []
         for _, _, cols, coefs in rows:
             starts.append(len(index))
             index += cols
@@ -170,7 +172,13 @@ def offline_optimum(
         cost[z] = cost.get(z, 0.0) + weight
         return z
 
-    def products(left: list[tuple[str, int]], right: list[tuple[str, int]], weight, per_left, per_right):
+    def products(
+        left: list[tuple[str, int]],
+        right: list[tuple[str, int]],
+        weight: Callable[[str, str], float],
+        per_left: int | None,
+        per_right: int | None,
+    ) -> None:
         """Products of every left and right column; each left column's products sum to `per_left` times
         it (None: at least it), each right column's to `per_right` times it (the model's own sums, each
         multiplied by a column: what keeps the relaxation tight)."""
@@ -192,7 +200,12 @@ def offline_optimum(
         name = topology.node_name
         distance: dict[tuple[str, str], float] = {}
 
-        def wt(a: str, b: str, topology: NodeTopology = topology, distance=distance) -> float:
+        def wt(
+            a: str,
+            b: str,
+            topology: NodeTopology = topology,
+            distance: dict[tuple[str, str], float] = distance,
+        ) -> float:
             if (a, b) not in distance:
                 distance[(a, b)] = pci_distance(topology, a, b).weight(w)
             return distance[(a, b)]
@@ -201,7 +214,7 @@ def offline_optimum(
             device = topology.pci(address)
             return device.numa_node if device is not None and (device.numa_node or 0) >= 0 else None
 
-        def to_cpu(address: str, numa: int, numa_of=numa_of) -> float:
+        def to_cpu(address: str, numa: int, numa_of: Callable[[str], int | None] = numa_of) -> float:
             own = numa_of(address)
             return w[Level.PHB if own is None or own == numa else Level.SYS]
 
@@ -325,16 +338,16 @@ def offline_optimum(
                 pick = {numa: m.var() for numa in numas}
                 m.row(0.0, 0.0, [(o, 1.0) for o in pick.values()] + [(a, -1.0)])
                 for address, col in gpu_cols + nets:
-                    numa = numa_of(address)
-                    if numa is not None:
-                        m.row(-highspy.kHighsInf, 0.0, [(col, 1.0), (pick[numa], -1.0)])
+                    device_numa = numa_of(address)
+                    if device_numa is not None:
+                        m.row(-highspy.kHighsInf, 0.0, [(col, 1.0), (pick[device_numa], -1.0)])
                 for numa, q in cpu_used:
                     m.row(-highspy.kHighsInf, 0.0, [(q, 1.0), (pick[numa], -1.0)])
 
     # one node per pod
     per_pod: dict[int, list[int]] = {}
-    for (_, key), entries in holds.items():
-        if key == "pod":
+    for (_, held), entries in holds.items():
+        if held == "pod":
             for p, col, _ in entries:
                 per_pod.setdefault(p, []).append(col)
     for cols in per_pod.values():
@@ -342,10 +355,10 @@ def offline_optimum(
     # at every arrival, what the pods still there hold fits the node
     alive_from = list(range(len(requests)))
     alive_until = [i + lifetimes[i] for i in range(len(requests))]
-    for (node, key), entries in holds.items():
-        if key == "pod":
+    for (node, held), entries in holds.items():
+        if held == "pod":
             continue
-        cap = capacity[(node, key)]
+        cap = capacity[(node, held)]
         leaving = set(alive_until)
         for t in range(len(requests)):
             if t + 1 not in leaving and t + 1 < len(requests):

@@ -75,7 +75,14 @@ from scheduler_extender.placement.free import (
     free_set,
     used_by,
 )
-from scheduler_extender.placement.index import LEVELS, NO_NUMA, ORDINAL, TopologyIndex, topology_index
+from scheduler_extender.placement.index import (
+    LEVELS,
+    NO_NUMA,
+    ORDINAL,
+    TopologyIndex,
+    VfioEntry,
+    topology_index,
+)
 from scheduler_extender.placement.plans import Plan, PlanMemo, materialize
 from scheduler_extender.placement.policy import policy_for
 from scheduler_extender.placement.request import PodRequest
@@ -113,15 +120,17 @@ def place(
     index = topology_index(state.topology)
     if not index.empty:
         free_set(index, NodeState(state.topology))
+    plan: Plan | str
     if plans is None:
-        plan: Plan | str | None = _plan(index, free_set(index, state, reserved), request, config)
+        plan = _plan(index, free_set(index, state, reserved), request, config)
     else:
         free = plans.free(index, state, reserved)
         key = (index.structure, free.key, request.shape, config.memo_key)
-        plan = plans.get(key)
-        if plan is None:
-            plan = _plan(index, free, request, config)
-            plans.put(key, plan)
+        kept = plans.get(key)
+        if kept is None:
+            kept = _plan(index, free, request, config)
+            plans.put(key, kept)
+        plan = kept
     if isinstance(plan, str):
         return Refusal(f"node {state.node_name}: {plan}")
     allocation = materialize(index, state, request, plan)
@@ -159,7 +168,7 @@ def _pick_vfio(
     if policy in ("single-numa", "same-switch") and numas:
         free = [v for v in free if v.numa in numas or v.numa == NO_NUMA]
 
-    def price(vf) -> float:
+    def price(vf: VfioEntry) -> float:
         cost = sum(weights[vf.gpu_levels[p]] for p in gpu_pos)
         if numas:
             near = vf.numa == NO_NUMA or vf.numa in numas

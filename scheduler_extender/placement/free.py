@@ -146,7 +146,7 @@ def compute_free(index: TopologyIndex, state: NodeState, reserved: Iterable[Allo
             cores[numa], threads[numa] = list(numa_cores), []
             continue
         full = []
-        partial = []
+        partial: list[int] = []
         for core in numa_cores:
             if used_cpus.isdisjoint(core):
                 full.append(core)

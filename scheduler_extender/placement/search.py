@@ -248,8 +248,8 @@ class Search:
             return GpuPick(grants, ordered, frag, cost, below)
 
         if not self.aware:
-            chosen = tuple(pool[:n])
-            return [pick(chosen, self._pair_cost(chosen))]
+            first = tuple(pool[:n])
+            return [pick(first, self._pair_cost(first))]
         if n == 1:
             seen_single: set[tuple[int, float]] = set()
             singles = []
@@ -286,7 +286,7 @@ class Search:
         out = []
         if n == 2:
             limit = self.switch_limit is not None
-            for a, b in candidates:  # type: ignore[misc]
+            for a, b in candidates:
                 cost = pairs[a][b]
                 key2 = (
                     min(classes[a], classes[b]),
