@@ -8,12 +8,13 @@ memoized until the node's report or its held allocations change.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 import structlog
@@ -25,6 +26,7 @@ from scheduler_extender.bind.binder import Binder, BindError
 from scheduler_extender.node_source import NodeSource, NodeView, ObservableNodeSource
 from scheduler_extender.placement.engine import Placement, PlacementConfig, Refusal, place, score_nodes
 from scheduler_extender.placement.request import PodRequest, RequestError, parse_pod_request
+from scheduler_extender.verb_metrics import FilterSummary, cached_refusal_class, filter_summary
 from scheduler_extender.wire import (
     MAX_EXTENDER_PRIORITY,
     MIN_EXTENDER_PRIORITY,
@@ -151,6 +153,39 @@ def _fragment(name: str, score: int) -> bytes:
     return b'{"Host":%s,"Score":%d}' % (orjson.dumps(name), score)
 
 
+class _SameAs:
+    """Whether a set still holds exactly the names of the candidates tuple last checked against it.
+
+    kube-scheduler sends the same names again and again (the HTTP layer hands the same
+    list as the same tuple): once checked, a tuple is known to match until the set
+    gains a name it did not have then, or loses one without getting it back.
+    """
+
+    __slots__ = ("gone", "names")
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] | None = None
+        self.gone: set[str] = set()
+
+    def holds(self, names: tuple[str, ...]) -> bool:
+        return names is self.names and not self.gone
+
+    def checked(self, names: tuple[str, ...]) -> None:
+        """`names` matches the set now."""
+        self.names, self.gone = names, set()
+
+    def added(self, name: str) -> None:
+        if self.names is not None:
+            if name in self.gone:
+                self.gone.discard(name)
+            else:
+                self.names = None
+
+    def removed(self, name: str) -> None:
+        if self.names is not None:
+            self.gone.add(name)
+
+
 class _ShapeTable:
     """Every answer for one pod shape, kept across requests and brought up to date by the nodes that
     changed since (source listener, assume cache log), so a request costs set operations over its
@@ -163,19 +198,25 @@ class _ShapeTable:
 
     __slots__ = (
         "assume_seq",
+        "classes",
         "covered",
         "entries",
+        "exact",
         "failed",
+        "failed_json",
         "fragments",
         "key_names",
         "key_rep",
         "keys",
         "passed",
+        "passed_json",
         "pending",
         "score_of",
         "source_pos",
         "stale",
         "unknown",
+        "unknown_json",
+        "whole",
     )
 
     def __init__(self, source_pos: int, assume_seq: int) -> None:
@@ -196,6 +237,16 @@ class _ShapeTable:
         self.failed: dict[str, str] = {}
         self.unknown: dict[str, str] = {}
         self.covered: set[str] = set()
+        self.passed_json: dict[str, bytes] = {}
+        self.failed_json: dict[str, bytes] = {}
+        self.unknown_json: dict[str, bytes] = {}
+        """Per node its encoded entry of the filter reply (a name; name: reason): the reply is their join."""
+        self.classes: collections.Counter[str] = collections.Counter()
+        """Refusal classes of `failed`, for the metrics."""
+        self.whole = _SameAs()
+        """Tracks a candidates tuple that is exactly `covered`."""
+        self.exact = _SameAs()
+        """Tracks a candidates tuple that is exactly `passed`."""
         self.source_pos = source_pos
         self.assume_seq = assume_seq
 
@@ -228,10 +279,49 @@ class _ShapeTable:
             self.pending.clear()
         return b"[" + b",".join(self.fragments.values()) + b"]"
 
-    def add(self, name: str, outcome: Outcome) -> None:
+    def filter_json(self, names_json: bytes) -> bytes:
+        """ExtenderFilterResult (NodeNames mode) over every covered node, as orjson encodes it;
+        `names_json`: `passed_names_json()`."""
+        return b"".join(
+            (
+                b'{"Nodes":null,"NodeNames":',
+                names_json,
+                b',"FailedNodes":{',
+                b",".join(self.failed_json.values()),
+                b'},"FailedAndUnresolvableNodes":{',
+                b",".join(self.unknown_json.values()),
+                b'},"Error":""}',
+            )
+        )
+
+    def passed_names_json(self) -> bytes:
+        """The names of `passed`, in its order, as a JSON list."""
+        return b"[" + b",".join(self.passed_json.values()) + b"]"
+
+    def summary(self) -> FilterSummary:
+        """What the metrics count of `filter_json()`."""
+        refusals = dict(self.classes)
+        if self.unknown:
+            refusals["unknown-node"] = refusals.get("unknown-node", 0) + len(self.unknown)
+        return FilterSummary("", refusals, bool(self.passed))
+
+    def add_unknown(self, name: str, reason: str) -> None:
+        if name in self.covered:
+            self.forget((name,))
         self.covered.add(name)
+        self.whole.added(name)
+        self.unknown[name] = reason
+        self.unknown_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
+
+    def add(self, name: str, outcome: Outcome) -> None:
+        if name in self.covered:
+            self.forget((name,))
+        self.covered.add(name)
+        self.whole.added(name)
         if outcome.__class__ is Placement:
             self.passed[name] = outcome  # type: ignore[assignment]
+            self.exact.added(name)
+            self.passed_json[name] = orjson.dumps(name)
             key = self.keys[name] = _score_key(outcome)  # type: ignore[arg-type]
             self.key_names.setdefault(key, set()).add(name)
             if key not in self.key_rep:
@@ -242,7 +332,10 @@ class _ShapeTable:
             else:
                 self.fragments[name] = _fragment(name, self.score_of[key])
         else:
-            self.failed[name] = outcome.reason  # type: ignore[union-attr]
+            reason: str = outcome.reason  # type: ignore[union-attr]
+            self.failed[name] = reason
+            self.failed_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
+            self.classes[cached_refusal_class(reason)] += 1
 
     def forget(self, names: Iterable[str]) -> None:
         covered = self.covered
@@ -250,7 +343,10 @@ class _ShapeTable:
             if name not in covered:
                 continue
             covered.discard(name)
+            self.whole.removed(name)
             if self.passed.pop(name, None) is not None:
+                self.exact.removed(name)
+                del self.passed_json[name]
                 key = self.keys.pop(name)
                 holders = self.key_names[key]
                 holders.discard(name)
@@ -260,14 +356,21 @@ class _ShapeTable:
                     del self.key_names[key]
                     del self.key_rep[key]
                     self.stale = True
-            self.failed.pop(name, None)
-            self.unknown.pop(name, None)
+            reason = self.failed.pop(name, None)
+            if reason is not None:
+                del self.failed_json[name]
+                cls = cached_refusal_class(reason)
+                self.classes[cls] -= 1
+                if not self.classes[cls]:
+                    del self.classes[cls]
+            if self.unknown.pop(name, None) is not None:
+                del self.unknown_json[name]
 
 
 class _Answer:
     """One request's outcomes, from a table (`table`) plus nodes looked at afresh (`extra_*`)."""
 
-    __slots__ = ("extra_passed", "failed", "names", "table", "unresolvable", "whole")
+    __slots__ = ("exact", "extra_passed", "failed", "names", "table", "unresolvable", "whole")
 
     def __init__(
         self,
@@ -277,8 +380,11 @@ class _Answer:
         failed: dict[str, str],
         unresolvable: dict[str, str],
         whole: bool = False,
+        exact: bool = False,
     ) -> None:
         self.whole = whole
+        self.exact = exact
+        """The candidates are exactly the nodes that passed in the table."""
         """The candidates are exactly the nodes the table covers: its answers are the reply as is."""
         self.names = names
         self.table = table
@@ -299,6 +405,16 @@ class _Answer:
     def placements(self, candidates: Sequence[str]) -> dict[str, Placement]:
         known = {**self.table.passed, **self.extra_passed} if self.table is not None else self.extra_passed
         return {n: known[n] for n in candidates if n in known}
+
+
+class FilterReply(NamedTuple):
+    """A filter reply encoded, and what the metrics count of it."""
+
+    body: bytes
+    summary: FilterSummary
+    passed: tuple[bytes, tuple[str, ...]] | None = None
+    """The reply's NodeNames, encoded and as a tuple, where the pod's shape table answered: the list
+    kube-scheduler sends back in prioritize, which the table then knows to be exactly its passed nodes."""
 
 
 class Extender:
@@ -350,6 +466,20 @@ class Extender:
     # -- filter / prioritize ------------------------------------------------------------------
 
     def filter(self, args: ExtenderArgs) -> dict[str, Any]:
+        body = self._filter(args, encoded=False)
+        assert isinstance(body, dict)
+        return body
+
+    def filter_json(self, args: ExtenderArgs) -> FilterReply:
+        """`filter`, encoded, and what the metrics count of it. When the candidates are every node the
+        pod's shape table covers (kube-scheduler sending every name), the reply is joined from
+        per-node pieces kept in the table and its refusal classes are counted there."""
+        body = self._filter(args, encoded=True)
+        if isinstance(body, FilterReply):
+            return body
+        return FilterReply(orjson.dumps(body), filter_summary(body))
+
+    def _filter(self, args: ExtenderArgs, encoded: bool) -> dict[str, Any] | FilterReply:
         request = self._request(args.pod)
         if isinstance(request, str):
             return encode_filter_result(args, error=request)
@@ -361,6 +491,14 @@ class Extender:
         if self._observed:
             with self._tables_lock:
                 answer = self._answer(candidates, request)
+                table = answer.table
+                if encoded and answer.whole and table is not None and args.nodes is None:
+                    names_json, names = table.passed_names_json(), tuple(table.passed)
+                    table.exact.checked(names)
+                    reply = FilterReply(table.filter_json(names_json), table.summary(), (names_json, names))
+                    if not names:
+                        log.info("filter_refused", pod=args.pod_label, nodes=len(candidates))
+                    return reply
                 passed = answer.passed_names(candidates)
             if not passed:
                 log.info("filter_refused", pod=args.pod_label, nodes=len(candidates))
@@ -412,11 +550,8 @@ class Extender:
                 with self._tables_lock:
                     answer = self._answer(candidates, request)
                     table = answer.table
-                    if (
-                        table is not None
-                        and not answer.extra_passed
-                        and len(answer.names) == len(table.passed)
-                        and table.passed.keys() == answer.names
+                    if table is not None and (
+                        answer.exact or (answer.whole and len(table.passed) == len(table.covered))
                     ):
                         return table.priorities_json(self.config)
         return orjson.dumps(self.prioritize(args))
@@ -509,27 +644,24 @@ class Extender:
         judged = self._sync(table)
         for name in judged:
             self._judge(table, name, request, extra_passed, failed, unresolvable)
-        covered = table.covered
-        if (
-            not extra_passed
-            and not failed
-            and not unresolvable
-            and len(candidates) == len(covered)
-            and covered.issuperset(candidates)
+        covered, passed = table.covered, table.passed
+        clean = not extra_passed and not failed and not unresolvable
+        if clean and (
+            table.whole.holds(candidates)
+            or (len(candidates) == len(covered) and covered.issuperset(candidates))
         ):
             # Every node the table covers, as kube-scheduler asks with percentageOfNodesToScore 100:
-            # no set of the candidates is built, the table's answers are the reply.
+            # no set of the candidates is built, the table's answers are the reply. The same names
+            # tuple next time is known to match without a look at its names.
+            table.whole.checked(candidates)
             return _Answer(covered, table, {}, table.failed, dict(table.unknown), whole=True)
-        passed = table.passed
-        if (
-            not extra_passed
-            and not failed
-            and not unresolvable
-            and len(candidates) == len(passed)
-            and all(map(passed.__contains__, candidates))
+        if clean and (
+            table.exact.holds(candidates)
+            or (len(candidates) == len(passed) and all(map(passed.__contains__, candidates)))
         ):
             # Exactly the nodes that passed, as kube-scheduler's prioritize after a whole filter.
-            return _Answer(passed.keys(), table, {}, {}, {})  # type: ignore[arg-type]
+            table.exact.checked(candidates)
+            return _Answer(passed.keys(), table, {}, {}, {}, exact=True)  # type: ignore[arg-type]
         names = set(candidates)
         for name in names - covered - set(judged):
             self._judge(table, name, request, extra_passed, failed, unresolvable)
@@ -556,8 +688,7 @@ class Extender:
         this request's own answers."""
         view = self.source.node(name)
         if view is None:
-            table.unknown[name] = f"node {name}: no gedge agent reports this node"
-            table.covered.add(name)
+            table.add_unknown(name, f"node {name}: no gedge agent reports this node")
             return
         if not view.fresh:
             unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"

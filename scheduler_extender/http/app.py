@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import gc
 import ssl
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgspec
 import orjson
 import structlog
 from aiohttp import web
@@ -26,6 +29,7 @@ from scheduler_extender.leader import AlwaysLeader, Leadership
 from scheduler_extender.verb_metrics import VerbMetrics
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import (
+    ExtenderArgs,
     WireError,
     decode_binding_args,
     decode_extender_args,
@@ -129,6 +133,89 @@ def decode_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     return value
 
 
+class _WireArgs(msgspec.Struct):
+    """ExtenderArgs as kube-scheduler spells it, each field left encoded (UNSET: the key is absent)."""
+
+    pod: msgspec.Raw = msgspec.field(default=msgspec.UNSET, name="Pod")  # type: ignore[assignment]
+    nodes: msgspec.Raw = msgspec.field(default=msgspec.UNSET, name="Nodes")  # type: ignore[assignment]
+    node_names: msgspec.Raw = msgspec.field(default=msgspec.UNSET, name="NodeNames")  # type: ignore[assignment]
+
+
+_WIRE_ARGS = msgspec.json.Decoder(_WireArgs)
+_NAMES = msgspec.json.Decoder(tuple[str, ...])
+
+
+class ArgsDecoder:
+    """ExtenderArgs from a filter or prioritize body, the same list of names as the same tuple.
+
+    kube-scheduler (nodeCacheCapable) sends `Pod`, `Nodes: null` and `NodeNames` spelt
+    exactly, and the same thousands of names call after call. Such a body is split
+    without decoding the names; a names list met before (byte for byte, the last
+    `max_lists`) is the tuple decoded then, and the extender keeps answers per tuple.
+    Any other body (other spellings, NodeList mode, anything malformed) is decoded
+    by `decode_extender_args(decode_json(raw))`, with its errors.
+    """
+
+    def __init__(self, max_lists: int = 8, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.max_lists, self.max_bytes = max_lists, max_bytes
+        self._lists: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def decode(self, raw: bytes) -> ExtenderArgs:
+        """WireError as decode_extender_args words it when the body is not ExtenderArgs."""
+        fast = self._split(raw)
+        return fast if fast is not None else decode_extender_args(decode_json(raw))
+
+    def _split(self, raw: bytes) -> ExtenderArgs | None:
+        try:
+            wire = _WIRE_ARGS.decode(raw)
+        except (msgspec.MsgspecError, RecursionError):  # decode_json words the error
+            return None
+        if wire.pod is msgspec.UNSET or wire.nodes is msgspec.UNSET or wire.node_names is msgspec.UNSET:
+            return None
+        if bytes(wire.nodes) != b"null":
+            return None
+        names = self._names(bytes(wire.node_names))
+        if names is None:
+            return None
+        try:
+            # The pod sits one level below the body: the body's depth bound, less one.
+            pod = decode_json(bytes(wire.pod), MAX_JSON_DEPTH - 1)
+        except WireError:
+            return None
+        if type(pod) is not dict:
+            return None
+        return ExtenderArgs(pod=pod, node_names=names, nodes=None)
+
+    def _names(self, raw: bytes) -> tuple[str, ...] | None:
+        with self._lock:
+            names = self._lists.get(raw)
+            if names is not None:
+                self._lists.move_to_end(raw)
+                return names
+        try:
+            names = _NAMES.decode(raw)
+        except (msgspec.MsgspecError, RecursionError):  # decode_json words the error
+            return None
+        self.remember(raw, names)
+        return names
+
+    def remember(self, raw: bytes, names: tuple[str, ...]) -> None:
+        """Decode the JSON list `raw` as `names` from now on (`names` must be what `raw` holds)."""
+        with self._lock:
+            if len(raw) <= self.max_bytes:
+                old = self._lists.pop(raw, None)
+                self._lists[raw] = names
+                if old is None:
+                    self._bytes += len(raw)
+                while len(self._lists) > self.max_lists or self._bytes > self.max_bytes:
+                    self._bytes -= len(self._lists.popitem(last=False)[0])
+
+
+ARGS_KEY = web.AppKey("args_decoder", ArgsDecoder)
+
+
 class _Encoded(bytes):
     """A reply body encoded off the event loop; `error` says whether it carries an Error."""
 
@@ -198,22 +285,24 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
 
 @_verb("filter", lambda message: encode_filter_result(None, error=message))
 async def _filter(request: web.Request, raw: bytes) -> Any:
-    extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY]
+    extender, metrics, decoder = request.app[EXTENDER_KEY], request.app[METRICS_KEY], request.app[ARGS_KEY]
 
     def work() -> _Encoded:
-        body = extender.filter(decode_extender_args(decode_json(raw)))
-        metrics.verbs.observe_filter(body)
-        return _encoded(body)
+        reply = extender.filter_json(decoder.decode(raw))
+        if reply.passed is not None:
+            decoder.remember(*reply.passed)
+        metrics.verbs.observe_filter_summary(reply.summary)
+        data = _Encoded(reply.body)
+        data.error = bool(reply.summary.error)
+        return data
 
     return await _off_loop(request, work)
 
 
 @_verb("prioritize", lambda message: {"Error": message})
 async def _prioritize(request: web.Request, raw: bytes) -> Any:
-    extender = request.app[EXTENDER_KEY]
-    return await _off_loop(
-        request, lambda: _Encoded(extender.prioritize_json(decode_extender_args(decode_json(raw))))
-    )
+    extender, args = request.app[EXTENDER_KEY], request.app[ARGS_KEY]
+    return await _off_loop(request, lambda: _Encoded(extender.prioritize_json(args.decode(raw))))
 
 
 @_verb("bind", encode_binding_result)
@@ -305,6 +394,7 @@ def build_app(
     app[LEADERSHIP_KEY] = leadership if leadership is not None else AlwaysLeader()
     app[LIMITS_KEY] = ClientLimits(MAX_CONNECTIONS_PER_CLIENT)
     app[EXTENDER_KEY] = extender
+    app[ARGS_KEY] = ArgsDecoder(max_bytes=max_body)
     app[METRICS_KEY] = ExtenderMetrics(registry)
     app[METRICS_KEY].verbs.watch(extender)
     pool = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="bind")
