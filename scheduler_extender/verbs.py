@@ -212,6 +212,7 @@ class _ShapeTable:
         "passed_json",
         "pending",
         "score_of",
+        "segments",
         "source_pos",
         "stale",
         "unknown",
@@ -241,6 +242,8 @@ class _ShapeTable:
         self.failed_json: dict[str, bytes] = {}
         self.unknown_json: dict[str, bytes] = {}
         """Per node its encoded entry of the filter reply (a name; name: reason): the reply is their join."""
+        self.segments: list[bytes | None] = [None, None, None]
+        """The joins of passed_json, failed_json and unknown_json as they stand (None: changed since)."""
         self.classes: collections.Counter[str] = collections.Counter()
         """Refusal classes of `failed`, for the metrics."""
         self.whole = _SameAs()
@@ -287,16 +290,22 @@ class _ShapeTable:
                 b'{"Nodes":null,"NodeNames":',
                 names_json,
                 b',"FailedNodes":{',
-                b",".join(self.failed_json.values()),
+                self._segment(1, self.failed_json),
                 b'},"FailedAndUnresolvableNodes":{',
-                b",".join(self.unknown_json.values()),
+                self._segment(2, self.unknown_json),
                 b'},"Error":""}',
             )
         )
 
     def passed_names_json(self) -> bytes:
         """The names of `passed`, in its order, as a JSON list."""
-        return b"[" + b",".join(self.passed_json.values()) + b"]"
+        return b"[" + self._segment(0, self.passed_json) + b"]"
+
+    def _segment(self, index: int, entries: dict[str, bytes]) -> bytes:
+        joined = self.segments[index]
+        if joined is None:
+            joined = self.segments[index] = b",".join(entries.values())
+        return joined
 
     def summary(self) -> FilterSummary:
         """What the metrics count of `filter_json()`."""
@@ -312,6 +321,7 @@ class _ShapeTable:
         self.whole.added(name)
         self.unknown[name] = reason
         self.unknown_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
+        self.segments[2] = None
 
     def add(self, name: str, outcome: Outcome) -> None:
         if name in self.covered:
@@ -322,6 +332,7 @@ class _ShapeTable:
             self.passed[name] = outcome  # type: ignore[assignment]
             self.exact.added(name)
             self.passed_json[name] = orjson.dumps(name)
+            self.segments[0] = None
             key = self.keys[name] = _score_key(outcome)  # type: ignore[arg-type]
             self.key_names.setdefault(key, set()).add(name)
             if key not in self.key_rep:
@@ -335,6 +346,7 @@ class _ShapeTable:
             reason: str = outcome.reason  # type: ignore[union-attr]
             self.failed[name] = reason
             self.failed_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
+            self.segments[1] = None
             self.classes[cached_refusal_class(reason)] += 1
 
     def forget(self, names: Iterable[str]) -> None:
@@ -347,6 +359,7 @@ class _ShapeTable:
             if self.passed.pop(name, None) is not None:
                 self.exact.removed(name)
                 del self.passed_json[name]
+                self.segments[0] = None
                 key = self.keys.pop(name)
                 holders = self.key_names[key]
                 holders.discard(name)
@@ -359,12 +372,14 @@ class _ShapeTable:
             reason = self.failed.pop(name, None)
             if reason is not None:
                 del self.failed_json[name]
+                self.segments[1] = None
                 cls = cached_refusal_class(reason)
                 self.classes[cls] -= 1
                 if not self.classes[cls]:
                     del self.classes[cls]
             if self.unknown.pop(name, None) is not None:
                 del self.unknown_json[name]
+                self.segments[2] = None
 
 
 class _Answer:
@@ -451,6 +466,7 @@ class Extender:
         self._node_log_base = 0
         self._node_log_lock = threading.Lock()
         self._observed = isinstance(source, ObservableNodeSource)
+        self._last_parsed: tuple[dict[str, Any], PodRequest] | None = None
         if self._observed:
             source.add_listener(self._node_changed)  # type: ignore[attr-defined]
         add_listener = getattr(source, "add_listener", None)
@@ -522,7 +538,7 @@ class Extender:
         """Scores 0..10 by each node's best allocation; nodes we cannot place on score 0."""
         candidates = args.candidates
         try:
-            request = parse_pod_request(args.pod)
+            request = self._parse(args.pod)
         except RequestError:
             return encode_host_priorities(dict.fromkeys(candidates, 0))
         if not request.wants_placement():
@@ -543,7 +559,7 @@ class Extender:
         candidates = args.candidates
         if self._observed:
             try:
-                request = parse_pod_request(args.pod)
+                request = self._parse(args.pod)
             except RequestError:
                 request = None
             if request is not None and request.wants_placement():
@@ -567,10 +583,20 @@ class Extender:
             return None
         return outcomes
 
+    def _parse(self, pod: dict[str, Any]) -> PodRequest:
+        """parse_pod_request, once per pod object: prioritize gets filter's pod object again where the
+        HTTP layer decoded the same bytes (RequestError as parse_pod_request raises it)."""
+        last = self._last_parsed
+        if last is not None and last[0] is pod:
+            return last[1]
+        request = parse_pod_request(pod)
+        self._last_parsed = (pod, request)
+        return request
+
     def _request(self, pod: dict[str, Any]) -> PodRequest | str:
         """The parsed request, or the error message naming pod and field (with an Event)."""
         try:
-            return parse_pod_request(pod)
+            return self._parse(pod)
         except RequestError as exc:
             message = str(exc)
             if self._warn is not None:

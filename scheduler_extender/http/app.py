@@ -29,6 +29,7 @@ from scheduler_extender.leader import AlwaysLeader, Leadership
 from scheduler_extender.verb_metrics import VerbMetrics
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import (
+    BindingArgs,
     ExtenderArgs,
     WireError,
     decode_binding_args,
@@ -159,6 +160,8 @@ class ArgsDecoder:
     def __init__(self, max_lists: int = 8, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.max_lists, self.max_bytes = max_lists, max_bytes
         self._lists: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
+        self._pod: tuple[bytes, dict[str, Any]] | None = None
+        """The last pod decoded: prioritize sends filter's pod again, byte for byte."""
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -179,13 +182,18 @@ class ArgsDecoder:
         names = self._names(bytes(wire.node_names))
         if names is None:
             return None
+        raw_pod = bytes(wire.pod)
+        last = self._pod
+        if last is not None and last[0] == raw_pod:
+            return ExtenderArgs(pod=last[1], node_names=names, nodes=None)
         try:
             # The pod sits one level below the body: the body's depth bound, less one.
-            pod = decode_json(bytes(wire.pod), MAX_JSON_DEPTH - 1)
+            pod = decode_json(raw_pod, MAX_JSON_DEPTH - 1)
         except WireError:
             return None
         if type(pod) is not dict:
             return None
+        self._pod = (raw_pod, pod)
         return ExtenderArgs(pod=pod, node_names=names, nodes=None)
 
     def _names(self, raw: bytes) -> tuple[str, ...] | None:
@@ -309,11 +317,15 @@ async def _prioritize(request: web.Request, raw: bytes) -> Any:
 async def _bind(request: web.Request, raw: bytes) -> Any:
     loop = asyncio.get_running_loop()
     # Decoded in the bind pool: a hostile body of megabytes never holds the event loop.
-    args = await loop.run_in_executor(request.app[POOL_KEY], lambda: decode_binding_args(decode_json(raw)))
     extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY].verbs
-    if extender.cache.held_by(args.pod_uid) is not None:
-        metrics.bind_retries.inc()
-    body = await loop.run_in_executor(request.app[POOL_KEY], extender.bind, args)
+
+    def work() -> tuple[BindingArgs, dict[str, Any]]:
+        args = decode_binding_args(decode_json(raw))
+        if extender.cache.held_by(args.pod_uid) is not None:
+            metrics.bind_retries.inc()
+        return args, extender.bind(args)
+
+    args, body = await loop.run_in_executor(request.app[POOL_KEY], work)
     allocation = None if body.get("Error") else extender.cache.held_by(args.pod_uid)
     view = extender.source.node(args.node) if allocation is not None else None
     metrics.observe_bind(body.get("Error") or "", allocation, view.state.topology if view else None)

@@ -91,7 +91,11 @@ def test_the_same_names_bytes_give_the_same_tuple_and_other_bytes_decode_afresh(
     spec = pod("p", limits={"gedge.io/gpu": "1"})
     first = decoder.decode(body(spec, ["a", "b"]))
     assert first.node_names == ("a", "b") and first.nodes is None and first.pod == spec
-    assert decoder.decode(body(pod("q"), ["a", "b"])).node_names is first.node_names
+    other = decoder.decode(body(pod("q"), ["a", "b"]))
+    assert other.node_names is first.node_names and other.pod == pod("q")
+    # The same pod bytes again (prioritize after filter) give the same pod object.
+    assert decoder.decode(body(pod("q"), ["a"])).pod is other.pod
+    assert decoder.decode(body(spec, ["a"])).pod == spec
     spaced = b'{"Pod": {}, "Nodes": null, "NodeNames": ["a",  "b"]}'
     assert decoder.decode(spaced).node_names == ("a", "b")
     decoder.decode(body(spec, ["c"]))
