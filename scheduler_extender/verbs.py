@@ -316,6 +316,8 @@ class _ShapeTable:
 
     def add_unknown(self, name: str, reason: str) -> None:
         if name in self.covered:
+            if self.unknown.get(name) == reason:
+                return
             self.forget((name,))
         self.covered.add(name)
         self.whole.added(name)
@@ -324,7 +326,11 @@ class _ShapeTable:
         self.segments[2] = None
 
     def add(self, name: str, outcome: Outcome) -> None:
+        """The node's answer; a node judged again keeps its place in the reply where its answer keeps
+        its kind, so the joined pieces of the others stay as they are."""
         if name in self.covered:
+            if self._update(name, outcome):
+                return
             self.forget((name,))
         self.covered.add(name)
         self.whole.added(name)
@@ -348,6 +354,49 @@ class _ShapeTable:
             self.failed_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
             self.segments[1] = None
             self.classes[cached_refusal_class(reason)] += 1
+
+    def _update(self, name: str, outcome: Outcome) -> bool:
+        """Replace a covered node's answer in place when it passes again or is refused again; False
+        when it turns from one to the other (the caller forgets it and adds it)."""
+        if outcome.__class__ is Placement:
+            old = self.passed.get(name)
+            if old is None:
+                return False
+            self.passed[name] = outcome  # type: ignore[assignment]
+            key, old_key = _score_key(outcome), self.keys[name]  # type: ignore[arg-type]
+            if key == old_key:
+                return True
+            holders = self.key_names[old_key]
+            holders.discard(name)
+            if not holders:
+                del self.key_names[old_key]
+                del self.key_rep[old_key]
+                self.stale = True
+            self.keys[name] = key
+            self.key_names.setdefault(key, set()).add(name)
+            if key not in self.key_rep:
+                self.key_rep[key] = outcome  # type: ignore[assignment]
+                self.stale = True
+            if self.score_of is None or self.stale:
+                self.pending.add(name)
+            else:
+                self.fragments[name] = _fragment(name, self.score_of[key])
+            return True
+        old_reason = self.failed.get(name)
+        if old_reason is None:
+            return False
+        reason: str = outcome.reason  # type: ignore[union-attr]
+        if reason != old_reason:
+            self.failed[name] = reason
+            self.failed_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
+            self.segments[1] = None
+            old_cls, cls = cached_refusal_class(old_reason), cached_refusal_class(reason)
+            if cls != old_cls:
+                self.classes[old_cls] -= 1
+                if not self.classes[old_cls]:
+                    del self.classes[old_cls]
+                self.classes[cls] += 1
+        return True
 
     def forget(self, names: Iterable[str]) -> None:
         covered = self.covered
@@ -621,7 +670,7 @@ class Extender:
             return self._node_log_base + len(self._node_log)
 
     def _sync(self, table: _ShapeTable) -> list[str]:
-        """Forget the table's answers for nodes changed since it was last used; returns those it had."""
+        """The covered nodes changed since the table was last used: the caller judges each again."""
         with self._node_log_lock:
             base, end = self._node_log_base, self._node_log_base + len(self._node_log)
             changed = None if table.source_pos < base else self._node_log[table.source_pos - base :]
@@ -633,9 +682,8 @@ class Extender:
         table.source_pos = end
         if not changed and not nodes:
             return []
-        had = [name for name in {*changed, *nodes} if name in table.covered]
-        table.forget(had)
-        return had
+        # Judged again by the caller, which replaces or forgets each one's answer.
+        return [name for name in {*changed, *nodes} if name in table.covered]
 
     def _table(self, request: PodRequest) -> _ShapeTable:
         shape = _memo_key(request)
@@ -717,12 +765,15 @@ class Extender:
             table.add_unknown(name, f"node {name}: no gedge agent reports this node")
             return
         if not view.fresh:
+            table.forget((name,))
             unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"
             return
         outcome = self._memo_place(table, name, view, request)
         if view.fresh_until is None:
             table.add(name, outcome)
-        elif outcome.__class__ is Placement:
+            return
+        table.forget((name,))
+        if outcome.__class__ is Placement:
             extra_passed[name] = outcome  # type: ignore[assignment]
         else:
             failed[name] = outcome.reason  # type: ignore[union-attr]

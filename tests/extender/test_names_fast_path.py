@@ -174,6 +174,13 @@ def test_encoded_answers_equal_fresh_placement_through_every_kind_of_change() ->
     # A node replaced by a larger one under the same name.
     four = pod("four", limits={"gedge.io/gpu": "4"})
     assert "edge-0" not in pair.check(four, listed)
+    # A bind on a refused node: refused again, for a reason that names what is free now.
+    pair.put(NodeState(edge_box("edge-0", gpus=2)))
+    before = orjson.loads(pair.kept.filter_json(pair.decoder.decode(body(four, listed))).body)
+    pair.bind(pod("one", limits={"gedge.io/gpu": "1"}), "edge-0")
+    assert "edge-0" not in pair.check(four, listed)
+    after = orjson.loads(pair.kept.filter_json(pair.decoder.decode(body(four, listed))).body)
+    assert after["FailedNodes"]["edge-0"] != before["FailedNodes"]["edge-0"]
     pair.put(NodeState(dgx_like("edge-0")))
     assert "edge-0" in pair.check(four, listed)
 
