@@ -150,7 +150,9 @@ class Client:
         self.http = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
     def post(self, verb: str, body: Any) -> Any:
-        self.http.request("POST", f"/{verb}", json.dumps(body), {"Content-Type": "application/json"})
+        # Compact, as kube-scheduler's Go encoder writes it.
+        data = json.dumps(body, separators=(",", ":"))
+        self.http.request("POST", f"/{verb}", data, {"Content-Type": "application/json"})
         response = self.http.getresponse()
         payload = json.loads(response.read())
         if response.status != 200:

@@ -13,6 +13,7 @@ import collections
 import functools
 import itertools
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -103,6 +104,35 @@ def refusal_class(reason: str) -> str:
 @functools.lru_cache(maxsize=65_536)
 def _cached_class(reason: object) -> str:
     return refusal_class(str(reason))
+
+
+def cached_refusal_class(reason: str) -> str:
+    """refusal_class, remembered per reason (the extender keeps a node's reason while it stays the same)."""
+    return _cached_class(reason)
+
+
+@dataclass(frozen=True)
+class FilterSummary:
+    """What the metrics count of one filter reply."""
+
+    error: str
+    """The reply's Error ("" when it answered)."""
+    refusals: Mapping[str, int]
+    """Refused nodes per class; unresolvable nodes count as unknown-node or stale-node."""
+    passed_any: bool
+    """Whether any node passed."""
+
+
+def filter_summary(body: Mapping[str, Any]) -> FilterSummary:
+    """The summary of an ExtenderFilterResult as a dict."""
+    error = body.get("Error") or ""
+    if error:
+        return FilterSummary(str(error), {}, False)
+    classes = collections.Counter(map(_cached_class, (body.get("FailedNodes") or {}).values()))
+    for reason in (body.get("FailedAndUnresolvableNodes") or {}).values():
+        classes["unknown-node" if _cached_class(reason) == "unknown-node" else "stale-node"] += 1
+    passed = bool(body.get("NodeNames")) or bool((body.get("Nodes") or {}).get("items"))
+    return FilterSummary("", classes, passed)
 
 
 def bind_failure_class(error: str) -> str:
@@ -248,23 +278,26 @@ class VerbMetrics:
     def observe_filter(self, body: Mapping[str, Any]) -> None:
         """Count each refused node's class; a pod left with no node counts once, by the commonest class."""
         try:
-            self._observe_filter(body)
+            self._observe_filter(filter_summary(body))
         except Exception:  # a metric must never turn an answer into an error
             log.exception("filter_metrics_failed")
 
-    def _observe_filter(self, body: Mapping[str, Any]) -> None:
-        error = body.get("Error")
-        if error:
+    def observe_filter_summary(self, summary: FilterSummary) -> None:
+        """observe_filter of a reply already summarized (the extender counts classes per node state)."""
+        try:
+            self._observe_filter(summary)
+        except Exception:  # a metric must never turn an answer into an error
+            log.exception("filter_metrics_failed")
+
+    def _observe_filter(self, summary: FilterSummary) -> None:
+        if summary.error:
             self.unschedulable.labels("bad-request").inc()
             return
-        # Thousands of refused nodes per call at cluster scale: one counter step per class, and a
-        # reason (kept by the extender between calls) is classified once.
-        classes = collections.Counter(map(_cached_class, (body.get("FailedNodes") or {}).values()))
-        for reason in (body.get("FailedAndUnresolvableNodes") or {}).values():
-            classes["unknown-node" if _cached_class(reason) == "unknown-node" else "stale-node"] += 1
+        # Thousands of refused nodes per call at cluster scale: one counter step per class.
+        classes = {cls: count for cls, count in summary.refusals.items() if count}
         for cls, count in classes.items():
             self.filter_refusals.labels(cls).inc(count)
-        if classes and not body.get("NodeNames") and not (body.get("Nodes") or {}).get("items"):
+        if classes and not summary.passed_any:
             commonest = max(classes, key=lambda c: (classes[c], c))
             self.unschedulable.labels(commonest).inc()
 

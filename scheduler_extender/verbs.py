@@ -8,12 +8,13 @@ memoized until the node's report or its held allocations change.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence, Set
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import orjson
 import structlog
@@ -32,6 +33,7 @@ from scheduler_extender.placement.engine import (
     score_nodes,
 )
 from scheduler_extender.placement.request import PodRequest, RequestError, parse_pod_request
+from scheduler_extender.verb_metrics import FilterSummary, cached_refusal_class, filter_summary
 from scheduler_extender.wire import (
     MAX_EXTENDER_PRIORITY,
     MIN_EXTENDER_PRIORITY,
@@ -158,6 +160,39 @@ def _fragment(name: str, score: int) -> bytes:
     return b'{"Host":%s,"Score":%d}' % (orjson.dumps(name), score)
 
 
+class _SameAs:
+    """Whether a set still holds exactly the names of the candidates tuple last checked against it.
+
+    kube-scheduler sends the same names again and again (the HTTP layer hands the same
+    list as the same tuple): once checked, a tuple is known to match until the set
+    gains a name it did not have then, or loses one without getting it back.
+    """
+
+    __slots__ = ("gone", "names")
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] | None = None
+        self.gone: set[str] = set()
+
+    def holds(self, names: tuple[str, ...]) -> bool:
+        return names is self.names and not self.gone
+
+    def checked(self, names: tuple[str, ...]) -> None:
+        """`names` matches the set now."""
+        self.names, self.gone = names, set()
+
+    def added(self, name: str) -> None:
+        if self.names is not None:
+            if name in self.gone:
+                self.gone.discard(name)
+            else:
+                self.names = None
+
+    def removed(self, name: str) -> None:
+        if self.names is not None:
+            self.gone.add(name)
+
+
 class _ShapeTable:
     """Every answer for one pod shape, kept across requests and brought up to date by the nodes that
     changed since (source listener, assume cache log), so a request costs set operations over its
@@ -170,19 +205,26 @@ class _ShapeTable:
 
     __slots__ = (
         "assume_seq",
+        "classes",
         "covered",
         "entries",
+        "exact",
         "failed",
+        "failed_json",
         "fragments",
         "key_names",
         "key_rep",
         "keys",
         "passed",
+        "passed_json",
         "pending",
         "score_of",
+        "segments",
         "source_pos",
         "stale",
         "unknown",
+        "unknown_json",
+        "whole",
     )
 
     def __init__(self, source_pos: int, assume_seq: int) -> None:
@@ -203,6 +245,18 @@ class _ShapeTable:
         self.failed: dict[str, str] = {}
         self.unknown: dict[str, str] = {}
         self.covered: set[str] = set()
+        self.passed_json: dict[str, bytes] = {}
+        self.failed_json: dict[str, bytes] = {}
+        self.unknown_json: dict[str, bytes] = {}
+        """Per node its encoded entry of the filter reply (a name; name: reason): the reply is their join."""
+        self.segments: list[bytes | None] = [None, None, None]
+        """The joins of passed_json, failed_json and unknown_json as they stand (None: changed since)."""
+        self.classes: collections.Counter[str] = collections.Counter()
+        """Refusal classes of `failed`, for the metrics."""
+        self.whole = _SameAs()
+        """Tracks a candidates tuple that is exactly `covered`."""
+        self.exact = _SameAs()
+        """Tracks a candidates tuple that is exactly `passed`."""
         self.source_pos = source_pos
         self.assume_seq = assume_seq
 
@@ -236,10 +290,63 @@ class _ShapeTable:
             self.pending.clear()
         return b"[" + b",".join(self.fragments.values()) + b"]"
 
-    def add(self, name: str, outcome: Outcome) -> None:
+    def filter_json(self, names_json: bytes) -> bytes:
+        """ExtenderFilterResult (NodeNames mode) over every covered node, as orjson encodes it;
+        `names_json`: `passed_names_json()`."""
+        return b"".join(
+            (
+                b'{"Nodes":null,"NodeNames":',
+                names_json,
+                b',"FailedNodes":{',
+                self._segment(1, self.failed_json),
+                b'},"FailedAndUnresolvableNodes":{',
+                self._segment(2, self.unknown_json),
+                b'},"Error":""}',
+            )
+        )
+
+    def passed_names_json(self) -> bytes:
+        """The names of `passed`, in its order, as a JSON list."""
+        return b"[" + self._segment(0, self.passed_json) + b"]"
+
+    def _segment(self, index: int, entries: dict[str, bytes]) -> bytes:
+        joined = self.segments[index]
+        if joined is None:
+            joined = self.segments[index] = b",".join(entries.values())
+        return joined
+
+    def summary(self) -> FilterSummary:
+        """What the metrics count of `filter_json()`."""
+        refusals = dict(self.classes)
+        if self.unknown:
+            refusals["unknown-node"] = refusals.get("unknown-node", 0) + len(self.unknown)
+        return FilterSummary("", refusals, bool(self.passed))
+
+    def add_unknown(self, name: str, reason: str) -> None:
+        if name in self.covered:
+            if self.unknown.get(name) == reason:
+                return
+            self.forget((name,))
         self.covered.add(name)
+        self.whole.added(name)
+        self.unknown[name] = reason
+        self.unknown_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
+        self.segments[2] = None
+
+    def add(self, name: str, outcome: Outcome) -> None:
+        """The node's answer; a node judged again keeps its place in the reply where its answer keeps
+        its kind, so the joined pieces of the others stay as they are."""
+        if name in self.covered:
+            if self._update(name, outcome):
+                return
+            self.forget((name,))
+        self.covered.add(name)
+        self.whole.added(name)
         if outcome.__class__ is Placement:
             self.passed[name] = outcome
+            self.exact.added(name)
+            self.passed_json[name] = orjson.dumps(name)
+            self.segments[0] = None
             key = self.keys[name] = _score_key(outcome)
             self.key_names.setdefault(key, set()).add(name)
             if key not in self.key_rep:
@@ -250,7 +357,54 @@ class _ShapeTable:
             else:
                 self.fragments[name] = _fragment(name, self.score_of[key])
         else:
-            self.failed[name] = cast(Refusal, outcome).reason
+            reason: str = outcome.reason  # type: ignore[union-attr]
+            self.failed[name] = reason
+            self.failed_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
+            self.segments[1] = None
+            self.classes[cached_refusal_class(reason)] += 1
+
+    def _update(self, name: str, outcome: Outcome) -> bool:
+        """Replace a covered node's answer in place when it passes again or is refused again; False
+        when it turns from one to the other (the caller forgets it and adds it)."""
+        if outcome.__class__ is Placement:
+            old = self.passed.get(name)
+            if old is None:
+                return False
+            self.passed[name] = outcome
+            key, old_key = _score_key(outcome), self.keys[name]
+            if key == old_key:
+                return True
+            holders = self.key_names[old_key]
+            holders.discard(name)
+            if not holders:
+                del self.key_names[old_key]
+                del self.key_rep[old_key]
+                self.stale = True
+            self.keys[name] = key
+            self.key_names.setdefault(key, set()).add(name)
+            if key not in self.key_rep:
+                self.key_rep[key] = outcome
+                self.stale = True
+            if self.score_of is None or self.stale:
+                self.pending.add(name)
+            else:
+                self.fragments[name] = _fragment(name, self.score_of[key])
+            return True
+        old_reason = self.failed.get(name)
+        if old_reason is None:
+            return False
+        reason: str = outcome.reason  # type: ignore[union-attr]
+        if reason != old_reason:
+            self.failed[name] = reason
+            self.failed_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
+            self.segments[1] = None
+            old_cls, cls = cached_refusal_class(old_reason), cached_refusal_class(reason)
+            if cls != old_cls:
+                self.classes[old_cls] -= 1
+                if not self.classes[old_cls]:
+                    del self.classes[old_cls]
+                self.classes[cls] += 1
+        return True
 
     def forget(self, names: Iterable[str]) -> None:
         covered = self.covered
@@ -258,7 +412,11 @@ class _ShapeTable:
             if name not in covered:
                 continue
             covered.discard(name)
+            self.whole.removed(name)
             if self.passed.pop(name, None) is not None:
+                self.exact.removed(name)
+                del self.passed_json[name]
+                self.segments[0] = None
                 key = self.keys.pop(name)
                 holders = self.key_names[key]
                 holders.discard(name)
@@ -268,14 +426,23 @@ class _ShapeTable:
                     del self.key_names[key]
                     del self.key_rep[key]
                     self.stale = True
-            self.failed.pop(name, None)
-            self.unknown.pop(name, None)
+            reason = self.failed.pop(name, None)
+            if reason is not None:
+                del self.failed_json[name]
+                self.segments[1] = None
+                cls = cached_refusal_class(reason)
+                self.classes[cls] -= 1
+                if not self.classes[cls]:
+                    del self.classes[cls]
+            if self.unknown.pop(name, None) is not None:
+                del self.unknown_json[name]
+                self.segments[2] = None
 
 
 class _Answer:
     """One request's outcomes, from a table (`table`) plus nodes looked at afresh (`extra_*`)."""
 
-    __slots__ = ("extra_passed", "failed", "names", "table", "unresolvable", "whole")
+    __slots__ = ("exact", "extra_passed", "failed", "names", "table", "unresolvable", "whole")
 
     def __init__(
         self,
@@ -285,8 +452,11 @@ class _Answer:
         failed: dict[str, str],
         unresolvable: dict[str, str],
         whole: bool = False,
+        exact: bool = False,
     ) -> None:
         self.whole = whole
+        self.exact = exact
+        """The candidates are exactly the nodes that passed in the table."""
         """The candidates are exactly the nodes the table covers: its answers are the reply as is."""
         self.names = names
         self.table = table
@@ -307,6 +477,16 @@ class _Answer:
     def placements(self, candidates: Sequence[str]) -> dict[str, Placement]:
         known = {**self.table.passed, **self.extra_passed} if self.table is not None else self.extra_passed
         return {n: known[n] for n in candidates if n in known}
+
+
+class FilterReply(NamedTuple):
+    """A filter reply encoded, and what the metrics count of it."""
+
+    body: bytes
+    summary: FilterSummary
+    passed: tuple[bytes, tuple[str, ...]] | None = None
+    """The reply's NodeNames, encoded and as a tuple, where the pod's shape table answered: the list
+    kube-scheduler sends back in prioritize, which the table then knows to be exactly its passed nodes."""
 
 
 class Extender:
@@ -344,8 +524,9 @@ class Extender:
         self._node_log_base = 0
         self._node_log_lock = threading.Lock()
         self._observed = isinstance(source, ObservableNodeSource)
-        if isinstance(source, ObservableNodeSource):
-            source.add_listener(self._node_changed)
+        self._last_parsed: tuple[dict[str, Any], PodRequest] | None = None
+        if self._observed:
+            source.add_listener(self._node_changed)  # type: ignore[attr-defined]
         add_listener = getattr(source, "add_listener", None)
         if add_listener is not None:
             add_listener(self._on_report)
@@ -359,6 +540,20 @@ class Extender:
     # -- filter / prioritize ------------------------------------------------------------------
 
     def filter(self, args: ExtenderArgs) -> dict[str, Any]:
+        body = self._filter(args, encoded=False)
+        assert isinstance(body, dict)
+        return body
+
+    def filter_json(self, args: ExtenderArgs) -> FilterReply:
+        """`filter`, encoded, and what the metrics count of it. When the candidates are every node the
+        pod's shape table covers (kube-scheduler sending every name), the reply is joined from
+        per-node pieces kept in the table and its refusal classes are counted there."""
+        body = self._filter(args, encoded=True)
+        if isinstance(body, FilterReply):
+            return body
+        return FilterReply(orjson.dumps(body), filter_summary(body))
+
+    def _filter(self, args: ExtenderArgs, encoded: bool) -> dict[str, Any] | FilterReply:
         request = self._request(args.pod)
         if isinstance(request, str):
             return encode_filter_result(args, error=request)
@@ -370,6 +565,14 @@ class Extender:
         if self._observed:
             with self._tables_lock:
                 answer = self._answer(candidates, request)
+                table = answer.table
+                if encoded and answer.whole and table is not None and args.nodes is None:
+                    names_json, names = table.passed_names_json(), tuple(table.passed)
+                    table.exact.checked(names)
+                    reply = FilterReply(table.filter_json(names_json), table.summary(), (names_json, names))
+                    if not names:
+                        log.info("filter_refused", pod=args.pod_label, nodes=len(candidates))
+                    return reply
                 passed = answer.passed_names(candidates)
             if not passed:
                 log.info("filter_refused", pod=args.pod_label, nodes=len(candidates))
@@ -393,7 +596,7 @@ class Extender:
         """Scores 0..10 by each node's best allocation; nodes we cannot place on score 0."""
         candidates = args.candidates
         try:
-            request = parse_pod_request(args.pod)
+            request = self._parse(args.pod)
         except RequestError:
             return encode_host_priorities(dict.fromkeys(candidates, 0))
         if not request.wants_placement():
@@ -414,18 +617,15 @@ class Extender:
         candidates = args.candidates
         if self._observed:
             try:
-                request = parse_pod_request(args.pod)
+                request = self._parse(args.pod)
             except RequestError:
                 request = None
             if request is not None and request.wants_placement():
                 with self._tables_lock:
                     answer = self._answer(candidates, request)
                     table = answer.table
-                    if (
-                        table is not None
-                        and not answer.extra_passed
-                        and len(answer.names) == len(table.passed)
-                        and table.passed.keys() == answer.names
+                    if table is not None and (
+                        answer.exact or (answer.whole and len(table.passed) == len(table.covered))
                     ):
                         return table.priorities_json(self.config)
         return orjson.dumps(self.prioritize(args))
@@ -441,10 +641,20 @@ class Extender:
             return None
         return outcomes
 
+    def _parse(self, pod: dict[str, Any]) -> PodRequest:
+        """parse_pod_request, once per pod object: prioritize gets filter's pod object again where the
+        HTTP layer decoded the same bytes (RequestError as parse_pod_request raises it)."""
+        last = self._last_parsed
+        if last is not None and last[0] is pod:
+            return last[1]
+        request = parse_pod_request(pod)
+        self._last_parsed = (pod, request)
+        return request
+
     def _request(self, pod: dict[str, Any]) -> PodRequest | str:
         """The parsed request, or the error message naming pod and field (with an Event)."""
         try:
-            return parse_pod_request(pod)
+            return self._parse(pod)
         except RequestError as exc:
             message = str(exc)
             if self._warn is not None:
@@ -469,7 +679,7 @@ class Extender:
             return self._node_log_base + len(self._node_log)
 
     def _sync(self, table: _ShapeTable) -> list[str]:
-        """Forget the table's answers for nodes changed since it was last used; returns those it had."""
+        """The covered nodes changed since the table was last used: the caller judges each again."""
         with self._node_log_lock:
             base, end = self._node_log_base, self._node_log_base + len(self._node_log)
             changed = None if table.source_pos < base else self._node_log[table.source_pos - base :]
@@ -481,9 +691,8 @@ class Extender:
         table.source_pos = end
         if not changed and not nodes:
             return []
-        had = [name for name in {*changed, *nodes} if name in table.covered]
-        table.forget(had)
-        return had
+        # Judged again by the caller, which replaces or forgets each one's answer.
+        return [name for name in {*changed, *nodes} if name in table.covered]
 
     def _table(self, request: PodRequest) -> _ShapeTable:
         shape = _memo_key(request)
@@ -518,27 +727,24 @@ class Extender:
         judged = self._sync(table)
         for name in judged:
             self._judge(table, name, request, extra_passed, failed, unresolvable)
-        covered = table.covered
-        if (
-            not extra_passed
-            and not failed
-            and not unresolvable
-            and len(candidates) == len(covered)
-            and covered.issuperset(candidates)
+        covered, passed = table.covered, table.passed
+        clean = not extra_passed and not failed and not unresolvable
+        if clean and (
+            table.whole.holds(candidates)
+            or (len(candidates) == len(covered) and covered.issuperset(candidates))
         ):
             # Every node the table covers, as kube-scheduler asks with percentageOfNodesToScore 100:
-            # no set of the candidates is built, the table's answers are the reply.
+            # no set of the candidates is built, the table's answers are the reply. The same names
+            # tuple next time is known to match without a look at its names.
+            table.whole.checked(candidates)
             return _Answer(covered, table, {}, table.failed, dict(table.unknown), whole=True)
-        passed = table.passed
-        if (
-            not extra_passed
-            and not failed
-            and not unresolvable
-            and len(candidates) == len(passed)
-            and all(map(passed.__contains__, candidates))
+        if clean and (
+            table.exact.holds(candidates)
+            or (len(candidates) == len(passed) and all(map(passed.__contains__, candidates)))
         ):
             # Exactly the nodes that passed, as kube-scheduler's prioritize after a whole filter.
-            return _Answer(passed.keys(), table, {}, {}, {})
+            table.exact.checked(candidates)
+            return _Answer(passed.keys(), table, {}, {}, {}, exact=True)
         names = set(candidates)
         for name in names - covered - set(judged):
             self._judge(table, name, request, extra_passed, failed, unresolvable)
@@ -565,16 +771,18 @@ class Extender:
         this request's own answers."""
         view = self.source.node(name)
         if view is None:
-            table.unknown[name] = f"node {name}: no gedge agent reports this node"
-            table.covered.add(name)
+            table.add_unknown(name, f"node {name}: no gedge agent reports this node")
             return
         if not view.fresh:
+            table.forget((name,))
             unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"
             return
         outcome = self._memo_place(table, name, view, request)
         if view.fresh_until is None:
             table.add(name, outcome)
-        elif outcome.__class__ is Placement:
+            return
+        table.forget((name,))
+        if outcome.__class__ is Placement:
             extra_passed[name] = outcome
         else:
             failed[name] = cast(Refusal, outcome).reason

@@ -12,11 +12,14 @@ import asyncio
 import contextlib
 import gc
 import ssl
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgspec
 import orjson
 import structlog
 from aiohttp import web
@@ -26,6 +29,8 @@ from scheduler_extender.leader import AlwaysLeader, Leadership
 from scheduler_extender.verb_metrics import VerbMetrics
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import (
+    BindingArgs,
+    ExtenderArgs,
     WireError,
     decode_binding_args,
     decode_extender_args,
@@ -87,6 +92,8 @@ MAX_JSON_DEPTH = 64
 """Deepest nesting a request body may have; a Node or Pod object is under 20 levels deep."""
 
 _CONSTANTS = ("-Infinity", "Infinity", "NaN")
+_CONTAINERS = frozenset({dict, list})
+"""The container types orjson decodes to (exactly these, never subclasses)."""
 
 
 def _not_json(exc: orjson.JSONDecodeError, max_depth: int) -> str:
@@ -112,16 +119,109 @@ def decode_json(raw: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise WireError(_not_json(exc, max_depth)) from None
+    if type(value) not in _CONTAINERS:
+        return value
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if depth > max_depth:
             raise WireError(f"request body nests deeper than {max_depth} levels")
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, dict | list))
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item if isinstance(v, dict | list))
+        values = item.values() if type(item) is dict else item
+        # One C-level pass skips a flat list (thousands of node names) without a Python step per item.
+        if _CONTAINERS.isdisjoint(map(type, values)):
+            continue
+        stack.extend((v, depth + 1) for v in values if type(v) in _CONTAINERS)
     return value
+
+
+class _WireArgs(msgspec.Struct):
+    """ExtenderArgs as kube-scheduler spells it, each field left encoded (UNSET: the key is absent)."""
+
+    pod: msgspec.Raw | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="Pod")
+    nodes: msgspec.Raw | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="Nodes")
+    node_names: msgspec.Raw | msgspec.UnsetType = msgspec.field(default=msgspec.UNSET, name="NodeNames")
+
+
+_WIRE_ARGS = msgspec.json.Decoder(_WireArgs)
+_NAMES = msgspec.json.Decoder(tuple[str, ...])
+
+
+class ArgsDecoder:
+    """ExtenderArgs from a filter or prioritize body, the same list of names as the same tuple.
+
+    kube-scheduler (nodeCacheCapable) sends `Pod`, `Nodes: null` and `NodeNames` spelt
+    exactly, and the same thousands of names call after call. Such a body is split
+    without decoding the names; a names list met before (byte for byte, the last
+    `max_lists`) is the tuple decoded then, and the extender keeps answers per tuple.
+    Any other body (other spellings, NodeList mode, anything malformed) is decoded
+    by `decode_extender_args(decode_json(raw))`, with its errors.
+    """
+
+    def __init__(self, max_lists: int = 8, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.max_lists, self.max_bytes = max_lists, max_bytes
+        self._lists: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
+        self._pod: tuple[bytes, dict[str, Any]] | None = None
+        """The last pod decoded: prioritize sends filter's pod again, byte for byte."""
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def decode(self, raw: bytes) -> ExtenderArgs:
+        """WireError as decode_extender_args words it when the body is not ExtenderArgs."""
+        fast = self._split(raw)
+        return fast if fast is not None else decode_extender_args(decode_json(raw))
+
+    def _split(self, raw: bytes) -> ExtenderArgs | None:
+        try:
+            wire = _WIRE_ARGS.decode(raw)
+        except (msgspec.MsgspecError, RecursionError):  # decode_json words the error
+            return None
+        if wire.pod is msgspec.UNSET or wire.nodes is msgspec.UNSET or wire.node_names is msgspec.UNSET:
+            return None
+        if bytes(wire.nodes) != b"null":
+            return None
+        names = self._names(bytes(wire.node_names))
+        if names is None:
+            return None
+        raw_pod = bytes(wire.pod)
+        last = self._pod
+        if last is not None and last[0] == raw_pod:
+            return ExtenderArgs(pod=last[1], node_names=names, nodes=None)
+        try:
+            # The pod sits one level below the body: the body's depth bound, less one.
+            pod = decode_json(raw_pod, MAX_JSON_DEPTH - 1)
+        except WireError:
+            return None
+        if type(pod) is not dict:
+            return None
+        self._pod = (raw_pod, pod)
+        return ExtenderArgs(pod=pod, node_names=names, nodes=None)
+
+    def _names(self, raw: bytes) -> tuple[str, ...] | None:
+        with self._lock:
+            names = self._lists.get(raw)
+            if names is not None:
+                self._lists.move_to_end(raw)
+                return names
+        try:
+            names = _NAMES.decode(raw)
+        except (msgspec.MsgspecError, RecursionError):  # decode_json words the error
+            return None
+        self.remember(raw, names)
+        return names
+
+    def remember(self, raw: bytes, names: tuple[str, ...]) -> None:
+        """Decode the JSON list `raw` as `names` from now on (`names` must be what `raw` holds)."""
+        with self._lock:
+            if len(raw) <= self.max_bytes:
+                old = self._lists.pop(raw, None)
+                self._lists[raw] = names
+                if old is None:
+                    self._bytes += len(raw)
+                while len(self._lists) > self.max_lists or self._bytes > self.max_bytes:
+                    self._bytes -= len(self._lists.popitem(last=False)[0])
+
+
+ARGS_KEY = web.AppKey("args_decoder", ArgsDecoder)
 
 
 class _Encoded(bytes):
@@ -193,33 +293,39 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
 
 @_verb("filter", lambda message: encode_filter_result(None, error=message))
 async def _filter(request: web.Request, raw: bytes) -> Any:
-    extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY]
+    extender, metrics, decoder = request.app[EXTENDER_KEY], request.app[METRICS_KEY], request.app[ARGS_KEY]
 
     def work() -> _Encoded:
-        body = extender.filter(decode_extender_args(decode_json(raw)))
-        metrics.verbs.observe_filter(body)
-        return _encoded(body)
+        reply = extender.filter_json(decoder.decode(raw))
+        if reply.passed is not None:
+            decoder.remember(*reply.passed)
+        metrics.verbs.observe_filter_summary(reply.summary)
+        data = _Encoded(reply.body)
+        data.error = bool(reply.summary.error)
+        return data
 
     return await _off_loop(request, work)
 
 
 @_verb("prioritize", lambda message: {"Error": message})
 async def _prioritize(request: web.Request, raw: bytes) -> Any:
-    extender = request.app[EXTENDER_KEY]
-    return await _off_loop(
-        request, lambda: _Encoded(extender.prioritize_json(decode_extender_args(decode_json(raw))))
-    )
+    extender, args = request.app[EXTENDER_KEY], request.app[ARGS_KEY]
+    return await _off_loop(request, lambda: _Encoded(extender.prioritize_json(args.decode(raw))))
 
 
 @_verb("bind", encode_binding_result)
 async def _bind(request: web.Request, raw: bytes) -> Any:
     loop = asyncio.get_running_loop()
     # Decoded in the bind pool: a hostile body of megabytes never holds the event loop.
-    args = await loop.run_in_executor(request.app[POOL_KEY], lambda: decode_binding_args(decode_json(raw)))
     extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY].verbs
-    if extender.cache.held_by(args.pod_uid) is not None:
-        metrics.bind_retries.inc()
-    body = await loop.run_in_executor(request.app[POOL_KEY], extender.bind, args)
+
+    def work() -> tuple[BindingArgs, dict[str, Any]]:
+        args = decode_binding_args(decode_json(raw))
+        if extender.cache.held_by(args.pod_uid) is not None:
+            metrics.bind_retries.inc()
+        return args, extender.bind(args)
+
+    args, body = await loop.run_in_executor(request.app[POOL_KEY], work)
     allocation = None if body.get("Error") else extender.cache.held_by(args.pod_uid)
     view = extender.source.node(args.node) if allocation is not None else None
     metrics.observe_bind(body.get("Error") or "", allocation, view.state.topology if view else None)
@@ -300,6 +406,7 @@ def build_app(
     app[LEADERSHIP_KEY] = leadership if leadership is not None else AlwaysLeader()
     app[LIMITS_KEY] = ClientLimits(MAX_CONNECTIONS_PER_CLIENT)
     app[EXTENDER_KEY] = extender
+    app[ARGS_KEY] = ArgsDecoder(max_bytes=max_body)
     app[METRICS_KEY] = ExtenderMetrics(registry)
     app[METRICS_KEY].verbs.watch(extender)
     pool = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="bind")

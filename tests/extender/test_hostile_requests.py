@@ -127,6 +127,19 @@ def test_nesting_within_the_bound_is_fine() -> None:
         decode_json(b"[" * 65 + b"]" * 65)
 
 
+def test_a_deep_value_after_many_flat_ones_is_found() -> None:
+    names = b",".join(b'"node-%d"' % i for i in range(1000))
+    deep = b"[" * 64 + b"]" * 64
+    assert decode_json(b'{"NodeNames": [' + names + b"]}")["NodeNames"][-1] == "node-999"
+    for raw in (
+        b'{"NodeNames": [' + names + b"," + deep + b"]}",
+        b'{"a": 1, "b": "x", "c": null, "d": ' + deep + b"}",
+        b"[1, 2.5, true, {}, []," + deep + b"]",
+    ):
+        with pytest.raises(WireError, match="nests deeper than 64"):
+            decode_json(raw)
+
+
 def test_a_deep_annotation_names_the_pod_and_the_annotation(server: ServerThread) -> None:
     deep = "[" * 1500 + "]" * 1500
     for key in ("gedge.io/communication", "gedge.io/compute"):
