@@ -9,7 +9,6 @@ from typing import Any
 
 import orjson
 import pytest
-from scheduler_extender.placement.synthetic import dgx_like, edge_box
 
 from gedge_model import NodeState
 from scheduler_extender.http.app import ArgsDecoder, build_app
@@ -20,6 +19,7 @@ from scheduler_extender.wire import BindingArgs, WireError, decode_extender_args
 from tests.extender.conftest import RecordingBinder, pod
 from tests.extender.servers import ServerThread, post
 from tests.extender.test_answer_tables import SHAPES, PlainSource, mixed_states
+from tests.support.synthetic import dgx_like, edge_box
 
 
 def body(spec: dict[str, Any], names: list[str] | tuple[str, ...]) -> bytes:
