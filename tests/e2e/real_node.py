@@ -52,6 +52,7 @@ NODE_LOCK = Path("/run/gedge-e2e-node.lock")
 LOCK_TIMEOUT = 900.0
 READY_TIMEOUT = 120.0
 KUBELET_ROOT = Path("/var/lib/kubelet")
+NETNS_DIR = Path("/run/netns")
 DEVICE_PLUGIN_DIR = KUBELET_ROOT / "device-plugins"
 NRI_SOCKET = Path("/var/run/nri/nri.sock")
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
@@ -154,6 +155,8 @@ class HostState:
     absent: list[Path] = field(default_factory=list)
     netns: set[str] = field(default_factory=set)
     kubepods_existed: bool = False
+    netns_dir_mounted: bool = False
+    """Whether start made /run/netns a shared mount of itself (undone at stop)."""
 
     @classmethod
     def record(cls) -> HostState:
@@ -169,6 +172,21 @@ class HostState:
         state.kubepods_existed = any((d / "kubepods").exists() for d in CGROUP_MOUNT.iterdir())
         return state
 
+    def share_netns_dir(self) -> None:
+        """Make /run/netns a shared mount of itself, as `ip netns add` does, when it is not a mount.
+
+        A hostPath volume of /run/netns with HostToContainer propagation (the agent's) needs it to be
+        on a shared or slave mount; systemd makes / shared, so on such hosts it always is. Without
+        systemd as PID 1 (/ private, as here) the runtime refuses the container until /run/netns is
+        a mount of its own.
+        """
+        if str(NETNS_DIR) in _mountpoints():
+            return
+        NETNS_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "--bind", str(NETNS_DIR), str(NETNS_DIR)], check=True, capture_output=True)
+        subprocess.run(["mount", "--make-shared", str(NETNS_DIR)], check=True, capture_output=True)
+        self.netns_dir_mounted = True
+
     def restore(self) -> list[str]:
         """Undo; returns what could not be undone (empty when all went back)."""
         problems: list[str] = []
@@ -176,6 +194,10 @@ class HostState:
             unmount_below(Path(netns))
             with contextlib.suppress(OSError):
                 os.unlink(netns)
+        if self.netns_dir_mounted:
+            subprocess.run(["umount", "--lazy", str(NETNS_DIR)], capture_output=True)
+            if str(NETNS_DIR) in _mountpoints():
+                problems.append(f"{NETNS_DIR} still mounted")
         if not self.kubepods_existed:
             for hierarchy in CGROUP_MOUNT.iterdir():
                 top = hierarchy / "kubepods"
@@ -269,6 +291,7 @@ class RealNode:
         self._lock.enter_context(node_lock())
         try:
             self.host = HostState.record()
+            self.host.share_netns_dir()
             self.workdir.mkdir(parents=True, exist_ok=True)
             self._write_cni()
             self.start_containerd()
