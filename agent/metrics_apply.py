@@ -6,7 +6,8 @@ count the same way without either knowing about metrics.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
@@ -53,6 +54,16 @@ class ApplyMetrics:
             if failed:
                 self.failures.labels(op, kind).inc()
 
+    @contextmanager
+    def counted(self, op: str, kinds: Iterable[str]) -> Iterator[None]:
+        """Count `op` once per kind when the block ends, as a failure when it raised."""
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            self.count(op, kinds, failed)
+
 
 class MeteredApplier:
     """`AllocationApplier` that counts every call of the applier it wraps; reconcile and refresh pass on."""
@@ -62,24 +73,16 @@ class MeteredApplier:
         self.metrics = metrics
 
     def apply(self, allocation: Allocation) -> None:
-        failed = True
-        try:
+        with self.metrics.counted("apply", allocation_kinds(allocation)):
             self.inner.apply(allocation)
-            failed = False
-        finally:
-            self.metrics.count("apply", allocation_kinds(allocation), failed)
 
     def release(self, pod_uid: str) -> None:
         held = next((a for a in self.inner.applied() if a.pod_uid == pod_uid), None)
         if held is None:
             self.inner.release(pod_uid)
             return
-        failed = True
-        try:
+        with self.metrics.counted("release", allocation_kinds(held)):
             self.inner.release(pod_uid)
-            failed = False
-        finally:
-            self.metrics.count("release", allocation_kinds(held), failed)
 
     def applied(self) -> tuple[Allocation, ...]:
         return self.inner.applied()

@@ -19,6 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_NAME = "gedge-accel CA"
@@ -101,6 +102,19 @@ def create_ca(name: str = CA_NAME, days: int = CA_DAYS) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def _load_ca(ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[x509.Certificate, PrivateKeyTypes]:
+    """The CA's certificate and key; CertError when either is not PEM or they do not belong together."""
+    try:
+        ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    except ValueError as exc:
+        raise CertError(f"CA certificate or key is not PEM: {exc}") from None
+    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if ca_cert.public_key().public_bytes(der, spki) != ca_key.public_key().public_bytes(der, spki):
+        raise CertError("the CA key does not belong to the CA certificate")
+    return ca_cert, ca_key
+
+
 def issue(
     ca_cert_pem: bytes,
     ca_key_pem: bytes,
@@ -113,14 +127,7 @@ def issue(
     """A certificate for `name` (common name and first DNS name), server and client use: (cert, key) PEM."""
     if not name or len(name) > 64 or any(c in name for c in "/\\\0\n") or name in (".", ".."):
         raise CertError(f"certificate name {name!r} is empty, longer than 64 characters or not a plain name")
-    try:
-        ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    except ValueError as exc:
-        raise CertError(f"CA certificate or key is not PEM: {exc}") from None
-    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if ca_cert.public_key().public_bytes(der, spki) != ca_key.public_key().public_bytes(der, spki):
-        raise CertError("the CA key does not belong to the CA certificate")
+    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
     try:
         addresses = [ipaddress.ip_address(ip) for ip in ips]
     except ValueError as exc:
@@ -194,14 +201,7 @@ def sign_request(
     """A certificate (PEM) for a checked CSR: its subject and DNS names, `usages` as extended key usage,
     valid from a little before now (a tenth of `duration`, at most 5 minutes: clock skew) for `duration`,
     never past the CA's own end. CertError when the CA files do not belong together."""
-    try:
-        ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
-        ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
-    except ValueError as exc:
-        raise CertError(f"CA certificate or key is not PEM: {exc}") from None
-    der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if ca_cert.public_key().public_bytes(der, spki) != ca_key.public_key().public_bytes(der, spki):
-        raise CertError("the CA key does not belong to the CA certificate")
+    ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
     now = _now()
     backdate = min(datetime.timedelta(minutes=5), duration / 10)
     builder = (

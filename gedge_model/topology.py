@@ -422,6 +422,14 @@ class NodeTopology:
         """The PCI function at `address` (sysfs form); None when discovery did not see it."""
         return self._pci_by_address.get(address)
 
+    def numa_of(self, address: str | None) -> int | None:
+        """The NUMA node id of the PCI function at `address`; None when there is no address, discovery
+        did not see the function, or the kernel reports no node for it (-1)."""
+        device = None if address is None else self.pci(address)
+        if device is None or device.numa_node is None or device.numa_node < 0:
+            return None
+        return device.numa_node
+
     def numa(self, node_id: int) -> NumaNode | None:
         """The NUMA node with kernel id `node_id` (an id, not a position in `numa_nodes`)."""
         return self._numa_by_id.get(node_id)

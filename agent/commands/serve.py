@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import signal
 import socket
-import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from agent.apply.nic import DataRoute, NetlinkVfControl, NicApplier, SriovError,
 from agent.apply.nic.capability import CAP_NET_ADMIN, SriovGate, has_capability
 from agent.apply.readiness import ApplyGate, Readiness
 from agent.certificates import NodeCertificate
-from agent.config import AgentConfig, ConfigError, load_config, parse_data_route, parse_listen
+from agent.commands.common import add_node_options, read_settings
+from agent.config import AgentConfig, ConfigError, parse_data_route, parse_listen
 from agent.deviceplugin import DevicePluginManager, KubernetesPendingPodSource
 from agent.health import HealthMonitor, XidWatcher, kubernetes_node_events
 from agent.metrics import AgentMetrics
@@ -49,7 +49,6 @@ from agent.podwatch.pods import PodView
 from agent.readyz import ReadyState, start_http
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
-from gedge_common.cli import configure_logging
 from gedge_model.tls import TlsConfigError
 
 log = structlog.get_logger("gedge.agent.serve")
@@ -108,8 +107,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "  gedge-agent serve --config /etc/gedge/agent.yaml         # settings from a YAML file\n"
         "  gedge-agent serve --root /tmp/snapshot --no-apply --listen 127.0.0.1:50051 --insecure  # plain"
     )
-    parser.add_argument("--config", metavar="FILE", help="YAML file with any of the settings below")
-    parser.add_argument("--root", metavar="PATH", help="sysfs/procfs root to discover (default /)")
+    add_node_options(parser, cgroup_driver_default="from --kubelet-config, else the kubepods tree")
     parser.add_argument("--node-name", metavar="NAME", help="node name to report (default: the hostname)")
     parser.add_argument("--listen", metavar="HOST:PORT", help="gRPC address (default 0.0.0.0:50051)")
     parser.add_argument(
@@ -162,19 +160,10 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--max-connection-idle-s", type=float, metavar="S", help="close idle client connections (300)"
     )
     parser.add_argument("--shutdown-grace-s", type=float, metavar="S")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.add_argument(
         "--kubeconfig",
         metavar="FILE",
         help="Kubernetes API access (in a pod: its service account); runs the pod watch and device plugins",
-    )
-    parser.add_argument("--device-plugin-dir", metavar="PATH", help="kubelet's device plugin folder")
-    parser.add_argument("--checkpoint", metavar="FILE", help="where the applier records what it applied")
-    parser.add_argument("--cgroup-root", metavar="PATH", help="cgroup mount (default /sys/fs/cgroup)")
-    parser.add_argument(
-        "--cgroup-driver",
-        choices=("systemd", "cgroupfs"),
-        help="kubelet's cgroup driver (default: from --kubelet-config, else the kubepods tree)",
     )
     parser.add_argument(
         "--kubelet-config", metavar="FILE", help="kubelet's config file, read for cgroupDriver"
@@ -612,13 +601,9 @@ def stop_kubernetes_parts(parts: NodeParts) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    flags = {key: getattr(args, key, None) for key in _FLAG_KEYS}
-    try:
-        config = load_config(config_file=args.config, flags=flags)
-    except ConfigError as exc:
-        print(f"gedge-agent serve: {exc}", file=sys.stderr)
+    config = read_settings(args, "serve", _FLAG_KEYS)
+    if config is None:
         return 2
-    configure_logging(config.log_level)
     try:
         return asyncio.run(serve(config))
     except (TlsConfigError, ConfigError) as exc:

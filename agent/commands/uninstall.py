@@ -17,8 +17,7 @@ import structlog
 from agent.apply import ApplyError, ApplyManager, CgroupDriver, StaticPodResolver
 from agent.apply.cgroups import CgroupError, detect_cgroup_layout
 from agent.apply.nic import NicApplier
-from agent.config import ConfigError, load_config
-from gedge_common.cli import configure_logging
+from agent.commands.common import add_node_options, read_settings
 
 log = structlog.get_logger("gedge.agent.uninstall")
 
@@ -33,28 +32,16 @@ def register(parser: argparse.ArgumentParser) -> None:
         "  gedge-agent uninstall --config /etc/gedge/agent.yaml\n"
         "  gedge-agent uninstall --checkpoint /var/lib/gedge-agent/checkpoint.json --cgroup-driver cgroupfs"
     )
-    parser.add_argument("--config", metavar="FILE", help="the agent's YAML settings file")
-    parser.add_argument("--root", metavar="PATH", help="sysfs root (default /)")
-    parser.add_argument("--checkpoint", metavar="FILE", help="what the agent recorded as applied")
-    parser.add_argument("--cgroup-root", metavar="PATH", help="cgroup mount (default /sys/fs/cgroup)")
-    parser.add_argument(
-        "--cgroup-driver",
-        choices=("systemd", "cgroupfs"),
-        help="kubelet's cgroup driver (default: cgroup_driver of --config, else as the kubepods tree shows)",
+    add_node_options(
+        parser, cgroup_driver_default="cgroup_driver of --config, else as the kubepods tree shows"
     )
-    parser.add_argument("--device-plugin-dir", metavar="PATH", help="kubelet's device plugin folder")
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    flags = {key: getattr(args, key, None) for key in _FLAG_KEYS}
-    try:
-        config = load_config(config_file=args.config, flags=flags, serving=False)
-    except ConfigError as exc:
-        print(f"gedge-agent uninstall: {exc}", file=sys.stderr)
+    config = read_settings(args, "uninstall", _FLAG_KEYS, serving=False)
+    if config is None:
         return 2
-    configure_logging(config.log_level)
     checkpoint = Path(config.checkpoint)
     released: tuple[str, ...] = ()
     if checkpoint.exists():

@@ -86,7 +86,7 @@ def _card_devices(topology: NodeTopology) -> list[PluginDevice]:
         if not amd.allocatable:
             continue  # discovery warned: no render node known, or its device nodes are missing
         nodes = amd.device_nodes
-        numa = _numa(topology, amd.pci_address)
+        numa = topology.numa_of(amd.pci_address)
         out.append(
             PluginDevice(
                 RESOURCE_AMD_GPU,
@@ -101,7 +101,7 @@ def _card_devices(topology: NodeTopology) -> list[PluginDevice]:
             PluginDevice(
                 CARD_RESOURCE[card.kind],
                 card.pci_address,
-                numa_node=_numa(topology, card.pci_address),
+                numa_node=topology.numa_of(card.pci_address),
                 pci_address=card.pci_address,
                 device_nodes=card.device_nodes,
             )
@@ -117,18 +117,9 @@ def mig_resource(profile: str) -> str:
     return mig_resource_name(profile)
 
 
-def _numa(topology: NodeTopology, pci_address: str | None) -> int | None:
-    if pci_address is None:
-        return None
-    device = topology.pci(pci_address)
-    if device is None or device.numa_node is None or device.numa_node < 0:
-        return None
-    return device.numa_node
-
-
 def _gpu_devices(topology: NodeTopology, gpu: Gpu) -> list[PluginDevice]:
     ref = GpuRef(uuid=gpu.uuid, pci_address=gpu.pci_address)
-    numa = _numa(topology, gpu.pci_address)
+    numa = topology.numa_of(gpu.pci_address)
     if gpu.mig_current:
         out = []
         for instance in gpu.mig_instances:
@@ -168,9 +159,9 @@ def plugin_devices(
             pool = vf.pool
             if pool is None:
                 continue
-            numa = _numa(topology, vf.pci_address)
+            numa = topology.numa_of(vf.pci_address)
             if numa is None:
-                numa = _numa(topology, interface.pci_address)
+                numa = topology.numa_of(interface.pci_address)
             found.append(
                 PluginDevice(
                     RESOURCE_SRIOV_VF if pool is VfPool.NETDEV else RESOURCE_SRIOV_VF_VFIO,
@@ -186,7 +177,7 @@ def plugin_devices(
             PluginDevice(
                 RESOURCE_RDMA,
                 rdma.name,
-                numa_node=_numa(topology, rdma.pci_address),
+                numa_node=topology.numa_of(rdma.pci_address),
                 pci_address=rdma.pci_address,
                 rdma_name=rdma.name,
             )

@@ -11,6 +11,7 @@ import threading
 import structlog
 
 from gedge_common.cli import configure_logging
+from scheduler_extender.commands.cluster_access import add_cluster_access, load_cluster_config
 
 log = structlog.get_logger("gedge.extender.csr_signer")
 
@@ -28,8 +29,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "  gedge-extender csr-signer --kubeconfig ~/.kube/config --ca-cert ca.pem --ca-key ca.key"
     )
     mode = parser.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--kubeconfig", metavar="FILE", help="talk to the cluster this kubeconfig names")
-    mode.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    add_cluster_access(mode)
     parser.add_argument("--ca-cert", required=True, metavar="FILE", help="the signing CA's certificate (PEM)")
     parser.add_argument("--ca-key", required=True, metavar="FILE", help="the signing CA's private key (PEM)")
     parser.add_argument(
@@ -57,7 +57,7 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
-    from kubernetes import client, config
+    from kubernetes import client
 
     from gedge_model.certs import CertError
     from scheduler_extender.csr_signer import AgentCsrSigner, CaFiles, configmap_publisher
@@ -85,10 +85,7 @@ def run(args: argparse.Namespace) -> int:
     except CertError as exc:
         print(f"gedge-extender csr-signer: {exc}", file=sys.stderr)
         return 2
-    if args.in_cluster:
-        config.load_incluster_config()
-    else:
-        config.load_kube_config(config_file=args.kubeconfig)
+    load_cluster_config(args)
     if args.ca_configmap:
         publish = configmap_publisher(client.CoreV1Api(), cm_namespace, cm_name)
     try:

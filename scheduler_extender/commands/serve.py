@@ -29,6 +29,7 @@ from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
 from scheduler_extender.cache.cache import CacheOptions
+from scheduler_extender.commands.cluster_access import add_cluster_access, load_cluster_config
 from scheduler_extender.http.app import (
     IDLE_TIMEOUT_S,
     MAX_BODY_BYTES,
@@ -62,8 +63,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--agents", metavar="FILE", help="YAML list of {node, address}: run without Kubernetes")
-    mode.add_argument("--kubeconfig", metavar="FILE", help="talk to the cluster this kubeconfig names")
-    mode.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    add_cluster_access(mode)
     parser.add_argument("--listen", metavar="HOST:PORT", default="0.0.0.0:8888", help="default 0.0.0.0:8888")
     parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
@@ -230,15 +230,12 @@ def agents_wiring(args: argparse.Namespace) -> Wiring:
 
 
 def kube_wiring(args: argparse.Namespace) -> Wiring:
-    from kubernetes import client, config
+    from kubernetes import client
 
     from scheduler_extender.bind.kube import KubeBinder, KubeEvents, PodAllocationWatch, read_pod
     from scheduler_extender.cache import ClusterCache
 
-    if args.in_cluster:
-        config.load_incluster_config()
-    else:
-        config.load_kube_config(config_file=args.kubeconfig)
+    load_cluster_config(args)
     api = client.CoreV1Api()
     events = KubeEvents(api, instance=socket.gethostname())
     cache = AssumeCache(reserve_ttl=args.reserve_ttl_s)

@@ -199,12 +199,8 @@ def topology_index(topology: NodeTopology) -> TopologyIndex:
 
 
 def _numa(topology: NodeTopology, address: str | None) -> int:
-    if address is None:
-        return NO_NUMA
-    device = topology.pci(address)
-    if device is None or device.numa_node is None or device.numa_node < 0:
-        return NO_NUMA
-    return device.numa_node
+    numa = topology.numa_of(address)
+    return NO_NUMA if numa is None else numa
 
 
 def _group(topology: NodeTopology, address: str) -> tuple[str, ...]:
@@ -315,21 +311,18 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
     def levels_to_gpus(address: str) -> tuple[int, ...]:
         return tuple(ORDINAL[pci_distance(topology, g.pci, address).level] for g in gpus)
 
+    def placed(
+        kind: str, ident: str, address: str, master: str = "", netdevs: tuple[str, ...] = ()
+    ) -> NetEntry:
+        """A NIC or RDMA entry at `address`'s own NUMA node and GPU distances."""
+        numa, levels = _numa(topology, address), levels_to_gpus(address)
+        return NetEntry(kind, ident, address, numa, levels, master=master, netdevs=netdevs)
+
     physical = sorted(
         (i for i in topology.interfaces if i.physfn is None and healthy(i.pci_address) is None),
         key=lambda i: i.pci_address,
     )
-    nics = tuple(
-        NetEntry(
-            "nic",
-            nic.name,
-            nic.pci_address,
-            _numa(topology, nic.pci_address),
-            levels_to_gpus(nic.pci_address),
-            master=nic.name,
-        )
-        for nic in physical
-    )
+    nics = tuple(placed("nic", nic.name, nic.pci_address, master=nic.name) for nic in physical)
     vf_groups: list[NetEntry] = []
     vfio: list[VfioEntry] = []
     for nic in physical:
@@ -351,14 +344,7 @@ def build_index(topology: NodeTopology) -> TopologyIndex:
                 NetEntry("vf", nic.name, nic.pci_address, numa, levels, tuple(members), master=nic.name)
             )
     rdmas = tuple(
-        NetEntry(
-            "rdma",
-            r.name,
-            r.pci_address,
-            _numa(topology, r.pci_address),
-            levels_to_gpus(r.pci_address),
-            netdevs=r.netdevs,
-        )
+        placed("rdma", r.name, r.pci_address, netdevs=r.netdevs)
         for r in sorted(topology.rdma_devices, key=lambda r: (r.pci_address, r.name))
         if healthy(r.pci_address) is None
     )

@@ -31,6 +31,7 @@ from scheduler_extender.workflow.podspec import (
     DEFAULT_SCHEDULER,
     LABEL_ATTEMPT,
     LABEL_TASK,
+    BuildSettings,
     build_pod,
     check_runtimes,
     owner_references,
@@ -328,15 +329,7 @@ class WorkflowController:
                 log.warning("pod delete failed", pod=action.pod_name, error=str(exc))
             return status
         try:
-            body = build_pod(
-                workflow,
-                task,
-                action.attempt,
-                catalog=self.catalog,
-                status=status,
-                default_scheduler=self.config.scheduler_name,
-                runtime=_recorded_runtime(status, task.name),
-            )
+            body = build_pod(workflow, task, action.attempt, **self._build_settings(status, task.name))
         except (CompositionError, WorkflowSpecError) as exc:
             return dag.record_start_failure(status, action.task, action.attempt, str(exc), now)
         try:
@@ -447,14 +440,7 @@ class WorkflowController:
                     log.warning("serve delete failed", serve=task.serve.name, error=str(exc))
             return status
         try:
-            deployment, service = build_serve(
-                workflow,
-                task,
-                catalog=self.catalog,
-                status=status,
-                default_scheduler=self.config.scheduler_name,
-                runtime=_recorded_runtime(status, task.name),
-            )
+            deployment, service = build_serve(workflow, task, **self._build_settings(status, task.name))
         except (CompositionError, WorkflowSpecError) as exc:
             return dag.record_start_failure(status, action.task, action.attempt, str(exc), now)
         try:
@@ -465,6 +451,15 @@ class WorkflowController:
                 status, action.task, action.attempt, f"serve {task.serve.name} refused: {exc.message}", now
             )
         return status
+
+    def _build_settings(self, status: dag.WorkflowStatus, task: str) -> BuildSettings:
+        """This controller's catalog and scheduler, with the runtime `status` records for `task`."""
+        return BuildSettings(
+            catalog=self.catalog,
+            status=status,
+            default_scheduler=self.config.scheduler_name,
+            runtime=_recorded_runtime(status, task),
+        )
 
     def _put(self, workflow: Workflow, kind: str, body: dict[str, Any]) -> None:
         """Create, or take over and update an earlier run's object of the same serve name."""

@@ -15,7 +15,7 @@ from typing import Any
 from scheduler_extender.workflow import dag, expr
 from scheduler_extender.workflow.catalog import Catalog
 from scheduler_extender.workflow.outputs import encode
-from scheduler_extender.workflow.podspec import DEFAULT_SCHEDULER, build_pod, check_runtimes
+from scheduler_extender.workflow.podspec import DEFAULT_SCHEDULER, BuildSettings, build_pod, check_runtimes
 from scheduler_extender.workflow.serve import build_serve, endpoint
 from scheduler_extender.workflow.spec import OUTPUT_REFERENCE, TaskSpec, Workflow
 
@@ -40,29 +40,13 @@ def planned_pods(
             if isinstance(action, dag.CreatePod):
                 task = workflow.spec.task(action.task)
                 runtime = choices[task.name].runtime if task.model is not None else None
+                settings = BuildSettings(
+                    catalog=catalog, status=status, default_scheduler=default_scheduler, runtime=runtime
+                )
                 if task.serve is not None:
-                    out.extend(
-                        build_serve(
-                            workflow,
-                            task,
-                            catalog=catalog,
-                            status=status,
-                            default_scheduler=default_scheduler,
-                            runtime=runtime,
-                        )
-                    )
+                    out.extend(build_serve(workflow, task, **settings))
                 else:
-                    out.append(
-                        build_pod(
-                            workflow,
-                            task,
-                            action.attempt,
-                            catalog=catalog,
-                            status=status,
-                            default_scheduler=default_scheduler,
-                            runtime=runtime,
-                        )
-                    )
+                    out.append(build_pod(workflow, task, action.attempt, **settings))
                 placeholders = {
                     o.name: f"<tasks.{task.name}.outputs.parameters.{o.name}>" for o in task.outputs
                 }

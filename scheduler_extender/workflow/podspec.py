@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from scheduler_extender.workflow.catalog import Catalog
 from scheduler_extender.workflow.composer import (
@@ -30,6 +30,20 @@ from scheduler_extender.workflow.spec import (
 )
 
 DEFAULT_SCHEDULER = "gedge-scheduler"
+
+
+class BuildSettings(TypedDict):
+    """What build_pod and build_serve build every object of one workflow step with."""
+
+    catalog: Catalog | None
+    status: WorkflowStatus | None
+    """The workflow's status so far: earlier steps' outputs and the runtime chosen for a model task."""
+    default_scheduler: str
+    """schedulerName of a pod whose task names none."""
+    runtime: tuple[str, ...] | None
+    """The catalog runtime chosen for a model task; None for other tasks."""
+
+
 LABEL_WORKFLOW = "gedge.io/workflow"
 LABEL_TASK = "gedge.io/task"
 LABEL_ATTEMPT = "gedge.io/attempt"

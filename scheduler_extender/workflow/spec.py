@@ -11,7 +11,7 @@ import copy
 import dataclasses
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, TypeVar
@@ -304,6 +304,15 @@ def _mapping(raw: Any, where: str) -> Mapping[Any, Any]:
     return raw
 
 
+def _fields(raw: Any, where: str, known: Collection[str]) -> Mapping[Any, Any]:
+    """`raw` as a mapping (None: empty) with no key outside `known`; WorkflowSpecError names them."""
+    block = _mapping(raw, where)
+    unknown = set(block) - set(known)
+    if unknown:
+        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    return block
+
+
 def _string_map(raw: Any, where: str) -> dict[str, str]:
     out = {}
     for key, value in _mapping(raw, where).items():
@@ -345,10 +354,7 @@ def validate_pod_request(task: str, container: Mapping[str, Any], annotations: M
 
 def _acceleration(raw: Any, where: str) -> dict[str, str]:
     """The structured `acceleration` block as the annotations the extender reads."""
-    block = _mapping(raw, where)
-    unknown = set(block) - {"topologyAware", "topologyPolicy", "communication", "compute"}
-    if unknown:
-        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    block = _fields(raw, where, {"topologyAware", "topologyPolicy", "communication", "compute"})
     out: dict[str, str] = {}
     if "topologyAware" in block:
         if not isinstance(block["topologyAware"], bool):
@@ -365,10 +371,7 @@ def _acceleration(raw: Any, where: str) -> dict[str, str]:
 def _retry(raw: Any, where: str) -> RetryStrategy:
     if raw is None:
         return RetryStrategy()
-    block = _mapping(raw, where)
-    unknown = set(block) - {"limit", "retryPolicy", "backoff"}
-    if unknown:
-        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    block = _fields(raw, where, {"limit", "retryPolicy", "backoff"})
     limit = block.get("limit", 0)
     if isinstance(limit, str) and limit.isdigit():
         limit = int(limit)
@@ -377,10 +380,7 @@ def _retry(raw: Any, where: str) -> RetryStrategy:
     policy = block.get("retryPolicy", "OnFailure")
     if policy not in RETRY_POLICIES:
         raise WorkflowSpecError(f"{where}.retryPolicy: {policy!r} not one of {RETRY_POLICIES}")
-    backoff_raw = _mapping(block.get("backoff"), f"{where}.backoff")
-    unknown = set(backoff_raw) - {"duration", "factor", "maxDuration"}
-    if unknown:
-        raise WorkflowSpecError(f"{where}.backoff: unknown field(s) {sorted(unknown)}")
+    backoff_raw = _fields(block.get("backoff"), f"{where}.backoff", {"duration", "factor", "maxDuration"})
     factor = backoff_raw.get("factor", 1)
     if isinstance(factor, bool) or not isinstance(factor, int | float) or factor < 1:
         raise WorkflowSpecError(f"{where}.backoff.factor: expected a number >= 1, got {factor!r}")
@@ -403,10 +403,7 @@ def _absolute_path(raw: Any, where: str) -> str:
 
 
 def _outputs(raw: Any, where: str, container: Mapping[str, Any]) -> tuple[OutputParameter, ...]:
-    block = _mapping(raw, where)
-    unknown = set(block) - {"parameters"}
-    if unknown:
-        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    block = _fields(raw, where, {"parameters"})
     items = block.get("parameters") or []
     if not isinstance(items, list):
         raise WorkflowSpecError(f"{where}.parameters: expected a list")
@@ -415,19 +412,13 @@ def _outputs(raw: Any, where: str, container: Mapping[str, Any]) -> tuple[Output
     out: list[OutputParameter] = []
     for i, item in enumerate(items):
         here = f"{where}.parameters[{i}]"
-        entry = _mapping(item, here)
-        unknown = set(entry) - {"name", "valueFrom"}
-        if unknown:
-            raise WorkflowSpecError(f"{here}: unknown field(s) {sorted(unknown)}")
+        entry = _fields(item, here, {"name", "valueFrom"})
         name = entry.get("name")
         if not isinstance(name, str) or not PARAMETER_NAME.match(name):
             raise WorkflowSpecError(f"{here}.name: {name!r} is not a parameter name")
         if any(o.name == name for o in out):
             raise WorkflowSpecError(f"{here}.name: output {name!r} declared twice")
-        value_from = _mapping(entry.get("valueFrom"), f"{here}.valueFrom")
-        unknown = set(value_from) - {"path", "default"}
-        if unknown:
-            raise WorkflowSpecError(f"{here}.valueFrom: unknown field(s) {sorted(unknown)}")
+        value_from = _fields(entry.get("valueFrom"), f"{here}.valueFrom", {"path", "default"})
         path = _absolute_path(value_from.get("path"), f"{here}.valueFrom.path")
         default = value_from.get("default")
         if default is not None and not isinstance(default, str | int | float):
@@ -444,10 +435,7 @@ def _outputs(raw: Any, where: str, container: Mapping[str, Any]) -> tuple[Output
 def _workspace_mount(raw: Any, where: str) -> WorkspaceMount | None:
     if raw is None:
         return None
-    block = _mapping(raw, where)
-    unknown = set(block) - {"mountPath", "subPath", "readOnly"}
-    if unknown:
-        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    block = _fields(raw, where, {"mountPath", "subPath", "readOnly"})
     mount = _absolute_path(block["mountPath"], f"{where}.mountPath") if "mountPath" in block else ""
     sub_path = block.get("subPath")
     if sub_path is not None and (
@@ -465,10 +453,7 @@ def _workspace_mount(raw: Any, where: str) -> WorkspaceMount | None:
 def _workspace(raw: Any, where: str, workflow: str) -> WorkspaceSpec | None:
     if raw is None:
         return None
-    block = _mapping(raw, where)
-    unknown = set(block) - {"claimName", "size", "storageClassName", "accessModes", "mountPath"}
-    if unknown:
-        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    block = _fields(raw, where, {"claimName", "size", "storageClassName", "accessModes", "mountPath"})
     claim = block.get("claimName")
     size = block.get("size")
     if (claim is None) == (size is None):
@@ -502,10 +487,9 @@ def _workspace(raw: Any, where: str, workflow: str) -> WorkspaceSpec | None:
 def _serve(raw: Any, where: str, workflow: str, task: str) -> ServeSpec | None:
     if raw is None:
         return None
-    block = _mapping(raw, where)
-    unknown = set(block) - {"name", "port", "replicas", "readinessProbe", "ttl", "progressDeadlineSeconds"}
-    if unknown:
-        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    block = _fields(
+        raw, where, {"name", "port", "replicas", "readinessProbe", "ttl", "progressDeadlineSeconds"}
+    )
     name = block.get("name", f"{workflow}-{task}")
     if not isinstance(name, str) or not _SERVICE_NAME.match(name) or len(name) > 63:
         raise WorkflowSpecError(
@@ -540,10 +524,7 @@ def _serve(raw: Any, where: str, workflow: str, task: str) -> ServeSpec | None:
 def _model(raw: Any, where: str) -> ModelSpec | None:
     if raw is None:
         return None
-    block = _mapping(raw, where)
-    unknown = set(block) - {"framework", "version", "format"}
-    if unknown:
-        raise WorkflowSpecError(f"{where}: unknown field(s) {sorted(unknown)}")
+    block = _fields(raw, where, {"framework", "version", "format"})
     framework = block.get("framework")
     if not isinstance(framework, str) or not framework.strip():
         raise WorkflowSpecError(f"{where}.framework: required (tensorflow, pytorch, onnx, ...)")
@@ -726,10 +707,7 @@ def parse_spec(
     raw: Any, *, name: str, namespace: str = "default", overrides: Mapping[str, str] | None = None
 ) -> WorkflowSpec:
     where = f"workflow {name!r}"
-    block = _mapping(raw, f"{where}.spec")
-    unknown = set(block) - _SPEC_FIELDS
-    if unknown:
-        raise WorkflowSpecError(f"{where}.spec: unknown field(s) {sorted(unknown)}")
+    block = _fields(raw, f"{where}.spec", _SPEC_FIELDS)
     parameters = _parameters(block.get("parameters"), f"{where}.spec.parameters")
     for key, value in (overrides or {}).items():
         if key not in parameters:

@@ -10,6 +10,7 @@ from the pod UID.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import os
@@ -128,7 +129,13 @@ class NicApplier:
             raise NicError(f"{where}: {exc}") from None
         if not netns_exists(pod_netns):
             raise NicError(f"{where}: pod network namespace {pod_netns} does not exist")
-        marker = marker_for(pod_uid)
+        record = functools.partial(
+            NicRecord,
+            pod_netns=pod_netns,
+            host_netns=self.host_netns,
+            ifname=grant.ifname,
+            marker=marker_for(pod_uid),
+        )
         if grant.mode == "macvlan":
             if grant.vlan:
                 raise NicError(
@@ -137,14 +144,7 @@ class NicApplier:
             with netlink(self.host_netns) as ipr:
                 if _lookup(ipr, grant.master) is None:
                     raise NicError(f"{where}: data NIC {grant.master} not found")
-            return NicRecord(
-                mode="macvlan",
-                pod_netns=pod_netns,
-                host_netns=self.host_netns,
-                ifname=grant.ifname,
-                marker=marker,
-                host_name=macvlan_host_name(pod_uid),
-            )
+            return record(mode="macvlan", host_name=macvlan_host_name(pod_uid))
         if self.vf_control is None:
             raise NicError(f"{where}: SR-IOV was granted but this agent has no VF control configured")
         assert grant.vf_pci_address is not None
@@ -160,17 +160,7 @@ class NicApplier:
             original = self.vf_control.get(grant.master, index)
         except SriovError as exc:
             raise NicError(f"{where}: {exc}") from None
-        return NicRecord(
-            mode="sriov",
-            pod_netns=pod_netns,
-            host_netns=self.host_netns,
-            ifname=grant.ifname,
-            marker=marker,
-            host_name=netdev,
-            pf=grant.master,
-            vf_index=index,
-            vf_original=original,
-        )
+        return record(mode="sriov", host_name=netdev, pf=grant.master, vf_index=index, vf_original=original)
 
     def apply(self, record: NicRecord, grant: NetworkGrant, step: Callable[[str], None]) -> None:
         try:
