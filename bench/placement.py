@@ -24,7 +24,8 @@ NODE 4, SYS 5), share of pods at the best level (the worst pair level the
 engine reaches for that pod on an empty node of the same kind), and mean cost.
 Then: pods placed before the first refusal when filling the empty cluster with
 20 seeded traces; totals under churn over more seeds; the time of one place()
-call searching and answered from the memo. Then GPU sets against NVIDIA's
+call searching and answered from the memo; ours by packing weight and by
+stranding weight (pods placed per small trace). Then GPU sets against NVIDIA's
 go-gpuallocator best-effort policy (built from its Go module v0.6.0 by the
 harness in bench/gpuallocator; skipped without a Go toolchain): single picks
 from seeded free sets and fills of an empty node, on NVSwitch, NVLink pairs,
@@ -810,6 +811,36 @@ def tradeoff(
         )
 
 
+STRANDING_WEIGHTS = (0.0, 8.0, 32.0)
+
+
+def stranding_table(
+    cluster: list[NodeTopology],
+    pods: list[TracePod],
+    small: list[NodeTopology],
+    small_traces: list[tuple[list[TracePod], int]],
+    seed: int,
+) -> None:
+    """Ours under each stranding weight (PlacementConfig.stranding): pods placed per small trace."""
+    print(
+        "\nstranding (CPUs a node's free GPUs would lack): ours by PlacementConfig.stranding "
+        f"(default {PlacementConfig().stranding:g}); mixed trace, then each small trace (the first "
+        "is the small trace above, the rest the churn traces)"
+    )
+    print(
+        f"{'stranding':>9s} {'placed':>7s} {'at best level':>14s} {'mean cost':>10s} "
+        f"{'small total':>12s} {'small placed per trace':>s}"
+    )
+    for weight in STRANDING_WEIGHTS:
+        strategy = ours_with(PlacementConfig(stranding=weight))
+        big = run(f"stranding {weight}", strategy, cluster, pods, seed)
+        littles = [run(f"stranding {weight}", strategy, small, t, k).placed for t, k in small_traces]
+        print(
+            f"{weight:>9g} {big.placed:>7d} {100 * big.at_best / max(1, big.placed):>13.1f}% "
+            f"{mean(big.costs):>10s} {sum(littles):>12d} {' '.join(str(n) for n in littles)}"
+        )
+
+
 def mean(values: list[float]) -> str:
     return f"{sum(values) / len(values):.3f}" if values else "-"
 
@@ -923,6 +954,13 @@ def main(argv: list[str] | None = None) -> int:
     offline = offline_small(small, optimum_pods, optimum_runs, args.optimum_seconds)
     report_offline(optimum_runs, offline)
     tradeoff(cluster, pods, small, small_pods, fill_traces, args.seed)
+    stranding_table(
+        cluster,
+        pods,
+        small,
+        [(small_pods, args.seed)] + [(t, k) for k, (_, t) in enumerate(churn_traces)],
+        args.seed,
+    )
 
     against_gpuallocator(args.seed, args.gpu_picks, args.gpu_fills)
     many_numa_nodes()

@@ -26,6 +26,11 @@ class PlacementConfig:
     packing: float = 8.0
     """score_nodes' weight of packing against distance, in cost units: a node ranks by its cost plus
     `packing` times the share of the pod's main resource it would have left free (0: cost alone)."""
+    stranding: float = 32.0
+    """score_nodes' weight, in cost units, of the share of a node's CPUs its free whole GPUs would
+    lack after the pod (`cpus_per_gpu` each; 0: off): CPU pods go where they leave no GPU without CPUs."""
+    cpus_per_gpu: float = 2.0
+    """Pinned CPUs a free whole GPU is expected to need, for `stranding` (0: no stranding)."""
 
     def __post_init__(self) -> None:
         for label, value in (
@@ -39,13 +44,24 @@ class PlacementConfig:
             raise ValueError(f"weights lack level(s) {', '.join(missing)}")
         if any(not math.isfinite(w) or w < 0 for w in self.weights.values()):
             raise ValueError("weights must be finite and non-negative")
-        if not math.isfinite(self.packing) or self.packing < 0:
-            raise ValueError(f"packing must be a finite number >= 0, not {self.packing!r}")
+        for label, number in (
+            ("packing", self.packing),
+            ("stranding", self.stranding),
+            ("cpus_per_gpu", self.cpus_per_gpu),
+        ):
+            if not math.isfinite(number) or number < 0:
+                raise ValueError(f"{label} must be a finite number >= 0, not {number!r}")
         if self.max_exhaustive < 1:
             raise ValueError("max_exhaustive must be at least 1")
         by_ordinal = tuple(float(self.weights[level]) for level in LEVELS)
         object.__setattr__(self, "_by_ordinal", by_ordinal)
-        memo = (by_ordinal, self.timeslice_strategy, self.same_switch_level, self.max_exhaustive)
+        memo = (
+            by_ordinal,
+            self.timeslice_strategy,
+            self.same_switch_level,
+            self.max_exhaustive,
+            self.cpus_per_gpu,
+        )
         object.__setattr__(self, "_memo_key", memo)
 
     @property
@@ -78,6 +94,9 @@ class Placement:
     at_best: bool = True
     """Whether the allocation's worst level is the best this node offers the pod when empty: nodes
     where fragmentation would cost the pod a level rank below those where it does not."""
+    strand: float = 0.0
+    """The share (0..1) of the node's CPUs its free whole GPUs would lack afterwards
+    (`PlacementConfig.cpus_per_gpu` each): score_nodes ranks nodes down by `stranding` times it."""
 
     @property
     def rank_cost(self) -> float:
@@ -86,7 +105,7 @@ class Placement:
     @property
     def score_key(self) -> tuple[object, ...]:
         """Everything score_nodes reads of the placement: equal keys score equally."""
-        return (self.rank_cost, self.stranded, self.leftover, self.free_share, self.at_best)
+        return (self.rank_cost, self.stranded, self.leftover, self.free_share, self.at_best, self.strand)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,9 @@ Decisions worth knowing:
   one state share one search; the device ids come from each node's own index.
 - Node scores weigh packing against distance (`PlacementConfig.packing`): a
   placement carries the share of its main resource it leaves free and whether
-  its worst level is the best the empty node offers the pod.
+  its worst level is the best the empty node offers the pod; and stranding
+  (`PlacementConfig.stranding`): the share of the node's CPUs its free GPUs
+  would lack (`cpus_per_gpu` each), so CPU pods do not starve a GPU box.
 - `topology_aware` false (a pod opting out; alignment is the default): first
   free devices and CPUs in id order, still exclusive and still priced.
 - Pinned CPUs: gedge_model.cpu_pool's rule, the one the agent applies, so the
@@ -143,7 +145,14 @@ def place(
         cost = round(cost + extra, 6)
         allocation = dataclasses.replace(allocation, devices=allocation.devices + grants, cost=cost)
     return Placement(
-        allocation, cost, plan.leftover, plan.stranded, plan.level_cost, plan.free_share, plan.at_best
+        allocation,
+        cost,
+        plan.leftover,
+        plan.stranded,
+        plan.level_cost,
+        plan.free_share,
+        plan.at_best,
+        plan.strand,
     )
 
 
@@ -238,7 +247,20 @@ def _plan(index: TopologyIndex, free: FreeSet, request: PodRequest, config: Plac
         stranded=_stranded(request, free),
         free_share=round(leftover / total, 6) if total > 0 else 0.0,
         at_best=empty is free or worst <= _best_worst(index, empty, request, config),
+        strand=_strand(request, free, empty, choice, config),
     )
+
+
+def _strand(
+    request: PodRequest, free: FreeSet, empty: FreeSet, choice: Choice, config: PlacementConfig
+) -> float:
+    """The share of the node's CPUs its free whole GPUs would lack afterwards:
+    max(0, cpus_per_gpu x free GPUs - free CPUs) / the node's CPUs."""
+    total = empty.cpu_count()
+    if total <= 0 or config.cpus_per_gpu <= 0:
+        return 0.0
+    lacking = config.cpus_per_gpu * (len(free.whole) - request.gpus) - (free.cpu_count() - len(choice.cpus))
+    return round(max(0.0, lacking) / total, 6)
 
 
 def _empty(index: TopologyIndex, free: FreeSet) -> FreeSet:
@@ -324,7 +346,10 @@ def score_nodes(
     A node's rank is its `Placement.rank_cost` (NVLink pairs at the plain NV
     weight, so more links per pair do not pull pods off a node packing would
     fill) plus `config.packing` times the share of the pod's main resource it
-    would leave free (pack; spread: the share it would take). Nodes where the
+    would leave free (pack; spread: the share it would take), plus
+    `config.stranding` times the share of the node's CPUs its free GPUs would
+    then lack (`Placement.strand`: a pod taking the CPUs a GPU box needs for its
+    GPUs leaves those GPUs unusable by pods that pin CPUs). Nodes where the
     pod gets the best level the node offers it when empty (`at_best`) rank
     before those where fragmentation costs it a level.
 
@@ -340,7 +365,7 @@ def score_nodes(
     def packing(p: Placement) -> float:
         return config.packing * (p.free_share if sign > 0 else 1.0 - p.free_share)
 
-    ranks = {name: p.rank_cost + packing(p) for name, p in placements.items()}
+    ranks = {name: p.rank_cost + packing(p) + config.stranding * p.strand for name, p in placements.items()}
     spread = max(ranks.values()) - min(ranks.values()) + 1.0
     ranks = {name: r + (0.0 if placements[name].at_best else spread) for name, r in ranks.items()}
     low, high = min(ranks.values()), max(ranks.values())

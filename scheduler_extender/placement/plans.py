@@ -44,6 +44,7 @@ class Plan:
     level_cost: float
     free_share: float = 0.0
     at_best: bool = True
+    strand: float = 0.0
 
 
 class PlanMemo:

@@ -350,3 +350,46 @@ def test_spilled_cpus_stay_mostly_on_the_gpu_numa_node():
     numa_of = {c.id: c.numa_node for c in topology.cpus}
     on_gpu_node = [c for c in alloc.cpus if numa_of[c] == 1]
     assert len(on_gpu_node) == 16 and len(alloc.cpus) == 20
+
+
+def test_a_cpu_pod_leaves_a_gpu_box_the_cpus_its_gpus_need():
+    """A pod pinning 6 CPUs, then a 2-GPU pod pinning 4, on a 2-GPU box with 8 CPUs and a CPU box with
+    16: packing alone sends the CPU pod to the GPU box (it fills more of it), and the GPU pod then
+    finds its GPUs without CPUs; stranding sends the CPU pod to the CPU box, and both fit."""
+    nodes = {
+        "gpu-box": NodeState(edge_box("gpu-box", gpus=2, cores=4)),
+        "cpu-box": NodeState(edge_box("cpu-box", gpus=0, cores=8)),
+    }
+    asks = [request(cpus=6, cpu_pinning=True), request(gpus=2, cpus=4, cpu_pinning=True)]
+
+    def schedule(config: PlacementConfig) -> list[str | None]:
+        states = dict(nodes)
+        chosen: list[str | None] = []
+        for i, ask in enumerate(asks):
+            ask = dataclasses.replace(ask, uid=f"uid-{i}", name=f"p{i}")
+            outcomes = {n: place(s, ask, config) for n, s in states.items()}
+            placements = {n: o for n, o in outcomes.items() if isinstance(o, Placement)}
+            if not placements:
+                chosen.append(None)
+                continue
+            scores = score_nodes(placements, config)
+            node = max(sorted(scores), key=lambda n: scores[n])
+            chosen.append(node)
+            state = states[node]
+            states[node] = NodeState(state.topology, (*state.allocations, placements[node].allocation))
+        return chosen
+
+    assert schedule(PlacementConfig(stranding=0.0)) == ["gpu-box", None]
+    assert schedule(PlacementConfig()) == ["cpu-box", "gpu-box"]
+    # what the placements carry: the GPU box would lack 2 x 2 - 2 CPUs of its 8 for its GPUs
+    on_gpu_box = placed(place(nodes["gpu-box"], asks[0]))
+    assert on_gpu_box.strand == pytest.approx(2 / 8)
+    assert placed(place(nodes["cpu-box"], asks[0])).strand == 0.0
+    assert placed(place(nodes["gpu-box"], asks[0], PlacementConfig(cpus_per_gpu=0.0))).strand == 0.0
+
+
+def test_config_rejects_negative_stranding():
+    with pytest.raises(ValueError, match="stranding"):
+        PlacementConfig(stranding=-1.0)
+    with pytest.raises(ValueError, match="cpus_per_gpu"):
+        PlacementConfig(cpus_per_gpu=float("nan"))
