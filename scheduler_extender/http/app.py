@@ -29,7 +29,6 @@ from scheduler_extender.leader import AlwaysLeader, Leadership
 from scheduler_extender.verb_metrics import VerbMetrics
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import (
-    BindingArgs,
     ExtenderArgs,
     WireError,
     decode_binding_args,
@@ -96,9 +95,12 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 def _reply(body: Any, status: int = 200) -> web.Response:
     data = body if isinstance(body, bytes) else _dumps(body)
-    return web.Response(body=data, status=status, content_type="application/json")
+    return web.Response(body=data, status=status, headers=_JSON_HEADERS)
 
 
 MAX_JSON_DEPTH = 64
@@ -340,17 +342,18 @@ async def _bind(request: web.Request, raw: bytes) -> Any:
     # Decoded in the bind pool: a hostile body of megabytes never holds the event loop.
     extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY].verbs
 
-    def work() -> tuple[BindingArgs, dict[str, Any]]:
+    def work() -> dict[str, Any]:
         args = decode_binding_args(decode_json(raw))
         if extender.cache.held_by(args.pod_uid) is not None:
             metrics.bind_retries.inc()
-        return args, extender.bind(args)
+        body = extender.bind(args)
+        # Counted here too, not on the event loop.
+        allocation = None if body.get("Error") else extender.cache.held_by(args.pod_uid)
+        view = extender.source.node(args.node) if allocation is not None else None
+        metrics.observe_bind(body.get("Error") or "", allocation, view.state.topology if view else None)
+        return body
 
-    args, body = await loop.run_in_executor(request.app[POOL_KEY], work)
-    allocation = None if body.get("Error") else extender.cache.held_by(args.pod_uid)
-    view = extender.source.node(args.node) if allocation is not None else None
-    metrics.observe_bind(body.get("Error") or "", allocation, view.state.topology if view else None)
-    return body
+    return await loop.run_in_executor(request.app[POOL_KEY], work)
 
 
 @_verb("preempt", lambda message: {"NodeNameToMetaVictims": {}, "Error": message})
