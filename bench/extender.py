@@ -125,6 +125,7 @@ def serve_child(count: int, conn: Any) -> None:
     import logging
 
     import structlog
+    import uvloop
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
@@ -142,7 +143,7 @@ def serve_child(count: int, conn: Any) -> None:
             conn.send(time.process_time())
         await runner.cleanup()
 
-    asyncio.run(main())
+    uvloop.run(main())  # as `gedge-extender serve` runs it
 
 
 class Client:

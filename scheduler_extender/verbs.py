@@ -156,8 +156,9 @@ def _score_key(placement: Placement) -> _ScoreKey:
     return placement.score_key
 
 
-def _fragment(name: str, score: int) -> bytes:
-    return b'{"Host":%s,"Score":%d}' % (orjson.dumps(name), score)
+def _host_prefix(name: str) -> bytes:
+    """A HostPriority of `name` up to its score: `{"Host":"<name>","Score":`."""
+    return b'{"Host":%s,"Score":' % orjson.dumps(name)
 
 
 class _SameAs:
@@ -193,6 +194,89 @@ class _SameAs:
             self.gone.add(name)
 
 
+class _Pieces:
+    """A reply's encoded entries by node, in insertion order (a node set again keeps its place), joined
+    block by block: a changed entry costs the join of its block of up to BLOCK entries, and the whole
+    join is one join over the blocks, not one over thousands of entries."""
+
+    BLOCK = 64
+
+    __slots__ = ("_blocks", "_joined", "_where", "_whole")
+
+    def __init__(self) -> None:
+        self._blocks: list[dict[str, bytes]] = []
+        self._joined: list[bytes | None] = []
+        """Per block its entries joined with commas (None: changed since)."""
+        self._where: dict[str, int] = {}
+        """Node -> its block."""
+        self._whole: bytes | None = b""
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+    def __getitem__(self, name: str) -> bytes:
+        return self._blocks[self._where[name]][name]
+
+    def __setitem__(self, name: str, piece: bytes) -> None:
+        block = self._where.get(name)
+        if block is None:
+            blocks = self._blocks
+            if not blocks or len(blocks[-1]) >= self.BLOCK:
+                if len(blocks) > 4 and len(blocks) * self.BLOCK > 2 * len(self._where) + 4 * self.BLOCK:
+                    self._compact()
+                    blocks = self._blocks
+                if not blocks or len(blocks[-1]) >= self.BLOCK:
+                    blocks.append({})
+                    self._joined.append(None)
+            block = self._where[name] = len(blocks) - 1
+        self._blocks[block][name] = piece
+        self._joined[block] = None
+        self._whole = None
+
+    def __delitem__(self, name: str) -> None:
+        block = self._where.pop(name)
+        del self._blocks[block][name]
+        self._joined[block] = None
+        self._whole = None
+
+    def pop(self, name: str, default: bytes | None = None) -> bytes | None:
+        if name not in self._where:
+            return default
+        piece = self[name]
+        del self[name]
+        return piece
+
+    def names(self) -> list[str]:
+        """The nodes in reply order."""
+        return [name for block in self._blocks for name in block]
+
+    def joined(self) -> bytes:
+        """Every entry, in order, joined with commas."""
+        whole = self._whole
+        if whole is None:
+            joined, blocks = self._joined, self._blocks
+            for i, part in enumerate(joined):
+                if part is None:
+                    joined[i] = b",".join(blocks[i].values())
+            whole = self._whole = b",".join([part for part in joined if part])
+        return whole
+
+    def _compact(self) -> None:
+        """Blocks thinned by removals packed again (entries keep their order)."""
+        entries = [item for block in self._blocks for item in block.items()]
+        self._blocks, self._joined, self._where = [], [], {}
+        for start in range(0, len(entries), self.BLOCK):
+            chunk = dict(entries[start : start + self.BLOCK])
+            index = len(self._blocks)
+            self._blocks.append(chunk)
+            self._joined.append(None)
+            self._where.update(dict.fromkeys(chunk, index))
+        self._whole = None
+
+
 class _ShapeTable:
     """Every answer for one pod shape, kept across requests and brought up to date by the nodes that
     changed since (source listener, assume cache log), so a request costs set operations over its
@@ -207,19 +291,19 @@ class _ShapeTable:
         "assume_seq",
         "classes",
         "covered",
+        "dirty",
         "entries",
         "exact",
         "failed",
         "failed_json",
-        "fragments",
         "key_names",
         "key_rep",
         "keys",
+        "parts",
         "passed",
         "passed_json",
-        "pending",
+        "priorities",
         "score_of",
-        "segments",
         "source_pos",
         "stale",
         "unknown",
@@ -231,26 +315,28 @@ class _ShapeTable:
         self.entries: dict[str, _MemoEntry] = {}
         self.passed: dict[str, Placement] = {}
         self.keys: dict[str, _ScoreKey] = {}
-        self.key_names: dict[_ScoreKey, set[str]] = {}
+        self.key_names: dict[_ScoreKey, dict[str, bytes]] = {}
+        """Per distinct score key its passed nodes, each with its `_host_prefix`."""
         self.key_rep: dict[_ScoreKey, Placement] = {}
         """One placement per distinct score key held: what score_nodes is run over."""
         self.score_of: dict[_ScoreKey, int] | None = None
         """score_nodes over every passed node, by score key (None: not built yet)."""
         self.stale = False
         """The distinct score keys changed since `score_of` was built."""
-        self.fragments: dict[str, bytes] = {}
-        """Per passed node its encoded HostPriority under `score_of`: the whole-table reply is their join."""
-        self.pending: set[str] = set()
-        """Passed nodes whose fragment waits for `score_of` to be brought up to date."""
+        self.parts: dict[_ScoreKey, bytes] = {}
+        """Per score key the encoded HostPriorities of its nodes under `score_of`, joined: the whole-table
+        reply is the join of these (nodes grouped by key: kube-scheduler reads the list by host)."""
+        self.dirty: set[_ScoreKey] = set()
+        """Keys whose part waits to be joined again (a node came or went, or the key's score changed)."""
+        self.priorities: bytes | None = None
+        """The whole-table reply as it stands (None: changed since)."""
         self.failed: dict[str, str] = {}
         self.unknown: dict[str, str] = {}
         self.covered: set[str] = set()
-        self.passed_json: dict[str, bytes] = {}
-        self.failed_json: dict[str, bytes] = {}
-        self.unknown_json: dict[str, bytes] = {}
+        self.passed_json = _Pieces()
+        self.failed_json = _Pieces()
+        self.unknown_json = _Pieces()
         """Per node its encoded entry of the filter reply (a name; name: reason): the reply is their join."""
-        self.segments: list[bytes | None] = [None, None, None]
-        """The joins of passed_json, failed_json and unknown_json as they stand (None: changed since)."""
         self.classes: collections.Counter[str] = collections.Counter()
         """Refusal classes of `failed`, for the metrics."""
         self.whole = _SameAs()
@@ -267,10 +353,10 @@ class _ShapeTable:
     def priorities_json(self, config: PlacementConfig) -> bytes:
         """The HostPriorityList of every passed node, encoded.
 
-        Scores come from score_nodes over one placement per distinct score key; a node's encoded
-        entry is made again only when its own placement or its key's score changed.
+        Scores come from score_nodes over one placement per distinct score key; a key's part is
+        joined again (one C-level join over its nodes' prefixes) only when one of its nodes came or
+        went or its score changed.
         """
-        keys = self.keys
         if self.score_of is None or self.stale:
             reps = {repr(key): p for key, p in self.key_rep.items()}
             low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
@@ -281,14 +367,42 @@ class _ShapeTable:
             old = self.score_of or {}
             changed = {key for key, score in fresh.items() if old.get(key) != score}
             self.score_of, self.stale = fresh, False
-            for key in changed:
-                self.pending.update(self.key_names.get(key, ()))
-        if self.pending:
-            score_of, fragments = self.score_of, self.fragments
-            for name in self.pending:
-                fragments[name] = _fragment(name, score_of[keys[name]])
-            self.pending.clear()
-        return b"[" + b",".join(self.fragments.values()) + b"]"
+            self.dirty.update(changed)
+        if self.dirty:
+            score_of, parts, key_names = self.score_of, self.parts, self.key_names
+            for key in self.dirty:
+                holders = key_names.get(key)
+                if holders:
+                    tail = b"%d}" % score_of[key]
+                    parts[key] = (tail + b",").join(holders.values()) + tail
+                else:
+                    parts.pop(key, None)
+            self.dirty.clear()
+            self.priorities = None
+        if self.priorities is None:
+            self.priorities = b"[" + b",".join(self.parts.values()) + b"]"
+        return self.priorities
+
+    def _hold(self, name: str, key: _ScoreKey, outcome: Placement) -> None:
+        """`name` passes with score key `key`."""
+        self.keys[name] = key
+        holders = self.key_names.get(key)
+        if holders is None:
+            holders = self.key_names[key] = {}
+            self.key_rep[key] = outcome
+            self.stale = True
+        holders[name] = _host_prefix(name)
+        self.dirty.add(key)
+
+    def _release(self, name: str, key: _ScoreKey) -> None:
+        """`name` no longer passes with score key `key`."""
+        holders = self.key_names[key]
+        del holders[name]
+        self.dirty.add(key)
+        if not holders:
+            del self.key_names[key]
+            del self.key_rep[key]
+            self.stale = True
 
     def filter_json(self, names_json: bytes) -> bytes:
         """ExtenderFilterResult (NodeNames mode) over every covered node, as orjson encodes it;
@@ -298,22 +412,16 @@ class _ShapeTable:
                 b'{"Nodes":null,"NodeNames":',
                 names_json,
                 b',"FailedNodes":{',
-                self._segment(1, self.failed_json),
+                self.failed_json.joined(),
                 b'},"FailedAndUnresolvableNodes":{',
-                self._segment(2, self.unknown_json),
+                self.unknown_json.joined(),
                 b'},"Error":""}',
             )
         )
 
     def passed_names_json(self) -> bytes:
         """The names of `passed`, in its order, as a JSON list."""
-        return b"[" + self._segment(0, self.passed_json) + b"]"
-
-    def _segment(self, index: int, entries: dict[str, bytes]) -> bytes:
-        joined = self.segments[index]
-        if joined is None:
-            joined = self.segments[index] = b",".join(entries.values())
-        return joined
+        return b"[" + self.passed_json.joined() + b"]"
 
     def summary(self) -> FilterSummary:
         """What the metrics count of `filter_json()`."""
@@ -331,7 +439,6 @@ class _ShapeTable:
         self.whole.added(name)
         self.unknown[name] = reason
         self.unknown_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
-        self.segments[2] = None
 
     def add(self, name: str, outcome: Outcome) -> None:
         """The node's answer; a node judged again keeps its place in the reply where its answer keeps
@@ -346,21 +453,11 @@ class _ShapeTable:
             self.passed[name] = outcome
             self.exact.added(name)
             self.passed_json[name] = orjson.dumps(name)
-            self.segments[0] = None
-            key = self.keys[name] = _score_key(outcome)
-            self.key_names.setdefault(key, set()).add(name)
-            if key not in self.key_rep:
-                self.key_rep[key] = outcome
-                self.stale = True
-            if self.score_of is None or self.stale:
-                self.pending.add(name)
-            else:
-                self.fragments[name] = _fragment(name, self.score_of[key])
+            self._hold(name, _score_key(outcome), outcome)
         else:
             reason: str = outcome.reason  # type: ignore[union-attr]
             self.failed[name] = reason
             self.failed_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
-            self.segments[1] = None
             self.classes[cached_refusal_class(reason)] += 1
 
     def _update(self, name: str, outcome: Outcome) -> bool:
@@ -374,21 +471,8 @@ class _ShapeTable:
             key, old_key = _score_key(outcome), self.keys[name]
             if key == old_key:
                 return True
-            holders = self.key_names[old_key]
-            holders.discard(name)
-            if not holders:
-                del self.key_names[old_key]
-                del self.key_rep[old_key]
-                self.stale = True
-            self.keys[name] = key
-            self.key_names.setdefault(key, set()).add(name)
-            if key not in self.key_rep:
-                self.key_rep[key] = outcome
-                self.stale = True
-            if self.score_of is None or self.stale:
-                self.pending.add(name)
-            else:
-                self.fragments[name] = _fragment(name, self.score_of[key])
+            self._release(name, old_key)
+            self._hold(name, key, outcome)
             return True
         old_reason = self.failed.get(name)
         if old_reason is None:
@@ -397,7 +481,6 @@ class _ShapeTable:
         if reason != old_reason:
             self.failed[name] = reason
             self.failed_json[name] = orjson.dumps(name) + b":" + orjson.dumps(reason)
-            self.segments[1] = None
             old_cls, cls = cached_refusal_class(old_reason), cached_refusal_class(reason)
             if cls != old_cls:
                 self.classes[old_cls] -= 1
@@ -416,27 +499,16 @@ class _ShapeTable:
             if self.passed.pop(name, None) is not None:
                 self.exact.removed(name)
                 del self.passed_json[name]
-                self.segments[0] = None
-                key = self.keys.pop(name)
-                holders = self.key_names[key]
-                holders.discard(name)
-                self.fragments.pop(name, None)
-                self.pending.discard(name)
-                if not holders:
-                    del self.key_names[key]
-                    del self.key_rep[key]
-                    self.stale = True
+                self._release(name, self.keys.pop(name))
             reason = self.failed.pop(name, None)
             if reason is not None:
                 del self.failed_json[name]
-                self.segments[1] = None
                 cls = cached_refusal_class(reason)
                 self.classes[cls] -= 1
                 if not self.classes[cls]:
                     del self.classes[cls]
             if self.unknown.pop(name, None) is not None:
                 del self.unknown_json[name]
-                self.segments[2] = None
 
 
 class _Answer:

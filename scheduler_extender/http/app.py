@@ -29,7 +29,6 @@ from scheduler_extender.leader import AlwaysLeader, Leadership
 from scheduler_extender.verb_metrics import VerbMetrics
 from scheduler_extender.verbs import Extender
 from scheduler_extender.wire import (
-    BindingArgs,
     ExtenderArgs,
     WireError,
     decode_binding_args,
@@ -64,6 +63,19 @@ class ExtenderMetrics:
             registry=self.registry,
         )
         self.verbs = VerbMetrics(self.registry)
+        self._latency: dict[str, Any] = {}
+        self._outcomes: dict[tuple[str, str], Any] = {}
+
+    def observe(self, verb: str, outcome: str, seconds: float) -> None:
+        """One answered request: its latency and outcome, through children looked up once per label."""
+        latency = self._latency.get(verb)
+        if latency is None:
+            latency = self._latency[verb] = self.latency.labels(verb)
+        counter = self._outcomes.get((verb, outcome))
+        if counter is None:
+            counter = self._outcomes[verb, outcome] = self.outcomes.labels(verb, outcome)
+        latency.observe(seconds)
+        counter.inc()
 
 
 EXTENDER_KEY = web.AppKey("extender", Extender)
@@ -83,9 +95,12 @@ def _dumps(obj: Any) -> bytes:
     return orjson.dumps(obj)
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 def _reply(body: Any, status: int = 200) -> web.Response:
     data = body if isinstance(body, bytes) else _dumps(body)
-    return web.Response(body=data, status=status, content_type="application/json")
+    return web.Response(body=data, status=status, headers=_JSON_HEADERS)
 
 
 MAX_JSON_DEPTH = 64
@@ -246,15 +261,24 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
 
     def wrap(body_handler: Callable[[web.Request, Any], Awaitable[Any]]) -> Handler:
         async def handler(request: web.Request) -> web.StreamResponse:
-            metrics = request.app[METRICS_KEY]
+            app = request.app
+            if app[ALLOWED_CLIENTS_KEY]:
+                refused = _refuse_client(request)
+                if refused is not None:
+                    return refused
+            metrics = app[METRICS_KEY]
             started = time.perf_counter()
             outcome = "ok"
             try:
-                if not request.app[LEADERSHIP_KEY].is_leader():
+                if not app[LEADERSHIP_KEY].is_leader():
                     outcome = "standby"
                     message = f"{name}: this extender replica is a standby; ask the leader"
                     return _reply(on_error(message), status=503)
-                raw = await asyncio.wait_for(request.read(), request.app[BODY_TIMEOUT_KEY])
+                if request.content.is_eof():
+                    # The whole body is in already (kube-scheduler's are): nothing to wait for.
+                    raw = await request.read()
+                else:
+                    raw = await asyncio.wait_for(request.read(), app[BODY_TIMEOUT_KEY])
                 body = await body_handler(request, raw)
                 if body.error if isinstance(body, _Encoded) else isinstance(body, dict) and body.get("Error"):
                     outcome = "error"
@@ -283,8 +307,7 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
                     log.exception("verb_failed", verb=name)
                 return _reply(on_error(f"{name}: internal error: {type(exc).__name__}: {exc}"))
             finally:
-                metrics.latency.labels(name).observe(time.perf_counter() - started)
-                metrics.outcomes.labels(name, outcome).inc()
+                metrics.observe(name, outcome, time.perf_counter() - started)
 
         return handler
 
@@ -319,17 +342,18 @@ async def _bind(request: web.Request, raw: bytes) -> Any:
     # Decoded in the bind pool: a hostile body of megabytes never holds the event loop.
     extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY].verbs
 
-    def work() -> tuple[BindingArgs, dict[str, Any]]:
+    def work() -> dict[str, Any]:
         args = decode_binding_args(decode_json(raw))
         if extender.cache.held_by(args.pod_uid) is not None:
             metrics.bind_retries.inc()
-        return args, extender.bind(args)
+        body = extender.bind(args)
+        # Counted here too, not on the event loop.
+        allocation = None if body.get("Error") else extender.cache.held_by(args.pod_uid)
+        view = extender.source.node(args.node) if allocation is not None else None
+        metrics.observe_bind(body.get("Error") or "", allocation, view.state.topology if view else None)
+        return body
 
-    args, body = await loop.run_in_executor(request.app[POOL_KEY], work)
-    allocation = None if body.get("Error") else extender.cache.held_by(args.pod_uid)
-    view = extender.source.node(args.node) if allocation is not None else None
-    metrics.observe_bind(body.get("Error") or "", allocation, view.state.topology if view else None)
-    return body
+    return await loop.run_in_executor(request.app[POOL_KEY], work)
 
 
 @_verb("preempt", lambda message: {"NodeNameToMetaVictims": {}, "Error": message})
@@ -367,23 +391,23 @@ def peer_names(request: web.Request) -> frozenset[str]:
     return frozenset(names)
 
 
-@web.middleware
-async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Verbs only for a client certificate that names an allowed client (kube-scheduler's)."""
+def _refuse_client(request: web.Request) -> web.Response | None:
+    """403 unless the client certificate names an allowed client (kube-scheduler's); verbs only.
+
+    Checked by each verb's handler, not a middleware: the other routes and a server
+    without allowed clients pay nothing for it."""
     allowed = request.app[ALLOWED_CLIENTS_KEY]
-    if allowed and request.path in VERBS:
-        names = peer_names(request)
-        if not names & allowed:
-            message = (
-                f"client certificate names {sorted(names)} are not among the allowed clients "
-                f"{sorted(allowed)}"
-                if names
-                else "a client certificate is required"
-            )
-            log.warning("client refused", path=request.path, peer=request.remote, peer_names=sorted(names))
-            request.app[METRICS_KEY].outcomes.labels(request.path.strip("/"), "forbidden").inc()
-            return _reply({"Error": message}, status=403)
-    return await handler(request)
+    names = peer_names(request)
+    if names & allowed:
+        return None
+    message = (
+        f"client certificate names {sorted(names)} are not among the allowed clients {sorted(allowed)}"
+        if names
+        else "a client certificate is required"
+    )
+    log.warning("client refused", path=request.path, peer=request.remote, peer_names=sorted(names))
+    request.app[METRICS_KEY].outcomes.labels(request.path.strip("/"), "forbidden").inc()
+    return _reply({"Error": message}, status=403)
 
 
 def build_app(
@@ -399,7 +423,7 @@ def build_app(
     """The verbs, /healthz, /readyz (the leader only) and /metrics; `body_timeout_s` bounds how long a
     request body may take to arrive. With `allowed_clients`, verbs answer 403 unless the TLS client
     certificate names one of them (serve it with `server_ssl_context(..., client_ca)`)."""
-    app = web.Application(client_max_size=max_body, middlewares=[_authenticate])
+    app = web.Application(client_max_size=max_body)
     app[ALLOWED_CLIENTS_KEY] = frozenset(allowed_clients)
     app[MAX_BODY_KEY] = max_body
     app[BODY_TIMEOUT_KEY] = body_timeout_s

@@ -90,6 +90,23 @@ def test_metrics_count_requests_by_verb_and_outcome(cluster: Cluster) -> None:
     assert 'gedge_extender_request_seconds_count{verb="filter"} 2.0' in text
 
 
+def test_bind_over_http_counts_its_placement_and_a_retry(cluster: Cluster) -> None:
+    import urllib.request
+
+    spec = pod(limits=GPU_POD)
+    status, result = cluster.post("filter", cluster.args(spec, ["edge-1"]))
+    assert status == 200 and result["NodeNames"] == ["edge-1"]
+    assert cluster.bind(spec, "edge-1") == (200, {"Error": ""})
+    # kube-scheduler asking again for a pod that holds its devices: answered alike, counted as a retry.
+    assert cluster.bind(spec, "edge-1") == (200, {"Error": ""})
+    assert cluster.server is not None
+    with urllib.request.urlopen(f"{cluster.server.url}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    assert "gedge_extender_bind_retries_total 1.0" in text
+    assert "gedge_extender_placement_cost_count 2.0" in text
+    assert 'gedge_extender_requests_total{outcome="ok",verb="bind"} 2.0' in text
+
+
 def test_filter_by_node_names_keeps_gpu_nodes_and_says_why_others_fail(cluster: Cluster) -> None:
     names = [*sorted(cluster.source.nodes()), "ghost"]
     status, result = cluster.post("filter", cluster.args(pod(limits=GPU_POD), names))
