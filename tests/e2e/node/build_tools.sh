@@ -4,7 +4,7 @@
 # and kube-proxy (the Kubernetes release pinned in ../controlplane/kube/go.mod,
 # built from a copy of that module so its cache key stays as it is) for Services.
 # Cached outside the repository keyed by a hash of the pins, this script and the
-# Go toolchain, like ../controlplane/build.sh.
+# Go toolchain (go_cache.sh).
 #
 #   build_tools.sh              build if missing, print the binary directory
 #   build_tools.sh --print-dir  print the binary directory only (no build)
@@ -13,51 +13,13 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 kustomize_module="$here/kustomize"
 kube_module="$here/../controlplane/kube"
-go_bin="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
-if [ ! -x "$go_bin" ]; then
-  echo "build_tools.sh: no Go toolchain (set GO= or put go on PATH)" >&2
-  exit 2
-fi
+name=build_tools.sh
 cache_root="${GEDGE_E2E_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/gedge-accel/tools}"
-
-pin_hash="$(
-  {
-    cat "$kustomize_module/go.mod" "$kustomize_module/go.sum" "$kube_module/go.mod" "$kube_module/go.sum" "$0"
-    "$go_bin" version
-  } | sha256sum | cut -c1-16
-)"
-out="$cache_root/$pin_hash"
 binaries=(kustomize kube-proxy)
-
-if [ "${1:-}" = "--print-dir" ]; then
-  echo "$out"
-  exit 0
-fi
-
-complete() {
-  [ -f "$out/.complete" ] || return 1
-  for name in "${binaries[@]}"; do [ -x "$out/$name" ] || return 1; done
-}
-
-if complete; then
-  echo "$out"
-  exit 0
-fi
-
-mkdir -p "$cache_root"
-# One lock per pin set: builds of other pins (another checkout) do not wait on this one.
-exec 9>"$cache_root/.build-$pin_hash.lock"
-flock 9
-if complete; then
-  echo "$out"
-  exit 0
-fi
-
-export GOFLAGS=-mod=mod
-export CGO_ENABLED=0
-staging="$(mktemp -d "$cache_root/.build.XXXXXX")"
-trap 'rm -rf "$staging"' EXIT
-started=$(date +%s)
+inputs=("$kustomize_module/go.mod" "$kustomize_module/go.sum" "$kube_module/go.mod" "$kube_module/go.sum")
+# shellcheck source=go_cache.sh
+. "$here/go_cache.sh"
+go_cache_start "$@"
 
 kustomize_version="$(cd "$kustomize_module" && "$go_bin" list -m -f '{{.Version}}' sigs.k8s.io/kustomize/kustomize/v5)"
 echo "build_tools.sh: kustomize $kustomize_version -> $out" >&2
@@ -79,11 +41,4 @@ echo "build_tools.sh: kube-proxy $kube_version -> $out" >&2
   k8s.io/kubernetes/cmd/kube-proxy)
 rm -rf "$staging/kube"
 
-echo "kustomize $kustomize_version kube-proxy $kube_version $("$go_bin" version) $(($(date +%s) - started))s" \
-  >"$staging/.complete"
-chmod 755 "$staging"
-rm -rf "$out"
-mv "$staging" "$out"
-trap - EXIT
-echo "build_tools.sh: built in $(($(date +%s) - started))s" >&2
-echo "$out"
+go_cache_finish "kustomize $kustomize_version kube-proxy $kube_version"
