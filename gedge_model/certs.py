@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_NAME = "gedge-accel CA"
 CA_DAYS = 3650
 LEAF_DAYS = 365
+MAX_DAYS = CA_DAYS
+CA_FILES = ("ca.pem", "ca.key")
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 class CertError(ValueError):
@@ -102,6 +106,24 @@ def create_ca(name: str = CA_NAME, days: int = CA_DAYS) -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def check_dns_name(name: str, what: str = "DNS name") -> str:
+    """`name` when it is a DNS name of RFC 1123 labels (letters, digits, inner hyphens; 1-63 each,
+    253 in all); CertError naming `what` otherwise."""
+    if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise CertError(
+            f"{what} {name!r} is not a DNS name (dot-separated labels of 1-63 letters, digits"
+            " or inner hyphens, at most 253 characters)"
+        )
+    return name
+
+
+def check_days(days: int) -> int:
+    """`days` when it is 1..MAX_DAYS; CertError otherwise."""
+    if not 1 <= days <= MAX_DAYS:
+        raise CertError(f"validity {days} days is outside 1-{MAX_DAYS}")
+    return days
+
+
 def _load_ca(ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[x509.Certificate, PrivateKeyTypes]:
     """The CA's certificate and key; CertError when either is not PEM or they do not belong together."""
     try:
@@ -112,6 +134,15 @@ def _load_ca(ca_cert_pem: bytes, ca_key_pem: bytes) -> tuple[x509.Certificate, P
     der, spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     if ca_cert.public_key().public_bytes(der, spki) != ca_key.public_key().public_bytes(der, spki):
         raise CertError("the CA key does not belong to the CA certificate")
+    try:
+        constraints = ca_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        constraints = None
+    if constraints is None or not constraints.ca:
+        raise CertError(
+            f"the CA certificate ({ca_cert.subject.rfc4514_string()}) is not a CA"
+            " (no basicConstraints CA:TRUE); restore the real CA files"
+        )
     return ca_cert, ca_key
 
 
@@ -125,8 +156,12 @@ def issue(
     days: int = LEAF_DAYS,
 ) -> tuple[bytes, bytes]:
     """A certificate for `name` (common name and first DNS name), server and client use: (cert, key) PEM."""
-    if not name or len(name) > 64 or any(c in name for c in "/\\\0\n") or name in (".", ".."):
-        raise CertError(f"certificate name {name!r} is empty, longer than 64 characters or not a plain name")
+    check_dns_name(name, "certificate name")
+    if len(name) > 64:
+        raise CertError(f"certificate name {name!r} is longer than 64 characters (common name limit)")
+    for extra in dns:
+        check_dns_name(extra)
+    check_days(days)
     ca_cert, ca_key = _load_ca(ca_cert_pem, ca_key_pem)
     try:
         addresses = [ipaddress.ip_address(ip) for ip in ips]
@@ -182,6 +217,8 @@ def issue_files(
     directory: Path, name: str, *, dns: Sequence[str] = (), ips: Sequence[str] = (), days: int = LEAF_DAYS
 ) -> IssuedFiles:
     """Issue `name` from the CA in `directory` into NAME.pem and NAME.key there (replacing older ones)."""
+    if any(f"{name.lower()}{suffix}" in CA_FILES for suffix in (".pem", ".key")):
+        raise CertError(f"certificate name {name!r} would overwrite the CA's files {' and '.join(CA_FILES)}")
     ca_cert, ca_key = ensure_ca(directory)
     cert_pem, key_pem = issue(ca_cert, ca_key, name, dns=dns, ips=ips, days=days)
     files = IssuedFiles(directory / f"{name}.pem", directory / f"{name}.key")

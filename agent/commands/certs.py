@@ -7,7 +7,15 @@ import socket
 import sys
 from pathlib import Path
 
-from gedge_model.certs import LEAF_DAYS, CertError, issue_files
+from gedge_model.certs import (
+    CA_FILES,
+    LEAF_DAYS,
+    MAX_DAYS,
+    CertError,
+    check_days,
+    check_dns_name,
+    issue_files,
+)
 
 DEFAULT_DIR = "/etc/gedge/pki"
 
@@ -34,14 +42,27 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dns", action="append", default=[], metavar="NAME", help="extra DNS name (repeat)")
     parser.add_argument("--ip", action="append", default=[], metavar="ADDR", help="extra IP address (repeat)")
-    parser.add_argument("--days", type=int, default=LEAF_DAYS, metavar="N", help=f"validity ({LEAF_DAYS})")
+    parser.add_argument(
+        "--days", type=int, default=LEAF_DAYS, metavar="N", help=f"validity, 1-{MAX_DAYS} ({LEAF_DAYS})"
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     names = args.names or [socket.gethostname()]
-    if args.days < 1:
-        print(f"gedge-agent certs: --days must be at least 1, got {args.days}", file=sys.stderr)
+    try:
+        try:
+            check_days(args.days)
+        except CertError as exc:
+            raise CertError(f"--days: {exc}") from None
+        for name in names:
+            check_dns_name(name, "NAME")
+            if any(f"{name.lower()}{suffix}" in CA_FILES for suffix in (".pem", ".key")):
+                raise CertError(f"NAME {name!r} would overwrite the CA's files {' and '.join(CA_FILES)}")
+        for extra in args.dns:
+            check_dns_name(extra, "--dns")
+    except CertError as exc:
+        print(f"gedge-agent certs: error: {exc}", file=sys.stderr)
         return 2
     directory = Path(args.dir)
     try:

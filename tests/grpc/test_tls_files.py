@@ -84,7 +84,7 @@ def test_certs_command_makes_a_ca_and_private_keys_0600(tmp_path: Path) -> None:
         timeout=60,
     )
     assert bad.returncode == 2
-    assert "certificate name 'a/b'" in bad.stderr
+    assert "NAME 'a/b' is not a DNS name" in bad.stderr
 
 
 def test_agent_picks_up_a_renewed_certificate_and_keeps_its_own_on_a_bad_one(
