@@ -15,6 +15,8 @@ import orjson
 import yaml
 
 MAX_FILE_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_ALIAS_NODES = 10_000
 
 
 class FileLoadError(ValueError):
@@ -24,6 +26,60 @@ class FileLoadError(ValueError):
     def __init__(self, message: str, *, missing: bool = False) -> None:
         super().__init__(message)
         self.missing = missing
+
+
+class _YamlBoundError(yaml.YAMLError):
+    """A YAML document nests too deep or its aliases expand too far."""
+
+
+class BoundedSafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses nesting deeper than MAX_YAML_DEPTH levels and aliases that
+    together add more than MAX_YAML_ALIAS_NODES nodes once expanded (billion laughs)."""
+
+    def __init__(self, stream: str | bytes) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                where = f"line {mark.line + 1}, column {mark.column + 1}"
+                raise _YamlBoundError(f"nested deeper than {MAX_YAML_DEPTH} levels ({where})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        sizes: dict[int, int] = {}
+        expanded = _expanded_size(node, sizes)
+        if expanded - len(sizes) > MAX_YAML_ALIAS_NODES:
+            raise _YamlBoundError(
+                f"aliases expand to {expanded} nodes from {len(sizes)} written;"
+                f" at most {MAX_YAML_ALIAS_NODES} more than written are allowed"
+            )
+        return super().construct_document(node)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Nodes under `node` (itself included) with each alias counted as a full copy; `sizes` memoises
+    per node, so the walk is linear in the nodes written. Depth is bounded by the composer."""
+    known = sizes.get(id(node))
+    if known is not None:
+        if known < 0:
+            raise _YamlBoundError("an alias refers to a node that contains it (recursive anchor)")
+        return known
+    sizes[id(node)] = -1
+    total = 1
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            total += _expanded_size(item, sizes)
+    elif isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            total += _expanded_size(key, sizes) + _expanded_size(value, sizes)
+    sizes[id(node)] = total
+    return total
 
 
 def source_of(path: str | Path, what: str = "") -> str:
@@ -57,18 +113,23 @@ def _parse(
     _bounded(text, source, limit)
     try:
         return load(text)
+    except _YamlBoundError as exc:
+        raise FileLoadError(f"{source}: {exc}") from None
     except errors as exc:
         raise FileLoadError(f"{source}: not {kind}: {exc}") from None
 
 
 def parse_yaml(text: str | bytes, *, source: str, limit: int = MAX_FILE_BYTES) -> Any:
-    """One YAML document (safe loader; empty -> None); FileLoadError `SOURCE: not YAML: ...`."""
-    return _parse(text, source, limit, yaml.safe_load, "YAML", yaml.YAMLError)
+    """One YAML document (BoundedSafeLoader; empty -> None); FileLoadError `SOURCE: not YAML: ...`,
+    or `SOURCE: nested deeper than ...` / `SOURCE: aliases expand to ...`."""
+    return _parse(text, source, limit, lambda t: yaml.load(t, BoundedSafeLoader), "YAML", yaml.YAMLError)
 
 
 def parse_yaml_all(text: str | bytes, *, source: str, limit: int = MAX_FILE_BYTES) -> list[Any]:
     """Every non-empty document of a `---` separated YAML stream, in order."""
-    documents = _parse(text, source, limit, lambda t: list(yaml.safe_load_all(t)), "YAML", yaml.YAMLError)
+    documents = _parse(
+        text, source, limit, lambda t: list(yaml.load_all(t, BoundedSafeLoader)), "YAML", yaml.YAMLError
+    )
     return [d for d in documents if d is not None]
 
 

@@ -61,3 +61,51 @@ def test_text_over_its_bound_is_refused_before_parsing() -> None:
     with pytest.raises(FileLoadError, match=r"^body: larger than 3 bytes$"):
         parse_json(b"[1,2]", source="body", limit=3)
     assert parse_json(b"[1]", source="body", limit=3) == [1]
+
+
+LAUGHS = (
+    "data_routes: [&a [x,x,x,x,x,x,x,x,x], "
+    + ", ".join(f"&{b} [{','.join(['*' + a] * 9)}]" for a, b in zip("abcdefgh", "bcdefghi", strict=True))
+    + "]\n"
+)
+
+
+def test_aliases_that_expand_past_the_bound_are_refused_naming_the_file(tmp_path: Path) -> None:
+    file = tmp_path / "agent.yaml"
+    file.write_text(LAUGHS)
+    assert len(LAUGHS) < 600
+    with pytest.raises(FileLoadError, match=rf"^config {file}: aliases expand to \d+ nodes from \d+ written"):
+        load_yaml(file, what="config")
+    with pytest.raises(FileLoadError, match=r"^file: aliases expand to"):
+        parse_yaml_all("a: 1\n---\n" + LAUGHS, source="file")
+
+
+def test_a_few_aliases_and_merge_keys_still_load() -> None:
+    text = "base: &b {cpus: 2, devices: [a, b]}\nnode1: {<<: *b, name: n1}\nnode2: *b\n"
+    assert parse_yaml_all(text, source="file") == [
+        {
+            "base": {"cpus": 2, "devices": ["a", "b"]},
+            "node1": {"cpus": 2, "devices": ["a", "b"], "name": "n1"},
+            "node2": {"cpus": 2, "devices": ["a", "b"]},
+        }
+    ]
+
+
+def test_a_recursive_anchor_is_refused() -> None:
+    with pytest.raises(FileLoadError, match=r"^file: an alias refers to a node that contains it"):
+        parse_yaml_all("a: &a [1, *a]\n", source="file")
+
+
+@pytest.mark.parametrize("depth", [65, 100_000])
+def test_nesting_past_64_levels_is_refused_naming_the_file(tmp_path: Path, depth: int) -> None:
+    file = tmp_path / "agent.yaml"
+    file.write_text("node_name: " + "[" * depth + "]" * depth + "\n")
+    with pytest.raises(
+        FileLoadError, match=rf"^config {file}: nested deeper than 64 levels \(line 1, column"
+    ):
+        load_yaml(file, what="config")
+
+
+def test_nesting_of_64_levels_loads() -> None:
+    # The document's mapping is the first level.
+    assert parse_yaml_all("a: " + "[" * 63 + "]" * 63, source="file")[0]["a"] is not None
