@@ -68,7 +68,10 @@ def make_app(registry: CollectorRegistry, state: ReadyState) -> Callable[..., It
             body = "".join(f"{name}: {reason}\n" for name, reason in reasons.items()).encode()
             start_response("503 Service Unavailable", [("Content-Type", "text/plain; charset=utf-8")])
             return [body]
-        return metrics(environ, start_response)
+        if path == "/metrics":
+            return metrics(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"not found; this port serves /metrics, /readyz and /healthz\n"]
 
     return app
 
