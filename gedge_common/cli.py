@@ -10,6 +10,7 @@ import argparse
 import importlib
 import importlib.metadata
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -64,14 +65,39 @@ def run_lazy_cli(
 def lazy_main(
     *, prog: str, description: str, epilog: str, package: str, commands: Mapping[str, str]
 ) -> Callable[..., int]:
-    """A console script's `main(argv=None)`: run_lazy_cli over `package`'s command modules."""
+    """A console script's `main(argv=None)`: run_lazy_cli over `package`'s command modules.
+    A reader that closes stdout early (`| head`) ends the command quietly with 141 (128 + SIGPIPE)."""
 
     def main(argv: list[str] | None = None) -> int:
-        return run_lazy_cli(
-            prog=prog, description=description, epilog=epilog, package=package, commands=commands, argv=argv
-        )
+        try:
+            code = run_lazy_cli(
+                prog=prog,
+                description=description,
+                epilog=epilog,
+                package=package,
+                commands=commands,
+                argv=argv,
+            )
+            sys.stdout.flush()
+        except BrokenPipeError:
+            _stdout_to_devnull()
+            return 141
+        return code
 
     return main
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout's descriptor at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 class _Stderr:

@@ -6,6 +6,8 @@ extender's placement engine prices allocations with them, so both always agree.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -105,14 +107,26 @@ class Distance:
 
 def parse_weights(raw: Mapping[str, float]) -> dict[Level, float]:
     """Weights from configuration (keys X, NV, PIX, ..., any case) over the defaults; ValueError
-    names an unknown level, float() raises for a value that is not a number."""
+    names an unknown level, a negative or non-finite weight, or two levels whose weights break the
+    order X <= NV# <= PIX <= PXB <= PHB <= NODE <= SYS; float() raises for a value that is not a number."""
     weights = dict(DEFAULT_WEIGHTS)
     for key, value in raw.items():
         try:
             level = Level(str(key).upper())
         except ValueError:
             raise ValueError(f"distance weight for unknown level {key!r}") from None
-        weights[level] = float(value)
+        weight = float(value)
+        if not math.isfinite(weight) or weight < 0:
+            raise ValueError(f"distance weight for {level.value} is {value!r}; it must be a number >= 0")
+        weights[level] = weight
+    order = list(DEFAULT_WEIGHTS)
+    documented = " <= ".join(level.value for level in order)
+    for nearer, farther in itertools.pairwise(order):
+        if weights[farther] < weights[nearer]:
+            raise ValueError(
+                f"distance weight for {farther.value} ({weights[farther]:g}) is below {nearer.value}'s"
+                f" ({weights[nearer]:g}); weights must keep the order {documented}"
+            )
     return weights
 
 

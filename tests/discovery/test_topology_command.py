@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,61 @@ def test_console_script_runs_on_this_machine() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "Legend:" in done.stdout and "CPUs:" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("PIX: -1\n", "distance weight for PIX is -1; it must be a number >= 0"),
+        ("x: .nan\n", "distance weight for X is nan; it must be a number >= 0"),
+        (
+            "PIX: 3.5\n",
+            "distance weight for PXB (3) is below PIX's (3.5); weights must keep the order X <= NV",
+        ),
+        ("SYS: 1\n", "distance weight for SYS (1) is below NODE's (4)"),
+        ("node_name: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested deeper than 64 levels"),
+    ],
+)
+def test_weights_out_of_order_negative_or_too_deep_are_refused(
+    tmp_path: Path, snapshot_roots: dict[str, Path], capsys: pytest.CaptureFixture[str], text: str, why: str
+) -> None:
+    weights = tmp_path / "weights.yaml"
+    weights.write_text(text)
+    assert main(["topology", "--root", str(snapshot_roots[SNAPSHOT]), "--weights", str(weights)]) == 2
+    err = capsys.readouterr().err
+    assert f"--weights {weights}: " in err and why in err
+
+
+def test_equal_neighbouring_weights_are_kept(
+    tmp_path: Path, snapshot_roots: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = tmp_path / "weights.yaml"
+    weights.write_text("PHB: 3\nNODE: 3\n")
+    assert main(["topology", "--root", str(snapshot_roots[SNAPSHOT]), "--weights", str(weights)]) == 0
+    assert "(weight 3)" in capsys.readouterr().out
+
+
+def test_a_reader_that_closes_early_ends_the_command_quietly(snapshot_roots: dict[str, Path]) -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout now fails with EPIPE
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent.cli",
+                "topology",
+                "--json",
+                "--root",
+                str(snapshot_roots[SNAPSHOT]),
+            ],
+            cwd=REPO,
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == ""
+    assert done.returncode == 141
