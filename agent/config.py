@@ -259,6 +259,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
                 return None
             if not isinstance(value, str | int):
                 raise TypeError
+            if name in ("listen", "metrics_listen") and str(value):
+                parse_listen(str(value), f"{source}: {name}")
             return str(value)
         if target == "int":
             if isinstance(value, bool):
@@ -293,6 +295,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             if isinstance(value, list) and all(type(v) is int for v in value):
                 return tuple(value)
             raise TypeError
+    except ConfigError:
+        raise
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: {name} has a bad value {value!r} (expected {target})") from None
     raise ConfigError(f"{source}: {name} has an unsupported type {target}")

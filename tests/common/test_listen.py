@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,13 @@ def test_host_port_forms(text: str, parsed: tuple[str, int]) -> None:
         ("nowhere", "is not HOST:PORT"),
         ("host:", "is not HOST:PORT"),
         ("host:http", "is not HOST:PORT"),
-        ("host:70000", "is not HOST:PORT"),
+        ("host:70000", "port 70000 is out of range (0-65535"),
+        ("[::1]:99999", "port 99999 is out of range (0-65535"),
+        ("999.0.0.1:80", "host '999.0.0.1' is not an IPv4 address, [IPv6] address or DNS name"),
+        ("1.2.3.4.5:80", "host '1.2.3.4.5' is not an IPv4 address"),
+        (" 127.0.0.1:80", "host ' 127.0.0.1' is not"),
+        ("bad_name:80", "host 'bad_name' is not"),
+        ("-edge:80", "host '-edge' is not"),
         ("host:-1", "is not HOST:PORT"),
         ("host:٣", "is not HOST:PORT"),
         ("::1:80", "goes in brackets"),
@@ -50,8 +57,27 @@ def test_bad_addresses_name_the_flag_and_the_value(text: str, why: str) -> None:
 
 
 def test_the_agent_reports_the_config_key() -> None:
-    with pytest.raises(ConfigError, match=r"^metrics_listen: '::1:9100': an IPv6 host goes in brackets"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^flag --metrics-listen: metrics_listen: '::1:9100': an IPv6 host goes in brackets",
+    ):
         load_config(flags={"metrics_listen": "::1:9100"}, environ={"GEDGE_AGENT_INSECURE": "true"})
+
+
+def test_the_agent_names_the_file_or_variable_a_bad_address_came_from(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yaml"
+    config.write_text("listen: 5\n")
+    with pytest.raises(ConfigError, match=rf"^config {config}: listen: '5' is not HOST:PORT"):
+        load_config(config_file=config, environ={"GEDGE_AGENT_INSECURE": "true"})
+    with pytest.raises(
+        ConfigError, match=r"^environment GEDGE_AGENT_LISTEN: listen: '::1:80': an IPv6 host goes in brackets"
+    ):
+        load_config(environ={"GEDGE_AGENT_INSECURE": "true", "GEDGE_AGENT_LISTEN": "::1:80"})
+    with pytest.raises(ConfigError, match=r"^environment GEDGE_AGENT_METRICS_LISTEN: metrics_listen: .*host"):
+        load_config(environ={"GEDGE_AGENT_INSECURE": "true", "GEDGE_AGENT_METRICS_LISTEN": "999.0.0.1:80"})
+    config.write_text("listen: edge-1.example.org:50051\nmetrics_listen: ''\n")
+    loaded = load_config(config_file=config, environ={"GEDGE_AGENT_INSECURE": "true"}, serving=False)
+    assert (loaded.listen, loaded.metrics_listen) == ("edge-1.example.org:50051", "")
 
 
 @pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this machine")
