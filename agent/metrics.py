@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -60,17 +61,26 @@ class AgentMetrics:
             registry=r,
         )
 
-        self.certificate_expiry = Gauge(
-            "gedge_agent_certificate_expiry_timestamp_seconds",
-            "notAfter of the node certificate in place (Unix time); absent until one is",
-            registry=r,
-        )
+        self._certificate_expiry: Gauge | None = None
+        self._certificate_lock = threading.Lock()
         self.certificate_requests = Counter(
             "gedge_agent_certificate_requests_total",
             "CertificateSigningRequests made for the node certificate, by how they ended",
             ["outcome"],
             registry=r,
         )
+
+    def set_certificate_expiry(self, timestamp: float) -> None:
+        """Export the node certificate's notAfter (Unix time). The gauge is registered on the first
+        call, so an agent without tls_csr exports no value rather than 0."""
+        with self._certificate_lock:
+            if self._certificate_expiry is None:
+                self._certificate_expiry = Gauge(
+                    "gedge_agent_certificate_expiry_timestamp_seconds",
+                    "notAfter of the node certificate in place (Unix time); absent until one is",
+                    registry=self.registry,
+                )
+            self._certificate_expiry.set(timestamp)
 
     def record_health(self, unhealthy: Mapping[str, str], added: int, recovered: int) -> None:
         """Set the unhealthy-device gauge to exactly `unhealthy` (PCI address -> reason)."""

@@ -738,7 +738,7 @@ def node_certificate(
         config.tls_ca,
         expiration_s=config.tls_csr_expiration_s,
         on_state=lambda reason: ready.set("certificate", reason),
-        on_certificate=lambda cert: metrics.certificate_expiry.set(cert.not_valid_after_utc.timestamp()),
+        on_certificate=lambda cert: metrics.set_certificate_expiry(cert.not_valid_after_utc.timestamp()),
         on_request=lambda outcome: metrics.certificate_requests.labels(outcome).inc(),
     )
 

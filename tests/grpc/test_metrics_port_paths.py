@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client import CollectorRegistry, Gauge
 
+from agent.metrics import AgentMetrics
 from agent.readyz import ReadyState, start_http
 
 
@@ -45,3 +46,19 @@ def test_other_paths_are_not_found(port: int, path: str) -> None:
     assert code == 404
     assert "gedge_agent_probe" not in body
     assert body == "not found; this port serves /metrics, /readyz and /healthz\n"
+
+
+def test_certificate_expiry_is_exported_only_once_a_certificate_is_in_place() -> None:
+    metrics = AgentMetrics()
+    server = start_http("127.0.0.1", 0, metrics.registry, ReadyState())
+    try:
+        code, body = get(server.server_port, "/metrics")
+        assert code == 200 and "gedge_agent_state_generation" in body
+        assert "gedge_agent_certificate_expiry_timestamp_seconds" not in body
+        metrics.set_certificate_expiry(1_900_000_000.0)
+        metrics.set_certificate_expiry(1_900_000_100.0)
+        _, body = get(server.server_port, "/metrics")
+        assert "gedge_agent_certificate_expiry_timestamp_seconds 1.9000001e+09" in body
+    finally:
+        server.shutdown()
+        server.server_close()
