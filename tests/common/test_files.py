@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from gedge_common.files import (
     parse_yaml_all,
     read_bounded,
 )
+from tests.entry_points import entry_point
 
 
 def test_a_file_at_its_bound_loads_and_one_byte_more_is_refused(tmp_path: Path) -> None:
@@ -109,3 +111,31 @@ def test_nesting_past_64_levels_is_refused_naming_the_file(tmp_path: Path, depth
 def test_nesting_of_64_levels_loads() -> None:
     # The document's mapping is the first level.
     assert parse_yaml_all("a: " + "[" * 63 + "]" * 63, source="file")[0]["a"] is not None
+
+
+@pytest.mark.parametrize(
+    ("command", "prefix"),
+    [
+        (["gedge-agent", "serve", "--config"], "config "),
+        (["gedge-agent", "topology", "--weights"], "--weights "),
+        (["gedge-flow", "lint"], ""),
+    ],
+)
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        (LAUGHS, "aliases expand to"),
+        ("node_name: " + "[" * 100_000 + "]" * 100_000 + "\n", "nested deeper than 64"),
+    ],
+)
+def test_commands_refuse_such_files_with_one_line_naming_them(
+    tmp_path: Path, command: list[str], prefix: str, text: str, why: str
+) -> None:
+    file = tmp_path / "input.yaml"
+    file.write_text(text)
+    done = subprocess.run(
+        [entry_point(command[0]), *command[1:], str(file)], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode in (1, 2)
+    assert "Traceback" not in done.stderr
+    assert f"{prefix}{file}: {why}" in done.stderr + done.stdout  # lint reports its findings on stdout
