@@ -502,6 +502,8 @@ class ClientLimits:
     """At most `max_per_client` open connections from one client address; more are reset at once."""
 
     def __init__(self, max_per_client: int) -> None:
+        if max_per_client < 1:
+            raise ValueError(f"at most {max_per_client} connections per client would refuse every client")
         self.max_per_client = max_per_client
         self.open: dict[str, int] = {}
         self.refused = 0
@@ -517,7 +519,7 @@ class ClientLimits:
             if self.open.get(host, 0) >= self.max_per_client:
                 self.refused += 1
                 log.warning(
-                    "connection_refused", client=host, open=self.open[host], limit=self.max_per_client
+                    "connection_refused", client=host, open=self.open.get(host, 0), limit=self.max_per_client
                 )
                 transport.abort()
                 return
@@ -592,6 +594,8 @@ async def start_server(
     slower than the app's body timeout is answered 408 and the connection closed
     within LINGER_S.
     """
+    if max_connections_per_client < 1:
+        raise ValueError(f"max_connections_per_client must be at least 1, got {max_connections_per_client}")
     runner = web.AppRunner(
         app,
         access_log=None,
