@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from typing import Any
 
@@ -27,7 +28,7 @@ def load_config(
     """Load the service account (`in_cluster`) or a kubeconfig into the kubernetes client.
 
     Raises NoCluster naming --in-cluster, --kubeconfig FILE (None: $KUBECONFIG or
-    ~/.kube/config) or --context for any file, format or context fault.
+    ~/.kube/config, as the client reads them) or --context for any file, format or context fault.
     """
     import yaml
     from kubernetes import config
@@ -53,7 +54,7 @@ def load_config(
         elif kubeconfig:
             where = f"--kubeconfig {kubeconfig}"
         else:
-            where = "kubeconfig ($KUBECONFIG or ~/.kube/config)"
+            where = f"kubeconfig {os.environ.get('KUBECONFIG') or '~/.kube/config'}"
         if context:
             where += f" --context {context}"
         reason = " ".join(str(exc).split()) or type(exc).__name__
