@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
+from typing import Any
+
+
+class NoCluster(ValueError):
+    """No usable cluster configuration, or the API server cannot be reached; one line naming the cause."""
 
 
 def add_cluster_access(mode: argparse._MutuallyExclusiveGroup) -> None:
@@ -11,11 +18,65 @@ def add_cluster_access(mode: argparse._MutuallyExclusiveGroup) -> None:
     mode.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
 
 
-def load_cluster_config(args: argparse.Namespace) -> None:
-    """Point the kubernetes client at the pod's service account or at `args.kubeconfig`."""
+def load_config(
+    kubeconfig: str | None,
+    *,
+    in_cluster: bool = False,
+    context: str | None = None,
+    client_configuration: Any = None,
+) -> None:
+    """Load the service account (`in_cluster`) or a kubeconfig into the kubernetes client.
+
+    Raises NoCluster naming --in-cluster, --kubeconfig FILE (None: $KUBECONFIG or
+    ~/.kube/config, as the client reads them) or --context for any file, format or context fault.
+    """
+    import yaml
     from kubernetes import config
 
-    if args.in_cluster:
-        config.load_incluster_config()
-    else:
-        config.load_kube_config(config_file=args.kubeconfig)
+    try:
+        if in_cluster:
+            config.load_incluster_config(client_configuration=client_configuration)
+        else:
+            config.load_kube_config(
+                config_file=kubeconfig, context=context, client_configuration=client_configuration
+            )
+    except (
+        config.ConfigException,
+        OSError,
+        TypeError,
+        ValueError,
+        KeyError,
+        AttributeError,
+        yaml.YAMLError,
+    ) as exc:
+        if in_cluster:
+            where = "--in-cluster"
+        elif kubeconfig:
+            where = f"--kubeconfig {kubeconfig}"
+        else:
+            where = f"kubeconfig {os.environ.get('KUBECONFIG') or '~/.kube/config'}"
+        if context:
+            where += f" --context {context}"
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        if isinstance(exc, TypeError | AttributeError | KeyError):
+            reason = f"not a kubeconfig ({reason})"
+        raise NoCluster(f"{where}: {reason}") from None
+
+
+def load_cluster_config(args: argparse.Namespace) -> None:
+    """Point the kubernetes client at the pod's service account or at `args.kubeconfig`; NoCluster if not."""
+    load_config(args.kubeconfig, in_cluster=args.in_cluster)
+
+
+def unreachable(exc: BaseException) -> NoCluster | None:
+    """A urllib3 connection failure as NoCluster (one line), or None for any other exception."""
+    from urllib3.exceptions import HTTPError, MaxRetryError
+
+    if not isinstance(exc, HTTPError):
+        return None
+    cause = exc.reason if isinstance(exc, MaxRetryError) and exc.reason is not None else exc
+    text = re.sub(r"<[^>]*>:\s*", "", " ".join(str(cause).split()))
+    where = ""
+    if isinstance(exc, MaxRetryError) and exc.pool is not None:
+        where = f" {exc.pool.host}:{exc.pool.port}"
+    return NoCluster(f"API server{where} unreachable: {text}")

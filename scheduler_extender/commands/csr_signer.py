@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import signal
 import sys
 import threading
@@ -11,9 +12,14 @@ import threading
 import structlog
 
 from gedge_common.cli import configure_logging
-from scheduler_extender.commands.cluster_access import add_cluster_access, load_cluster_config
+from scheduler_extender.commands.cluster_access import NoCluster, add_cluster_access, load_cluster_config
 
 log = structlog.get_logger("gedge.extender.csr_signer")
+
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+"""A namespace: a DNS-1123 label (63 characters at most)."""
+DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+"""A ConfigMap name: a DNS-1123 subdomain (253 characters at most)."""
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     from kubernetes import client
 
-    from gedge_model.certs import CertError
+    from gedge_model.certs import CertError, check_ca
     from scheduler_extender.csr_signer import AgentCsrSigner, CaFiles, configmap_publisher
 
     namespace, sep, account = args.agent_service_account.partition(":")
@@ -72,20 +78,29 @@ def run(args: argparse.Namespace) -> int:
         return 2
     publish = None
     if args.ca_configmap:
-        cm_namespace, sep, cm_name = args.ca_configmap.partition("/")
-        if not sep or not cm_namespace or not cm_name:
+        parts = args.ca_configmap.split("/")
+        if len(parts) != 2 or not DNS_LABEL.fullmatch(parts[0]) or not DNS_SUBDOMAIN.fullmatch(parts[1]):
             print(
-                f"gedge-extender csr-signer: --ca-configmap {args.ca_configmap!r} is not NAMESPACE/NAME",
+                f"gedge-extender csr-signer: --ca-configmap {args.ca_configmap!r} is not NAMESPACE/NAME "
+                "(a DNS-1123 namespace and name)",
                 file=sys.stderr,
             )
             return 2
+        cm_namespace, cm_name = parts
     ca = CaFiles(args.ca_cert, args.ca_key)
     try:
-        ca.read()
+        check_ca(*ca.read())
     except CertError as exc:
-        print(f"gedge-extender csr-signer: {exc}", file=sys.stderr)
+        print(
+            f"gedge-extender csr-signer: --ca-cert {args.ca_cert} / --ca-key {args.ca_key}: {exc}",
+            file=sys.stderr,
+        )
         return 2
-    load_cluster_config(args)
+    try:
+        load_cluster_config(args)
+    except NoCluster as exc:
+        print(f"gedge-extender csr-signer: no cluster: {exc}", file=sys.stderr)
+        return 2
     if args.ca_configmap:
         publish = configmap_publisher(client.CoreV1Api(), cm_namespace, cm_name)
     try:

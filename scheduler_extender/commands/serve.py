@@ -354,10 +354,56 @@ async def _refreeze_gc(period_s: float = 300.0) -> None:
         gc.freeze()
 
 
+POSITIVE_LIMITS = (
+    "max_body_bytes",
+    "body_timeout_s",
+    "idle_timeout_s",
+    "stale_after_s",
+    "reserve_ttl_s",
+    "max_connections_per_client",
+)
+
+
+def check_limits(args: argparse.Namespace) -> None:
+    """Every size, time and count flag must be positive; ValueError names the first that is not."""
+    for name in POSITIVE_LIMITS:
+        value = getattr(args, name)
+        if not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def check_server_tls(args: argparse.Namespace) -> None:
+    """Load --tls-cert/--tls-key/--tls-client-ca once before anything connects; ValueError names the flag."""
+    if args.insecure:
+        return
+    for flag, path in (
+        ("--tls-cert", args.tls_cert),
+        ("--tls-key", args.tls_key),
+        ("--tls-client-ca", args.tls_client_ca),
+    ):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from exc
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(
+            f"--tls-cert {args.tls_cert} / --tls-key {args.tls_key}: not a certificate and its key: {exc}"
+        ) from exc
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_verify_locations(args.tls_client_ca)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--tls-client-ca {args.tls_client_ca}: not a PEM CA certificate: {exc}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
         check_tls_flags(args)
+        check_limits(args)
+        check_server_tls(args)
         if args.tls_reload_interval_s <= 0:
             raise ValueError(f"--tls-reload-interval-s must be positive, got {args.tls_reload_interval_s}")
         host, port = parse_listen(args.listen, "--listen")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import ssl
 import threading
 import time
@@ -23,6 +24,7 @@ import msgspec
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
 from scheduler_extender.leader import AlwaysLeader, Leadership
@@ -58,7 +60,8 @@ class ExtenderMetrics:
         )
         self.outcomes = Counter(
             "gedge_extender_requests_total",
-            "Requests by verb and outcome (ok, error: an Error in the reply, bad_request: 4xx, standby: 503)",
+            "Requests by verb and outcome (ok, error: an Error in the reply, bad_request: 4xx, standby: 503, "
+            "aborted: the client hung up before its body arrived)",
             ["verb", "outcome"],
             registry=self.registry,
         )
@@ -296,6 +299,13 @@ def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., 
                 response = _reply(on_error(message), status=408)
                 response.force_close()
                 return response
+            except ConnectionError as exc:
+                # The client went away mid-request: its fault, not the verb's; nobody reads the answer.
+                outcome = "aborted"
+                log.info("client_aborted", verb=name, error=f"{type(exc).__name__}: {exc}")
+                response = _reply(on_error(f"{name}: connection lost: {exc}"), status=400)
+                response.force_close()
+                return response
             except web.HTTPRequestEntityTooLarge:
                 outcome = "bad_request"
                 message = f"{name}: request body is larger than {request.app[MAX_BODY_KEY]} bytes"
@@ -502,6 +512,8 @@ class ClientLimits:
     """At most `max_per_client` open connections from one client address; more are reset at once."""
 
     def __init__(self, max_per_client: int) -> None:
+        if max_per_client < 1:
+            raise ValueError(f"at most {max_per_client} connections per client would refuse every client")
         self.max_per_client = max_per_client
         self.open: dict[str, int] = {}
         self.refused = 0
@@ -517,9 +529,10 @@ class ClientLimits:
             if self.open.get(host, 0) >= self.max_per_client:
                 self.refused += 1
                 log.warning(
-                    "connection_refused", client=host, open=self.open[host], limit=self.max_per_client
+                    "connection_refused", client=host, open=self.open.get(host, 0), limit=self.max_per_client
                 )
-                transport.abort()
+                # Not from inside connection_made: the handler's task must start before it is lost.
+                asyncio.get_running_loop().call_soon(transport.abort)
                 return
             self.open[host] = self.open.get(host, 0) + 1
             self._hosts[handler] = host
@@ -576,6 +589,18 @@ class ReloadingSslContext:
         return True
 
 
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's per-connection logger: a malformed request (bad header, Content-Length: -5) is the
+    client's fault, logged at warning with its reason and no traceback; anything else stays an error."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError | ConnectionError):
+            reason = " ".join(str(exc_info).split())[:300]
+            self.logger.warning("%s: %s", str(msg) % args if args else msg, reason)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 async def start_server(
     app: web.Application,
     host: str,
@@ -592,12 +617,15 @@ async def start_server(
     slower than the app's body timeout is answered 408 and the connection closed
     within LINGER_S.
     """
+    if max_connections_per_client < 1:
+        raise ValueError(f"max_connections_per_client must be at least 1, got {max_connections_per_client}")
     runner = web.AppRunner(
         app,
         access_log=None,
         handle_signals=False,
         keepalive_timeout=idle_timeout_s,
         lingering_time=LINGER_S,
+        logger=_ServerLog(logging.getLogger("aiohttp.server"), {}),
     )
     await runner.setup()
     assert runner.server is not None

@@ -149,14 +149,17 @@ class KubernetesWorkflowApi:
 
     @classmethod
     def from_kubeconfig(cls, path: str | None = None, context: str | None = None) -> KubernetesWorkflowApi:
-        """A kubeconfig file (or in-cluster config when none is given and we run in a pod)."""
-        from kubernetes import client, config
+        """A kubeconfig file (or in-cluster config when none is given and we run in a pod).
+
+        NoCluster (scheduler_extender.commands.cluster_access) when the config does not load.
+        """
+        from kubernetes import client
+
+        from scheduler_extender.commands.cluster_access import load_config
 
         configuration = client.Configuration()
-        if path is None and _in_cluster():
-            config.load_incluster_config(client_configuration=configuration)
-        else:
-            config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        in_cluster = path is None and _in_cluster()
+        load_config(path, in_cluster=in_cluster, context=context, client_configuration=configuration)
         return cls(client.ApiClient(configuration))
 
     def _plain(self, obj: Any) -> dict[str, Any]:

@@ -267,3 +267,75 @@ def test_a_body_that_stops_arriving_is_answered_408(server: ServerThread) -> Non
         reply = sock.recv(65536)
         assert reply.startswith(b"HTTP/1.1 408")
         assert b"filter: request body not received within 0.5 s" in reply
+
+
+def _loop_errors(server: ServerThread) -> list[dict[str, Any]]:
+    """What the server loop's exception handler is given from now on (e.g. a task's unretrieved error)."""
+    seen: list[dict[str, Any]] = []
+    server._loop.set_exception_handler(lambda loop, context: seen.append(context))
+    return seen
+
+
+def _settle(server: ServerThread) -> None:
+    """Let the server loop run what is queued, then collect dropped tasks (their errors surface here)."""
+    import asyncio
+    import gc
+
+    async def collect() -> None:
+        await asyncio.sleep(0)
+        gc.collect()
+
+    for _ in range(3):
+        asyncio.run_coroutine_threadsafe(collect(), server._loop).result(timeout=10)
+
+
+def test_a_connection_over_the_limit_is_closed_without_a_task_error(server: ServerThread) -> None:
+    errors = _loop_errors(server)
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(4)]
+    try:
+        for sock in held:
+            assert _http(sock, HEALTHZ).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as extra:
+            assert _closed(extra)
+        _settle(server)
+        assert errors == []
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_a_client_hanging_up_mid_body_counts_as_aborted_not_error(caplog: pytest.LogCaptureFixture) -> None:
+    from scheduler_extender.http.app import METRICS_KEY
+    from tests.extender.test_agents_mode import wait_for
+
+    source = StaticNodeSource({n: NodeState(edge_box(n)) for n in NODES})
+    app = build_app(Extender(source, RecordingBinder()), body_timeout_s=30)
+    registry = app[METRICS_KEY].registry
+
+    def count(outcome: str) -> float:
+        labels = {"verb": "filter", "outcome": outcome}
+        return registry.get_sample_value("gedge_extender_requests_total", labels) or 0.0
+
+    with ServerThread(app, idle_timeout_s=30) as running:
+        with socket.create_connection(("127.0.0.1", running.port), timeout=30) as sock:
+            head = b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nExpect: 100-continue\r\n\r\n"
+            # 100 Continue: the verb is now reading the body, which never ends (the socket is reset)
+            assert _http(sock, head).startswith(b"HTTP/1.1 100")
+            sock.sendall(b'{"Pod":')
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        wait_for(lambda: count("aborted") == 1, "the hang-up to be counted")
+        _settle(running)
+    assert count("error") == 0
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info]
+
+
+def test_a_negative_content_length_is_a_warning_without_traceback(
+    server: ServerThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        reply = _http(sock, b"POST /filter HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.0 400")
+    _settle(server)
+    faults = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert faults and all(r.levelname == "WARNING" and not r.exc_info for r in faults)
+    assert "Content-Length" in faults[0].getMessage()

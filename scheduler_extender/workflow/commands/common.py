@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
 import sys
+from collections.abc import Callable
 
 from gedge_common import cli as cli_support
+from scheduler_extender.commands.cluster_access import NoCluster, unreachable
 from scheduler_extender.workflow.catalog import (
     Catalog,
     CatalogError,
@@ -51,7 +55,32 @@ def add_catalog_options(parser: argparse.ArgumentParser) -> None:
 
 
 def connect(args: argparse.Namespace) -> WorkflowApi:
+    """The cluster's API; NoCluster when no kubeconfig or service account loads."""
     return KubernetesWorkflowApi.from_kubeconfig(args.kubeconfig, args.context)
+
+
+def needs_cluster(run: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Wrap a command's `run`: no cluster config -> `gedge-flow CMD: no cluster: why`, exit 2;
+    an API server that cannot be reached -> the same line, exit 1."""
+    command = run.__module__.rsplit(".", 1)[-1]
+
+    @functools.wraps(run)
+    def wrapped(args: argparse.Namespace) -> int:
+        # urllib3 warns once per retry of a refused connection; the one line below says it all
+        logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
+        try:
+            return run(args)
+        except NoCluster as exc:
+            print(f"gedge-flow {command}: no cluster: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:
+            lost = unreachable(exc)
+            if lost is None:
+                raise
+            print(f"gedge-flow {command}: no cluster: {lost}", file=sys.stderr)
+            return 1
+
+    return wrapped
 
 
 def load_catalog(args: argparse.Namespace, api: WorkflowApi | None) -> Catalog | None:

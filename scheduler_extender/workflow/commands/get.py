@@ -13,7 +13,13 @@ from typing import Any
 
 import yaml
 
-from scheduler_extender.workflow.commands.common import add_workflow_name, connect, fail, workflow_failed
+from scheduler_extender.workflow.commands.common import (
+    add_workflow_name,
+    connect,
+    fail,
+    needs_cluster,
+    workflow_failed,
+)
 from scheduler_extender.workflow.kube import ApiError, WorkflowApi
 from scheduler_extender.workflow.render import render_dot, render_tree
 from scheduler_extender.workflow.spec import WorkflowSpecError, parse_workflow
@@ -102,6 +108,7 @@ def watch(
             return 1
 
 
+@needs_cluster
 def run(args: argparse.Namespace) -> int:
     api = connect(args)
     try:

@@ -6,7 +6,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scheduler_extender.workflow.commands.common import add_workflow_name, connect, fail, workflow_failed
+from scheduler_extender.workflow.commands.common import (
+    add_workflow_name,
+    connect,
+    fail,
+    needs_cluster,
+    workflow_failed,
+)
 from scheduler_extender.workflow.kube import ApiError
 from scheduler_extender.workflow.serve import LABEL_SERVE
 from scheduler_extender.workflow.spec import WorkflowSpecError, parse_workflow
@@ -25,6 +31,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(run=run)
 
 
+@needs_cluster
 def run(args: argparse.Namespace) -> int:
     api = connect(args)
     try:

@@ -21,6 +21,7 @@ from scheduler_extender.workflow.commands.common import (
     connect,
     fail,
     load_catalog,
+    needs_cluster,
 )
 from scheduler_extender.workflow.composer import CompositionError
 from scheduler_extender.workflow.controller import ControllerConfig, WorkflowController
@@ -70,6 +71,7 @@ def _overrides(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+@needs_cluster
 def run(args: argparse.Namespace) -> int:
     configure_logging("info" if args.verbose else "warning")
     path = Path(args.file)

@@ -1,0 +1,142 @@
+"""`gedge-extender serve` and `csr-signer` refuse bad flags, TLS files, CAs and cluster configs at start:
+one line naming the flag, exit 2, before anything is dialled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from gedge_model.certs import create_ca, issue
+from scheduler_extender.cli import main
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    ca_cert, ca_key = create_ca()
+    leaf_cert, leaf_key = issue(ca_cert, ca_key, "gedge-extender", dns=["localhost"])
+    other_cert, other_key = create_ca("another-ca")
+    files = {
+        "ca.pem": ca_cert,
+        "ca.key": ca_key,
+        "leaf.pem": leaf_cert,
+        "leaf.key": leaf_key,
+        "other.key": other_key,
+        "other.pem": other_cert,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return {name: tmp_path / name for name in files}
+
+
+@pytest.fixture
+def agents(tmp_path: Path) -> Path:
+    path = tmp_path / "agents.yaml"
+    path.write_text("- node: edge-1\n  address: 127.0.0.1:1\n")
+    return path
+
+
+def _serve(agents: Path, *extra: str) -> list[str]:
+    return ["serve", "--agents", str(agents), "--listen", "127.0.0.1:0", "--metrics-listen=", *extra]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--max-connections-per-client", "0"),
+        ("--max-body-bytes", "-1"),
+        ("--body-timeout-s", "-3"),
+        ("--idle-timeout-s", "-1"),
+        ("--idle-timeout-s", "0"),
+        ("--stale-after-s", "-1"),
+        ("--reserve-ttl-s", "-5"),
+    ],
+)
+def test_serve_refuses_a_limit_that_is_not_positive(
+    agents: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*_serve(agents, "--insecure"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} must be positive, got" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flag", "bad"),
+    [
+        ("--tls-cert", "missing"),
+        ("--tls-key", "missing"),
+        ("--tls-client-ca", "missing"),
+        ("--tls-key", "other.key"),
+        ("--tls-client-ca", "leaf.key"),
+    ],
+)
+def test_serve_checks_its_own_tls_files_before_dialling_the_agents(
+    agents: Path, pki: dict[str, Path], flag: str, bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {"--tls-cert": pki["leaf.pem"], "--tls-key": pki["leaf.key"], "--tls-client-ca": pki["ca.pem"]}
+    files[flag] = pki[bad] if bad in pki else pki["ca.pem"].with_name("missing.pem")
+    tls = [part for pair in files.items() for part in (pair[0], str(pair[1]))]
+    agent_tls = ["--agent-tls-cert", str(pki["leaf.pem"]), "--agent-tls-key", str(pki["leaf.key"])]
+    code = main([*_serve(agents, *tls, *agent_tls, "--agent-tls-ca", str(pki["ca.pem"]))])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"{flag} {files[flag]}" in err and "Traceback" not in err
+    assert "edge-1" not in err
+
+
+@pytest.mark.parametrize("kubeconfig", ["/nonexistent/kubeconfig", "/etc/passwd"])
+def test_serve_and_csr_signer_refuse_a_kubeconfig_that_does_not_load(
+    kubeconfig: str, pki: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["serve", "--kubeconfig", kubeconfig, "--insecure", "--metrics-listen="]) == 2
+    err = capsys.readouterr().err
+    assert f"--kubeconfig {kubeconfig}" in err and "Traceback" not in err
+    signer = ["csr-signer", "--kubeconfig", kubeconfig, "--ca-cert", str(pki["ca.pem"])]
+    assert main([*signer, "--ca-key", str(pki["ca.key"])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"no cluster: --kubeconfig {kubeconfig}" in err
+
+
+def test_in_cluster_outside_a_pod_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, pki: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    signer = ["csr-signer", "--in-cluster", "--ca-cert", str(pki["ca.pem"]), "--ca-key", str(pki["ca.key"])]
+    assert main(signer) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no cluster: --in-cluster" in err
+
+
+@pytest.mark.parametrize(
+    ("cert", "key", "problem"),
+    [
+        ("leaf.pem", "leaf.key", "CA:FALSE"),
+        ("ca.pem", "other.key", "does not belong"),
+        ("ca.pem", "ca.pem", "not PEM"),
+    ],
+)
+def test_csr_signer_refuses_a_ca_that_cannot_sign(
+    pki: dict[str, Path], cert: str, key: str, problem: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["csr-signer", "--kubeconfig", "/nonexistent", "--ca-cert", str(pki[cert])]
+    assert main([*args, "--ca-key", str(pki[key])]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--ca-cert {pki[cert]}" in err and problem in err
+
+
+@pytest.mark.parametrize("configmap", ["a/b/c", "a/", "Bad/name", "ns/x_y", "/name"])
+def test_csr_signer_refuses_a_configmap_that_is_not_namespace_slash_name(
+    pki: dict[str, Path], configmap: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["csr-signer", "--kubeconfig", "/nonexistent", "--ca-cert", str(pki["ca.pem"])]
+    assert main([*args, "--ca-key", str(pki["ca.key"]), "--ca-configmap", configmap]) == 2
+    assert f"--ca-configmap {configmap!r} is not NAMESPACE/NAME" in capsys.readouterr().err
