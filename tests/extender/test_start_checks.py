@@ -119,7 +119,7 @@ def test_in_cluster_outside_a_pod_is_one_line(
 @pytest.mark.parametrize(
     ("cert", "key", "problem"),
     [
-        ("leaf.pem", "leaf.key", "CA:FALSE"),
+        ("leaf.pem", "leaf.key", "is not a CA"),
         ("ca.pem", "other.key", "does not belong"),
         ("ca.pem", "ca.pem", "not PEM"),
     ],
