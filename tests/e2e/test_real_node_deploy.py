@@ -278,6 +278,12 @@ def test_agent_says_on_its_node_that_it_can_apply(deployed: Deployed) -> None:
     assert "cgroupfs driver" in condition.message
 
 
+SCHEDULED_WITHIN_S = 400.0
+"""A pod the extender refused while the agent's report had not reached it yet waits in kube-scheduler's
+unschedulable queue: the extender's cache turning fresh is no cluster event kube-scheduler sees, so the
+pod is tried again at the latest when that queue is flushed (podMaxInUnschedulablePodsDuration, 5 min)."""
+
+
 def _agent_metric(name: str, ip: str) -> float:
     with urllib.request.urlopen(f"http://{ip}:{AGENT_METRICS_PORT}/metrics", timeout=10) as reply:
         for line in reply.read().decode().splitlines():
@@ -291,7 +297,7 @@ def test_pinned_pod_is_placed_by_the_deployed_scheduler_and_extender(
 ) -> None:
     core = k8s.CoreV1Api(deployed.api)
     core.create_namespaced_pod(user_namespace, _pinned(user_namespace, "pinned", deployed.node.name))
-    pod = running(core, user_namespace, "pinned", timeout=180)
+    pod = running(core, user_namespace, "pinned", timeout=SCHEDULED_WITHIN_S)
     allocation = Allocation.from_annotation(pod.metadata.annotations[ANNOTATION])
     mine = set(allocation.cpus)
     assert len(mine) == 1 and mine <= online_cpus()
@@ -367,7 +373,7 @@ def _neighbour(core: k8s.CoreV1Api, namespace: str, node: str) -> k8s.V1Pod:
 
 def _pinned_running(core: k8s.CoreV1Api, namespace: str, name: str, node: str) -> k8s.V1Pod:
     core.create_namespaced_pod(namespace, _pinned(namespace, name, node))
-    pod = running(core, namespace, name, timeout=180)
+    pod = running(core, namespace, name, timeout=SCHEDULED_WITHIN_S)
     mine = set(Allocation.from_annotation(pod.metadata.annotations[ANNOTATION]).cpus)
     wait_for(lambda: container_cpus(pod), lambda c: c == mine)
     return pod
