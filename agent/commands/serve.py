@@ -49,6 +49,7 @@ from agent.podwatch.pods import PodView
 from agent.readyz import ReadyState, start_http
 from agent.service.server import AgentRuntime, default_discover
 from agent.service.store import Snapshot
+from agent.topology_reported import TOPOLOGY_REPORTED, TopologyReportedCondition
 from gedge_model.tls import TlsConfigError
 
 log = structlog.get_logger("gedge.agent.serve")
@@ -238,6 +239,8 @@ class NodeParts:
     nri_thread: threading.Thread | None = None
     gate: ApplyGate | None = None
     """Whether the node's cgroups can be driven now (driver known, kubepods tree there and writable)."""
+    topology_reported: TopologyReportedCondition | None = None
+    """The Node condition saying whether an extender holds this node's state."""
 
 
 def make_vf_control(config: AgentConfig) -> VfControl | None:
@@ -591,7 +594,20 @@ def readiness_reporter(parts: NodeParts, node: str) -> Callable[[Readiness], Non
     return changed
 
 
+def follow_served_watches(parts: NodeParts, runtime: AgentRuntime, node: str) -> None:
+    """Keep the Node condition GedgeTopologyReported in step with the watch streams that got this
+    node's full state. On the event loop, so no stream is served between the listener and the
+    first status."""
+    parts.topology_reported = TopologyReportedCondition(
+        node_condition_writer(parts.core, node, TOPOLOGY_REPORTED)
+    )
+    runtime.served_watches.add_listener(parts.topology_reported.follow)
+    parts.topology_reported.follow(runtime.served_watches.held)
+
+
 def stop_kubernetes_parts(parts: NodeParts) -> None:
+    if parts.topology_reported is not None:
+        parts.topology_reported.stop(last=False)
     if parts.labeler is not None:
         parts.labeler.stop()
     if parts.watcher is not None:
@@ -695,6 +711,7 @@ async def serve(config: AgentConfig) -> int:
         )
     if parts.core is not None:
         await asyncio.to_thread(start_kubernetes_parts, parts, runtime, config)
+        follow_served_watches(parts, runtime, runtime.store.node_name)
     elif parts.manager is not None and config.cpuset_refresh_interval_s > 0:
         refresher = asyncio.create_task(
             refresh_cpusets(parts.applier, parts.manager, config.cpuset_refresh_interval_s, stop)

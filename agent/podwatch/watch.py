@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -292,16 +293,21 @@ def node_event_reporter(core_api: Any, node_name: str) -> Callable[[str, str, bo
 NODE_CONDITION = "GedgeAgentReady"
 """The Node condition the agent keeps: True while it can apply allocations, else False with why."""
 STRATEGIC_MERGE = "application/strategic-merge-patch+json"
+WRITE_TIMEOUT_S = 10.0
+"""Bound of one condition write, so an API server that is away cannot hold the writer."""
 
 
-def node_condition_writer(core_api: Any, node_name: str) -> Callable[[bool, str, str], None]:
-    """(ready, reason, message): set this node's NODE_CONDITION (a strategic merge of nodes/status,
-    by condition type: kubelet's own conditions are kept). A refused write is logged, not raised."""
+def node_condition_writer(
+    core_api: Any, node_name: str, condition_type: str = NODE_CONDITION
+) -> Callable[[bool, str, str], bool]:
+    """(status, reason, message) -> written: set this node's condition `condition_type` (a strategic
+    merge of nodes/status, by condition type: kubelet's own conditions are kept). A refused or failed
+    write is logged and answered False, never raised."""
 
-    def write(ready: bool, reason: str, message: str) -> None:
+    def write(ready: bool, reason: str, message: str) -> bool:
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         condition = {
-            "type": NODE_CONDITION,
+            "type": condition_type,
             "status": "True" if ready else "False",
             "reason": reason,
             "message": message[:1024],
@@ -310,10 +316,15 @@ def node_condition_writer(core_api: Any, node_name: str) -> Callable[[bool, str,
         }
         try:
             core_api.patch_node_status(
-                node_name, {"status": {"conditions": [condition]}}, _content_type=STRATEGIC_MERGE
+                node_name,
+                {"status": {"conditions": [condition]}},
+                _content_type=STRATEGIC_MERGE,
+                _request_timeout=WRITE_TIMEOUT_S,
             )
-        except ApiException as exc:
-            log.warning("could not set condition %s on node %s: %s", NODE_CONDITION, node_name, exc)
+        except (ApiException, OSError, urllib3.exceptions.HTTPError) as exc:
+            log.warning("could not set condition %s on node %s: %s", condition_type, node_name, exc)
+            return False
+        return True
 
     return write
 

@@ -21,6 +21,7 @@ from agent.metrics import AgentMetrics
 from agent.service.changes import ChangeDetector, ChangePolicy, fingerprint
 from agent.service.servicer import NodeAgentService
 from agent.service.store import NodeStateStore, Snapshot
+from agent.service.watchers import ServedWatches
 from gedge_model import NodeTopology
 from gedge_model.tls import (
     TlsConfigError,
@@ -90,6 +91,8 @@ class AgentRuntime:
     """Which applied pods are only reserved (runtime not known yet); None: the applier never reserves."""
     initially_ready: bool = True
     """The READINESS_SERVICE health at start (the caller updates it with set_ready)."""
+    served_watches: ServedWatches = field(default_factory=ServedWatches)
+    """Watch streams sent the full state (the Node condition GedgeTopologyReported follows it)."""
     store: NodeStateStore | None = None
     port: int = 0
     _server: grpc.aio.Server | None = None
@@ -150,6 +153,7 @@ class AgentRuntime:
             remote_apply=self.remote_apply,
             reserved_pods=self.reserved_pods,
             max_watch_streams_per_client=config.max_watch_streams_per_client,
+            served_watches=self.served_watches,
         )
         agent_pb2_grpc.add_NodeAgentServicer_to_server(service, server)
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ from agent.apply.manager import PodRuntime, StaticPodResolver
 from agent.metrics import AgentMetrics
 from agent.service.inventory import allocation_conflicts, device_inventory
 from agent.service.store import NodeStateStore, Snapshot
+from agent.service.watchers import ServedWatches
 from gedge_model import Allocation, ModelDecodeError, to_dict, to_json
 from gedge_model.codec import REPORT_VERSION
 from gedge_model.tls import peer_identities
@@ -58,8 +59,10 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         remote_apply: bool = True,
         reserved_pods: Callable[[], frozenset[str]] | None = None,
         max_watch_streams_per_client: int = 8,
+        served_watches: ServedWatches | None = None,
     ) -> None:
         self.store = store
+        self.served_watches = served_watches
         self.max_watch_streams_per_client = max_watch_streams_per_client
         self._watchers: dict[str, int] = {}
         self.reserved_pods = reserved_pods
@@ -159,6 +162,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
         log.info("watch opened", peer=peer)
         sent_generation = 0
         sent_topology = 0
+        counted = False
         try:
             while not self.store.closed:
                 sub.wake.clear()
@@ -168,8 +172,13 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
                         self._event(snap, with_topology=snap.topology_generation != sent_topology)
                     )
                     sent_generation, sent_topology = snap.state.generation, snap.topology_generation
+                    if not counted and self.served_watches is not None:
+                        counted = True
+                        self.served_watches.served()
                 await sub.wake.wait()
         finally:
+            if counted and self.served_watches is not None:
+                self.served_watches.ended()
             self.store.unsubscribe(sub)
             self.metrics.watch_streams.dec()
             left = self._watchers.pop(client, 1) - 1

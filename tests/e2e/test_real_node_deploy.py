@@ -6,7 +6,7 @@ extender, the second kube-scheduler and the workflow controller run as real pods
 a pinned pod of the gedge-scheduler profile lands through them and runs on its CPUs; the agent pod
 recreated by its DaemonSet takes its pods back from the checkpoint and kubelet's PodResources, and a
 pinned pod deleted while the agent was away is released when it returns; the agent's Node carries
-its GedgeAgentReady condition.
+its GedgeAgentReady condition, and GedgeTopologyReported once the extenders hold its state.
 
 What stands in: cert-manager (no image of it here) by tests.e2e.deployment.CertManagerStandIn, and
 cluster DNS (none here) by the overlay pointing kube-scheduler at the extender's Service address,
@@ -276,26 +276,59 @@ def test_agent_says_on_its_node_that_it_can_apply(deployed: Deployed) -> None:
     )
     assert (condition.status, condition.reason) == ("True", "Ready")
     assert "cgroupfs driver" in condition.message
+    # ... and GedgeTopologyReported once the deployed extenders hold its node-state watch
+    wait_for(
+        lambda: {c.type: c.status for c in deployed.node.node().status.conditions or ()}.get(
+            "GedgeTopologyReported"
+        ),
+        lambda status: status == "True",
+        describe=lambda status: (
+            f"GedgeTopologyReported {status}; agent log:\n{_agent_log(k8s.CoreV1Api(deployed.api))}"
+        ),
+    )
 
 
-SCHEDULED_WITHIN_S = 400.0
-"""A pod the extender refused while the agent's report had not reached it yet waits in kube-scheduler's
-unschedulable queue: the extender's cache turning fresh is no cluster event kube-scheduler sees, so the
-pod is tried again at the latest when that queue is flushed (podMaxInUnschedulablePodsDuration, 5 min)."""
+SCHEDULED_WITHIN_S = 240.0
+"""A pod the extender refused while the agent's report had not reached it (a just recreated agent) is
+tried again when the agent's Node condition GedgeTopologyReported turns True: well before kube-scheduler
+flushes its unschedulable queue (podMaxInUnschedulablePodsDuration, 5 min), which this bound is under."""
+EXTENDER_METRICS_PORT = 9401
 
 
-def _agent_metric(name: str, ip: str) -> float:
-    with urllib.request.urlopen(f"http://{ip}:{AGENT_METRICS_PORT}/metrics", timeout=10) as reply:
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(url, timeout=10) as reply:
         for line in reply.read().decode().splitlines():
             if line.startswith(f"{name} "):
                 return float(line.split()[1])
     return 0.0
 
 
+def _extenders_holding_node(core: k8s.CoreV1Api) -> list[float]:
+    """Fresh nodes in the cache of each Ready extender pod (the ones kube-scheduler reaches)."""
+    pods = core.list_namespaced_pod(SYSTEM, label_selector="app.kubernetes.io/name=gedge-extender").items
+    return [
+        _metric(
+            f"http://{p.status.pod_ip}:{EXTENDER_METRICS_PORT}/metrics", 'gedge_cache_nodes{state="fresh"}'
+        )
+        for p in pods
+        if _ready(p) and p.status.pod_ip
+    ]
+
+
+def _agent_metric(name: str, ip: str) -> float:
+    return _metric(f"http://{ip}:{AGENT_METRICS_PORT}/metrics", name)
+
+
 def test_pinned_pod_is_placed_by_the_deployed_scheduler_and_extender(
     deployed: Deployed, user_namespace: str
 ) -> None:
     core = k8s.CoreV1Api(deployed.api)
+    # Created once the extender kube-scheduler calls holds the node's report, so the first try places it.
+    wait_for(
+        lambda: _extenders_holding_node(core),
+        lambda fresh: fresh != [] and min(fresh) >= 1,
+        describe=lambda fresh: f"fresh nodes per Ready extender: {fresh}; {_pods(deployed.api)}",
+    )
     core.create_namespaced_pod(user_namespace, _pinned(user_namespace, "pinned", deployed.node.name))
     pod = running(core, user_namespace, "pinned", timeout=SCHEDULED_WITHIN_S)
     allocation = Allocation.from_annotation(pod.metadata.annotations[ANNOTATION])

@@ -137,3 +137,60 @@ def test_bound_pod_is_applied_and_released_by_the_daemon(
         if process is not None:
             stop(process)
         core.api_client.close()
+
+
+def test_node_says_whether_an_extender_holds_its_state(
+    control_plane,  # noqa: F811
+    cgroup_root: Path,
+    tmp_path: Path,
+) -> None:
+    """GedgeTopologyReported turns True once a node-state watch got the full state and False when the
+    last one ends, and when the agent stops: each flip is a Node event that makes kube-scheduler try
+    the pods an extender refused again."""
+    core = core_api(str(control_plane.kubeconfig))
+    assert core is not None
+    node = f"edge-{uuid.uuid4().hex[:6]}"
+    core.create_node(k8s.V1Node(metadata=k8s.V1ObjectMeta(name=node)))
+
+    def reported() -> tuple[str, str] | None:
+        found = {c.type: c for c in core.read_node_status(node).status.conditions or ()}
+        condition = found.get("GedgeTopologyReported")
+        return None if condition is None else (condition.status, condition.reason)
+
+    agent = spawn_agent(
+        "/",
+        node,
+        "--kubeconfig",
+        str(control_plane.kubeconfig),
+        "--cgroup-root",
+        str(cgroup_root),
+        "--cgroup-driver",
+        "cgroupfs",
+        "--checkpoint",
+        str(tmp_path / "checkpoint.json"),
+        "--device-plugin-dir",
+        str(tmp_path / "device-plugins"),
+        "--no-netlink",
+        metrics_listen="",
+    )
+    try:
+        eventually(lambda: reported() == ("False", "NoExtenderWatch"))
+        client = agent_pb2_grpc.NodeAgentStub(grpc.insecure_channel(f"127.0.0.1:{agent.port}"))
+        watch = client.WatchNodeState(agent_pb2.WatchNodeStateRequest(), timeout=120)
+        assert next(watch).node_name == node
+        eventually(lambda: reported() == ("True", "WatchedByExtender"))
+        second = client.WatchNodeState(agent_pb2.WatchNodeStateRequest(), timeout=120)
+        next(second)
+        watch.cancel()
+        second.cancel()
+        eventually(lambda: reported() == ("False", "NoExtenderWatch"))
+        again = client.WatchNodeState(agent_pb2.WatchNodeStateRequest(), timeout=120)
+        next(again)
+        eventually(lambda: reported() == ("True", "WatchedByExtender"))
+        assert agent.terminate() == 0
+        assert reported() == ("False", "NoExtenderWatch")
+        again.cancel()
+    finally:
+        agent.kill()
+        core.delete_node(node)
+        core.api_client.close()
