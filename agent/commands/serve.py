@@ -312,22 +312,33 @@ def make_parts(config: AgentConfig, core: Any) -> NodeParts:
     return parts
 
 
-def start_nri(parts: NodeParts, runtime: AgentRuntime, config: AgentConfig) -> None:
-    """Serve NRI sessions from a thread while the socket exists (retried every readiness interval)."""
+NRI_REGISTER_WAIT_S = 15.0
+"""How long the agent waits for its NRI plugin to register before it serves the node's state anyway."""
+
+
+async def start_nri(parts: NodeParts, runtime: AgentRuntime, config: AgentConfig) -> None:
+    """Serve NRI sessions from a thread while the socket exists (retried every readiness interval).
+
+    Returns once the first session is registered or the runtime cannot be reached (at most
+    NRI_REGISTER_WAIT_S): the node's state is served only then, so no pod placed here is created
+    before the plugin can put it on its CPUs."""
     if parts.nri is None or runtime.store is None:
         return
     store = runtime.store
     parts.nri.node_name = store.node_name
     parts.nri.online_cpus = lambda: frozenset(store.current().state.topology.online_cpus)
     parts.nri_stop = threading.Event()
+    answered = threading.Event()
     parts.nri_thread = threading.Thread(
         target=run_sessions,
         args=(config.nri_socket, parts.nri, parts.nri_stop),
-        kwargs={"retry_s": config.readiness_interval_s},
+        kwargs={"retry_s": config.readiness_interval_s, "on_state": lambda _registered: answered.set()},
         name="nri",
         daemon=True,
     )
     parts.nri_thread.start()
+    if not await asyncio.to_thread(answered.wait, NRI_REGISTER_WAIT_S):
+        log.warning("nri plugin not registered; serving the node state anyway", waited_s=NRI_REGISTER_WAIT_S)
 
 
 def stop_nri(parts: NodeParts) -> None:
@@ -649,6 +660,7 @@ async def serve(config: AgentConfig) -> int:
         remote_apply=parts.core is None,
         reserved_pods=parts.manager.reserved_pod_uids if parts.manager is not None else None,
         initially_ready=parts.gate is None or parts.gate.current.ready,
+        before_serving=lambda _store: start_nri(parts, runtime, config),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -697,7 +709,6 @@ async def serve(config: AgentConfig) -> int:
     assert runtime.store is not None
     health = await asyncio.to_thread(start_health, config, runtime.store, metrics, parts.core)
     log_capabilities(config, parts, health)
-    start_nri(parts, runtime, config)
     refresher = None
     readiness = None
     if parts.gate is not None:

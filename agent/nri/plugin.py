@@ -364,7 +364,8 @@ def run_sessions(
 ) -> None:
     """Keep a session open while the socket exists: connect, serve until it ends, retry every `retry_s`.
 
-    `on_state(True/False)` hears when a session is registered and when it ends."""
+    `on_state(True/False)` hears when a session is registered, when it ends, and when the runtime
+    cannot be reached (once, until a session is registered again)."""
     announced_missing = False
     while not stop.is_set():
         session = NriSession(socket_path, handler)
@@ -374,6 +375,8 @@ def run_sessions(
             if not announced_missing:
                 log.info("nri not available; the pod watch applies cpusets", reason=str(exc))
                 announced_missing = True
+                if on_state is not None:
+                    on_state(False)
             stop.wait(retry_s)
             continue
         announced_missing = False

@@ -7,7 +7,7 @@ each has its own store, metrics registry and server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -93,6 +93,9 @@ class AgentRuntime:
     """The READINESS_SERVICE health at start (the caller updates it with set_ready)."""
     served_watches: ServedWatches = field(default_factory=ServedWatches)
     """Watch streams sent the full state (the Node condition GedgeTopologyReported follows it)."""
+    before_serving: Callable[[NodeStateStore], Awaitable[None]] | None = None
+    """Run once the first discovery is in, before the node's state is served: what must be up before
+    an extender may place pods here (the NRI plugin that pins containers at creation)."""
     store: NodeStateStore | None = None
     port: int = 0
     _server: grpc.aio.Server | None = None
@@ -165,6 +168,8 @@ class AgentRuntime:
             self.port = server.add_secure_port(address, reloading_server_credentials(self.tls_files))
         else:
             self.port = server.add_insecure_port(address)
+        if self.before_serving is not None:
+            await self.before_serving(self.store)
         await server.start()
         self._server = server
         for name in ("", SERVICE_NAME):

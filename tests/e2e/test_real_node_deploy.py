@@ -334,7 +334,8 @@ def test_pinned_pod_is_placed_by_the_deployed_scheduler_and_extender(
     allocation = Allocation.from_annotation(pod.metadata.annotations[ANNOTATION])
     mine = set(allocation.cpus)
     assert len(mine) == 1 and mine <= online_cpus()
-    assert parse_cpus(report(core, user_namespace, "pinned")["FIRST"]) == mine
+    first = parse_cpus(report(core, user_namespace, "pinned")["FIRST"])
+    assert first == mine, f"first instruction on {first}, not {mine}; agent log:\n{_agent_log(core, 200)}"
     core.delete_namespaced_pod("pinned", user_namespace)
 
 
@@ -430,12 +431,12 @@ def _agent_back(deployed: Deployed, old: k8s.V1Pod) -> k8s.V1Pod:
     return pod
 
 
-def _agent_log(core: k8s.CoreV1Api) -> str:
+def _agent_log(core: k8s.CoreV1Api, lines: int = 30) -> str:
     pod = _agent_pod_or_none(core)
     if pod is None:
         return "(no agent pod)"
     with contextlib.suppress(ApiException):
-        return "\n".join(core.read_namespaced_pod_log(pod.metadata.name, SYSTEM).splitlines()[-30:])
+        return "\n".join(core.read_namespaced_pod_log(pod.metadata.name, SYSTEM).splitlines()[-lines:])
     return "(no log)"
 
 

@@ -7,6 +7,7 @@ read from the container's own cgroup and from its first process.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -259,6 +260,9 @@ def test_gedge_agent_serve_is_the_nri_plugin(runtime, pods, online, tmp_path: Pa
             metrics_listen="",
         )
         try:
+            # registered before the node's state is served, so no pod is placed here before it can be pinned
+            events = [json.loads(line).get("event") for line in list(agent.log_lines) if line.startswith("{")]
+            assert "nri plugin registered" in events[: events.index("agent serving")]
             eventually(lambda: any("nri synchronized" in line for line in agent.log_lines))
             pinned_cpu = max(online)
             allocation = Allocation(str(uuid.uuid4()), "ml", "pinned", NODE, cpus=(pinned_cpu,))
