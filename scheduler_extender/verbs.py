@@ -511,30 +511,19 @@ class _ShapeTable:
                 del self.unknown_json[name]
 
 
+@dataclasses.dataclass(slots=True)
 class _Answer:
     """One request's outcomes, from a table (`table`) plus nodes looked at afresh (`extra_*`)."""
 
-    __slots__ = ("exact", "extra_passed", "failed", "names", "table", "unresolvable", "whole")
-
-    def __init__(
-        self,
-        names: Set[str],
-        table: _ShapeTable | None,
-        extra_passed: dict[str, Placement],
-        failed: dict[str, str],
-        unresolvable: dict[str, str],
-        whole: bool = False,
-        exact: bool = False,
-    ) -> None:
-        self.whole = whole
-        self.exact = exact
-        """The candidates are exactly the nodes that passed in the table."""
-        """The candidates are exactly the nodes the table covers: its answers are the reply as is."""
-        self.names = names
-        self.table = table
-        self.extra_passed = extra_passed
-        self.failed = failed
-        self.unresolvable = unresolvable
+    names: Set[str]
+    table: _ShapeTable | None
+    extra_passed: dict[str, Placement]
+    failed: dict[str, str]
+    unresolvable: dict[str, str]
+    whole: bool = False
+    """The candidates are exactly the nodes the table covers: its answers are the reply as is."""
+    exact: bool = False
+    """The candidates are exactly the nodes that passed in the table."""
 
     def passed_names(self, candidates: Sequence[str]) -> list[str]:
         """The candidates that passed, in the caller's order (the table's, when `whole`)."""

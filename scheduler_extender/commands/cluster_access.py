@@ -1,4 +1,5 @@
-"""The `--kubeconfig | --in-cluster` choice of the extender's cluster commands, and loading it."""
+"""How the extender's commands reach the cluster and the agents: the `--kubeconfig | --in-cluster`
+choice and loading it, and the `--agent-tls-*` files of the agents' mTLS."""
 
 from __future__ import annotations
 
@@ -16,6 +17,14 @@ def add_cluster_access(mode: argparse._MutuallyExclusiveGroup) -> None:
     """`--kubeconfig FILE` and `--in-cluster` in `mode`, a required mutually exclusive group."""
     mode.add_argument("--kubeconfig", metavar="FILE", help="talk to the cluster this kubeconfig names")
     mode.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+
+
+def add_agent_tls(parser: argparse.ArgumentParser) -> None:
+    """`--agent-tls-cert`, `--agent-tls-key` and `--agent-tls-ca` (PEM files): the client side of the
+    agents' mTLS, for the commands that call agents (serve, place)."""
+    parser.add_argument("--agent-tls-cert", metavar="FILE", help="client certificate for the agents' mTLS")
+    parser.add_argument("--agent-tls-key", metavar="FILE", help="its private key")
+    parser.add_argument("--agent-tls-ca", metavar="FILE", help="CA that signs the agents' certificates")
 
 
 def load_config(

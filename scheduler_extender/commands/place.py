@@ -19,6 +19,7 @@ from gedge_common.cli import configure_logging
 from gedge_common.files import FileLoadError, load_yaml, parse_json, read_bounded
 from gedge_model import ModelDecodeError, NodeState, NodeTopology, from_json, to_dict
 from scheduler_extender.bind.binder import BindError
+from scheduler_extender.commands.cluster_access import add_agent_tls
 from scheduler_extender.commands.render import allocation_summary
 from scheduler_extender.node_source import NodeSource, StaticNodeSource
 from scheduler_extender.verbs import Extender
@@ -52,9 +53,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--topology", metavar="FILE", action="append", help="a node's report as JSON (repeat for more nodes)"
     )
     parser.add_argument("--pod", metavar="FILE", required=True, help="the Pod manifest (YAML or JSON)")
-    parser.add_argument("--agent-tls-cert", metavar="FILE", help="client certificate for the agents' mTLS")
-    parser.add_argument("--agent-tls-key", metavar="FILE", help="its private key")
-    parser.add_argument("--agent-tls-ca", metavar="FILE", help="CA that signs the agents' certificates")
+    add_agent_tls(parser)
     parser.add_argument(
         "--insecure", action="store_true", help="plaintext gRPC to agents started with --insecure"
     )

@@ -30,7 +30,7 @@ from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
 from scheduler_extender.cache.cache import CacheOptions
-from scheduler_extender.commands.cluster_access import add_cluster_access, load_cluster_config
+from scheduler_extender.commands.cluster_access import add_agent_tls, add_cluster_access, load_cluster_config
 from scheduler_extender.http.app import (
     IDLE_TIMEOUT_S,
     MAX_BODY_BYTES,
@@ -97,9 +97,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="how often replaced --tls-* files are looked for (30)",
     )
-    parser.add_argument("--agent-tls-cert", metavar="FILE", help="client certificate for the agents' mTLS")
-    parser.add_argument("--agent-tls-key", metavar="FILE", help="its private key")
-    parser.add_argument("--agent-tls-ca", metavar="FILE", help="CA that signs the agents' certificates")
+    add_agent_tls(parser)
     parser.add_argument(
         "--stale-after-s",
         type=float,

@@ -122,27 +122,22 @@ def _owned_by(pod: Mapping[str, Any], uid: str | None) -> bool:
     return any(ref.get("uid") == uid for ref in refs)
 
 
-class _PodWatcher(threading.Thread):
-    """Feeds pod events (and full relists after a 410) into the controller's queue."""
+@dataclass
+class _PodWatcher:
+    """Feeds pod events (and full relists after a 410) into the controller's queue until `stop_event`;
+    `resource_version` follows the events seen."""
 
-    def __init__(
-        self,
-        api: WorkflowApi,
-        namespace: str,
-        selector: str,
-        resource_version: str,
-        events: queue.Queue[tuple[str, Any]],
-        stop: threading.Event,
-        timeout: int,
-    ) -> None:
-        super().__init__(name=f"pod-watch-{selector}", daemon=True)
-        self.api = api
-        self.namespace = namespace
-        self.selector = selector
-        self.resource_version = resource_version
-        self.events = events
-        self.stop_event = stop
-        self.timeout = timeout
+    api: WorkflowApi
+    namespace: str
+    selector: str
+    resource_version: str
+    events: queue.Queue[tuple[str, Any]]
+    stop_event: threading.Event
+    timeout: int
+
+    def start(self) -> None:
+        """Run in a daemon thread named after the selector."""
+        threading.Thread(target=self.run, name=f"pod-watch-{self.selector}", daemon=True).start()
 
     def run(self) -> None:
         while not self.stop_event.is_set():

@@ -27,11 +27,15 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
 
 
-def add_workflow_name(parser: argparse.ArgumentParser, epilog: str) -> None:
-    """The workflow NAME and the cluster options of every command about one workflow (get, delete, logs)."""
+def add_workflow_command(
+    parser: argparse.ArgumentParser, epilog: str, run: Callable[[argparse.Namespace], int]
+) -> None:
+    """Register a command about one workflow (get, delete, logs): its epilog, the workflow NAME, the
+    cluster options, and `run` behind needs_cluster. The command adds its own arguments after NAME."""
     parser.epilog = epilog
     parser.add_argument("name", help="workflow name")
     add_cluster_options(parser)
+    parser.set_defaults(run=needs_cluster(run))
 
 
 def workflow_failed(args: argparse.Namespace, problem: object) -> int:

@@ -10,13 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 
-from scheduler_extender.workflow.commands.common import (
-    add_workflow_name,
-    connect,
-    fail,
-    needs_cluster,
-    workflow_failed,
-)
+from scheduler_extender.workflow.commands.common import add_workflow_command, connect, fail, workflow_failed
 from scheduler_extender.workflow.kube import ApiError, NotFound
 from scheduler_extender.workflow.podspec import workflow_selector
 from scheduler_extender.workflow.serve import SERVE_SELECTOR, owned_by, workspace_claim
@@ -28,11 +22,9 @@ EPILOG = """examples:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    add_workflow_name(parser, EPILOG)
-    parser.set_defaults(run=run)
+    add_workflow_command(parser, EPILOG, run)
 
 
-@needs_cluster
 def run(args: argparse.Namespace) -> int:
     api = connect(args)
     try:

@@ -13,13 +13,7 @@ from typing import Any
 
 import yaml
 
-from scheduler_extender.workflow.commands.common import (
-    add_workflow_name,
-    connect,
-    fail,
-    needs_cluster,
-    workflow_failed,
-)
+from scheduler_extender.workflow.commands.common import add_workflow_command, connect, fail, workflow_failed
 from scheduler_extender.workflow.kube import ApiError, WorkflowApi
 from scheduler_extender.workflow.render import render_dot, render_tree
 from scheduler_extender.workflow.spec import WorkflowSpecError, parse_workflow
@@ -38,7 +32,7 @@ CLEAR = "\033[H\033[2J"
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    add_workflow_name(parser, EPILOG)
+    add_workflow_command(parser, EPILOG, run)
     parser.add_argument("-o", "--output", choices=("tree", "json", "yaml", "dot", "svg"), default="tree")
     parser.add_argument(
         "-w", "--watch", action="store_true", help="show every change until the workflow ends"
@@ -46,7 +40,6 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--interval", type=float, default=1.0, help="--watch: seconds between looks (default 1)"
     )
-    parser.set_defaults(run=run)
 
 
 def view(obj: dict[str, Any], output: str, now: datetime) -> str:
@@ -108,7 +101,6 @@ def watch(
             return 1
 
 
-@needs_cluster
 def run(args: argparse.Namespace) -> int:
     api = connect(args)
     try:

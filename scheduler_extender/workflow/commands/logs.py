@@ -6,13 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scheduler_extender.workflow.commands.common import (
-    add_workflow_name,
-    connect,
-    fail,
-    needs_cluster,
-    workflow_failed,
-)
+from scheduler_extender.workflow.commands.common import add_workflow_command, connect, fail, workflow_failed
 from scheduler_extender.workflow.kube import ApiError
 from scheduler_extender.workflow.serve import LABEL_SERVE
 from scheduler_extender.workflow.spec import WorkflowSpecError, parse_workflow
@@ -25,13 +19,11 @@ EPILOG = """examples:
 
 
 def register(parser: argparse.ArgumentParser) -> None:
-    add_workflow_name(parser, EPILOG)
+    add_workflow_command(parser, EPILOG, run)
     parser.add_argument("step", help="task name")
     parser.add_argument("--attempt", type=int, help="attempt number (default: the last)")
-    parser.set_defaults(run=run)
 
 
-@needs_cluster
 def run(args: argparse.Namespace) -> int:
     api = connect(args)
     try:
