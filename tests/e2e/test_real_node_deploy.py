@@ -161,6 +161,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
     workdir = tmp_path_factory.mktemp("deploy")
     absent = [*HOST_FILES, *([AGENT_TLS.parent] if not AGENT_TLS.parent.exists() else [])]
     with contextlib.ExitStack() as stack:
+        # Removed last (callbacks run in reverse): once the node is down, no agent can write them again.
+        for path in absent:
+            stack.callback(shutil.rmtree, path, ignore_errors=True)
         plane = ControlPlane(bin_dir, workdir / "plane", node_ip=host_ip()).start()
         stack.callback(plane.stop)
         plane.start_controller_manager()
@@ -176,8 +179,6 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployed]:
         k8s.CoreV1Api(api).patch_node(node.name, {"spec": {"taints": taints or None}})
         proxy = KubeProxy(plane, tools / "kube-proxy", node.name, POD_SUBNET, workdir / "kube-proxy").start()
         stack.callback(proxy.stop)
-        for path in absent:
-            stack.callback(shutil.rmtree, path, ignore_errors=True)
 
         image = _import_project_image(node, workdir)
         archive, _ = scheduler_image(
