@@ -61,15 +61,17 @@ def test_a_failed_write_is_tried_again_and_the_agent_going_away_writes_false() -
 
 
 def test_only_the_latest_wanted_status_is_written() -> None:
-    gate = threading.Event()
+    entered, gate = threading.Event(), threading.Event()
     writes = Writes()
 
     def slow(status: bool, reason: str, message: str) -> bool:
+        entered.set()
         gate.wait(30)
         return writes(status, reason, message)
 
     condition = TopologyReportedCondition(slow)
-    condition.follow(True)  # its write waits at the gate
+    condition.follow(True)
+    assert entered.wait(30)  # the write of True is in flight, held at the gate
     condition.follow(False)
     condition.follow(True)
     gate.set()
