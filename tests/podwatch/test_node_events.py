@@ -21,8 +21,9 @@ class Api:
         self.conditions: list[dict] = []
         self.pods = pods
 
-    def patch_node_status(self, name, body, _content_type):
+    def patch_node_status(self, name, body, _content_type, _request_timeout):
         assert name == NODE and _content_type == "application/strategic-merge-patch+json"
+        assert 0 < _request_timeout <= 30
         self.conditions += body["status"]["conditions"]
 
     def create_namespaced_event(self, namespace, event):
