@@ -40,7 +40,7 @@ from tests.apply.helpers import (
 from tests.extender.conftest import pod
 from tests.extender.servers import post
 from tests.extender.test_commands import CLI, _serving_port
-from tests.grpc.agents import AgentProcess, spawn_agent
+from tests.grpc.agents import AgentProcess, applying_args, spawn_agent
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
 
@@ -102,13 +102,7 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
         agent = spawn_agent(
             "/",
             NODE,
-            "--cgroup-root",
-            str(cgroup_root),
-            "--cgroup-driver",
-            "cgroupfs",
-            "--checkpoint",
-            str(tmp_path / "checkpoint.json"),
-            "--no-netlink",
+            *applying_args(cgroup_root, tmp_path),
             "--tls-cert",
             str(pki / f"{NODE}.pem"),
             "--tls-key",

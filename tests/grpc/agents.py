@@ -100,6 +100,20 @@ class AgentProcess:
 ISOLATED = {"GEDGE_AGENT_NRI_SOCKET": "", "GEDGE_AGENT_POD_RESOURCES_SOCKET": ""}
 
 
+def applying_args(cgroup_root: Path, state_dir: Path) -> list[str]:
+    """`gedge-agent serve` flags of an agent that applies onto a test cgroup tree (cgroupfs driver), with
+    its checkpoint in `state_dir` and no netlink."""
+    return [
+        "--cgroup-root",
+        str(cgroup_root),
+        "--cgroup-driver",
+        "cgroupfs",
+        "--checkpoint",
+        str(state_dir / "checkpoint.json"),
+        "--no-netlink",
+    ]
+
+
 def spawn_agent(
     root: str | Path,
     node_name: str,

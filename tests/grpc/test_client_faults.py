@@ -30,7 +30,7 @@ from agent.service.store import NodeStateStore
 from gedge_model import Allocation
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from tests.apply.helpers import build_pod_cgroups, new_pod_uid, v1_sandbox
-from tests.grpc.agents import REPO, AgentHost, spawn_agent
+from tests.grpc.agents import REPO, AgentHost, applying_args, spawn_agent
 from tests.support.synthetic import edge_box
 
 NODE = "edge-faults"
@@ -184,13 +184,7 @@ def test_watch_clients_killed_mid_stream_never_crash_the_agent(cgroup_root: Path
     agent = spawn_agent(
         "/",
         NODE,
-        "--cgroup-root",
-        str(cgroup_root),
-        "--cgroup-driver",
-        "cgroupfs",
-        "--checkpoint",
-        str(tmp_path / "checkpoint.json"),
-        "--no-netlink",
+        *applying_args(cgroup_root, tmp_path),
         metrics_listen="",
     )
     script = tmp_path / "client.py"
@@ -239,13 +233,7 @@ def test_a_reservation_whose_binder_never_comes_back_is_released(cgroup_root: Pa
     agent = spawn_agent(
         "/",
         NODE,
-        "--cgroup-root",
-        str(cgroup_root),
-        "--cgroup-driver",
-        "cgroupfs",
-        "--checkpoint",
-        str(tmp_path / "checkpoint.json"),
-        "--no-netlink",
+        *applying_args(cgroup_root, tmp_path),
         "--reservation-ttl-s",
         "0.5",
         metrics_listen="",

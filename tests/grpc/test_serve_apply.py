@@ -21,7 +21,7 @@ from tests.apply.helpers import (
     start_in_cgroup,
     stop,
 )
-from tests.grpc.agents import AgentHost, spawn_agent
+from tests.grpc.agents import AgentHost, applying_args, spawn_agent
 from tests.support.synthetic import edge_box
 
 pytestmark = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
@@ -42,13 +42,7 @@ def test_reserve_attach_and_release_through_the_daemon(cgroup_root: Path, tmp_pa
     agent = spawn_agent(
         "/",
         NODE,
-        "--cgroup-root",
-        str(cgroup_root),
-        "--cgroup-driver",
-        "cgroupfs",
-        "--checkpoint",
-        str(tmp_path / "checkpoint.json"),
-        "--no-netlink",
+        *applying_args(cgroup_root, tmp_path),
         metrics_listen="",
     )
     try:

@@ -23,7 +23,7 @@ from gedge_model import ANNOTATION, Allocation
 from protos.gedge.agent.v1 import agent_pb2, agent_pb2_grpc
 from tests.apply.helpers import build_pod_cgroups, new_container_id, start_in_cgroup, stop
 from tests.e2e.conftest import control_plane, e2e_bin_dir, kube_api, namespace  # noqa: F401
-from tests.grpc.agents import spawn_agent
+from tests.grpc.agents import AgentProcess, applying_args, spawn_agent
 
 pytestmark = [
     pytest.mark.e2e,
@@ -40,6 +40,20 @@ def eventually(check: Callable[[], object], timeout: float = 30.0) -> None:
         time.sleep(0.1)
 
 
+def kube_agent(control_plane, node: str, cgroup_root: Path, tmp_path: Path) -> AgentProcess:  # noqa: F811
+    """`gedge-agent serve --kubeconfig` for `node`, applying onto the test cgroup tree."""
+    return spawn_agent(
+        "/",
+        node,
+        "--kubeconfig",
+        str(control_plane.kubeconfig),
+        "--device-plugin-dir",
+        str(tmp_path / "device-plugins"),
+        *applying_args(cgroup_root, tmp_path),
+        metrics_listen="",
+    )
+
+
 def test_bound_pod_is_applied_and_released_by_the_daemon(
     control_plane,  # noqa: F811
     namespace: str,  # noqa: F811
@@ -49,22 +63,7 @@ def test_bound_pod_is_applied_and_released_by_the_daemon(
     core = core_api(str(control_plane.kubeconfig))
     assert core is not None
     node = f"edge-{uuid.uuid4().hex[:6]}"
-    agent = spawn_agent(
-        "/",
-        node,
-        "--kubeconfig",
-        str(control_plane.kubeconfig),
-        "--cgroup-root",
-        str(cgroup_root),
-        "--cgroup-driver",
-        "cgroupfs",
-        "--checkpoint",
-        str(tmp_path / "checkpoint.json"),
-        "--device-plugin-dir",
-        str(tmp_path / "device-plugins"),
-        "--no-netlink",
-        metrics_listen="",
-    )
+    agent = kube_agent(control_plane, node, cgroup_root, tmp_path)
     process = None
     try:
         client = agent_pb2_grpc.NodeAgentStub(grpc.insecure_channel(f"127.0.0.1:{agent.port}"))
@@ -157,22 +156,7 @@ def test_node_says_whether_an_extender_holds_its_state(
         condition = found.get("GedgeTopologyReported")
         return None if condition is None else (condition.status, condition.reason)
 
-    agent = spawn_agent(
-        "/",
-        node,
-        "--kubeconfig",
-        str(control_plane.kubeconfig),
-        "--cgroup-root",
-        str(cgroup_root),
-        "--cgroup-driver",
-        "cgroupfs",
-        "--checkpoint",
-        str(tmp_path / "checkpoint.json"),
-        "--device-plugin-dir",
-        str(tmp_path / "device-plugins"),
-        "--no-netlink",
-        metrics_listen="",
-    )
+    agent = kube_agent(control_plane, node, cgroup_root, tmp_path)
     try:
         eventually(lambda: reported() == ("False", "NoExtenderWatch"))
         client = agent_pb2_grpc.NodeAgentStub(grpc.insecure_channel(f"127.0.0.1:{agent.port}"))
