@@ -54,6 +54,8 @@ class Optimum:
     cost_of: dict[str, tuple[float, float]]
     """Per named pod set (a strategy's placed pods): the least cost of a schedule placing exactly
     those pods, and its bound: what that strategy's cost is measured against."""
+    steps: tuple[int, ...] = ()
+    """Trace positions of the pods the best schedule found (most pods) places."""
 
     @property
     def mean_cost(self) -> float:
@@ -372,6 +374,7 @@ def offline_optimum(
     for z, (a, b) in factors.items():  # the first solve left the products free: make them products
         start[z] = start[a] * start[b]
     pods = round(most)
+    placed_steps = tuple(sorted(p for p, cols in per_pod.items() if any(found[c] > 0.5 for c in cols)))
     rows = len(m.rows)
     priced_sets: dict[str, tuple[float, float]] = {}
     for label, steps in (cost_of or {}).items():
@@ -394,4 +397,5 @@ def offline_optimum(
         variables=len(m.lower),
         rows=rows,
         cost_of=priced_sets,
+        steps=placed_steps,
     )

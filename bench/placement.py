@@ -24,8 +24,12 @@ NODE 4, SYS 5), share of pods at the best level (the worst pair level the
 engine reaches for that pod on an empty node of the same kind), and mean cost.
 Then: pods placed before the first refusal when filling the empty cluster with
 20 seeded traces; totals under churn over more seeds; the time of one place()
-call searching and answered from the memo; ours by packing weight and by
-stranding weight (pods placed per small trace). Then GPU sets against NVIDIA's
+call searching and answered from the memo; the offline optimum of the small
+trace's first pods, with the pods it places that each strategy refuses and the
+reverse, by kind, and the whole-GPU time each hands out; the small traces under
+several tie-break seeds (`--tie-seeds`; kube-scheduler breaks equal scores at
+random, which moves a baseline's count on one trace by several pods); ours by
+packing weight and by stranding weight (pods placed per small trace). Then GPU sets against NVIDIA's
 go-gpuallocator best-effort policy (built from its Go module v0.6.0 by the
 harness in bench/gpuallocator; skipped without a Go toolchain): single picks
 from seeded free sets and fills of an empty node, on NVSwitch, NVLink pairs,
@@ -36,7 +40,7 @@ the optimum's cost, never fewer pods placed than (a) or (b), never a worse GPU
 set than go-gpuallocator.
 
     .venv/bin/python bench/placement.py [--pods 600] [--small-pods 160] [--seed 7] [--fills 20] [--churn 6]
-        [--gpu-picks 150] [--gpu-fills 20]
+        [--gpu-picks 150] [--gpu-fills 20] [--optimum-pods 60] [--optimum-seconds 120] [--tie-seeds 8]
 """
 
 from __future__ import annotations
@@ -748,7 +752,29 @@ def ratio(value: float, base: float) -> str:
     return f"{value / base:.3f}" if base and base < float("inf") else "-"
 
 
-def report_offline(runs: list[Run], offline: Optimum | None) -> None:
+def pod_kind(request: PodRequest) -> str:
+    """Short name of a pod's main ask: 1G/2G/4G/8G (whole GPUs), TS (a time-slice), MIG, CPU."""
+    if request.gpus:
+        return f"{request.gpus}G"
+    if request.gpu_shared:
+        return "TS"
+    return "MIG" if request.mig else "CPU"
+
+
+def by_kind(pods: list[TracePod], steps: Iterable[int]) -> str:
+    counts: dict[str, int] = {}
+    for step in steps:
+        kind = pod_kind(pods[step].request)
+        counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) or "-"
+
+
+def gpu_arrivals(pods: list[TracePod], steps: Iterable[int]) -> int:
+    """Whole GPUs times the arrivals each pod stays: the GPU time a schedule hands out."""
+    return sum(pods[s].request.gpus * pods[s].lifetime for s in steps)
+
+
+def report_offline(runs: list[Run], offline: Optimum | None, pods: list[TracePod] | None = None) -> None:
     if offline is None:
         return
     proven = (
@@ -776,6 +802,20 @@ def report_offline(runs: list[Run], offline: Optimum | None) -> None:
             f"{r.name:34s} {r.placed:>7d} {r.placed / max(1, offline.pods):>15.3f} {cost:>10.3f} "
             f"{cost / offline.mean_cost if offline.mean_cost else 1.0:>18.3f} "
             f"{ratio(sum(r.costs), offline.cost_of.get(r.name, (0.0, 0.0))[0]):>24s}"
+        )
+    if pods is None or not offline.steps:
+        return
+    chosen = set(offline.steps)
+    print(
+        "what the optimum places differently (pods by kind: nG whole GPUs, TS a time-slice), and the "
+        f"whole-GPU time handed out (GPUs x arrivals held; optimum {gpu_arrivals(pods, chosen)})"
+    )
+    print(f"{'strategy':34s} {'GPU time':>9s}  {'only the optimum places':32s} only the strategy places")
+    for r in runs:
+        mine = set(r.placed_steps)
+        print(
+            f"{r.name:34s} {gpu_arrivals(pods, mine):>9d}  {by_kind(pods, sorted(chosen - mine)):32s} "
+            f"{by_kind(pods, sorted(mine - chosen))}"
         )
 
 
@@ -841,6 +881,40 @@ def stranding_table(
         )
 
 
+def tie_seeds(
+    strategies: list[tuple[str, Strategy]],
+    small: list[NodeTopology],
+    small_traces: list[list[TracePod]],
+    seeds: int,
+) -> None:
+    """Pods placed per small trace under `seeds` tie-break seeds (kube-scheduler picks among equal
+    scores at random): min, mean and max per strategy, and on how many traces ours places at least
+    each baseline's mean."""
+    if seeds < 1:
+        return
+    print(
+        f"\nsmall cluster, {len(small_traces)} traces (the small trace, then the churn traces), each run "
+        f"under {seeds} tie-break seeds: pods placed min/mean/max per trace"
+    )
+    means: dict[str, list[float]] = {}
+    for name, strategy in strategies:
+        cells = []
+        for pods in small_traces:
+            counts = [run(name, strategy, small, pods, 100 + k).placed for k in range(seeds)]
+            means.setdefault(name, []).append(sum(counts) / seeds)
+            cells.append(f"{min(counts)}/{sum(counts) / seeds:.1f}/{max(counts)}")
+        print(f"{name:34s} {' '.join(f'{c:>14s}' for c in cells)}")
+    ours_means = means[strategies[0][0]]
+    print(
+        "ours >= the baseline's mean: "
+        + ", ".join(
+            f"{name} {sum(o >= b - 1e-9 for o, b in zip(ours_means, means[name], strict=True))}"
+            f"/{len(ours_means)}"
+            for name, _ in strategies[1:]
+        )
+    )
+
+
 def mean(values: list[float]) -> str:
     return f"{sum(values) / len(values):.3f}" if values else "-"
 
@@ -883,6 +957,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=120.0,
         help="HiGHS time limit per solve of the offline optimum",
+    )
+    parser.add_argument(
+        "--tie-seeds",
+        type=int,
+        default=8,
+        help="tie-break seeds each small trace is run under (0: skip that table)",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -952,7 +1032,8 @@ def main(argv: list[str] | None = None) -> int:
     optimum_pods = small_pods[: args.optimum_pods]
     optimum_runs = [run(name, s, small, optimum_pods, args.seed) for name, s in strategies]
     offline = offline_small(small, optimum_pods, optimum_runs, args.optimum_seconds)
-    report_offline(optimum_runs, offline)
+    report_offline(optimum_runs, offline, optimum_pods)
+    tie_seeds(strategies, small, [small_pods] + [t for _, t in churn_traces], args.tie_seeds)
     tradeoff(cluster, pods, small, small_pods, fill_traces, args.seed)
     stranding_table(
         cluster,

@@ -255,11 +255,17 @@ def _strand(
     request: PodRequest, free: FreeSet, empty: FreeSet, choice: Choice, config: PlacementConfig
 ) -> float:
     """The share of the node's CPUs its free whole GPUs would lack afterwards:
-    max(0, cpus_per_gpu x free GPUs - free CPUs) / the node's CPUs."""
+    max(0, cpus_per_gpu x whole GPUs left - CPUs pods could still pin) / the node's CPUs.
+
+    Pinnable CPUs follow gedge_model.cpu_pool's rule (the shared pool keeps one), and a GPU the
+    choice starts time-slicing or takes whole is no longer whole."""
     total = empty.cpu_count()
     if total <= 0 or config.cpus_per_gpu <= 0:
         return 0.0
-    lacking = config.cpus_per_gpu * (len(free.whole) - request.gpus) - (free.cpu_count() - len(choice.cpus))
+    taken = set(choice.pick.gpus)
+    whole_left = sum(1 for p in free.whole if p not in taken)
+    pinnable_left = min(free.pinnable, free.cpu_count()) - len(choice.cpus)
+    lacking = config.cpus_per_gpu * whole_left - pinnable_left
     return round(max(0.0, lacking) / total, 6)
 
 

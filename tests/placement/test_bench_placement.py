@@ -31,6 +31,8 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
             "20",
             "--optimum-seconds",
             "20",
+            "--tie-seeds",
+            "2",
         ],
         capture_output=True,
         text=True,
@@ -48,6 +50,8 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
         "restricted on many NUMA nodes",
         "offline optimum of the whole trace",
         "distance against packing",
+        "what the optimum places differently",
+        "tie-break seeds",
     ):
         assert heading in out, out
     gap = re.search(r"ours vs optimum: ([+-][0-9.]+)% cost over (\d+) pods", out)

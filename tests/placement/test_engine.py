@@ -381,11 +381,62 @@ def test_a_cpu_pod_leaves_a_gpu_box_the_cpus_its_gpus_need():
 
     assert schedule(PlacementConfig(stranding=0.0)) == ["gpu-box", None]
     assert schedule(PlacementConfig()) == ["cpu-box", "gpu-box"]
-    # what the placements carry: the GPU box would lack 2 x 2 - 2 CPUs of its 8 for its GPUs
+    # what the placements carry: the GPU box would lack 2 x 2 - 1 CPUs of its 8 for its GPUs (2 left
+    # unpinned, one of them kept for the shared pool)
     on_gpu_box = placed(place(nodes["gpu-box"], asks[0]))
-    assert on_gpu_box.strand == pytest.approx(2 / 8)
+    assert on_gpu_box.strand == pytest.approx(3 / 8)
     assert placed(place(nodes["cpu-box"], asks[0])).strand == 0.0
     assert placed(place(nodes["gpu-box"], asks[0], PlacementConfig(cpus_per_gpu=0.0))).strand == 0.0
+
+
+def _schedule(
+    nodes: dict[str, NodeState], asks: list[PodRequest], config: PlacementConfig
+) -> list[str | None]:
+    """Each pod in turn on the node score_nodes ranks first (ties by name); None where no node fits."""
+    states = dict(nodes)
+    chosen: list[str | None] = []
+    for i, ask in enumerate(asks):
+        ask = dataclasses.replace(ask, uid=f"uid-{i}", name=f"p{i}")
+        outcomes = {n: place(s, ask, config) for n, s in states.items()}
+        placements = {n: o for n, o in outcomes.items() if isinstance(o, Placement)}
+        if not placements:
+            chosen.append(None)
+            continue
+        scores = score_nodes(placements, config)
+        node = max(sorted(scores), key=lambda n: scores[n])
+        chosen.append(node)
+        state = states[node]
+        states[node] = NodeState(state.topology, (*state.allocations, placements[node].allocation))
+    return chosen
+
+
+def test_stranding_counts_the_cpu_the_shared_pool_keeps():
+    """A pod pinning 4 CPUs, then a 2-GPU pod pinning 4, on a 2-GPU box with 8 CPUs and a CPU box with
+    16. On the GPU box the CPU pod leaves 4 unpinned CPUs, but the shared pool keeps one, so only 3
+    can be pinned: its GPUs would lack a CPU. Counting 4 free CPUs, stranding saw no lack and packing
+    sent the CPU pod to the GPU box, where the GPU pod then failed; counting pinnable CPUs, the CPU pod
+    goes to the CPU box and both fit."""
+    nodes = {
+        "gpu-box": NodeState(edge_box("gpu-box", gpus=2, cores=4)),
+        "cpu-box": NodeState(edge_box("cpu-box", gpus=0, cores=8)),
+    }
+    asks = [request(cpus=4, cpu_pinning=True), request(gpus=2, cpus=4, cpu_pinning=True)]
+    assert _schedule(nodes, asks, PlacementConfig()) == ["cpu-box", "gpu-box"]
+    # 2 GPUs x 2 CPUs, 3 pinnable left: 1 of the box's 8 CPUs lacking
+    assert placed(place(nodes["gpu-box"], asks[0])).strand == pytest.approx(1 / 8)
+    assert _schedule(nodes, asks, PlacementConfig(stranding=0.0)) == ["gpu-box", None]
+
+
+def test_a_gpu_a_pod_starts_time_slicing_needs_no_cpus_for_whole_gpu_pods():
+    """A time-slice of a box's only GPU, pinning 3 of its 4 CPUs (all it may pin): the GPU is no longer
+    free for a whole-GPU pod, so no CPUs are lacking for it (counting it whole saw 2 - 0 lacking)."""
+    box = NodeState(edge_box("box", gpus=1, cores=2))
+    outcome = placed(place(box, request(gpu_shared=1, cpus=3, cpu_pinning=True)))
+    assert outcome.strand == 0.0
+    # a whole-GPU pod on the same box takes the GPU too: nothing left to strand either
+    assert placed(place(box, request(gpus=1, cpus=3, cpu_pinning=True))).strand == 0.0
+    # a CPU pod leaves the GPU whole and takes the CPUs it would need
+    assert placed(place(box, request(cpus=3, cpu_pinning=True))).strand == pytest.approx(2 / 4)
 
 
 def test_config_rejects_negative_stranding():

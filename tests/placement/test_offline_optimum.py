@@ -36,6 +36,7 @@ def test_a_time_sliced_gpu_is_whole_or_shared_never_both():
     requests = [pod(0, gpu_shared=1), pod(1, gpus=1), pod(2, gpu_shared=1)]
     best = offline_optimum([box], requests, [5, 5, 5], fits_empty, seconds=30)
     assert best.pods == 2  # both time-slices, not the whole GPU
+    assert best.steps == (0, 2)
 
 
 def test_least_cost_matches_the_engine_on_an_empty_node():
