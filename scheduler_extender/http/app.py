@@ -556,7 +556,9 @@ LIMITS_KEY = web.AppKey("client_limits", ClientLimits)
 
 IDLE_TIMEOUT_S = 15.0
 """A connection with no complete request (idle between requests, or headers half-sent) closes after this."""
-MAX_CONNECTIONS_PER_CLIENT = 64
+MAX_CONNECTIONS_PER_CLIENT = 512
+"""kube-scheduler binds in parallel, one connection per bind in flight: at 5,000 nodes with a busy API
+server it held more than 64 at once (bench/scheduling.py), and each one reset failed a bind."""
 LINGER_S = 1.0
 """After an early answer (408, 413), how long the rest of an unread body is drained before closing."""
 
