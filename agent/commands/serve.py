@@ -370,7 +370,7 @@ async def watch_readiness(
     while True:
         readiness = await asyncio.to_thread(parts.gate.refresh)
         ready.set("apply", apply_reason(readiness))
-        await runtime.set_ready(readiness.ready)
+        await runtime.set_ready(readiness.ready, apply_reason(readiness) or "")
         try:
             await asyncio.wait_for(stop.wait(), interval_s)
             return
@@ -660,6 +660,8 @@ async def serve(config: AgentConfig) -> int:
         remote_apply=parts.core is None,
         reserved_pods=parts.manager.reserved_pod_uids if parts.manager is not None else None,
         initially_ready=parts.gate is None or parts.gate.current.ready,
+        reports_not_applying=parts.core is not None,
+        initially_not_applying=(apply_reason(parts.gate.current) or "") if parts.gate is not None else "",
         before_serving=lambda _store: start_nri(parts, runtime, config),
     )
     stop = asyncio.Event()

@@ -91,6 +91,11 @@ class AgentRuntime:
     """Which applied pods are only reserved (runtime not known yet); None: the applier never reserves."""
     initially_ready: bool = True
     """The READINESS_SERVICE health at start (the caller updates it with set_ready)."""
+    reports_not_applying: bool = False
+    """Under Kubernetes: `set_ready(False, reason)` also goes into the report (`not_applying`), since the
+    pod watch then applies nothing; without it, Apply callers hear the refusal themselves."""
+    initially_not_applying: str = ""
+    """With reports_not_applying: why the agent cannot apply at start ("" when it can)."""
     served_watches: ServedWatches = field(default_factory=ServedWatches)
     """Watch streams sent the full state (the Node condition GedgeTopologyReported follows it)."""
     before_serving: Callable[[NodeStateStore], Awaitable[None]] | None = None
@@ -113,6 +118,8 @@ class AgentRuntime:
         applied = tuple(await asyncio.to_thread(self.applier.applied)) if self.applier else ()
         reserved = await asyncio.to_thread(self.reserved_pods) if self.reserved_pods else frozenset()
         self.store = NodeStateStore(topology, applied, reserved)
+        if self.reports_not_applying and not self.initially_ready:
+            self.store.set_not_applying(self.initially_not_applying or "the agent cannot apply")
         self.store.add_listener(self._observe)
         self._observe(self.store.current())
         self.metrics.allocations.set(len(applied))
@@ -174,7 +181,7 @@ class AgentRuntime:
         self._server = server
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        await self.set_ready(self.initially_ready)
+        await self.set_ready(self.initially_ready, self.initially_not_applying)
 
         self._changes = ChangeDetector(
             config.root,
@@ -201,8 +208,11 @@ class AgentRuntime:
         )
         return self.port
 
-    async def set_ready(self, ready: bool) -> None:
-        """Whether the agent can apply on its node: the READINESS_SERVICE health status."""
+    async def set_ready(self, ready: bool, reason: str = "") -> None:
+        """Whether the agent can apply on its node (else `reason`, why not): the READINESS_SERVICE
+        health status, and with reports_not_applying the report's `not_applying`."""
+        if self.store is not None and self.reports_not_applying:
+            self.store.set_not_applying("" if ready else reason or "the agent cannot apply")
         if self._health is not None:
             status = (
                 health_pb2.HealthCheckResponse.SERVING

@@ -83,6 +83,7 @@ class NodeAgentService(agent_pb2_grpc.NodeAgentServicer):
             allocations_json=allocations_json(snap.state.allocations),
             reserved_pod_uids=sorted(snap.reserved),
             report_version=REPORT_VERSION,
+            not_applying=snap.not_applying,
         )
 
     def _topology_text(self, snap: Snapshot) -> str:

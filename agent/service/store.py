@@ -25,6 +25,8 @@ class Snapshot:
     topology_generation: int
     reserved: frozenset[str] = frozenset()
     """Pods among the allocations that are reserved: held, not yet attached to cgroups and NIC."""
+    not_applying: str = ""
+    """Why the agent's pod watch applies nothing now ("" when it applies): extenders place nothing here."""
 
 
 @dataclass(eq=False)
@@ -75,8 +77,10 @@ class NodeStateStore:
                     f"topology is for node {topology.node_name!r}, this agent reports {state.node_name!r}"
                 )
             generation = state.generation + 1
-            self._snapshot = Snapshot(
-                NodeState(topology, state.allocations, generation), generation, self._snapshot.reserved
+            self._snapshot = dataclasses.replace(
+                self._snapshot,
+                state=NodeState(topology, state.allocations, generation),
+                topology_generation=generation,
             )
         self._publish()
         return True
@@ -91,8 +95,8 @@ class NodeStateStore:
             self._unhealthy = unhealthy
             topology = dataclasses.replace(state.topology, unhealthy=unhealthy)
             generation = state.generation + 1
-            self._snapshot = Snapshot(
-                NodeState(topology, state.allocations, generation), generation, snap.reserved
+            self._snapshot = dataclasses.replace(
+                snap, state=NodeState(topology, state.allocations, generation), topology_generation=generation
             )
         self._publish()
         return True
@@ -107,7 +111,18 @@ class NodeStateStore:
             if tuple(allocations) == snap.state.allocations and reserved == snap.reserved:
                 return False
             state = NodeState(snap.state.topology, tuple(allocations), snap.state.generation + 1)
-            self._snapshot = Snapshot(state, snap.topology_generation, reserved)
+            self._snapshot = dataclasses.replace(snap, state=state, reserved=reserved)
+        self._publish()
+        return True
+
+    def set_not_applying(self, reason: str) -> bool:
+        """Publish why the agent applies nothing now ("" once it does); whether it changed."""
+        with self._lock:
+            snap = self._snapshot
+            if reason == snap.not_applying:
+                return False
+            state = dataclasses.replace(snap.state, generation=snap.state.generation + 1)
+            self._snapshot = dataclasses.replace(snap, state=state, not_applying=reason)
         self._publish()
         return True
 

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from kubernetes.client import CoreV1Api
 
 log = structlog.get_logger("gedge.extender.cache")
+MAX_REASON_CHARS = 1024
+"""An agent's not_applying reason is kept to this length (it reaches kube-scheduler's messages)."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ class _Record:
     lost_wall: float = 0.0
     error: str | None = None
     rejected: str | None = None
+    not_applying: str = ""
+    """The agent's word that its pod watch applies nothing now (NodeStateEvent.not_applying)."""
 
 
 def channel_options(options: CacheOptions, node: str) -> list[tuple[str, object]]:
@@ -302,6 +306,8 @@ class ClusterCache:
                 f"agent at {target.address} has not reported yet ({record.error})",
                 target.address,
             )
+        if record.not_applying:
+            return NodeView(state, False, f"agent cannot apply: {record.not_applying}", target.address)
         if record.connected:
             return NodeView(state, True, None, target.address)
         gone = now - record.lost_at
@@ -432,7 +438,13 @@ class ClusterCache:
             )
         state = NodeState(topology, allocations, event.generation)
         self._update(
-            node, state=state, instance=event.agent_instance, connected=True, error=None, rejected=None
+            node,
+            state=state,
+            instance=event.agent_instance,
+            connected=True,
+            error=None,
+            rejected=None,
+            not_applying=event.not_applying[:MAX_REASON_CHARS],
         )
         return topology, event.generation
 

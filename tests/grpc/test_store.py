@@ -138,3 +138,15 @@ def test_inventory_marks_held_devices_and_conflicts_name_the_holder() -> None:
     assert allocation_conflicts(state, Allocation("uid-3", "ml", "x", "edge-9")) == [
         "allocation is for node 'edge-9', this is 'edge-1'"
     ]
+
+
+def test_why_the_agent_cannot_apply_is_kept_across_other_changes() -> None:
+    store = NodeStateStore(small_topology())
+    assert store.set_not_applying("CgroupTreeMissing: no kubepods cgroup")
+    assert not store.set_not_applying("CgroupTreeMissing: no kubepods cgroup")
+    assert store.current().state.generation == 2
+    store.set_topology(small_topology(online=(0, 1, 2)))
+    store.set_allocations((Allocation("u1", "ns", "p", "edge-1", cpus=(1,)),))
+    snap = store.current()
+    assert snap.state.generation == 4 and snap.not_applying == "CgroupTreeMissing: no kubepods cgroup"
+    assert store.set_not_applying("") and store.current().not_applying == ""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/gedge/agent/v1/agent.proto\x12\x0egedge.agent.v1\"\x15\n\x13GetNodeStateRequest\"n\n\x14GetNodeStateResponse\x12-\n\x05state\x18\x01 \x01(\x0b\x32\x1e.gedge.agent.v1.NodeStateEvent\x12\'\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x16.gedge.agent.v1.Device\"_\n\x06\x44\x65vice\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x13\n\x0bpci_address\x18\x03 \x01(\t\x12\x11\n\tnuma_node\x18\x04 \x01(\x05\x12\x0f\n\x07pod_uid\x18\x05 \x01(\t\"\x17\n\x15WatchNodeStateRequest\"\xb3\x01\n\x0eNodeStateEvent\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x16\n\x0e\x61gent_instance\x18\x03 \x01(\t\x12\x15\n\rtopology_json\x18\x04 \x01(\t\x12\x18\n\x10\x61llocations_json\x18\x05 \x01(\t\x12\x19\n\x11reserved_pod_uids\x18\x06 \x03(\t\x12\x16\n\x0ereport_version\x18\x07 \x01(\r\"\x18\n\x16ListAllocationsRequest\"b\n\x17ListAllocationsResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x18\n\x10\x61llocations_json\x18\x02 \x01(\t\x12\x19\n\x11reserved_pod_uids\x18\x03 \x03(\t\"T\n\x0c\x41pplyRequest\x12\x17\n\x0f\x61llocation_json\x18\x01 \x01(\t\x12+\n\x07runtime\x18\x02 \x01(\x0b\x32\x1a.gedge.agent.v1.PodRuntime\"E\n\nPodRuntime\x12\x11\n\tqos_class\x18\x01 \x01(\t\x12\x15\n\rcontainer_ids\x18\x02 \x03(\t\x12\r\n\x05netns\x18\x03 \x01(\t\"5\n\rApplyResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x10\n\x08reserved\x18\x02 \x01(\x08\"!\n\x0eReleaseRequest\x12\x0f\n\x07pod_uid\x18\x01 \x01(\t\"%\n\x0fReleaseResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x32\xb7\x03\n\tNodeAgent\x12Y\n\x0cGetNodeState\x12#.gedge.agent.v1.GetNodeStateRequest\x1a$.gedge.agent.v1.GetNodeStateResponse\x12Y\n\x0eWatchNodeState\x12%.gedge.agent.v1.WatchNodeStateRequest\x1a\x1e.gedge.agent.v1.NodeStateEvent0\x01\x12\x62\n\x0fListAllocations\x12&.gedge.agent.v1.ListAllocationsRequest\x1a\'.gedge.agent.v1.ListAllocationsResponse\x12\x44\n\x05\x41pply\x12\x1c.gedge.agent.v1.ApplyRequest\x1a\x1d.gedge.agent.v1.ApplyResponse\x12J\n\x07Release\x12\x1e.gedge.agent.v1.ReleaseRequest\x1a\x1f.gedge.agent.v1.ReleaseResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!protos/gedge/agent/v1/agent.proto\x12\x0egedge.agent.v1\"\x15\n\x13GetNodeStateRequest\"n\n\x14GetNodeStateResponse\x12-\n\x05state\x18\x01 \x01(\x0b\x32\x1e.gedge.agent.v1.NodeStateEvent\x12\'\n\x07\x64\x65vices\x18\x02 \x03(\x0b\x32\x16.gedge.agent.v1.Device\"_\n\x06\x44\x65vice\x12\x10\n\x08resource\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x13\n\x0bpci_address\x18\x03 \x01(\t\x12\x11\n\tnuma_node\x18\x04 \x01(\x05\x12\x0f\n\x07pod_uid\x18\x05 \x01(\t\"\x17\n\x15WatchNodeStateRequest\"\xc9\x01\n\x0eNodeStateEvent\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\x12\n\ngeneration\x18\x02 \x01(\x04\x12\x16\n\x0e\x61gent_instance\x18\x03 \x01(\t\x12\x15\n\rtopology_json\x18\x04 \x01(\t\x12\x18\n\x10\x61llocations_json\x18\x05 \x01(\t\x12\x19\n\x11reserved_pod_uids\x18\x06 \x03(\t\x12\x16\n\x0ereport_version\x18\x07 \x01(\r\x12\x14\n\x0cnot_applying\x18\x08 \x01(\t\"\x18\n\x16ListAllocationsRequest\"b\n\x17ListAllocationsResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x18\n\x10\x61llocations_json\x18\x02 \x01(\t\x12\x19\n\x11reserved_pod_uids\x18\x03 \x03(\t\"T\n\x0c\x41pplyRequest\x12\x17\n\x0f\x61llocation_json\x18\x01 \x01(\t\x12+\n\x07runtime\x18\x02 \x01(\x0b\x32\x1a.gedge.agent.v1.PodRuntime\"E\n\nPodRuntime\x12\x11\n\tqos_class\x18\x01 \x01(\t\x12\x15\n\rcontainer_ids\x18\x02 \x03(\t\x12\r\n\x05netns\x18\x03 \x01(\t\"5\n\rApplyResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x12\x10\n\x08reserved\x18\x02 \x01(\x08\"!\n\x0eReleaseRequest\x12\x0f\n\x07pod_uid\x18\x01 \x01(\t\"%\n\x0fReleaseResponse\x12\x12\n\ngeneration\x18\x01 \x01(\x04\x32\xb7\x03\n\tNodeAgent\x12Y\n\x0cGetNodeState\x12#.gedge.agent.v1.GetNodeStateRequest\x1a$.gedge.agent.v1.GetNodeStateResponse\x12Y\n\x0eWatchNodeState\x12%.gedge.agent.v1.WatchNodeStateRequest\x1a\x1e.gedge.agent.v1.NodeStateEvent0\x01\x12\x62\n\x0fListAllocations\x12&.gedge.agent.v1.ListAllocationsRequest\x1a\'.gedge.agent.v1.ListAllocationsResponse\x12\x44\n\x05\x41pply\x12\x1c.gedge.agent.v1.ApplyRequest\x1a\x1d.gedge.agent.v1.ApplyResponse\x12J\n\x07Release\x12\x1e.gedge.agent.v1.ReleaseRequest\x1a\x1f.gedge.agent.v1.ReleaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,21 +40,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHNODESTATEREQUEST']._serialized_start=285
   _globals['_WATCHNODESTATEREQUEST']._serialized_end=308
   _globals['_NODESTATEEVENT']._serialized_start=311
-  _globals['_NODESTATEEVENT']._serialized_end=490
-  _globals['_LISTALLOCATIONSREQUEST']._serialized_start=492
-  _globals['_LISTALLOCATIONSREQUEST']._serialized_end=516
-  _globals['_LISTALLOCATIONSRESPONSE']._serialized_start=518
-  _globals['_LISTALLOCATIONSRESPONSE']._serialized_end=616
-  _globals['_APPLYREQUEST']._serialized_start=618
-  _globals['_APPLYREQUEST']._serialized_end=702
-  _globals['_PODRUNTIME']._serialized_start=704
-  _globals['_PODRUNTIME']._serialized_end=773
-  _globals['_APPLYRESPONSE']._serialized_start=775
-  _globals['_APPLYRESPONSE']._serialized_end=828
-  _globals['_RELEASEREQUEST']._serialized_start=830
-  _globals['_RELEASEREQUEST']._serialized_end=863
-  _globals['_RELEASERESPONSE']._serialized_start=865
-  _globals['_RELEASERESPONSE']._serialized_end=902
-  _globals['_NODEAGENT']._serialized_start=905
-  _globals['_NODEAGENT']._serialized_end=1344
+  _globals['_NODESTATEEVENT']._serialized_end=512
+  _globals['_LISTALLOCATIONSREQUEST']._serialized_start=514
+  _globals['_LISTALLOCATIONSREQUEST']._serialized_end=538
+  _globals['_LISTALLOCATIONSRESPONSE']._serialized_start=540
+  _globals['_LISTALLOCATIONSRESPONSE']._serialized_end=638
+  _globals['_APPLYREQUEST']._serialized_start=640
+  _globals['_APPLYREQUEST']._serialized_end=724
+  _globals['_PODRUNTIME']._serialized_start=726
+  _globals['_PODRUNTIME']._serialized_end=795
+  _globals['_APPLYRESPONSE']._serialized_start=797
+  _globals['_APPLYRESPONSE']._serialized_end=850
+  _globals['_RELEASEREQUEST']._serialized_start=852
+  _globals['_RELEASEREQUEST']._serialized_end=885
+  _globals['_RELEASERESPONSE']._serialized_start=887
+  _globals['_RELEASERESPONSE']._serialized_end=924
+  _globals['_NODEAGENT']._serialized_start=927
+  _globals['_NODEAGENT']._serialized_end=1366
 # @@protoc_insertion_point(module_scope)

@@ -37,7 +37,7 @@ class WatchNodeStateRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStateEvent(_message.Message):
-    __slots__ = ("node_name", "generation", "agent_instance", "topology_json", "allocations_json", "reserved_pod_uids", "report_version")
+    __slots__ = ("node_name", "generation", "agent_instance", "topology_json", "allocations_json", "reserved_pod_uids", "report_version", "not_applying")
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     AGENT_INSTANCE_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class NodeStateEvent(_message.Message):
     ALLOCATIONS_JSON_FIELD_NUMBER: _ClassVar[int]
     RESERVED_POD_UIDS_FIELD_NUMBER: _ClassVar[int]
     REPORT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NOT_APPLYING_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     generation: int
     agent_instance: str
@@ -52,7 +53,8 @@ class NodeStateEvent(_message.Message):
     allocations_json: str
     reserved_pod_uids: _containers.RepeatedScalarFieldContainer[str]
     report_version: int
-    def __init__(self, node_name: _Optional[str] = ..., generation: _Optional[int] = ..., agent_instance: _Optional[str] = ..., topology_json: _Optional[str] = ..., allocations_json: _Optional[str] = ..., reserved_pod_uids: _Optional[_Iterable[str]] = ..., report_version: _Optional[int] = ...) -> None: ...
+    not_applying: str
+    def __init__(self, node_name: _Optional[str] = ..., generation: _Optional[int] = ..., agent_instance: _Optional[str] = ..., topology_json: _Optional[str] = ..., allocations_json: _Optional[str] = ..., reserved_pod_uids: _Optional[_Iterable[str]] = ..., report_version: _Optional[int] = ..., not_applying: _Optional[str] = ...) -> None: ...
 
 class ListAllocationsRequest(_message.Message):
     __slots__ = ()
