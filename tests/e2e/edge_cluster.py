@@ -313,6 +313,15 @@ class EdgeCluster:
         kube-scheduler's unschedulable queue for a cluster event, so tests start
         only once every node is judged on its devices (fits, or has too few).
         """
+        result = self._probe_filter(node_names)
+        judged = set(result.get("NodeNames") or ()) | set(result.get("FailedNodes") or ())
+        return not result.get("FailedAndUnresolvableNodes") and judged == set(node_names)
+
+    def extender_refusal(self, node_name: str) -> str | None:
+        """Why the extender puts `node_name` among the unresolvable nodes for a one-GPU pod, if it does."""
+        return (self._probe_filter([node_name]).get("FailedAndUnresolvableNodes") or {}).get(node_name)
+
+    def _probe_filter(self, node_names: list[str]) -> dict[str, Any]:
         name = "readiness-probe"
         gpu = {"gedge.io/gpu": "1"}
         probe = {
@@ -329,9 +338,8 @@ class EdgeCluster:
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=5, context=self.scheduler_context()) as reply:
-            result = json.loads(reply.read())
-        judged = set(result.get("NodeNames") or ()) | set(result.get("FailedNodes") or ())
-        return not result.get("FailedAndUnresolvableNodes") and judged == set(node_names)
+            result: dict[str, Any] = json.loads(reply.read())
+        return result
 
     def kill_extender(self) -> None:
         """SIGKILL: no chance to flush or hand anything over, as in a crash."""

@@ -1,6 +1,7 @@
 """A node the agent cannot drive says so: told the wrong cgroup driver for the real kubelet (systemd on
-a cgroupfs node), the agent applies nothing, posts why on its Node, and a pinned pod placed there
-gets a Warning Event with the same cause instead of silently running unpinned.
+a cgroupfs node), the agent applies nothing, posts why on its Node, says it in its report, and the
+extender places no pod there: a pinned pod for that node stays Pending, kube-scheduler's
+FailedScheduling naming the same cause, instead of running unpinned.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def misconfigured_agent(
     ).start()
     try:
         agent.process.wait_until(
-            lambda: edge_cluster.extender_judges([real_node.name]), 60, "was reported to the extender"
+            lambda: "agent cannot apply" in (edge_cluster.extender_refusal(real_node.name) or ""),
+            60,
+            "was reported to the extender as unable to apply",
         )
         yield agent
     finally:
@@ -78,8 +81,8 @@ def test_node_and_pinned_pod_get_the_reason(
     core.create_namespaced_pod(namespace, pod)
     on_pod = wait_for(
         lambda: warnings_about(core, namespace, "Pod", "pinned"),
-        lambda events: any(e.reason == "AllocationNotApplied" for e in events),
+        lambda events: any(e.reason == "FailedScheduling" and said.message in e.message for e in events),
         describe=lambda events: [f"{e.reason}: {e.message}" for e in events],
     )
-    message = next(e.message for e in on_pod if e.reason == "AllocationNotApplied")
-    assert said.message in message
+    assert any("agent cannot apply" in e.message for e in on_pod if e.reason == "FailedScheduling")
+    assert core.read_namespaced_pod("pinned", namespace).spec.node_name is None
