@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -201,12 +202,14 @@ class _Pieces:
 
     BLOCK = 64
 
-    __slots__ = ("_blocks", "_joined", "_where", "_whole")
+    __slots__ = ("_block_names", "_blocks", "_joined", "_where", "_whole")
 
     def __init__(self) -> None:
         self._blocks: list[dict[str, bytes]] = []
         self._joined: list[bytes | None] = []
         """Per block its entries joined with commas (None: changed since)."""
+        self._block_names: list[tuple[str, ...] | None] = []
+        """Per block its nodes in order (None: changed since)."""
         self._where: dict[str, int] = {}
         """Node -> its block."""
         self._whole: bytes | None = b""
@@ -231,7 +234,9 @@ class _Pieces:
                 if not blocks or len(blocks[-1]) >= self.BLOCK:
                     blocks.append({})
                     self._joined.append(None)
+                    self._block_names.append(None)
             block = self._where[name] = len(blocks) - 1
+            self._block_names[block] = None
         self._blocks[block][name] = piece
         self._joined[block] = None
         self._whole = None
@@ -240,6 +245,7 @@ class _Pieces:
         block = self._where.pop(name)
         del self._blocks[block][name]
         self._joined[block] = None
+        self._block_names[block] = None
         self._whole = None
 
     def pop(self, name: str, default: bytes | None = None) -> bytes | None:
@@ -252,6 +258,15 @@ class _Pieces:
     def names(self) -> list[str]:
         """The nodes in reply order."""
         return [name for block in self._blocks for name in block]
+
+    def names_tuple(self) -> tuple[str, ...]:
+        """The nodes in reply order, from per-block tuples: a changed entry costs its block's tuple, and
+        the whole is one pass over tuples (a pass over a dict's keys costs several times more)."""
+        parts, blocks = self._block_names, self._blocks
+        for i, part in enumerate(parts):
+            if part is None:
+                parts[i] = tuple(blocks[i])
+        return tuple(itertools.chain.from_iterable(cast("list[tuple[str, ...]]", parts)))
 
     def joined(self) -> bytes:
         """Every entry, in order, joined with commas."""
@@ -267,12 +282,13 @@ class _Pieces:
     def _compact(self) -> None:
         """Blocks thinned by removals packed again (entries keep their order)."""
         entries = [item for block in self._blocks for item in block.items()]
-        self._blocks, self._joined, self._where = [], [], {}
+        self._blocks, self._joined, self._block_names, self._where = [], [], [], {}
         for start in range(0, len(entries), self.BLOCK):
             chunk = dict(entries[start : start + self.BLOCK])
             index = len(self._blocks)
             self._blocks.append(chunk)
             self._joined.append(None)
+            self._block_names.append(None)
             self._where.update(dict.fromkeys(chunk, index))
         self._whole = None
 
@@ -302,6 +318,7 @@ class _ShapeTable:
         "parts",
         "passed",
         "passed_json",
+        "passed_list",
         "priorities",
         "score_of",
         "source_pos",
@@ -334,6 +351,8 @@ class _ShapeTable:
         self.unknown: dict[str, str] = {}
         self.covered: set[str] = set()
         self.passed_json = _Pieces()
+        self.passed_list: tuple[bytes, tuple[str, ...]] | None = None
+        """`passed`'s names encoded as a JSON list and as a tuple (None: the passed set changed since)."""
         self.failed_json = _Pieces()
         self.unknown_json = _Pieces()
         """Per node its encoded entry of the filter reply (a name; name: reason): the reply is their join."""
@@ -406,7 +425,7 @@ class _ShapeTable:
 
     def filter_json(self, names_json: bytes) -> bytes:
         """ExtenderFilterResult (NodeNames mode) over every covered node, as orjson encodes it;
-        `names_json`: `passed_names_json()`."""
+        `names_json`: `passed_names()[0]`."""
         return b"".join(
             (
                 b'{"Nodes":null,"NodeNames":',
@@ -419,9 +438,14 @@ class _ShapeTable:
             )
         )
 
-    def passed_names_json(self) -> bytes:
-        """The names of `passed`, in its order, as a JSON list."""
-        return b"[" + self.passed_json.joined() + b"]"
+    def passed_names(self) -> tuple[bytes, tuple[str, ...]]:
+        """The names of `passed`, in its order, as a JSON list and as a tuple: the same objects while
+        the set of passed nodes stays the same."""
+        kept = self.passed_list
+        if kept is None:
+            pieces = self.passed_json
+            kept = self.passed_list = (b"".join((b"[", pieces.joined(), b"]")), pieces.names_tuple())
+        return kept
 
     def summary(self) -> FilterSummary:
         """What the metrics count of `filter_json()`."""
@@ -451,6 +475,7 @@ class _ShapeTable:
         self.whole.added(name)
         if outcome.__class__ is Placement:
             self.passed[name] = outcome
+            self.passed_list = None
             self.exact.added(name)
             self.passed_json[name] = orjson.dumps(name)
             self._hold(name, _score_key(outcome), outcome)
@@ -497,6 +522,7 @@ class _ShapeTable:
             covered.discard(name)
             self.whole.removed(name)
             if self.passed.pop(name, None) is not None:
+                self.passed_list = None
                 self.exact.removed(name)
                 del self.passed_json[name]
                 self._release(name, self.keys.pop(name))
@@ -639,7 +665,7 @@ class Extender:
                 answer = self._answer(candidates, request)
                 table = answer.table
                 if encoded and answer.whole and table is not None and args.nodes is None:
-                    names_json, names = table.passed_names_json(), tuple(table.passed)
+                    names_json, names = table.passed_names()
                     table.exact.checked(names)
                     reply = FilterReply(table.filter_json(names_json), table.summary(), (names_json, names))
                     if not names:

@@ -15,7 +15,6 @@ import logging
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -164,20 +163,26 @@ _WIRE_ARGS = msgspec.json.Decoder(_WireArgs)
 _NAMES = msgspec.json.Decoder(tuple[str, ...])
 
 
+_NAMES_TAIL = b',"Nodes":null,"NodeNames":'
+"""What comes between the pod and the names in a body as kube-scheduler's Go encoder writes it."""
+
+
 class ArgsDecoder:
     """ExtenderArgs from a filter or prioritize body, the same list of names as the same tuple.
 
     kube-scheduler (nodeCacheCapable) sends `Pod`, `Nodes: null` and `NodeNames` spelt
-    exactly, and the same thousands of names call after call. Such a body is split
-    without decoding the names; a names list met before (byte for byte, the last
-    `max_lists`) is the tuple decoded then, and the extender keeps answers per tuple.
-    Any other body (other spellings, NodeList mode, anything malformed) is decoded
-    by `decode_extender_args(decode_json(raw))`, with its errors.
+    exactly, and the same thousands of names call after call. A body that ends with
+    `,"Nodes":null,"NodeNames":<a names list met before>}` (byte for byte, the last
+    `max_lists`) has only its pod decoded: the names are the tuple decoded then, and the
+    extender keeps answers per tuple. Lists are compared by equality (a memcmp), never
+    hashed. Any other body (other spellings, NodeList mode, anything malformed) is
+    decoded by `decode_extender_args(decode_json(raw))`, with its errors.
     """
 
     def __init__(self, max_lists: int = 8, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.max_lists, self.max_bytes = max_lists, max_bytes
-        self._lists: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
+        self._lists: list[tuple[bytes, tuple[str, ...]]] = []
+        """(encoded list, its names), the most recently used first."""
         self._pod: tuple[bytes, dict[str, Any]] | None = None
         """The last pod decoded: prioritize sends filter's pod again, byte for byte."""
         self._bytes = 0
@@ -185,8 +190,41 @@ class ArgsDecoder:
 
     def decode(self, raw: bytes) -> ExtenderArgs:
         """WireError as decode_extender_args words it when the body is not ExtenderArgs."""
-        fast = self._split(raw)
+        fast = self._known_tail(raw)
+        if fast is None:
+            fast = self._split(raw)
         return fast if fast is not None else decode_extender_args(decode_json(raw))
+
+    def _known_tail(self, raw: bytes) -> ExtenderArgs | None:
+        """The body as `{"Pod":...` + _NAMES_TAIL + a known list + `}`: only the part before the tail
+        is decoded (as an object with a pod and neither Nodes nor NodeNames), so the whole is JSON."""
+        end = len(raw) - 1
+        if end < 0 or raw[end] != 0x7D:  # "}"
+            return None
+        with self._lock:
+            lists = list(self._lists)
+        for position, (known, names) in enumerate(lists):
+            start = end - len(known)
+            if start < len(_NAMES_TAIL) or not raw.startswith(known, start):
+                continue
+            cut = start - len(_NAMES_TAIL)
+            if not raw.startswith(_NAMES_TAIL, cut):
+                return None
+            try:
+                head = _WIRE_ARGS.decode(raw[:cut] + b"}")
+            except (msgspec.MsgspecError, RecursionError):
+                return None
+            if head.pod is msgspec.UNSET or head.nodes is not msgspec.UNSET:
+                return None
+            if head.node_names is not msgspec.UNSET:
+                return None
+            pod = self._pod_of(bytes(head.pod))
+            if pod is None:
+                return None
+            if position:
+                self._used(known)
+            return ExtenderArgs(pod=pod, node_names=names, nodes=None)
+        return None
 
     def _split(self, raw: bytes) -> ExtenderArgs | None:
         try:
@@ -200,10 +238,17 @@ class ArgsDecoder:
         names = self._names(bytes(wire.node_names))
         if names is None:
             return None
-        raw_pod = bytes(wire.pod)
+        pod = self._pod_of(bytes(wire.pod))
+        if pod is None:
+            return None
+        return ExtenderArgs(pod=pod, node_names=names, nodes=None)
+
+    def _pod_of(self, raw_pod: bytes) -> dict[str, Any] | None:
+        """The pod object of its bytes (the last one again when the bytes are the same); None when it
+        is not a JSON object within the depth bound (decode_json words the error then)."""
         last = self._pod
         if last is not None and last[0] == raw_pod:
-            return ExtenderArgs(pod=last[1], node_names=names, nodes=None)
+            return last[1]
         try:
             # The pod sits one level below the body: the body's depth bound, less one.
             pod = decode_json(raw_pod, MAX_JSON_DEPTH - 1)
@@ -212,31 +257,46 @@ class ArgsDecoder:
         if type(pod) is not dict:
             return None
         self._pod = (raw_pod, pod)
-        return ExtenderArgs(pod=pod, node_names=names, nodes=None)
+        return pod
 
     def _names(self, raw: bytes) -> tuple[str, ...] | None:
         with self._lock:
-            names = self._lists.get(raw)
-            if names is not None:
-                self._lists.move_to_end(raw)
-                return names
+            found = next((names for known, names in self._lists if known == raw), None)
+        if found is not None:
+            self._used(raw)
+            return found
         try:
-            names = _NAMES.decode(raw)
+            names: tuple[str, ...] = _NAMES.decode(raw)
         except (msgspec.MsgspecError, RecursionError):  # decode_json words the error
             return None
         self.remember(raw, names)
         return names
 
+    def _used(self, raw: bytes) -> None:
+        """The list equal to `raw` moves to the front (the last used are kept)."""
+        with self._lock:
+            for i, entry in enumerate(self._lists):
+                if entry[0] == raw:
+                    if i:
+                        del self._lists[i]
+                        self._lists.insert(0, entry)
+                    return
+
     def remember(self, raw: bytes, names: tuple[str, ...]) -> None:
         """Decode the JSON list `raw` as `names` from now on (`names` must be what `raw` holds)."""
         with self._lock:
-            if len(raw) <= self.max_bytes:
-                old = self._lists.pop(raw, None)
-                self._lists[raw] = names
-                if old is None:
-                    self._bytes += len(raw)
-                while len(self._lists) > self.max_lists or self._bytes > self.max_bytes:
-                    self._bytes -= len(self._lists.popitem(last=False)[0])
+            if len(raw) > self.max_bytes:
+                return
+            lists = self._lists
+            for i, (known, _) in enumerate(lists):
+                if known == raw:
+                    del lists[i]
+                    self._bytes -= len(known)
+                    break
+            lists.insert(0, (raw, names))
+            self._bytes += len(raw)
+            while len(lists) > self.max_lists or self._bytes > self.max_bytes:
+                self._bytes -= len(lists.pop()[0])
 
 
 ARGS_KEY = web.AppKey("args_decoder", ArgsDecoder)
