@@ -12,12 +12,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import queue
 import ssl
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -40,6 +40,7 @@ from scheduler_extender.wire import (
 )
 
 log = structlog.get_logger("gedge.extender.http")
+T = TypeVar("T")
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """A full NodeList of 5,000 nodes is ~20 MiB; NodeNames mode is far smaller."""
@@ -80,10 +81,87 @@ class ExtenderMetrics:
         counter.inc()
 
 
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+"""The loop that waits, its future, the work."""
+
+
+class Workers:
+    """Threads that run verb work off the event loop and answer on it, in arrival order.
+
+    Cheaper per call than `run_in_executor` (one queue put, one call_soon_threadsafe; no
+    concurrent Future chained to an asyncio one). Threads start on demand, up to
+    `max_workers`; `shutdown()` lets queued work finish, then joins them.
+    """
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        self.max_workers, self.name = max_workers, name
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        """Threads waiting for work and not yet claimed by a `run`."""
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        """`work()` in a worker thread; its result (or exception) on the calling event loop's future."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.name}: shut down")
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.max_workers:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self.name}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put((loop, future, work))
+        return future
+
+    def _serve(self) -> None:
+        get, lock = self._queue.get, self._lock
+        while (item := get()) is not None:
+            loop, future, work = item
+            del item
+            try:
+                outcome: tuple[Callable[..., None], Any] = (_settle, work())
+            except BaseException as exc:
+                outcome = (_fail, exc)
+            del work
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(outcome[0], future, outcome[1])
+            del loop, future, outcome
+            with lock:
+                self._idle += 1
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        for thread in threads:
+            thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # cancelled: the client went away
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 EXTENDER_KEY = web.AppKey("extender", Extender)
 METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
-POOL_KEY = web.AppKey("bind_pool", ThreadPoolExecutor)
-PLACE_POOL_KEY = web.AppKey("place_pool", ThreadPoolExecutor)
+POOL_KEY = web.AppKey("bind_pool", Workers)
+PLACE_POOL_KEY = web.AppKey("place_pool", Workers)
 MAX_BODY_KEY = web.AppKey("max_body", int)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
 LEADERSHIP_KEY: web.AppKey[Leadership] = web.AppKey("leadership")
@@ -316,7 +394,7 @@ def _encoded(body: Any) -> _Encoded:
 
 async def _off_loop(request: web.Request, work: Callable[[], Any]) -> Any:
     """Run decode, placement and encode in the placement thread: /healthz never waits behind them."""
-    return await asyncio.get_running_loop().run_in_executor(request.app[PLACE_POOL_KEY], work)
+    return await request.app[PLACE_POOL_KEY].run(work)
 
 
 def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., Any]], Handler]:
@@ -408,7 +486,6 @@ async def _prioritize(request: web.Request, raw: bytes) -> Any:
 
 @_verb("bind", encode_binding_result)
 async def _bind(request: web.Request, raw: bytes) -> Any:
-    loop = asyncio.get_running_loop()
     # Decoded in the bind pool: a hostile body of megabytes never holds the event loop.
     extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY].verbs
 
@@ -423,7 +500,7 @@ async def _bind(request: web.Request, raw: bytes) -> Any:
         metrics.observe_bind(body.get("Error") or "", allocation, view.state.topology if view else None)
         return body
 
-    return await loop.run_in_executor(request.app[POOL_KEY], work)
+    return await request.app[POOL_KEY].run(work)
 
 
 @_verb("preempt", lambda message: {"NodeNameToMetaVictims": {}, "Error": message})
@@ -503,15 +580,15 @@ def build_app(
     app[ARGS_KEY] = ArgsDecoder(max_bytes=max_body)
     app[METRICS_KEY] = ExtenderMetrics(registry)
     app[METRICS_KEY].verbs.watch(extender)
-    pool = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="bind")
+    pool = Workers(bind_workers, "bind")
     app[POOL_KEY] = pool
     # One thread: placement is CPU work under the GIL, more threads would only interleave it.
-    place_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="place")
+    place_pool = Workers(1, "place")
     app[PLACE_POOL_KEY] = place_pool
 
     async def close_pool(app: web.Application) -> None:
-        pool.shutdown(wait=True, cancel_futures=False)
-        place_pool.shutdown(wait=True, cancel_futures=False)
+        pool.shutdown()
+        place_pool.shutdown()
 
     app.on_cleanup.append(close_pool)
     app.router.add_post("/filter", _filter)
