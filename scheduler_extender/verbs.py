@@ -312,9 +312,11 @@ class _ShapeTable:
         "exact",
         "failed",
         "failed_json",
+        "key_label",
         "key_names",
         "key_rep",
         "keys",
+        "labels",
         "parts",
         "passed",
         "passed_json",
@@ -335,6 +337,9 @@ class _ShapeTable:
         self.key_names: dict[_ScoreKey, dict[str, bytes]] = {}
         """Per distinct score key its passed nodes, each with its `_host_prefix`."""
         self.key_rep: dict[_ScoreKey, Placement] = {}
+        self.key_label: dict[_ScoreKey, str] = {}
+        """Per distinct score key held its name in score_nodes' input, given once (not its repr per call)."""
+        self.labels = itertools.count()
         """One placement per distinct score key held: what score_nodes is run over."""
         self.score_of: dict[_ScoreKey, int] | None = None
         """score_nodes over every passed node, by score key (None: not built yet)."""
@@ -377,10 +382,12 @@ class _ShapeTable:
         went or its score changed.
         """
         if self.score_of is None or self.stale:
-            reps = {repr(key): p for key, p in self.key_rep.items()}
+            labels = self.key_label
+            reps = {labels[key]: p for key, p in self.key_rep.items()}
+            key_of = {label: key for key, label in labels.items()}
             low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
             fresh = {
-                _score_key(reps[label]): min(high, max(low, score))
+                key_of[label]: min(high, max(low, score))
                 for label, score in (score_nodes(reps, config) if reps else {}).items()
             }
             old = self.score_of or {}
@@ -399,7 +406,15 @@ class _ShapeTable:
             self.dirty.clear()
             self.priorities = None
         if self.priorities is None:
-            self.priorities = b"[" + b",".join(self.parts.values()) + b"]"
+            joined = list(self.parts.values())
+            if joined:
+                # One copy of the reply: "[", the parts with "," between them, "]".
+                pieces = [b","] * (2 * len(joined) + 1)
+                pieces[1::2] = joined
+                pieces[0], pieces[-1] = b"[", b"]"
+                self.priorities = b"".join(pieces)
+            else:
+                self.priorities = b"[]"
         return self.priorities
 
     def _hold(self, name: str, key: _ScoreKey, outcome: Placement) -> None:
@@ -409,6 +424,7 @@ class _ShapeTable:
         if holders is None:
             holders = self.key_names[key] = {}
             self.key_rep[key] = outcome
+            self.key_label[key] = str(next(self.labels))
             self.stale = True
         holders[name] = _host_prefix(name)
         self.dirty.add(key)
@@ -421,6 +437,7 @@ class _ShapeTable:
         if not holders:
             del self.key_names[key]
             del self.key_rep[key]
+            del self.key_label[key]
             self.stale = True
 
     def filter_json(self, names_json: bytes) -> bytes:
@@ -1050,7 +1067,8 @@ class Extender:
                 return f"pod {args.pod_label}: node {args.node}: no gedge agent reports this node"
             if not view.fresh:
                 return f"pod {args.pod_label}: node {args.node}: {view.reason or 'agent report is stale'}"
-            outcome = self._place(view, request, self._reserved(view))
+            reserved = self._reserved(view)
+            outcome = self._known_outcome(view, request) or self._place(view, request, reserved)
             if isinstance(outcome, Refusal):
                 return f"pod {args.pod_label}: {outcome.reason}"
             allocation = dataclasses.replace(
@@ -1065,6 +1083,18 @@ class Extender:
         except AssumeConflict as exc:
             return f"pod {args.pod_label}: {exc}"
         return allocation
+
+    def _known_outcome(self, view: NodeView, request: PodRequest) -> Outcome | None:
+        """What placing a pod of this shape on the node gave in a filter, while the node's reported state
+        and assume-cache version are still those it was placed on (after `_reserved`, which settles):
+        kube-scheduler binds where the filter just looked, so the bind need not place again."""
+        name, shape = view.state.node_name, _memo_key(request)
+        table = self._tables.get(shape)
+        entries = table.entries if table is not None else self._memo.get(shape)
+        entry = entries.get(name) if entries is not None else None
+        if entry is not None and entry[0] is view.state and entry[1] == self.cache.version(name):
+            return entry[2]
+        return None
 
     def bind(self, args: BindingArgs) -> dict[str, Any]:
         allocation = self.choose(args)
