@@ -263,10 +263,12 @@ class _Pieces:
         """The nodes in reply order, from per-block tuples: a changed entry costs its block's tuple, and
         the whole is one pass over tuples (a pass over a dict's keys costs several times more)."""
         parts, blocks = self._block_names, self._blocks
+        names: list[str] = []
         for i, part in enumerate(parts):
             if part is None:
-                parts[i] = tuple(blocks[i])
-        return tuple(itertools.chain.from_iterable(cast("list[tuple[str, ...]]", parts)))
+                part = parts[i] = tuple(blocks[i])
+            names += part
+        return tuple(names)
 
     def joined(self) -> bytes:
         """Every entry, in order, joined with commas."""
