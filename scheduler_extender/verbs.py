@@ -589,7 +589,7 @@ class _Answer:
         extra = self.extra_passed
         if extra:
             return [n for n in candidates if n in known or n in extra]
-        return [n for n in candidates if n in known]
+        return list(filter(known.__contains__, candidates))
 
     def placements(self, candidates: Sequence[str]) -> dict[str, Placement]:
         known = {**self.table.passed, **self.extra_passed} if self.table is not None else self.extra_passed
@@ -869,10 +869,13 @@ class Extender:
         failed = {n: r for n, r in failed.items() if n in names}
         unresolvable = {n: r for n, r in unresolvable.items() if n in names}
         refused, unknown = table.failed, table.unknown
+        # Loops over the request's names (a few hundred), not over the table's thousands.
         if refused:
-            failed.update({n: refused[n] for n in (refused.keys() & names)})
+            hit = list(filter(refused.__contains__, names))
+            failed.update(zip(hit, map(refused.__getitem__, hit), strict=True))
         if unknown:
-            unresolvable.update({n: unknown[n] for n in (unknown.keys() & names)})
+            hit = list(filter(unknown.__contains__, names))
+            unresolvable.update(zip(hit, map(unknown.__getitem__, hit), strict=True))
         return _Answer(names, table, extra_passed, failed, unresolvable)
 
     def _judge(
@@ -931,15 +934,17 @@ class Extender:
             extra = {n: _score_key(p) for n, p in answer.extra_passed.items()}
             keys = {**keys, **extra}
             reps = {**reps, **{_score_key(p): p for p in answer.extra_passed.values()}}
-        distinct = {key for name in candidates if (key := keys.get(name)) is not None}
+        # C-level passes over the candidates (hundreds per call as kube-scheduler asks by default).
+        key_list = list(map(keys.get, candidates))
+        distinct: set[_ScoreKey] = set(filter(None, key_list))
         labelled = {repr(key): reps[key] for key in distinct}
         low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
         score_of: dict[_ScoreKey | None, int] = {
             _score_key(labelled[label]): min(high, max(low, score))
             for label, score in (score_nodes(labelled, self.config) if labelled else {}).items()
         }
-        key_of = keys.get
-        return [{"Host": n, "Score": score_of.get(key_of(n), 0)} for n in candidates]
+        by_name = map(score_of.get, key_list, itertools.repeat(0))
+        return [{"Host": n, "Score": score} for n, score in zip(candidates, by_name, strict=True)]
 
     def _evaluate(
         self, candidates: Iterable[str], request: PodRequest
