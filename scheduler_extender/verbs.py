@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import itertools
 import threading
 import time
 from collections import OrderedDict
@@ -201,12 +202,14 @@ class _Pieces:
 
     BLOCK = 64
 
-    __slots__ = ("_blocks", "_joined", "_where", "_whole")
+    __slots__ = ("_block_names", "_blocks", "_joined", "_where", "_whole")
 
     def __init__(self) -> None:
         self._blocks: list[dict[str, bytes]] = []
         self._joined: list[bytes | None] = []
         """Per block its entries joined with commas (None: changed since)."""
+        self._block_names: list[tuple[str, ...] | None] = []
+        """Per block its nodes in order (None: changed since)."""
         self._where: dict[str, int] = {}
         """Node -> its block."""
         self._whole: bytes | None = b""
@@ -231,7 +234,9 @@ class _Pieces:
                 if not blocks or len(blocks[-1]) >= self.BLOCK:
                     blocks.append({})
                     self._joined.append(None)
+                    self._block_names.append(None)
             block = self._where[name] = len(blocks) - 1
+            self._block_names[block] = None
         self._blocks[block][name] = piece
         self._joined[block] = None
         self._whole = None
@@ -240,6 +245,7 @@ class _Pieces:
         block = self._where.pop(name)
         del self._blocks[block][name]
         self._joined[block] = None
+        self._block_names[block] = None
         self._whole = None
 
     def pop(self, name: str, default: bytes | None = None) -> bytes | None:
@@ -252,6 +258,17 @@ class _Pieces:
     def names(self) -> list[str]:
         """The nodes in reply order."""
         return [name for block in self._blocks for name in block]
+
+    def names_tuple(self) -> tuple[str, ...]:
+        """The nodes in reply order, from per-block tuples: a changed entry costs its block's tuple, and
+        the whole is one pass over tuples (a pass over a dict's keys costs several times more)."""
+        parts, blocks = self._block_names, self._blocks
+        names: list[str] = []
+        for i, part in enumerate(parts):
+            if part is None:
+                part = parts[i] = tuple(blocks[i])
+            names += part
+        return tuple(names)
 
     def joined(self) -> bytes:
         """Every entry, in order, joined with commas."""
@@ -267,12 +284,13 @@ class _Pieces:
     def _compact(self) -> None:
         """Blocks thinned by removals packed again (entries keep their order)."""
         entries = [item for block in self._blocks for item in block.items()]
-        self._blocks, self._joined, self._where = [], [], {}
+        self._blocks, self._joined, self._block_names, self._where = [], [], [], {}
         for start in range(0, len(entries), self.BLOCK):
             chunk = dict(entries[start : start + self.BLOCK])
             index = len(self._blocks)
             self._blocks.append(chunk)
             self._joined.append(None)
+            self._block_names.append(None)
             self._where.update(dict.fromkeys(chunk, index))
         self._whole = None
 
@@ -296,12 +314,15 @@ class _ShapeTable:
         "exact",
         "failed",
         "failed_json",
+        "key_label",
         "key_names",
         "key_rep",
         "keys",
+        "labels",
         "parts",
         "passed",
         "passed_json",
+        "passed_list",
         "priorities",
         "score_of",
         "source_pos",
@@ -318,6 +339,9 @@ class _ShapeTable:
         self.key_names: dict[_ScoreKey, dict[str, bytes]] = {}
         """Per distinct score key its passed nodes, each with its `_host_prefix`."""
         self.key_rep: dict[_ScoreKey, Placement] = {}
+        self.key_label: dict[_ScoreKey, str] = {}
+        """Per distinct score key held its name in score_nodes' input, given once (not its repr per call)."""
+        self.labels = itertools.count()
         """One placement per distinct score key held: what score_nodes is run over."""
         self.score_of: dict[_ScoreKey, int] | None = None
         """score_nodes over every passed node, by score key (None: not built yet)."""
@@ -334,6 +358,8 @@ class _ShapeTable:
         self.unknown: dict[str, str] = {}
         self.covered: set[str] = set()
         self.passed_json = _Pieces()
+        self.passed_list: tuple[bytes, tuple[str, ...]] | None = None
+        """`passed`'s names encoded as a JSON list and as a tuple (None: the passed set changed since)."""
         self.failed_json = _Pieces()
         self.unknown_json = _Pieces()
         """Per node its encoded entry of the filter reply (a name; name: reason): the reply is their join."""
@@ -358,10 +384,12 @@ class _ShapeTable:
         went or its score changed.
         """
         if self.score_of is None or self.stale:
-            reps = {repr(key): p for key, p in self.key_rep.items()}
+            labels = self.key_label
+            reps = {labels[key]: p for key, p in self.key_rep.items()}
+            key_of = {label: key for key, label in labels.items()}
             low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
             fresh = {
-                _score_key(reps[label]): min(high, max(low, score))
+                key_of[label]: min(high, max(low, score))
                 for label, score in (score_nodes(reps, config) if reps else {}).items()
             }
             old = self.score_of or {}
@@ -380,7 +408,15 @@ class _ShapeTable:
             self.dirty.clear()
             self.priorities = None
         if self.priorities is None:
-            self.priorities = b"[" + b",".join(self.parts.values()) + b"]"
+            joined = list(self.parts.values())
+            if joined:
+                # One copy of the reply: "[", the parts with "," between them, "]".
+                pieces = [b","] * (2 * len(joined) + 1)
+                pieces[1::2] = joined
+                pieces[0], pieces[-1] = b"[", b"]"
+                self.priorities = b"".join(pieces)
+            else:
+                self.priorities = b"[]"
         return self.priorities
 
     def _hold(self, name: str, key: _ScoreKey, outcome: Placement) -> None:
@@ -390,6 +426,7 @@ class _ShapeTable:
         if holders is None:
             holders = self.key_names[key] = {}
             self.key_rep[key] = outcome
+            self.key_label[key] = str(next(self.labels))
             self.stale = True
         holders[name] = _host_prefix(name)
         self.dirty.add(key)
@@ -402,11 +439,12 @@ class _ShapeTable:
         if not holders:
             del self.key_names[key]
             del self.key_rep[key]
+            del self.key_label[key]
             self.stale = True
 
     def filter_json(self, names_json: bytes) -> bytes:
         """ExtenderFilterResult (NodeNames mode) over every covered node, as orjson encodes it;
-        `names_json`: `passed_names_json()`."""
+        `names_json`: `passed_names()[0]`."""
         return b"".join(
             (
                 b'{"Nodes":null,"NodeNames":',
@@ -419,9 +457,14 @@ class _ShapeTable:
             )
         )
 
-    def passed_names_json(self) -> bytes:
-        """The names of `passed`, in its order, as a JSON list."""
-        return b"[" + self.passed_json.joined() + b"]"
+    def passed_names(self) -> tuple[bytes, tuple[str, ...]]:
+        """The names of `passed`, in its order, as a JSON list and as a tuple: the same objects while
+        the set of passed nodes stays the same."""
+        kept = self.passed_list
+        if kept is None:
+            pieces = self.passed_json
+            kept = self.passed_list = (b"".join((b"[", pieces.joined(), b"]")), pieces.names_tuple())
+        return kept
 
     def summary(self) -> FilterSummary:
         """What the metrics count of `filter_json()`."""
@@ -451,6 +494,7 @@ class _ShapeTable:
         self.whole.added(name)
         if outcome.__class__ is Placement:
             self.passed[name] = outcome
+            self.passed_list = None
             self.exact.added(name)
             self.passed_json[name] = orjson.dumps(name)
             self._hold(name, _score_key(outcome), outcome)
@@ -497,6 +541,7 @@ class _ShapeTable:
             covered.discard(name)
             self.whole.removed(name)
             if self.passed.pop(name, None) is not None:
+                self.passed_list = None
                 self.exact.removed(name)
                 del self.passed_json[name]
                 self._release(name, self.keys.pop(name))
@@ -533,7 +578,7 @@ class _Answer:
         extra = self.extra_passed
         if extra:
             return [n for n in candidates if n in known or n in extra]
-        return [n for n in candidates if n in known]
+        return list(filter(known.__contains__, candidates))
 
     def placements(self, candidates: Sequence[str]) -> dict[str, Placement]:
         known = {**self.table.passed, **self.extra_passed} if self.table is not None else self.extra_passed
@@ -628,7 +673,7 @@ class Extender:
                 answer = self._answer(candidates, request)
                 table = answer.table
                 if encoded and answer.whole and table is not None and args.nodes is None:
-                    names_json, names = table.passed_names_json(), tuple(table.passed)
+                    names_json, names = table.passed_names()
                     table.exact.checked(names)
                     reply = FilterReply(table.filter_json(names_json), table.summary(), (names_json, names))
                     if not names:
@@ -813,10 +858,13 @@ class Extender:
         failed = {n: r for n, r in failed.items() if n in names}
         unresolvable = {n: r for n, r in unresolvable.items() if n in names}
         refused, unknown = table.failed, table.unknown
+        # Loops over the request's names (a few hundred), not over the table's thousands.
         if refused:
-            failed.update({n: refused[n] for n in (refused.keys() & names)})
+            hit = list(filter(refused.__contains__, names))
+            failed.update(zip(hit, map(refused.__getitem__, hit), strict=True))
         if unknown:
-            unresolvable.update({n: unknown[n] for n in (unknown.keys() & names)})
+            hit = list(filter(unknown.__contains__, names))
+            unresolvable.update(zip(hit, map(unknown.__getitem__, hit), strict=True))
         return _Answer(names, table, extra_passed, failed, unresolvable)
 
     def _judge(
@@ -875,15 +923,17 @@ class Extender:
             extra = {n: _score_key(p) for n, p in answer.extra_passed.items()}
             keys = {**keys, **extra}
             reps = {**reps, **{_score_key(p): p for p in answer.extra_passed.values()}}
-        distinct = {key for name in candidates if (key := keys.get(name)) is not None}
+        # C-level passes over the candidates (hundreds per call as kube-scheduler asks by default).
+        key_list = list(map(keys.get, candidates))
+        distinct: set[_ScoreKey] = set(filter(None, key_list))
         labelled = {repr(key): reps[key] for key in distinct}
         low, high = MIN_EXTENDER_PRIORITY, MAX_EXTENDER_PRIORITY
         score_of: dict[_ScoreKey | None, int] = {
             _score_key(labelled[label]): min(high, max(low, score))
             for label, score in (score_nodes(labelled, self.config) if labelled else {}).items()
         }
-        key_of = keys.get
-        return [{"Host": n, "Score": score_of.get(key_of(n), 0)} for n in candidates]
+        by_name = map(score_of.get, key_list, itertools.repeat(0))
+        return [{"Host": n, "Score": score} for n, score in zip(candidates, by_name, strict=True)]
 
     def _evaluate(
         self, candidates: Iterable[str], request: PodRequest
@@ -1013,7 +1063,8 @@ class Extender:
                 return f"pod {args.pod_label}: node {args.node}: no gedge agent reports this node"
             if not view.fresh:
                 return f"pod {args.pod_label}: node {args.node}: {view.reason or 'agent report is stale'}"
-            outcome = self._place(view, request, self._reserved(view))
+            reserved = self._reserved(view)
+            outcome = self._known_outcome(view, request) or self._place(view, request, reserved)
             if isinstance(outcome, Refusal):
                 return f"pod {args.pod_label}: {outcome.reason}"
             allocation = dataclasses.replace(
@@ -1028,6 +1079,18 @@ class Extender:
         except AssumeConflict as exc:
             return f"pod {args.pod_label}: {exc}"
         return allocation
+
+    def _known_outcome(self, view: NodeView, request: PodRequest) -> Outcome | None:
+        """What placing a pod of this shape on the node gave in a filter, while the node's reported state
+        and assume-cache version are still those it was placed on (after `_reserved`, which settles):
+        kube-scheduler binds where the filter just looked, so the bind need not place again."""
+        name, shape = view.state.node_name, _memo_key(request)
+        table = self._tables.get(shape)
+        entries = table.entries if table is not None else self._memo.get(shape)
+        entry = entries.get(name) if entries is not None else None
+        if entry is not None and entry[0] is view.state and entry[1] == self.cache.version(name):
+            return entry[2]
+        return None
 
     def bind(self, args: BindingArgs) -> dict[str, Any]:
         allocation = self.choose(args)

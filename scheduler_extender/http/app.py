@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 import gc
 import logging
+import queue
 import ssl
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -41,6 +40,7 @@ from scheduler_extender.wire import (
 )
 
 log = structlog.get_logger("gedge.extender.http")
+T = TypeVar("T")
 
 MAX_BODY_BYTES = 32 * 1024 * 1024
 """A full NodeList of 5,000 nodes is ~20 MiB; NodeNames mode is far smaller."""
@@ -81,10 +81,87 @@ class ExtenderMetrics:
         counter.inc()
 
 
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[], Any]]
+"""The loop that waits, its future, the work."""
+
+
+class Workers:
+    """Threads that run verb work off the event loop and answer on it, in arrival order.
+
+    Cheaper per call than `run_in_executor` (one queue put, one call_soon_threadsafe; no
+    concurrent Future chained to an asyncio one). Threads start on demand, up to
+    `max_workers`; `shutdown()` lets queued work finish, then joins them.
+    """
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        if max_workers < 1:
+            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        self.max_workers, self.name = max_workers, name
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        """Threads waiting for work and not yet claimed by a `run`."""
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def run(self, work: Callable[[], T]) -> asyncio.Future[T]:
+        """`work()` in a worker thread; its result (or exception) on the calling event loop's future."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self.name}: shut down")
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.max_workers:
+                thread = threading.Thread(
+                    target=self._serve, name=f"{self.name}_{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put((loop, future, work))
+        return future
+
+    def _serve(self) -> None:
+        get, lock = self._queue.get, self._lock
+        while (item := get()) is not None:
+            loop, future, work = item
+            del item
+            try:
+                outcome: tuple[Callable[..., None], Any] = (_settle, work())
+            except BaseException as exc:
+                outcome = (_fail, exc)
+            del work
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+                loop.call_soon_threadsafe(outcome[0], future, outcome[1])
+            del loop, future, outcome
+            with lock:
+                self._idle += 1
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        for _ in threads:
+            self._queue.put(None)
+        for thread in threads:
+            thread.join()
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
+    if not future.done():  # cancelled: the client went away
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future[Any], exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)
+
+
 EXTENDER_KEY = web.AppKey("extender", Extender)
 METRICS_KEY = web.AppKey("metrics", ExtenderMetrics)
-POOL_KEY = web.AppKey("bind_pool", ThreadPoolExecutor)
-PLACE_POOL_KEY = web.AppKey("place_pool", ThreadPoolExecutor)
+POOL_KEY = web.AppKey("bind_pool", Workers)
+PLACE_POOL_KEY = web.AppKey("place_pool", Workers)
 MAX_BODY_KEY = web.AppKey("max_body", int)
 BODY_TIMEOUT_KEY = web.AppKey("body_timeout", float)
 LEADERSHIP_KEY: web.AppKey[Leadership] = web.AppKey("leadership")
@@ -164,20 +241,26 @@ _WIRE_ARGS = msgspec.json.Decoder(_WireArgs)
 _NAMES = msgspec.json.Decoder(tuple[str, ...])
 
 
+_NAMES_TAIL = b',"Nodes":null,"NodeNames":'
+"""What comes between the pod and the names in a body as kube-scheduler's Go encoder writes it."""
+
+
 class ArgsDecoder:
     """ExtenderArgs from a filter or prioritize body, the same list of names as the same tuple.
 
     kube-scheduler (nodeCacheCapable) sends `Pod`, `Nodes: null` and `NodeNames` spelt
-    exactly, and the same thousands of names call after call. Such a body is split
-    without decoding the names; a names list met before (byte for byte, the last
-    `max_lists`) is the tuple decoded then, and the extender keeps answers per tuple.
-    Any other body (other spellings, NodeList mode, anything malformed) is decoded
-    by `decode_extender_args(decode_json(raw))`, with its errors.
+    exactly, and the same thousands of names call after call. A body that ends with
+    `,"Nodes":null,"NodeNames":<a names list met before>}` (byte for byte, the last
+    `max_lists`) has only its pod decoded: the names are the tuple decoded then, and the
+    extender keeps answers per tuple. Lists are compared by equality (a memcmp), never
+    hashed. Any other body (other spellings, NodeList mode, anything malformed) is
+    decoded by `decode_extender_args(decode_json(raw))`, with its errors.
     """
 
     def __init__(self, max_lists: int = 8, max_bytes: int = MAX_BODY_BYTES) -> None:
         self.max_lists, self.max_bytes = max_lists, max_bytes
-        self._lists: OrderedDict[bytes, tuple[str, ...]] = OrderedDict()
+        self._lists: list[tuple[bytes, tuple[str, ...]]] = []
+        """(encoded list, its names), the most recently used first."""
         self._pod: tuple[bytes, dict[str, Any]] | None = None
         """The last pod decoded: prioritize sends filter's pod again, byte for byte."""
         self._bytes = 0
@@ -185,8 +268,41 @@ class ArgsDecoder:
 
     def decode(self, raw: bytes) -> ExtenderArgs:
         """WireError as decode_extender_args words it when the body is not ExtenderArgs."""
-        fast = self._split(raw)
+        fast = self._known_tail(raw)
+        if fast is None:
+            fast = self._split(raw)
         return fast if fast is not None else decode_extender_args(decode_json(raw))
+
+    def _known_tail(self, raw: bytes) -> ExtenderArgs | None:
+        """The body as `{"Pod":...` + _NAMES_TAIL + a known list + `}`: only the part before the tail
+        is decoded (as an object with a pod and neither Nodes nor NodeNames), so the whole is JSON."""
+        end = len(raw) - 1
+        if end < 0 or raw[end] != 0x7D:  # "}"
+            return None
+        with self._lock:
+            lists = list(self._lists)
+        for position, (known, names) in enumerate(lists):
+            start = end - len(known)
+            if start < len(_NAMES_TAIL) or not raw.startswith(known, start):
+                continue
+            cut = start - len(_NAMES_TAIL)
+            if not raw.startswith(_NAMES_TAIL, cut):
+                return None
+            try:
+                head = _WIRE_ARGS.decode(raw[:cut] + b"}")
+            except (msgspec.MsgspecError, RecursionError):
+                return None
+            if head.pod is msgspec.UNSET or head.nodes is not msgspec.UNSET:
+                return None
+            if head.node_names is not msgspec.UNSET:
+                return None
+            pod = self._pod_of(bytes(head.pod))
+            if pod is None:
+                return None
+            if position:
+                self._used(known)
+            return ExtenderArgs(pod=pod, node_names=names, nodes=None)
+        return None
 
     def _split(self, raw: bytes) -> ExtenderArgs | None:
         try:
@@ -200,10 +316,17 @@ class ArgsDecoder:
         names = self._names(bytes(wire.node_names))
         if names is None:
             return None
-        raw_pod = bytes(wire.pod)
+        pod = self._pod_of(bytes(wire.pod))
+        if pod is None:
+            return None
+        return ExtenderArgs(pod=pod, node_names=names, nodes=None)
+
+    def _pod_of(self, raw_pod: bytes) -> dict[str, Any] | None:
+        """The pod object of its bytes (the last one again when the bytes are the same); None when it
+        is not a JSON object within the depth bound (decode_json words the error then)."""
         last = self._pod
         if last is not None and last[0] == raw_pod:
-            return ExtenderArgs(pod=last[1], node_names=names, nodes=None)
+            return last[1]
         try:
             # The pod sits one level below the body: the body's depth bound, less one.
             pod = decode_json(raw_pod, MAX_JSON_DEPTH - 1)
@@ -212,31 +335,46 @@ class ArgsDecoder:
         if type(pod) is not dict:
             return None
         self._pod = (raw_pod, pod)
-        return ExtenderArgs(pod=pod, node_names=names, nodes=None)
+        return pod
 
     def _names(self, raw: bytes) -> tuple[str, ...] | None:
         with self._lock:
-            names = self._lists.get(raw)
-            if names is not None:
-                self._lists.move_to_end(raw)
-                return names
+            found = next((names for known, names in self._lists if known == raw), None)
+        if found is not None:
+            self._used(raw)
+            return found
         try:
-            names = _NAMES.decode(raw)
+            names: tuple[str, ...] = _NAMES.decode(raw)
         except (msgspec.MsgspecError, RecursionError):  # decode_json words the error
             return None
         self.remember(raw, names)
         return names
 
+    def _used(self, raw: bytes) -> None:
+        """The list equal to `raw` moves to the front (the last used are kept)."""
+        with self._lock:
+            for i, entry in enumerate(self._lists):
+                if entry[0] == raw:
+                    if i:
+                        del self._lists[i]
+                        self._lists.insert(0, entry)
+                    return
+
     def remember(self, raw: bytes, names: tuple[str, ...]) -> None:
         """Decode the JSON list `raw` as `names` from now on (`names` must be what `raw` holds)."""
         with self._lock:
-            if len(raw) <= self.max_bytes:
-                old = self._lists.pop(raw, None)
-                self._lists[raw] = names
-                if old is None:
-                    self._bytes += len(raw)
-                while len(self._lists) > self.max_lists or self._bytes > self.max_bytes:
-                    self._bytes -= len(self._lists.popitem(last=False)[0])
+            if len(raw) > self.max_bytes:
+                return
+            lists = self._lists
+            for i, (known, _) in enumerate(lists):
+                if known == raw:
+                    del lists[i]
+                    self._bytes -= len(known)
+                    break
+            lists.insert(0, (raw, names))
+            self._bytes += len(raw)
+            while len(lists) > self.max_lists or self._bytes > self.max_bytes:
+                self._bytes -= len(lists.pop()[0])
 
 
 ARGS_KEY = web.AppKey("args_decoder", ArgsDecoder)
@@ -256,7 +394,7 @@ def _encoded(body: Any) -> _Encoded:
 
 async def _off_loop(request: web.Request, work: Callable[[], Any]) -> Any:
     """Run decode, placement and encode in the placement thread: /healthz never waits behind them."""
-    return await asyncio.get_running_loop().run_in_executor(request.app[PLACE_POOL_KEY], work)
+    return await request.app[PLACE_POOL_KEY].run(work)
 
 
 def _verb(name: str, on_error: Callable[[str], Any]) -> Callable[[Callable[..., Any]], Handler]:
@@ -348,7 +486,6 @@ async def _prioritize(request: web.Request, raw: bytes) -> Any:
 
 @_verb("bind", encode_binding_result)
 async def _bind(request: web.Request, raw: bytes) -> Any:
-    loop = asyncio.get_running_loop()
     # Decoded in the bind pool: a hostile body of megabytes never holds the event loop.
     extender, metrics = request.app[EXTENDER_KEY], request.app[METRICS_KEY].verbs
 
@@ -363,7 +500,7 @@ async def _bind(request: web.Request, raw: bytes) -> Any:
         metrics.observe_bind(body.get("Error") or "", allocation, view.state.topology if view else None)
         return body
 
-    return await loop.run_in_executor(request.app[POOL_KEY], work)
+    return await request.app[POOL_KEY].run(work)
 
 
 @_verb("preempt", lambda message: {"NodeNameToMetaVictims": {}, "Error": message})
@@ -443,15 +580,15 @@ def build_app(
     app[ARGS_KEY] = ArgsDecoder(max_bytes=max_body)
     app[METRICS_KEY] = ExtenderMetrics(registry)
     app[METRICS_KEY].verbs.watch(extender)
-    pool = ThreadPoolExecutor(max_workers=bind_workers, thread_name_prefix="bind")
+    pool = Workers(bind_workers, "bind")
     app[POOL_KEY] = pool
     # One thread: placement is CPU work under the GIL, more threads would only interleave it.
-    place_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="place")
+    place_pool = Workers(1, "place")
     app[PLACE_POOL_KEY] = place_pool
 
     async def close_pool(app: web.Application) -> None:
-        pool.shutdown(wait=True, cancel_futures=False)
-        place_pool.shutdown(wait=True, cancel_futures=False)
+        pool.shutdown()
+        place_pool.shutdown()
 
     app.on_cleanup.append(close_pool)
     app.router.add_post("/filter", _filter)

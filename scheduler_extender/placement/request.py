@@ -288,6 +288,24 @@ def parse_quantity(value: Any) -> Decimal:
     the value below 1e24, so no input costs more than a few microseconds; NaN,
     Infinity and malformed text raise ValueError.
     """
+    if type(value) is str:
+        known = _PARSED.get(value)
+        if known is not None:
+            return known
+        amount = _parse_quantity(value)
+        if len(_PARSED) >= MAX_PARSED:
+            _PARSED.clear()
+        _PARSED[value] = amount
+        return amount
+    return _parse_quantity(value)
+
+
+_PARSED: dict[str, Decimal] = {}
+"""Quantity strings parsed before: pods ask for the same few ("1", "8", "16Gi") again and again."""
+MAX_PARSED = 4096
+
+
+def _parse_quantity(value: Any) -> Decimal:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ValueError(f"expected a quantity string, got {type(value).__name__}")
     if isinstance(value, float):

@@ -242,3 +242,37 @@ def test_node_names_that_are_not_strings_are_refused_naming_the_index(names: lis
 
     with pytest.raises(WireError, match=r"NodeNames\[\d\]: expected a string"):
         decode_extender_args({"Pod": pod("p"), "Nodes": None, "NodeNames": names})
+
+
+@pytest.mark.parametrize("announcing", [True, False])
+def test_a_bind_after_a_filter_reserves_what_placing_afresh_gives(announcing: bool) -> None:
+    """The bind takes the filter's answer for its node while the node is as the filter saw it, and
+    places again once it changed (here: another pod bound there in between)."""
+    states = mixed_states()
+    source = StaticNodeSource(states) if announcing else PlainSource(states)
+    extender = Extender(source, RecordingBinder())
+    names = sorted(states)
+    for i, (limits, notes) in enumerate(SHAPES * 3):
+        first, second = (pod(f"b-{i}-{k}", limits=limits, annotations=notes) for k in range(2))
+        for spec in (first, second):
+            extender.filter(args(spec, names))
+        passed = extender.filter(args(first, names))["NodeNames"]
+        node = passed[i % len(passed)]
+        for spec in (first, second):
+            request = parse_pod_request(spec)
+            reserved = extender.cache.held(node)
+            expected = place(states[node], request, PlacementConfig(), reserved)
+            meta = spec["metadata"]
+            answer = extender.bind(BindingArgs(meta["name"], meta["namespace"], meta["uid"], node))
+            if isinstance(expected, Placement):
+                assert answer == {"Error": ""}
+                held = extender.cache.held_by(meta["uid"])
+                assert held is not None
+                assert (held.devices, held.cpus, held.cost) == (
+                    expected.allocation.devices,
+                    expected.allocation.cpus,
+                    expected.allocation.cost,
+                )
+                assert (held.pod_uid, held.name, held.node) == (meta["uid"], meta["name"], node)
+            else:
+                assert answer["Error"] == f"pod {meta['namespace']}/{meta['name']}: {expected.reason}"

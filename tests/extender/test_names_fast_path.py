@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from gedge_model import NodeState
-from scheduler_extender.http.app import ArgsDecoder, build_app
+from scheduler_extender.http.app import ArgsDecoder, build_app, decode_json
 from scheduler_extender.node_source import NodeView, StaticNodeSource
 from scheduler_extender.verb_metrics import filter_summary
 from scheduler_extender.verbs import Extender
@@ -210,3 +210,52 @@ def test_over_http_filter_and_prioritize_of_every_name_equal_fresh_placement() -
             assert post(f"{server.url}/bind", bind) == (200, {"Error": ""})
             fresh.filter(decode_extender_args(orjson.loads(body(spec, [best]))))
             fresh.bind(BindingArgs(meta["name"], "ml", meta["uid"], best))
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'{"Pod":{"metadata":{"name":"p"}}',
+        b'{"Pod": {"metadata": {"name": "p"}}, "other": [1, {"NodeNames": 2}] ',
+        b'{"Pod":{},"NodeNames":["x"]',
+        b'{"Pod":{},"Nodes":{"items":[]}',
+        b'{"Pod":{},"Nodes":null',
+        b'{"Pod":[]',
+        b'{"Pod":{},',
+        b"{",
+        b'{"Pod":{"a":NaN}',
+        b'{"Pod":{"a":"',
+        b'["Pod"',
+        b'{"Pod":' + b"[" * 70 + b"]" * 70,
+    ],
+)
+def test_a_known_names_list_after_any_head_decodes_as_the_plain_decoder_does(head: bytes) -> None:
+    """Only the part before a known list is decoded: whatever it holds, the answer (or the error) is the
+    plain decoder's for the whole body."""
+    known = orjson.dumps(["a", "b"])
+    raw = head + b',"Nodes":null,"NodeNames":' + known + b"}"
+    try:
+        expected: Any = decode_extender_args(decode_json(raw))
+    except WireError as exc:
+        expected = str(exc)
+    decoder = ArgsDecoder()
+    decoder.remember(known, ("a", "b"))
+    try:
+        got: Any = decoder.decode(raw)
+    except WireError as exc:
+        got = str(exc)
+    assert got == expected
+
+
+def test_a_known_names_list_is_found_among_others_and_the_last_used_are_kept() -> None:
+    decoder = ArgsDecoder(max_lists=3)
+    lists = [tuple(f"n{i}" for i in range(k)) for k in (1, 2, 3, 4)]
+    for names in lists[:3]:
+        decoder.remember(orjson.dumps(names), names)
+    spec = pod("p")
+    assert decoder.decode(body(spec, lists[0])).node_names is lists[0], "the oldest, found by its bytes"
+    decoder.remember(orjson.dumps(lists[3]), lists[3])
+    # lists[1] was the least recently used: dropped; lists[0] was used since: kept.
+    assert decoder.decode(body(spec, lists[0])).node_names is lists[0]
+    again = decoder.decode(body(spec, lists[1])).node_names
+    assert again == lists[1] and again is not lists[1]

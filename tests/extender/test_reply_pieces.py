@@ -32,6 +32,7 @@ def test_pieces_join_as_a_dict_in_insertion_order_would(seed: int) -> None:
         if rng.random() < 0.1:
             assert pieces.joined() == b",".join(expected.values())
             assert pieces.names() == list(expected)
+            assert pieces.names_tuple() == tuple(expected)
     assert pieces.joined() == b",".join(expected.values())
     assert len(pieces) == len(expected)
     assert all(name in pieces and pieces[name] == piece for name, piece in expected.items())
@@ -43,5 +44,6 @@ def test_a_node_set_again_keeps_its_place() -> None:
         pieces[f"n{i}"] = b"%d" % i
     pieces["n3"] = b"x"
     assert pieces.names() == [f"n{i}" for i in range(200)]
+    assert pieces.names_tuple() == tuple(f"n{i}" for i in range(200))
     assert pieces.joined().split(b",")[3] == b"x"
     assert _Pieces().joined() == b""
