@@ -244,6 +244,27 @@ def test_score_nodes_best_cost_gets_ten_and_pack_breaks_ties():
     assert spread["a"] == 10 and spread["c"] < 9
 
 
+def _schedule(
+    nodes: dict[str, NodeState], asks: list[PodRequest], config: PlacementConfig
+) -> list[str | None]:
+    """Each pod in turn on the node score_nodes ranks first (ties by name); None where no node fits."""
+    states = dict(nodes)
+    chosen: list[str | None] = []
+    for i, ask in enumerate(asks):
+        ask = dataclasses.replace(ask, uid=f"uid-{i}", name=f"p{i}")
+        outcomes = {n: place(s, ask, config) for n, s in states.items()}
+        placements = {n: o for n, o in outcomes.items() if isinstance(o, Placement)}
+        if not placements:
+            chosen.append(None)
+            continue
+        scores = score_nodes(placements, config)
+        node = max(sorted(scores), key=lambda n: scores[n])
+        chosen.append(node)
+        state = states[node]
+        states[node] = NodeState(state.topology, (*state.allocations, placements[node].allocation))
+    return chosen
+
+
 def test_packing_keeps_a_whole_box_for_the_large_pod_that_cost_alone_refuses():
     """A 2-GPU pod, then an 8-GPU pod, on a workstation with two GPUs of one socket free and an empty
     NVSwitch box: by cost alone the small pod takes the box (NVLink beats PHB) and the large pod finds
@@ -254,25 +275,10 @@ def test_packing_keeps_a_whole_box_for_the_large_pod_that_cost_alone_refuses():
         "dgx": NodeState(dgx_like("dgx")),
     }
 
-    def schedule(config: PlacementConfig) -> list[str | None]:
-        states = dict(nodes)
-        chosen: list[str | None] = []
-        for i, gpus in enumerate((2, 8)):
-            ask = dataclasses.replace(request(gpus=gpus), uid=f"uid-{i}", name=f"p{i}")
-            outcomes = {n: place(s, ask, config) for n, s in states.items()}
-            placements = {n: o for n, o in outcomes.items() if isinstance(o, Placement)}
-            if not placements:
-                chosen.append(None)
-                continue
-            scores = score_nodes(placements, config)
-            node = max(sorted(scores), key=lambda n: scores[n])
-            chosen.append(node)
-            state = states[node]
-            states[node] = NodeState(state.topology, (*state.allocations, placements[node].allocation))
-        return chosen
+    asks = [request(gpus=2), request(gpus=8)]
 
-    assert schedule(PlacementConfig(packing=0.0)) == ["dgx", None]
-    assert schedule(PlacementConfig()) == ["ws", "dgx"]
+    assert _schedule(nodes, asks, PlacementConfig(packing=0.0)) == ["dgx", None]
+    assert _schedule(nodes, asks, PlacementConfig()) == ["ws", "dgx"]
 
 
 def test_config_rejects_bad_values():
@@ -362,52 +368,14 @@ def test_a_cpu_pod_leaves_a_gpu_box_the_cpus_its_gpus_need():
     }
     asks = [request(cpus=6, cpu_pinning=True), request(gpus=2, cpus=4, cpu_pinning=True)]
 
-    def schedule(config: PlacementConfig) -> list[str | None]:
-        states = dict(nodes)
-        chosen: list[str | None] = []
-        for i, ask in enumerate(asks):
-            ask = dataclasses.replace(ask, uid=f"uid-{i}", name=f"p{i}")
-            outcomes = {n: place(s, ask, config) for n, s in states.items()}
-            placements = {n: o for n, o in outcomes.items() if isinstance(o, Placement)}
-            if not placements:
-                chosen.append(None)
-                continue
-            scores = score_nodes(placements, config)
-            node = max(sorted(scores), key=lambda n: scores[n])
-            chosen.append(node)
-            state = states[node]
-            states[node] = NodeState(state.topology, (*state.allocations, placements[node].allocation))
-        return chosen
-
-    assert schedule(PlacementConfig(stranding=0.0)) == ["gpu-box", None]
-    assert schedule(PlacementConfig()) == ["cpu-box", "gpu-box"]
+    assert _schedule(nodes, asks, PlacementConfig(stranding=0.0)) == ["gpu-box", None]
+    assert _schedule(nodes, asks, PlacementConfig()) == ["cpu-box", "gpu-box"]
     # what the placements carry: the GPU box would lack 2 x 2 - 1 CPUs of its 8 for its GPUs (2 left
     # unpinned, one of them kept for the shared pool)
     on_gpu_box = placed(place(nodes["gpu-box"], asks[0]))
     assert on_gpu_box.strand == pytest.approx(3 / 8)
     assert placed(place(nodes["cpu-box"], asks[0])).strand == 0.0
     assert placed(place(nodes["gpu-box"], asks[0], PlacementConfig(cpus_per_gpu=0.0))).strand == 0.0
-
-
-def _schedule(
-    nodes: dict[str, NodeState], asks: list[PodRequest], config: PlacementConfig
-) -> list[str | None]:
-    """Each pod in turn on the node score_nodes ranks first (ties by name); None where no node fits."""
-    states = dict(nodes)
-    chosen: list[str | None] = []
-    for i, ask in enumerate(asks):
-        ask = dataclasses.replace(ask, uid=f"uid-{i}", name=f"p{i}")
-        outcomes = {n: place(s, ask, config) for n, s in states.items()}
-        placements = {n: o for n, o in outcomes.items() if isinstance(o, Placement)}
-        if not placements:
-            chosen.append(None)
-            continue
-        scores = score_nodes(placements, config)
-        node = max(sorted(scores), key=lambda n: scores[n])
-        chosen.append(node)
-        state = states[node]
-        states[node] = NodeState(state.topology, (*state.allocations, placements[node].allocation))
-    return chosen
 
 
 def test_stranding_counts_the_cpu_the_shared_pool_keeps():
