@@ -33,7 +33,7 @@ class TopologyReportedCondition:
         self._stop = threading.Event()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="topology-reported")
 
-    def follow(self, held: bool, streams: int = 0) -> None:
+    def follow(self, held: bool) -> None:
         """Want the condition `held`; returns at once (the write runs on this object's thread)."""
         with self._lock:
             self._wanted = held

@@ -15,19 +15,19 @@ from collections.abc import Callable
 class ServedWatches:
     """Counts node-state watch streams whose first event (the full state) was written.
 
-    Listeners get `(held, streams)` when `held` (at least one such stream) changes; they run on the
-    caller's thread (the gRPC event loop), so they must hand any I/O off.
+    Listeners get `held` (at least one such stream) when it changes; they run on the caller's thread
+    (the gRPC event loop), so they must hand any I/O off.
     """
 
     def __init__(self) -> None:
         self.streams = 0
-        self._listeners: list[Callable[[bool, int], None]] = []
+        self._listeners: list[Callable[[bool], None]] = []
 
     @property
     def held(self) -> bool:
         return self.streams > 0
 
-    def add_listener(self, listener: Callable[[bool, int], None]) -> None:
+    def add_listener(self, listener: Callable[[bool], None]) -> None:
         self._listeners.append(listener)
 
     def served(self) -> None:
@@ -46,4 +46,4 @@ class ServedWatches:
 
     def _tell(self) -> None:
         for listener in self._listeners:
-            listener(self.held, self.streams)
+            listener(self.held)

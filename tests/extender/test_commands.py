@@ -18,6 +18,7 @@ import yaml
 from gedge_model import Allocation, NodeState, to_json
 from scheduler_extender.cli import main
 from tests.extender.servers import post
+from tests.support.kubeconfig import token_kubeconfig
 from tests.support.synthetic import dgx_like, edge_box
 
 CLI = [sys.executable, "-m", "scheduler_extender.cli"]
@@ -337,19 +338,7 @@ def test_serve_under_kubernetes_binds_and_rebuilds_after_restart(
     greedy = fake.add_pod("ml", "greedy", "uid-greedy", spec=greedy_spec)
     greedy["metadata"]["annotations"]["gedge.io/cpu-pinning"] = "true"
     with ServerThread(fake.app()) as api:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "c", "cluster": {"server": api.url}}],
-                    "users": [{"name": "u", "user": {"token": "t"}}],
-                    "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                    "current-context": "x",
-                }
-            )
-        )
+        kubeconfig = token_kubeconfig(tmp_path / "kubeconfig", api.url)
         serve, url = _kube_serve(kubeconfig)
         try:
             assert _filter_until_fresh(url, greedy, node)["NodeNames"] == [node], "every spare CPU is free"

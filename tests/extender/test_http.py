@@ -6,6 +6,7 @@ import datetime
 import ipaddress
 import socket
 import ssl
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ class Cluster:
         )
         self.server: ServerThread | None = None
 
+    def metrics(self) -> str:
+        """The extender's /metrics page."""
+        assert self.server is not None
+        with urllib.request.urlopen(f"{self.server.url}/metrics", timeout=10) as response:
+            return str(response.read().decode())
+
     def post(self, verb: str, body: Any = None, raw: bytes | None = None) -> tuple[int, Any]:
         assert self.server is not None
         return post(f"{self.server.url}/{verb}", body, raw=raw)
@@ -70,28 +77,22 @@ def cluster(gpu_states: dict[str, NodeState], snapshot_states: dict[str, NodeSta
 
 
 def test_healthz(cluster: Cluster) -> None:
-    import urllib.request
-
     assert cluster.server is not None
     with urllib.request.urlopen(f"{cluster.server.url}/healthz", timeout=10) as response:
         assert response.read() == b"ok"
 
 
 def test_metrics_count_requests_by_verb_and_outcome(cluster: Cluster) -> None:
-    import urllib.request
 
     cluster.post("filter", cluster.args(pod(limits=GPU_POD), ["edge-1"]))
     cluster.post("filter", raw=b"{")
-    assert cluster.server is not None
-    with urllib.request.urlopen(f"{cluster.server.url}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = cluster.metrics()
     assert 'gedge_extender_requests_total{outcome="ok",verb="filter"} 1.0' in text
     assert 'gedge_extender_requests_total{outcome="bad_request",verb="filter"} 1.0' in text
     assert 'gedge_extender_request_seconds_count{verb="filter"} 2.0' in text
 
 
 def test_bind_over_http_counts_its_placement_and_a_retry(cluster: Cluster) -> None:
-    import urllib.request
 
     spec = pod(limits=GPU_POD)
     status, result = cluster.post("filter", cluster.args(spec, ["edge-1"]))
@@ -99,9 +100,7 @@ def test_bind_over_http_counts_its_placement_and_a_retry(cluster: Cluster) -> No
     assert cluster.bind(spec, "edge-1") == (200, {"Error": ""})
     # kube-scheduler asking again for a pod that holds its devices: answered alike, counted as a retry.
     assert cluster.bind(spec, "edge-1") == (200, {"Error": ""})
-    assert cluster.server is not None
-    with urllib.request.urlopen(f"{cluster.server.url}/metrics", timeout=10) as response:
-        text = response.read().decode()
+    text = cluster.metrics()
     assert "gedge_extender_bind_retries_total 1.0" in text
     assert "gedge_extender_placement_cost_count 2.0" in text
     assert 'gedge_extender_requests_total{outcome="ok",verb="bind"} 2.0' in text

@@ -11,7 +11,7 @@ from agent.topology_reported import NOT_WATCHED, WATCHED, TopologyReportedCondit
 def test_listeners_hear_only_when_the_state_becomes_held_or_not() -> None:
     watches = ServedWatches()
     heard: list[tuple[bool, int]] = []
-    watches.add_listener(lambda held, streams: heard.append((held, streams)))
+    watches.add_listener(lambda held: heard.append((held, watches.streams)))
     watches.served()
     watches.served()
     watches.ended()

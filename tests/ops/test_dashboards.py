@@ -40,6 +40,7 @@ from tests.apply.helpers import v1_sandbox
 from tests.conftest import unpack_snapshot
 from tests.extender.conftest import pod
 from tests.extender.servers import post
+from tests.support.kubeconfig import token_kubeconfig
 
 REPO = Path(__file__).resolve().parents[2]
 GRAFANA = REPO / "deploy" / "grafana"
@@ -233,22 +234,6 @@ def _agent_node(name: str, port: int) -> dict[str, Any]:
     }
 
 
-def _kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": server}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "x",
-            }
-        )
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Prometheus' base URL, after load went through agent, extender and workflow controller."""
@@ -321,7 +306,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 str(BIN / "gedge-extender"),
                 "serve",
                 "--kubeconfig",
-                str(_kubeconfig(tmp / "kube", api.url)),
+                str(token_kubeconfig(tmp / "kube", api.url)),
                 "--listen",
                 f"127.0.0.1:{extender_port}",
                 "--stale-after-s",

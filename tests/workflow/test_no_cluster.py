@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import structlog
-import yaml
 
 from scheduler_extender.workflow import cli
+from tests.support.kubeconfig import token_kubeconfig
 
 
 @pytest.fixture(autouse=True)
@@ -19,27 +19,11 @@ def _restore_logging() -> Iterator[None]:
     structlog.configure(**saved)
 
 
-def _kubeconfig(path: Path, server: str) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": server}}],
-                "users": [{"name": "u", "user": {"token": "t"}}],
-                "contexts": [{"name": "here", "context": {"cluster": "c", "user": "u"}}],
-                "current-context": "here",
-            }
-        )
-    )
-    return path
-
-
 @pytest.mark.parametrize("command", [["get", "wf"], ["delete", "wf"], ["logs", "wf", "step"]])
 def test_an_unreachable_api_server_is_one_line_and_exit_1(
     command: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:1")
+    kubeconfig = token_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:1")
     assert cli.main([*command, "--kubeconfig", str(kubeconfig)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
@@ -54,7 +38,7 @@ def test_a_config_that_does_not_load_is_one_line_and_exit_2(
     assert cli.main(["get", "wf"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("gedge-flow get: no cluster: kubeconfig")
-    kubeconfig = _kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:1")
+    kubeconfig = token_kubeconfig(tmp_path / "kubeconfig", "http://127.0.0.1:1")
     assert cli.main(["delete", "wf", "--kubeconfig", str(kubeconfig), "--context", "nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"--kubeconfig {kubeconfig} --context nope" in err
