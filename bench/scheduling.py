@@ -19,9 +19,12 @@ Runs per cluster size:
 - extender 100%: the same with percentageOfNodesToScore 100.
 
 Per run: pods bound of M, pods/s (M over first create to last bind), p50/p99
-time-to-bind (create answered -> bind seen by the watch), and the best-level
+time-to-bind (create answered -> bind seen by the watch), the best-level
 share: placed pods whose allocation costs no more than the cheapest the pod's
-shape gets on an idle node of the mix. Each run gets a fresh extender (empty
+shape gets on an idle node of the mix, and the CPU time per bound pod of
+kube-scheduler, of kube-apiserver + etcd, and of the extender (user + system,
+first create to last bind). On a machine with few cores these add up to the
+pods/s: every process of the run shares the same CPUs. Each run gets a fresh extender (empty
 assume cache) and its own namespace; pods are deleted after each run.
 Last line: `with extender / without, <N> nodes, 100%: R` (pods/s of extender
 100% over alone 100%, at the largest N), best-level share beside it. Goal: R >= 0.5.
@@ -48,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -184,6 +188,7 @@ def serve_extender(count: int, kubeconfig: str, conn: Any) -> None:
     import logging
 
     import structlog
+    import uvloop
     from kubernetes import client as k8s
     from kubernetes import config as k8s_config
 
@@ -214,7 +219,7 @@ def serve_extender(count: int, kubeconfig: str, conn: Any) -> None:
         if runner is not None:
             await runner.cleanup()
 
-    asyncio.run(main())
+    uvloop.run(main())  # as `gedge-extender serve` runs it
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -249,8 +254,23 @@ def pod_body(index: int, scheduler: str) -> dict[str, Any]:
     return body
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process `pid` so far (0 once it is gone)."""
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except (psutil.Error, ValueError):
+        return 0.0
+    return float(times.user + times.system)
+
+
 def run(
-    plane: ControlPlane, api: Api, label: str, pods: int, configuration: dict[str, Any], best: list[float]
+    plane: ControlPlane,
+    api: Api,
+    label: str,
+    pods: int,
+    configuration: dict[str, Any],
+    best: list[float],
+    extender_pid: int | None,
 ) -> dict[str, float]:
     namespace = f"bench-{label.replace(' ', '-').replace('%', 'pct')}"
     scheduler_name = configuration["profiles"][0]["schedulerName"]
@@ -263,7 +283,18 @@ def run(
     seen: dict[str, float] = {}
     created: dict[str, float] = {}
     stop_watch = api.watch_binds(namespace, seen)
+    assert plane.etcd is not None and plane.apiserver is not None
+    processes = {
+        "scheduler": [scheduler.pid],
+        "api": [plane.apiserver.pid, plane.etcd.pid],
+        "extender": [extender_pid] if "extenders" in configuration else [],
+    }
+
+    def cpu() -> dict[str, float]:
+        return {part: sum(map(cpu_seconds, pids)) for part, pids in processes.items()}
+
     try:
+        before = cpu()
         started = time.perf_counter()
 
         def create(i: int) -> None:
@@ -277,6 +308,7 @@ def run(
         while len(seen) < pods and time.monotonic() < deadline:
             time.sleep(0.2)
         finished = max(seen.values(), default=time.perf_counter())
+        used = {part: seconds - before[part] for part, seconds in cpu().items()}
     finally:
         stop_watch.set()
         plane.stop_scheduler(scheduler)
@@ -299,6 +331,7 @@ def run(
         "p50": percentile(waits, 0.5) * 1000,
         "p99": percentile(waits, 0.99) * 1000,
         "best_share": best_level / placed if placed else float("nan"),
+        **{f"cpu_{part}": 1000 * seconds / max(1, len(seen)) for part, seconds in used.items()},
     }
 
 
@@ -341,11 +374,12 @@ def bench_size(plane: ControlPlane, api: Api, nodes: int, pods: int) -> dict[str
             parent.send("start")
             port = parent.recv()
             configuration = dict(configurations(f"http://127.0.0.1:{port}", nodes))[label]
-            r = results[label] = run(plane, api, f"{nodes}-{label}", pods, configuration, best)
+            r = results[label] = run(plane, api, f"{nodes}-{label}", pods, configuration, best, worker.pid)
             print(
                 f"{nodes:>6} {label:<14} {r['bound']:>5.0f}/{pods:<5} {r['pods_per_s']:>7.1f} "
                 f"{r['p50']:>9.0f}ms {r['p99']:>9.0f}ms {share(r['best_share']):>10} "
-                f"{r['create_per_s']:>9.0f}",
+                f"{r['create_per_s']:>9.0f} {r['cpu_scheduler']:>11.1f} {r['cpu_api']:>9.1f} "
+                f"{r['cpu_extender']:>9.1f}",
                 flush=True,
             )
     finally:
@@ -371,7 +405,7 @@ def main() -> None:
     print(f"real kube-apiserver + kube-scheduler on loopback; {os.cpu_count()} CPUs, load average {load:.1f}")
     print(
         f"{'nodes':>6} {'run':<14} {'bound':>11} {'pods/s':>7} {'bind p50':>11} {'bind p99':>11} "
-        f"{'best-level':>10} {'created/s':>9}"
+        f"{'best-level':>10} {'created/s':>9} {'sched ms/pod':>11} {'api ms/pod':>9} {'ext ms/pod':>9}"
     )
     with tempfile.TemporaryDirectory(prefix="gedge-bench-") as workdir:
         plane = ControlPlane(binary_dir(), Path(workdir)).start()

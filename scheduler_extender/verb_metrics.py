@@ -1,7 +1,7 @@
 """What the verbs decided, as Prometheus metrics: refusal classes, placement cost and distance levels, binds.
 
-Refusal reasons are free text written for people ("node n1: needs 2 gedge.io/gpu
-(1 free)"); as labels they would be unbounded, so each is reduced to a class
+Refusal reasons are free text written for people ("needs 2 gedge.io/gpu (1
+free)"); as labels they would be unbounded, so each is reduced to a class
 from a fixed set. Placement quality is recorded when a bind goes through: the
 allocation's cost, its worst level, and the level of every pair of devices it
 joins (GPU-GPU, GPU-NIC, GPU-CPU, NIC-CPU), priced on the node's own topology.
@@ -81,7 +81,7 @@ _POLICIES = ("(best-effort)", "(restricted)", "(single-numa)", "(same-switch)")
 
 def refusal_class(reason: str) -> str:
     """The class of one node's refusal, as the placement engine and the node cache word it."""
-    text = reason.split(": ", 1)[1] if reason.startswith("node ") and ": " in reason else reason
+    text = reason
     if "no gedge agent reports this node" in text:
         return "unknown-node"
     if ANNOTATION_MIN_DRIVER in text:
@@ -135,6 +135,14 @@ def filter_summary(body: Mapping[str, Any]) -> FilterSummary:
     return FilterSummary("", classes, passed)
 
 
+def _reason_of(error: str) -> str:
+    """The refusal in a bind's Error ("pod NS/NAME: node NODE: REASON")."""
+    for subject in ("pod ", "node "):
+        if error.startswith(subject) and ": " in error:
+            error = error.split(": ", 1)[1]
+    return error
+
+
 def bind_failure_class(error: str) -> str:
     """The class of a bind's Error, as Extender.bind and the binders word it."""
     if "already held by pod" in error or "already holds an allocation" in error:
@@ -145,7 +153,7 @@ def bind_failure_class(error: str) -> str:
         return "bad-request"
     if any(marker in error for marker in _BINDER):
         return "binder"
-    cls = refusal_class(error.split(": ", 1)[-1])
+    cls = refusal_class(_reason_of(error))
     if cls in ("stale-node", "unknown-node"):
         return cls
     return "other" if cls == "other" else "no-fit"

@@ -51,6 +51,11 @@ from scheduler_extender.wire import (
 log = structlog.get_logger("gedge.extender")
 
 Outcome = Placement | Refusal
+
+NO_AGENT = "no gedge agent reports this node"
+STALE_REPORT = "agent report is stale"
+"""Why a node is unresolvable. Reasons never name the node: kube-scheduler keys them by node and
+counts equal reasons in its FailedScheduling message ("0/5000 nodes are available: 4990 ...")."""
 PodReader = Callable[[str, str], dict[str, Any]]
 """(namespace, name) -> the pod as the API server serializes it."""
 Warner = Callable[[dict[str, Any], str, str], None]
@@ -64,16 +69,16 @@ def _pod_identity(pod: Mapping[str, Any]) -> tuple[str, str, str]:
 
 def driver_refusal(state: NodeState, min_driver: str) -> Refusal | None:
     """Why the NVIDIA driver this node's agent reports cannot run a pod that needs `min_driver`, or None."""
-    node, reported = state.node_name, state.topology.driver_version
+    reported = state.topology.driver_version
     needed = f"{min_driver} required by {ANNOTATION_MIN_DRIVER}"
     if reported is None:
-        return Refusal(f"node {node}: no NVIDIA driver reported, {needed}")
+        return Refusal(f"no NVIDIA driver reported, {needed}")
     try:
         version = parse_driver_version(reported)
     except DriverVersionError:
-        return Refusal(f"node {node}: node driver {reported!r} is not a version, {needed}")
+        return Refusal(f"node driver {reported!r} is not a version, {needed}")
     if version < parse_driver_version(min_driver):
-        return Refusal(f"node {node}: node driver {reported.strip()} < {needed}")
+        return Refusal(f"node driver {reported.strip()} < {needed}")
     return None
 
 
@@ -880,11 +885,11 @@ class Extender:
         this request's own answers."""
         view = self.source.node(name)
         if view is None:
-            table.add_unknown(name, f"node {name}: no gedge agent reports this node")
+            table.add_unknown(name, NO_AGENT)
             return
         if not view.fresh:
             table.forget((name,))
-            unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"
+            unresolvable[name] = view.reason or STALE_REPORT
             return
         outcome = self._memo_place(table, name, view, request)
         if view.fresh_until is None:
@@ -962,10 +967,10 @@ class Extender:
         for name in candidates:
             view = get_view(name)
             if view is None:
-                unresolvable[name] = f"node {name}: no gedge agent reports this node"
+                unresolvable[name] = NO_AGENT
                 continue
             if not view.fresh:
-                unresolvable[name] = f"node {name}: {view.reason or 'agent report is stale'}"
+                unresolvable[name] = view.reason or STALE_REPORT
                 continue
             state = view.state
             version = get_version(name, 0)
@@ -999,7 +1004,7 @@ class Extender:
             return place(view.state, request, self.config, reserved, self.plans)
         except Exception as exc:  # one node's odd report must not fail the whole filter
             log.exception("placement_failed", node=view.state.node_name)
-            return Refusal(f"node {view.state.node_name}: placement failed: {exc}")
+            return Refusal(f"placement failed: {exc}")
 
     def _reserved(self, view: NodeView, *, without: frozenset[str] = frozenset()) -> tuple[Allocation, ...]:
         """Allocations held here that the node's own report does not include yet."""
@@ -1060,13 +1065,13 @@ class Extender:
         else:
             view = self.source.node(args.node)
             if view is None:
-                return f"pod {args.pod_label}: node {args.node}: no gedge agent reports this node"
+                return f"pod {args.pod_label}: node {args.node}: {NO_AGENT}"
             if not view.fresh:
-                return f"pod {args.pod_label}: node {args.node}: {view.reason or 'agent report is stale'}"
+                return f"pod {args.pod_label}: node {args.node}: {view.reason or STALE_REPORT}"
             reserved = self._reserved(view)
             outcome = self._known_outcome(view, request) or self._place(view, request, reserved)
             if isinstance(outcome, Refusal):
-                return f"pod {args.pod_label}: {outcome.reason}"
+                return f"pod {args.pod_label}: node {args.node}: {outcome.reason}"
             allocation = dataclasses.replace(
                 outcome.allocation,
                 pod_uid=args.pod_uid,

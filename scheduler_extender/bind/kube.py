@@ -1,4 +1,4 @@
-"""Bind under Kubernetes: annotate the pod with its allocation, then create the Binding.
+"""Bind under Kubernetes: one Binding that sets the pod's node and its allocation annotation.
 
 Also the two other places the extender talks to the API server: reading a pod
 that bind was not told about, and rebuilding held allocations after a restart
@@ -37,8 +37,6 @@ COMPONENT = "gedge-extender"
 API_TIMEOUT = (2.0, 4.0)
 """Connect and read timeouts; kube-scheduler gives a bind 5 s in all."""
 
-_MERGE_PATCH = "application/merge-patch+json"
-
 
 def _consume(response: Any) -> bytes:
     """Read the whole body before the connection goes back to the pool.
@@ -61,11 +59,13 @@ def _api_error(exc: ApiException) -> str:
 
 
 class KubeBinder:
-    """Annotation first, Binding second: a bound pod always carries its allocation.
+    """One Binding that carries the allocation: the pod is bound and annotated in one write.
 
-    The Binding names the pod UID, so a pod deleted and re-created under the same
-    name is never bound with the old pod's devices. A failed Binding removes the
-    annotation again.
+    kube-apiserver copies a Binding's annotations onto the pod in the same update
+    that sets spec.nodeName (pkg/registry/core/pod/storage BindingREST), so a bound
+    pod always carries its allocation and a failed bind leaves nothing behind. The
+    Binding names the pod UID, so a pod deleted and re-created under the same name
+    is never bound with the old pod's devices (409, UID precondition).
     """
 
     def __init__(self, api: CoreV1Api) -> None:
@@ -73,18 +73,17 @@ class KubeBinder:
 
     def bind(self, allocation: Allocation) -> None:
         pod = f"{allocation.namespace}/{allocation.name}"
-        try:
-            self._patch_annotation(allocation, allocation.to_annotation())
-        except ApiException as exc:
-            raise BindError(f"pod {pod}: writing annotation {ANNOTATION} failed: {_api_error(exc)}") from None
         binding = V1Binding(
             metadata=V1ObjectMeta(
-                name=allocation.name, namespace=allocation.namespace, uid=allocation.pod_uid
+                name=allocation.name,
+                namespace=allocation.namespace,
+                uid=allocation.pod_uid,
+                annotations={ANNOTATION: allocation.to_annotation()},
             ),
             target=V1ObjectReference(api_version="v1", kind="Node", name=allocation.node),
         )
         try:
-            # The client cannot deserialize the Binding the server returns; read it raw.
+            # The client cannot deserialize the Status the server returns; read it raw.
             _consume(
                 self._api.create_namespaced_binding(
                     allocation.namespace, binding, _preload_content=False, _request_timeout=API_TIMEOUT
@@ -93,7 +92,6 @@ class KubeBinder:
         except ApiException as exc:
             if exc.status == 409 and self._already_bound(allocation):
                 return
-            self._clear_annotation(allocation)
             raise BindError(
                 f"pod {pod}: binding to node {allocation.node} failed: {_api_error(exc)}"
             ) from None
@@ -102,7 +100,6 @@ class KubeBinder:
             if self._already_bound(allocation):
                 log.warning("binding_answer_lost_but_bound", pod=pod, error=str(exc))
                 return
-            self._clear_annotation(allocation)
             raise BindError(f"pod {pod}: binding to node {allocation.node} failed: {exc}") from None
 
     def _already_bound(self, allocation: Allocation) -> bool:
@@ -117,32 +114,6 @@ class KubeBinder:
             and (pod.get("spec") or {}).get("nodeName") == allocation.node
             and (meta.get("annotations") or {}).get(ANNOTATION) == allocation.to_annotation()
         )
-
-    def _patch_annotation(self, allocation: Allocation, value: str | None) -> None:
-        body = {"metadata": {"uid": allocation.pod_uid, "annotations": {ANNOTATION: value}}}
-        _consume(
-            self._api.patch_namespaced_pod(
-                allocation.name,
-                allocation.namespace,
-                body,
-                _content_type=_MERGE_PATCH,
-                _preload_content=False,
-                _request_timeout=API_TIMEOUT,
-            )
-        )
-
-    def _clear_annotation(self, allocation: Allocation) -> None:
-        try:
-            self._patch_annotation(allocation, None)
-        except ApiException as exc:
-            log.warning(
-                "annotation_not_cleared",
-                pod=f"{allocation.namespace}/{allocation.name}",
-                error=_api_error(exc),
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            pod = f"{allocation.namespace}/{allocation.name}"
-            log.warning("annotation_not_cleared", pod=pod, error=str(exc))
 
 
 def read_pod(api: CoreV1Api, namespace: str, name: str) -> dict[str, Any]:

@@ -134,13 +134,13 @@ def place(
             plans.put(key, kept)
         plan = kept
     if isinstance(plan, str):
-        return Refusal(f"node {state.node_name}: {plan}")
+        return Refusal(plan)
     allocation = materialize(index, state, request, plan)
     cost = plan.cost
     if request.sriov_vfio:
         picked = _pick_vfio(index, state, reserved, request, allocation, config)
         if isinstance(picked, str):
-            return Refusal(f"node {state.node_name}: {picked}")
+            return Refusal(picked)
         grants, extra = picked
         cost = round(cost + extra, 6)
         allocation = dataclasses.replace(allocation, devices=allocation.devices + grants, cost=cost)

@@ -52,7 +52,7 @@ def test_a_node_whose_agent_cannot_apply_is_refused_until_it_can(
         answer = extender.filter(asked)
         assert answer["NodeNames"] == []
         failed = {**(answer.get("FailedNodes") or {}), **(answer.get("FailedAndUnresolvableNodes") or {})}
-        assert failed == {NODE: f"node {NODE}: agent cannot apply: {REASON}"}
+        assert failed == {NODE: f"agent cannot apply: {REASON}"}
 
         host.call(agent.set_ready(False, REASON))  # the same word again: no new report
         assert agent.store.current().state.generation == generation + 1

@@ -22,6 +22,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agent.podwatch import PodWatcher, kubernetes_event_reporter
 from gedge_model import ANNOTATION, Allocation
+from scheduler_extender.bind.kube import KubeBinder
 from tests.e2e.cluster_objects import node_object, register_node, wait_for
 from tests.e2e.conftest import control_plane, e2e_bin_dir, kube_api, namespace  # noqa: F401
 from tests.e2e.control_plane import ControlPlane, kubeconfig_text
@@ -33,6 +34,9 @@ POLICIES = (DEPLOY / "policy" / "allocation-writer.yaml", DEPLOY / "policy" / "a
 MERGE = "application/merge-patch+json"
 STRATEGIC = "application/strategic-merge-patch+json"
 NODE_NAME_KEY = "authentication.kubernetes.io/node-name"
+NO_SCHEDULER = {"gedge.io/e2e-no-node": "true"}
+"""A node selector no node matches: no kube-scheduler binds the pod before the extender's Binding does
+(a Binding does not check selectors)."""
 
 
 def _create_if_missing(api: k8s.ApiClient, docs: list[dict]) -> None:
@@ -187,7 +191,7 @@ def test_a_users_hand_written_allocation_is_refused_at_admission(
         "only the gedge extender (system:serviceaccount:gedge-system:gedge-extender) may set" in created.body
     )
 
-    pod = _pod_on(admin, namespace, "plain", None)
+    pod = _pod_on(admin, namespace, "plain", None, node_selector=NO_SCHEDULER)
     for call in (
         lambda: admin.patch_namespaced_pod("plain", namespace, forged, _content_type=MERGE),
         lambda: admin.patch_namespaced_pod_status("plain", namespace, forged, _content_type=MERGE),
@@ -205,11 +209,18 @@ def test_a_users_hand_written_allocation_is_refused_at_admission(
         assert exc is not None and exc.status == 403, call
     assert ANNOTATION not in (admin.read_namespaced_pod("plain", namespace).metadata.annotations or {})
 
-    # The extender grants; then nobody else may change or drop the grant, other annotations stay free.
+    # The extender grants as it binds: one Binding sets the node and the annotation together.
     grant = Allocation(pod_uid=pod.metadata.uid, namespace=namespace, name="plain", node=node)
-    body = {"metadata": {"annotations": {ANNOTATION: grant.to_annotation()}}}
-    extender_core.patch_namespaced_pod("plain", namespace, body, _content_type=MERGE)
+    KubeBinder(extender_core).bind(grant)
+    bound = admin.read_namespaced_pod("plain", namespace)
+    assert bound.spec.node_name == node and bound.metadata.annotations[ANNOTATION] == grant.to_annotation()
+    # Then nobody may change or drop the grant, the extender included (it may not patch pods); other
+    # annotations stay free.
     changed = {"metadata": {"annotations": {ANNOTATION: grant.to_annotation().replace("X", "SYS")}}}
+    by_extender = refused(
+        lambda: extender_core.patch_namespaced_pod("plain", namespace, changed, _content_type=MERGE)
+    )
+    assert by_extender is not None and by_extender.status == 403
     assert refused(lambda: admin.patch_namespaced_pod("plain", namespace, changed, _content_type=MERGE))
     dropped = {"metadata": {"annotations": {ANNOTATION: None}}}
     assert refused(lambda: admin.patch_namespaced_pod("plain", namespace, dropped, _content_type=MERGE))
@@ -229,11 +240,10 @@ def test_a_grant_that_does_not_fit_its_pod_is_ignored_by_the_agent(
     compromised or misconfigured writer could leave it) gets an Event and nothing applied."""
     admin = k8s.CoreV1Api(kube_api)
     node = nodes[0]
-    pod = _pod_on(admin, namespace, "besteffort", node)
+    pod = _pod_on(admin, namespace, "besteffort", None, node_selector=NO_SCHEDULER)
     assert (pod.spec.scheduler_name, pod.status.qos_class) == ("default-scheduler", "BestEffort")
     grant = Allocation(pod_uid=pod.metadata.uid, namespace=namespace, name="besteffort", node=node, cpus=(1,))
-    body = {"metadata": {"annotations": {ANNOTATION: grant.to_annotation()}}}
-    extender_core.patch_namespaced_pod("besteffort", namespace, body, _content_type=MERGE)
+    KubeBinder(extender_core).bind(grant)
     applier = RecordingApplier()
     watcher = PodWatcher(admin, node, applier, report=kubernetes_event_reporter(admin, node), resync_s=30)
     watcher.start()

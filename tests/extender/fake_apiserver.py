@@ -40,7 +40,6 @@ class FakeApiServer:
         app = web.Application()
         app.on_shutdown.append(self._close_watches)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get)
-        app.router.add_patch("/api/v1/namespaces/{ns}/pods/{name}", self._patch)
         app.router.add_post("/api/v1/namespaces/{ns}/bindings", self._bind)
         app.router.add_post("/api/v1/namespaces/{ns}/events", self._event)
         app.router.add_get("/api/v1/pods", self._list)
@@ -64,24 +63,6 @@ class FakeApiServer:
             return self._status(404, "NotFound", f'pods "{request.match_info["name"]}" not found')
         return web.json_response(pod)
 
-    async def _patch(self, request: web.Request) -> web.Response:
-        self.calls.append(("PATCH", request.path, request.content_type))
-        pod = self.pods.get((request.match_info["ns"], request.match_info["name"]))
-        if pod is None:
-            return self._status(404, "NotFound", "pod not found")
-        if request.content_type != "application/merge-patch+json":
-            return self._status(415, "UnsupportedMediaType", f"unsupported {request.content_type}")
-        patch = await request.json()
-        meta = patch.get("metadata", {})
-        if "uid" in meta and meta["uid"] != pod["metadata"]["uid"]:
-            return self._status(409, "Conflict", "Precondition failed: UID in precondition")
-        for key, value in meta.get("annotations", {}).items():
-            if value is None:
-                pod["metadata"]["annotations"].pop(key, None)
-            else:
-                pod["metadata"]["annotations"][key] = value
-        return web.json_response(pod)
-
     async def _bind(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.calls.append(("POST", request.path, json.dumps(body, sort_keys=True)))
@@ -94,7 +75,9 @@ class FakeApiServer:
             return self._status(
                 409, "Conflict", f"pod {body['metadata']['name']} is already assigned to node"
             )
+        # as kube-apiserver's BindingREST: the node and the Binding's annotations in one update
         pod["spec"]["nodeName"] = body["target"]["name"]
+        pod["metadata"]["annotations"].update(body["metadata"].get("annotations") or {})
         return web.json_response(
             {"kind": "Status", "apiVersion": "v1", "status": "Success", "code": 201}, status=201
         )

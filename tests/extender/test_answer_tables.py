@@ -185,7 +185,7 @@ def test_a_node_that_goes_stale_by_time_alone_is_looked_at_on_every_request() ->
     source.now = 11.0
     answer = extender.filter(args(spec, ["edge-0"]))
     assert answer["NodeNames"] == []
-    assert answer["FailedAndUnresolvableNodes"] == {"edge-0": "node edge-0: watch stream gone"}
+    assert answer["FailedAndUnresolvableNodes"] == {"edge-0": "watch stream gone"}
 
 
 class SmallLogCache(AssumeCache):
@@ -275,4 +275,7 @@ def test_a_bind_after_a_filter_reserves_what_placing_afresh_gives(announcing: bo
                 )
                 assert (held.pod_uid, held.name, held.node) == (meta["uid"], meta["name"], node)
             else:
-                assert answer["Error"] == f"pod {meta['namespace']}/{meta['name']}: {expected.reason}"
+                assert (
+                    answer["Error"]
+                    == f"pod {meta['namespace']}/{meta['name']}: node {node}: {expected.reason}"
+                )

@@ -81,6 +81,6 @@ def test_card_shortfalls_have_their_own_refusal_class(cluster: Cluster) -> None:
     reasons = result["FailedNodes"]
     assert refusal_class(reasons["fpga-edge"]) == "insufficient-amd-gpu"
     assert refusal_class(reasons["dgx-1"]) == "insufficient-amd-gpu"
-    assert refusal_class("node n: needs 1 gedge.io/fpga (0 free)") == "insufficient-fpga"
-    assert refusal_class("node n: needs 2 gedge.io/asic (1 free)") == "insufficient-asic"
-    assert refusal_class("node n: needs 1 gedge.io/gpu (0 free)") == "insufficient-gpu"
+    assert refusal_class("needs 1 gedge.io/fpga (0 free)") == "insufficient-fpga"
+    assert refusal_class("needs 2 gedge.io/asic (1 free)") == "insufficient-asic"
+    assert refusal_class("needs 1 gedge.io/gpu (0 free)") == "insufficient-gpu"

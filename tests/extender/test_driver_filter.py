@@ -76,14 +76,12 @@ def test_gpu_pod_goes_only_where_the_driver_is_new_enough(cluster: Cluster) -> N
     result = cluster.filter(pod("p", limits={"gedge.io/gpu": "1"}, annotations={MIN: "535.54.03"}))
     assert result["NodeNames"] == ["new"]  # 535.104.05 >= 535.54.03: minor 104 > 54
     failed = result["FailedNodes"]
-    assert (
-        failed["old"] == "node old: node driver 525.60.13 < 535.54.03 required by gedge.io/min-nvidia-driver"
-    )
+    assert failed["old"] == "node driver 525.60.13 < 535.54.03 required by gedge.io/min-nvidia-driver"
     assert failed["cpu-only"] == (
-        "node cpu-only: no NVIDIA driver reported, 535.54.03 required by gedge.io/min-nvidia-driver"
+        "no NVIDIA driver reported, 535.54.03 required by gedge.io/min-nvidia-driver"
     )
     assert failed["odd"] == (
-        "node odd: node driver 'rc-9' is not a version, 535.54.03 required by gedge.io/min-nvidia-driver"
+        "node driver 'rc-9' is not a version, 535.54.03 required by gedge.io/min-nvidia-driver"
     )
     assert {refusal_class(reason) for reason in failed.values()} == {"driver"}
     assert cluster.sample("gedge_extender_filter_refusals_total", reason="driver") == 3

@@ -40,7 +40,7 @@ def allocation(uid: str, name: str, node: str = "gpu-1", gpu: str = "GPU-aaa") -
     )
 
 
-def test_bind_annotates_then_binds(api_server: tuple[FakeApiServer, CoreV1Api]) -> None:
+def test_bind_is_one_binding_that_carries_the_allocation(api_server: tuple[FakeApiServer, CoreV1Api]) -> None:
     fake, api = api_server
     fake.add_pod("ml", "train", "uid-1")
     chosen = allocation("uid-1", "train")
@@ -48,11 +48,11 @@ def test_bind_annotates_then_binds(api_server: tuple[FakeApiServer, CoreV1Api]) 
     pod = fake.pods[("ml", "train")]
     assert pod["spec"]["nodeName"] == "gpu-1"
     assert Allocation.from_annotation(pod["metadata"]["annotations"][ANNOTATION]) == chosen
-    assert [c[0] for c in fake.calls] == ["PATCH", "POST"]
-    assert fake.calls[0][2] == "application/merge-patch+json"
-    binding = json.loads(fake.calls[1][2])
+    assert [c[0] for c in fake.calls] == ["POST"]
+    binding = json.loads(fake.calls[0][2])
     assert binding["target"] == {"apiVersion": "v1", "kind": "Node", "name": "gpu-1"}
     assert binding["metadata"]["uid"] == "uid-1"
+    assert binding["metadata"]["annotations"] == {ANNOTATION: chosen.to_annotation()}
 
 
 def test_binds_in_a_row_over_one_pooled_connection_all_go_through(
@@ -64,11 +64,11 @@ def test_binds_in_a_row_over_one_pooled_connection_all_go_through(
     for n in range(12):
         fake.add_pod("ml", f"train-{n}", f"uid-{n}")
         binder.bind(allocation(f"uid-{n}", f"train-{n}", gpu=f"GPU-{n}"))
-    assert [c[0] for c in fake.calls] == ["PATCH", "POST"] * 12
+    assert [c[0] for c in fake.calls] == ["POST"] * 12
     assert all(fake.pods[("ml", f"train-{n}")]["spec"]["nodeName"] == "gpu-1" for n in range(12))
 
 
-def test_failed_binding_removes_the_annotation(api_server: tuple[FakeApiServer, CoreV1Api]) -> None:
+def test_a_refused_binding_leaves_no_annotation(api_server: tuple[FakeApiServer, CoreV1Api]) -> None:
     fake, api = api_server
     fake.add_pod("ml", "train", "uid-1", spec={"nodeName": "elsewhere"})
     with pytest.raises(
@@ -96,9 +96,10 @@ def test_a_recreated_pod_is_not_bound_with_the_old_pods_devices(
 ) -> None:
     fake, api = api_server
     fake.add_pod("ml", "train", "uid-new")
-    with pytest.raises(BindError, match=r"writing annotation gedge\.io/allocation failed: 409"):
+    with pytest.raises(BindError, match=r"binding to node gpu-1 failed: 409 Precondition failed: UID"):
         KubeBinder(api).bind(allocation("uid-old", "train"))
     assert "nodeName" not in fake.pods[("ml", "train")]["spec"]
+    assert ANNOTATION not in fake.pods[("ml", "train")]["metadata"]["annotations"]
 
 
 def test_read_pod_returns_the_servers_json(api_server: tuple[FakeApiServer, CoreV1Api]) -> None:

@@ -65,12 +65,12 @@ def test_filter_body_counts_nodes_by_class_and_the_pod_once() -> None:
         {
             "NodeNames": [],
             "FailedNodes": {
-                "a": "node a: needs 9 gedge.io/gpu (8 free)",
-                "b": "node b: needs 9 gedge.io/gpu (0 free)",
+                "a": "needs 9 gedge.io/gpu (8 free)",
+                "b": "needs 9 gedge.io/gpu (0 free)",
             },
             "FailedAndUnresolvableNodes": {
-                "c": "node c: no gedge agent reports this node",
-                "d": "node d: agent at 10.0.0.4:50051 has not reported yet (connection refused)",
+                "c": "no gedge agent reports this node",
+                "d": "agent at 10.0.0.4:50051 has not reported yet (connection refused)",
             },
             "Error": "",
         }

@@ -172,7 +172,7 @@ def test_cards_whose_device_nodes_are_missing_are_refused_naming_them(tmp_path: 
     assert "AMD GPU 0000:10:00.0: /dev/kfd missing on this node; it is not allocatable" in topology.warnings
     outcome = place(NodeState(topology), request(cards=((AMD, 1),)))
     assert isinstance(outcome, Refusal)
-    assert outcome.reason.startswith("node mi100-box: needs 1 gedge.io/amd-gpu (0 free) (not allocatable: ")
+    assert outcome.reason.startswith("needs 1 gedge.io/amd-gpu (0 free) (not allocatable: ")
     assert "AMD GPU 0000:10:00.0 lacks /dev/kfd; AMD GPU 0000:20:00.0 lacks /dev/kfd" in outcome.reason
 
     cards = discover(build_card_box(tmp_path / "cards", dev_nodes=False).root)
