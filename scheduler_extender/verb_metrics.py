@@ -75,7 +75,7 @@ _SHORTFALLS = (
     ("pinned CPUs (", "insufficient-cpu"),
 )
 _STALE = ("stale", "watch stream", "has not reported yet", "no agent address")
-_BINDER = ("did not apply the allocation", "writing annotation", "binding to node", "bind failed")
+_BINDER = ("did not apply the allocation", "binding to node", "bind failed")
 _POLICIES = ("(best-effort)", "(restricted)", "(single-numa)", "(same-switch)")
 
 

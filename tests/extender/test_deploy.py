@@ -127,8 +127,7 @@ def test_extender_rbac_is_exactly_what_it_calls() -> None:
         ("", "pods", "get"),  # read_pod: bind of a pod not seen in filter
         ("", "pods", "list"),  # PodAllocationWatch.relist
         ("", "pods", "watch"),
-        ("", "pods", "patch"),  # the gedge.io/allocation annotation
-        ("", "bindings", "create"),  # create_namespaced_binding: POST namespaces/{ns}/bindings
+        ("", "bindings", "create"),  # create_namespaced_binding, carrying the gedge.io/allocation annotation
         ("", "nodes", "list"),  # agents' addresses (cluster cache)
         ("", "nodes", "watch"),
         ("", "events", "create"),
