@@ -83,10 +83,16 @@ class KubeBinder:
             target=V1ObjectReference(api_version="v1", kind="Node", name=allocation.node),
         )
         try:
-            # The client cannot deserialize the Status the server returns; read it raw.
+            # pods/NAME/binding, as kube-scheduler's own binder: this subresource keeps the Binding's
+            # UID as a precondition (the legacy namespaces/NS/bindings wipes it). The client cannot
+            # deserialize the Status the server returns; read it raw.
             _consume(
-                self._api.create_namespaced_binding(
-                    allocation.namespace, binding, _preload_content=False, _request_timeout=API_TIMEOUT
+                self._api.create_namespaced_pod_binding(
+                    allocation.name,
+                    allocation.namespace,
+                    binding,
+                    _preload_content=False,
+                    _request_timeout=API_TIMEOUT,
                 )
             )
         except ApiException as exc:

@@ -10,6 +10,7 @@ the node's name in the token (authentication.kubernetes.io/node-name).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from agent.podwatch import PodWatcher, kubernetes_event_reporter
 from gedge_model import ANNOTATION, Allocation
+from scheduler_extender.bind.binder import BindError
 from scheduler_extender.bind.kube import KubeBinder
 from tests.e2e.cluster_objects import node_object, register_node, wait_for
 from tests.e2e.conftest import control_plane, e2e_bin_dir, kube_api, namespace  # noqa: F401
@@ -204,6 +206,15 @@ def test_a_users_hand_written_allocation_is_refused_at_admission(
             ),
             _preload_content=False,
         ),
+        # the legacy namespaces/NS/bindings resource copies annotations onto the pod just the same
+        lambda: admin.create_namespaced_binding(
+            namespace,
+            k8s.V1Binding(
+                metadata=k8s.V1ObjectMeta(name="plain", annotations=forged["metadata"]["annotations"]),
+                target=k8s.V1ObjectReference(kind="Node", name=node),
+            ),
+            _preload_content=False,
+        ),
     ):
         exc = refused(call)
         assert exc is not None and exc.status == 403, call
@@ -228,6 +239,33 @@ def test_a_users_hand_written_allocation_is_refused_at_admission(
     assert refused(lambda: admin.patch_namespaced_pod("plain", namespace, other, _content_type=MERGE)) is None
     annotations = admin.read_namespaced_pod("plain", namespace).metadata.annotations
     assert annotations[ANNOTATION] == grant.to_annotation() and annotations["example.com/note"] == "fine"
+
+
+def test_the_extenders_binding_never_binds_a_recreated_pod_with_the_old_pods_grant(
+    kube_api,  # noqa: F811
+    namespace,  # noqa: F811
+    extender_core: k8s.CoreV1Api,
+    nodes: tuple[str, str],
+) -> None:
+    """The pod the grant was chosen for is deleted and a new one made under its name: the Binding names
+    the old UID, so the API server refuses it and the new pod stays unbound and unannotated."""
+    admin = k8s.CoreV1Api(kube_api)
+    old = _pod_on(admin, namespace, "again", None, node_selector=NO_SCHEDULER)
+    admin.delete_namespaced_pod("again", namespace, grace_period_seconds=0)
+    wait_for(
+        lambda: refused(lambda: admin.read_namespaced_pod("again", namespace)), lambda exc: exc is not None
+    )
+    new = _pod_on(admin, namespace, "again", None, node_selector=NO_SCHEDULER)
+    assert new.metadata.uid != old.metadata.uid
+    stale = Allocation(pod_uid=old.metadata.uid, namespace=namespace, name="again", node=nodes[0], cpus=(1,))
+    with pytest.raises(BindError, match=r"pod .*/again: binding to node .* failed: 409 .*UID"):
+        KubeBinder(extender_core).bind(stale)
+    now = admin.read_namespaced_pod("again", namespace)
+    assert now.spec.node_name is None and ANNOTATION not in (now.metadata.annotations or {})
+    KubeBinder(extender_core).bind(dataclasses.replace(stale, pod_uid=new.metadata.uid))
+    now = admin.read_namespaced_pod("again", namespace)
+    assert now.spec.node_name == nodes[0]
+    assert Allocation.from_annotation(now.metadata.annotations[ANNOTATION]).pod_uid == new.metadata.uid
 
 
 def test_a_grant_that_does_not_fit_its_pod_is_ignored_by_the_agent(
@@ -283,13 +321,14 @@ def test_the_agent_account_changes_only_its_own_node_and_the_pods_bound_to_it(
     assert refused(lambda: agent.patch_node_status(mine, ready, _content_type=STRATEGIC)) is None
     assert refused(lambda: agent.patch_namespaced_pod("here", namespace, mark, _content_type=MERGE)) is None
     # The API server loads each policy on its own, a moment after it is created: the fixture waited
-    # for the allocation policy, this waits for the node restriction (a change it lets through is the
-    # same label, harmless).
-    denied_node = wait_for(
-        lambda: refused(lambda: agent.patch_node(other, label, _content_type=MERGE)),
+    # for the allocation policy, this waits for the node restriction by dry run (admission runs,
+    # nothing is stored), so the node never gets the label before the policy is enforced.
+    wait_for(
+        lambda: refused(lambda: agent.patch_node(other, label, _content_type=MERGE, dry_run="All")),
         lambda exc: exc is not None and exc.status == 403,
         timeout=60,
     )
+    denied_node = refused(lambda: agent.patch_node(other, label, _content_type=MERGE))
     assert denied_node is not None and denied_node.status == 403
     assert f"the request is for nodes of node {other}, the token is of node {mine}" in denied_node.body
     denied_status = refused(lambda: agent.patch_node_status(other, ready, _content_type=STRATEGIC))

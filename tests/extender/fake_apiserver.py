@@ -40,7 +40,7 @@ class FakeApiServer:
         app = web.Application()
         app.on_shutdown.append(self._close_watches)
         app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", self._get)
-        app.router.add_post("/api/v1/namespaces/{ns}/bindings", self._bind)
+        app.router.add_post("/api/v1/namespaces/{ns}/pods/{name}/binding", self._bind)
         app.router.add_post("/api/v1/namespaces/{ns}/events", self._event)
         app.router.add_get("/api/v1/pods", self._list)
         app.router.add_get("/api/v1/nodes", self._nodes)
@@ -66,6 +66,8 @@ class FakeApiServer:
     async def _bind(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.calls.append(("POST", request.path, json.dumps(body, sort_keys=True)))
+        if body["metadata"]["name"] != request.match_info["name"]:
+            return self._status(400, "BadRequest", "name in URL does not match name in Binding object")
         pod = self.pods.get((request.match_info["ns"], body["metadata"]["name"]))
         if pod is None:
             return self._status(404, "NotFound", "pod not found")

@@ -127,7 +127,8 @@ def test_extender_rbac_is_exactly_what_it_calls() -> None:
         ("", "pods", "get"),  # read_pod: bind of a pod not seen in filter
         ("", "pods", "list"),  # PodAllocationWatch.relist
         ("", "pods", "watch"),
-        ("", "bindings", "create"),  # create_namespaced_binding, carrying the gedge.io/allocation annotation
+        # create_namespaced_pod_binding (UID-checked), carrying the gedge.io/allocation annotation
+        ("", "pods/binding", "create"),
         ("", "nodes", "list"),  # agents' addresses (cluster cache)
         ("", "nodes", "watch"),
         ("", "events", "create"),
