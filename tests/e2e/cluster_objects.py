@@ -58,10 +58,17 @@ def node_object(
 
 
 def register_node(core: k8s.CoreV1Api, node: k8s.V1Node) -> k8s.V1Node:
-    """Create the Node, then write its status through the status subresource as kubelet does."""
-    created = core.create_node(node)
-    created.status = node.status
-    return core.replace_node_status(node.metadata.name, created)
+    """Create the Node, then write its status through the status subresource as kubelet does.
+
+    The status goes as a strategic merge patch (conditions merge by type), not as a replace of the
+    created object: the node's agent may already run and write its own condition in between, and a
+    replace would then conflict on the resourceVersion."""
+    core.create_node(node)
+    status = core.api_client.sanitize_for_serialization(node.status)
+    patched: k8s.V1Node = core.patch_node_status(
+        node.metadata.name, {"status": status}, _content_type="application/strategic-merge-patch+json"
+    )
+    return patched
 
 
 def pause_pod(
