@@ -52,10 +52,11 @@ log = structlog.get_logger("gedge.extender")
 
 Outcome = Placement | Refusal
 
+# Why a node is unresolvable. Reasons never name the node: kube-scheduler keys them by node and
+# counts equal reasons in its FailedScheduling message ("0/5000 nodes are available: 4990 ...").
 NO_AGENT = "no gedge agent reports this node"
 STALE_REPORT = "agent report is stale"
-"""Why a node is unresolvable. Reasons never name the node: kube-scheduler keys them by node and
-counts equal reasons in its FailedScheduling message ("0/5000 nodes are available: 4990 ...")."""
+
 PodReader = Callable[[str, str], dict[str, Any]]
 """(namespace, name) -> the pod as the API server serializes it."""
 Warner = Callable[[dict[str, Any], str, str], None]
