@@ -24,8 +24,9 @@ share: placed pods whose allocation costs no more than the cheapest the pod's
 shape gets on an idle node of the mix, and the CPU time per bound pod of
 kube-scheduler, of kube-apiserver + etcd, and of the extender (user + system,
 first create to last bind). On a machine with few cores these add up to the
-pods/s: every process of the run shares the same CPUs. Each run gets a fresh extender (empty
-assume cache) and its own namespace; pods are deleted after each run.
+pods/s: every process of the run shares the same CPUs. Each run gets a fresh
+extender (empty assume cache) and its own namespace; pods are deleted after
+each run.
 Last line: `with extender / without, <N> nodes, 100%: R` (pods/s of extender
 100% over alone 100%, at the largest N), best-level share beside it. Goal: R >= 0.5.
 With --repeat K each configuration runs K times, interleaved, a row per run,

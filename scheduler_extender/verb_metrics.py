@@ -81,22 +81,21 @@ _POLICIES = ("(best-effort)", "(restricted)", "(single-numa)", "(same-switch)")
 
 def refusal_class(reason: str) -> str:
     """The class of one node's refusal, as the placement engine and the node cache word it."""
-    text = reason
-    if "no gedge agent reports this node" in text:
+    if "no gedge agent reports this node" in reason:
         return "unknown-node"
-    if ANNOTATION_MIN_DRIVER in text:
+    if ANNOTATION_MIN_DRIVER in reason:
         return "driver"
-    if any(marker in text for marker in _STALE):
+    if any(marker in reason for marker in _STALE):
         return "stale-node"
-    if text.startswith("placement failed"):
+    if reason.startswith("placement failed"):
         return "placement-error"
-    if "(gedge.io/compute)" in text:
+    if "(gedge.io/compute)" in reason:
         return "missing-accelerator"
-    if any(policy in text for policy in _POLICIES):
+    if any(policy in reason for policy in _POLICIES):
         return "policy"
-    if text.startswith("needs "):
+    if reason.startswith("needs "):
         for marker, cls in _SHORTFALLS:
-            if marker in text:
+            if marker in reason:
                 return cls
     return "other"
 
