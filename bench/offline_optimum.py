@@ -17,6 +17,14 @@ as cores and threads; the node keeps gedge_model.cpu_pool's shared CPUs), and
 `restricted` is solved as best-effort. A pod may go to a node only if the
 engine places it there on the empty node.
 
+Work-conserving (`work_conserving=True`): a pod may be refused only if, at
+its arrival, it fits no node in the model's own terms (every placement scope
+of every node it could go to lacks something: free whole GPUs, a time-slice,
+a MIG instance of its profile, a VF, RDMA devices or pinnable CPUs). That is
+what kube-scheduler imposes: it binds every pod some node passes. The best
+such schedule, even knowing every lifetime, bounds what any scheduler that
+binds every pod that fits can reach.
+
 Pods asking for more than one VF, time-slice or MIG instance, or for a macvlan
 fallback, are outside the model (ValueError); bench/placement.py's traces ask
 for none.
@@ -33,7 +41,7 @@ from itertools import combinations
 import highspy
 import numpy as np
 
-from gedge_model import DEFAULT_WEIGHTS, Level, NodeTopology, pci_distance
+from gedge_model import DEFAULT_WEIGHTS, Gpu, Level, NetInterface, NodeTopology, pci_distance
 from gedge_model.cpu_pool import pinnable_cpus
 from scheduler_extender.placement import PodRequest
 
@@ -134,6 +142,110 @@ class _Model:
         return info.objective_function_value, info.mip_dual_bound, solution
 
 
+Need = tuple[list[object], int, float]
+"""Keys of one node (GPUs, PFs, ...), how many of them the pod needs, and the units each must have free
+(inf: all of it, as a whole GPU)."""
+
+
+def fit_scopes(
+    request: PodRequest,
+    topology: NodeTopology,
+    whole: Sequence[Gpu],
+    mig_gpus: Sequence[Gpu],
+    pfs: Sequence[NetInterface],
+    by_numa: dict[int, int],
+    numa_of: Callable[[str], int | None],
+    vfs: int,
+    rdmas: int,
+) -> list[list[Need]]:
+    """Where the pod could fit on the node, in the model's terms: the whole node, or for `single-numa`
+    each NUMA node (devices of unknown NUMA node count in each); per scope, what it needs."""
+    single = request.policy in ("single-numa", "same-switch") and request.topology_aware
+    scopes: list[list[Need]] = []
+    for numa in sorted(by_numa) if single else [None]:
+
+        def here(address: str | None, numa: int | None = numa) -> bool:
+            return numa is None or address is None or numa_of(address) in (None, numa)
+
+        needs: list[Need] = []
+        if request.gpus:
+            needs.append(
+                ([("gpu", g.pci_address) for g in whole if here(g.pci_address)], request.gpus, math.inf)
+            )
+        if request.gpu_shared:
+            shared = [
+                ("gpu", g.pci_address) for g in whole if g.timeslice_replicas > 1 and here(g.pci_address)
+            ]
+            needs.append((list(shared), 1, 1.0))
+        for profile, _ in request.mig:
+            migs = [
+                ("mig", g.pci_address, profile)
+                for g in mig_gpus
+                if here(g.pci_address) and any(i.profile == profile for i in g.mig_instances)
+            ]
+            needs.append((list(migs), 1, 1.0))
+        if vfs:
+            needs.append(([("pf", pf.pci_address) for pf in pfs if here(pf.vfs[0].pci_address)], 1, 1.0))
+        if rdmas:
+            rdma = [("rdma", r.name) for r in topology.rdma_devices if here(r.pci_address)]
+            needs.append((list(rdma), rdmas, 1.0))
+        if request.cpus:
+            needs.append((["cpus" if numa is None else ("numa", numa)], 1, float(request.cpus)))
+        scopes.append(needs)
+    return scopes
+
+
+def refuse_only_when_full(
+    m: _Model,
+    holds: dict[tuple[str, object], list[tuple[int, int, float]]],
+    capacity: dict[tuple[str, object], float],
+    scopes: dict[tuple[int, str], list[list[Need]]],
+    per_pod: dict[int, list[int]],
+    alive_until: Sequence[int],
+) -> None:
+    """Rows that let pod p go unplaced only if, with the pods before it still there at its arrival,
+    every scope of every node it could go to falls short of one need."""
+    rooms: dict[tuple[str, object, int, float], int] = {}
+
+    def room(node: str, key: object, t: int, free: float) -> int | None:
+        """Column forced to 1 when the key has `free` units free at arrival t (None: always has)."""
+        cap = capacity[(node, key)]
+        most = 0.0 if free == math.inf else cap - free  # the most usage that still leaves room
+        if (node, key, t, most) not in rooms:
+            terms = [(c, u) for q, c, u in holds.get((node, key), []) if q < t < alive_until[q]]
+            if sum(u * m.upper[c] for c, u in terms) <= most:
+                return None
+            r = m.var()
+            m.row(most + 1, highspy.kHighsInf, [*terms, (r, most + 1)])  # no room: usage > most
+            rooms[(node, key, t, most)] = r
+        return rooms[(node, key, t, most)]
+
+    for (p, node), node_scopes in scopes.items():
+        for needs in node_scopes:
+            short: list[int] = []  # per need: a column that may be 1 only when the need is unmet
+            for keys, count, free in needs:
+                columns: list[int] = []
+                always = 0
+                for key in keys:
+                    if free != math.inf and capacity[(node, key)] < free:
+                        continue  # never enough there
+                    col = room(node, key, p, free)
+                    if col is None:
+                        always += 1
+                    else:
+                        columns.append(col)
+                if always >= count:
+                    continue  # this need is always met
+                # short: fewer than `count` keys have room
+                big = len(columns) - (count - 1 - always)
+                s = m.var()
+                m.row(
+                    -highspy.kHighsInf, float(len(columns)), [(c, 1.0) for c in columns] + [(s, float(big))]
+                )
+                short.append(s)
+            m.row(1.0, highspy.kHighsInf, [(s, 1.0) for s in short] + [(c, 1.0) for c in per_pod[p]])
+
+
 def offline_optimum(
     cluster: Sequence[NodeTopology],
     requests: Sequence[PodRequest],
@@ -141,12 +253,14 @@ def offline_optimum(
     fits_empty: Callable[[NodeTopology, PodRequest], bool],
     seconds: float = 60.0,
     cost_of: dict[str, Sequence[int]] | None = None,
+    work_conserving: bool = False,
 ) -> Optimum:
     """Most pods, then least cost, over the whole trace; `seconds` bounds each of the two solves.
 
     `lifetimes[i]`: arrivals after which pod i leaves; `fits_empty(node, pod)`:
     whether the pod may go to that node at all; `cost_of`: named sets of trace
-    positions whose least cost to price as well.
+    positions whose least cost to price as well; `work_conserving`: refuse a
+    pod only when it fits nowhere at its arrival (module docstring).
     """
     started = time.perf_counter()
     w = DEFAULT_WEIGHTS
@@ -161,6 +275,9 @@ def offline_optimum(
         holds.setdefault((node, key), []).append((pod, col, units))
 
     factors: dict[int, tuple[int, int]] = {}
+    # (pod, node) -> its placement scopes (the node, or each NUMA node for single-numa), each a list of
+    # needs (keys, how many of them, units each must have free): the pod fits a scope meeting every need
+    scopes: dict[tuple[int, str], list[list[tuple[list[object], int, float]]]] = {}
 
     def both(a: int, b: int, weight: float) -> int:
         """A column worth `weight` that is the product of binary columns a and b."""
@@ -345,6 +462,9 @@ def offline_optimum(
                         m.row(-highspy.kHighsInf, 0.0, [(col, 1.0), (pick[device_numa], -1.0)])
                 for numa, q in cpu_used:
                     m.row(-highspy.kHighsInf, 0.0, [(q, 1.0), (pick[numa], -1.0)])
+            scopes[(p, name)] = fit_scopes(
+                request, topology, whole, mig_gpus, pfs, by_numa, numa_of, vfs=vfs, rdmas=rdmas
+            )
 
     # one node per pod
     per_pod: dict[int, list[int]] = {}
@@ -369,6 +489,8 @@ def offline_optimum(
             if sum(units * (m.upper[col]) for col, units in terms) > cap:
                 m.row(-highspy.kHighsInf, float(cap), terms)
 
+    if work_conserving:
+        refuse_only_when_full(m, holds, capacity, scopes, per_pod, alive_until)
     most, most_bound, found = m.solve({a: 1.0 for a in placed}, maximize=True, seconds=seconds, priced=False)
     start = np.round(found)
     for z, (a, b) in factors.items():  # the first solve left the products free: make them products

@@ -49,6 +49,7 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
         "go-gpuallocator",
         "restricted on many NUMA nodes",
         "offline optimum of the whole trace",
+        "binding every pod that fits: the best schedule",
         "distance against packing",
         "what the optimum places differently",
         "tie-break seeds",
@@ -60,3 +61,14 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
     offline = re.search(r"ours vs offline optimum: ([0-9.]+)% of its pods \((\d+) of (\d+)\)", out)
     assert offline is not None, out
     assert 0 < int(offline.group(2)) <= int(offline.group(3))  # no schedule places more than the optimum
+    # binding every pod that fits is a restriction of the free-hand schedule: never more pods; both are
+    # proven at this size (each solves in seconds against a 20 s limit)
+    binding = re.search(
+        r"ours vs the best schedule binding every pod that fits: "
+        r"[0-9.]+% of its pods \((\d+) of (\d+); proven\)",
+        out,
+    )
+    assert binding is not None, out
+    assert int(binding.group(1)) == int(offline.group(2))
+    assert int(binding.group(2)) <= int(offline.group(3))
+    assert "most pods (proven)" in out, out
