@@ -112,7 +112,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="how long a bind's reservation lives unsettled",
     )
-    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MAX_BODY_BYTES,
+        metavar="N",
+        help=f"largest request body accepted; larger is answered 413 (default {MAX_BODY_BYTES})",
+    )
     parser.add_argument(
         "--body-timeout-s", type=float, default=10.0, metavar="S", help="time for a request body to arrive"
     )
@@ -144,7 +150,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--leader-elect-identity", metavar="ID", default=None, help="this replica's name (default: hostname)"
     )
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="lowest level logged, as JSON lines on stderr (default info)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -220,7 +231,7 @@ def cache_options(args: argparse.Namespace) -> CacheOptions:
 def agents_wiring(args: argparse.Namespace) -> Wiring:
     from scheduler_extender.cache import ClusterCache, GrpcAgentApplier
 
-    cluster = ClusterCache.from_agents_file(args.agents, cache_options(args))
+    cluster = ClusterCache.from_agents_file(args.agents, cache_options(args), what="--agents")
     applier = GrpcAgentApplier(cluster)
     wiring = Wiring(cluster, AgentBinder(applier), AssumeCache(reserve_ttl=args.reserve_ttl_s))
     wiring.starts.append(cluster.start)
@@ -359,6 +370,7 @@ POSITIVE_LIMITS = (
     "stale_after_s",
     "reserve_ttl_s",
     "max_connections_per_client",
+    "tls_reload_interval_s",
 )
 
 
@@ -402,8 +414,6 @@ def run(args: argparse.Namespace) -> int:
         check_tls_flags(args)
         check_limits(args)
         check_server_tls(args)
-        if args.tls_reload_interval_s <= 0:
-            raise ValueError(f"--tls-reload-interval-s must be positive, got {args.tls_reload_interval_s}")
         host, port = parse_listen(args.listen, "--listen")
         if args.metrics_listen:
             parse_listen(args.metrics_listen, "--metrics-listen")
