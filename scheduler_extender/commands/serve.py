@@ -30,7 +30,13 @@ from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
 from scheduler_extender.cache.cache import CacheOptions
-from scheduler_extender.commands.cluster_access import add_agent_tls, add_cluster_access, load_cluster_config
+from scheduler_extender.commands.cluster_access import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    add_agent_tls,
+    add_cluster_access,
+    load_cluster_config,
+)
 from scheduler_extender.http.app import (
     IDLE_TIMEOUT_S,
     MAX_BODY_BYTES,
@@ -331,18 +337,59 @@ async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) 
     return 1 if lost else 0
 
 
-def leader_election(args: argparse.Namespace, on_lost: Callable[[], None]) -> Leadership:
-    """The Lease election when --leader-elect (Kubernetes only), else always the leader."""
+@dataclass(frozen=True)
+class LeaderSettings:
+    """Where and under which name this replica takes part in the election."""
+
+    namespace: str
+    name: str
+    identity: str
+
+
+def leader_settings(args: argparse.Namespace) -> LeaderSettings | None:
+    """The --leader-elect-* flags, checked at start before anything is served or dialled; None without
+    --leader-elect. ValueError names the flag at fault."""
     if not args.leader_elect:
-        return AlwaysLeader()
+        for flag, value in (
+            ("--leader-elect-lease", args.leader_elect_lease),
+            ("--leader-elect-identity", args.leader_elect_identity),
+        ):
+            if value is not None:
+                raise ValueError(f"{flag} is given without --leader-elect")
+        return None
     if args.agents:
         raise ValueError("--leader-elect needs Kubernetes (--kubeconfig or --in-cluster), not --agents")
-    lease = args.leader_elect_lease or f"{os.environ.get('POD_NAMESPACE') or 'gedge-system'}/gedge-extender"
-    namespace, sep, name = lease.partition("/")
-    if not sep or not namespace or not name:
-        raise ValueError(f"--leader-elect-lease {lease!r} is not NAMESPACE/NAME")
-    identity = args.leader_elect_identity or socket.gethostname()
-    return LeaseElection(name, namespace, identity, on_lost=on_lost)
+    lease = args.leader_elect_lease
+    if lease is None:
+        lease = f"{os.environ.get('POD_NAMESPACE') or 'gedge-system'}/gedge-extender"
+    parts = lease.split("/")
+    if len(parts) != 2 or not DNS_LABEL.fullmatch(parts[0]) or not DNS_SUBDOMAIN.fullmatch(parts[1]):
+        where = (
+            "--leader-elect-lease"
+            if args.leader_elect_lease is not None
+            else "--leader-elect ($POD_NAMESPACE)"
+        )
+        raise ValueError(f"{where} {lease!r} is not NAMESPACE/NAME (a DNS-1123 namespace and name)")
+    identity = args.leader_elect_identity
+    if identity is None:
+        identity = socket.gethostname()
+        where = "--leader-elect (no --leader-elect-identity: the hostname)"
+    else:
+        where = "--leader-elect-identity"
+    if not identity.strip() or identity != identity.strip() or "$(" in identity or len(identity) > 253:
+        raise ValueError(
+            f"{where} {identity!r} is not a replica name (non-empty, no surrounding blanks, no unexpanded "
+            "$(VAR), at most 253 characters)"
+        )
+    return LeaderSettings(parts[0], parts[1], identity)
+
+
+def leader_election(args: argparse.Namespace, on_lost: Callable[[], None]) -> Leadership:
+    """The Lease election when --leader-elect (Kubernetes only), else always the leader."""
+    settings = leader_settings(args)
+    if settings is None:
+        return AlwaysLeader()
+    return LeaseElection(settings.name, settings.namespace, settings.identity, on_lost=on_lost)
 
 
 async def _reload_tls(reloading: ReloadingSslContext, period_s: float) -> None:
@@ -414,6 +461,7 @@ def run(args: argparse.Namespace) -> int:
         check_tls_flags(args)
         check_limits(args)
         check_server_tls(args)
+        leader_settings(args)
         host, port = parse_listen(args.listen, "--listen")
         if args.metrics_listen:
             parse_listen(args.metrics_listen, "--metrics-listen")

@@ -94,6 +94,46 @@ def _agents_file(tmp_path: Path, content: str | None) -> Path:
     return path
 
 
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--leader-elect-lease", "no-slash"], "--leader-elect-lease 'no-slash' is not NAMESPACE/NAME"),
+        (["--leader-elect-lease", "a/b/c"], "--leader-elect-lease 'a/b/c' is not NAMESPACE/NAME"),
+        (["--leader-elect-lease", "ns/"], "--leader-elect-lease 'ns/' is not NAMESPACE/NAME"),
+        (["--leader-elect-lease", "/lease"], "--leader-elect-lease '/lease' is not NAMESPACE/NAME"),
+        (["--leader-elect-lease", "Ops/lease"], "--leader-elect-lease 'Ops/lease' is not NAMESPACE/NAME"),
+        (["--leader-elect-identity", ""], "--leader-elect-identity '' is not a replica name"),
+        (["--leader-elect-identity", " "], "--leader-elect-identity ' ' is not a replica name"),
+        (
+            ["--leader-elect-identity", "$(POD_NAME)"],
+            "--leader-elect-identity '$(POD_NAME)' is not a replica",
+        ),
+    ],
+)
+def test_serve_refuses_bad_leader_election_flags_before_reaching_the_cluster(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve = ["serve", "--kubeconfig", "/nonexistent/kubeconfig", "--insecure", "--metrics-listen="]
+    assert main([*serve, "--leader-elect", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert "/nonexistent/kubeconfig" not in err, "refused before the kubeconfig is even read"
+
+
+def test_serve_refuses_leader_election_without_kubernetes_or_its_settings_without_it(
+    agents: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*_serve(agents, "--insecure"), "--leader-elect"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--leader-elect needs Kubernetes" in err, err
+    assert "edge-1" not in err, "refused before the agents are dialled"
+    serve = ["serve", "--kubeconfig", "/nonexistent/kubeconfig", "--insecure", "--metrics-listen="]
+    for flag in ("--leader-elect-lease=ops/lease", "--leader-elect-identity=extender-0"):
+        assert main([*serve, flag]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag.split('=')[0]} is given without --leader-elect" in err and err.count("\n") == 1, err
+
+
 @pytest.mark.parametrize(("content", "fault"), AGENTS_FILE_FAULTS)
 def test_serve_names_the_agents_flag_file_and_entry_at_fault(
     tmp_path: Path, content: str | None, fault: str, capsys: pytest.CaptureFixture[str]
