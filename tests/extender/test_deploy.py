@@ -61,6 +61,35 @@ def test_scheduler_configuration_calls_our_verbs(name: str) -> None:
     assert re.fullmatch(r"\d+s", extender["httpTimeout"])
 
 
+def _extender_certificate_names() -> set[str]:
+    """The DNS names of the certificate deploy/tls issues into the Secret the extender serves with."""
+    (deployment, _service) = _docs("extender.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    cert_arg = next(a for a in container["args"] if a.startswith("--tls-cert="))
+    cert_path = Path(cert_arg.removeprefix("--tls-cert="))
+    (mount,) = [m for m in container["volumeMounts"] if cert_path.parent == Path(m["mountPath"])]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]["secretName"]
+    tls_docs = yaml.safe_load_all((DEPLOY.parent / "tls" / "certificates.yaml").read_text())
+    (certificate,) = [
+        d for d in tls_docs if d and d["kind"] == "Certificate" and d["spec"]["secretName"] == secret
+    ]
+    assert "ipAddresses" not in certificate["spec"], "names only: kube-scheduler must verify a name"
+    return set(certificate["spec"]["dnsNames"])
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_scheduler_verifies_a_name_the_extender_certificate_carries(name: str) -> None:
+    (extender,) = CONFIGS[name]["extenders"]
+    host = re.fullmatch(r"https://([^:/]+):\d+", extender["urlPrefix"])
+    assert host
+    server_name = extender["tlsConfig"].get("serverName") or host.group(1)
+    assert server_name in _extender_certificate_names(), (
+        f"{name}: kube-scheduler checks the extender's certificate for {server_name!r}"
+    )
+
+
 def test_second_scheduler_sends_every_pod_and_leaves_gedge_resources_to_the_extender() -> None:
     config = CONFIGS["second-scheduler"]
     assert "managedResources" not in config["extenders"][0]
