@@ -132,7 +132,7 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
     assert service["spec"]["ports"][0]["port"] == int(match.group(3))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert f"--listen=0.0.0.0:{container['ports'][0]['containerPort']}" in container["args"]
-    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["replicas"] == 2
     assert "--leader-elect" in container["args"]
     assert "--leader-elect-identity=$(POD_NAME)" in container["args"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, "the leader only"
@@ -141,6 +141,70 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
         assert any(arg.startswith(flag) for arg in container["args"]), flag
     assert "--insecure" not in container["args"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def _scaled(value: int | str, replicas: int, *, round_up: bool) -> int:
+    """Kubernetes' intstr.GetScaledValueFromIntOrPercent for maxSurge (up) and maxUnavailable (down)."""
+    if isinstance(value, int):
+        return value
+    percent = int(value.removesuffix("%"))
+    return -(-percent * replicas // 100) if round_up else percent * replicas // 100
+
+
+def _roll_out(spec: dict[str, Any], syncs: int = 20) -> tuple[list[tuple[str, bool]], bool]:
+    """The Deployment controller's rolling update (reconcileNewReplicaSet, then reconcileOldReplicaSets:
+    unhealthy old pods first, then down to minAvailable) over extender replicas of which only the Lease
+    holder is Ready; the Lease passes to a remaining pod, a new one first, once its holder is deleted.
+
+    Returns the pods as (replica set, Ready) after `syncs` syncs and whether the Deployment is Available.
+    """
+    replicas = spec["replicas"]
+    rolling = spec["strategy"]["rollingUpdate"]
+    surge = _scaled(rolling["maxSurge"], replicas, round_up=True)
+    unavailable = _scaled(rolling["maxUnavailable"], replicas, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    unavailable = min(unavailable, replicas)
+    pods = [("old", True)] + [("old", False)] * (replicas - 1)
+    for _ in range(syncs):
+        new = sum(1 for rs, _ready in pods if rs == "new")
+        room = replicas + surge - len(pods)
+        if new < replicas and room > 0:
+            pods += [("new", False)] * min(room, replicas - new)
+        new_unavailable = sum(1 for rs, ready in pods if rs == "new" and not ready)
+        budget = len(pods) - (replicas - unavailable) - new_unavailable
+        for leader in (False, True):  # not-Ready old pods go first
+            while budget > 0 and ("old", leader) in pods:
+                if leader and sum(ready for _rs, ready in pods) <= replicas - unavailable:
+                    break
+                pods.remove(("old", leader))
+                budget -= 1
+        if pods and not any(ready for _rs, ready in pods):
+            heir = next((i for i, (rs, _ready) in enumerate(pods) if rs == "new"), 0)
+            pods[heir] = (pods[heir][0], True)
+    available = sum(ready for _rs, ready in pods) >= replicas - unavailable
+    return pods, available
+
+
+def test_extender_rollout_completes_with_one_ready_leader() -> None:
+    deployment, _service = _docs("extender.yaml")
+    spec = deployment["spec"]
+    assert spec["strategy"]["type"] == "RollingUpdate", "Recreate never counts the Deployment Available"
+    pods, available = _roll_out(spec)
+    assert sorted(pods) == [("new", False)] * (spec["replicas"] - 1) + [("new", True)], (
+        f"the rollout stalls at {pods}: a new pod cannot lead while the old leader runs"
+    )
+    assert available, "Available with its one Ready leader"
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", "standbys stay out of the Service"
+
+
+def test_the_rollout_model_stalls_where_kubernetes_does() -> None:
+    """maxUnavailable 0 or 1 never removes the old leader while new pods wait on its Lease."""
+    for rolling in ({"maxUnavailable": 0, "maxSurge": 1}, {"maxUnavailable": 1, "maxSurge": 1}):
+        pods, available = _roll_out({"replicas": 2, "strategy": {"rollingUpdate": rolling}})
+        assert ("old", True) in pods, rolling
+        assert available == (rolling["maxUnavailable"] == 1), rolling
 
 
 def test_extender_rbac_is_exactly_what_it_calls() -> None:
