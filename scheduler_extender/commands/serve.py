@@ -59,7 +59,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "TLS is on unless --insecure: HTTPS for kube-scheduler, which must present a client certificate\n"
         "from --tls-client-ca naming one of --tls-allowed-clients, and mTLS to every agent (--agent-tls-*).\n"
-        "/metrics and /healthz are also served plain on --metrics-listen.\n\n"
+        "/metrics, /healthz and /readyz are also served plain on --metrics-listen.\n\n"
         "examples:\n"
         "  gedge-extender serve --agents agents.yaml --tls-cert pki/gedge-extender.pem \\\n"
         "      --tls-key pki/gedge-extender.key --tls-client-ca pki/ca.pem --agent-tls-cert \\\n"
@@ -71,7 +71,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--agents", metavar="FILE", help="YAML list of {node, address}: run without Kubernetes")
     add_cluster_access(mode)
-    parser.add_argument("--listen", metavar="HOST:PORT", default="0.0.0.0:8888", help="default 0.0.0.0:8888")
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default="0.0.0.0:8888",
+        help="the verbs' HTTPS address (plain HTTP with --insecure; default 0.0.0.0:8888)",
+    )
     parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     parser.add_argument(
@@ -94,7 +99,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--metrics-listen",
         metavar="HOST:PORT",
         default="0.0.0.0:9401",
-        help="plain HTTP /metrics and /healthz (default 0.0.0.0:9401; empty: none)",
+        help="plain HTTP /metrics, /healthz and /readyz (default 0.0.0.0:9401; empty: none)",
     )
     parser.add_argument(
         "--tls-reload-interval-s",

@@ -90,6 +90,33 @@ def test_scheduler_verifies_a_name_the_extender_certificate_carries(name: str) -
     )
 
 
+def _values_by_key(node: Any, found: dict[str, set[str]]) -> dict[str, set[str]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(value, dict | list):
+                found.setdefault(key, set()).add(yaml.safe_dump(value).removesuffix("\n...\n").strip())
+            _values_by_key(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _values_by_key(item, found)
+    return found
+
+
+def test_scheduler_readme_quotes_the_configurations_as_they_are() -> None:
+    """Every `key: value` deploy/scheduler/README.md gives for an extender entry is in a configuration."""
+    found: dict[str, set[str]] = {}
+    for config in CONFIGS.values():
+        _values_by_key(config["extenders"], found)
+    readme = (DEPLOY / "README.md").read_text()
+    quoted = re.findall(r"`([A-Za-z][\w.]*): ([^`\s][^`]*)`", readme)
+    checked = [(key, value) for key, value in quoted if key.rsplit(".", 1)[-1] in found]
+    assert len(checked) >= 5, quoted
+    for key, value in checked:
+        assert value in found[key.rsplit(".", 1)[-1]], (
+            f"README says `{key}: {value}`; the configurations do not"
+        )
+
+
 def test_second_scheduler_sends_every_pod_and_leaves_gedge_resources_to_the_extender() -> None:
     config = CONFIGS["second-scheduler"]
     assert "managedResources" not in config["extenders"][0]
