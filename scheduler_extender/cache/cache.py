@@ -153,10 +153,16 @@ class ClusterCache:
 
     @classmethod
     def from_agents_file(
-        cls, path: str | Path, options: CacheOptions | None = None, metrics: CacheMetrics | None = None
+        cls,
+        path: str | Path,
+        options: CacheOptions | None = None,
+        metrics: CacheMetrics | None = None,
+        *,
+        what: str = "agents file",
     ) -> ClusterCache:
-        """Agents from the static file `[{node, address}]`; AgentsFileError names the entry at fault."""
-        return cls(load_agents_file(path), options, metrics)
+        """Agents from the static file `[{node, address}]`; AgentsFileError, one line starting
+        `WHAT PATH: `, names the entry and key at fault."""
+        return cls(load_agents_file(path, what=what), options, metrics)
 
     @classmethod
     def from_kubernetes(

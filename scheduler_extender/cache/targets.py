@@ -56,13 +56,15 @@ def address_problem(address: str) -> str | None:
     return None
 
 
-def load_agents_file(path: str | Path) -> tuple[AgentTarget, ...]:
+def load_agents_file(path: str | Path, *, what: str = "agents file") -> tuple[AgentTarget, ...]:
+    """The targets of the file at `path`; AgentsFileError, one line starting `WHAT PATH: `, names the
+    entry and key at fault (a command passes its flag as `what`: `--agents /etc/gedge/agents.yaml: ...`)."""
     file = Path(path)
     try:
-        raw = load_yaml(file, what="agents file", limit=MAX_AGENTS_FILE_BYTES)
+        raw = load_yaml(file, what=what, limit=MAX_AGENTS_FILE_BYTES)
     except FileLoadError as exc:
-        raise AgentsFileError(str(exc)) from None
-    return parse_agents(raw, source=f"agents file {file}")
+        raise AgentsFileError(" ".join(str(exc).split())) from None
+    return parse_agents(raw, source=f"{what} {file}")
 
 
 def parse_agents(raw: Any, source: str = "agents") -> tuple[AgentTarget, ...]:
@@ -79,9 +81,13 @@ def parse_agents(raw: Any, source: str = "agents") -> tuple[AgentTarget, ...]:
         unknown = sorted(set(entry) - {"node", "address"})
         if unknown:
             raise AgentsFileError(f"{where}: unknown key(s) {unknown} (only node and address)")
-        node, address = entry.get("node"), entry.get("address")
+        if "node" not in entry:
+            raise AgentsFileError(f"{where}: key node is missing (each entry is {{node, address}})")
+        node, address = entry["node"], entry.get("address")
         if not isinstance(node, str) or not valid_node_name(node):
             raise AgentsFileError(f"{where}: node {node!r} is not a valid node name")
+        if "address" not in entry:
+            raise AgentsFileError(f"{where} (node {node}): key address is missing (HOST:PORT of its agent)")
         if not isinstance(address, str):
             raise AgentsFileError(f"{where} (node {node}): address {address!r} is not HOST:PORT")
         problem = address_problem(address)

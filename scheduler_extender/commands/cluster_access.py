@@ -8,6 +8,11 @@ import os
 import re
 from typing import Any
 
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+"""A namespace: a DNS-1123 label (63 characters at most)."""
+DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+"""An object name (ConfigMap, Lease): a DNS-1123 subdomain (253 characters at most)."""
+
 
 class NoCluster(ValueError):
     """No usable cluster configuration, or the API server cannot be reached; one line naming the cause."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import re
 import signal
 import sys
 import threading
@@ -12,14 +11,15 @@ import threading
 import structlog
 
 from gedge_common.cli import configure_logging
-from scheduler_extender.commands.cluster_access import NoCluster, add_cluster_access, load_cluster_config
+from scheduler_extender.commands.cluster_access import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    NoCluster,
+    add_cluster_access,
+    load_cluster_config,
+)
 
 log = structlog.get_logger("gedge.extender.csr_signer")
-
-DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-"""A namespace: a DNS-1123 label (63 characters at most)."""
-DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
-"""A ConfigMap name: a DNS-1123 subdomain (253 characters at most)."""
 
 
 def register(parser: argparse.ArgumentParser) -> None:

@@ -131,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    """0 placed; 2 a bad --agents file (one line naming the flag, the file and the entry); 1 otherwise."""
     cluster = None
     try:
         pod = load_pod(args.pod)
@@ -138,6 +139,7 @@ def _run(args: argparse.Namespace) -> int:
             from gedge_model.tls import load_tls
             from scheduler_extender.cache import ClusterCache
             from scheduler_extender.cache.cache import CacheOptions
+            from scheduler_extender.cache.targets import AgentsFileError
 
             files = (args.agent_tls_cert, args.agent_tls_key, args.agent_tls_ca)
             if args.insecure == any(files) or (any(files) and not all(files)):
@@ -145,7 +147,11 @@ def _run(args: argparse.Namespace) -> int:
                     "--agents needs --agent-tls-cert, --agent-tls-key and --agent-tls-ca, or --insecure alone"
                 )
             tls = None if args.insecure else load_tls(*files)
-            cluster = ClusterCache.from_agents_file(args.agents, CacheOptions(tls=tls))
+            try:
+                cluster = ClusterCache.from_agents_file(args.agents, CacheOptions(tls=tls), what="--agents")
+            except AgentsFileError as exc:
+                print(f"gedge-extender place: {exc}", file=sys.stderr)
+                return 2
             cluster.start()
             cluster.wait_for(lambda views: all(v.fresh for v in views.values()), args.wait_s)
             source: NodeSource = cluster

@@ -30,7 +30,13 @@ from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
 from scheduler_extender.cache.cache import CacheOptions
-from scheduler_extender.commands.cluster_access import add_agent_tls, add_cluster_access, load_cluster_config
+from scheduler_extender.commands.cluster_access import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    add_agent_tls,
+    add_cluster_access,
+    load_cluster_config,
+)
 from scheduler_extender.http.app import (
     IDLE_TIMEOUT_S,
     MAX_BODY_BYTES,
@@ -53,7 +59,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "TLS is on unless --insecure: HTTPS for kube-scheduler, which must present a client certificate\n"
         "from --tls-client-ca naming one of --tls-allowed-clients, and mTLS to every agent (--agent-tls-*).\n"
-        "/metrics and /healthz are also served plain on --metrics-listen.\n\n"
+        "/metrics, /healthz and /readyz are also served plain on --metrics-listen.\n\n"
         "examples:\n"
         "  gedge-extender serve --agents agents.yaml --tls-cert pki/gedge-extender.pem \\\n"
         "      --tls-key pki/gedge-extender.key --tls-client-ca pki/ca.pem --agent-tls-cert \\\n"
@@ -65,7 +71,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--agents", metavar="FILE", help="YAML list of {node, address}: run without Kubernetes")
     add_cluster_access(mode)
-    parser.add_argument("--listen", metavar="HOST:PORT", default="0.0.0.0:8888", help="default 0.0.0.0:8888")
+    parser.add_argument(
+        "--listen",
+        metavar="HOST:PORT",
+        default="0.0.0.0:8888",
+        help="the verbs' HTTPS address (plain HTTP with --insecure; default 0.0.0.0:8888)",
+    )
     parser.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM)")
     parser.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
     parser.add_argument(
@@ -88,7 +99,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "--metrics-listen",
         metavar="HOST:PORT",
         default="0.0.0.0:9401",
-        help="plain HTTP /metrics and /healthz (default 0.0.0.0:9401; empty: none)",
+        help="plain HTTP /metrics, /healthz and /readyz (default 0.0.0.0:9401; empty: none)",
     )
     parser.add_argument(
         "--tls-reload-interval-s",
@@ -112,7 +123,13 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="how long a bind's reservation lives unsettled",
     )
-    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, metavar="N")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=MAX_BODY_BYTES,
+        metavar="N",
+        help=f"largest request body accepted; larger is answered 413 (default {MAX_BODY_BYTES})",
+    )
     parser.add_argument(
         "--body-timeout-s", type=float, default=10.0, metavar="S", help="time for a request body to arrive"
     )
@@ -144,7 +161,12 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--leader-elect-identity", metavar="ID", default=None, help="this replica's name (default: hostname)"
     )
-    parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default="info",
+        help="lowest level logged, as JSON lines on stderr (default info)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -220,7 +242,7 @@ def cache_options(args: argparse.Namespace) -> CacheOptions:
 def agents_wiring(args: argparse.Namespace) -> Wiring:
     from scheduler_extender.cache import ClusterCache, GrpcAgentApplier
 
-    cluster = ClusterCache.from_agents_file(args.agents, cache_options(args))
+    cluster = ClusterCache.from_agents_file(args.agents, cache_options(args), what="--agents")
     applier = GrpcAgentApplier(cluster)
     wiring = Wiring(cluster, AgentBinder(applier), AssumeCache(reserve_ttl=args.reserve_ttl_s))
     wiring.starts.append(cluster.start)
@@ -320,18 +342,59 @@ async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) 
     return 1 if lost else 0
 
 
-def leader_election(args: argparse.Namespace, on_lost: Callable[[], None]) -> Leadership:
-    """The Lease election when --leader-elect (Kubernetes only), else always the leader."""
+@dataclass(frozen=True)
+class LeaderSettings:
+    """Where and under which name this replica takes part in the election."""
+
+    namespace: str
+    name: str
+    identity: str
+
+
+def leader_settings(args: argparse.Namespace) -> LeaderSettings | None:
+    """The --leader-elect-* flags, checked at start before anything is served or dialled; None without
+    --leader-elect. ValueError names the flag at fault."""
     if not args.leader_elect:
-        return AlwaysLeader()
+        for flag, value in (
+            ("--leader-elect-lease", args.leader_elect_lease),
+            ("--leader-elect-identity", args.leader_elect_identity),
+        ):
+            if value is not None:
+                raise ValueError(f"{flag} is given without --leader-elect")
+        return None
     if args.agents:
         raise ValueError("--leader-elect needs Kubernetes (--kubeconfig or --in-cluster), not --agents")
-    lease = args.leader_elect_lease or f"{os.environ.get('POD_NAMESPACE') or 'gedge-system'}/gedge-extender"
-    namespace, sep, name = lease.partition("/")
-    if not sep or not namespace or not name:
-        raise ValueError(f"--leader-elect-lease {lease!r} is not NAMESPACE/NAME")
-    identity = args.leader_elect_identity or socket.gethostname()
-    return LeaseElection(name, namespace, identity, on_lost=on_lost)
+    lease = args.leader_elect_lease
+    if lease is None:
+        lease = f"{os.environ.get('POD_NAMESPACE') or 'gedge-system'}/gedge-extender"
+    parts = lease.split("/")
+    if len(parts) != 2 or not DNS_LABEL.fullmatch(parts[0]) or not DNS_SUBDOMAIN.fullmatch(parts[1]):
+        where = (
+            "--leader-elect-lease"
+            if args.leader_elect_lease is not None
+            else "--leader-elect ($POD_NAMESPACE)"
+        )
+        raise ValueError(f"{where} {lease!r} is not NAMESPACE/NAME (a DNS-1123 namespace and name)")
+    identity = args.leader_elect_identity
+    if identity is None:
+        identity = socket.gethostname()
+        where = "--leader-elect (no --leader-elect-identity: the hostname)"
+    else:
+        where = "--leader-elect-identity"
+    if not identity.strip() or identity != identity.strip() or "$(" in identity or len(identity) > 253:
+        raise ValueError(
+            f"{where} {identity!r} is not a replica name (non-empty, no surrounding blanks, no unexpanded "
+            "$(VAR), at most 253 characters)"
+        )
+    return LeaderSettings(parts[0], parts[1], identity)
+
+
+def leader_election(args: argparse.Namespace, on_lost: Callable[[], None]) -> Leadership:
+    """The Lease election when --leader-elect (Kubernetes only), else always the leader."""
+    settings = leader_settings(args)
+    if settings is None:
+        return AlwaysLeader()
+    return LeaseElection(settings.name, settings.namespace, settings.identity, on_lost=on_lost)
 
 
 async def _reload_tls(reloading: ReloadingSslContext, period_s: float) -> None:
@@ -359,6 +422,7 @@ POSITIVE_LIMITS = (
     "stale_after_s",
     "reserve_ttl_s",
     "max_connections_per_client",
+    "tls_reload_interval_s",
 )
 
 
@@ -402,8 +466,7 @@ def run(args: argparse.Namespace) -> int:
         check_tls_flags(args)
         check_limits(args)
         check_server_tls(args)
-        if args.tls_reload_interval_s <= 0:
-            raise ValueError(f"--tls-reload-interval-s must be positive, got {args.tls_reload_interval_s}")
+        leader_settings(args)
         host, port = parse_listen(args.listen, "--listen")
         if args.metrics_listen:
             parse_listen(args.metrics_listen, "--metrics-listen")

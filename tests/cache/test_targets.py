@@ -37,6 +37,8 @@ def test_agents_file_round_trips(tmp_path: Path) -> None:
         ("- edge-1\n", "entry 0: expected a mapping"),
         ("- {node: edge-1, address: 'h:1', port: 2}\n", "entry 0: unknown key(s) ['port']"),
         ("- {node: Edge_1, address: 'h:1'}\n", "entry 0: node 'Edge_1' is not a valid node name"),
+        ("- {address: 'h:1'}\n", "entry 0: key node is missing"),
+        ("- {node: edge-1}\n", "entry 0 (node edge-1): key address is missing"),
         ("- {node: edge-1, address: 'h'}\n", "entry 0 (node edge-1): 'h' is not HOST:PORT"),
         ("- {node: edge-1, address: 'h:70000'}\n", "'h:70000' is not HOST:PORT"),
         ("- {node: edge-1, address: 'bad host:1'}\n", "bad host in 'bad host:1'"),

@@ -61,6 +61,62 @@ def test_scheduler_configuration_calls_our_verbs(name: str) -> None:
     assert re.fullmatch(r"\d+s", extender["httpTimeout"])
 
 
+def _extender_certificate_names() -> set[str]:
+    """The DNS names of the certificate deploy/tls issues into the Secret the extender serves with."""
+    (deployment, _service) = _docs("extender.yaml")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    cert_arg = next(a for a in container["args"] if a.startswith("--tls-cert="))
+    cert_path = Path(cert_arg.removeprefix("--tls-cert="))
+    (mount,) = [m for m in container["volumeMounts"] if cert_path.parent == Path(m["mountPath"])]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]["secretName"]
+    tls_docs = yaml.safe_load_all((DEPLOY.parent / "tls" / "certificates.yaml").read_text())
+    (certificate,) = [
+        d for d in tls_docs if d and d["kind"] == "Certificate" and d["spec"]["secretName"] == secret
+    ]
+    assert "ipAddresses" not in certificate["spec"], "names only: kube-scheduler must verify a name"
+    return set(certificate["spec"]["dnsNames"])
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_scheduler_verifies_a_name_the_extender_certificate_carries(name: str) -> None:
+    (extender,) = CONFIGS[name]["extenders"]
+    host = re.fullmatch(r"https://([^:/]+):\d+", extender["urlPrefix"])
+    assert host
+    server_name = extender["tlsConfig"].get("serverName") or host.group(1)
+    assert server_name in _extender_certificate_names(), (
+        f"{name}: kube-scheduler checks the extender's certificate for {server_name!r}"
+    )
+
+
+def _values_by_key(node: Any, found: dict[str, set[str]]) -> dict[str, set[str]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(value, dict | list):
+                found.setdefault(key, set()).add(yaml.safe_dump(value).removesuffix("\n...\n").strip())
+            _values_by_key(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            _values_by_key(item, found)
+    return found
+
+
+def test_scheduler_readme_quotes_the_configurations_as_they_are() -> None:
+    """Every `key: value` deploy/scheduler/README.md gives for an extender entry is in a configuration."""
+    found: dict[str, set[str]] = {}
+    for config in CONFIGS.values():
+        _values_by_key(config["extenders"], found)
+    readme = (DEPLOY / "README.md").read_text()
+    quoted = re.findall(r"`([A-Za-z][\w.]*): ([^`\s][^`]*)`", readme)
+    checked = [(key, value) for key, value in quoted if key.rsplit(".", 1)[-1] in found]
+    assert len(checked) >= 5, quoted
+    for key, value in checked:
+        assert value in found[key.rsplit(".", 1)[-1]], (
+            f"README says `{key}: {value}`; the configurations do not"
+        )
+
+
 def test_second_scheduler_sends_every_pod_and_leaves_gedge_resources_to_the_extender() -> None:
     config = CONFIGS["second-scheduler"]
     assert "managedResources" not in config["extenders"][0]
@@ -103,7 +159,7 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
     assert service["spec"]["ports"][0]["port"] == int(match.group(3))
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert f"--listen=0.0.0.0:{container['ports'][0]['containerPort']}" in container["args"]
-    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert deployment["spec"]["replicas"] == 2
     assert "--leader-elect" in container["args"]
     assert "--leader-elect-identity=$(POD_NAME)" in container["args"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}, "the leader only"
@@ -112,6 +168,70 @@ def test_second_scheduler_reaches_the_extender_service() -> None:
         assert any(arg.startswith(flag) for arg in container["args"]), flag
     assert "--insecure" not in container["args"]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def _scaled(value: int | str, replicas: int, *, round_up: bool) -> int:
+    """Kubernetes' intstr.GetScaledValueFromIntOrPercent for maxSurge (up) and maxUnavailable (down)."""
+    if isinstance(value, int):
+        return value
+    percent = int(value.removesuffix("%"))
+    return -(-percent * replicas // 100) if round_up else percent * replicas // 100
+
+
+def _roll_out(spec: dict[str, Any], syncs: int = 20) -> tuple[list[tuple[str, bool]], bool]:
+    """The Deployment controller's rolling update (reconcileNewReplicaSet, then reconcileOldReplicaSets:
+    unhealthy old pods first, then down to minAvailable) over extender replicas of which only the Lease
+    holder is Ready; the Lease passes to a remaining pod, a new one first, once its holder is deleted.
+
+    Returns the pods as (replica set, Ready) after `syncs` syncs and whether the Deployment is Available.
+    """
+    replicas = spec["replicas"]
+    rolling = spec["strategy"]["rollingUpdate"]
+    surge = _scaled(rolling["maxSurge"], replicas, round_up=True)
+    unavailable = _scaled(rolling["maxUnavailable"], replicas, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    unavailable = min(unavailable, replicas)
+    pods = [("old", True)] + [("old", False)] * (replicas - 1)
+    for _ in range(syncs):
+        new = sum(1 for rs, _ready in pods if rs == "new")
+        room = replicas + surge - len(pods)
+        if new < replicas and room > 0:
+            pods += [("new", False)] * min(room, replicas - new)
+        new_unavailable = sum(1 for rs, ready in pods if rs == "new" and not ready)
+        budget = len(pods) - (replicas - unavailable) - new_unavailable
+        for leader in (False, True):  # not-Ready old pods go first
+            while budget > 0 and ("old", leader) in pods:
+                if leader and sum(ready for _rs, ready in pods) <= replicas - unavailable:
+                    break
+                pods.remove(("old", leader))
+                budget -= 1
+        if pods and not any(ready for _rs, ready in pods):
+            heir = next((i for i, (rs, _ready) in enumerate(pods) if rs == "new"), 0)
+            pods[heir] = (pods[heir][0], True)
+    available = sum(ready for _rs, ready in pods) >= replicas - unavailable
+    return pods, available
+
+
+def test_extender_rollout_completes_with_one_ready_leader() -> None:
+    deployment, _service = _docs("extender.yaml")
+    spec = deployment["spec"]
+    assert spec["strategy"]["type"] == "RollingUpdate", "Recreate never counts the Deployment Available"
+    pods, available = _roll_out(spec)
+    assert sorted(pods) == [("new", False)] * (spec["replicas"] - 1) + [("new", True)], (
+        f"the rollout stalls at {pods}: a new pod cannot lead while the old leader runs"
+    )
+    assert available, "Available with its one Ready leader"
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", "standbys stay out of the Service"
+
+
+def test_the_rollout_model_stalls_where_kubernetes_does() -> None:
+    """maxUnavailable 0 or 1 never removes the old leader while new pods wait on its Lease."""
+    for rolling in ({"maxUnavailable": 0, "maxSurge": 1}, {"maxUnavailable": 1, "maxSurge": 1}):
+        pods, available = _roll_out({"replicas": 2, "strategy": {"rollingUpdate": rolling}})
+        assert ("old", True) in pods, rolling
+        assert available == (rolling["maxUnavailable"] == 1), rolling
 
 
 def test_extender_rbac_is_exactly_what_it_calls() -> None:

@@ -97,4 +97,7 @@ def test_leader_election_settings() -> None:
     with pytest.raises(ValueError, match="needs Kubernetes"):
         leader_election(args, on_lost=lambda: None)
     args.leader_elect = False
+    with pytest.raises(ValueError, match="--leader-elect-lease is given without --leader-elect"):
+        leader_election(args, on_lost=lambda: None)
+    args.leader_elect_lease = args.leader_elect_identity = None
     assert isinstance(leader_election(args, on_lost=lambda: None), AlwaysLeader)

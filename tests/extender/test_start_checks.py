@@ -59,6 +59,8 @@ def _serve(agents: Path, *extra: str) -> list[str]:
         ("--idle-timeout-s", "0"),
         ("--stale-after-s", "-1"),
         ("--reserve-ttl-s", "-5"),
+        ("--tls-reload-interval-s", "0"),
+        ("--tls-reload-interval-s", "-1"),
     ],
 )
 def test_serve_refuses_a_limit_that_is_not_positive(
@@ -67,6 +69,106 @@ def test_serve_refuses_a_limit_that_is_not_positive(
     assert main([*_serve(agents, "--insecure"), flag, value]) == 2
     err = capsys.readouterr().err
     assert f"{flag} must be positive, got" in err and "Traceback" not in err
+
+
+AGENTS_FILE_FAULTS = [
+    pytest.param(None, "No such file or directory", id="missing"),
+    pytest.param("- [unclosed\n", "not YAML", id="bad-yaml"),
+    pytest.param(
+        "node: edge-1\naddress: 127.0.0.1:1\n", "expected a list of {node, address}, got dict", id="shape"
+    ),
+    pytest.param("- {address: '127.0.0.1:1'}\n", "entry 0: key node is missing", id="no-node"),
+    pytest.param("- {node: edge-1}\n", "entry 0 (node edge-1): key address is missing", id="no-address"),
+    pytest.param(
+        "- {node: edge-1, address: '127.0.0.1:1'}\n- {node: edge-1, address: '127.0.0.1:2'}\n",
+        "entry 1: node edge-1 is listed twice (also entry 0)",
+        id="duplicate",
+    ),
+]
+
+
+def _agents_file(tmp_path: Path, content: str | None) -> Path:
+    path = tmp_path / "agents.yaml"
+    if content is not None:
+        path.write_text(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--leader-elect-lease", "no-slash"], "--leader-elect-lease 'no-slash' is not NAMESPACE/NAME"),
+        (["--leader-elect-lease", "a/b/c"], "--leader-elect-lease 'a/b/c' is not NAMESPACE/NAME"),
+        (["--leader-elect-lease", "ns/"], "--leader-elect-lease 'ns/' is not NAMESPACE/NAME"),
+        (["--leader-elect-lease", "/lease"], "--leader-elect-lease '/lease' is not NAMESPACE/NAME"),
+        (["--leader-elect-lease", "Ops/lease"], "--leader-elect-lease 'Ops/lease' is not NAMESPACE/NAME"),
+        (["--leader-elect-identity", ""], "--leader-elect-identity '' is not a replica name"),
+        (["--leader-elect-identity", " "], "--leader-elect-identity ' ' is not a replica name"),
+        (
+            ["--leader-elect-identity", "$(POD_NAME)"],
+            "--leader-elect-identity '$(POD_NAME)' is not a replica",
+        ),
+    ],
+)
+def test_serve_refuses_bad_leader_election_flags_before_reaching_the_cluster(
+    flags: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    serve = ["serve", "--kubeconfig", "/nonexistent/kubeconfig", "--insecure", "--metrics-listen="]
+    assert main([*serve, "--leader-elect", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+    assert "/nonexistent/kubeconfig" not in err, "refused before the kubeconfig is even read"
+
+
+def test_serve_refuses_leader_election_without_kubernetes_or_its_settings_without_it(
+    agents: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*_serve(agents, "--insecure"), "--leader-elect"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--leader-elect needs Kubernetes" in err, err
+    assert "edge-1" not in err, "refused before the agents are dialled"
+    serve = ["serve", "--kubeconfig", "/nonexistent/kubeconfig", "--insecure", "--metrics-listen="]
+    for flag in ("--leader-elect-lease=ops/lease", "--leader-elect-identity=extender-0"):
+        assert main([*serve, flag]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag.split('=')[0]} is given without --leader-elect" in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize(("content", "fault"), AGENTS_FILE_FAULTS)
+def test_serve_names_the_agents_flag_file_and_entry_at_fault(
+    tmp_path: Path, content: str | None, fault: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _agents_file(tmp_path, content)
+    assert main([*_serve(path, "--insecure")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"--agents {path}: " in err and fault in err, err
+
+
+@pytest.mark.parametrize(("content", "fault"), AGENTS_FILE_FAULTS)
+def test_place_names_the_agents_flag_file_and_entry_at_fault(
+    tmp_path: Path, content: str | None, fault: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = _agents_file(tmp_path, content)
+    pod = tmp_path / "pod.yaml"
+    pod.write_text("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: m, image: x}]}\n")
+    assert main(["place", "--agents", str(path), "--pod", str(pod), "--insecure"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gedge-extender place: --agents {path}: "), err
+    assert err.count("\n") == 1 and fault in err, err
+
+
+@pytest.mark.parametrize("command", ["serve", "place"])
+def test_every_flag_has_help(command: str) -> None:
+    import argparse
+    import importlib
+
+    parser = argparse.ArgumentParser()
+    importlib.import_module(f"scheduler_extender.commands.{command}").register(parser)
+    options = [action for action in parser._actions if action.option_strings]
+    assert len(options) > 5
+    for action in options:
+        assert action.help and action.help.strip(), f"{command} {action.option_strings[0]} has no help"
 
 
 @pytest.mark.parametrize(

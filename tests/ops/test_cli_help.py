@@ -74,3 +74,43 @@ def test_configuration_doc_names_every_setting() -> None:
             for flag in action.option_strings:
                 if flag.startswith("--") and flag != "--help":
                     assert f"`{flag}" in doc, f"{module.__name__}: {flag} is not documented"
+
+
+def test_configuration_doc_gives_the_extender_defaults_and_paths() -> None:
+    """docs/configuration.md's `gedge-extender serve` table: each flag's default as the parser has it,
+    and every path each listener serves."""
+    import argparse
+
+    from prometheus_client import CollectorRegistry
+
+    from scheduler_extender.commands import serve as extender_serve
+    from scheduler_extender.http.app import build_app, build_metrics_app
+    from scheduler_extender.node_source import StaticNodeSource
+    from scheduler_extender.verbs import Extender
+    from tests.extender.conftest import RecordingBinder
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    section = doc[doc.index("## gedge-extender serve") : doc.index("## gedge-flow controller")]
+    rows: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        if line.startswith("| `--"):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            rows[cells[0].strip("`").split()[0]] = cells
+    parser = argparse.ArgumentParser()
+    extender_serve.register(parser)
+    for action in parser._actions:
+        flag = next((f for f in action.option_strings if f.startswith("--")), None)
+        if flag is None or flag == "--help" or action.default is None or rows[flag][1] == "(mode)":
+            continue
+        written = rows[flag][1].split()[0].strip("`")
+        if action.default is False:
+            assert written == "off", f"{flag}: the doc says {written}"
+        else:
+            value = f"{action.default:g}" if isinstance(action.default, float) else str(action.default)
+            assert written == value, f"{flag}: the doc says {written}, the default is {value}"
+    verbs = build_app(Extender(StaticNodeSource(), RecordingBinder()))
+    for flag, app in (("--listen", verbs), ("--metrics-listen", build_metrics_app(CollectorRegistry()))):
+        for resource in app.router.resources():
+            assert f"`{resource.canonical}`" in rows[flag][2], (
+                f"{flag} serves {resource.canonical}; not in the doc"
+            )
