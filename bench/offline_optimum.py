@@ -254,13 +254,16 @@ def offline_optimum(
     seconds: float = 60.0,
     cost_of: dict[str, Sequence[int]] | None = None,
     work_conserving: bool = False,
+    least_cost: bool = True,
 ) -> Optimum:
     """Most pods, then least cost, over the whole trace; `seconds` bounds each of the two solves.
 
     `lifetimes[i]`: arrivals after which pod i leaves; `fits_empty(node, pod)`:
     whether the pod may go to that node at all; `cost_of`: named sets of trace
     positions whose least cost to price as well; `work_conserving`: refuse a
-    pod only when it fits nowhere at its arrival (module docstring).
+    pod only when it fits nowhere at its arrival (module docstring);
+    `least_cost=False`: only the most pods (the cost is that of the first
+    schedule found, its bound 0).
     """
     started = time.perf_counter()
     w = DEFAULT_WEIGHTS
@@ -506,8 +509,10 @@ def offline_optimum(
         value, bound, _ = m.solve(cost, maximize=False, seconds=seconds, priced=True)
         priced_sets[label] = (value, bound)
         del m.rows[rows:], m.pricing[rows:]
-    m.row(float(pods), highspy.kHighsInf, [(a, 1.0) for a in placed])
-    least, least_bound, _ = m.solve(cost, maximize=False, seconds=seconds, priced=True, start=start)
+    least, least_bound = math.inf, 0.0
+    if least_cost:
+        m.row(float(pods), highspy.kHighsInf, [(a, 1.0) for a in placed])
+        least, least_bound, _ = m.solve(cost, maximize=False, seconds=seconds, priced=True, start=start)
     if not math.isfinite(least):  # no better schedule found in time: the first one, priced
         least = float(sum(weight * start[z] for z, weight in cost.items()))
     return Optimum(

@@ -31,6 +31,8 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
             "20",
             "--optimum-seconds",
             "20",
+            "--binding-seconds",
+            "60",
             "--tie-seeds",
             "2",
         ],
@@ -62,7 +64,7 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
     assert offline is not None, out
     assert 0 < int(offline.group(2)) <= int(offline.group(3))  # no schedule places more than the optimum
     # binding every pod that fits is a restriction of the free-hand schedule: never more pods; both are
-    # proven at this size (each solves in seconds against a 20 s limit)
+    # proven at this size (each solves in seconds against a 20 s and a 60 s limit)
     binding = re.search(
         r"ours vs the best schedule binding every pod that fits: "
         r"[0-9.]+% of its pods \((\d+) of (\d+); proven\)",
