@@ -107,15 +107,18 @@ class Distance:
 
 def parse_weights(raw: Mapping[str, float]) -> dict[Level, float]:
     """Weights from configuration (keys X, NV, PIX, ..., any case) over the defaults; ValueError
-    names an unknown level, a negative or non-finite weight, or two levels whose weights break the
-    order X <= NV# <= PIX <= PXB <= PHB <= NODE <= SYS; float() raises for a value that is not a number."""
+    names an unknown level, a weight that is not a number, negative or non-finite, or two levels
+    whose weights break the order X <= NV# <= PIX <= PXB <= PHB <= NODE <= SYS."""
     weights = dict(DEFAULT_WEIGHTS)
     for key, value in raw.items():
         try:
             level = Level(str(key).upper())
         except ValueError:
             raise ValueError(f"distance weight for unknown level {key!r}") from None
-        weight = float(value)
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            weight = math.nan
         if not math.isfinite(weight) or weight < 0:
             raise ValueError(f"distance weight for {level.value} is {value!r}; it must be a number >= 0")
         weights[level] = weight

@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         weights = _load_weights(args.weights) if args.weights else dict(DEFAULT_WEIGHTS)
         root = Path(args.root)
-        if not root.is_dir():
-            raise UsageError(f"--root {args.root}: not a directory")
+        _check_root(root, args.root)
         if args.timeslice_replicas is not None and args.timeslice_replicas < 1:
             raise UsageError(f"--timeslice-replicas {args.timeslice_replicas}: must be 1 or more")
     except UsageError as exc:
@@ -64,6 +63,19 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(topology, weights))
     return 0
+
+
+def _check_root(root: Path, given: str) -> None:
+    """A root is / or an unpacked snapshot: a folder with sys/devices/system/cpu under it."""
+    if not root.exists():
+        raise UsageError(f"--root {given}: no such directory")
+    if not root.is_dir():
+        raise UsageError(f"--root {given}: not a directory (unpack a snapshot archive and give its folder)")
+    if not (root / "sys" / "devices" / "system" / "cpu").is_dir():
+        raise UsageError(
+            f"--root {given}: no sys/devices/system/cpu under it"
+            " (give / or the folder of an unpacked sysfs snapshot)"
+        )
 
 
 def _load_weights(path: Path) -> dict[Level, float]:

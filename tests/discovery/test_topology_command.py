@@ -89,8 +89,26 @@ def test_weights_file_and_bad_input(
     assert main(["topology", "--root", root, "--weights", str(weights)]) == 2
     assert f"--weights {weights}: distance weight for unknown level 'PCIE'" in capsys.readouterr().err
     assert main(["topology", "--root", str(tmp_path / "nowhere")]) == 2
-    assert "not a directory" in capsys.readouterr().err
+    assert f"--root {tmp_path / 'nowhere'}: no such directory" in capsys.readouterr().err
     assert main(["topology", "--root", root, "--timeslice-replicas", "0"]) == 2
+
+
+def test_a_root_that_is_not_a_sysfs_tree_is_refused(
+    tmp_path: Path, snapshot_roots: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The folder above an unpacked snapshot, or the archive itself, is a mistake named on one line,
+    not an empty node."""
+    parent = str(snapshot_roots[SNAPSHOT].parent)
+    assert main(["topology", "--root", parent]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        f"gedge-agent topology: --root {parent}: no sys/devices/system/cpu under it "
+        "(give / or the folder of an unpacked sysfs snapshot)\n"
+    )
+    archive = tmp_path / "snapshot.tar.bz2"
+    archive.write_bytes(b"")
+    assert main(["topology", "--root", str(archive)]) == 2
+    assert "not a directory (unpack a snapshot archive and give its folder)" in capsys.readouterr().err
 
 
 def test_console_script_runs_on_this_machine() -> None:
@@ -106,6 +124,7 @@ def test_console_script_runs_on_this_machine() -> None:
     [
         ("PIX: -1\n", "distance weight for PIX is -1; it must be a number >= 0"),
         ("x: .nan\n", "distance weight for X is nan; it must be a number >= 0"),
+        ("PIX: two\n", "distance weight for PIX is 'two'; it must be a number >= 0"),
         (
             "PIX: 3.5\n",
             "distance weight for PXB (3) is below PIX's (3.5); weights must keep the order X <= NV",
