@@ -19,7 +19,7 @@ EPILOG = """examples:
   gedge-agent topology --json               # the full model as JSON
   gedge-agent topology --root /tmp/snapshot # an unpacked sysfs snapshot instead of /
   gedge-agent certs --dir /etc/gedge/pki edge-1 gedge-extender   # a CA, a node and an extender certificate
-  gedge-agent serve --node-name edge-1 --tls-cert /etc/gedge/pki/edge-1.pem \
+  gedge-agent serve --node-name edge-1 --tls-cert /etc/gedge/pki/edge-1.pem \\
       --tls-key /etc/gedge/pki/edge-1.key --tls-ca /etc/gedge/pki/ca.pem
   gedge-agent bench datapath --short
   gedge-agent uninstall --config /etc/gedge/agent.yaml   # after the agent's DaemonSet is deleted

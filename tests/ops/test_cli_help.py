@@ -114,3 +114,24 @@ def test_configuration_doc_gives_the_extender_defaults_and_paths() -> None:
             assert f"`{resource.canonical}`" in rows[flag][2], (
                 f"{flag} serves {resource.canonical}; not in the doc"
             )
+
+
+@pytest.mark.parametrize("module", ["agent.cli", "scheduler_extender.cli", "scheduler_extender.workflow.cli"])
+def test_examples_continued_on_the_next_line_keep_their_line_break(
+    module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An example written over two lines is shown over two, the first ending with a backslash (a lone
+    backslash at the end of a line in the epilog's source joins the lines into one)."""
+    import importlib
+    import itertools
+    import re
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    text = capsys.readouterr().out
+    examples = text.split("\nexamples:\n", 1)[1].splitlines()
+    for line in examples:
+        assert not re.search(r"\S {4,}--", line), f"two example lines run together: {line!r}"
+    for first, second in itertools.pairwise(examples):
+        if first.endswith("\\"):
+            assert second.startswith("      "), f"a continued example is not indented: {second!r}"
