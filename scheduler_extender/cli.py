@@ -8,7 +8,9 @@ from gedge_common.cli import lazy_main
 
 COMMANDS: dict[str, str] = {
     "serve": "run the kube-scheduler extender (filter, prioritize, bind) over the live cluster cache",
-    "place": "one-shot: place a pod manifest on the nodes of an agents file and print the allocation",
+    "place": (
+        "one-shot: place a pod manifest on the nodes of live agents or saved reports and print the allocation"
+    ),
     "demo": "the main job here, no cluster: an agent discovers this machine, the extender places a pod",
     "csr-signer": "approve and sign the agents' node certificates (CSRs of signer gedge.io/agent)",
 }

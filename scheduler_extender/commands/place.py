@@ -33,6 +33,10 @@ class PlaceError(RuntimeError):
     """The pod could not be placed; the message says why, per node where that applies."""
 
 
+class InputError(ValueError):
+    """A file or flag the command cannot use; the message names the flag and the file."""
+
+
 class NoBinder:
     def bind(self, allocation: Any) -> None:
         raise BindError("place only chooses; it never binds")
@@ -65,15 +69,16 @@ def register(parser: argparse.ArgumentParser) -> None:
 def load_pod(path: str | Path) -> dict[str, Any]:
     file = Path(path)
     try:
-        pod = load_yaml(file, what="pod file", limit=MAX_POD_BYTES)
+        pod = load_yaml(file, what="--pod", limit=MAX_POD_BYTES)
     except FileLoadError as exc:
-        raise PlaceError(str(exc)) from None
+        raise InputError(str(exc)) from None
     kind = pod.get("kind") if isinstance(pod, dict) else None
     if not isinstance(pod, dict) or kind != "Pod":
-        raise PlaceError(f"pod file {file}: not a Pod manifest (kind is {kind!r})")
+        found = f"kind is {kind!r}" if kind is not None else "no kind"
+        raise InputError(f"--pod {file}: not a Pod manifest ({found})")
     meta = pod.setdefault("metadata", {})
     if not isinstance(meta, dict) or not meta.get("name"):
-        raise PlaceError(f"pod file {file}: metadata.name is missing")
+        raise InputError(f"--pod {file}: metadata.name is missing")
     meta.setdefault("namespace", "default")
     meta.setdefault("uid", str(uuid.uuid4()))
     return pod
@@ -82,16 +87,37 @@ def load_pod(path: str | Path) -> dict[str, Any]:
 def load_state(path: str | Path) -> NodeState:
     file = Path(path)
     try:
-        text = read_bounded(file, what="topology file", limit=MAX_TOPOLOGY_BYTES)
-        raw = parse_json(text, source=f"topology file {file}", limit=MAX_TOPOLOGY_BYTES)
+        text = read_bounded(file, what="--topology", limit=MAX_TOPOLOGY_BYTES)
     except FileLoadError as exc:
-        raise PlaceError(str(exc)) from None
+        raise InputError(str(exc)) from None
+    try:
+        raw = parse_json(text, source=f"--topology {file}", limit=MAX_TOPOLOGY_BYTES)
+    except FileLoadError as exc:
+        raise InputError(f"{exc} (`gedge-agent topology --json` writes a node's report)") from None
     try:
         if isinstance(raw, dict) and "topology" in raw:
             return from_json(NodeState, text)
         return NodeState(from_json(NodeTopology, text))
     except ModelDecodeError as exc:
-        raise PlaceError(f"topology file {file}: {exc}") from None
+        raise InputError(
+            f"--topology {file}: not a node's report ({exc}; `gedge-agent topology --json` writes one)"
+        ) from None
+
+
+def load_states(paths: list[str]) -> dict[str, NodeState]:
+    """The saved reports by node name; two files of one node are refused, naming both."""
+    states: dict[str, NodeState] = {}
+    files: dict[str, str] = {}
+    for path in paths:
+        state = load_state(path)
+        if state.node_name in files:
+            raise InputError(
+                f"--topology {path}: node {state.node_name!r} again (also in {files[state.node_name]});"
+                " give each node once"
+            )
+        states[state.node_name] = state
+        files[state.node_name] = path
+    return states
 
 
 def place_pod(source: NodeSource, pod: dict[str, Any]) -> tuple[Any, dict[str, Any], list[dict[str, Any]]]:
@@ -131,22 +157,26 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """0 placed; 2 a bad --agents file (one line naming the flag, the file and the entry); 1 otherwise."""
+    """0 placed; 2 a flag or file that cannot be used (one line naming the flag and the file, for
+    --agents also the entry); 1 the pod is not placed (why, per node)."""
     cluster = None
     try:
         pod = load_pod(args.pod)
         if args.agents:
-            from gedge_model.tls import load_tls
+            from gedge_model.tls import TlsConfigError, load_tls
             from scheduler_extender.cache import ClusterCache
             from scheduler_extender.cache.cache import CacheOptions
             from scheduler_extender.cache.targets import AgentsFileError
 
             files = (args.agent_tls_cert, args.agent_tls_key, args.agent_tls_ca)
             if args.insecure == any(files) or (any(files) and not all(files)):
-                raise PlaceError(
+                raise InputError(
                     "--agents needs --agent-tls-cert, --agent-tls-key and --agent-tls-ca, or --insecure alone"
                 )
-            tls = None if args.insecure else load_tls(*files)
+            try:
+                tls = None if args.insecure else load_tls(*files)
+            except TlsConfigError as exc:
+                raise InputError(str(exc)) from None
             try:
                 cluster = ClusterCache.from_agents_file(args.agents, CacheOptions(tls=tls), what="--agents")
             except AgentsFileError as exc:
@@ -156,9 +186,11 @@ def _run(args: argparse.Namespace) -> int:
             cluster.wait_for(lambda views: all(v.fresh for v in views.values()), args.wait_s)
             source: NodeSource = cluster
         else:
-            states = [load_state(path) for path in args.topology]
-            source = StaticNodeSource({s.node_name: s for s in states})
+            source = StaticNodeSource(load_states(args.topology))
         allocation, filtered, scores = place_pod(source, pod)
+    except InputError as exc:
+        print(f"gedge-extender place: {exc}", file=sys.stderr)
+        return 2
     except (PlaceError, ValueError) as exc:
         print(f"gedge-extender place: {exc}", file=sys.stderr)
         return 1

@@ -78,8 +78,8 @@ def test_place_explains_bad_input(
 ) -> None:
     not_a_pod = tmp_path / "deploy.yaml"
     not_a_pod.write_text("kind: Deployment\nmetadata: {name: x}\n")
-    assert main(["place", "--pod", str(not_a_pod), "--topology", topology_files[0]]) == 1
-    assert "not a Pod manifest (kind is 'Deployment')" in capsys.readouterr().err
+    assert main(["place", "--pod", str(not_a_pod), "--topology", topology_files[0]]) == 2
+    assert f"--pod {not_a_pod}: not a Pod manifest (kind is 'Deployment')" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text(
         yaml.safe_dump({**GPU_POD, "metadata": {"name": "p", "annotations": {"gedge.io/compute": "GPU"}}})
@@ -93,6 +93,42 @@ def test_place_explains_bad_input(
     assert main(["place", "--pod", str(greedy), *topologies]) == 1
     err = capsys.readouterr().err
     assert "no node fits pod ml/trainer" in err and "dgx-a:" in err and "edge-a:" in err
+
+
+def test_place_names_the_flag_and_file_it_cannot_use(
+    tmp_path: Path, topology_files: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file the command cannot use is exit 2 and one line naming the flag and the file; exit 1 is
+    left to a pod that is not placed."""
+    pod_file = tmp_path / "pod.yaml"
+    pod_file.write_text(yaml.safe_dump(GPU_POD))
+    missing = tmp_path / "missing.json"
+    text_report = tmp_path / "node.txt"
+    text_report.write_text("      GPU0  NIC0  CPU Affinity  NUMA Affinity\n")
+    other = tmp_path / "other.json"
+    other.write_text(Path(topology_files[0]).read_text())
+    cases = [
+        (
+            ["--pod", str(tmp_path / "nope.yaml"), "--topology", topology_files[0]],
+            f"--pod {tmp_path}/nope.yaml: ",
+        ),
+        (["--pod", str(pod_file), "--topology", str(missing)], f"--topology {missing}: "),
+        (["--pod", str(pod_file), "--topology", str(text_report)], f"--topology {text_report}: not JSON"),
+        (["--pod", topology_files[0], "--topology", topology_files[0]], "not a Pod manifest (no kind)"),
+        (
+            ["--pod", str(pod_file), "--topology", topology_files[0], "--topology", str(other)],
+            f"--topology {other}: node 'dgx-a' again (also in {topology_files[0]})",
+        ),
+        (
+            ["--pod", str(pod_file), "--agents", str(tmp_path / "agents.yaml")],
+            "--agents needs --agent-tls-cert, --agent-tls-key and --agent-tls-ca, or --insecure alone",
+        ),
+    ]
+    for args, expected in cases:
+        assert main(["place", *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("gedge-extender place: ") and expected in err, err
+        assert err.count("\n") == 1, err
 
 
 @pytest.fixture
