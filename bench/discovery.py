@@ -20,6 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cli_args import counted  # noqa: E402
 
 from agent.discovery import discover  # noqa: E402
 from tests.conftest import snapshot_names, unpack_snapshot  # noqa: E402
@@ -66,7 +69,9 @@ def lstopo_ms(root: Path, runs: int) -> float | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15, help="repetitions per measurement (default 15)")
+    parser.add_argument(
+        "--runs", type=counted(1), default=15, help="repetitions per measurement (default 15)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="gedge-bench-") as tmp:
         roots = [(name, unpack_snapshot(name, Path(tmp))) for name in snapshot_names()]

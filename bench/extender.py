@@ -41,6 +41,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from cli_args import counted, counts  # noqa: E402
 
 from gedge_model import Allocation, NodeState, NodeTopology  # noqa: E402
 from scheduler_extender.placement import PlacementConfig, parse_pod_request, place  # noqa: E402
@@ -257,8 +260,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", default="100,1000,5000")
-    parser.add_argument("--pods", type=int, default=300, help="pods per cluster size in the steady run")
+    parser.add_argument(
+        "--sizes", type=counts, default=[100, 1000, 5000], help="cluster sizes (nodes), comma-separated"
+    )
+    parser.add_argument(
+        "--pods", type=counted(1), default=300, help="pods per cluster size in the steady run"
+    )
     parser.add_argument(
         "--window",
         action=argparse.BooleanOptionalAction,
@@ -266,7 +273,7 @@ def main() -> None:
         help="also run with as many names per call as kube-scheduler sends by default (N/window rows)",
     )
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
+    sizes: list[int] = args.sizes
     print(f"extender on one core (CPU 0), kube-scheduler's side on the others; {os.cpu_count()} CPUs here")
     print(
         f"{'nodes':>9} {'steady p50':>11} {'steady p99':>11} {'cold p50':>9} {'cold max':>9} "

@@ -33,6 +33,8 @@ for none.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +46,21 @@ import numpy as np
 from gedge_model import DEFAULT_WEIGHTS, Gpu, Level, NetInterface, NodeTopology, pci_distance
 from gedge_model.cpu_pool import pinnable_cpus
 from scheduler_extender.placement import PodRequest
+
+
+def quiet_highs() -> highspy.Highs:
+    """A solver that prints nothing on stdout: HiGHS writes its banner there when the first one is
+    made, before output_flag can be turned off, which split the bench's tables; it goes to stderr."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    h.setOptionValue("output_flag", False)
+    return h
 
 
 @dataclass(frozen=True)
@@ -101,8 +118,7 @@ class _Model:
         priced: bool,
         start: np.ndarray | None = None,
     ) -> tuple[float, float, np.ndarray]:
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
+        h = quiet_highs()
         h.setOptionValue("time_limit", seconds)
         h.setOptionValue("mip_rel_gap", 1e-6)
         n = len(self.lower)

@@ -68,6 +68,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 
+from cli_args import counted, seconds  # noqa: E402
+
 from gedge_model import (  # noqa: E402
     DEFAULT_WEIGHTS,
     Allocation,
@@ -805,8 +807,9 @@ def report_offline(
         return
     offline, binding = both
     gap = offline.cost / offline.cost_bound - 1 if offline.cost_bound > 0 else 0.0
+    whole = "the whole trace" if pods is None else f"a whole {len(pods)}-pod trace (the small trace's first)"
     print(
-        f"\nsmall cluster vs the offline optimum of the whole trace (HiGHS MIP, {offline.variables} columns, "
+        f"\nsmall cluster vs the offline optimum of {whole} (HiGHS MIP, {offline.variables} columns, "
         f"{offline.rows} rows, {offline.seconds:.0f} s): most pods ({proven_or_bound(offline)}), then least "
         f"cost (within {100 * gap:.2f}% of its bound)"
     )
@@ -979,34 +982,47 @@ def report(title: str, runs: list[Run], optimum: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pods", type=int, default=600)
-    parser.add_argument("--small-pods", type=int, default=160)
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--fills", type=int, default=20)
-    parser.add_argument("--churn", type=int, default=6)
-    parser.add_argument("--gpu-picks", type=int, default=150, help="free sets per GPU topology")
-    parser.add_argument("--gpu-fills", type=int, default=20, help="fills per GPU topology")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
-        "--optimum-pods", type=int, default=60, help="the small trace's first pods the offline optimum takes"
+        "--pods", type=counted(1), default=600, help="pods in the mixed cluster's seeded trace (600)"
+    )
+    parser.add_argument(
+        "--small-pods", type=counted(1), default=160, help="pods in the small cluster's seeded trace (160)"
+    )
+    parser.add_argument("--seed", type=counted(0), default=7, help="seed of the traces (7)")
+    parser.add_argument(
+        "--fills", type=counted(1), default=20, help="seeded traces filling the empty mixed cluster (20)"
+    )
+    parser.add_argument(
+        "--churn", type=counted(0), default=6, help="more seeded traces per cluster under churn (6)"
+    )
+    parser.add_argument("--gpu-picks", type=counted(1), default=150, help="free sets per GPU topology (150)")
+    parser.add_argument("--gpu-fills", type=counted(1), default=20, help="fills per GPU topology (20)")
+    parser.add_argument(
+        "--optimum-pods",
+        type=counted(1),
+        default=60,
+        help="the small trace's first pods the offline optimum takes (60)",
     )
     parser.add_argument(
         "--optimum-seconds",
-        type=float,
+        type=seconds,
         default=120.0,
-        help="HiGHS time limit per solve of the offline optimum",
+        help="HiGHS time limit per solve of the offline optimum (120)",
     )
     parser.add_argument(
         "--binding-seconds",
-        type=float,
+        type=seconds,
         default=400.0,
-        help="HiGHS time limit of the best schedule binding every pod that fits (most pods only)",
+        help="HiGHS time limit of the best schedule binding every pod that fits (most pods only; 400)",
     )
     parser.add_argument(
         "--tie-seeds",
-        type=int,
+        type=counted(0),
         default=8,
-        help="tie-break seeds each small trace is run under (0: skip that table)",
+        help="tie-break seeds each small trace is run under (0: skip that table; 8)",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -62,6 +62,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 import extender as mix  # noqa: E402  (bench/extender.py: the seeded cluster and pod shapes)
+from cli_args import counted, counts  # noqa: E402
 
 from gedge_model import ANNOTATION, Allocation, NodeState  # noqa: E402
 from scheduler_extender.placement import parse_pod_request, place  # noqa: E402
@@ -409,14 +410,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--sizes", default="500,5000", help="cluster sizes (nodes), comma-separated")
-    parser.add_argument("--pods", default="300,600", help="pods per run, one per size (or one for all)")
     parser.add_argument(
-        "--repeat", type=int, default=1, help="runs of each configuration, interleaved; R from the medians"
+        "--sizes", type=counts, default=[500, 5000], help="cluster sizes (nodes), comma-separated"
+    )
+    parser.add_argument(
+        "--pods", type=counts, default=[300, 600], help="pods per run, one per size (or one for all)"
+    )
+    parser.add_argument(
+        "--repeat",
+        type=counted(1),
+        default=1,
+        help="runs of each configuration, interleaved; R from the medians",
     )
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
-    pods = [int(p) for p in args.pods.split(",")]
+    sizes: list[int] = args.sizes
+    pods: list[int] = args.pods
     pods = pods * len(sizes) if len(pods) == 1 else pods
     if len(pods) != len(sizes):
         parser.error("--pods: one count, or one per size")

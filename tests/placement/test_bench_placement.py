@@ -50,7 +50,7 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
         "place() on one node",
         "go-gpuallocator",
         "restricted on many NUMA nodes",
-        "offline optimum of the whole trace",
+        "offline optimum of a whole 20-pod trace (the small trace's first)",
         "binding every pod that fits: the best schedule",
         "distance against packing",
         "what the optimum places differently",
@@ -74,3 +74,32 @@ def test_short_bench_run_prints_every_table_and_meets_the_optimum():
     assert int(binding.group(1)) == int(offline.group(2))
     assert int(binding.group(2)) <= int(offline.group(3))
     assert "most pods (proven)" in out, out
+    assert "Running HiGHS" not in out, "HiGHS's banner goes to stderr, not between the tables"
+
+
+def test_bad_bench_arguments_are_one_line_naming_the_flag() -> None:
+    """A count of 0, a word for a number or a typo in a list of sizes stops the bench at once with
+    argparse's one line naming the flag, not a traceback from deep inside a run."""
+    for script, args, expected in (
+        ("placement.py", ["--pods", "0"], "argument --pods: 0 is below 1"),
+        ("placement.py", ["--fills", "x"], "argument --fills: 'x' is not a whole number"),
+        (
+            "placement.py",
+            ["--optimum-seconds", "0"],
+            "argument --optimum-seconds: 0 must be a positive number of seconds",
+        ),
+        ("extender.py", ["--sizes", "100,1k"], "argument --sizes: '100,1k': '1k' is not a whole number"),
+        ("extender.py", ["--pods", "0"], "argument --pods: 0 is below 1"),
+        ("discovery.py", ["--runs", "0"], "argument --runs: 0 is below 1"),
+    ):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "bench" / script), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, (script, args, result.stderr)
+        last = result.stderr.strip().splitlines()[-1]
+        assert f"error: {expected}" in last, (script, args, result.stderr)
+        assert "Traceback" not in result.stderr
