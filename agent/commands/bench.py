@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import structlog
 
@@ -37,7 +38,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cpus",
         type=int,
-        default=1,
+        default=None,
         metavar="N",
         help="pinning: exclusive CPUs given to the workload (default 1)",
     )
@@ -67,13 +68,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    problem = _flag_problem(args)
+    if problem:
+        print(f"gedge-agent bench {args.tool}: {problem}", file=sys.stderr)
+        return 2
     vfs = None
-    if args.sriov_pf or args.vf:
+    if args.sriov_pf:
         from agent.bench.datapath import VfChoice
 
-        if not args.sriov_pf or len(args.vf) != 2:
-            print("gedge-agent bench: --sriov-pf needs exactly two --vf PCI addresses", file=sys.stderr)
-            return 2
         vfs = VfChoice(pf=args.sriov_pf, vf_pcis=(args.vf[0], args.vf[1]))
     progress = Progress(args.tool, quiet=args.quiet)
     try:
@@ -87,7 +89,10 @@ def run(args: argparse.Namespace) -> int:
                 from agent.bench.pinning import format_pinning, run_pinning
 
                 report = run_pinning(
-                    short=args.short, prefix=prefix, progress=progress, exclusive_cpus=args.cpus
+                    short=args.short,
+                    prefix=prefix,
+                    progress=progress,
+                    exclusive_cpus=1 if args.cpus is None else args.cpus,
                 )
                 text = format_pinning(report)
     except (KeyboardInterrupt, Interrupted):
@@ -98,3 +103,24 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(report, indent=2) if args.json else text)
     return 0
+
+
+def _flag_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags, before anything is built: a flag of the other tool, a VF choice
+    without its PF or not two VFs, a PF or VF this node does not have."""
+    if args.tool == "pinning" and (args.sriov_pf or args.vf):
+        return "--sriov-pf and --vf are for datapath"
+    if args.tool == "datapath" and args.cpus is not None:
+        return "--cpus is for pinning"
+    if args.vf and not args.sriov_pf:
+        return "--vf needs --sriov-pf PF, the physical function the two VFs belong to"
+    if not args.sriov_pf:
+        return None
+    if len(args.vf) != 2:
+        return "--sriov-pf needs exactly two --vf PCI addresses"
+    if not Path("/sys/class/net", args.sriov_pf).exists():
+        return f"--sriov-pf {args.sriov_pf}: no such network interface on this node"
+    for vf in args.vf:
+        if not Path("/sys/bus/pci/devices", vf).exists():
+            return f"--vf {vf}: no such PCI function on this node (give a VF's address, e.g. 0000:3b:02.0)"
+    return None

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
@@ -189,3 +190,30 @@ def test_cli_refuses_a_vf_choice_without_two_vfs() -> None:
     )
     assert proc.returncode == 2
     assert "exactly two --vf" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["datapath", "--vf", "0000:5e:02.0"], "--vf needs --sriov-pf PF"),
+        (
+            ["datapath", "--sriov-pf", "nosuchpf0", "--vf", "0000:5e:02.0", "--vf", "0000:5e:02.1"],
+            "--sriov-pf nosuchpf0: no such network interface on this node",
+        ),
+        (["pinning", "--sriov-pf", "pf0"], "--sriov-pf and --vf are for datapath"),
+        (["datapath", "--cpus", "1"], "--cpus is for pinning"),
+    ],
+)
+def test_cli_names_the_flag_at_fault_before_building_anything(args: list[str], expected: str) -> None:
+    prefix = unique("gbt")
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "bench", *args, "--short", "--prefix", prefix],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"gedge-agent bench {args[0]}: {expected}"), proc.stderr
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert leftover_namespaces(prefix) == []
