@@ -146,3 +146,16 @@ def load_yaml(path: str | Path, *, what: str = "", limit: int = MAX_FILE_BYTES) 
 def load_json(path: str | Path, *, what: str = "", limit: int = MAX_FILE_BYTES) -> Any:
     """read_bounded then parse_json, errors naming `WHAT PATH`."""
     return parse_json(read_bounded(path, what=what, limit=limit), source=source_of(path, what), limit=limit)
+
+
+def sysfs_root_problem(root: Path) -> str | None:
+    """Why `root` cannot be a discovery root (/ or the folder of an unpacked sysfs snapshot, which
+    holds sys/devices/system/cpu), or None. Pointing at the folder above a snapshot, or at its
+    archive, is the usual mistake; both would otherwise discover an empty node."""
+    if not root.exists():
+        return "no such directory"
+    if not root.is_dir():
+        return "not a directory (unpack a snapshot archive and give its folder)"
+    if not (root / "sys" / "devices" / "system" / "cpu").is_dir():
+        return "no sys/devices/system/cpu under it (give / or the folder of an unpacked sysfs snapshot)"
+    return None

@@ -9,7 +9,7 @@ from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from agent.discovery import discover
-from gedge_common.files import FileLoadError, load_yaml
+from gedge_common.files import FileLoadError, load_yaml, sysfs_root_problem
 from gedge_model import DEFAULT_WEIGHTS, DeviceKind, Endpoint, Level, NodeTopology, distance_matrix, to_json
 from gedge_model.cpulist import format_cpulist
 from gedge_model.distance import LEGEND, XGMI_LABEL, XGMI_LEGEND, parse_weights
@@ -50,32 +50,20 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         weights = _load_weights(args.weights) if args.weights else dict(DEFAULT_WEIGHTS)
-        root = Path(args.root)
-        _check_root(root, args.root)
+        problem = sysfs_root_problem(Path(args.root))
+        if problem:
+            raise UsageError(f"--root {args.root}: {problem}")
         if args.timeslice_replicas is not None and args.timeslice_replicas < 1:
             raise UsageError(f"--timeslice-replicas {args.timeslice_replicas}: must be 1 or more")
     except UsageError as exc:
         print(f"gedge-agent topology: {exc}", file=sys.stderr)
         return 2
-    topology = discover(root, node_name=args.node_name, timeslice_replicas=args.timeslice_replicas)
+    topology = discover(Path(args.root), node_name=args.node_name, timeslice_replicas=args.timeslice_replicas)
     if args.json:
         print(to_json(topology, indent=2))
     else:
         print(render(topology, weights))
     return 0
-
-
-def _check_root(root: Path, given: str) -> None:
-    """A root is / or an unpacked snapshot: a folder with sys/devices/system/cpu under it."""
-    if not root.exists():
-        raise UsageError(f"--root {given}: no such directory")
-    if not root.is_dir():
-        raise UsageError(f"--root {given}: not a directory (unpack a snapshot archive and give its folder)")
-    if not (root / "sys" / "devices" / "system" / "cpu").is_dir():
-        raise UsageError(
-            f"--root {given}: no sys/devices/system/cpu under it"
-            " (give / or the folder of an unpacked sysfs snapshot)"
-        )
 
 
 def _load_weights(path: Path) -> dict[Level, float]:

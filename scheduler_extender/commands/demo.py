@@ -10,6 +10,11 @@ GPU box, pinned CPUs (with a VF when there is one) elsewhere.
 With no kubelet here, the demo plays the container runtime: the pod is one real
 process in its own container cgroup under a private kubepods tree, which the
 agent's cpuset applier then pins. Everything is torn down at the end.
+
+With `--root` naming a snapshot (not /), the agent reports that machine and
+applies nothing (`--no-apply`): its CPUs and devices are not this machine's, so
+the pod is placed and bound in the extender and the allocation printed, not
+applied.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import aiohttp
 import grpc
 
 from gedge_common.cli import configure_logging
+from gedge_common.files import sysfs_root_problem
 from gedge_model import Allocation, NodeTopology
 from gedge_model.certs import issue_files
 from gedge_model.tls import TlsMaterial, channel_credentials, expect_peer_name_options, load_tls
@@ -56,7 +62,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
         "examples:\n"
         "  gedge-extender demo                       # agent over this machine, a sample pod placed, pinned\n"
-        "  gedge-extender demo --root /tmp/snapshot  # the agent reads an unpacked sysfs snapshot"
+        "  gedge-extender demo --root /tmp/snapshot  # an unpacked sysfs snapshot: placed, not applied"
     )
     parser.add_argument(
         "--root", default="/", metavar="PATH", help="sysfs root the agent discovers (default /)"
@@ -199,9 +205,23 @@ class PodSandbox:
 
 def _read(path: Path) -> str:
     try:
-        return path.read_text()
+        return path.read_text(errors="replace")
     except OSError:
         return ""
+
+
+class SnapshotBinder:
+    """Bind for a snapshot's node: the extender's choice is kept and printed; nothing is applied,
+    since the snapshot's CPUs and devices are not this machine's."""
+
+    def __init__(self) -> None:
+        self.bound: Allocation | None = None
+
+    def bind(self, allocation: Allocation) -> None:
+        self.bound = allocation
+
+    def close(self) -> None:
+        pass
 
 
 class SandboxBinder:
@@ -234,8 +254,11 @@ class SandboxBinder:
         self._channel.close()
 
 
-def start_agent(root: str, node: str, port: int, workdir: Path, cgroup_root: Path) -> subprocess.Popen[bytes]:
-    """`gedge-agent serve` with mTLS: its certificate from the demo's CA in workdir/pki."""
+def start_agent(
+    root: str, node: str, port: int, workdir: Path, cgroup_root: Path | None
+) -> subprocess.Popen[bytes]:
+    """`gedge-agent serve` with mTLS: its certificate from the demo's CA in workdir/pki; report only
+    (`--no-apply`) without a cgroup root (a snapshot's node)."""
     env = dict(os.environ, GEDGE_AGENT_DEVICE_PLUGIN_DIR=str(workdir / "device-plugins"))
     pki = workdir / "pki"
     command = [
@@ -253,8 +276,7 @@ def start_agent(root: str, node: str, port: int, workdir: Path, cgroup_root: Pat
         "",
         "--checkpoint",
         str(workdir / "checkpoint.json"),
-        "--cgroup-root",
-        str(cgroup_root),
+        *(["--cgroup-root", str(cgroup_root)] if cgroup_root is not None else ["--no-apply"]),
         "--cgroup-driver",
         "cgroupfs",
         "--nri-socket",
@@ -336,8 +358,13 @@ def run(args: argparse.Namespace) -> int:
     from scheduler_extender.cache import ClusterCache
     from scheduler_extender.cache.targets import AgentTarget, dump_agents
 
+    problem = sysfs_root_problem(Path(args.root))
+    if problem:
+        print(f"gedge-extender demo: --root {args.root}: {problem}", file=sys.stderr)
+        return 2
     configure_logging("error")
     started = time.monotonic()
+    applies = Path(args.root).resolve() == Path("/")
     node = args.node_name or node_name_for(socket.gethostname())
     pod_uid = str(uuid.uuid4())
     sandbox = PodSandbox(pod_uid)
@@ -352,19 +379,30 @@ def run(args: argparse.Namespace) -> int:
             issue_files(pki, name, ips=["127.0.0.1"], days=1)
         tls = load_tls(pki / "gedge-extender.pem", pki / "gedge-extender.key", pki / "ca.pem")
         cluster = ClusterCache.from_agents_file(agents_file, CacheOptions(tls=tls))
-        binder = SandboxBinder(f"127.0.0.1:{port}", sandbox, tls, node)
+        binder: SandboxBinder | SnapshotBinder = (
+            SandboxBinder(f"127.0.0.1:{port}", sandbox, tls, node) if applies else SnapshotBinder()
+        )
         try:
-            sandbox.create()
+            if applies:
+                sandbox.create()
             print(
                 f"starting gedge-agent serve --root {args.root} --node-name {node} on 127.0.0.1:{port} "
-                "(mTLS, certificates from a throwaway CA)"
+                "(mTLS, certificates from a throwaway CA"
+                + ("" if applies else "; --no-apply: a snapshot's CPUs and devices are not this machine's")
+                + ")"
             )
-            agent = start_agent(args.root, node, port, workdir, sandbox.root)
+            agent = start_agent(args.root, node, port, workdir, sandbox.root if applies else None)
             cluster.start()
-            if not cluster.wait_for(lambda v: node in v and v[node].fresh, AGENT_START_TIMEOUT_S):
+            running = agent
+            reported = cluster.wait_for(
+                lambda v: (node in v and v[node].fresh) or running.poll() is not None, AGENT_START_TIMEOUT_S
+            )
+            if not reported or agent.poll() is not None:
                 view = cluster.node(node)
                 reason = view.reason if view else "no record"
-                log = (workdir / "agent.log").read_text(errors="replace")[-2000:]
+                log = _read(workdir / "agent.log")[-2000:]
+                if agent.poll() is not None:
+                    raise DemoError(f"the agent exited ({agent.returncode}) before it reported:\n{log}")
                 raise DemoError(
                     f"the agent did not report within {AGENT_START_TIMEOUT_S:g}s: {reason}\n{log}"
                 )
@@ -376,29 +414,33 @@ def run(args: argparse.Namespace) -> int:
             pod, note = sample_pod(topology, pod_uid)
             print()
             print(f"sample pod default/demo-inference {note};")
-            print(
-                f"  it runs as process {sandbox.process.pid if sandbox.process else '-'} in container cgroup"
-            )
-            print(
-                f"  {sandbox.root}/kubepods/pod{pod_uid}/{sandbox.container_id[:12]}..."
-                f" (cgroup {sandbox.version})"
-            )
+            if applies:
+                pid = sandbox.process.pid if sandbox.process else "-"
+                print(f"  it runs as process {pid} in container cgroup")
+                print(
+                    f"  {sandbox.root}/kubepods/pod{pod_uid}/{sandbox.container_id[:12]}..."
+                    f" (cgroup {sandbox.version})"
+                )
+            else:
+                print("  placed on the snapshot's node; nothing runs or is pinned here")
             extender = Extender(cluster, binder, cache=AssumeCache())
             filtered, scores, bound = asyncio.run(drive(extender, pod, node, pki))
             verdict = filtered["NodeNames"] or filtered["Error"] or filtered["FailedNodes"]
             print(f"  POST /filter     -> {'passes ' if filtered['NodeNames'] else 'refused: '}{verdict}")
             print(f"  POST /prioritize -> {scores}")
-            print(f"  POST /bind       -> {bound['Error'] or 'bound; the agent applied it over gRPC'}")
+            done = "bound; the agent applied it over gRPC" if applies else "bound (not applied: a snapshot)"
+            print(f"  POST /bind       -> {bound['Error'] or done}")
             allocation = binder.bound
             if bound["Error"] or allocation is None or allocation.pod_uid != pod_uid:
                 return 1
             print()
             print(allocation_summary(allocation, topology))
-            print(
-                f"  applied: container cpuset.cpus = {sandbox.container_cpuset() or '-'}, "
-                f"process Cpus_allowed_list = {sandbox.cpus_allowed()}"
-            )
-            if not args.keep:
+            if isinstance(binder, SandboxBinder):
+                print(
+                    f"  applied: container cpuset.cpus = {sandbox.container_cpuset() or '-'}, "
+                    f"process Cpus_allowed_list = {sandbox.cpus_allowed()}"
+                )
+            if isinstance(binder, SandboxBinder) and not args.keep:
                 binder.release(pod_uid)
                 print(f"released on {node}: process Cpus_allowed_list = {sandbox.cpus_allowed()}")
         except DemoError as exc:

@@ -45,6 +45,43 @@ def test_demo_places_a_pod_through_the_real_agent_and_cleans_up() -> None:
     assert cgroup and not Path(cgroup.group(1)).exists(), "the demo removes its cgroups"
 
 
+def test_demo_on_a_snapshot_places_and_applies_nothing(
+    snapshot_roots: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A snapshot's CPUs are not this machine's: the agent reports it without applying, and the pod
+    is bound in the extender only (before, the bind failed on CPUs this machine lacks)."""
+    root = snapshot_roots["40intel64-2g2n4c+pcilocality"]
+    assert main(["demo", "--root", str(root), "--node-name", "lab-1"]) == 0
+    out = capsys.readouterr().out
+    assert "--no-apply" in out
+    assert "POST /bind       -> bound (not applied: a snapshot)" in out
+    assert re.search(r"^pod default/demo-inference -> node lab-1 ", out, re.MULTILINE), out
+    assert re.search(r"^  exclusive cpus +\S+", out, re.MULTILINE), out
+    assert "  applied: container" not in out and "gedge-demo-" not in out
+
+
+def test_demo_names_a_root_it_cannot_read_and_an_agent_that_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", "--root", str(tmp_path / "nowhere")]) == 2
+    assert (
+        capsys.readouterr().err == f"gedge-extender demo: --root {tmp_path / 'nowhere'}: no such directory\n"
+    )
+    assert main(["demo", "--root", str(tmp_path)]) == 2
+    assert "no sys/devices/system/cpu under it" in capsys.readouterr().err
+
+    from scheduler_extender.commands import demo
+
+    def exits_at_once(*args: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+
+    monkeypatch.setattr(demo, "start_agent", exits_at_once)
+    started = time.monotonic()
+    assert main(["demo"]) == 1
+    assert time.monotonic() - started < demo.AGENT_START_TIMEOUT_S / 2, "did not wait out the timeout"
+    assert "gedge-extender demo: the agent exited (3) before it reported" in capsys.readouterr().err
+
+
 @pytest.fixture
 def topology_files(tmp_path: Path) -> list[str]:
     paths = []
