@@ -167,6 +167,8 @@ def _device_legend(topology: NodeTopology) -> list[str]:
                 what += f" (not allocatable: missing {' '.join(card.missing_nodes)})"
             elif card.stack is None:
                 what += " (no known device nodes: not allocatable)"
+        elif card is not None and card.kind is DeviceKind.DISPLAY:
+            what = f"{card.vendor_id:04x}:{card.device_id:04x} display controller (not a GPU)"
         lines.append(f"  {p.label}: {what} ({p.pci_address})")
     lines.append("")
     return lines

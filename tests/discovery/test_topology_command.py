@@ -111,6 +111,15 @@ def test_a_root_that_is_not_a_sysfs_tree_is_refused(
     assert "not a directory (unpack a snapshot archive and give its folder)" in capsys.readouterr().err
 
 
+def test_a_display_controller_is_named_by_its_ids_once(
+    snapshot_roots: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The snapshot's VGA function (a BMC's display) is listed as what it is, its address once."""
+    assert main(["topology", "--root", str(snapshot_roots["2pa-pcidomain32bits"])]) == 0
+    out = capsys.readouterr().out
+    assert "  DISPLAY0: 1013:00b8 display controller (not a GPU) (0000:00:02.0)" in out
+
+
 def test_console_script_runs_on_this_machine() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "agent.cli", "topology"], cwd=REPO, capture_output=True, text=True, timeout=60
