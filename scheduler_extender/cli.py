@@ -16,11 +16,14 @@ COMMANDS: dict[str, str] = {
 }
 
 EPILOG = """examples:
-  gedge-extender serve --agents agents.yaml --listen 127.0.0.1:8888
-  gedge-extender serve --kubeconfig ~/.kube/config --listen 0.0.0.0:8888
-  gedge-extender place --agents agents.yaml --pod pod.yaml
-  gedge-extender demo
+  gedge-extender demo                                  # the main job on this machine, no cluster
+  gedge-extender place --topology node.json --pod pod.yaml   # node.json: gedge-agent topology --json
+  gedge-extender serve --agents agents.yaml --listen 127.0.0.1:8888 --insecure   # plaintext, to try
+  gedge-extender serve --kubeconfig ~/.kube/config --tls-cert pki/gedge-extender.pem \\
+      --tls-key pki/gedge-extender.key --tls-client-ca pki/ca.pem --agent-tls-cert pki/gedge-extender.pem \\
+      --agent-tls-key pki/gedge-extender.key --agent-tls-ca pki/ca.pem
   gedge-extender csr-signer --in-cluster --ca-cert /etc/gedge/ca/tls.crt --ca-key /etc/gedge/ca/tls.key
+serve and place --agents need TLS files (`gedge-agent certs` makes them) or --insecure.
 """
 
 

@@ -135,3 +135,22 @@ def test_examples_continued_on_the_next_line_keep_their_line_break(
     for first, second in itertools.pairwise(examples):
         if first.endswith("\\"):
             assert second.startswith("      "), f"a continued example is not indented: {second!r}"
+
+
+@pytest.mark.parametrize("module", ["agent.cli", "scheduler_extender.cli"])
+def test_serving_examples_say_how_they_get_past_the_tls_check(
+    module: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """serve (and place --agents) refuse to start without TLS files or --insecure, so an example that
+    gives neither fails as written."""
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    text = capsys.readouterr().out.split("\nexamples:\n", 1)[1].replace("\\\n", " ")
+    commands = [line.split("#")[0] for line in text.splitlines() if line.startswith("  gedge-")]
+    serving = [c for c in commands if " serve " in c or " place --agents " in c]
+    assert serving, text
+    for command in serving:
+        tls = " --tls-cert " in command or " --tls-csr" in command or " --agent-tls-ca " in command
+        assert "--insecure" in command or tls, f"fails as written (no TLS files, no --insecure): {command}"
