@@ -174,8 +174,14 @@ class PodSandbox:
             (self._dirs[-1] / "cgroup.procs").write_text(str(self.process.pid))
         except OSError as exc:
             self.destroy()
+            hint = (
+                " (run it as root: the demo pins a real process in a cgroup of its own;"
+                " --root SNAPSHOT places without applying)"
+                if isinstance(exc, PermissionError)
+                else ""
+            )
             raise DemoError(
-                f"cannot create the demo pod's cgroups under {parent}: {exc.strerror or exc}"
+                f"cannot create the demo pod's cgroups under {parent}: {exc.strerror or exc}{hint}"
             ) from None
 
     def cpus_allowed(self) -> str:

@@ -82,6 +82,22 @@ def test_demo_names_a_root_it_cannot_read_and_an_agent_that_exits(
     assert "gedge-extender demo: the agent exited (3) before it reported" in capsys.readouterr().err
 
 
+def test_demo_without_the_right_to_make_cgroups_says_to_run_it_as_root(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scheduler_extender.commands import demo
+
+    def refused(self: Path, *args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    sandbox = demo.PodSandbox("u1")
+    with pytest.raises(
+        demo.DemoError, match=r"Permission denied \(run it as root: the demo pins a real process"
+    ):
+        sandbox.create()
+
+
 @pytest.fixture
 def topology_files(tmp_path: Path) -> list[str]:
     paths = []
