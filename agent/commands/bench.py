@@ -24,7 +24,9 @@ Needs root (network namespaces, cgroups). Everything made is removed at the end,
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
-    parser.add_argument("tool", choices=("datapath", "pinning"), help="what to measure")
+    parser.add_argument(
+        "tool", metavar="{datapath,pinning}", choices=("datapath", "pinning"), help="what to measure"
+    )
     parser.add_argument(
         "--short", action="store_true", help="a quick, small run (seconds) to check the setup"
     )

@@ -61,7 +61,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insecure", action="store_true", help="plaintext gRPC to agents started with --insecure"
     )
-    parser.add_argument("--wait-s", type=float, default=10.0, metavar="S", help="how long to wait for agents")
+    parser.add_argument(
+        "--wait-s", type=float, default=10.0, metavar="S", help="how long to wait for agents (10)"
+    )
     parser.add_argument("--json", action="store_true", help="print the allocation as the annotation JSON")
     parser.set_defaults(run=run)
 

@@ -217,3 +217,19 @@ def test_cli_names_the_flag_at_fault_before_building_anything(args: list[str], e
     assert proc.stderr.startswith(f"gedge-agent bench {args[0]}: {expected}"), proc.stderr
     assert proc.stderr.count("\n") == 1, proc.stderr
     assert leftover_namespaces(prefix) == []
+
+
+def test_cli_names_a_misspelt_tool_as_the_usage_shows_it() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "bench", "datapth"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "{datapath,pinning}" in proc.stderr.splitlines()[-2]  # the usage's last line
+    assert proc.stderr.splitlines()[-1] == (
+        "gedge-agent bench: error: argument {datapath,pinning}: invalid choice: 'datapth' "
+        "(choose from 'datapath', 'pinning')"
+    )
