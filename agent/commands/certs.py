@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import socket
 import sys
 from pathlib import Path
@@ -61,6 +62,13 @@ def run(args: argparse.Namespace) -> int:
                 raise CertError(f"NAME {name!r} would overwrite the CA's files {' and '.join(CA_FILES)}")
         for extra in args.dns:
             check_dns_name(extra, "--dns")
+        for ip in args.ip:
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                raise CertError(f"--ip {ip!r} is not an IPv4 or IPv6 address") from None
+        if Path(args.dir).exists() and not Path(args.dir).is_dir():
+            raise CertError(f"--dir {args.dir}: not a directory")
     except CertError as exc:
         print(f"gedge-agent certs: error: {exc}", file=sys.stderr)
         return 2

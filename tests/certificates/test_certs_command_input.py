@@ -86,3 +86,25 @@ def test_dns_names_and_a_long_validity_within_the_bound_are_issued(tmp_path: Pat
     cert = x509.load_pem_x509_certificate((pki / "Edge-1.pem").read_bytes())
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert san.get_values_for_type(x509.DNSName) == ["Edge-1", "edge-1.example.org"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--ip", "1.2.3", "edge-1"], "--ip '1.2.3' is not an IPv4 or IPv6 address"),
+        (["--dir", "{file}", "edge-1"], "--dir {file}: not a directory"),
+    ],
+)
+def test_an_address_or_folder_it_cannot_use_names_its_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from agent.cli import main
+
+    file = tmp_path / "a-file"
+    file.write_text("")
+    argv = [arg.format(file=file) for arg in argv]
+    if "--dir" not in argv:
+        argv = ["--dir", str(tmp_path / "pki"), *argv]
+    assert main(["certs", *argv]) == 2
+    assert capsys.readouterr().err == f"gedge-agent certs: error: {message.format(file=file)}\n"
+    assert not (tmp_path / "pki").exists()
