@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+import yaml
 
 from gedge_model.certs import create_ca, issue
 from scheduler_extender.cli import main
@@ -85,6 +86,44 @@ AGENTS_FILE_FAULTS = [
         id="duplicate",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("127.0.0.1:\u0665\u0660", "is not HOST:PORT with a port in 1..65535"),
+        ("edge:" + "9" * 5000, "is not HOST:PORT with a port in 1..65535"),
+        ("edge:000080", "is not HOST:PORT with a port in 1..65535"),
+        ("127.0.0.1:0", "is not HOST:PORT with a port in 1..65535"),
+        ("127.0.0.1:70000", "is not HOST:PORT with a port in 1..65535"),
+        ("127.0.0.1", "is not HOST:PORT with a port in 1..65535"),
+        (":50051", "bad host"),
+        ("::1:50051", "bad host"),
+        ("[:]:50051", "bad IPv6 host"),
+        ("[fe80::1%eth0]:50051", "bad IPv6 host"),
+        ("999.1.1.1:50051", "bad host"),
+        ("a" * 300 + ":50051", "bad host"),
+        ("a" * 64 + ".example:50051", "bad host"),
+    ],
+)
+def test_an_agent_address_that_is_not_host_port_is_refused_naming_the_entry(
+    tmp_path: Path, address: str, why: str
+) -> None:
+    from scheduler_extender.cache.targets import AgentsFileError, load_agents_file
+
+    path = _agents_file(tmp_path, yaml.safe_dump([{"node": "edge-1", "address": address}]))
+    with pytest.raises(AgentsFileError) as caught:
+        load_agents_file(path, what="--agents")
+    message = str(caught.value)
+    assert message.startswith(f"--agents {path}: entry 0 (node edge-1): ") and why in message, message
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:50051", "edge-1.example:1", "[::1]:65535", "Edge-1:80"])
+def test_an_agent_address_that_is_host_port_is_kept(tmp_path: Path, address: str) -> None:
+    from scheduler_extender.cache.targets import load_agents_file
+
+    path = _agents_file(tmp_path, yaml.safe_dump([{"node": "edge-1", "address": address}]))
+    assert [t.address for t in load_agents_file(path)] == [address]
 
 
 def _agents_file(tmp_path: Path, content: str | None) -> Path:
