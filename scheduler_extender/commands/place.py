@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import uuid
 from pathlib import Path
@@ -131,8 +132,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """0 placed; 2 a bad --agents file (one line naming the flag, the file and the entry); 1 otherwise."""
+    """0 placed; 2 a bad --wait-s or --agents file (one line naming the flag, the file and the entry); 1 otherwise."""
     cluster = None
+    if not (math.isfinite(args.wait_s) and args.wait_s >= 0):
+        print(
+            f"gedge-extender place: --wait-s must be finite and not negative, got {args.wait_s}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         pod = load_pod(args.pod)
         if args.agents:

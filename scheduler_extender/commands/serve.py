@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import signal
 import socket
@@ -427,11 +428,14 @@ POSITIVE_LIMITS = (
 
 
 def check_limits(args: argparse.Namespace) -> None:
-    """Every size, time and count flag must be positive; ValueError names the first that is not."""
+    """Every size, time and count flag must be positive and finite (inf, 1e309: a bound that never
+    bounds); ValueError names the first that is not."""
     for name in POSITIVE_LIMITS:
         value = getattr(args, name)
         if not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be finite, got {value}")
 
 
 def check_server_tls(args: argparse.Namespace) -> None:

@@ -72,6 +72,42 @@ def test_serve_refuses_a_limit_that_is_not_positive(
     assert f"{flag} must be positive, got" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--max-body-bytes",
+        "--body-timeout-s",
+        "--idle-timeout-s",
+        "--stale-after-s",
+        "--reserve-ttl-s",
+        "--tls-reload-interval-s",
+    ],
+)
+@pytest.mark.parametrize("value", ["inf", "1e309", "nan", "-0"])
+def test_serve_refuses_a_limit_that_never_bounds(
+    agents: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if flag == "--max-body-bytes" and value != "-0":
+        return  # an int flag: argparse refuses inf and nan itself
+    assert main([*_serve(agents, "--insecure"), f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{flag} must be positive, got" in err or f"{flag} must be finite, got inf" in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e309", "-1"])
+def test_place_refuses_a_wait_that_never_ends_or_is_negative(
+    agents: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pod = agents.with_name("pod.yaml")
+    pod.write_text("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: m, image: x}]}\n")
+    args = ["place", "--agents", str(agents), "--pod", str(pod), "--insecure", f"--wait-s={value}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gedge-extender place: --wait-s must be finite and not negative, got "), err
+    assert err.count("\n") == 1, err
+
+
 AGENTS_FILE_FAULTS = [
     pytest.param(None, "No such file or directory", id="missing"),
     pytest.param("- [unclosed\n", "not YAML", id="bad-yaml"),
