@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """0 placed; 2 a bad --wait-s or --agents file (one line naming the flag, the file and the entry); 1 otherwise."""
+    """0 placed; 2 a bad --wait-s or --agents file (one line naming the flag, and the file and entry);
+    1 otherwise."""
     cluster = None
     if not (math.isfinite(args.wait_s) and args.wait_s >= 0):
         print(
