@@ -32,6 +32,19 @@ def add_agent_tls(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent-tls-ca", metavar="FILE", help="CA that signs the agents' certificates")
 
 
+def name_agent_tls_flag(message: str) -> str:
+    """A TlsConfigError message about the agents' TLS files (`TLS key PATH: ...`) with the flag that
+    gave the file in front of its path (`--agent-tls-key PATH: ...`)."""
+    for label, flag in (
+        ("TLS certificate ", "--agent-tls-cert "),
+        ("TLS key ", "--agent-tls-key "),
+        ("TLS CA ", "--agent-tls-ca "),
+    ):
+        if message.startswith(label):
+            return flag + message.removeprefix(label)
+    return message
+
+
 def load_config(
     kubeconfig: str | None,
     *,

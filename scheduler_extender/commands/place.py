@@ -20,7 +20,7 @@ from gedge_common.cli import configure_logging
 from gedge_common.files import FileLoadError, load_yaml, parse_json, read_bounded
 from gedge_model import ModelDecodeError, NodeState, NodeTopology, from_json, to_dict
 from scheduler_extender.bind.binder import BindError
-from scheduler_extender.commands.cluster_access import add_agent_tls
+from scheduler_extender.commands.cluster_access import add_agent_tls, name_agent_tls_flag
 from scheduler_extender.commands.render import allocation_summary
 from scheduler_extender.node_source import NodeSource, StaticNodeSource
 from scheduler_extender.verbs import Extender
@@ -132,7 +132,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """0 placed; 2 a bad --wait-s or --agents file (one line naming the flag, and the file and entry);
+    """0 placed; 2 a bad --wait-s, --agent-tls-* or --agents file (one line naming the flag, and the
+    file and entry);
     1 otherwise."""
     cluster = None
     if not (math.isfinite(args.wait_s) and args.wait_s >= 0):
@@ -144,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         pod = load_pod(args.pod)
         if args.agents:
-            from gedge_model.tls import load_tls
+            from gedge_model.tls import TlsConfigError, load_tls
             from scheduler_extender.cache import ClusterCache
             from scheduler_extender.cache.cache import CacheOptions
             from scheduler_extender.cache.targets import AgentsFileError
@@ -154,7 +155,11 @@ def _run(args: argparse.Namespace) -> int:
                 raise PlaceError(
                     "--agents needs --agent-tls-cert, --agent-tls-key and --agent-tls-ca, or --insecure alone"
                 )
-            tls = None if args.insecure else load_tls(*files)
+            try:
+                tls = None if args.insecure else load_tls(*files)
+            except TlsConfigError as exc:
+                print(f"gedge-extender place: {name_agent_tls_flag(str(exc))}", file=sys.stderr)
+                return 2
             try:
                 cluster = ClusterCache.from_agents_file(args.agents, CacheOptions(tls=tls), what="--agents")
             except AgentsFileError as exc:

@@ -25,8 +25,9 @@ import structlog
 import uvloop
 
 from gedge_common.cli import configure_logging
+from gedge_common.files import FileLoadError, read_bounded
 from gedge_common.listen import parse_listen
-from gedge_model.tls import TlsConfigError, TlsFiles
+from gedge_model.tls import MAX_PEM_BYTES, TlsConfigError, TlsFiles
 from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
@@ -37,6 +38,7 @@ from scheduler_extender.commands.cluster_access import (
     add_agent_tls,
     add_cluster_access,
     load_cluster_config,
+    name_agent_tls_flag,
 )
 from scheduler_extender.http.app import (
     IDLE_TIMEOUT_S,
@@ -231,12 +233,15 @@ def cache_options(args: argparse.Namespace) -> CacheOptions:
         raise ValueError("--agent-tls-cert, --agent-tls-key and --agent-tls-ca go together")
     if not all(given):
         return CacheOptions(ttl_s=args.stale_after_s)
-    files = TlsFiles(
-        args.agent_tls_cert,
-        args.agent_tls_key,
-        args.agent_tls_ca,
-        on_error=lambda error: log.error("replaced agent TLS files not used; old ones stay", error=error),
-    )
+    try:
+        files = TlsFiles(
+            args.agent_tls_cert,
+            args.agent_tls_key,
+            args.agent_tls_ca,
+            on_error=lambda error: log.error("replaced agent TLS files not used; old ones stay", error=error),
+        )
+    except TlsConfigError as exc:
+        raise TlsConfigError(name_agent_tls_flag(str(exc))) from None
     return CacheOptions(ttl_s=args.stale_after_s, tls=files.current(), tls_files=files)
 
 
@@ -439,7 +444,8 @@ def check_limits(args: argparse.Namespace) -> None:
 
 
 def check_server_tls(args: argparse.Namespace) -> None:
-    """Load --tls-cert/--tls-key/--tls-client-ca once before anything connects; ValueError names the flag."""
+    """Load --tls-cert/--tls-key/--tls-client-ca once before anything connects, each read only up to
+    MAX_PEM_BYTES first (OpenSSL would read any length); ValueError names the flag."""
     if args.insecure:
         return
     for flag, path in (
@@ -448,10 +454,9 @@ def check_server_tls(args: argparse.Namespace) -> None:
         ("--tls-client-ca", args.tls_client_ca),
     ):
         try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from exc
+            read_bounded(path, what=flag, limit=MAX_PEM_BYTES)
+        except FileLoadError as exc:
+            raise ValueError(str(exc)) from None
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.tls_cert, args.tls_key)
     except (OSError, ssl.SSLError) as exc:

@@ -270,6 +270,65 @@ def test_serve_checks_its_own_tls_files_before_dialling_the_agents(
     assert "edge-1" not in err
 
 
+@pytest.mark.parametrize("bad", ["/dev/zero", "huge"])
+@pytest.mark.parametrize("flag", ["--tls-cert", "--tls-key", "--tls-client-ca"])
+def test_serve_reads_no_more_of_a_tls_file_than_a_pem_can_be(
+    agents: Path, pki: dict[str, Path], flag: str, bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gedge_model.tls import MAX_PEM_BYTES
+
+    huge = agents.with_name("huge.pem")
+    with open(huge, "wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    files = {"--tls-cert": pki["leaf.pem"], "--tls-key": pki["leaf.key"], "--tls-client-ca": pki["ca.pem"]}
+    files[flag] = huge if bad == "huge" else Path(bad)
+    tls = [part for pair in files.items() for part in (pair[0], str(pair[1]))]
+    agent_tls = ["--agent-tls-cert", str(pki["leaf.pem"]), "--agent-tls-key", str(pki["leaf.key"])]
+    assert main([*_serve(agents, *tls, *agent_tls, "--agent-tls-ca", str(pki["ca.pem"]))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag} {files[flag]}: larger than {MAX_PEM_BYTES} bytes" in err, err
+
+
+@pytest.mark.parametrize("command", ["serve", "place"])
+@pytest.mark.parametrize(
+    ("flag", "bad"),
+    [
+        (f, b)
+        for f in ("--agent-tls-cert", "--agent-tls-key", "--agent-tls-ca")
+        for b in ("/dev/zero", "garbage")
+    ],
+)
+def test_agent_tls_files_are_read_bounded_and_named_by_their_flag(
+    agents: Path, pki: dict[str, Path], command: str, flag: str, bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = agents.with_name("garbage.pem")
+    garbage.write_bytes(bytes(range(256)) * 8)
+    files = {
+        "--agent-tls-cert": pki["leaf.pem"],
+        "--agent-tls-key": pki["leaf.key"],
+        "--agent-tls-ca": pki["ca.pem"],
+    }
+    files[flag] = garbage if bad == "garbage" else Path(bad)
+    agent_tls = [part for pair in files.items() for part in (pair[0], str(pair[1]))]
+    if command == "serve":
+        server = [
+            "--tls-cert",
+            str(pki["leaf.pem"]),
+            "--tls-key",
+            str(pki["leaf.key"]),
+            "--tls-client-ca",
+            str(pki["ca.pem"]),
+        ]
+        args = _serve(agents, *server, *agent_tls)
+    else:
+        pod = agents.with_name("pod.yaml")
+        pod.write_text("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: m, image: x}]}\n")
+        args = ["place", "--agents", str(agents), "--pod", str(pod), *agent_tls]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag} {files[flag]}: " in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("kubeconfig", ["/nonexistent/kubeconfig", "/etc/passwd"])
 def test_serve_and_csr_signer_refuse_a_kubeconfig_that_does_not_load(
     kubeconfig: str, pki: dict[str, Path], capsys: pytest.CaptureFixture[str]
