@@ -14,6 +14,10 @@ DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-
 """An object name (ConfigMap, Lease): a DNS-1123 subdomain (253 characters at most)."""
 
 
+MAX_KUBECONFIG_BYTES = 16 * 1024 * 1024
+"""The largest kubeconfig read (with its certificates inline, one is a few kilobytes)."""
+
+
 class NoCluster(ValueError):
     """No usable cluster configuration, or the API server cannot be reached; one line naming the cause."""
 
@@ -60,7 +64,12 @@ def load_config(
     import yaml
     from kubernetes import config
 
+    from gedge_common.files import FileLoadError, load_yaml
+
     try:
+        if kubeconfig and not in_cluster:
+            # The client parses with yaml.safe_load, unbounded: a deep or huge file is refused here first.
+            load_yaml(kubeconfig, what="--kubeconfig", limit=MAX_KUBECONFIG_BYTES)
         if in_cluster:
             config.load_incluster_config(client_configuration=client_configuration)
         else:
@@ -76,6 +85,8 @@ def load_config(
         AttributeError,
         yaml.YAMLError,
     ) as exc:
+        if isinstance(exc, FileLoadError):
+            raise NoCluster(" ".join(str(exc).split())) from None
         if in_cluster:
             where = "--in-cluster"
         elif kubeconfig:

@@ -342,6 +342,35 @@ def test_serve_and_csr_signer_refuse_a_kubeconfig_that_does_not_load(
     assert err.count("\n") == 1 and f"no cluster: --kubeconfig {kubeconfig}" in err
 
 
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+            ),
+            "aliases expand to",
+        ),
+        (None, "larger than 16777216 bytes"),
+    ],
+    ids=["deep", "billion-laughs", "huge"],
+)
+def test_serve_refuses_a_kubeconfig_too_deep_or_large_to_parse(
+    tmp_path: Path, content: str | None, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    if content is None:
+        with open(kubeconfig, "wb") as handle:
+            handle.truncate(64 * 1024 * 1024)
+    else:
+        kubeconfig.write_text(content)
+    assert main(["serve", "--kubeconfig", str(kubeconfig), "--insecure", "--metrics-listen="]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--kubeconfig {kubeconfig}: {why}" in err, err
+
+
 def test_in_cluster_outside_a_pod_is_one_line(
     monkeypatch: pytest.MonkeyPatch, pki: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
