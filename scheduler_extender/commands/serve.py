@@ -315,20 +315,27 @@ async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) 
         leadership=leadership,
         allowed_clients=frozenset() if args.insecure else allowed_clients(args),
     )
-    runner, bound = await start_server(
-        app,
-        host,
-        port,
-        reloading.context if reloading else None,
-        idle_timeout_s=args.idle_timeout_s,
-        max_connections_per_client=args.max_connections_per_client,
-    )
+    try:
+        runner, bound = await start_server(
+            app,
+            host,
+            port,
+            reloading.context if reloading else None,
+            idle_timeout_s=args.idle_timeout_s,
+            max_connections_per_client=args.max_connections_per_client,
+        )
+    except OSError as exc:
+        raise OSError(f"--listen {args.listen}: {exc.strerror or exc}") from None
     log.info("serving", listen=f"{host}:{bound}", https=reloading is not None)
     runners = [runner]
     if args.metrics_listen:
         metrics_host, metrics_port = parse_listen(args.metrics_listen, "--metrics-listen")
         metrics_app = build_metrics_app(app[METRICS_KEY].registry, leadership)
-        metrics_runner, metrics_bound = await start_server(metrics_app, metrics_host, metrics_port)
+        try:
+            metrics_runner, metrics_bound = await start_server(metrics_app, metrics_host, metrics_port)
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(f"--metrics-listen {args.metrics_listen}: {exc.strerror or exc}") from None
         runners.append(metrics_runner)
         log.info("metrics serving", listen=f"{metrics_host}:{metrics_bound}")
     tune_gc()

@@ -108,6 +108,31 @@ def test_place_refuses_a_wait_that_never_ends_or_is_negative(
     assert err.count("\n") == 1, err
 
 
+@pytest.mark.parametrize("flag", ["--listen", "--metrics-listen"])
+def test_serve_names_the_listen_flag_whose_port_is_taken(
+    agents: Path, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = [
+            "serve",
+            "--agents",
+            str(agents),
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen=",
+        ]
+        args += [f"{flag}={address}"]
+        assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f'"error": "{flag} {address}: ' in err and "Traceback" not in err, err
+
+
 AGENTS_FILE_FAULTS = [
     pytest.param(None, "No such file or directory", id="missing"),
     pytest.param("- [unclosed\n", "not YAML", id="bad-yaml"),
