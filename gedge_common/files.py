@@ -52,7 +52,7 @@ class BoundedSafeLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
         """As the composer's, but a key written twice in one mapping is an error, not the last one
         silently winning (`{node: a, node: b}`); keys brought in by a `<<` merge may still be overridden."""
         node: yaml.MappingNode = super().compose_mapping_node(anchor)
