@@ -19,7 +19,9 @@ from gedge_common.listen import valid_host
 
 AGENT_PORT_ANNOTATION = "gedge.io/agent-port"
 DEFAULT_AGENT_PORT = 50051
-MAX_AGENTS_FILE_BYTES = 4 * 1024 * 1024
+MAX_AGENTS_FILE_BYTES = 1024 * 1024
+"""5000 nodes (the most a Kubernetes cluster has) take about 300 KB; the YAML parser needs seconds a MiB,
+so a larger file is refused before parsing rather than holding up the start."""
 
 _NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 

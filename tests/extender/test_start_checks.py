@@ -179,6 +179,18 @@ def test_an_agent_address_that_is_not_host_port_is_refused_naming_the_entry(
     assert message.startswith(f"--agents {path}: entry 0 (node edge-1): ") and why in message, message
 
 
+def test_an_agents_file_over_one_mib_is_refused_before_parsing(tmp_path: Path) -> None:
+    from scheduler_extender.cache.targets import AgentsFileError, load_agents_file
+
+    entry = "- {node: edge-1, address: '127.0.0.1:1'}\n"
+    path = _agents_file(tmp_path, entry + "#" * (1024 * 1024))
+    with pytest.raises(AgentsFileError) as caught:
+        load_agents_file(path, what="--agents")
+    assert str(caught.value) == f"--agents {path}: larger than 1048576 bytes"
+    path.write_text(entry + "#" * (1024 * 1024 - len(entry) - 1))
+    assert [t.node for t in load_agents_file(path)] == ["edge-1"]
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1:50051", "edge-1.example:1", "[::1]:65535", "Edge-1:80"])
 def test_an_agent_address_that_is_host_port_is_kept(tmp_path: Path, address: str) -> None:
     from scheduler_extender.cache.targets import load_agents_file
