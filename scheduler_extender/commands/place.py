@@ -136,6 +136,10 @@ def _run(args: argparse.Namespace) -> int:
     file and entry);
     1 otherwise."""
     cluster = None
+    if args.agents == "" or "" in (args.topology or ()):
+        flag = "--agents" if args.agents == "" else "--topology"
+        print(f"gedge-extender place: {flag} is empty: name the file", file=sys.stderr)
+        return 2
     if not (math.isfinite(args.wait_s) and args.wait_s >= 0):
         print(
             f"gedge-extender place: --wait-s must be finite and not negative, got {args.wait_s}",

@@ -479,6 +479,9 @@ def check_server_tls(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
+        for flag in ("--agents", "--kubeconfig"):
+            if getattr(args, flag[2:]) == "":
+                raise ValueError(f"{flag} is empty: name the file")
         check_tls_flags(args)
         check_limits(args)
         check_server_tls(args)

@@ -133,6 +133,35 @@ def test_serve_names_the_listen_flag_whose_port_is_taken(
     assert f'"error": "{flag} {address}: ' in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["serve", "--agents=", "--insecure", "--metrics-listen="],
+            '"error": "--agents is empty: name the file"',
+        ),
+        (
+            ["serve", "--kubeconfig=", "--insecure", "--metrics-listen="],
+            '"error": "--kubeconfig is empty: name the file"',
+        ),
+        (
+            ["place", "--agents=", "--pod", "pod.yaml", "--insecure"],
+            "gedge-extender place: --agents is empty: name the file",
+        ),
+        (
+            ["place", "--topology=", "--pod", "pod.yaml"],
+            "gedge-extender place: --topology is empty: name the file",
+        ),
+    ],
+)
+def test_an_empty_file_flag_is_refused_naming_it(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+
+
 AGENTS_FILE_FAULTS = [
     pytest.param(None, "No such file or directory", id="missing"),
     pytest.param("- [unclosed\n", "not YAML", id="bad-yaml"),
