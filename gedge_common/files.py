@@ -33,8 +33,9 @@ class _YamlBoundError(yaml.YAMLError):
 
 
 class BoundedSafeLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses nesting deeper than MAX_YAML_DEPTH levels and aliases that
-    together add more than MAX_YAML_ALIAS_NODES nodes once expanded (billion laughs)."""
+    """yaml.SafeLoader that refuses nesting deeper than MAX_YAML_DEPTH levels, aliases that
+    together add more than MAX_YAML_ALIAS_NODES nodes once expanded (billion laughs), and a key
+    written twice in one mapping."""
 
     def __init__(self, stream: str | bytes) -> None:
         super().__init__(stream)
@@ -50,6 +51,22 @@ class BoundedSafeLoader(yaml.SafeLoader):
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
+
+    def compose_mapping_node(self, anchor: Any) -> yaml.MappingNode:
+        """As the composer's, but a key written twice in one mapping is an error, not the last one
+        silently winning (`{node: a, node: b}`); keys brought in by a `<<` merge may still be overridden."""
+        node: yaml.MappingNode = super().compose_mapping_node(anchor)
+        seen: set[tuple[str, str]] = set()
+        for key, _ in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                if (key.tag, key.value) in seen:
+                    mark = key.start_mark
+                    raise _YamlBoundError(
+                        f"key {key.value!r} is written twice in one mapping"
+                        f" (line {mark.line + 1}, column {mark.column + 1})"
+                    )
+                seen.add((key.tag, key.value))
+        return node
 
     def construct_document(self, node: yaml.Node) -> Any:
         sizes: dict[int, int] = {}

@@ -22,7 +22,7 @@ def parse_listen(text: str, name: str = "listen") -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep or not port.isascii() or not port.isdigit():
         raise ListenError(f"{name}: {text!r} is not HOST:PORT ([V6]:PORT for IPv6)")
-    if not 0 <= int(port) <= 65535:
+    if len(port) > 5 or not 0 <= int(port) <= 65535:
         raise ListenError(f"{name}: {text!r}: port {port} is out of range (0-65535; 0: any free port)")
     if host.startswith("[") and host.endswith("]"):
         inner = host[1:-1]
@@ -33,14 +33,16 @@ def parse_listen(text: str, name: str = "listen") -> tuple[str, int]:
         return inner, int(port)
     if ":" in host or "[" in host or "]" in host:
         raise ListenError(f"{name}: {text!r}: an IPv6 host goes in brackets, as [::1]:{port}")
-    if host and not _valid_host(host):
+    if host and not valid_host(host):
         raise ListenError(
             f"{name}: {text!r}: host {host!r} is not an IPv4 address, [IPv6] address or DNS name"
         )
     return host or "0.0.0.0", int(port)
 
 
-def _valid_host(host: str) -> bool:
+def valid_host(host: str) -> bool:
+    """An IPv4 address or a DNS name (labels of 1..63 letters, digits and inner hyphens; at most 253
+    characters; the last label not all digits)."""
     try:
         ipaddress.IPv4Address(host)
         return True

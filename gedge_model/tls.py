@@ -138,13 +138,15 @@ class TlsFiles:
 
 
 def _read_pem(path: Path, label: str) -> bytes:
+    """At most MAX_PEM_BYTES are read, whatever the size says (/dev/zero, a pipe: size 0, endless)."""
     try:
-        size = path.stat().st_size
-        if size > MAX_PEM_BYTES:
-            raise TlsConfigError(f"TLS {label} {path}: larger than {MAX_PEM_BYTES} bytes")
-        return path.read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_PEM_BYTES + 1)
     except OSError as exc:
         raise TlsConfigError(f"TLS {label} {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_PEM_BYTES:
+        raise TlsConfigError(f"TLS {label} {path}: larger than {MAX_PEM_BYTES} bytes")
+    return data
 
 
 def server_credentials(material: TlsMaterial, *, require_client_cert: bool = True) -> grpc.ServerCredentials:

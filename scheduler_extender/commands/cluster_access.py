@@ -14,6 +14,10 @@ DNS_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-
 """An object name (ConfigMap, Lease): a DNS-1123 subdomain (253 characters at most)."""
 
 
+MAX_KUBECONFIG_BYTES = 16 * 1024 * 1024
+"""The largest kubeconfig read (with its certificates inline, one is a few kilobytes)."""
+
+
 class NoCluster(ValueError):
     """No usable cluster configuration, or the API server cannot be reached; one line naming the cause."""
 
@@ -32,6 +36,19 @@ def add_agent_tls(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--agent-tls-ca", metavar="FILE", help="CA that signs the agents' certificates")
 
 
+def name_agent_tls_flag(message: str) -> str:
+    """A TlsConfigError message about the agents' TLS files (`TLS key PATH: ...`) with the flag that
+    gave the file in front of its path (`--agent-tls-key PATH: ...`)."""
+    for label, flag in (
+        ("TLS certificate ", "--agent-tls-cert "),
+        ("TLS key ", "--agent-tls-key "),
+        ("TLS CA ", "--agent-tls-ca "),
+    ):
+        if message.startswith(label):
+            return flag + message.removeprefix(label)
+    return message
+
+
 def load_config(
     kubeconfig: str | None,
     *,
@@ -47,7 +64,12 @@ def load_config(
     import yaml
     from kubernetes import config
 
+    from gedge_common.files import FileLoadError, load_yaml
+
     try:
+        if kubeconfig and not in_cluster:
+            # The client parses with yaml.safe_load, unbounded: a deep or huge file is refused here first.
+            load_yaml(kubeconfig, what="--kubeconfig", limit=MAX_KUBECONFIG_BYTES)
         if in_cluster:
             config.load_incluster_config(client_configuration=client_configuration)
         else:
@@ -63,6 +85,8 @@ def load_config(
         AttributeError,
         yaml.YAMLError,
     ) as exc:
+        if isinstance(exc, FileLoadError):
+            raise NoCluster(" ".join(str(exc).split())) from None
         if in_cluster:
             where = "--in-cluster"
         elif kubeconfig:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import uuid
 from pathlib import Path
@@ -19,7 +20,7 @@ from gedge_common.cli import configure_logging
 from gedge_common.files import FileLoadError, load_yaml, parse_json, read_bounded
 from gedge_model import ModelDecodeError, NodeState, NodeTopology, from_json, to_dict
 from scheduler_extender.bind.binder import BindError
-from scheduler_extender.commands.cluster_access import add_agent_tls
+from scheduler_extender.commands.cluster_access import add_agent_tls, name_agent_tls_flag
 from scheduler_extender.commands.render import allocation_summary
 from scheduler_extender.node_source import NodeSource, StaticNodeSource
 from scheduler_extender.verbs import Extender
@@ -162,6 +163,16 @@ def _run(args: argparse.Namespace) -> int:
     """0 placed; 2 a flag or file that cannot be used (one line naming the flag and the file, for
     --agents also the entry); 1 the pod is not placed (why, per node)."""
     cluster = None
+    if args.agents == "" or "" in (args.topology or ()):
+        flag = "--agents" if args.agents == "" else "--topology"
+        print(f"gedge-extender place: {flag} is empty: name the file", file=sys.stderr)
+        return 2
+    if not (math.isfinite(args.wait_s) and args.wait_s >= 0):
+        print(
+            f"gedge-extender place: --wait-s must be finite and not negative, got {args.wait_s}",
+            file=sys.stderr,
+        )
+        return 2
     try:
         pod = load_pod(args.pod)
         if args.agents:
@@ -178,7 +189,7 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 tls = None if args.insecure else load_tls(*files)
             except TlsConfigError as exc:
-                raise InputError(str(exc)) from None
+                raise InputError(name_agent_tls_flag(str(exc))) from None
             try:
                 cluster = ClusterCache.from_agents_file(args.agents, CacheOptions(tls=tls), what="--agents")
             except AgentsFileError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import math
 import os
 import signal
 import socket
@@ -24,8 +25,9 @@ import structlog
 import uvloop
 
 from gedge_common.cli import configure_logging
+from gedge_common.files import FileLoadError, read_bounded
 from gedge_common.listen import parse_listen
-from gedge_model.tls import TlsConfigError, TlsFiles
+from gedge_model.tls import MAX_PEM_BYTES, TlsConfigError, TlsFiles
 from scheduler_extender.bind.agent import AgentBinder
 from scheduler_extender.bind.assume import AssumeCache
 from scheduler_extender.bind.binder import Binder
@@ -36,6 +38,7 @@ from scheduler_extender.commands.cluster_access import (
     add_agent_tls,
     add_cluster_access,
     load_cluster_config,
+    name_agent_tls_flag,
 )
 from scheduler_extender.http.app import (
     IDLE_TIMEOUT_S,
@@ -230,12 +233,15 @@ def cache_options(args: argparse.Namespace) -> CacheOptions:
         raise ValueError("--agent-tls-cert, --agent-tls-key and --agent-tls-ca go together")
     if not all(given):
         return CacheOptions(ttl_s=args.stale_after_s)
-    files = TlsFiles(
-        args.agent_tls_cert,
-        args.agent_tls_key,
-        args.agent_tls_ca,
-        on_error=lambda error: log.error("replaced agent TLS files not used; old ones stay", error=error),
-    )
+    try:
+        files = TlsFiles(
+            args.agent_tls_cert,
+            args.agent_tls_key,
+            args.agent_tls_ca,
+            on_error=lambda error: log.error("replaced agent TLS files not used; old ones stay", error=error),
+        )
+    except TlsConfigError as exc:
+        raise TlsConfigError(name_agent_tls_flag(str(exc))) from None
     return CacheOptions(ttl_s=args.stale_after_s, tls=files.current(), tls_files=files)
 
 
@@ -309,20 +315,27 @@ async def serve(wiring: Wiring, host: str, port: int, args: argparse.Namespace) 
         leadership=leadership,
         allowed_clients=frozenset() if args.insecure else allowed_clients(args),
     )
-    runner, bound = await start_server(
-        app,
-        host,
-        port,
-        reloading.context if reloading else None,
-        idle_timeout_s=args.idle_timeout_s,
-        max_connections_per_client=args.max_connections_per_client,
-    )
+    try:
+        runner, bound = await start_server(
+            app,
+            host,
+            port,
+            reloading.context if reloading else None,
+            idle_timeout_s=args.idle_timeout_s,
+            max_connections_per_client=args.max_connections_per_client,
+        )
+    except OSError as exc:
+        raise OSError(f"--listen {args.listen}: {exc.strerror or exc}") from None
     log.info("serving", listen=f"{host}:{bound}", https=reloading is not None)
     runners = [runner]
     if args.metrics_listen:
         metrics_host, metrics_port = parse_listen(args.metrics_listen, "--metrics-listen")
         metrics_app = build_metrics_app(app[METRICS_KEY].registry, leadership)
-        metrics_runner, metrics_bound = await start_server(metrics_app, metrics_host, metrics_port)
+        try:
+            metrics_runner, metrics_bound = await start_server(metrics_app, metrics_host, metrics_port)
+        except OSError as exc:
+            await runner.cleanup()
+            raise OSError(f"--metrics-listen {args.metrics_listen}: {exc.strerror or exc}") from None
         runners.append(metrics_runner)
         log.info("metrics serving", listen=f"{metrics_host}:{metrics_bound}")
     tune_gc()
@@ -427,15 +440,19 @@ POSITIVE_LIMITS = (
 
 
 def check_limits(args: argparse.Namespace) -> None:
-    """Every size, time and count flag must be positive; ValueError names the first that is not."""
+    """Every size, time and count flag must be positive and finite (inf, 1e309: a bound that never
+    bounds); ValueError names the first that is not."""
     for name in POSITIVE_LIMITS:
         value = getattr(args, name)
         if not value > 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not math.isfinite(value):
+            raise ValueError(f"--{name.replace('_', '-')} must be finite, got {value}")
 
 
 def check_server_tls(args: argparse.Namespace) -> None:
-    """Load --tls-cert/--tls-key/--tls-client-ca once before anything connects; ValueError names the flag."""
+    """Load --tls-cert/--tls-key/--tls-client-ca once before anything connects, each read only up to
+    MAX_PEM_BYTES first (OpenSSL would read any length); ValueError names the flag."""
     if args.insecure:
         return
     for flag, path in (
@@ -444,10 +461,9 @@ def check_server_tls(args: argparse.Namespace) -> None:
         ("--tls-client-ca", args.tls_client_ca),
     ):
         try:
-            with open(path, "rb"):
-                pass
-        except OSError as exc:
-            raise ValueError(f"{flag} {path}: {exc.strerror or exc}") from exc
+            read_bounded(path, what=flag, limit=MAX_PEM_BYTES)
+        except FileLoadError as exc:
+            raise ValueError(str(exc)) from None
     try:
         ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(args.tls_cert, args.tls_key)
     except (OSError, ssl.SSLError) as exc:
@@ -463,6 +479,9 @@ def check_server_tls(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
     try:
+        for flag in ("--agents", "--kubeconfig"):
+            if getattr(args, flag[2:]) == "":
+                raise ValueError(f"{flag} is empty: name the file")
         check_tls_flags(args)
         check_limits(args)
         check_server_tls(args)

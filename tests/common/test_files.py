@@ -12,6 +12,7 @@ from gedge_common.files import (
     load_json,
     load_yaml,
     parse_json,
+    parse_yaml,
     parse_yaml_all,
     read_bounded,
 )
@@ -139,3 +140,23 @@ def test_commands_refuse_such_files_with_one_line_naming_them(
     assert done.returncode in (1, 2)
     assert "Traceback" not in done.stderr
     assert f"{prefix}{file}: {why}" in done.stderr + done.stdout  # lint reports its findings on stdout
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["- {node: edge-1, node: edge-2, address: '127.0.0.1:1'}\n", "a: 1\nb:\n  c: 2\n  c: 3\n"],
+)
+def test_a_key_written_twice_in_one_mapping_is_refused_naming_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(FileLoadError) as caught:
+        load_yaml(path, what="agents file")
+    assert str(caught.value).startswith(f"agents file {path}: key ") and "is written twice" in str(
+        caught.value
+    )
+
+
+def test_merged_keys_may_still_be_overridden_at_every_level() -> None:
+    text = "a: &a {x: 1, y: 2}\nb: &b {<<: *a, x: 3}\nc: {<<: *b, x: 4, y: 5}\n"
+    loaded = parse_yaml(text, source="s")
+    assert loaded == {"a": {"x": 1, "y": 2}, "b": {"x": 3, "y": 2}, "c": {"x": 4, "y": 5}}

@@ -47,6 +47,8 @@ def test_host_port_forms(text: str, parsed: tuple[str, int]) -> None:
         ("[::1:80", "goes in brackets"),
         ("[nonsense]:80", "is not an IPv6 address"),
         ("[]:80", "is not an IPv6 address"),
+        ("host:" + "9" * 5000, "is out of range (0-65535"),
+        ("host:000080", "is out of range (0-65535"),
     ],
 )
 def test_bad_addresses_name_the_flag_and_the_value(text: str, why: str) -> None:

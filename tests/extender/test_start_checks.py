@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+import yaml
 
 from gedge_model.certs import create_ca, issue
 from scheduler_extender.cli import main
@@ -71,6 +72,96 @@ def test_serve_refuses_a_limit_that_is_not_positive(
     assert f"{flag} must be positive, got" in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--max-body-bytes",
+        "--body-timeout-s",
+        "--idle-timeout-s",
+        "--stale-after-s",
+        "--reserve-ttl-s",
+        "--tls-reload-interval-s",
+    ],
+)
+@pytest.mark.parametrize("value", ["inf", "1e309", "nan", "-0"])
+def test_serve_refuses_a_limit_that_never_bounds(
+    agents: Path, flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if flag == "--max-body-bytes" and value != "-0":
+        return  # an int flag: argparse refuses inf and nan itself
+    assert main([*_serve(agents, "--insecure"), f"{flag}={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"{flag} must be positive, got" in err or f"{flag} must be finite, got inf" in err, err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1e309", "-1"])
+def test_place_refuses_a_wait_that_never_ends_or_is_negative(
+    agents: Path, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pod = agents.with_name("pod.yaml")
+    pod.write_text("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: m, image: x}]}\n")
+    args = ["place", "--agents", str(agents), "--pod", str(pod), "--insecure", f"--wait-s={value}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gedge-extender place: --wait-s must be finite and not negative, got "), err
+    assert err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("flag", ["--listen", "--metrics-listen"])
+def test_serve_names_the_listen_flag_whose_port_is_taken(
+    agents: Path, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        args = [
+            "serve",
+            "--agents",
+            str(agents),
+            "--insecure",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen=",
+        ]
+        args += [f"{flag}={address}"]
+        assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f'"error": "{flag} {address}: ' in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["serve", "--agents=", "--insecure", "--metrics-listen="],
+            '"error": "--agents is empty: name the file"',
+        ),
+        (
+            ["serve", "--kubeconfig=", "--insecure", "--metrics-listen="],
+            '"error": "--kubeconfig is empty: name the file"',
+        ),
+        (
+            ["place", "--agents=", "--pod", "pod.yaml", "--insecure"],
+            "gedge-extender place: --agents is empty: name the file",
+        ),
+        (
+            ["place", "--topology=", "--pod", "pod.yaml"],
+            "gedge-extender place: --topology is empty: name the file",
+        ),
+    ],
+)
+def test_an_empty_file_flag_is_refused_naming_it(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err, err
+
+
 AGENTS_FILE_FAULTS = [
     pytest.param(None, "No such file or directory", id="missing"),
     pytest.param("- [unclosed\n", "not YAML", id="bad-yaml"),
@@ -85,6 +176,56 @@ AGENTS_FILE_FAULTS = [
         id="duplicate",
     ),
 ]
+
+
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("127.0.0.1:\u0665\u0660", "is not HOST:PORT with a port in 1..65535"),
+        ("edge:" + "9" * 5000, "is not HOST:PORT with a port in 1..65535"),
+        ("edge:000080", "is not HOST:PORT with a port in 1..65535"),
+        ("127.0.0.1:0", "is not HOST:PORT with a port in 1..65535"),
+        ("127.0.0.1:70000", "is not HOST:PORT with a port in 1..65535"),
+        ("127.0.0.1", "is not HOST:PORT with a port in 1..65535"),
+        (":50051", "bad host"),
+        ("::1:50051", "bad host"),
+        ("[:]:50051", "bad IPv6 host"),
+        ("[fe80::1%eth0]:50051", "bad IPv6 host"),
+        ("999.1.1.1:50051", "bad host"),
+        ("a" * 300 + ":50051", "bad host"),
+        ("a" * 64 + ".example:50051", "bad host"),
+    ],
+)
+def test_an_agent_address_that_is_not_host_port_is_refused_naming_the_entry(
+    tmp_path: Path, address: str, why: str
+) -> None:
+    from scheduler_extender.cache.targets import AgentsFileError, load_agents_file
+
+    path = _agents_file(tmp_path, yaml.safe_dump([{"node": "edge-1", "address": address}]))
+    with pytest.raises(AgentsFileError) as caught:
+        load_agents_file(path, what="--agents")
+    message = str(caught.value)
+    assert message.startswith(f"--agents {path}: entry 0 (node edge-1): ") and why in message, message
+
+
+def test_an_agents_file_over_one_mib_is_refused_before_parsing(tmp_path: Path) -> None:
+    from scheduler_extender.cache.targets import AgentsFileError, load_agents_file
+
+    entry = "- {node: edge-1, address: '127.0.0.1:1'}\n"
+    path = _agents_file(tmp_path, entry + "#" * (1024 * 1024))
+    with pytest.raises(AgentsFileError) as caught:
+        load_agents_file(path, what="--agents")
+    assert str(caught.value) == f"--agents {path}: larger than 1048576 bytes"
+    path.write_text(entry + "#" * (1024 * 1024 - len(entry) - 1))
+    assert [t.node for t in load_agents_file(path)] == ["edge-1"]
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:50051", "edge-1.example:1", "[::1]:65535", "Edge-1:80"])
+def test_an_agent_address_that_is_host_port_is_kept(tmp_path: Path, address: str) -> None:
+    from scheduler_extender.cache.targets import load_agents_file
+
+    path = _agents_file(tmp_path, yaml.safe_dump([{"node": "edge-1", "address": address}]))
+    assert [t.address for t in load_agents_file(path)] == [address]
 
 
 def _agents_file(tmp_path: Path, content: str | None) -> Path:
@@ -195,6 +336,65 @@ def test_serve_checks_its_own_tls_files_before_dialling_the_agents(
     assert "edge-1" not in err
 
 
+@pytest.mark.parametrize("bad", ["/dev/zero", "huge"])
+@pytest.mark.parametrize("flag", ["--tls-cert", "--tls-key", "--tls-client-ca"])
+def test_serve_reads_no_more_of_a_tls_file_than_a_pem_can_be(
+    agents: Path, pki: dict[str, Path], flag: str, bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gedge_model.tls import MAX_PEM_BYTES
+
+    huge = agents.with_name("huge.pem")
+    with open(huge, "wb") as handle:
+        handle.truncate(64 * 1024 * 1024)
+    files = {"--tls-cert": pki["leaf.pem"], "--tls-key": pki["leaf.key"], "--tls-client-ca": pki["ca.pem"]}
+    files[flag] = huge if bad == "huge" else Path(bad)
+    tls = [part for pair in files.items() for part in (pair[0], str(pair[1]))]
+    agent_tls = ["--agent-tls-cert", str(pki["leaf.pem"]), "--agent-tls-key", str(pki["leaf.key"])]
+    assert main([*_serve(agents, *tls, *agent_tls, "--agent-tls-ca", str(pki["ca.pem"]))]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag} {files[flag]}: larger than {MAX_PEM_BYTES} bytes" in err, err
+
+
+@pytest.mark.parametrize("command", ["serve", "place"])
+@pytest.mark.parametrize(
+    ("flag", "bad"),
+    [
+        (f, b)
+        for f in ("--agent-tls-cert", "--agent-tls-key", "--agent-tls-ca")
+        for b in ("/dev/zero", "garbage")
+    ],
+)
+def test_agent_tls_files_are_read_bounded_and_named_by_their_flag(
+    agents: Path, pki: dict[str, Path], command: str, flag: str, bad: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    garbage = agents.with_name("garbage.pem")
+    garbage.write_bytes(bytes(range(256)) * 8)
+    files = {
+        "--agent-tls-cert": pki["leaf.pem"],
+        "--agent-tls-key": pki["leaf.key"],
+        "--agent-tls-ca": pki["ca.pem"],
+    }
+    files[flag] = garbage if bad == "garbage" else Path(bad)
+    agent_tls = [part for pair in files.items() for part in (pair[0], str(pair[1]))]
+    if command == "serve":
+        server = [
+            "--tls-cert",
+            str(pki["leaf.pem"]),
+            "--tls-key",
+            str(pki["leaf.key"]),
+            "--tls-client-ca",
+            str(pki["ca.pem"]),
+        ]
+        args = _serve(agents, *server, *agent_tls)
+    else:
+        pod = agents.with_name("pod.yaml")
+        pod.write_text("kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: m, image: x}]}\n")
+        args = ["place", "--agents", str(agents), "--pod", str(pod), *agent_tls]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{flag} {files[flag]}: " in err and "Traceback" not in err, err
+
+
 @pytest.mark.parametrize("kubeconfig", ["/nonexistent/kubeconfig", "/etc/passwd"])
 def test_serve_and_csr_signer_refuse_a_kubeconfig_that_does_not_load(
     kubeconfig: str, pki: dict[str, Path], capsys: pytest.CaptureFixture[str]
@@ -206,6 +406,35 @@ def test_serve_and_csr_signer_refuse_a_kubeconfig_that_does_not_load(
     assert main([*signer, "--ca-key", str(pki["ca.key"])]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"no cluster: --kubeconfig {kubeconfig}" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested deeper than 64 levels"),
+        (
+            "a: &a [x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+            ),
+            "aliases expand to",
+        ),
+        (None, "larger than 16777216 bytes"),
+    ],
+    ids=["deep", "billion-laughs", "huge"],
+)
+def test_serve_refuses_a_kubeconfig_too_deep_or_large_to_parse(
+    tmp_path: Path, content: str | None, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    if content is None:
+        with open(kubeconfig, "wb") as handle:
+            handle.truncate(64 * 1024 * 1024)
+    else:
+        kubeconfig.write_text(content)
+    assert main(["serve", "--kubeconfig", str(kubeconfig), "--insecure", "--metrics-listen="]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"--kubeconfig {kubeconfig}: {why}" in err, err
 
 
 def test_in_cluster_outside_a_pod_is_one_line(
