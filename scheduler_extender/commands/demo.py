@@ -37,6 +37,7 @@ from typing import Any
 
 import aiohttp
 import grpc
+import structlog
 
 from gedge_common.cli import configure_logging
 from gedge_common.files import sysfs_root_problem
@@ -361,6 +362,17 @@ async def drive(
 
 
 def run(args: argparse.Namespace) -> int:
+    """Logging is set for the run only and uncached, so a caller in the same process (a test, a
+    script) keeps its own logging and loggers afterwards."""
+    previous = structlog.get_config()
+    configure_logging("error", cache=False)
+    try:
+        return _run(args)
+    finally:
+        structlog.configure(**previous)
+
+
+def _run(args: argparse.Namespace) -> int:
     from scheduler_extender.cache import ClusterCache
     from scheduler_extender.cache.targets import AgentTarget, dump_agents
 
@@ -368,7 +380,6 @@ def run(args: argparse.Namespace) -> int:
     if problem:
         print(f"gedge-extender demo: --root {args.root}: {problem}", file=sys.stderr)
         return 2
-    configure_logging("error")
     started = time.monotonic()
     applies = Path(args.root).resolve() == Path("/")
     node = args.node_name or node_name_for(socket.gethostname())

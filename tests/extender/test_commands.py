@@ -474,3 +474,19 @@ def test_serve_without_tls_files_or_insecure_names_what_is_missing(tmp_path: Pat
     )
     assert both.returncode == 2
     assert "--insecure (plaintext) and --tls-cert exclude each other" in both.stderr
+
+
+def test_demo_leaves_the_callers_logging_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in process (a test, a script), the demo sets logging for itself only: a cached logger
+    left behind would bypass the caller's later configuration (structlog's capture_logs included)."""
+    import structlog
+
+    from scheduler_extender.commands import demo
+
+    def exits_at_once(*args: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+
+    monkeypatch.setattr(demo, "start_agent", exits_at_once)
+    before = structlog.get_config()
+    assert main(["demo"]) == 1
+    assert structlog.get_config() == before
