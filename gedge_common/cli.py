@@ -7,12 +7,13 @@ parser default; only the chosen one is imported, so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.metadata
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import structlog
@@ -149,3 +150,23 @@ def configure_logging(level: str, *, cache: bool = True) -> None:
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=cache,
     )
+
+
+@contextlib.contextmanager
+def logging_for_run(level: str) -> Iterator[None]:
+    """configure_logging(level) for one command run in a caller's process (a test, a script), uncached,
+    and the caller's structlog configuration and root handlers put back afterwards: a logger cached
+    by the run would otherwise bypass the caller's later configuration."""
+    previous = structlog.get_config()
+    root = logging.getLogger()
+    handlers, root_level = list(root.handlers), root.level
+    configure_logging(level, cache=False)
+    try:
+        yield
+    finally:
+        structlog.configure(**previous)
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(root_level)

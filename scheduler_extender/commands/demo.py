@@ -37,9 +37,8 @@ from typing import Any
 
 import aiohttp
 import grpc
-import structlog
 
-from gedge_common.cli import configure_logging
+from gedge_common.cli import logging_for_run
 from gedge_common.files import sysfs_root_problem
 from gedge_model import Allocation, NodeTopology
 from gedge_model.certs import issue_files
@@ -364,12 +363,8 @@ async def drive(
 def run(args: argparse.Namespace) -> int:
     """Logging is set for the run only and uncached, so a caller in the same process (a test, a
     script) keeps its own logging and loggers afterwards."""
-    previous = structlog.get_config()
-    configure_logging("error", cache=False)
-    try:
+    with logging_for_run("error"):
         return _run(args)
-    finally:
-        structlog.configure(**previous)
 
 
 def _run(args: argparse.Namespace) -> int:

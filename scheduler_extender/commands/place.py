@@ -14,9 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-from gedge_common.cli import configure_logging
+from gedge_common.cli import logging_for_run
 from gedge_common.files import FileLoadError, load_yaml, parse_json, read_bounded
 from gedge_model import ModelDecodeError, NodeState, NodeTopology, from_json, to_dict
 from scheduler_extender.bind.binder import BindError
@@ -151,12 +149,8 @@ def place_pod(source: NodeSource, pod: dict[str, Any]) -> tuple[Any, dict[str, A
 
 def run(args: argparse.Namespace) -> int:
     """Logs go to stderr as JSON for the run only; stdout carries the allocation alone."""
-    previous = structlog.get_config()
-    configure_logging("warning", cache=False)
-    try:
+    with logging_for_run("warning"):
         return _run(args)
-    finally:
-        structlog.configure(**previous)
 
 
 def _run(args: argparse.Namespace) -> int:

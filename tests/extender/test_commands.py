@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -488,5 +489,7 @@ def test_demo_leaves_the_callers_logging_as_it_was(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(demo, "start_agent", exits_at_once)
     before = structlog.get_config()
+    handlers = list(logging.getLogger().handlers)
     assert main(["demo"]) == 1
     assert structlog.get_config() == before
+    assert logging.getLogger().handlers == handlers
