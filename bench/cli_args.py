@@ -37,15 +37,8 @@ def seconds(text: str) -> float:
 
 def counts(text: str) -> list[int]:
     """A comma-separated list of whole numbers, each 1 or more (`100,1000,5000`)."""
-    values = []
-    for part in text.split(","):
-        try:
-            value = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: {part.strip()!r} is not a whole number (give e.g. 100,1000)"
-            ) from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{text!r}: {value} is below 1")
-        values.append(value)
-    return values
+    count = counted(1)
+    try:
+        return [count(part) for part in text.split(",")]
+    except argparse.ArgumentTypeError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None

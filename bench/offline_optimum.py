@@ -296,7 +296,7 @@ def offline_optimum(
     factors: dict[int, tuple[int, int]] = {}
     # (pod, node) -> its placement scopes (the node, or each NUMA node for single-numa), each a list of
     # needs (keys, how many of them, units each must have free): the pod fits a scope meeting every need
-    scopes: dict[tuple[int, str], list[list[tuple[list[object], int, float]]]] = {}
+    scopes: dict[tuple[int, str], list[list[Need]]] = {}
 
     def both(a: int, b: int, weight: float) -> int:
         """A column worth `weight` that is the product of binary columns a and b."""

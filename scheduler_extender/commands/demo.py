@@ -452,9 +452,9 @@ def _run(args: argparse.Namespace) -> int:
                     f"  applied: container cpuset.cpus = {sandbox.container_cpuset() or '-'}, "
                     f"process Cpus_allowed_list = {sandbox.cpus_allowed()}"
                 )
-            if isinstance(binder, SandboxBinder) and not args.keep:
-                binder.release(pod_uid)
-                print(f"released on {node}: process Cpus_allowed_list = {sandbox.cpus_allowed()}")
+                if not args.keep:
+                    binder.release(pod_uid)
+                    print(f"released on {node}: process Cpus_allowed_list = {sandbox.cpus_allowed()}")
         except DemoError as exc:
             print(f"gedge-extender demo: {exc}", file=sys.stderr)
             return 1
